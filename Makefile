@@ -1,0 +1,35 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint unit e2e fault bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## the end-to-end demo against the local cloud simulator
+	$(BIN)/coda-bridge demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint  ## lint, types, then every test (end-to-end and fault tests included)
+	$(BIN)/pytest
+
+unit: $(STAMP)  ## the fast tests only
+	$(BIN)/pytest -m "not e2e and not fault"
+
+e2e: $(STAMP)
+	$(BIN)/pytest -m e2e
+
+fault: $(STAMP)
+	$(BIN)/pytest -m fault
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

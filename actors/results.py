@@ -1,0 +1,46 @@
+"""The result-webhook actor: retries with exponential backoff, dead-letters what never gets through."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import dramatiq
+
+from coda_bridge.broker import RESULTS_QUEUE
+from coda_bridge.delivery import deliver_result, should_retry
+
+from . import runtime, settings
+
+logger = logging.getLogger(__name__)
+
+#: First pause before a second delivery attempt.
+MIN_BACKOFF_MS = 1000
+#: One attempt may take the HTTP timeout plus the status write.
+ATTEMPT_LIMIT_MS = int((settings.webhook_timeout_sec * 2 + 30) * 1000)
+
+
+@dramatiq.actor(actor_name="dead_lettered", queue_name=RESULTS_QUEUE, max_retries=0)
+def dead_lettered(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
+    """Called once a result ran out of retries: it stays in the dead-letter queue for ``replay``."""
+    job_id = (message.get("args") or [None])[0]
+    runtime.state.count("webhook_dead_letters")
+    logger.error(
+        "Result of job %s dead-lettered after %s attempts; `coda-bridge replay` delivers it.",
+        job_id,
+        retry_info.get("retries", 0) + 1,
+    )
+
+
+@dramatiq.actor(
+    actor_name="deliver",
+    queue_name=RESULTS_QUEUE,
+    retry_when=should_retry(settings.webhook_max_retries),
+    min_backoff=MIN_BACKOFF_MS,
+    max_backoff=int(settings.webhook_max_backoff_sec * 1000),
+    on_retry_exhausted="dead_lettered",
+    time_limit=ATTEMPT_LIMIT_MS,
+)
+def deliver(job_id: str, callback_url: str, entry_id: str | None = None) -> None:
+    """Post the job's recorded result to its callback URL."""
+    deliver_result(runtime, job_id, callback_url)

@@ -1,0 +1,298 @@
+"""The executor actor's work: one stream entry in, one recorded result out.
+
+A job is skipped when the cloud already finished or cancelled it, claimed
+so no two workers run it at once, validated, run on the executor in a
+thread while the actor watches the cancel key and the time limit, and its
+result is recorded once (first writer wins) before it is queued for
+delivery.  A rerun after a crash finds the recorded result and delivers
+that one, so a job never gets two different results.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+
+from .errors import CodaError, ExecutorError, JobError
+from .keys import cancel_key, claim_key, job_key, status_key
+from .nodestate import utc_iso
+from .runtime import Runtime
+
+__all__ = ["ERROR_MAX_CHARS", "JobOutcome", "execute_job", "failure_payload", "parse_shots"]
+
+logger = logging.getLogger(__name__)
+
+#: The cloud keeps at most this much of an error text.
+ERROR_MAX_CHARS = 500
+#: Lease of a job claim; refreshed at every cancel poll while the job runs.
+CLAIM_LEASE_SEC = 30.0
+#: How long a recorded result is kept (it is normally delivered within seconds).
+RESULT_TTL_SEC = 30 * 86_400
+#: Terminal states after which a message is acknowledged and skipped.
+TERMINAL_STATES = ("completed", "cancelled")
+
+Enqueue = Callable[[str, str, str], None]
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What happened to one stream entry (for logs, metrics and tests)."""
+
+    job_id: str | None
+    outcome: str  # queued, skipped, cancelled, busy
+    detail: str = ""
+
+
+def failure_payload(job_id: str, error: str) -> dict[str, Any]:
+    """A ``failed`` result with the error cut to the cloud's limit."""
+    return {"job_id": job_id, "status": "failed", "error": error[:ERROR_MAX_CHARS]}
+
+
+def parse_shots(raw: Any, max_shots: int) -> int:
+    """``shots`` as sent (a decimal string) to an int from 1 to ``max_shots``, else :class:`JobError`."""
+    text = str(raw).strip() if raw is not None else ""
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    if not text.isdigit():
+        raise JobError(f"shots must be an integer from 1 to {max_shots}, got {shown!r}")
+    shots = int(text)
+    if not 1 <= shots <= max_shots:
+        raise JobError(f"shots must be an integer from 1 to {max_shots}, got {shots}")
+    return shots
+
+
+def callback_allowed(callback_url: str, webapp_url: str, allowed_hosts: list[str]) -> bool:
+    """Results go only to the cloud's own host, unless the site allows more."""
+    host = (urlsplit(callback_url).hostname or "").lower()
+    if not host:
+        return False
+    own = (urlsplit(webapp_url).hostname or "").lower()
+    return host == own or host in {h.lower() for h in allowed_hosts}
+
+
+class _CloudStatus:
+    """Writes of the cloud's status hash that ride out a blip instead of losing the result."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def write(self, job_id: str, fields: Mapping[str, str]) -> bool:
+        try:
+            self.rt.cloud_redis.hset(status_key(job_id), mapping=dict(fields))
+        except redis.RedisError as exc:
+            logger.warning("Could not write status %s of job %s: %s", fields.get("state"), job_id, exc)
+            return False
+        return True
+
+
+def _precheck(rt: Runtime, job_id: str) -> tuple[str | None, bool]:
+    """The cloud's state of a job and whether its cancel key exists, in one round trip."""
+    pipe = rt.cloud_redis.pipeline(transaction=False)
+    pipe.hget(status_key(job_id), "state")
+    pipe.exists(cancel_key(job_id))
+    state, cancelled = pipe.execute()
+    return state, bool(cancelled)
+
+
+def _cancelled(rt: Runtime, job_id: str, entry_id: str) -> None:
+    _CloudStatus(rt).write(
+        job_id,
+        {"state": "cancelled", "cancelled_at": utc_iso(), "message_id": entry_id, "qpu_id": rt.qpu_id},
+    )
+    rt.state.count("jobs_cancelled")
+    logger.info("Job %s cancelled.", job_id)
+
+
+class _Claim:
+    """A lease on one job in the local Redis, so one job never runs twice at once."""
+
+    def __init__(self, rt: Runtime, job_id: str) -> None:
+        self.rt = rt
+        self.key = claim_key(rt.qpu_id, job_id)
+        self.job_id = job_id
+        self.token = uuid.uuid4().hex
+
+    def acquire(self) -> tuple[bool, str | None]:
+        """Take the claim; also return the job's recorded result, if any (one round trip)."""
+        pipe = self.rt.local_redis.pipeline(transaction=False)
+        pipe.set(self.key, self.token, nx=True, px=int(CLAIM_LEASE_SEC * 1000))
+        pipe.hget(job_key(self.rt.qpu_id, self.job_id), "result")
+        taken, recorded = pipe.execute()
+        return bool(taken), recorded.decode() if isinstance(recorded, bytes) else recorded
+
+    def refresh(self) -> None:
+        pipe = self.rt.local_redis.pipeline(transaction=False)
+        pipe.pexpire(self.key, int(CLAIM_LEASE_SEC * 1000))
+        pipe.zadd(self.rt.state.key("running"), {self.job_id: time.time() + CLAIM_LEASE_SEC}, xx=True)
+        pipe.execute()
+
+    def release(self) -> None:
+        pipe = self.rt.local_redis.pipeline(transaction=False)
+        pipe.delete(self.key)
+        pipe.zrem(self.rt.state.key("running"), self.job_id)
+        pipe.execute()
+
+
+def _record_result(rt: Runtime, job_id: str, payload: Mapping[str, Any]) -> str:
+    """Record the job's result unless one is recorded already; return the one that counts."""
+    key = job_key(rt.qpu_id, job_id)
+    pipe = rt.local_redis.pipeline(transaction=False)
+    pipe.hsetnx(key, "result", json.dumps(payload, separators=(",", ":")))
+    pipe.expire(key, RESULT_TTL_SEC)
+    pipe.hget(key, "result")
+    recorded = pipe.execute()[2]
+    return recorded.decode() if isinstance(recorded, bytes) else str(recorded)
+
+
+class _Run(threading.Thread):
+    """Runs the executor off the actor thread, so the actor can watch the cancel key."""
+
+    def __init__(self, executor: Any, circuit: Any, shots: int) -> None:
+        super().__init__(name="coda-executor", daemon=True)
+        self.executor, self.circuit, self.shots = executor, circuit, shots
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from .executors.base import call_run
+
+        try:
+            self.result = call_run(self.executor, self.circuit, self.shots)
+        except BaseException as exc:  # reported to the actor thread, which decides
+            self.error = exc
+
+
+def _validate(rt: Runtime, fields: Mapping[str, str]) -> tuple[Any, int]:
+    from .ir import parse_ir
+
+    settings = rt.settings
+    shots = parse_shots(fields.get("shots"), settings.max_shots)
+    raw_ir = fields.get("ir_json")
+    if raw_ir is None:
+        raise JobError("message has no ir_json")
+    circuit = parse_ir(raw_ir)
+    if circuit.target != settings.native_gate_set:
+        raise JobError(
+            f"Circuit target {circuit.target!r} does not match this QPU's native gate set "
+            f"{settings.native_gate_set!r}"
+        )
+    if circuit.num_qubits > settings.num_qubits:
+        raise JobError(f"Circuit needs {circuit.num_qubits} qubits; this QPU has {settings.num_qubits}")
+    return circuit, shots
+
+
+def _run_watched(rt: Runtime, claim: _Claim, job_id: str, circuit: Any, shots: int) -> dict[str, Any] | None:
+    """Run the executor; ``None`` when the job was cancelled mid-run."""
+    from .executors.base import cancel, coerce_result
+
+    executor = rt.executor()
+    limit = rt.settings.job_time_limit_sec
+    poll = rt.settings.cancel_poll_interval_sec
+    started = time.monotonic()
+    run = _Run(executor, circuit, shots)
+    run.start()
+    while True:
+        run.join(poll)
+        if not run.is_alive():
+            break
+        if rt.cloud_redis.exists(cancel_key(job_id)):
+            cancel(executor)
+            logger.info("Job %s: cancel key seen mid-run; run abandoned.", job_id)
+            return None
+        if time.monotonic() - started > limit:
+            cancel(executor)
+            return failure_payload(
+                job_id, f"Job exceeded the time limit of {limit:g} s (job_time_limit_sec); run abandoned"
+            )
+        claim.refresh()
+    rt.state.count("executor_seconds", float(time.monotonic() - started))
+    if run.error is not None:
+        error = run.error
+        if isinstance(error, CodaError):
+            return failure_payload(job_id, f"Executor error: {error}")
+        return failure_payload(job_id, f"Executor error: {type(error).__name__}: {error}")
+    try:
+        result = coerce_result(run.result, circuit, shots)
+    except ExecutorError as exc:
+        return failure_payload(job_id, f"Executor error: {exc}")
+    return {
+        "job_id": job_id,
+        "status": "completed",
+        "counts": dict(result.counts),
+        "execution_time_ms": float(result.execution_time_ms),
+        "shots_completed": int(result.shots_completed),
+    }
+
+
+def execute_job(rt: Runtime, fields: Mapping[str, str], entry_id: str, enqueue: Enqueue) -> JobOutcome:
+    """Take one stream entry to a recorded, queued result (or a skip, or a cancel).
+
+    ``enqueue(job_id, callback_url, entry_id)`` queues the delivery of the
+    job's recorded result.
+    """
+    job_id, callback = fields.get("job_id"), fields.get("callback_url")
+    if not job_id or not callback:
+        missing = "job_id" if not job_id else "callback_url"
+        logger.warning("Skipping stream entry %s: it has no %s.", entry_id, missing)
+        rt.state.count("jobs_skipped")
+        return JobOutcome(job_id or None, "skipped", f"no {missing}")
+
+    state, cancelled = _precheck(rt, job_id)
+    if state in TERMINAL_STATES:
+        logger.info("Skipping job %s: already %s.", job_id, state)
+        return JobOutcome(job_id, "skipped", f"already {state}")
+    if cancelled:
+        _cancelled(rt, job_id, entry_id)
+        return JobOutcome(job_id, "cancelled", "before start")
+
+    claim = _Claim(rt, job_id)
+    taken, recorded = claim.acquire()
+    if recorded is not None:
+        # A run before a crash recorded the result; deliver that one, never run again.
+        if taken:
+            claim.release()
+        enqueue(job_id, callback, entry_id)
+        return JobOutcome(job_id, "queued", "recorded earlier")
+    if not taken:
+        logger.info("Job %s is running on another worker; this copy is dropped.", job_id)
+        return JobOutcome(job_id, "busy")
+
+    try:
+        rt.state.job_started(job_id, CLAIM_LEASE_SEC)
+        settings = rt.settings
+        payload: dict[str, Any] | None
+        if not callback_allowed(callback, settings.webapp_url, settings.allowed_callback_hosts):
+            host = urlsplit(callback).hostname
+            error = f"callback host {host!r} is not the cloud's host; add it to allowed_callback_hosts to allow it"
+            logger.error("Job %s failed locally: %s", job_id, error)
+            _CloudStatus(rt).write(
+                job_id, {"state": "failed", "error": error[:ERROR_MAX_CHARS], "failed_at": utc_iso()}
+            )
+            rt.state.count("jobs_failed")
+            return JobOutcome(job_id, "skipped", error)
+        try:
+            circuit, shots = _validate(rt, fields)
+        except JobError as exc:
+            payload = failure_payload(job_id, str(exc))
+        else:
+            _CloudStatus(rt).write(
+                job_id,
+                {"state": "executing", "started_at": utc_iso(), "message_id": entry_id, "qpu_id": rt.qpu_id},
+            )
+            payload = _run_watched(rt, claim, job_id, circuit, shots)
+        if payload is None:
+            _cancelled(rt, job_id, entry_id)
+            return JobOutcome(job_id, "cancelled", "during run")
+        _record_result(rt, job_id, payload)
+        enqueue(job_id, callback, entry_id)
+        return JobOutcome(job_id, "queued", str(payload["status"]))
+    finally:
+        claim.release()

@@ -1,0 +1,157 @@
+"""The node's shared state in the local broker Redis, namespaced by ``qpu_id``.
+
+Bridge, workers and web processes share it: the jobs running now, the
+time of the last job, cloud-Redis health, the last stream read, VPN state,
+connectivity and the counters behind ``/metrics``.  Values that a living
+process must keep fresh carry an expiry, so a dead process reads as
+unhealthy rather than frozen in its last good state.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+__all__ = ["COUNTERS", "NodeState", "utc_iso"]
+
+#: How long a running-job mark lives without a refresh (the executor refreshes it while it runs).
+RUNNING_TTL_SEC = 30.0
+#: The counters kept for ``/metrics``, by name.
+COUNTERS = (
+    "jobs_completed",
+    "jobs_failed",
+    "jobs_cancelled",
+    "jobs_skipped",
+    "executor_seconds",
+    "webhook_attempts",
+    "webhook_failures",
+    "webhook_dead_letters",
+    "heartbeats_sent",
+    "heartbeats_rejected",
+)
+
+
+def utc_iso(ts: float | None = None) -> str:
+    """An ISO-8601 UTC time with a ``Z``, as the cloud expects."""
+    moment = datetime.fromtimestamp(time.time() if ts is None else ts, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class NodeState:
+    """Typed access to the node's keys; every method is one or two Redis round trips."""
+
+    def __init__(self, client: redis.Redis, qpu_id: str) -> None:
+        self.client = client
+        self.qpu_id = qpu_id
+        self.prefix = f"coda-bridge:{qpu_id}:node"
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}:{name}"
+
+    # -- jobs running now --
+
+    def job_started(self, job_id: str, ttl_sec: float = RUNNING_TTL_SEC) -> None:
+        self.client.zadd(self.key("running"), {job_id: time.time() + ttl_sec})
+
+    def job_alive(self, job_id: str, ttl_sec: float = RUNNING_TTL_SEC) -> None:
+        self.client.zadd(self.key("running"), {job_id: time.time() + ttl_sec}, xx=True)
+
+    def job_ended(self, job_id: str) -> None:
+        self.client.zrem(self.key("running"), job_id)
+
+    def current_jobs(self) -> list[str]:
+        """Jobs whose mark has not expired, oldest mark first."""
+        now = time.time()
+        pipe = self.client.pipeline()
+        pipe.zremrangebyscore(self.key("running"), "-inf", now)
+        pipe.zrangebyscore(self.key("running"), now, "+inf")
+        return [_text(j) for j in pipe.execute()[1]]
+
+    def current_job(self) -> str | None:
+        jobs = self.current_jobs()
+        return jobs[0] if jobs else None
+
+    # -- last successful job --
+
+    def set_last_job_at(self, ts: float | None = None) -> None:
+        self.client.set(self.key("last_job_at"), utc_iso(ts))
+
+    def last_job_at(self) -> str | None:
+        value = self.client.get(self.key("last_job_at"))
+        return _text(value) if value is not None else None
+
+    # -- the cloud's Redis, as the bridge sees it --
+
+    def set_cloud_redis(self, healthy: bool, ttl_sec: float) -> None:
+        self.client.set(self.key("cloud_redis"), "1" if healthy else "0", px=int(ttl_sec * 1000))
+
+    def cloud_redis_healthy(self) -> bool:
+        return _text(self.client.get(self.key("cloud_redis")) or b"0") == "1"
+
+    def stream_read(self, ts: float | None = None) -> None:
+        """Record that the bridge completed a stream read (it proves the consumer is alive)."""
+        self.client.set(self.key("stream_read_at"), repr(time.time() if ts is None else ts))
+
+    def last_stream_read(self) -> float | None:
+        value = self.client.get(self.key("stream_read_at"))
+        return float(_text(value)) if value is not None else None
+
+    # -- VPN --
+
+    def set_vpn_state(self, state: str, ttl_sec: float, detail: str | None = None) -> str | None:
+        """Store the VPN state with an expiry; return the previous state (for transition logs)."""
+        pipe = self.client.pipeline()
+        pipe.get(self.key("vpn_state"))
+        pipe.set(self.key("vpn_state"), state, px=int(ttl_sec * 1000))
+        pipe.set(self.key("vpn_detail"), detail or "", px=int(ttl_sec * 1000))
+        previous = pipe.execute()[0]
+        return _text(previous) if previous is not None else None
+
+    def vpn_state(self) -> str:
+        """The stored state, or ``booting`` when none is fresh (no check has run, or the checker died)."""
+        value = self.client.get(self.key("vpn_state"))
+        return _text(value) if value is not None else "booting"
+
+    # -- connectivity --
+
+    def set_connectivity(self, edges: Sequence[Sequence[int]] | None) -> None:
+        if edges is None:
+            self.client.delete(self.key("connectivity"))
+        else:
+            self.client.set(self.key("connectivity"), json.dumps([list(e) for e in edges]))
+
+    def connectivity(self) -> list[list[int]] | None:
+        value = self.client.get(self.key("connectivity"))
+        return json.loads(value) if value is not None else None
+
+    # -- heartbeat --
+
+    def heartbeat_accepted(self, ts: float | None = None) -> None:
+        self.client.set(self.key("heartbeat_ok_at"), repr(time.time() if ts is None else ts))
+
+    def last_heartbeat_accepted(self) -> float | None:
+        value = self.client.get(self.key("heartbeat_ok_at"))
+        return float(_text(value)) if value is not None else None
+
+    # -- counters for /metrics --
+
+    def count(self, name: str, amount: float = 1) -> None:
+        if isinstance(amount, int):
+            self.client.hincrby(self.key("counters"), name, amount)
+        else:
+            self.client.hincrbyfloat(self.key("counters"), name, amount)
+
+    def counters(self) -> dict[str, float]:
+        raw: Mapping[Any, Any] = self.client.hgetall(self.key("counters"))
+        values = {name: 0.0 for name in COUNTERS}
+        values.update({_text(k): float(_text(v)) for k, v in raw.items()})
+        return values
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,60 @@
+"""The node's processes, named once: used by ``start``, the Procfile check, the demo and the tests.
+
+Every process is a plain command line, so honcho, systemd or Kubernetes
+can run the same thing.  Executor workers scale by running more of the
+``jobs`` line; the bridge never changes.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from .settings import Settings
+
+__all__ = ["RESULT_THREADS", "CONTROL_THREADS", "ProcessSpec", "node_processes"]
+
+#: Delivery threads: webhooks wait on the network, not the CPU.
+RESULT_THREADS = 8
+#: Control threads: a heartbeat and a VPN check may overlap.
+CONTROL_THREADS = 2
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One process of the node: a name and its command line."""
+
+    name: str
+    argv: tuple[str, ...]
+
+    @property
+    def command(self) -> str:
+        return " ".join(self.argv)
+
+
+def _worker(queue: str, threads: int, drain_ms: int, python: str) -> tuple[str, ...]:
+    return (
+        python, "-m", "dramatiq", "actors",
+        "--processes", "1",
+        "--threads", str(threads),
+        "--queues", queue,
+        "--worker-shutdown-timeout", str(drain_ms),
+    )  # fmt: skip
+
+
+def node_processes(
+    settings: Settings, *, web: bool = True, python: str | None = None, token: str | None = None
+) -> list[ProcessSpec]:
+    """bridge, jobs, results and control workers, and (unless ``web`` is false) the probes app."""
+    py = python or sys.executable
+    drain_ms = int(settings.shutdown_drain_timeout_sec * 1000)
+    bridge = (py, "-m", "coda_bridge", "bridge") + (("--token", token) if token else ())
+    specs = [
+        ProcessSpec("bridge", bridge),
+        ProcessSpec("jobs", _worker("jobs", settings.executor_concurrency, drain_ms, py)),
+        ProcessSpec("results", _worker("results", RESULT_THREADS, drain_ms, py)),
+        ProcessSpec("control", _worker("control", CONTROL_THREADS, drain_ms, py)),
+    ]
+    if web:
+        specs.append(ProcessSpec("web", (py, "-m", "coda_bridge", "web")))
+    return specs

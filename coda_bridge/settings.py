@@ -1,0 +1,260 @@
+"""Typed settings, layered by dynaconf.
+
+Precedence, highest first: explicit overrides (CLI flags), ``CODA_``
+environment variables, the site table of ``config/settings.toml`` chosen by
+``CODA_ENV`` (over its ``[default]`` table, with ``config/.secrets.toml``),
+persisted node state, then the defaults below.  Code reads one frozen
+:class:`Settings` object with named attributes; nothing else looks up
+strings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dynaconf import Dynaconf
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from .errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "SECRET_FIELDS", "Settings", "default_state_dir", "load_settings"]
+
+logger = logging.getLogger(__name__)
+
+#: Every environment variable of ours starts with this.
+ENV_PREFIX = "CODA"
+#: Settings files, relative to the working directory unless ``CODA_SETTINGS_FILES`` says otherwise.
+DEFAULT_SETTINGS_FILES = ("config/settings.toml", "config/.secrets.toml")
+#: Variables that steer the loading itself rather than being settings.
+_META_KEYS = frozenset({"ENV", "SETTINGS_FILES", "SETTINGS_FILE"})
+#: Fields whose values are never echoed back, in errors or anywhere else.
+SECRET_FIELDS = frozenset({"node_token", "jwt_private_key"})
+_TARGETS = ("cz", "iswap", "pcz", "cnot")
+
+
+def default_state_dir() -> Path:
+    """Where credentials live by default: a place that survives reboots, never ``/tmp``."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/coda-bridge")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "coda-bridge"
+
+
+class Settings(BaseModel):
+    """Every setting of a node, typed.  Field ``x`` is environment variable ``CODA_X``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True)
+
+    # -- identity and cloud (PROTOCOL.md section 8) --
+    node_token: SecretStr | None = None
+    jwt_private_key: SecretStr | None = None
+    jwt_key_id: str | None = None
+    qpu_id: str | None = None
+    qpu_display_name: str | None = None
+    native_gate_set: str = "cz"
+    num_qubits: int = Field(5, ge=1, le=50)
+    redis_url: str | None = None
+    webapp_url: str = "https://coda.conductorquantum.com"
+    connect_path: str = "/api/internal/qpu/connect"
+    register_path: str = "/api/internal/qpu/register"
+    heartbeat_path: str = "/api/internal/qpu/heartbeat"
+    webhook_path: str = "/api/internal/qpu/webhook"
+    node_timeout_sec: float = Field(15, gt=0)
+    node_connect_headers: dict[str, str] = {}
+    node_connect_retries: int = Field(3, ge=1)
+    node_machine_fingerprint: str | None = None
+
+    # -- web probes --
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=1, le=65535)
+    web_workers: int = Field(2, ge=1)
+    dashboard_enabled: bool = False
+    dashboard_prefix: str = "/dashboard"
+    ready_stream_stale_sec: float = Field(30, gt=0)
+
+    # -- executor --
+    executor_factory: str | None = None
+    device_config: str | None = None
+    executor_concurrency: int = Field(1, ge=1)
+    batch_size: int = Field(10, ge=1)
+    max_shots: int = Field(1_000_000, ge=1)
+    job_time_limit_sec: float = Field(3600, gt=0)
+    cancel_poll_interval_sec: float = Field(0.2, gt=0)
+    simulator_seed: int | None = None
+    simulator_max_qubits: int = Field(24, ge=1, le=30)
+
+    # -- stream bridge and local broker --
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    consumer_name: str | None = None
+    stream_block_ms: int = Field(2000, ge=1)
+    claim_idle_sec: float = Field(60, gt=0)
+    max_local_queue: int = Field(1000, ge=1)
+    worker_heartbeat_timeout_sec: float = Field(10, gt=0)
+
+    # -- result delivery --
+    webhook_timeout_sec: float = Field(10, gt=0)
+    webhook_max_retries: int = Field(20, ge=0)
+    webhook_max_backoff_sec: float = Field(300, gt=0)
+    allowed_callback_hosts: list[str] = []
+
+    # -- heartbeat and VPN --
+    heartbeat_interval_sec: float = Field(30, gt=0)
+    vpn_required: bool = True
+    vpn_check_interval_sec: float = Field(10, gt=0)
+    vpn_probe_targets: list[str] = []
+    vpn_interface_hint: str | None = None
+    allow_degraded_startup: bool = False
+    node_auto_vpn: bool = True
+    node_vpn_profile_path: str | None = None
+
+    # -- process --
+    state_dir: Path = Field(default_factory=default_state_dir)
+    log_level: str = "INFO"
+    shutdown_drain_timeout_sec: float = Field(30, gt=0)
+
+    @field_validator("native_gate_set")
+    @classmethod
+    def _known_target(cls, value: str) -> str:
+        if value not in _TARGETS:
+            raise ValueError(f"expected one of {', '.join(_TARGETS)}")
+        return value
+
+    @field_validator("node_connect_headers", "vpn_probe_targets", "allowed_callback_hosts", mode="before")
+    @classmethod
+    def _json_text(cls, value: Any) -> Any:
+        """Environment variables carry lists and mappings as JSON (or, for lists, commas)."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text:
+            return []
+        if text[0] in "[{":
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc.msg})") from None
+        return [part.strip() for part in text.split(",") if part.strip()]
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+    # -- derived values --
+
+    @property
+    def node_token_value(self) -> str | None:
+        return self.node_token.get_secret_value() if self.node_token else None
+
+    @property
+    def jwt_private_key_value(self) -> str | None:
+        return self.jwt_private_key.get_secret_value() if self.jwt_private_key else None
+
+    @property
+    def resolved_consumer_name(self) -> str:
+        """The stream consumer name: stable per host, so a restart finds its own pending entries."""
+        return self.consumer_name or f"{socket.gethostname()}-bridge"
+
+    def url(self, path: str) -> str:
+        """``webapp_url`` joined with an API path."""
+        return self.webapp_url.rstrip("/") + "/" + path.lstrip("/")
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied and validated."""
+        data = self.model_dump()
+        data.update(changes)
+        return _validate(data, explicit=self.model_fields_set | set(changes))
+
+
+def _settings_files() -> list[str]:
+    raw = os.environ.get(f"{ENV_PREFIX}_SETTINGS_FILES")
+    return [p for p in raw.split(",") if p] if raw else list(DEFAULT_SETTINGS_FILES)
+
+
+def _site_tables(files: list[str]) -> set[str]:
+    tables: set[str] = set()
+    for name in files:
+        path = Path(name)
+        if path.is_file():
+            try:
+                tables.update(k.lower() for k in tomllib.loads(path.read_text()).keys())
+            except (tomllib.TOMLDecodeError, OSError) as exc:
+                raise ConfigError(f"settings file {path} cannot be read: {exc}") from None
+    return tables
+
+
+def _layered(site: str | None) -> dict[str, Any]:
+    """Values set by the site file or the environment (lower-cased keys), nothing else."""
+    files = _settings_files()
+    if site is None:
+        site = os.environ.get(f"{ENV_PREFIX}_ENV")
+    if site and site.lower() not in ("default", "development") and site.lower() not in _site_tables(files):
+        logger.warning(
+            "Site %r has no table in %s; only [default] and the environment apply.", site, ", ".join(files)
+        )
+    extra: dict[str, Any] = {"env": site} if site else {}
+    try:
+        layered = Dynaconf(
+            envvar_prefix=ENV_PREFIX,
+            settings_files=files,
+            environments=True,
+            env_switcher=f"{ENV_PREFIX}_ENV",
+            load_dotenv=False,
+            **extra,
+        )
+        values = layered.as_dict()
+    except Exception as exc:  # dynaconf raises many types for a broken file
+        raise ConfigError(f"settings cannot be loaded: {exc}") from None
+    return {k.lower(): v for k, v in values.items() if k not in _META_KEYS and k != "LOAD_DOTENV"}
+
+
+def _validate(data: Mapping[str, Any], explicit: set[str] | None = None) -> Settings:
+    try:
+        settings = Settings.model_validate(dict(data))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        variable = f"{ENV_PREFIX}_{field.upper()}"
+        if field in SECRET_FIELDS:
+            shown = "(hidden)"
+        else:
+            shown = repr(first.get("input"))
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        if first["type"] == "extra_forbidden":
+            raise ConfigError(f"{variable} is not a known setting") from None
+        raise ConfigError(f"{variable}={shown} is not valid: {first['msg']}") from None
+    if explicit is not None:
+        object.__setattr__(settings, "__pydantic_fields_set__", set(explicit))
+    return settings
+
+
+def load_settings(
+    *,
+    persisted: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    site: str | None = None,
+) -> Settings:
+    """Build the settings from every layer; raise :class:`ConfigError` naming a bad variable.
+
+    ``model_fields_set`` of the result holds what the operator set (file,
+    environment or override), so persisted state never hides it.
+    """
+    known = set(Settings.model_fields)
+    layered = _layered(site)
+    for key in sorted(set(layered) - known):
+        logger.warning("Ignoring unknown setting %s_%s.", ENV_PREFIX, key.upper())
+    operator = {k: v for k, v in layered.items() if k in known}
+    operator.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    data = {k: v for k, v in (persisted or {}).items() if k in known and v is not None}
+    data.update(operator)
+    return _validate(data, explicit=set(operator))

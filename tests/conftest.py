@@ -1,0 +1,38 @@
+"""Fixtures that start real things and clean up after themselves."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from coda_bridge.localredis import LocalRedis
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[LocalRedis]:
+    """One real redis-server for the whole session; tests use separate key names or flush it."""
+    with LocalRedis() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: LocalRedis) -> Iterator[str]:
+    """A clean database on the shared server."""
+    client = redis_server.client()
+    client.flushall()
+    yield redis_server.url
+    client.close()
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> pytest.MonkeyPatch:
+    """No CODA_ variable from the outside world, a private state dir, and no site files."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("CODA_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("CODA_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+    monkeypatch.setenv("CODA_SETTINGS_FILES", str(tmp_path_factory.mktemp("cfg") / "settings.toml"))
+    return monkeypatch
