@@ -1,4 +1,9 @@
-"""The executor actor: one job per message, no automatic retries (a failure is a result)."""
+"""The executor actor: one job per message, no retries of a failed circuit (a failure is a result).
+
+The one retry it allows is of a job claimed by another worker: the message
+comes back once that claim's lease could have lapsed, so a job whose
+worker died is taken over rather than dropped.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ import dramatiq
 from dramatiq.middleware import TimeLimitExceeded
 
 from coda_bridge.broker import JOBS_QUEUE
-from coda_bridge.jobs import execute_job, failure_payload
+from coda_bridge.errors import JobBusy
+from coda_bridge.jobs import execute_job, failure_payload, record_result
 
 from . import runtime, settings
 from .results import deliver
@@ -23,17 +29,26 @@ def _queue_delivery(job_id: str, callback_url: str, entry_id: str) -> None:
     deliver.send(job_id, callback_url, entry_id)
 
 
-@dramatiq.actor(actor_name="execute", queue_name=JOBS_QUEUE, max_retries=0, time_limit=BACKSTOP_LIMIT_MS)
+def _only_when_claimed_elsewhere(retries: int, exc: BaseException) -> bool:
+    return isinstance(exc, dramatiq.Retry)
+
+
+@dramatiq.actor(
+    actor_name="execute",
+    queue_name=JOBS_QUEUE,
+    retry_when=_only_when_claimed_elsewhere,
+    time_limit=BACKSTOP_LIMIT_MS,
+)
 def execute(fields: dict[str, str], entry_id: str) -> None:
     """Run one stream entry's job on the executor and queue its result for delivery."""
     try:
         execute_job(runtime, fields, entry_id, _queue_delivery)
+    except JobBusy as busy:
+        raise dramatiq.Retry(delay=int(busy.retry_after_sec * 1000)) from None
     except TimeLimitExceeded:
         job_id = fields.get("job_id")
         logger.error("Job %s hit dramatiq's backstop time limit.", job_id)
         if job_id and fields.get("callback_url"):
-            from coda_bridge.jobs import _record_result
-
             error = f"Job exceeded the time limit of {BACKSTOP_LIMIT_MS // 1000} s; run abandoned"
-            _record_result(runtime, job_id, failure_payload(job_id, error))
+            record_result(runtime, job_id, failure_payload(job_id, error))
             _queue_delivery(job_id, fields["callback_url"], entry_id)

@@ -23,8 +23,8 @@ __all__ = [
     "Signer",
     "generate_private_key_pem",
     "looks_like_jwt",
-    "unverified_kid",
     "public_key_pem",
+    "unverified_kid",
     "verify_token",
 ]
 

@@ -20,6 +20,7 @@ import dramatiq
 import redis
 
 from .broker import JOBS_QUEUE, CodaBroker
+from .failpoints import failpoint
 from .keys import group_name, stream_key
 from .nodestate import NodeState
 from .runtime import cloud_redis_client
@@ -136,7 +137,7 @@ class StreamBridge:
 
     def _read_new(self) -> int:
         try:
-            reply = self.cloud.xreadgroup(
+            reply: Any = self.cloud.xreadgroup(
                 self.group,
                 self.consumer,
                 {self.stream: ">"},
@@ -145,7 +146,9 @@ class StreamBridge:
             )
         except redis.ResponseError as exc:
             if "NOGROUP" in str(exc):
-                logger.warning("Consumer group %s vanished (cloud Redis restarted?); recreating it.", self.group)
+                logger.warning(
+                    "Consumer group %s vanished (cloud Redis restarted?); recreating it.", self.group
+                )
                 self._pending_first = True
                 return 0
             raise
@@ -157,7 +160,9 @@ class StreamBridge:
         total = 0
         start = "0"
         while True:
-            reply = self.cloud.xreadgroup(self.group, self.consumer, {self.stream: start}, count=READ_COUNT)
+            reply: Any = self.cloud.xreadgroup(
+                self.group, self.consumer, {self.stream: start}, count=READ_COUNT
+            )
             entries = reply[0][1] if reply else []
             if not entries:
                 return total
@@ -169,7 +174,7 @@ class StreamBridge:
         start = "0-0"
         min_idle_ms = int(self.settings.claim_idle_sec * 1000)
         while True:
-            reply = self.cloud.xautoclaim(
+            reply: Any = self.cloud.xautoclaim(
                 self.stream, self.group, self.consumer, min_idle_ms, start_id=start, count=READ_COUNT
             )
             next_start, entries = reply[0], reply[1]
@@ -190,6 +195,7 @@ class StreamBridge:
                 logger.warning("Stream entry %s was deleted before it was read; acknowledging it.", entry_id)
             done.append(entry_id)
         if done:
+            failpoint("bridge.before_ack")
             self.cloud.xack(self.stream, self.group, *done)
             self.forwarded += len(done)
         self.state.stream_read()

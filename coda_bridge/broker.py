@@ -26,7 +26,14 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import current_millis
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
-from dramatiq.middleware import AgeLimit, CurrentMessage, Middleware, Retries, ShutdownNotifications, TimeLimit
+from dramatiq.middleware import (
+    AgeLimit,
+    CurrentMessage,
+    Middleware,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
 
 from .settings import Settings
 
@@ -69,7 +76,7 @@ class CodaBroker(RedisBroker):
     def __init__(self, *, maintenance_interval_sec: float = 2.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.maintenance_interval_sec = maintenance_interval_sec
-        self._last_maintenance = 0.0
+        self._last_maintenance: dict[str, float] = {}
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -78,14 +85,35 @@ class CodaBroker(RedisBroker):
     def wake_key(self, queue_name: str) -> str:
         return f"{self.namespace}:{queue_name}.wake"
 
-    def _should_do_maintenance(self, command: str) -> int:
+    def _maintenance_due(self, command: str, queue_name: str) -> int:
+        """1 when ``queue_name`` had no maintenance from this process for an interval (it is per queue)."""
         if command in _NO_MAINTENANCE:
             return 0
         now = time.monotonic()
-        if now - self._last_maintenance < self.maintenance_interval_sec:
+        if now - self._last_maintenance.get(queue_name, 0.0) < self.maintenance_interval_sec:
             return 0
-        self._last_maintenance = now
+        self._last_maintenance[queue_name] = now
         return 1
+
+    def _dispatch(self, command: str) -> Any:
+        """dramatiq's dispatch, with maintenance on a per-queue clock instead of by chance."""
+        dispatch = self.scripts["dispatch"]
+        keys = [self.namespace]
+
+        def do_dispatch(queue_name: str, *args: Any) -> Any:
+            header = [
+                command,
+                current_millis(),
+                queue_name,
+                self.broker_id,
+                self.heartbeat_timeout,
+                self.dead_message_ttl,
+                self._maintenance_due(command, queue_name),
+                self._max_unpack_size(),
+            ]
+            return dispatch(args=[*header, *args], keys=keys)
+
+        return do_dispatch
 
     def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> None:
         """Enqueue and push a wake-up token in one round trip."""
@@ -97,7 +125,7 @@ class CodaBroker(RedisBroker):
             self.broker_id,
             self.heartbeat_timeout,
             self.dead_message_ttl,
-            self._should_do_maintenance("enqueue"),
+            self._maintenance_due("enqueue", queue_name),
             self._max_unpack_size(),
             message_id,
             data,

@@ -77,7 +77,9 @@ class CloudClient:
         attempts = settings.node_connect_retries
         for attempt in range(1, attempts + 1):
             try:
-                response = self.session.post(url, json=dict(body), headers=headers, timeout=settings.node_timeout_sec)
+                response = self.session.post(
+                    url, json=dict(body), headers=headers, timeout=settings.node_timeout_sec
+                )
             except requests.RequestException as exc:
                 error = NodeError(f"cannot reach the cloud at {url}: {type(exc).__name__}")
             else:
@@ -89,7 +91,9 @@ class CloudClient:
                     raise error
             if attempt < attempts:
                 delay = CONNECT_BACKOFF_BASE_SEC * 2 ** (attempt - 1)
-                logger.warning("Connect attempt %d/%d failed (%s); retrying in %.0f s.", attempt, attempts, error, delay)
+                logger.warning(
+                    "Connect attempt %d/%d failed (%s); retrying in %.0f s.", attempt, attempts, error, delay
+                )
                 self._sleep(delay)
         raise NodeError(f"{error} (gave up after {attempts} attempts)", status=error.status)
 
@@ -104,7 +108,9 @@ class CloudClient:
                 status=response.status_code,
             ) from None
         if not isinstance(bundle, dict):
-            raise NodeError(f"cloud answered {url} with JSON that is not an object", status=response.status_code)
+            raise NodeError(
+                f"cloud answered {url} with JSON that is not an object", status=response.status_code
+            )
         return bundle
 
     # -- heartbeat (PROTOCOL.md 3) --
@@ -130,7 +136,10 @@ class CloudClient:
         """POST one result with a fresh JWT; :class:`WebhookError` says whether to retry."""
         try:
             response = self.session.post(
-                url, json=dict(payload), headers=signer.authorization(), timeout=self.settings.webhook_timeout_sec
+                url,
+                json=dict(payload),
+                headers=signer.authorization(),
+                timeout=self.settings.webhook_timeout_sec,
             )
         except requests.RequestException as exc:
             raise WebhookError(f"webhook to {url} failed: {type(exc).__name__}") from None

@@ -22,6 +22,7 @@ from dramatiq.message import Message
 
 from .broker import RESULTS_QUEUE, CodaBroker
 from .errors import WebhookError
+from .failpoints import failpoint
 from .jobs import ERROR_MAX_CHARS
 from .keys import job_key, status_key
 from .nodestate import utc_iso
@@ -54,16 +55,22 @@ def _write_terminal_status(rt: Runtime, job_id: str, payload: dict[str, Any], re
     else:
         error = refused or str(payload.get("error") or "failed")
         fields = {"state": "failed", "error": error[:ERROR_MAX_CHARS], "failed_at": utc_iso()}
+    mapping: dict[Any, Any] = fields
     try:
-        rt.cloud_redis.hset(status_key(job_id), mapping=fields)
+        rt.cloud_redis.hset(status_key(job_id), mapping=mapping)
     except redis.RedisError as exc:
         raise WebhookError(f"result of job {job_id} delivered, but its status write failed: {exc}") from None
 
 
 def deliver_result(rt: Runtime, job_id: str, callback_url: str) -> str:
-    """Deliver the recorded result of ``job_id``; return ``delivered``, ``duplicate``, ``refused`` or ``missing``."""
+    """Deliver the recorded result of ``job_id``.
+
+    Returns ``delivered``, ``duplicate``, ``refused`` or ``missing``.
+    """
     key = job_key(rt.qpu_id, job_id)
-    recorded, delivered, refused = (_text(v) for v in rt.local_redis.hmget(key, "result", "delivered", "refused"))
+    recorded, delivered, refused = (
+        _text(v) for v in rt.local_redis.hmget(key, "result", "delivered", "refused")
+    )
     if recorded is None:
         logger.error("No recorded result for job %s; nothing to deliver.", job_id)
         return "missing"
@@ -81,6 +88,7 @@ def deliver_result(rt: Runtime, job_id: str, callback_url: str) -> str:
             refused = f"Result delivery refused: {exc}"
             logger.error("Delivery of job %s refused by the cloud: %s", job_id, exc)
             outcome = "refused"
+        failpoint("delivery.after_post")
         pipe = rt.local_redis.pipeline(transaction=False)
         pipe.hset(key, mapping={"delivered": repr(time.time()), **({"refused": refused} if refused else {})})
         pipe.expire(key, DELIVERED_TTL_SEC)
@@ -119,13 +127,14 @@ def dead_letters(broker: CodaBroker) -> list[DeadLetter]:
     zset, msgs = _xq(broker)
     client = broker.client
     found = []
-    for raw_id, score in client.zrange(zset, 0, -1, withscores=True):
+    entries: list[Any] = client.zrange(zset, 0, -1, withscores=True)
+    for raw_id, score in entries:
         redis_id = _text(raw_id) or ""
-        data = client.hget(msgs, redis_id)
+        data: Any = client.hget(msgs, redis_id)
         if data is None:
             continue
         message = Message.decode(data)
-        job_id, callback = (list(message.args) + [None, None])[:2]
+        job_id, callback = [*message.args, None, None][:2]
         found.append(
             DeadLetter(
                 message_id=message.message_id,
@@ -146,12 +155,14 @@ def replay_dead_letters(broker: CodaBroker, job_ids: set[str] | None = None) -> 
     for letter in dead_letters(broker):
         if job_ids is not None and letter.job_id not in job_ids:
             continue
-        data = broker.client.hget(msgs, letter.redis_message_id)
+        data: Any = broker.client.hget(msgs, letter.redis_message_id)
         if data is None:
             continue
         message = Message.decode(data)
-        options = {k: v for k, v in message.options.items() if k not in ("retries", "traceback", "redis_message_id")}
-        fresh = dramatiq.Message(
+        options = {
+            k: v for k, v in message.options.items() if k not in ("retries", "traceback", "redis_message_id")
+        }
+        fresh: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=RESULTS_QUEUE,
             actor_name=message.actor_name,
             args=message.args,

@@ -19,8 +19,7 @@ from typing import Any, Protocol
 from .auth import Signer
 from .cloud import CloudClient
 from .errors import ConfigError, NodeError
-from .settings import Settings
-from .settings import load_settings
+from .settings import Settings, load_settings
 from .state import ensure_state_dir, load_persisted, persist, remember_token, token_was_used
 
 __all__ = [
@@ -181,7 +180,6 @@ def connect_node(
 def legacy_dir() -> Path:
     """Where the first runtime kept its files."""
     return Path(tempfile.gettempdir())
-
 
 
 def load_node_settings(*, overrides: Mapping[str, Any] | None = None, site: str | None = None) -> Settings:

@@ -22,19 +22,21 @@ from urllib.parse import urlsplit
 
 import redis
 
-from .errors import CodaError, ExecutorError, JobError
+from .errors import CodaError, ExecutorError, JobBusy, JobError
+from .failpoints import failpoint
 from .keys import cancel_key, claim_key, job_key, status_key
 from .nodestate import utc_iso
 from .runtime import Runtime
 
-__all__ = ["ERROR_MAX_CHARS", "JobOutcome", "execute_job", "failure_payload", "parse_shots"]
+__all__ = ["ERROR_MAX_CHARS", "JobOutcome", "execute_job", "failure_payload", "parse_shots", "record_result"]
 
 logger = logging.getLogger(__name__)
 
 #: The cloud keeps at most this much of an error text.
 ERROR_MAX_CHARS = 500
-#: Lease of a job claim; refreshed at every cancel poll while the job runs.
-CLAIM_LEASE_SEC = 30.0
+#: Lease of a job claim; refreshed at every cancel poll while the job runs, so it
+#: lapses this long after its holder died.
+CLAIM_LEASE_SEC = 15.0
 #: How long a recorded result is kept (it is normally delivered within seconds).
 RESULT_TTL_SEC = 30 * 86_400
 #: Terminal states after which a message is acknowledged and skipped.
@@ -42,13 +44,17 @@ TERMINAL_STATES = ("completed", "cancelled")
 
 Enqueue = Callable[[str, str, str], None]
 
+_RELEASE_IF_OURS = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
+
 
 @dataclass(frozen=True)
 class JobOutcome:
     """What happened to one stream entry (for logs, metrics and tests)."""
 
     job_id: str | None
-    outcome: str  # queued, skipped, cancelled, busy
+    outcome: str  # queued, skipped, cancelled
     detail: str = ""
 
 
@@ -85,8 +91,9 @@ class _CloudStatus:
         self.rt = rt
 
     def write(self, job_id: str, fields: Mapping[str, str]) -> bool:
+        mapping: dict[Any, Any] = dict(fields)
         try:
-            self.rt.cloud_redis.hset(status_key(job_id), mapping=dict(fields))
+            self.rt.cloud_redis.hset(status_key(job_id), mapping=mapping)
         except redis.RedisError as exc:
             logger.warning("Could not write status %s of job %s: %s", fields.get("state"), job_id, exc)
             return False
@@ -120,13 +127,15 @@ class _Claim:
         self.job_id = job_id
         self.token = uuid.uuid4().hex
 
-    def acquire(self) -> tuple[bool, str | None]:
-        """Take the claim; also return the job's recorded result, if any (one round trip)."""
+    def acquire(self) -> tuple[bool, str | None, float]:
+        """Take the claim; also return the job's recorded result and the lease left (one round trip)."""
         pipe = self.rt.local_redis.pipeline(transaction=False)
         pipe.set(self.key, self.token, nx=True, px=int(CLAIM_LEASE_SEC * 1000))
         pipe.hget(job_key(self.rt.qpu_id, self.job_id), "result")
-        taken, recorded = pipe.execute()
-        return bool(taken), recorded.decode() if isinstance(recorded, bytes) else recorded
+        pipe.pttl(self.key)
+        taken, recorded, ttl_ms = pipe.execute()
+        recorded = recorded.decode() if isinstance(recorded, bytes) else recorded
+        return bool(taken), recorded, max(int(ttl_ms), 0) / 1000
 
     def refresh(self) -> None:
         pipe = self.rt.local_redis.pipeline(transaction=False)
@@ -135,13 +144,14 @@ class _Claim:
         pipe.execute()
 
     def release(self) -> None:
+        """Give the claim back, unless its lease lapsed and another worker holds it now."""
         pipe = self.rt.local_redis.pipeline(transaction=False)
-        pipe.delete(self.key)
+        pipe.eval(_RELEASE_IF_OURS, 1, self.key, self.token)
         pipe.zrem(self.rt.state.key("running"), self.job_id)
         pipe.execute()
 
 
-def _record_result(rt: Runtime, job_id: str, payload: Mapping[str, Any]) -> str:
+def record_result(rt: Runtime, job_id: str, payload: Mapping[str, Any]) -> str:
     """Record the job's result unless one is recorded already; return the one that counts."""
     key = job_key(rt.qpu_id, job_id)
     pipe = rt.local_redis.pipeline(transaction=False)
@@ -254,7 +264,7 @@ def execute_job(rt: Runtime, fields: Mapping[str, str], entry_id: str, enqueue: 
         return JobOutcome(job_id, "cancelled", "before start")
 
     claim = _Claim(rt, job_id)
-    taken, recorded = claim.acquire()
+    taken, recorded, lease_left = claim.acquire()
     if recorded is not None:
         # A run before a crash recorded the result; deliver that one, never run again.
         if taken:
@@ -262,8 +272,9 @@ def execute_job(rt: Runtime, fields: Mapping[str, str], entry_id: str, enqueue: 
         enqueue(job_id, callback, entry_id)
         return JobOutcome(job_id, "queued", "recorded earlier")
     if not taken:
-        logger.info("Job %s is running on another worker; this copy is dropped.", job_id)
-        return JobOutcome(job_id, "busy")
+        # Running elsewhere, or its holder died: look again once the lease could have lapsed.
+        logger.info("Job %s is claimed by another worker; checking again in %.1f s.", job_id, lease_left)
+        raise JobBusy(job_id, lease_left + 0.5)
 
     try:
         rt.state.job_started(job_id, CLAIM_LEASE_SEC)
@@ -271,7 +282,7 @@ def execute_job(rt: Runtime, fields: Mapping[str, str], entry_id: str, enqueue: 
         payload: dict[str, Any] | None
         if not callback_allowed(callback, settings.webapp_url, settings.allowed_callback_hosts):
             host = urlsplit(callback).hostname
-            error = f"callback host {host!r} is not the cloud's host; add it to allowed_callback_hosts to allow it"
+            error = f"callback host {host!r} is not the cloud's host; allowed_callback_hosts can allow it"
             logger.error("Job %s failed locally: %s", job_id, error)
             _CloudStatus(rt).write(
                 job_id, {"state": "failed", "error": error[:ERROR_MAX_CHARS], "failed_at": utc_iso()}
@@ -291,7 +302,8 @@ def execute_job(rt: Runtime, fields: Mapping[str, str], entry_id: str, enqueue: 
         if payload is None:
             _cancelled(rt, job_id, entry_id)
             return JobOutcome(job_id, "cancelled", "during run")
-        _record_result(rt, job_id, payload)
+        record_result(rt, job_id, payload)
+        failpoint("jobs.after_record")
         enqueue(job_id, callback, entry_id)
         return JobOutcome(job_id, "queued", str(payload["status"]))
     finally:

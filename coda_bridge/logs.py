@@ -36,7 +36,7 @@ def configure_logging(level: str = "INFO") -> None:
     """Root logging to stderr with the secret filter on every handler."""
     root = logging.getLogger()
     if not root.handlers:
-        handler = logging.StreamHandler()
+        handler: logging.Handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter(FORMAT))
         root.addHandler(handler)
     root.setLevel(level)

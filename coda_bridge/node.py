@@ -92,7 +92,10 @@ def run_bridge(*, overrides: Mapping[str, Any] | None = None, token: str | None 
     ticker = Ticker(
         broker,
         settings.qpu_id,
-        [Tick("heartbeat", settings.heartbeat_interval_sec), Tick("vpn_check", settings.vpn_check_interval_sec)],
+        [
+            Tick("heartbeat", settings.heartbeat_interval_sec),
+            Tick("vpn_check", settings.vpn_check_interval_sec),
+        ],
     )
     bridge = StreamBridge(settings, broker, state)
 

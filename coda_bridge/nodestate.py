@@ -148,7 +148,7 @@ class NodeState:
 
     def counters(self) -> dict[str, float]:
         raw: Mapping[Any, Any] = self.client.hgetall(self.key("counters"))
-        values = {name: 0.0 for name in COUNTERS}
+        values = dict.fromkeys(COUNTERS, 0.0)
         values.update({_text(k): float(_text(v)) for k, v in raw.items()})
         return values
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .settings import Settings
 
-__all__ = ["RESULT_THREADS", "CONTROL_THREADS", "ProcessSpec", "node_processes"]
+__all__ = ["CONTROL_THREADS", "RESULT_THREADS", "ProcessSpec", "node_processes"]
 
 #: Delivery threads: webhooks wait on the network, not the CPU.
 RESULT_THREADS = 8

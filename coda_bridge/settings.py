@@ -187,7 +187,7 @@ def _site_tables(files: list[str]) -> set[str]:
         path = Path(name)
         if path.is_file():
             try:
-                tables.update(k.lower() for k in tomllib.loads(path.read_text()).keys())
+                tables.update(k.lower() for k in tomllib.loads(path.read_text()))
             except (tomllib.TOMLDecodeError, OSError) as exc:
                 raise ConfigError(f"settings file {path} cannot be read: {exc}") from None
     return tables

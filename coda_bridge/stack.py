@@ -47,6 +47,26 @@ def wait_until(condition: Callable[[], Any], timeout_sec: float, what: str) -> A
         time.sleep(POLL_SEC)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (read from /proc), children first."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 class _Child:
     def __init__(self, spec: ProcessSpec, env: Mapping[str, str], log_path: Path) -> None:
         self.spec = spec
@@ -73,10 +93,16 @@ class _Child:
             os.kill(self.process.pid, signum)
 
     def kill_group(self) -> None:
+        """SIGKILL the process and every descendant (dramatiq worker processes have their own groups)."""
+        for pid in [self.process.pid, *descendants(self.process.pid)]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
 
     def stop(self, grace_sec: float = STOP_GRACE_SEC) -> int | None:
+        """SIGTERM, wait, then SIGKILL whatever is left of the process and its descendants."""
+        family = descendants(self.process.pid)
         if self.alive():
             self.signal(signal.SIGTERM)
             try:
@@ -84,7 +110,9 @@ class _Child:
             except subprocess.TimeoutExpired:
                 self.kill_group()
                 self.process.wait()
-        self.kill_group()  # leftovers of a dramatiq master killed -9
+        for pid in family:  # orphans of a master that died first
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         self._log.close()
         return self.process.returncode
 
@@ -189,14 +217,19 @@ class LocalStack:
             if name != "bridge":
                 self.start_process(name, spec)
 
-    def start_process(self, name: str, spec: ProcessSpec | None = None) -> None:
-        """Start (or restart) one named process; its output goes to ``<workdir>/<name>.log``."""
-        spec = spec or self.specs()[name.split("#")[0]]
+    def start_process(
+        self, name: str, spec: ProcessSpec | None = None, *, env: Mapping[str, str] | None = None
+    ) -> None:
+        """Start (or restart) one named process; its output goes to ``<workdir>/<name>.log``.
+
+        ``env`` adds variables for this start only (a failpoint, say).
+        """
+        spec = spec or self.specs()[name.split("#", maxsplit=1)[0]]
         old = self.children.get(name)
         if old is not None and old.alive():
             raise CodaError(f"{name} is already running (pid {old.pid})")
         self._restarts[name] = self._restarts.get(name, -1) + 1
-        self.children[name] = _Child(spec, self.env(), self.workdir / f"{name}.log")
+        self.children[name] = _Child(spec, {**self.env(), **(env or {})}, self.workdir / f"{name}.log")
 
     def restart(self, name: str) -> None:
         self.children[name].stop()

@@ -59,7 +59,9 @@ def test_a_garbled_key_is_an_auth_error_that_never_shows_the_key() -> None:
 def test_a_non_rsa_key_is_refused() -> None:
     pem = (
         ec.generate_private_key(ec.SECP256R1())
-        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        .private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         .decode()
     )
     with pytest.raises(AuthError, match="not an RSA key") as caught:

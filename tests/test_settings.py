@@ -134,7 +134,9 @@ def test_a_bad_secret_is_named_but_never_echoed(clean_env: pytest.MonkeyPatch) -
 
 def test_secrets_do_not_show_in_repr(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("CODA_NODE_TOKEN", "super-secret-token")
-    clean_env.setenv("CODA_JWT_PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----\nSECRETKEY\n-----END PRIVATE KEY-----")
+    clean_env.setenv(
+        "CODA_JWT_PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----\nSECRETKEY\n-----END PRIVATE KEY-----"
+    )
     settings = load_settings()
     assert "super-secret-token" not in repr(settings)
     assert "SECRETKEY" not in repr(settings)
@@ -158,7 +160,11 @@ def test_site_table_overrides_default_and_environment_overrides_site(
 
     clean_env.setenv("CODA_ENV", "lab1")
     settings = load_settings()
-    assert (settings.port, settings.executor_concurrency, settings.qpu_display_name) == (9100, 2, "Default name")
+    assert (settings.port, settings.executor_concurrency, settings.qpu_display_name) == (
+        9100,
+        2,
+        "Default name",
+    )
 
     clean_env.setenv("CODA_PORT", "9200")
     assert load_settings().port == 9200

@@ -24,7 +24,13 @@ KEY = "-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----\n"
 
 
 def _values() -> dict[str, object]:
-    return {"qpu_id": "q1", "qpu_display_name": "Q", "jwt_key_id": "k1", "jwt_private_key": KEY, "num_qubits": 2}
+    return {
+        "qpu_id": "q1",
+        "qpu_display_name": "Q",
+        "jwt_key_id": "k1",
+        "jwt_private_key": KEY,
+        "num_qubits": 2,
+    }
 
 
 def _mode(path: Path) -> int:

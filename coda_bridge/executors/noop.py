@@ -1,0 +1,24 @@
+"""The no-op executor: the last resort of resolution (PROTOCOL.md 4.4), useful for wiring tests."""
+
+from __future__ import annotations
+
+import time
+
+from ..ir import Circuit
+from .base import ExecutionResult
+
+__all__ = ["NoopExecutor"]
+
+
+class NoopExecutor:
+    """Runs nothing and reports every shot as all zeros: ``{"0" * len(measurements): shots}``."""
+
+    def run(self, ir: Circuit, shots: int) -> ExecutionResult:
+        """The all-zeros answer for ``ir``, timed like a real run."""
+        started = time.perf_counter()
+        counts = {"0" * len(ir.measurements): shots}
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        return ExecutionResult(counts=counts, execution_time_ms=elapsed_ms, shots_completed=shots)
+
+    def __repr__(self) -> str:
+        return "NoopExecutor()"

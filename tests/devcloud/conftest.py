@@ -1,0 +1,62 @@
+"""Fixtures for the cloud simulator: a real subprocess, and the app in-process."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from coda_bridge.devcloud import DevCloudClient, DevCloudProcess, create_app, start_devcloud_process
+from coda_bridge.localredis import LocalRedis
+
+
+@pytest.fixture(scope="session")
+def devcloud_process(redis_server: LocalRedis) -> Iterator[DevCloudProcess]:
+    """One simulator process for the session, on a free port, always stopped at the end."""
+    proc = start_devcloud_process(redis_url=redis_server.url)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        assert not proc.alive()
+
+
+@pytest.fixture
+def devcloud(devcloud_process: DevCloudProcess) -> Iterator[DevCloudClient]:
+    """An admin client of the session's simulator, with no fault left over from another test."""
+    client = devcloud_process.client()
+    client.clear_faults()
+    yield client
+    client.clear_faults()
+    client.close()
+
+
+@pytest.fixture
+def app_client(redis_server: LocalRedis) -> FlaskClient:
+    """The simulator app in-process (Flask test client), on the shared Redis."""
+    return create_app(redis_url=redis_server.url).test_client()
+
+
+@pytest.fixture
+def qpu_id() -> str:
+    """A QPU id no other test uses, so tests can share one simulator and one Redis."""
+    return f"qpu-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def bell_ir() -> dict[str, Any]:
+    """A small valid ``cz`` circuit measuring two qubits."""
+    return {
+        "version": "1.0",
+        "target": "cz",
+        "num_qubits": 2,
+        "gates": [
+            {"gate": "ry", "qubits": [0], "params": [1.5707963]},
+            {"gate": "cz", "qubits": [0, 1], "params": []},
+        ],
+        "measurements": [0, 1],
+        "metadata": {"source_hash": "abc", "compiled_at": "2026-01-01T00:00:00Z"},
+    }

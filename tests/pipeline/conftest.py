@@ -1,0 +1,29 @@
+"""A whole local node for the pipeline tests: real Redis, simulator, bridge and dramatiq workers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pipeline_support import stack_env
+
+from coda_bridge.stack import LocalStack
+
+#: Short limits so time-limit and retry tests finish quickly.
+FAST_LIMITS = {"CODA_JOB_TIME_LIMIT_SEC": "6", "CODA_WEBHOOK_MAX_RETRIES": "3"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """One node shared by a module's tests."""
+    workdir = tmp_path_factory.mktemp("stack")
+    with LocalStack(workdir, env=stack_env(workdir, **FAST_LIMITS)) as node:
+        yield node
+
+
+@pytest.fixture
+def fresh_stack(tmp_path: Path) -> Iterator[LocalStack]:
+    """A node of its own, for tests that kill processes."""
+    with LocalStack(tmp_path, env=stack_env(tmp_path, **FAST_LIMITS)) as node:
+        yield node

@@ -1,0 +1,89 @@
+"""Crash safety with real processes: kill -9 at the steps where a crash matters, then restart.
+
+Every job that reached the stream must end with exactly one terminal
+result at the cloud, and never two different results for one job.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from pipeline_support import circuit, deliveries, executor_runs, status
+
+from coda_bridge.stack import LocalStack, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.fault]
+
+
+def _one_result_each(stack: LocalStack, ids: list[str]) -> None:
+    results = stack.cloud.wait_for_results(ids, timeout_sec=60)
+    assert len(results) == len(ids)
+    for job_id in ids:
+        sent = deliveries(stack, job_id)
+        accepted = [d for d in sent if d.get("accepted", True)]
+        assert accepted, job_id
+        first = accepted[0]["body"]
+        assert all(d["body"] == first for d in accepted), f"two different results for {job_id}"
+    assert stack.cloud.stats(stack.qpu_id)["content_mismatches"] == 0
+
+
+def test_bridge_killed_between_read_and_ack(fresh_stack: LocalStack) -> None:
+    stack = fresh_stack
+    stack.children["bridge"].stop()
+    stack.start_process("bridge", env={"CODA_FAILPOINTS": "bridge.before_ack=exit@1"})
+    tags = [f"bridge-{i}" for i in range(20)]
+    ids = [stack.cloud.submit(stack.qpu_id, circuit("ok", tag=tag), 10) for tag in tags]
+
+    wait_until(lambda: not stack.children["bridge"].alive(), 20, "the bridge to die at the failpoint")
+    stack.start_process("bridge")
+
+    _one_result_each(stack, ids)
+    assert [executor_runs(stack, tag) for tag in tags] == [1] * len(tags)
+    assert stack.cloud.stats(stack.qpu_id)["duplicate_deliveries"] == 0
+
+
+def test_executor_worker_killed_mid_run_is_rerun_within_30_s_of_restart(fresh_stack: LocalStack) -> None:
+    stack = fresh_stack
+    job_id = stack.cloud.submit(stack.qpu_id, circuit("sleep:3", tag="killed"), 10)
+    wait_until(lambda: executor_runs(stack, "killed") == 1, 20, "the executor to start the job")
+
+    stack.kill9("jobs")
+    stack.start_process("jobs")
+    restarted = time.monotonic()
+
+    result = stack.cloud.wait_for_result(job_id, timeout_sec=40)
+    assert time.monotonic() - restarted < 30
+    assert result["status"] == "completed"
+    assert executor_runs(stack, "killed") == 2
+    _one_result_each(stack, [job_id])
+    wait_until(lambda: status(stack, job_id).get("state") == "completed", 10, "the completed status")
+
+
+def test_webhook_worker_killed_mid_delivery(fresh_stack: LocalStack) -> None:
+    stack = fresh_stack
+    stack.children["results"].stop()
+    stack.start_process("results", env={"CODA_FAILPOINTS": "delivery.after_post=exit@1"})
+    ids = [stack.cloud.submit(stack.qpu_id, circuit("ok", tag=f"hook-{i}"), 10) for i in range(5)]
+
+    wait_until(lambda: not stack.children["results"].alive(), 20, "the results worker to die after a POST")
+    stack.start_process("results")
+
+    _one_result_each(stack, ids)
+    assert all(executor_runs(stack, f"hook-{i}") == 1 for i in range(5))
+    wait_until(
+        lambda: {status(stack, j).get("state") for j in ids} == {"completed"}, 20, "every status completed"
+    )
+
+
+def test_executor_worker_killed_after_recording_the_result(fresh_stack: LocalStack) -> None:
+    stack = fresh_stack
+    stack.children["jobs"].stop()
+    stack.start_process("jobs", env={"CODA_FAILPOINTS": "jobs.after_record=exit@1"})
+    job_id = stack.cloud.submit(stack.qpu_id, circuit("ok", tag="recorded"), 10)
+
+    wait_until(lambda: not stack.children["jobs"].alive(), 20, "the executor worker to die after recording")
+    stack.start_process("jobs")
+
+    _one_result_each(stack, [job_id])
+    assert executor_runs(stack, "recorded") == 1

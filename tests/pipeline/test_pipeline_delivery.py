@@ -1,0 +1,70 @@
+"""Result delivery against a failing cloud: retries, 4xx, dead letters and replay."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from pipeline_support import circuit, deliveries, status
+
+from coda_bridge.stack import LocalStack, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def test_results_arrive_once_the_cloud_recovers_from_503(stack: LocalStack) -> None:
+    stack.cloud.set_fault("webhook", 503, seconds=2.5)
+    try:
+        ids = [stack.cloud.submit(stack.qpu_id, circuit(), 10) for _ in range(5)]
+        results = stack.cloud.wait_for_results(ids, timeout_sec=30)
+    finally:
+        stack.cloud.clear_faults()
+    assert {r["status"] for r in results.values()} == {"completed"}
+    refused = [w for w in stack.cloud.webhooks(accepted=False) if w.get("job_id") in ids]
+    assert refused, "the fault window should have refused some attempts"
+
+
+def test_a_4xx_is_final_and_fails_the_job(stack: LocalStack) -> None:
+    job_id = stack.cloud.submit(stack.qpu_id, circuit(), 10)
+    stack.cloud.set_fault("webhook", 400, count=100, job_id=job_id)
+    try:
+        wait_until(lambda: status(stack, job_id).get("state") == "failed", 20, "the failed status")
+    finally:
+        stack.cloud.clear_faults()
+    assert "refused" in status(stack, job_id)["error"]
+    assert len(stack.cloud.webhooks(job_id)) == 1
+
+
+def test_a_result_out_of_retries_is_dead_lettered_and_replay_delivers_it(stack: LocalStack) -> None:
+    job_id = stack.cloud.submit(stack.qpu_id, circuit(), 10)
+    stack.cloud.set_fault("webhook", 503, count=1000, job_id=job_id)
+    env = {**os.environ, **stack.env()}
+    listing = [sys.executable, "-m", "coda_bridge", "replay", "--list"]
+    try:
+        wait_until(
+            lambda: (
+                job_id in subprocess.run(listing, env=env, capture_output=True, text=True, check=True).stdout
+            ),
+            40,
+            "the result to reach the dead-letter queue",
+        )
+    finally:
+        stack.cloud.clear_faults()
+    assert stack.cloud.result(job_id) is None
+
+    replay = subprocess.run(
+        [sys.executable, "-m", "coda_bridge", "replay", job_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    assert "re-queued 1" in replay.stdout
+    result = stack.cloud.wait_for_result(job_id, timeout_sec=20)
+    assert result["status"] == "completed"
+    assert job_id not in subprocess.run(listing, env=env, capture_output=True, text=True, check=True).stdout
+    wait_until(lambda: status(stack, job_id).get("state") == "completed", 10, "the completed status")
+    assert len([d for d in deliveries(stack, job_id) if d.get("accepted")]) == 1

@@ -1,0 +1,58 @@
+"""An executor for the pipeline tests: the circuit's ``metadata.source_hash`` picks its behaviour.
+
+- ``ok:<tag>``: answer at once with all-zero counts
+- ``sleep:<sec>:<tag>``: take that long (stopping early on cancel)
+- ``raise:<tag>``: raise an exception
+- ``wrongtype:<tag>``: return a string instead of a result
+- ``hang:<tag>``: never return (until cancelled)
+
+Every run and every cancel is appended to ``$PIPELINE_TEST_EXECUTOR_LOG``, so a
+test can count executions per tag.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+
+def _log(line: str) -> None:
+    path = os.environ.get("PIPELINE_TEST_EXECUTOR_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+
+class PipelineTestExecutor:
+    def __init__(self) -> None:
+        self._cancel = threading.Event()
+
+    def run(self, ir: Any, shots: int) -> Any:
+        mode, _, rest = ir.metadata.source_hash.partition(":")
+        self._cancel.clear()
+        _log(f"run {ir.metadata.source_hash}")
+        if mode == "sleep":
+            seconds = float(rest.split(":")[0])
+            if self._cancel.wait(seconds):
+                raise RuntimeError("cancelled")
+        elif mode == "raise":
+            raise RuntimeError("device on fire")
+        elif mode == "wrongtype":
+            return "not a result"
+        elif mode == "hang":
+            self._cancel.wait(3600)
+            raise RuntimeError("cancelled")
+        return {
+            "counts": {"0" * len(ir.measurements): shots},
+            "execution_time_ms": 1.0,
+            "shots_completed": shots,
+        }
+
+    def cancel_current_job(self) -> None:
+        _log("cancel")
+        self._cancel.set()
+
+
+def create_executor() -> PipelineTestExecutor:
+    return PipelineTestExecutor()

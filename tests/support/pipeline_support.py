@@ -1,0 +1,69 @@
+"""Helpers of the pipeline tests: circuits for the test executor, and what the cloud saw."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from coda_bridge.stack import LocalStack
+
+SUPPORT = Path(__file__).resolve().parent
+
+
+def circuit(mode: str = "ok", *, tag: str | None = None, target: str = "cz", n: int = 2) -> dict[str, Any]:
+    """A small valid circuit whose source_hash tells the test executor what to do."""
+    return {
+        "version": "1.0",
+        "target": target,
+        "num_qubits": n,
+        "gates": [
+            {"gate": "ry", "qubits": [0], "params": [1.5707963]},
+            {"gate": "cz", "qubits": [0, 1], "params": []},
+        ],
+        "measurements": list(range(n)),
+        "metadata": {
+            "source_hash": f"{mode}:{tag or uuid.uuid4().hex}",
+            "compiled_at": "2026-01-01T00:00:00Z",
+        },
+    }
+
+
+def stack_env(workdir: Path, **extra: str) -> dict[str, str]:
+    env = {
+        "CODA_EXECUTOR_FACTORY": "coda_test_executor:create_executor",
+        "PIPELINE_TEST_EXECUTOR_LOG": str(workdir / "executor.log"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")])),
+        "CODA_HEARTBEAT_INTERVAL_SEC": "1",
+        "CODA_VPN_CHECK_INTERVAL_SEC": "1",
+        "CODA_CANCEL_POLL_INTERVAL_SEC": "0.05",
+        "CODA_WORKER_HEARTBEAT_TIMEOUT_SEC": "5",
+        "CODA_CLAIM_IDLE_SEC": "5",
+        "CODA_WEBHOOK_MAX_BACKOFF_SEC": "2",
+    }
+    env.update(extra)
+    return env
+
+
+def executor_runs(stack: LocalStack, tag: str) -> int:
+    """How many times the test executor started the job tagged ``tag``."""
+    path = stack.workdir / "executor.log"
+    if not path.exists():
+        return 0
+    return sum(
+        1 for line in path.read_text().splitlines() if line.startswith("run ") and line.endswith(f":{tag}")
+    )
+
+
+def executor_cancels(stack: LocalStack) -> int:
+    path = stack.workdir / "executor.log"
+    return path.read_text().splitlines().count("cancel") if path.exists() else 0
+
+
+def status(stack: LocalStack, job_id: str) -> dict[str, str]:
+    return stack.cloud_redis.client().hgetall(f"qpu:job:{job_id}:status")
+
+
+def deliveries(stack: LocalStack, job_id: str) -> list[dict[str, Any]]:
+    return [w for w in stack.cloud.webhooks() if w.get("job_id") == job_id]
