@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from coda_bridge.devcloud import DevCloudClient, DevCloudProcess, start_devcloud_process
 from coda_bridge.localredis import LocalRedis
 
 # Helpers and the test executor live beside the tests, importable by name.
@@ -43,3 +44,24 @@ def clean_env(
     monkeypatch.setenv("CODA_STATE_DIR", str(tmp_path_factory.mktemp("state")))
     monkeypatch.setenv("CODA_SETTINGS_FILES", str(tmp_path_factory.mktemp("cfg") / "settings.toml"))
     return monkeypatch
+
+
+@pytest.fixture(scope="session")
+def devcloud_process(redis_server: LocalRedis) -> Iterator[DevCloudProcess]:
+    """One simulator process for the session, on a free port, always stopped at the end."""
+    proc = start_devcloud_process(redis_url=redis_server.url)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        assert not proc.alive()
+
+
+@pytest.fixture
+def devcloud(devcloud_process: DevCloudProcess) -> Iterator[DevCloudClient]:
+    """An admin client of the session's simulator, with no fault left over from another test."""
+    client = devcloud_process.client()
+    client.clear_faults()
+    yield client
+    client.clear_faults()
+    client.close()

@@ -3,35 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
-from coda_bridge.devcloud import DevCloudClient, DevCloudProcess, create_app, start_devcloud_process
+from coda_bridge.devcloud import create_app
 from coda_bridge.localredis import LocalRedis
-
-
-@pytest.fixture(scope="session")
-def devcloud_process(redis_server: LocalRedis) -> Iterator[DevCloudProcess]:
-    """One simulator process for the session, on a free port, always stopped at the end."""
-    proc = start_devcloud_process(redis_url=redis_server.url)
-    try:
-        yield proc
-    finally:
-        proc.stop()
-        assert not proc.alive()
-
-
-@pytest.fixture
-def devcloud(devcloud_process: DevCloudProcess) -> Iterator[DevCloudClient]:
-    """An admin client of the session's simulator, with no fault left over from another test."""
-    client = devcloud_process.client()
-    client.clear_faults()
-    yield client
-    client.clear_faults()
-    client.close()
 
 
 @pytest.fixture
