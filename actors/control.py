@@ -8,6 +8,7 @@ import dramatiq
 
 from coda_bridge.broker import CONTROL_QUEUE
 from coda_bridge.heartbeat import send_heartbeat
+from coda_bridge.ticker import fresh_tick
 
 from . import runtime, settings
 
@@ -18,12 +19,14 @@ TICK_LIMIT_MS = 60_000
 
 
 @dramatiq.actor(actor_name="heartbeat", queue_name=CONTROL_QUEUE, max_retries=0, time_limit=TICK_LIMIT_MS)
+@fresh_tick
 def heartbeat(slot_ts: float) -> None:
     """Tell the cloud the node is alive."""
     send_heartbeat(runtime)
 
 
 @dramatiq.actor(actor_name="vpn_check", queue_name=CONTROL_QUEUE, max_retries=0, time_limit=TICK_LIMIT_MS)
+@fresh_tick
 def vpn_check(slot_ts: float) -> None:
     """Check the tunnel and probe targets; store the VPN state with an expiry."""
     from coda_bridge.vpn.guard import VpnGuard

@@ -26,7 +26,7 @@ from .nodestate import NodeState
 from .runtime import cloud_redis_client
 from .settings import Settings
 
-__all__ = ["StreamBridge", "job_message"]
+__all__ = ["StreamBridge", "batch_message", "job_message"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +45,25 @@ HEALTH_TTL_FACTOR = 3
 Entry = tuple[str, dict[str, str] | None]
 
 
+#: How long the bridge trusts what it read of the executor's batch ability.
+BATCH_FLAG_TTL_SEC = 5.0
+
+
 def job_message(fields: dict[str, str], entry_id: str) -> dramatiq.Message[Any]:
     """The ``execute`` message for one stream entry (built here so the bridge never imports executors)."""
     return dramatiq.Message(
         queue_name=JOBS_QUEUE, actor_name="execute", args=(fields, entry_id), kwargs={}, options={}
+    )
+
+
+def batch_message(entries: list[tuple[dict[str, str], str]]) -> dramatiq.Message[Any]:
+    """One ``execute_batch`` message for several waiting entries (the executor has ``batch_run``)."""
+    return dramatiq.Message(
+        queue_name=JOBS_QUEUE,
+        actor_name="execute_batch",
+        args=([[fields, entry_id] for fields, entry_id in entries],),
+        kwargs={},
+        options={},
     )
 
 
@@ -77,6 +92,7 @@ class StreamBridge:
         self._stopping = threading.Event()
         self._pending_first = True
         self._last_claim = 0.0
+        self._batch_flag = (False, 0.0)
         self.forwarded = 0
 
     # -- lifecycle --
@@ -187,19 +203,34 @@ class StreamBridge:
 
     def _forward(self, entries: Sequence[Entry] | Iterable[Entry]) -> int:
         """Enqueue one message per entry, then XACK them all: never acknowledge before the broker has it."""
-        done = []
+        done, jobs = [], []
         for entry_id, fields in entries:
             if fields:
-                self.broker.enqueue(job_message(dict(fields), entry_id))
+                jobs.append((dict(fields), entry_id))
             else:
                 logger.warning("Stream entry %s was deleted before it was read; acknowledging it.", entry_id)
             done.append(entry_id)
+        size = self.settings.batch_size
+        if len(jobs) > 1 and self._executor_batches():
+            for start in range(0, len(jobs), size):
+                group = jobs[start : start + size]
+                self.broker.enqueue(batch_message(group) if len(group) > 1 else job_message(*group[0]))
+        else:
+            for fields, entry_id in jobs:
+                self.broker.enqueue(job_message(fields, entry_id))
         if done:
             failpoint("bridge.before_ack")
             self.cloud.xack(self.stream, self.group, *done)
             self.forwarded += len(done)
         self.state.stream_read()
         return len(done)
+
+    def _executor_batches(self) -> bool:
+        capable, read_at = self._batch_flag
+        if time.monotonic() - read_at > BATCH_FLAG_TTL_SEC:
+            capable = self.settings.batch_size > 1 and self.state.executor_batch()
+            self._batch_flag = (capable, time.monotonic())
+        return capable
 
     # -- health and pressure --
 

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +28,15 @@ from .keys import cancel_key, claim_key, job_key, status_key
 from .nodestate import utc_iso
 from .runtime import Runtime
 
-__all__ = ["ERROR_MAX_CHARS", "JobOutcome", "execute_job", "failure_payload", "parse_shots", "record_result"]
+__all__ = [
+    "ERROR_MAX_CHARS",
+    "JobOutcome",
+    "execute_batch",
+    "execute_job",
+    "failure_payload",
+    "parse_shots",
+    "record_result",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -165,17 +173,15 @@ def record_result(rt: Runtime, job_id: str, payload: Mapping[str, Any]) -> str:
 class _Run(threading.Thread):
     """Runs the executor off the actor thread, so the actor can watch the cancel key."""
 
-    def __init__(self, executor: Any, circuit: Any, shots: int) -> None:
+    def __init__(self, call: Callable[..., Any], *args: Any) -> None:
         super().__init__(name="coda-executor", daemon=True)
-        self.executor, self.circuit, self.shots = executor, circuit, shots
+        self.call, self.args = call, args
         self.result: Any = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        from .executors.base import call_run
-
         try:
-            self.result = call_run(self.executor, self.circuit, self.shots)
+            self.result = self.call(*self.args)
         except BaseException as exc:  # reported to the actor thread, which decides
             self.error = exc
 
@@ -199,40 +205,19 @@ def _validate(rt: Runtime, fields: Mapping[str, str]) -> tuple[Any, int]:
     return circuit, shots
 
 
-def _run_watched(rt: Runtime, claim: _Claim, job_id: str, circuit: Any, shots: int) -> dict[str, Any] | None:
-    """Run the executor; ``None`` when the job was cancelled mid-run."""
-    from .executors.base import cancel, coerce_result
+@dataclass
+class _Ready:
+    """A claimed, validated job about to run; its claim is released by whoever prepared it."""
 
-    executor = rt.executor()
-    limit = rt.settings.job_time_limit_sec
-    poll = rt.settings.cancel_poll_interval_sec
-    started = time.monotonic()
-    run = _Run(executor, circuit, shots)
-    run.start()
-    while True:
-        run.join(poll)
-        if not run.is_alive():
-            break
-        if rt.cloud_redis.exists(cancel_key(job_id)):
-            cancel(executor)
-            logger.info("Job %s: cancel key seen mid-run; run abandoned.", job_id)
-            return None
-        if time.monotonic() - started > limit:
-            cancel(executor)
-            return failure_payload(
-                job_id, f"Job exceeded the time limit of {limit:g} s (job_time_limit_sec); run abandoned"
-            )
-        claim.refresh()
-    rt.state.count("executor_seconds", float(time.monotonic() - started))
-    if run.error is not None:
-        error = run.error
-        if isinstance(error, CodaError):
-            return failure_payload(job_id, f"Executor error: {error}")
-        return failure_payload(job_id, f"Executor error: {type(error).__name__}: {error}")
-    try:
-        result = coerce_result(run.result, circuit, shots)
-    except ExecutorError as exc:
-        return failure_payload(job_id, f"Executor error: {exc}")
+    job_id: str
+    callback: str
+    entry_id: str
+    claim: _Claim
+    circuit: Any
+    shots: int
+
+
+def _completed(job_id: str, result: Any) -> dict[str, Any]:
     return {
         "job_id": job_id,
         "status": "completed",
@@ -242,11 +227,93 @@ def _run_watched(rt: Runtime, claim: _Claim, job_id: str, circuit: Any, shots: i
     }
 
 
-def execute_job(rt: Runtime, fields: Mapping[str, str], entry_id: str, enqueue: Enqueue) -> JobOutcome:
-    """Take one stream entry to a recorded, queued result (or a skip, or a cancel).
+def _executor_failure(job_id: str, error: BaseException) -> dict[str, Any]:
+    if isinstance(error, CodaError):
+        return failure_payload(job_id, f"Executor error: {error}")
+    return failure_payload(job_id, f"Executor error: {type(error).__name__}: {error}")
 
-    ``enqueue(job_id, callback_url, entry_id)`` queues the delivery of the
-    job's recorded result.
+
+def _time_limit_failure(job_id: str, limit: float) -> dict[str, Any]:
+    return failure_payload(
+        job_id, f"Job exceeded the time limit of {limit:g} s (job_time_limit_sec); run abandoned"
+    )
+
+
+def _run_watched(rt: Runtime, ready: _Ready) -> dict[str, Any] | None:
+    """Run one job on the executor; ``None`` when it was cancelled mid-run."""
+    from .executors.base import call_run, cancel, coerce_result
+
+    executor = rt.executor()
+    limit = rt.settings.job_time_limit_sec
+    poll = rt.settings.cancel_poll_interval_sec
+    started = time.monotonic()
+    run = _Run(call_run, executor, ready.circuit, ready.shots)
+    run.start()
+    while True:
+        run.join(poll)
+        if not run.is_alive():
+            break
+        if rt.cloud_redis.exists(cancel_key(ready.job_id)):
+            cancel(executor)
+            logger.info("Job %s: cancel key seen mid-run; run abandoned.", ready.job_id)
+            return None
+        if time.monotonic() - started > limit:
+            cancel(executor)
+            return _time_limit_failure(ready.job_id, limit)
+        ready.claim.refresh()
+    rt.state.count("executor_seconds", float(time.monotonic() - started))
+    if run.error is not None:
+        return _executor_failure(ready.job_id, run.error)
+    try:
+        return _completed(ready.job_id, coerce_result(run.result, ready.circuit, ready.shots))
+    except ExecutorError as exc:
+        return failure_payload(ready.job_id, f"Executor error: {exc}")
+
+
+def _run_batch_watched(rt: Runtime, batch: list[_Ready]) -> list[dict[str, Any] | None] | None:
+    """Run jobs through ``batch_run``; ``None`` when the batch call failed (run them one by one)."""
+    from .executors.base import call_batch_run, cancel, coerce_result
+
+    executor = rt.executor()
+    limit = rt.settings.job_time_limit_sec * len(batch)
+    poll = rt.settings.cancel_poll_interval_sec
+    started = time.monotonic()
+    run = _Run(call_batch_run, executor, [(r.circuit, r.shots) for r in batch])
+    run.start()
+    cancelled: set[str] = set()
+    while True:
+        run.join(poll)
+        if not run.is_alive():
+            break
+        pipe = rt.cloud_redis.pipeline(transaction=False)
+        for ready in batch:
+            pipe.exists(cancel_key(ready.job_id))
+        cancelled.update(r.job_id for r, seen in zip(batch, pipe.execute(), strict=True) if seen)
+        if time.monotonic() - started > limit:
+            cancel(executor)
+            return [_time_limit_failure(r.job_id, limit) for r in batch]
+        for ready in batch:
+            ready.claim.refresh()
+    rt.state.count("executor_seconds", float(time.monotonic() - started))
+    if run.error is not None:
+        logger.warning("batch_run of %d jobs failed (%s); running them one by one.", len(batch), run.error)
+        return None
+    payloads: list[dict[str, Any] | None] = []
+    for ready, result in zip(batch, run.result, strict=True):
+        if ready.job_id in cancelled:
+            payloads.append(None)
+            continue
+        try:
+            payloads.append(_completed(ready.job_id, coerce_result(result, ready.circuit, ready.shots)))
+        except ExecutorError as exc:
+            payloads.append(failure_payload(ready.job_id, f"Executor error: {exc}"))
+    return payloads
+
+
+def _prepare(rt: Runtime, fields: Mapping[str, str], entry_id: str, enqueue: Enqueue) -> JobOutcome | _Ready:
+    """Everything before the run: skip, cancel, claim, validate; a bad job ends here as a failed result.
+
+    Raises :class:`JobBusy` when another worker holds the job's claim.
     """
     job_id, callback = fields.get("job_id"), fields.get("callback_url")
     if not job_id or not callback:
@@ -276,35 +343,96 @@ def execute_job(rt: Runtime, fields: Mapping[str, str], entry_id: str, enqueue: 
         logger.info("Job %s is claimed by another worker; checking again in %.1f s.", job_id, lease_left)
         raise JobBusy(job_id, lease_left + 0.5)
 
-    try:
-        rt.state.job_started(job_id, CLAIM_LEASE_SEC)
-        settings = rt.settings
-        payload: dict[str, Any] | None
-        if not callback_allowed(callback, settings.webapp_url, settings.allowed_callback_hosts):
-            host = urlsplit(callback).hostname
-            error = f"callback host {host!r} is not the cloud's host; allowed_callback_hosts can allow it"
-            logger.error("Job %s failed locally: %s", job_id, error)
-            _CloudStatus(rt).write(
-                job_id, {"state": "failed", "error": error[:ERROR_MAX_CHARS], "failed_at": utc_iso()}
-            )
-            rt.state.count("jobs_failed")
-            return JobOutcome(job_id, "skipped", error)
-        try:
-            circuit, shots = _validate(rt, fields)
-        except JobError as exc:
-            payload = failure_payload(job_id, str(exc))
-        else:
-            _CloudStatus(rt).write(
-                job_id,
-                {"state": "executing", "started_at": utc_iso(), "message_id": entry_id, "qpu_id": rt.qpu_id},
-            )
-            payload = _run_watched(rt, claim, job_id, circuit, shots)
-        if payload is None:
-            _cancelled(rt, job_id, entry_id)
-            return JobOutcome(job_id, "cancelled", "during run")
-        record_result(rt, job_id, payload)
-        failpoint("jobs.after_record")
-        enqueue(job_id, callback, entry_id)
-        return JobOutcome(job_id, "queued", str(payload["status"]))
-    finally:
+    settings = rt.settings
+    if not callback_allowed(callback, settings.webapp_url, settings.allowed_callback_hosts):
         claim.release()
+        host = urlsplit(callback).hostname
+        error = f"callback host {host!r} is not the cloud's host; allowed_callback_hosts can allow it"
+        logger.error("Job %s failed locally: %s", job_id, error)
+        _CloudStatus(rt).write(
+            job_id, {"state": "failed", "error": error[:ERROR_MAX_CHARS], "failed_at": utc_iso()}
+        )
+        rt.state.count("jobs_failed")
+        return JobOutcome(job_id, "skipped", error)
+    try:
+        circuit, shots = _validate(rt, fields)
+    except JobError as exc:
+        outcome = _finish(rt, job_id, callback, entry_id, failure_payload(job_id, str(exc)), enqueue=enqueue)
+        claim.release()
+        return outcome
+    rt.state.job_started(job_id, CLAIM_LEASE_SEC)
+    _CloudStatus(rt).write(
+        job_id, {"state": "executing", "started_at": utc_iso(), "message_id": entry_id, "qpu_id": rt.qpu_id}
+    )
+    return _Ready(job_id, callback, entry_id, claim, circuit, shots)
+
+
+def _finish(
+    rt: Runtime,
+    job_id: str,
+    callback: str,
+    entry_id: str,
+    payload: dict[str, Any] | None,
+    *,
+    enqueue: Enqueue,
+) -> JobOutcome:
+    """Record the result once and queue its delivery; or mark the job cancelled."""
+    if payload is None:
+        _cancelled(rt, job_id, entry_id)
+        return JobOutcome(job_id, "cancelled", "during run")
+    record_result(rt, job_id, payload)
+    failpoint("jobs.after_record")
+    enqueue(job_id, callback, entry_id)
+    return JobOutcome(job_id, "queued", str(payload["status"]))
+
+
+def execute_job(rt: Runtime, fields: Mapping[str, str], entry_id: str, enqueue: Enqueue) -> JobOutcome:
+    """Take one stream entry to a recorded, queued result (or a skip, or a cancel).
+
+    ``enqueue(job_id, callback_url, entry_id)`` queues the delivery of the
+    job's recorded result.
+    """
+    ready = _prepare(rt, fields, entry_id, enqueue)
+    if isinstance(ready, JobOutcome):
+        return ready
+    try:
+        return _finish(rt, ready.job_id, ready.callback, entry_id, _run_watched(rt, ready), enqueue=enqueue)
+    finally:
+        ready.claim.release()
+
+
+def execute_batch(
+    rt: Runtime,
+    entries: Sequence[tuple[Mapping[str, str], str]],
+    enqueue: Enqueue,
+    later: Callable[[Mapping[str, str], str, float], None],
+) -> list[JobOutcome]:
+    """Run several waiting jobs through the executor's ``batch_run``, one result per job in order.
+
+    A job claimed elsewhere goes back through ``later(fields, entry_id,
+    delay_sec)``; when the batch call fails, the jobs run one by one.
+    """
+    outcomes: list[JobOutcome] = []
+    batch: list[_Ready] = []
+    try:
+        for fields, entry_id in entries:
+            try:
+                ready = _prepare(rt, fields, entry_id, enqueue)
+            except JobBusy as busy:
+                later(fields, entry_id, busy.retry_after_sec)
+                continue
+            if isinstance(ready, JobOutcome):
+                outcomes.append(ready)
+            else:
+                batch.append(ready)
+        payloads = _run_batch_watched(rt, batch) if len(batch) > 1 else None
+        if payloads is None:
+            payloads = [_run_watched(rt, ready) for ready in batch]
+        for ready, payload in zip(batch, payloads, strict=True):
+            outcomes.append(
+                _finish(rt, ready.job_id, ready.callback, ready.entry_id, payload, enqueue=enqueue)
+            )
+    finally:
+        for ready in batch:
+            ready.claim.release()
+    return outcomes

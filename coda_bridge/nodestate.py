@@ -117,6 +117,15 @@ class NodeState:
         value = self.client.get(self.key("vpn_state"))
         return _text(value) if value is not None else "booting"
 
+    # -- what the executor can do --
+
+    def set_executor_batch(self, capable: bool) -> None:
+        """Executor workers say whether their executor has ``batch_run`` (the bridge groups jobs then)."""
+        self.client.set(self.key("executor_batch"), "1" if capable else "0")
+
+    def executor_batch(self) -> bool:
+        return _text(self.client.get(self.key("executor_batch")) or b"0") == "1"
+
     # -- connectivity --
 
     def set_connectivity(self, edges: Sequence[Sequence[int]] | None) -> None:

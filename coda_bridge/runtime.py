@@ -113,10 +113,12 @@ class Runtime:
         """The executor of this process, resolved once (PROTOCOL.md 4.4)."""
         with self._lock:
             if self._executor is None:
+                from .executors.base import has_batch
                 from .executors.resolve import resolve_executor
 
                 self._executor, self.executor_origin = resolve_executor(self.settings)
                 logger.info("Executor: %s.", self.executor_origin)
+                self.state.set_executor_batch(has_batch(self._executor) and self.settings.batch_size > 1)
             return self._executor
 
     def close(self) -> None:

@@ -6,12 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pipeline_support import stack_env
+from pipeline_support import FAST_LIMITS, stack_env
 
 from coda_bridge.stack import LocalStack
-
-#: Short limits so time-limit and retry tests finish quickly.
-FAST_LIMITS = {"CODA_JOB_TIME_LIMIT_SEC": "6", "CODA_WEBHOOK_MAX_RETRIES": "3"}
 
 
 @pytest.fixture(scope="module")

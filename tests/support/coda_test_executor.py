@@ -56,3 +56,17 @@ class PipelineTestExecutor:
 
 def create_executor() -> PipelineTestExecutor:
     return PipelineTestExecutor()
+
+
+class BatchingTestExecutor(PipelineTestExecutor):
+    """The same, with ``batch_run``; a job tagged ``batchfail`` makes the whole batch call raise."""
+
+    def batch_run(self, jobs: list[tuple[Any, int]]) -> list[Any]:
+        _log(f"batch {len(jobs)}")
+        if any(ir.metadata.source_hash.startswith("batchfail") for ir, _ in jobs):
+            raise RuntimeError("batch call failed")
+        return [self.run(ir, shots) for ir, shots in jobs]
+
+
+def create_batch_executor() -> BatchingTestExecutor:
+    return BatchingTestExecutor()

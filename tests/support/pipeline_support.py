@@ -10,6 +10,8 @@ from typing import Any
 from coda_bridge.stack import LocalStack
 
 SUPPORT = Path(__file__).resolve().parent
+#: Short limits so time-limit and retry tests finish quickly.
+FAST_LIMITS = {"CODA_JOB_TIME_LIMIT_SEC": "6", "CODA_WEBHOOK_MAX_RETRIES": "3"}
 
 
 def circuit(mode: str = "ok", *, tag: str | None = None, target: str = "cz", n: int = 2) -> dict[str, Any]:

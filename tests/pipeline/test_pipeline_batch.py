@@ -1,0 +1,64 @@
+"""Executors with batch_run: waiting jobs run together, one result per job, one by one on failure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pipeline_support import FAST_LIMITS, circuit, executor_runs, stack_env
+
+from coda_bridge.stack import LocalStack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def batch_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    workdir = tmp_path_factory.mktemp("batch")
+    env = stack_env(workdir, **FAST_LIMITS, CODA_EXECUTOR_FACTORY="coda_test_executor:create_batch_executor")
+    with LocalStack(workdir, env=env) as node:
+        first = node.cloud.submit(
+            node.qpu_id, circuit(), 10
+        )  # resolves the executor, which reports batch_run
+        node.cloud.wait_for_results([first], timeout_sec=20)
+        yield node
+
+
+def _batches(workdir: Path) -> list[int]:
+    lines = (workdir / "executor.log").read_text().splitlines()
+    return [int(line.split()[1]) for line in lines if line.startswith("batch ")]
+
+
+def _submit_while_bridge_is_down(stack: LocalStack, tags: list[str]) -> list[str]:
+    stack.children["bridge"].stop()
+    ids = [stack.cloud.submit(stack.qpu_id, circuit("ok", tag=tag), 10) for tag in tags]
+    stack.start_process("bridge")
+    return ids
+
+
+def test_waiting_jobs_run_in_batches_of_batch_size(batch_stack: LocalStack) -> None:
+    before = len(_batches(batch_stack.workdir))
+    tags = [f"b{i}" for i in range(25)]
+
+    ids = _submit_while_bridge_is_down(batch_stack, tags)
+    results = batch_stack.cloud.wait_for_results(ids, timeout_sec=30)
+
+    assert {r["status"] for r in results.values()} == {"completed"}
+    assert _batches(batch_stack.workdir)[before:] == [10, 10, 5]
+    assert [executor_runs(batch_stack, tag) for tag in tags] == [1] * 25
+
+
+def test_a_failing_batch_call_falls_back_to_one_by_one(batch_stack: LocalStack) -> None:
+    tags = [f"f{i}" for i in range(4)]
+    stack = batch_stack
+    stack.children["bridge"].stop()
+    ids = [stack.cloud.submit(stack.qpu_id, circuit("ok", tag=tag), 10) for tag in tags]
+    ids.append(stack.cloud.submit(stack.qpu_id, circuit("batchfail", tag="bad-batch"), 10))
+    stack.start_process("bridge")
+
+    results = stack.cloud.wait_for_results(ids, timeout_sec=30)
+
+    assert {r["status"] for r in results.values()} == {"completed"}
+    assert [executor_runs(stack, tag) for tag in tags] == [1] * 4
+    assert "running them one by one" in stack.log_tail("jobs", 100)
