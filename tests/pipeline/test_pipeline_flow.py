@@ -124,3 +124,16 @@ def test_a_completed_job_sent_again_is_skipped(stack: LocalStack) -> None:
 
     assert executor_runs(stack, "once") == 1
     assert len(deliveries(stack, job_id)) == 1
+
+
+def test_no_secret_in_any_process_log(stack: LocalStack) -> None:
+    job_id = stack.cloud.submit(stack.qpu_id, circuit("raise"), 10)
+    stack.cloud.wait_for_results([job_id], timeout_sec=20)
+    key_lines = (stack.state_dir / "coda-private-key").read_text().splitlines()[1:-1]
+    token = stack.extra_env["CODA_NODE_TOKEN"]
+
+    for name in stack.children:
+        log = (stack.workdir / f"{name}.log").read_text()
+        assert token not in log, name
+        assert not any(line in log for line in key_lines), name
+        assert "eyJ" not in log, name
