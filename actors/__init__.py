@@ -11,15 +11,34 @@ declares every actor.
 
 from __future__ import annotations
 
-import dramatiq
+import logging
 
-from coda_bridge.broker import create_broker
+import dramatiq
+from dramatiq.middleware import Middleware
+
+from coda_bridge.broker import JOBS_QUEUE, create_broker
+from coda_bridge.errors import CodaError
 from coda_bridge.logs import configure_logging
 from coda_bridge.runtime import Runtime, wait_for_identity
+
+
+class ExecutorAtBoot(Middleware):
+    """An executor worker builds its executor at boot: a bad factory shows at once, not at the first job."""
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        only = worker.consumer_whitelist
+        if only and JOBS_QUEUE not in only:
+            return
+        try:
+            runtime.executor()
+        except CodaError as exc:
+            logging.getLogger("actors").error("Executor unavailable: %s (jobs will fail until fixed)", exc)
+
 
 settings = wait_for_identity()
 configure_logging(settings.log_level)
 broker = create_broker(settings)
+broker.add_middleware(ExecutorAtBoot())
 dramatiq.set_broker(broker)
 runtime = Runtime(settings)
 

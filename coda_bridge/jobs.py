@@ -347,17 +347,23 @@ def _prepare(rt: Runtime, fields: Mapping[str, str], entry_id: str, enqueue: Enq
     if not callback_allowed(callback, settings.webapp_url, settings.allowed_callback_hosts):
         claim.release()
         host = urlsplit(callback).hostname
-        error = f"callback host {host!r} is not the cloud's host; allowed_callback_hosts can allow it"
-        logger.error("Job %s failed locally: %s", job_id, error)
+        refusal = f"callback host {host!r} is not the cloud's host; allowed_callback_hosts can allow it"
+        logger.error("Job %s failed locally: %s", job_id, refusal)
         _CloudStatus(rt).write(
-            job_id, {"state": "failed", "error": error[:ERROR_MAX_CHARS], "failed_at": utc_iso()}
+            job_id, {"state": "failed", "error": refusal[:ERROR_MAX_CHARS], "failed_at": utc_iso()}
         )
         rt.state.count("jobs_failed")
-        return JobOutcome(job_id, "skipped", error)
+        return JobOutcome(job_id, "skipped", refusal)
+    error: str | None = None
     try:
         circuit, shots = _validate(rt, fields)
+        rt.executor()
     except JobError as exc:
-        outcome = _finish(rt, job_id, callback, entry_id, failure_payload(job_id, str(exc)), enqueue=enqueue)
+        error = str(exc)
+    except CodaError as exc:  # the executor could not be resolved or built
+        error = f"Executor unavailable: {exc}"
+    if error is not None:
+        outcome = _finish(rt, job_id, callback, entry_id, failure_payload(job_id, error), enqueue=enqueue)
         claim.release()
         return outcome
     rt.state.job_started(job_id, CLAIM_LEASE_SEC)

@@ -119,7 +119,18 @@ class Runtime:
                 self._executor, self.executor_origin = resolve_executor(self.settings)
                 logger.info("Executor: %s.", self.executor_origin)
                 self.state.set_executor_batch(has_batch(self._executor) and self.settings.batch_size > 1)
+                self._record_connectivity(self._executor)
             return self._executor
+
+    def _record_connectivity(self, executor: Any) -> None:
+        """Coupling edges the executor reports (``connectivity``: a list or a method) go to shared state."""
+        edges = getattr(executor, "connectivity", None)
+        try:
+            edges = edges() if callable(edges) else edges
+            if edges is not None:
+                self.state.set_connectivity([[int(a), int(b)] for a, b in edges])
+        except (TypeError, ValueError) as exc:
+            logger.warning("Executor connectivity ignored: %s", exc)
 
     def close(self) -> None:
         for name in ("cloud", "local_redis", "cloud_redis"):

@@ -137,3 +137,15 @@ def test_no_secret_in_any_process_log(stack: LocalStack) -> None:
         assert token not in log, name
         assert not any(line in log for line in key_lines), name
         assert "eyJ" not in log, name
+
+
+def test_a_callback_off_the_clouds_host_is_never_called(stack: LocalStack) -> None:
+    job_id = stack.cloud.submit(
+        stack.qpu_id, circuit("ok", tag="offhost"), 10, callback_url="http://203.0.113.9/cb"
+    )
+
+    wait_until(lambda: status(stack, job_id).get("state") == "failed", 20, "the failed status")
+
+    assert "not the cloud's host" in status(stack, job_id)["error"]
+    assert executor_runs(stack, "offhost") == 0
+    assert "203.0.113.9" in stack.log_tail("jobs", 50)
