@@ -8,7 +8,7 @@ import dramatiq
 
 from coda_bridge.broker import CONTROL_QUEUE
 from coda_bridge.heartbeat import send_heartbeat
-from coda_bridge.ticker import fresh_tick
+from coda_bridge.ticker import fresh_tick, one_at_a_time
 
 from . import runtime, settings
 
@@ -27,8 +27,9 @@ def heartbeat(slot_ts: float) -> None:
 
 @dramatiq.actor(actor_name="vpn_check", queue_name=CONTROL_QUEUE, max_retries=0, time_limit=TICK_LIMIT_MS)
 @fresh_tick
+@one_at_a_time
 def vpn_check(slot_ts: float) -> None:
-    """Check the tunnel and probe targets; store the VPN state with an expiry."""
+    """Check the tunnel and probe targets; store the VPN state with an expiry (one check at a time)."""
     from coda_bridge.vpn.guard import VpnGuard
 
     VpnGuard(settings, runtime.state).check()

@@ -6,8 +6,6 @@ is ``coda_bridge.web:create_app()``.
 
 from __future__ import annotations
 
-import os
-
 from coda_bridge.settings import load_settings
 
 _settings = load_settings()
@@ -21,7 +19,10 @@ graceful_timeout = 10
 keepalive = 5
 #: gunicorn 27 opens a control socket shared by every instance of a user; the probes need none.
 control_socket_disable = True
-accesslog = os.environ.get("CODA_WEB_ACCESS_LOG") or None
+#: No access log by default (probes every few seconds would drown the node's own lines); turn it on
+#: with GUNICORN_CMD_ARGS="--access-logfile -".  Not a CODA_ variable: every process would warn
+#: that it is not a known setting.
+accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level.lower()
 proc_name = "coda-bridge-web"

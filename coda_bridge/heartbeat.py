@@ -7,9 +7,12 @@ retry storm: the next tick comes soon enough.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .errors import HeartbeatRejected, NodeError
 from .runtime import Runtime
@@ -20,11 +23,33 @@ logger = logging.getLogger(__name__)
 
 #: How long a cloud-Redis health mark from a heartbeat stays valid.
 HEALTH_TTL_SEC = 90.0
+#: One PING, no retries: an unreachable cloud Redis must not hold the heartbeat back.
+PING_TIMEOUT_SEC = 2.0
+
+_ping_clients: dict[str, redis.Redis] = {}
+_ping_lock = threading.Lock()
+
+
+def _ping_client(url: str) -> redis.Redis:
+    """A client for health pings only (the runtime's own client retries with backoff)."""
+    with _ping_lock:
+        client = _ping_clients.get(url)
+        if client is None:
+            client = redis.Redis.from_url(
+                url,
+                socket_timeout=PING_TIMEOUT_SEC,
+                socket_connect_timeout=PING_TIMEOUT_SEC,
+                retry=Retry(NoBackoff(), 0),
+            )
+            _ping_clients[url] = client
+        return client
 
 
 def _cloud_redis_reachable(rt: Runtime) -> bool:
+    if not rt.settings.redis_url:
+        return False
     try:
-        return bool(rt.cloud_redis.ping())
+        return bool(_ping_client(rt.settings.redis_url).ping())
     except redis.RedisError:
         return False
 

@@ -26,6 +26,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .broker import QUEUES, create_broker
+from .errors import ConfigError
+from .keys import group_name, stream_key
+from .logs import configure_logging
 from .runtime import Runtime, wait_for_identity
 from .settings import Settings
 
@@ -42,20 +45,30 @@ _JOB_OUTCOMES = ("completed", "failed", "cancelled", "skipped")
 
 
 def readiness(rt: Runtime, cloud: redis.Redis) -> dict[str, Any]:
-    """The ``/ready`` body: ``ready``, ``vpn_state``, ``redis_healthy``, ``current_job`` (+ ``reason``)."""
+    """The ``/ready`` body: ``ready``, ``vpn_state``, ``redis_healthy``, ``current_job`` (+ ``reason``).
+
+    Every field is there even when the local broker Redis does not answer
+    (``booting`` and ``null`` then: nothing is known).
+    """
     state = rt.state
-    vpn_state = state.vpn_state()
     try:
         redis_healthy = bool(cloud.ping())
     except redis.RedisError:
         redis_healthy = False
     body: dict[str, Any] = {
         "ready": False,
-        "vpn_state": vpn_state,
+        "vpn_state": "booting",
         "redis_healthy": redis_healthy,
-        "current_job": state.current_job(),
+        "current_job": None,
     }
-    last_read = state.last_stream_read()
+    try:
+        vpn_state = state.vpn_state()
+        body["vpn_state"] = vpn_state
+        body["current_job"] = state.current_job()
+        last_read = state.last_stream_read()
+    except redis.RedisError:
+        body["reason"] = "the local broker Redis does not answer"
+        return body
     stale_after = rt.settings.ready_stream_stale_sec
     if vpn_state != "ready":
         body["reason"] = f"VPN state is {vpn_state}"
@@ -63,9 +76,26 @@ def readiness(rt: Runtime, cloud: redis.Redis) -> dict[str, Any]:
         body["reason"] = "the cloud's Redis does not answer"
     elif last_read is None or time.time() - last_read > stale_after:
         body["reason"] = f"the bridge has not read the job stream in the last {stale_after:g} s"
+    elif not _group_exists(cloud, rt.qpu_id):
+        # a cloud Redis that restarted empty: reads succeeded before, none can now until the bridge
+        # recreates its group, however fresh its last read looks
+        body["reason"] = "the job stream has no consumer group yet (the bridge recreates it)"
     else:
         body["ready"] = True
     return body
+
+
+def _group_exists(cloud: redis.Redis, qpu_id: str) -> bool:
+    try:
+        groups: Any = cloud.xinfo_groups(stream_key(qpu_id))
+    except redis.RedisError:  # "no such key" when the stream itself is gone
+        return False
+    wanted = group_name(qpu_id)
+    return any(_text(group.get("name")) == wanted for group in groups)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class _NodeCollector:
@@ -135,28 +165,46 @@ class _NodeCollector:
         )
 
 
+class _IndexRedirect:
+    """Send the bare prefix (``/dashboard``) to the dashboard's index (``/dashboard/``), which it serves."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if not environ.get("PATH_INFO"):
+            start_response("302 Found", [("Location", environ.get("SCRIPT_NAME", "") + "/")])
+            return [b""]
+        return self.app(environ, start_response)
+
+
 def _mount_dashboard(app: Flask, rt: Runtime) -> None:
     try:
-        from dramatiq_dashboard import DashboardApp  # type: ignore[import-not-found,unused-ignore]
+        from dramatiq_dashboard import DashboardApp  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError:
         logger.error(
             "dashboard_enabled is set but dramatiq-dashboard is not installed: "
-            "pip install --no-deps dramatiq-dashboard"
+            "pip install --no-deps dramatiq-dashboard==0.4.0"
         )
         return
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
     prefix = "/" + rt.settings.dashboard_prefix.strip("/")
-    dashboard = DashboardApp(broker=create_broker(rt.settings), prefix=prefix)
+    # the dashboard lists only the queues its broker declared: create_broker declares ours
+    dashboard = _IndexRedirect(DashboardApp(broker=create_broker(rt.settings), prefix=prefix))
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {prefix: dashboard})  # type: ignore[method-assign,unused-ignore]
     logger.warning("dramatiq dashboard mounted at %s: it has no authentication of its own.", prefix)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The probes app for this node (waits for the node's identity when it has none yet)."""
-    settings = settings or wait_for_identity()
+    configure_logging(settings.log_level if settings else "INFO")
+    if settings is None:
+        settings = wait_for_identity()
+        configure_logging(settings.log_level)
+    if not settings.redis_url:
+        raise ConfigError("redis_url is not known: the cloud bundle did not name the job Redis")
     rt = Runtime(settings)
-    assert settings.redis_url
     cloud = redis.Redis.from_url(
         settings.redis_url,
         socket_timeout=PING_TIMEOUT_SEC,
@@ -181,8 +229,6 @@ def create_app(settings: Settings | None = None) -> Flask:
             body = future.result(timeout=READY_TIMEOUT_SEC)
         except concurrent.futures.TimeoutError:
             return jsonify({"ready": False, "reason": "health check timeout"}), 503
-        except redis.RedisError:
-            return jsonify({"ready": False, "reason": "the local broker Redis does not answer"}), 503
         return jsonify(body), 200 if body["ready"] else 503
 
     @app.get("/metrics")

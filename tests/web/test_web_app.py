@@ -1,0 +1,259 @@
+"""The probes app through Flask's test client, on a real Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from prometheus_client.parser import text_string_to_metric_families
+
+from coda_bridge import web
+from coda_bridge.broker import create_broker
+from coda_bridge.keys import group_name, stream_key
+from coda_bridge.localredis import free_port
+from coda_bridge.nodestate import NodeState
+from coda_bridge.settings import Settings
+
+QPU = "qpu-web"
+READY_FIELDS = {"ready", "vpn_state", "redis_healthy", "current_job"}
+
+
+def make_settings(redis_url: str, **changes: Any) -> Settings:
+    values: dict[str, Any] = {
+        "qpu_id": QPU,
+        "redis_url": redis_url,
+        "broker_url": redis_url,
+        "ready_stream_stale_sec": 5,
+    }
+    values.update(changes)
+    return Settings(**values)
+
+
+@pytest.fixture
+def state(redis_url: str) -> Iterator[NodeState]:
+    node = NodeState(create_broker(make_settings(redis_url)).client, QPU)
+    yield node
+    node.client.close()
+
+
+@pytest.fixture
+def app(redis_url: str, state: NodeState) -> Flask:
+    return web.create_app(make_settings(redis_url))
+
+
+def ready_node(state: NodeState) -> None:
+    """What a healthy node leaves behind: VPN ready, a fresh stream read, the consumer group in place."""
+    state.set_vpn_state("ready", 30)
+    state.stream_read()
+    with contextlib.suppress(redis.ResponseError):  # BUSYGROUP
+        state.client.xgroup_create(stream_key(QPU), group_name(QPU), id="0", mkstream=True)
+
+
+def test_health_answers_ok(app: Flask) -> None:
+    response = app.test_client().get("/health")
+
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_ready_200_with_every_field_and_the_running_job(app: Flask, state: NodeState) -> None:
+    ready_node(state)
+    client = app.test_client()
+
+    idle = client.get("/ready")
+    state.job_started("job-7")
+    busy = client.get("/ready")
+
+    assert idle.status_code == 200
+    assert idle.get_json() == {
+        "ready": True,
+        "vpn_state": "ready",
+        "redis_healthy": True,
+        "current_job": None,
+    }
+    assert busy.status_code == 200
+    assert busy.get_json()["current_job"] == "job-7"
+
+
+@pytest.mark.parametrize("vpn_state", ["booting", "vpn_unavailable", "degraded"])
+def test_ready_503_unless_vpn_ready(app: Flask, state: NodeState, vpn_state: str) -> None:
+    ready_node(state)
+    state.set_vpn_state(vpn_state, 30)
+
+    response = app.test_client().get("/ready")
+
+    assert response.status_code == 503
+    body = response.get_json()
+    assert set(body) >= READY_FIELDS
+    assert body["ready"] is False
+    assert body["vpn_state"] == vpn_state
+
+
+def test_ready_503_when_vpn_state_expired(app: Flask, state: NodeState) -> None:
+    """A dead control worker stops refreshing the VPN state: the node reads as booting."""
+    ready_node(state)
+    state.client.delete(state.key("vpn_state"))
+
+    response = app.test_client().get("/ready")
+
+    assert response.status_code == 503
+    assert response.get_json()["vpn_state"] == "booting"
+
+
+def test_ready_503_when_stream_read_is_stale(app: Flask, state: NodeState) -> None:
+    ready_node(state)
+    client = app.test_client()
+    state.stream_read(time.time() - 6)  # threshold is 5 s
+
+    stale = client.get("/ready")
+    state.client.delete(state.key("stream_read_at"))
+    never = client.get("/ready")
+
+    for response in (stale, never):
+        assert response.status_code == 503
+        body = response.get_json()
+        assert set(body) >= READY_FIELDS
+        assert body["vpn_state"] == "ready" and body["redis_healthy"] is True
+        assert "job stream" in body["reason"]
+
+
+def test_ready_503_until_the_consumer_group_exists(app: Flask, state: NodeState) -> None:
+    """A cloud Redis that restarted empty has no group: a fresh stream-read mark must not hide that."""
+    ready_node(state)
+    client = app.test_client()
+    state.client.delete(stream_key(QPU))
+
+    missing = client.get("/ready")
+    state.client.xgroup_create(stream_key(QPU), "someone-elses-group", id="0", mkstream=True)
+    other = client.get("/ready")
+    ready_node(state)
+    back = client.get("/ready")
+
+    for response in (missing, other):
+        assert response.status_code == 503
+        body = response.get_json()
+        assert set(body) >= READY_FIELDS
+        assert body["redis_healthy"] is True
+        assert "consumer group" in body["reason"]
+    assert back.status_code == 200
+
+
+def test_ready_503_when_cloud_redis_does_not_answer(redis_url: str, state: NodeState) -> None:
+    ready_node(state)
+    app = web.create_app(make_settings(redis_url).replace(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+
+    started = time.monotonic()
+    response = app.test_client().get("/ready")
+
+    assert time.monotonic() - started < 3
+    assert response.status_code == 503
+    body = response.get_json()
+    assert set(body) >= READY_FIELDS
+    assert body["redis_healthy"] is False
+    assert body["vpn_state"] == "ready"
+
+
+def test_ready_keeps_every_field_when_the_broker_redis_is_gone(redis_url: str) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    app = web.create_app(make_settings(redis_url).replace(broker_url=dead))
+
+    response = app.test_client().get("/ready")
+
+    assert response.status_code == 503
+    body = response.get_json()
+    assert set(body) >= READY_FIELDS
+    assert body["redis_healthy"] is True
+    assert "broker" in body["reason"]
+
+
+def test_ready_answers_503_after_5_s_when_the_check_hangs(
+    app: Flask, state: NodeState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+
+    def blocked(*args: Any) -> dict[str, Any]:
+        release.wait(30)
+        return {"ready": True}
+
+    monkeypatch.setattr(web, "readiness", blocked)
+    try:
+        started = time.monotonic()
+        response = app.test_client().get("/ready")
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+
+    assert web.READY_TIMEOUT_SEC == 5.0
+    assert 4.9 <= elapsed < 6.5
+    assert response.status_code == 503
+    assert response.get_json() == {"ready": False, "reason": "health check timeout"}
+
+
+def test_metrics_report_the_shared_counters(app: Flask, state: NodeState) -> None:
+    state.set_vpn_state("degraded", 30)
+    state.count("jobs_completed", 4)
+    state.count("jobs_failed")
+    state.count("executor_seconds", 2.5)
+    state.count("webhook_attempts", 7)
+    state.count("webhook_dead_letters")
+    state.heartbeat_accepted(time.time() - 3)
+
+    response = app.test_client().get("/metrics")
+
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.get_data(as_text=True))
+        for s in family.samples
+    }
+    assert samples[("coda_bridge_jobs_total", (("outcome", "completed"),))] == 4
+    assert samples[("coda_bridge_jobs_total", (("outcome", "failed"),))] == 1
+    assert samples[("coda_bridge_jobs_total", (("outcome", "cancelled"),))] == 0
+    assert samples[("coda_bridge_executor_seconds_total", ())] == 2.5
+    assert samples[("coda_bridge_webhook_attempts_total", ())] == 7
+    assert samples[("coda_bridge_webhook_dead_letters_total", ())] == 1
+    assert samples[("coda_bridge_queue_depth", (("queue", "jobs"),))] == 0
+    assert 3 <= samples[("coda_bridge_seconds_since_heartbeat", ())] < 10
+    assert samples[("coda_bridge_vpn_state", (("state", "degraded"),))] == 1
+    assert samples[("coda_bridge_vpn_state", (("state", "ready"),))] == 0
+
+
+def test_metrics_503_when_the_broker_redis_is_gone(redis_url: str) -> None:
+    app = web.create_app(make_settings(redis_url).replace(broker_url=f"redis://127.0.0.1:{free_port()}/0"))
+
+    response = app.test_client().get("/metrics")
+
+    assert response.status_code == 503
+
+
+def test_no_dashboard_unless_enabled(app: Flask) -> None:
+    assert app.test_client().get("/dashboard/").status_code == 404
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("dramatiq_dashboard") is None,
+    reason="dramatiq-dashboard is not installed (pip install --no-deps dramatiq-dashboard==0.4.0)",
+)
+def test_dashboard_mounted_under_its_prefix_lists_our_queues(redis_url: str) -> None:
+    app = web.create_app(make_settings(redis_url, dashboard_enabled=True, dashboard_prefix="/ops/queues/"))
+    client = app.test_client()
+
+    index = client.get("/ops/queues/")
+    bare = client.get("/ops/queues")
+    jobs = client.get("/ops/queues/queues/jobs")
+
+    assert index.status_code == 200
+    page = index.get_data(as_text=True)
+    for queue in ("jobs", "results", "control"):
+        assert f'href="/ops/queues/queues/{queue}"' in page
+    assert bare.status_code == 302 and bare.headers["Location"].endswith("/ops/queues/")
+    assert jobs.status_code == 200
+    assert client.get("/health").status_code == 200  # the probes still answer beside it
