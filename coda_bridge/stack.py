@@ -72,6 +72,7 @@ class _Child:
         self.spec = spec
         self.log_path = log_path
         self._log: IO[bytes] = log_path.open("ab")
+        self.terminated = False
         self.process = subprocess.Popen(
             spec.argv,
             env=dict(env),
@@ -91,6 +92,7 @@ class _Child:
     def signal(self, signum: int) -> None:
         if self.alive():
             os.kill(self.process.pid, signum)
+            self.terminated = self.terminated or signum == signal.SIGTERM
 
     def kill_group(self) -> None:
         """SIGKILL the process and every descendant (dramatiq worker processes have their own groups)."""
@@ -100,11 +102,12 @@ class _Child:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
 
-    def stop(self, grace_sec: float = STOP_GRACE_SEC) -> int | None:
+    def stop(self, grace_sec: float = STOP_GRACE_SEC, *, family: list[int] | None = None) -> int | None:
         """SIGTERM, wait, then SIGKILL whatever is left of the process and its descendants."""
-        family = descendants(self.process.pid)
+        family = descendants(self.process.pid) if family is None else family
         if self.alive():
-            self.signal(signal.SIGTERM)
+            if not self.terminated:  # a second SIGTERM makes a dramatiq worker skip its drain
+                self.signal(signal.SIGTERM)
             try:
                 self.process.wait(grace_sec)
             except subprocess.TimeoutExpired:
@@ -248,8 +251,13 @@ class LocalStack:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop_node(self) -> None:
-        for child in reversed(list(self.children.values())):
-            child.stop()
+        """SIGTERM every node process at once (each drains on its own), then wait for each."""
+        children = list(self.children.values())
+        families = {id(child): descendants(child.pid) for child in children}
+        for child in children:
+            child.signal(signal.SIGTERM)
+        for child in children:
+            child.stop(family=families[id(child)])
 
     def stop(self) -> None:
         """Stop everything this stack started, newest first."""
