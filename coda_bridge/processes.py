@@ -42,13 +42,11 @@ def _worker(queue: str, threads: int, drain_ms: int, python: str) -> tuple[str, 
     )  # fmt: skip
 
 
-def node_processes(
-    settings: Settings, *, web: bool = True, python: str | None = None, token: str | None = None
-) -> list[ProcessSpec]:
+def node_processes(settings: Settings, *, web: bool = True, python: str | None = None) -> list[ProcessSpec]:
     """bridge, jobs, results and control workers, and (unless ``web`` is false) the probes app."""
     py = python or sys.executable
     drain_ms = int(settings.shutdown_drain_timeout_sec * 1000)
-    bridge = (py, "-m", "coda_bridge", "bridge") + (("--token", token) if token else ())
+    bridge = (py, "-m", "coda_bridge", "bridge")  # a token reaches it through CODA_NODE_TOKEN, never argv
     specs = [
         ProcessSpec("bridge", bridge),
         ProcessSpec("jobs", _worker("jobs", settings.executor_concurrency, drain_ms, py)),

@@ -7,10 +7,14 @@ Redis, and creates the executor lazily (only executor workers need it).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
 import time
+from collections.abc import Iterator
 from functools import cached_property
+from types import FrameType
 from typing import Any
 
 import redis
@@ -56,6 +60,28 @@ def wait_for_identity(
     the first time (``honcho start``); they wait rather than exit.
     """
     deadline = None if timeout_sec is None else time.monotonic() + timeout_sec
+    with _exit_on_sigterm():
+        return _poll_identity(overrides, deadline)
+
+
+@contextlib.contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
+    """While waiting, SIGTERM exits at once (a dramatiq worker's own handler only sets a flag)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _poll_identity(overrides: dict[str, Any] | None, deadline: float | None) -> Settings:
     announced = False
     while True:
         settings = load_node_settings(overrides=overrides)

@@ -1,0 +1,127 @@
+"""The repo's Procfile under `honcho start`: jobs end to end, and a drain that holds on SIGTERM."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from ops_support import DRAIN_TIMEOUT_SEC, circuit, executor_runs, node_env, write_slow_executor
+
+from coda_bridge.localredis import find_redis_server, free_port
+from coda_bridge.respawn import alive, process_tree
+from coda_bridge.stack import LocalStack, wait_until
+
+PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"
+
+
+def _procfile(tmp_path: Path, redis_line: str | None) -> Path:
+    """The repo Procfile with only its ``redis`` line replaced (or dropped)."""
+    lines = []
+    for line in PROCFILE.read_text().splitlines():
+        if line.startswith("redis:"):
+            if redis_line is not None:
+                lines.append(redis_line)
+            continue
+        lines.append(line)
+    path = tmp_path / "Procfile"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _honcho(procfile: Path, env: dict[str, str], output: Path, *names: str) -> subprocess.Popen[bytes]:
+    with output.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "honcho", "start", "-f", str(procfile), "--no-colour", *names],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=procfile.parent,
+        )
+
+
+def _stop(honcho: subprocess.Popen[bytes], timeout_sec: float) -> tuple[list[int], float]:
+    """SIGTERM honcho; the processes it ran (collected first) and how long it took to exit."""
+    tree = process_tree(honcho.pid)
+    signalled = time.monotonic()
+    honcho.send_signal(signal.SIGTERM)
+    honcho.wait(timeout_sec)
+    return tree, time.monotonic() - signalled
+
+
+@pytest.mark.e2e
+def test_honcho_start_on_the_procfile_runs_jobs_end_to_end(cloud_stack: LocalStack, tmp_path: Path) -> None:
+    port = free_port()
+    redis_line = f"redis: {shlex.quote(find_redis_server())} --port {port} --save '' --appendonly no"
+    env = node_env(
+        cloud_stack,
+        CODA_BROKER_URL=f"redis://127.0.0.1:{port}/0",
+        CODA_EXECUTOR_FACTORY="coda_bridge.executors.simulator:create_executor",
+    )
+    output = tmp_path / "honcho.out"
+    honcho = _honcho(_procfile(tmp_path, redis_line), env, output)
+    try:
+        cloud = cloud_stack.cloud
+        ids = [cloud.submit(cloud_stack.qpu_id, circuit(2), 200) for _ in range(5)]
+        results = cloud.wait_for_results(ids, timeout_sec=90)
+        assert all(results[j]["status"] == "completed" for j in ids)
+        assert all(sum(results[j]["counts"].values()) == 200 for j in ids)
+        names = ("redis", "bridge", "jobs", "results", "control", "web")
+        wait_until(
+            lambda: all(re.search(rf"{n}\.1 +\| ", output.read_text()) for n in names),
+            30,
+            "output from every Procfile process",
+        )
+        tree, _ = _stop(honcho, 30)
+    finally:
+        if honcho.poll() is None:
+            honcho.kill()
+            honcho.wait()
+    wait_until(lambda: not any(alive(p) for p in tree), 10, "every process honcho ran to be gone")
+
+
+@pytest.mark.e2e
+def test_sigterm_to_honcho_drains_a_running_job(cloud_stack: LocalStack, tmp_path: Path) -> None:
+    # The broker must outlive the workers for a drain, as a system Redis does: no redis line here.
+    # honcho SIGKILLs what still runs 5 s after the first process exited: a 2 s job fits
+    env = node_env(cloud_stack, **write_slow_executor(tmp_path / "executor", seconds=2))
+    output = tmp_path / "honcho.out"
+    honcho = _honcho(_procfile(tmp_path, None), env, output)
+    cloud = cloud_stack.cloud
+    try:
+        warm = cloud.submit(cloud_stack.qpu_id, circuit(), 10)
+        assert cloud.wait_for_result(warm, timeout_sec=60)["status"] == "completed"
+        job = cloud.submit(cloud_stack.qpu_id, circuit(), 10)
+        wait_until(lambda: cloud.job(job)["status"].get("state") == "executing", 30, "the job to start")
+        tree, took = _stop(honcho, DRAIN_TIMEOUT_SEC + 10)
+    finally:
+        if honcho.poll() is None:
+            honcho.kill()
+            honcho.wait()
+    text = output.read_text()
+    assert took < DRAIN_TIMEOUT_SEC, f"honcho took {took:.1f} s"
+    assert "SIGKILL" not in text, text[-3000:]  # nobody had to be killed
+    assert re.search(r"jobs\.1 +\| .*Worker has been shut down", text), text[-3000:]
+    wait_until(lambda: not any(alive(p) for p in tree), 10, "every process honcho ran to be gone")
+    assert cloud.job(job)["status"].get("state") != "failed"
+
+    # The job ran to its end.  honcho stops the delivery worker at the same moment as the executor,
+    # so its result may still wait in the broker: the next start delivers it, once, without a rerun.
+    output = tmp_path / "honcho-results.out"
+    honcho = _honcho(_procfile(tmp_path, None), env, output, "results")
+    try:
+        delivered = cloud.wait_for_result(job, timeout_sec=60)
+        tree, _ = _stop(honcho, 30)
+    finally:
+        if honcho.poll() is None:
+            honcho.kill()
+            honcho.wait()
+    assert delivered["status"] == "completed"
+    assert len(cloud.webhooks(job, accepted=True)) == 1
+    assert executor_runs(tmp_path / "executor") == 2  # the warm-up job and this one, never a rerun
+    wait_until(lambda: not any(alive(p) for p in tree), 10, "the delivery worker to be gone")

@@ -1,0 +1,106 @@
+"""`coda-bridge start` in the foreground: a killed worker is restarted, and SIGTERM drains a long job."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from ops_support import DRAIN_TIMEOUT_SEC, circuit, executor_runs, node_env, write_slow_executor
+
+from coda_bridge.respawn import alive, process_tree
+from coda_bridge.stack import LocalStack, wait_until
+
+
+def _pid_of(output: Path, name: str) -> int:
+    match = re.search(rf"{name} started \(pid=(\d+)\)", output.read_text())
+    assert match, output.read_text()
+    return int(match.group(1))
+
+
+@pytest.mark.e2e
+def test_sigterm_during_a_long_job_delivers_it_and_exits_0(cloud_stack: LocalStack, tmp_path: Path) -> None:
+    env = node_env(cloud_stack, **write_slow_executor(tmp_path / "executor"))
+    output = tmp_path / "start.out"
+    with output.open("wb") as out:
+        node = subprocess.Popen(
+            [sys.executable, "-m", "coda_bridge", "start"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    cloud = cloud_stack.cloud
+    try:
+        # a worker killed outright is started again, and the log says so
+        first = cloud.submit(cloud_stack.qpu_id, circuit(), 10)
+        assert cloud.wait_for_result(first, timeout_sec=60)["status"] == "completed"
+        wrapper = _pid_of(output, "jobs")
+        master = process_tree(wrapper)[1]
+        os.killpg(master, signal.SIGKILL)
+        restarted = re.compile(
+            r"jobs \(pid \d+\) exited with signal SIGKILL .* restarting in 1 s \(restart 1\)"
+        )
+        wait_until(
+            lambda: restarted.search(output.read_text()), 10, "the restart of the jobs worker to be logged"
+        )
+
+        # SIGTERM while the (restarted) worker runs a 3 s job
+        job = cloud.submit(cloud_stack.qpu_id, circuit(), 10)
+        wait_until(lambda: cloud.job(job)["status"].get("state") == "executing", 60, "the job to start")
+        tree = process_tree(node.pid)
+        signalled = time.monotonic()
+        node.send_signal(signal.SIGTERM)
+        returncode = node.wait(DRAIN_TIMEOUT_SEC + 10)
+        took = time.monotonic() - signalled
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+    text = output.read_text()
+    assert returncode == 0, text[-3000:]
+    assert took < DRAIN_TIMEOUT_SEC, f"stopping took {took:.1f} s"
+    result = cloud.result(job)
+    assert result is not None, text[-3000:]
+    assert result["status"] == "completed"
+    assert len(cloud.webhooks(job, accepted=True)) == 1
+    assert executor_runs(tmp_path / "executor") == 2  # the first job and this one, never a rerun
+    assert "draining" in text
+    assert text.index("jobs stopped") < text.index("sending SIGTERM to results")  # executors drain first
+    wait_until(lambda: not any(alive(p) for p in tree), 10, "every process of the node to be gone")
+
+
+@pytest.mark.e2e
+def test_start_without_a_token_or_credentials_is_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODA_")}
+    env.update(CODA_STATE_DIR=str(tmp_path / "state"), CODA_SETTINGS_FILES=str(tmp_path / "none.toml"))
+    done = subprocess.run(
+        [sys.executable, "-m", "coda_bridge", "start"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("error: ")
+    assert "CODA_NODE_TOKEN" in done.stderr
+    assert not (tmp_path / "state" / "coda-bridge.pid").exists()
+
+
+@pytest.mark.e2e
+def test_a_refused_token_stops_start_at_once_without_restarting(cloud_stack: LocalStack) -> None:
+    env = node_env(cloud_stack, CODA_NODE_TOKEN="not-a-real-token")
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "coda_bridge", "start"], check=False, env=env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert time.monotonic() - started < 15
+    assert done.returncode == 78, done.stdout
+    assert "QPU node token is invalid" in done.stdout
+    assert "not restarting" in done.stdout
+    assert "not starting jobs, results, control, web" in done.stdout
+    assert "not-a-real-token" not in done.stdout + done.stderr
