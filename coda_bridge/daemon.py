@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CodaError
-from .respawn import alive, kill_tree, process_tree
+from .proctree import alive, kill_tree, process_tree
 from .state import FILE_MODE, StatePaths
 
 __all__ = [

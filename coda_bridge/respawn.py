@@ -21,8 +21,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from types import FrameType
+
+from .proctree import kill_tree, process_tree
 
 __all__ = [
     "EX_CONFIG",
@@ -30,8 +31,6 @@ __all__ = [
     "RESTART_BACKOFF_START_SEC",
     "STABLE_RUN_SEC",
     "Respawner",
-    "kill_tree",
-    "process_tree",
     "respawn_argv",
 ]
 
@@ -51,50 +50,6 @@ PAUSE_STEP_SEC = 0.1
 FORCED_EXIT = 128 + signal.SIGKILL
 _PR_SET_PDEATHSIG = 1
 _CLEAN_EXITS = frozenset({0, -signal.SIGTERM, 128 + signal.SIGTERM})
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (Linux ``/proc``), parents before children."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # the command name may hold spaces and parentheses: the fields after the last ')' are fixed
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 1:
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop(0)
-        tree.append(current)
-        todo.extend(children.get(current, []))
-    return tree
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
-
-
-def kill_tree(pids: Sequence[int]) -> None:
-    """SIGKILL every pid given (collected with :func:`process_tree` before anything died)."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def _child_setup() -> None:  # runs in the child between fork and exec

@@ -25,6 +25,7 @@ from .devcloud.server import DevCloudProcess, start_devcloud_process
 from .errors import CodaError
 from .localredis import LocalRedis, free_port
 from .processes import ProcessSpec, node_processes
+from .proctree import descendants
 from .settings import load_settings
 
 __all__ = ["LocalStack", "wait_until"]
@@ -45,26 +46,6 @@ def wait_until(condition: Callable[[], Any], timeout_sec: float, what: str) -> A
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout_sec:g} s waiting for {what}")
         time.sleep(POLL_SEC)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (read from /proc), children first."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 class _Child:

@@ -42,7 +42,8 @@ from .daemon import claim_pid_file, detach
 from .errors import CodaError, ConfigError
 from .identity import NO_CREDENTIALS, load_node_settings
 from .processes import ProcessSpec, node_processes
-from .respawn import kill_tree, process_tree, respawn_argv
+from .proctree import kill_tree, process_tree
+from .respawn import respawn_argv
 from .settings import Settings
 from .state import ensure_state_dir
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, TypedDict
 
 from ..errors import VPNError
+from ..proctree import alive
 from ..settings import Settings
 from ..state import StatePaths, ensure_state_dir, read_private, write_private
 from .guard import tun_interfaces
@@ -73,24 +74,6 @@ def _read_pid(path: Path) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() and int(text) > 1 else None
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` is a running process (a zombie waiting for its reaper counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    fields = stat.rpartition(")")[2].split()
-    return bool(fields) and fields[0] not in ("Z", "X", "x")
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -214,7 +197,7 @@ class OpenVPNManager:
                 logger.info("OpenVPN tunnel is up on %s.", ", ".join(present))
                 return
             pid = _read_pid(paths.openvpn_pid)
-            if pid is not None and not _alive(pid):
+            if pid is not None and not alive(pid):
                 with contextlib.suppress(FileNotFoundError):
                     paths.openvpn_pid.unlink()
                 raise VPNError(
@@ -255,7 +238,7 @@ class OpenVPNManager:
     def _our_pid(self, paths: StatePaths, binary: str | None = None) -> int | None:
         """The pid of the daemon this node started, when it is still running; else ``None``."""
         pid = _read_pid(paths.openvpn_pid)
-        if pid is None or not _alive(pid) or not self._is_ours(pid, paths, binary):
+        if pid is None or not alive(pid) or not self._is_ours(pid, paths, binary):
             return None
         return pid
 
@@ -277,7 +260,7 @@ class OpenVPNManager:
             with contextlib.suppress(FileNotFoundError):
                 pidfile.unlink()
             return
-        if not _alive(pid):
+        if not alive(pid):
             pidfile.unlink(missing_ok=True)
             return
         if not self._is_ours(pid, paths, binary):
@@ -308,7 +291,7 @@ class OpenVPNManager:
         except ProcessLookupError:
             return True
         deadline = time.monotonic() + wait_sec
-        while _alive(pid):
+        while alive(pid):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(_STOP_POLL_SEC)

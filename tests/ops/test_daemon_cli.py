@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from ops_support import circuit, node_env, run_cli
 
-from coda_bridge.respawn import alive, process_tree
+from coda_bridge.proctree import alive, process_tree
 from coda_bridge.stack import LocalStack, wait_until
 from coda_bridge.state import StatePaths
 

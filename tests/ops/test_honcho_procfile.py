@@ -14,7 +14,7 @@ import pytest
 from ops_support import DRAIN_TIMEOUT_SEC, circuit, executor_runs, node_env, write_slow_executor
 
 from coda_bridge.localredis import find_redis_server, free_port
-from coda_bridge.respawn import alive, process_tree
+from coda_bridge.proctree import alive, process_tree
 from coda_bridge.stack import LocalStack, wait_until
 
 PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"

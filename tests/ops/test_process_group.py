@@ -10,7 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from coda_bridge.respawn import alive, process_tree
+from coda_bridge.proctree import alive, process_tree
 from coda_bridge.stack import wait_until
 
 CHILD = """

@@ -10,7 +10,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from coda_bridge.respawn import EX_CONFIG, FORCED_EXIT, alive, process_tree, respawn_argv
+from coda_bridge.proctree import alive, process_tree
+from coda_bridge.respawn import EX_CONFIG, FORCED_EXIT, respawn_argv
 from coda_bridge.stack import wait_until
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from ops_support import DRAIN_TIMEOUT_SEC, circuit, executor_runs, node_env, write_slow_executor
 
-from coda_bridge.respawn import alive, process_tree
+from coda_bridge.proctree import alive, process_tree
 from coda_bridge.stack import LocalStack, wait_until
 
 
