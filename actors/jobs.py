@@ -1,8 +1,10 @@
 """The executor actor: one job per message, no retries of a failed circuit (a failure is a result).
 
-The one retry it allows is of a job claimed by another worker: the message
-comes back once that claim's lease could have lapsed, so a job whose
-worker died is taken over rather than dropped.
+Two things do come back: a job claimed by another worker (once that
+claim's lease could have lapsed, so a job whose worker died is taken over
+rather than dropped), and a job that met a Redis outage before its result
+was recorded (with backoff; the claim and the recorded result keep it
+from ever running twice).
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.middleware import TimeLimitExceeded
 
 from coda_bridge.broker import JOBS_QUEUE
 from coda_bridge.errors import JobBusy
-from coda_bridge.jobs import execute_batch, execute_job, failure_payload, record_result
+from coda_bridge.jobs import batch_time_limit_sec, execute_batch, execute_job, failure_payload, record_result
 
 from . import runtime, settings
 from .results import deliver
@@ -25,20 +28,32 @@ logger = logging.getLogger(__name__)
 
 #: dramatiq's own time limit is only a backstop behind the executor watch, which fails the job cleanly.
 BACKSTOP_LIMIT_MS = int((settings.job_time_limit_sec * 2 + 60) * 1000)
+BATCH_BACKSTOP_LIMIT_MS = int(
+    (batch_time_limit_sec(settings.job_time_limit_sec, settings.batch_size) * 2 + 60) * 1000
+)
+#: Attempts of a job that keeps meeting a Redis outage (backoff grows to the maximum below).
+REDIS_OUTAGE_RETRIES = 100
+OUTAGE_MIN_BACKOFF_MS = 1_000
+OUTAGE_MAX_BACKOFF_MS = 60_000
 
 
 def _queue_delivery(job_id: str, callback_url: str, entry_id: str) -> None:
     deliver.send(job_id, callback_url, entry_id)
 
 
-def _only_when_claimed_elsewhere(retries: int, exc: BaseException) -> bool:
-    return isinstance(exc, dramatiq.Retry)
+def _retry_when(retries: int, exc: BaseException) -> bool:
+    """Claimed elsewhere: always look again; a Redis outage: retry with backoff; anything else: never."""
+    if isinstance(exc, dramatiq.Retry):
+        return True
+    return isinstance(exc, redis.RedisError) and retries < REDIS_OUTAGE_RETRIES
 
 
 @dramatiq.actor(
     actor_name="execute",
     queue_name=JOBS_QUEUE,
-    retry_when=_only_when_claimed_elsewhere,
+    retry_when=_retry_when,
+    min_backoff=OUTAGE_MIN_BACKOFF_MS,
+    max_backoff=OUTAGE_MAX_BACKOFF_MS,
     time_limit=BACKSTOP_LIMIT_MS,
 )
 def execute(fields: dict[str, str], entry_id: str) -> None:
@@ -56,15 +71,21 @@ def _run_later(fields: Mapping[str, str], entry_id: str, delay_sec: float) -> No
 
 
 @dramatiq.actor(
-    actor_name="execute_batch", queue_name=JOBS_QUEUE, max_retries=0, time_limit=BACKSTOP_LIMIT_MS
+    actor_name="execute_batch",
+    queue_name=JOBS_QUEUE,
+    retry_when=_retry_when,
+    min_backoff=OUTAGE_MIN_BACKOFF_MS,
+    max_backoff=OUTAGE_MAX_BACKOFF_MS,
+    time_limit=BATCH_BACKSTOP_LIMIT_MS,
 )
 def execute_batch_actor(entries: list[list[Any]]) -> None:
     """Run several waiting jobs through the executor's ``batch_run``, one result per job."""
     pairs = [(dict(fields), str(entry_id)) for fields, entry_id in entries]
+    running: list[tuple[Mapping[str, str], str]] = []
     try:
-        execute_batch(runtime, pairs, _queue_delivery, _run_later)
+        execute_batch(runtime, pairs, _queue_delivery, _run_later, running)
     except TimeLimitExceeded:
-        for fields, entry_id in pairs:
+        for fields, entry_id in running:
             _backstop_failure(fields, entry_id)
 
 

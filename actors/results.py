@@ -8,7 +8,7 @@ from typing import Any
 import dramatiq
 
 from coda_bridge.broker import RESULTS_QUEUE
-from coda_bridge.delivery import deliver_result, should_retry
+from coda_bridge.delivery import deliver_result, keep_for_replay, should_retry
 
 from . import runtime, settings
 
@@ -24,6 +24,8 @@ ATTEMPT_LIMIT_MS = int((settings.webhook_timeout_sec * 2 + 30) * 1000)
 def dead_lettered(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
     """Called once a result ran out of retries: it stays in the dead-letter queue for ``replay``."""
     job_id = (message.get("args") or [None])[0]
+    if job_id:
+        keep_for_replay(runtime, str(job_id))
     runtime.state.count("webhook_dead_letters")
     logger.error(
         "Result of job %s dead-lettered after %s attempts; `coda-bridge replay` delivers it.",

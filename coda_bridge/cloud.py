@@ -18,6 +18,7 @@ from requests.adapters import HTTPAdapter
 
 from .auth import Signer
 from .errors import HeartbeatRejected, NodeError, WebhookError
+from .logs import mask
 from .settings import Settings
 
 __all__ = ["CloudClient", "cloud_message"]
@@ -44,8 +45,8 @@ def cloud_message(response: requests.Response) -> str:
     if isinstance(body, dict):
         for field in ("error", "detail", "message"):
             if isinstance(body.get(field), str):
-                return str(body[field])[:500]
-    text = _SPACE.sub(" ", _TAGS.sub(" ", response.text or "")).strip()
+                return mask(str(body[field])[:500])
+    text = mask(_SPACE.sub(" ", _TAGS.sub(" ", response.text or "")).strip())
     if not text:
         return "(empty body)"
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 3] + "..."

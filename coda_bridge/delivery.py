@@ -23,12 +23,19 @@ from dramatiq.message import Message
 from .broker import RESULTS_QUEUE, CodaBroker
 from .errors import WebhookError
 from .failpoints import failpoint
-from .jobs import ERROR_MAX_CHARS
+from .jobs import ERROR_MAX_CHARS, callback_allowed
 from .keys import job_key, status_key
 from .nodestate import utc_iso
 from .runtime import Runtime
 
-__all__ = ["DeadLetter", "dead_letters", "deliver_result", "replay_dead_letters", "should_retry"]
+__all__ = [
+    "DeadLetter",
+    "dead_letters",
+    "deliver_result",
+    "keep_for_replay",
+    "replay_dead_letters",
+    "should_retry",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +44,13 @@ DELIVERED_TTL_SEC = 7 * 86_400
 
 
 def should_retry(max_retries: int) -> Any:
-    """dramatiq ``retry_when``: retry transport errors and 5xx, up to ``max_retries``; never 4xx."""
+    """dramatiq ``retry_when``: transport errors, 5xx and Redis outages, up to ``max_retries``; never 4xx."""
 
     def retry_when(retries: int, exc: BaseException) -> bool:
-        return isinstance(exc, WebhookError) and exc.retryable and retries < max_retries
+        if isinstance(exc, dramatiq.Retry):  # another delivery of the job is in flight: always look again
+            return True
+        retryable = isinstance(exc, redis.RedisError) or (isinstance(exc, WebhookError) and exc.retryable)
+        return retryable and retries < max_retries
 
     return retry_when
 
@@ -62,6 +72,36 @@ def _write_terminal_status(rt: Runtime, job_id: str, payload: dict[str, Any], re
         raise WebhookError(f"result of job {job_id} delivered, but its status write failed: {exc}") from None
 
 
+def _lease_delivery(rt: Runtime, key: str) -> float:
+    """One POST of a job in flight at a time, across every delivery thread and process.
+
+    Returns 0 when the lease is ours, else the seconds it has left.
+    """
+    lease_ms = int((rt.settings.webhook_timeout_sec + 5) * 1000)
+    pipe = rt.local_redis.pipeline(transaction=False)
+    pipe.set(f"{key}:delivering", "1", nx=True, px=lease_ms)
+    pipe.pttl(f"{key}:delivering")
+    taken, left_ms = pipe.execute()
+    return 0.0 if taken else max(int(left_ms), 0) / 1000
+
+
+def _release_delivery(rt: Runtime, key: str) -> None:
+    rt.local_redis.delete(f"{key}:delivering")
+
+
+def _cloud_state(rt: Runtime, job_id: str) -> str | None:
+    try:
+        state = rt.cloud_redis.hget(status_key(job_id), "state")
+    except redis.RedisError:
+        return None
+    return _text(state)
+
+
+def keep_for_replay(rt: Runtime, job_id: str) -> None:
+    """A dead-lettered result stays as long as its dead letter: drop the record's expiry."""
+    rt.local_redis.persist(job_key(rt.qpu_id, job_id))
+
+
 def deliver_result(rt: Runtime, job_id: str, callback_url: str) -> str:
     """Deliver the recorded result of ``job_id``.
 
@@ -76,7 +116,20 @@ def deliver_result(rt: Runtime, job_id: str, callback_url: str) -> str:
         return "missing"
     payload = json.loads(recorded)
     outcome = "duplicate" if delivered else "delivered"
-    if not delivered:
+    settings = rt.settings
+    if not delivered and not callback_allowed(
+        callback_url, settings.webapp_url, settings.allowed_callback_hosts
+    ):
+        refused = "Result not delivered: the callback host is not the cloud's (allowed_callback_hosts)"
+        logger.error("Job %s: %s.", job_id, refused)
+        outcome = "refused"
+    elif not delivered:
+        busy_sec = _lease_delivery(rt, key)
+        if busy_sec:
+            logger.info(
+                "Delivery of job %s is in flight elsewhere; checking again in %.1f s.", job_id, busy_sec
+            )
+            raise dramatiq.Retry(delay=int((busy_sec + 0.5) * 1000))
         rt.state.count("webhook_attempts")
         try:
             rt.cloud.deliver(callback_url, rt.signer, payload)
@@ -84,10 +137,15 @@ def deliver_result(rt: Runtime, job_id: str, callback_url: str) -> str:
             if exc.retryable:
                 rt.state.count("webhook_failures")
                 logger.warning("Delivery of job %s failed, will retry: %s", job_id, exc)
+                _release_delivery(rt, key)
                 raise
-            refused = f"Result delivery refused: {exc}"
-            logger.error("Delivery of job %s refused by the cloud: %s", job_id, exc)
-            outcome = "refused"
+            if _cloud_state(rt, job_id) == "completed":
+                logger.info("Job %s: cloud refused a repeat delivery it had already accepted.", job_id)
+                outcome = "duplicate"
+            else:
+                refused = f"Result delivery refused: {exc}"
+                logger.error("Delivery of job %s refused by the cloud: %s", job_id, exc)
+                outcome = "refused"
         failpoint("delivery.after_post")
         pipe = rt.local_redis.pipeline(transaction=False)
         pipe.hset(key, mapping={"delivered": repr(time.time()), **({"refused": refused} if refused else {})})

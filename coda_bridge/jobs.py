@@ -30,6 +30,7 @@ from .runtime import Runtime
 
 __all__ = [
     "ERROR_MAX_CHARS",
+    "callback_allowed",
     "JobOutcome",
     "execute_batch",
     "execute_job",
@@ -47,11 +48,19 @@ ERROR_MAX_CHARS = 500
 CLAIM_LEASE_SEC = 15.0
 #: How long a recorded result is kept (it is normally delivered within seconds).
 RESULT_TTL_SEC = 30 * 86_400
+#: How long a finished job's result may wait for the local Redis before the job is given up (and rerun).
+RECORD_PATIENCE_SEC = 300.0
+RECORD_RETRY_START_SEC = 1.0
+RECORD_RETRY_MAX_SEC = 30.0
 #: Terminal states after which a message is acknowledged and skipped.
 TERMINAL_STATES = ("completed", "cancelled")
 
 Enqueue = Callable[[str, str, str], None]
 
+_REFRESH_IF_OURS = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end "
+    "return redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0"
+)
 _RELEASE_IF_OURS = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 )
@@ -93,16 +102,22 @@ def callback_allowed(callback_url: str, webapp_url: str, allowed_hosts: list[str
 
 
 class _CloudStatus:
-    """Writes of the cloud's status hash that ride out a blip instead of losing the result."""
+    """Writes of the cloud's status hash.
+
+    ``executing`` rides out a blip (the result matters more); a terminal
+    state must land, so its failure propagates and the message is retried.
+    """
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
-    def write(self, job_id: str, fields: Mapping[str, str]) -> bool:
+    def write(self, job_id: str, fields: Mapping[str, str], *, terminal: bool = False) -> bool:
         mapping: dict[Any, Any] = dict(fields)
         try:
             self.rt.cloud_redis.hset(status_key(job_id), mapping=mapping)
         except redis.RedisError as exc:
+            if terminal:
+                raise
             logger.warning("Could not write status %s of job %s: %s", fields.get("state"), job_id, exc)
             return False
         return True
@@ -121,6 +136,7 @@ def _cancelled(rt: Runtime, job_id: str, entry_id: str) -> None:
     _CloudStatus(rt).write(
         job_id,
         {"state": "cancelled", "cancelled_at": utc_iso(), "message_id": entry_id, "qpu_id": rt.qpu_id},
+        terminal=True,
     )
     rt.state.count("jobs_cancelled")
     logger.info("Job %s cancelled.", job_id)
@@ -145,11 +161,15 @@ class _Claim:
         recorded = recorded.decode() if isinstance(recorded, bytes) else recorded
         return bool(taken), recorded, max(int(ttl_ms), 0) / 1000
 
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
+        """Extend the lease if the claim is still ours; False (and a loud log) if it was lost."""
         pipe = self.rt.local_redis.pipeline(transaction=False)
-        pipe.pexpire(self.key, int(CLAIM_LEASE_SEC * 1000))
+        pipe.eval(_REFRESH_IF_OURS, 1, self.key, self.token, int(CLAIM_LEASE_SEC * 1000))
         pipe.zadd(self.rt.state.key("running"), {self.job_id: time.time() + CLAIM_LEASE_SEC}, xx=True)
-        pipe.execute()
+        ours = bool(pipe.execute()[0])
+        if not ours:
+            logger.error("Job %s: its claim lapsed while it ran (process stalled?).", self.job_id)
+        return ours
 
     def release(self) -> None:
         """Give the claim back, unless its lease lapsed and another worker holds it now."""
@@ -170,20 +190,79 @@ def record_result(rt: Runtime, job_id: str, payload: Mapping[str, Any]) -> str:
     return recorded.decode() if isinstance(recorded, bytes) else str(recorded)
 
 
-class _Run(threading.Thread):
-    """Runs the executor off the actor thread, so the actor can watch the cancel key."""
+def _record_patiently(rt: Runtime, job_id: str, payload: Mapping[str, Any]) -> None:
+    """Record a result that so far exists only in memory, riding out a local Redis outage.
 
-    def __init__(self, call: Callable[..., Any], *args: Any) -> None:
+    Giving up here would mean running the job again, so it tries for a while.
+    """
+    delay = RECORD_RETRY_START_SEC
+    deadline = time.monotonic() + RECORD_PATIENCE_SEC
+    while True:
+        try:
+            record_result(rt, job_id, payload)
+            return
+        except redis.RedisError as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("Result of job %s not recorded yet (%s); retrying in %.0f s.", job_id, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, RECORD_RETRY_MAX_SEC)
+
+
+class _Run(threading.Thread):
+    """Runs the executor off the actor thread, so the actor can watch the cancel key.
+
+    A run takes one of the runtime's executor slots first, so a run that
+    was abandoned (cancel, time limit) but still holds the device keeps the
+    next one waiting instead of running beside it.
+    """
+
+    def __init__(self, slots: threading.Semaphore, call: Callable[..., Any], *args: Any) -> None:
         super().__init__(name="coda-executor", daemon=True)
-        self.call, self.args = call, args
+        self.slots, self.call, self.args = slots, call, args
+        self.abandoned = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        with self.slots:
+            if self.abandoned.is_set():
+                return
+            try:
+                self.result = self.call(*self.args)
+            except BaseException as exc:  # reported to the actor thread, which decides
+                self.error = exc
+
+
+def _watch(rt: Runtime, run: _Run, watched: list[_Ready], limit: float, *, stop_on_cancel: bool) -> set[str]:
+    """Wait for ``run`` while polling cancel keys and keeping claims alive; Redis blips are ridden out.
+
+    Returns the jobs whose cancel key was seen.  Raises :class:`TimeoutError`
+    past ``limit``; with ``stop_on_cancel``, returns at the first cancel.
+    """
+    poll = rt.settings.cancel_poll_interval_sec
+    started = time.monotonic()
+    cancelled: set[str] = set()
+    while True:
+        run.join(poll)
+        if not run.is_alive():
+            return cancelled
         try:
-            self.result = self.call(*self.args)
-        except BaseException as exc:  # reported to the actor thread, which decides
-            self.error = exc
+            pipe = rt.cloud_redis.pipeline(transaction=False)
+            for ready in watched:
+                pipe.exists(cancel_key(ready.job_id))
+            cancelled.update(r.job_id for r, seen in zip(watched, pipe.execute(), strict=True) if seen)
+        except redis.RedisError as exc:
+            logger.warning("Cancel keys unreadable (%s); the run goes on.", exc)
+        if cancelled and stop_on_cancel:
+            return cancelled
+        if time.monotonic() - started > limit:
+            raise TimeoutError
+        for ready in watched:
+            try:
+                ready.claim.refresh()
+            except redis.RedisError as exc:
+                logger.warning("Job %s: claim not refreshed (%s).", ready.job_id, exc)
 
 
 def _validate(rt: Runtime, fields: Mapping[str, str]) -> tuple[Any, int]:
@@ -239,28 +318,28 @@ def _time_limit_failure(job_id: str, limit: float) -> dict[str, Any]:
     )
 
 
-def _run_watched(rt: Runtime, ready: _Ready) -> dict[str, Any] | None:
-    """Run one job on the executor; ``None`` when it was cancelled mid-run."""
+def _run_watched(rt: Runtime, ready: _Ready, keep_alive: list[_Ready] | None = None) -> dict[str, Any] | None:
+    """Run one job on the executor; ``None`` when it was cancelled mid-run.
+
+    ``keep_alive`` are claims of jobs waiting their turn behind this one.
+    """
     from .executors.base import call_run, cancel, coerce_result
 
     executor = rt.executor()
     limit = rt.settings.job_time_limit_sec
-    poll = rt.settings.cancel_poll_interval_sec
     started = time.monotonic()
-    run = _Run(call_run, executor, ready.circuit, ready.shots)
+    run = _Run(rt.run_slots, call_run, executor, ready.circuit, ready.shots)
     run.start()
-    while True:
-        run.join(poll)
-        if not run.is_alive():
-            break
-        if rt.cloud_redis.exists(cancel_key(ready.job_id)):
+    try:
+        if _watch(rt, run, [ready, *(keep_alive or [])], limit, stop_on_cancel=True) & {ready.job_id}:
+            run.abandoned.set()
             cancel(executor)
             logger.info("Job %s: cancel key seen mid-run; run abandoned.", ready.job_id)
             return None
-        if time.monotonic() - started > limit:
-            cancel(executor)
-            return _time_limit_failure(ready.job_id, limit)
-        ready.claim.refresh()
+    except TimeoutError:
+        run.abandoned.set()
+        cancel(executor)
+        return _time_limit_failure(ready.job_id, limit)
     rt.state.count("executor_seconds", float(time.monotonic() - started))
     if run.error is not None:
         return _executor_failure(ready.job_id, run.error)
@@ -275,25 +354,16 @@ def _run_batch_watched(rt: Runtime, batch: list[_Ready]) -> list[dict[str, Any] 
     from .executors.base import call_batch_run, cancel, coerce_result
 
     executor = rt.executor()
-    limit = rt.settings.job_time_limit_sec * len(batch)
-    poll = rt.settings.cancel_poll_interval_sec
+    limit = batch_time_limit_sec(rt.settings.job_time_limit_sec, len(batch))
     started = time.monotonic()
-    run = _Run(call_batch_run, executor, [(r.circuit, r.shots) for r in batch])
+    run = _Run(rt.run_slots, call_batch_run, executor, [(r.circuit, r.shots) for r in batch])
     run.start()
-    cancelled: set[str] = set()
-    while True:
-        run.join(poll)
-        if not run.is_alive():
-            break
-        pipe = rt.cloud_redis.pipeline(transaction=False)
-        for ready in batch:
-            pipe.exists(cancel_key(ready.job_id))
-        cancelled.update(r.job_id for r, seen in zip(batch, pipe.execute(), strict=True) if seen)
-        if time.monotonic() - started > limit:
-            cancel(executor)
-            return [_time_limit_failure(r.job_id, limit) for r in batch]
-        for ready in batch:
-            ready.claim.refresh()
+    try:
+        cancelled = _watch(rt, run, batch, limit, stop_on_cancel=False)
+    except TimeoutError:
+        run.abandoned.set()
+        cancel(executor)
+        return [_time_limit_failure(r.job_id, limit) for r in batch]
     rt.state.count("executor_seconds", float(time.monotonic() - started))
     if run.error is not None:
         logger.warning("batch_run of %d jobs failed (%s); running them one by one.", len(batch), run.error)
@@ -308,6 +378,11 @@ def _run_batch_watched(rt: Runtime, batch: list[_Ready]) -> list[dict[str, Any] 
         except ExecutorError as exc:
             payloads.append(failure_payload(ready.job_id, f"Executor error: {exc}"))
     return payloads
+
+
+def batch_time_limit_sec(job_limit_sec: float, jobs: int) -> float:
+    """A batch gets the time limit of its jobs together."""
+    return job_limit_sec * jobs
 
 
 def _prepare(rt: Runtime, fields: Mapping[str, str], entry_id: str, enqueue: Enqueue) -> JobOutcome | _Ready:
@@ -326,7 +401,7 @@ def _prepare(rt: Runtime, fields: Mapping[str, str], entry_id: str, enqueue: Enq
     if state in TERMINAL_STATES:
         logger.info("Skipping job %s: already %s.", job_id, state)
         return JobOutcome(job_id, "skipped", f"already {state}")
-    if cancelled:
+    if cancelled and not rt.local_redis.hexists(job_key(rt.qpu_id, job_id), "result"):
         _cancelled(rt, job_id, entry_id)
         return JobOutcome(job_id, "cancelled", "before start")
 
@@ -350,7 +425,9 @@ def _prepare(rt: Runtime, fields: Mapping[str, str], entry_id: str, enqueue: Enq
         refusal = f"callback host {host!r} is not the cloud's host; allowed_callback_hosts can allow it"
         logger.error("Job %s failed locally: %s", job_id, refusal)
         _CloudStatus(rt).write(
-            job_id, {"state": "failed", "error": refusal[:ERROR_MAX_CHARS], "failed_at": utc_iso()}
+            job_id,
+            {"state": "failed", "error": refusal[:ERROR_MAX_CHARS], "failed_at": utc_iso()},
+            terminal=True,
         )
         rt.state.count("jobs_failed")
         return JobOutcome(job_id, "skipped", refusal)
@@ -386,7 +463,7 @@ def _finish(
     if payload is None:
         _cancelled(rt, job_id, entry_id)
         return JobOutcome(job_id, "cancelled", "during run")
-    record_result(rt, job_id, payload)
+    _record_patiently(rt, job_id, payload)
     failpoint("jobs.after_record")
     enqueue(job_id, callback, entry_id)
     return JobOutcome(job_id, "queued", str(payload["status"]))
@@ -412,11 +489,13 @@ def execute_batch(
     entries: Sequence[tuple[Mapping[str, str], str]],
     enqueue: Enqueue,
     later: Callable[[Mapping[str, str], str, float], None],
+    running: list[tuple[Mapping[str, str], str]] | None = None,
 ) -> list[JobOutcome]:
     """Run several waiting jobs through the executor's ``batch_run``, one result per job in order.
 
     A job claimed elsewhere goes back through ``later(fields, entry_id,
     delay_sec)``; when the batch call fails, the jobs run one by one.
+    ``running`` collects the entries that reached the executor.
     """
     outcomes: list[JobOutcome] = []
     batch: list[_Ready] = []
@@ -431,9 +510,11 @@ def execute_batch(
                 outcomes.append(ready)
             else:
                 batch.append(ready)
+                if running is not None:
+                    running.append((fields, entry_id))
         payloads = _run_batch_watched(rt, batch) if len(batch) > 1 else None
         if payloads is None:
-            payloads = [_run_watched(rt, ready) for ready in batch]
+            payloads = [_run_watched(rt, ready, batch[i + 1 :]) for i, ready in enumerate(batch)]
         for ready, payload in zip(batch, payloads, strict=True):
             outcomes.append(
                 _finish(rt, ready.job_id, ready.callback, ready.entry_id, payload, enqueue=enqueue)

@@ -12,6 +12,7 @@ FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.S)
 _JWT = re.compile(r"\beyJ[\w-]{6,}\.[\w-]{6,}\.[\w-]{6,}")
 _BEARER = re.compile(r"(Bearer\s+)\S+", re.I)
+_TRACEBACKS = logging.Formatter()
 
 
 def mask(text: str) -> str:
@@ -29,6 +30,10 @@ class SecretFilter(logging.Filter):
         masked = mask(message)
         if masked != message:
             record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = mask(_TRACEBACKS.formatException(record.exc_info))
+        if record.stack_info:
+            record.stack_info = mask(record.stack_info)
         return True
 
 

@@ -43,6 +43,7 @@ def cloud_redis_client(url: str, *, block_sec: float = 0.0) -> redis.Redis:
     return redis.Redis.from_url(
         url,
         decode_responses=True,
+        encoding_errors="replace",  # a stray non-UTF-8 entry becomes a failed job, not a dead bridge
         socket_connect_timeout=REDIS_SOCKET_TIMEOUT_SEC,
         socket_timeout=REDIS_SOCKET_TIMEOUT_SEC + block_sec,
         health_check_interval=30,
@@ -107,6 +108,8 @@ class Runtime:
         self.qpu_id: str = settings.qpu_id
         self._lock = threading.Lock()
         self._executor: Any = None
+        #: Runs on the device at once (an abandoned run keeps its slot until it really ends).
+        self.run_slots = threading.BoundedSemaphore(settings.executor_concurrency)
         self.executor_origin: str | None = None
 
     @cached_property

@@ -34,8 +34,8 @@ ENV_PREFIX = "CODA"
 DEFAULT_SETTINGS_FILES = ("config/settings.toml", "config/.secrets.toml")
 #: Variables that steer the loading itself rather than being settings.
 _META_KEYS = frozenset({"ENV", "SETTINGS_FILES", "SETTINGS_FILE"})
-#: Fields whose values are never echoed back, in errors or anywhere else.
-SECRET_FIELDS = frozenset({"node_token", "jwt_private_key"})
+#: Fields whose values are never echoed back, in errors or anywhere else (headers may carry API keys).
+SECRET_FIELDS = frozenset({"node_token", "jwt_private_key", "node_connect_headers"})
 _TARGETS = ("cz", "iswap", "pcz", "cnot")
 
 

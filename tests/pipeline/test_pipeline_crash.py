@@ -87,3 +87,32 @@ def test_executor_worker_killed_after_recording_the_result(fresh_stack: LocalSta
 
     _one_result_each(stack, [job_id])
     assert executor_runs(stack, "recorded") == 1
+
+
+def test_a_cloud_redis_outage_mid_run_loses_nothing(fresh_stack: LocalStack) -> None:
+    stack = fresh_stack
+    job_id = stack.cloud.submit(stack.qpu_id, circuit("sleep:4", tag="outage"), 10)
+    wait_until(lambda: executor_runs(stack, "outage") == 1, 20, "the executor to start the job")
+
+    stack.cloud_redis.stop()
+    time.sleep(2)  # the length of the outage, not a wait for work
+    stack.cloud_redis.start()
+
+    result = stack.cloud.wait_for_result(job_id, timeout_sec=60)
+    assert result["status"] == "completed"
+    assert executor_runs(stack, "outage") == 1
+    wait_until(lambda: status(stack, job_id).get("state") == "completed", 20, "the completed status")
+
+
+def test_a_non_utf8_entry_fails_cleanly_and_the_bridge_goes_on(fresh_stack: LocalStack) -> None:
+    stack = fresh_stack
+    raw = stack.cloud_redis.client()
+    fields = stack.cloud.job(stack.cloud.submit(stack.qpu_id, circuit(), 10))["fields"]
+    bad_id = "bad-bytes"
+    raw.xadd(f"qpu:{stack.qpu_id}:jobs", {**fields, "job_id": bad_id, "ir_json": b"\xff\xfe{not utf-8"})
+    good = stack.cloud.submit(stack.qpu_id, circuit(), 10)
+
+    stack.cloud.wait_for_results([good], timeout_sec=30)
+
+    wait_until(lambda: status(stack, bad_id).get("state") == "failed", 20, "the bad entry to fail")
+    assert stack.children["bridge"].alive()
