@@ -131,7 +131,18 @@ class LocalStack:
     # -- the fixed parts --
 
     def start(self, *, processes: bool = True) -> LocalStack:
-        """Start Redis twice, the simulator, register the QPU, and (by default) the node's processes."""
+        """Start Redis twice, the simulator, register the QPU, and (by default) the node's processes.
+
+        If any step fails, whatever already started is stopped before the error goes on.
+        """
+        try:
+            self._start(processes)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, processes: bool) -> None:
         self.cloud_redis.start()
         self.broker_redis.start()
         self.devcloud = start_devcloud_process(
@@ -147,7 +158,6 @@ class LocalStack:
         )
         if processes:
             self.start_node()
-        return self
 
     @property
     def cloud(self) -> DevCloudClient:

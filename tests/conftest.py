@@ -65,3 +65,32 @@ def devcloud(devcloud_process: DevCloudProcess) -> Iterator[DevCloudClient]:
     yield client
     client.clear_faults()
     client.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_running() -> Iterator[None]:
+    """Every process the suite starts carries a session mark; any still alive at the end fails the run."""
+    import os
+    import uuid
+
+    from coda_bridge.proctree import alive, kill_tree
+
+    mark = f"PYTEST_CODA_SESSION={uuid.uuid4().hex}".encode()
+    os.environ["PYTEST_CODA_SESSION"] = mark.decode().split("=", 1)[1]
+    yield
+
+    def marked() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    if mark in (entry / "environ").read_bytes().split(b"\0"):
+                        found.append(int(entry.name))
+                except OSError:
+                    continue
+        return [pid for pid in found if alive(pid)]
+
+    leftovers = marked()
+    if leftovers:
+        kill_tree(leftovers)
+        pytest.fail(f"{len(leftovers)} process(es) outlived the test suite (killed now): {leftovers}")

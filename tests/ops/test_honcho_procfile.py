@@ -14,7 +14,7 @@ import pytest
 from ops_support import DRAIN_TIMEOUT_SEC, circuit, executor_runs, node_env, write_slow_executor
 
 from coda_bridge.localredis import find_redis_server, free_port
-from coda_bridge.proctree import alive, process_tree
+from coda_bridge.proctree import alive, kill_tree, process_tree
 from coda_bridge.stack import LocalStack, wait_until
 
 PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"
@@ -43,6 +43,13 @@ def _honcho(procfile: Path, env: dict[str, str], output: Path, *names: str) -> s
             stderr=subprocess.STDOUT,
             cwd=procfile.parent,
         )
+
+
+def _kill_if_running(honcho: subprocess.Popen[bytes]) -> None:
+    """A failed test still leaves nothing behind: SIGKILL honcho and every process below it."""
+    if honcho.poll() is None:
+        kill_tree(process_tree(honcho.pid))
+        honcho.wait()
 
 
 def _stop(honcho: subprocess.Popen[bytes], timeout_sec: float) -> tuple[list[int], float]:
@@ -79,9 +86,7 @@ def test_honcho_start_on_the_procfile_runs_jobs_end_to_end(cloud_stack: LocalSta
         )
         tree, _ = _stop(honcho, 30)
     finally:
-        if honcho.poll() is None:
-            honcho.kill()
-            honcho.wait()
+        _kill_if_running(honcho)
     wait_until(lambda: not any(alive(p) for p in tree), 10, "every process honcho ran to be gone")
 
 
@@ -100,9 +105,7 @@ def test_sigterm_to_honcho_drains_a_running_job(cloud_stack: LocalStack, tmp_pat
         wait_until(lambda: cloud.job(job)["status"].get("state") == "executing", 30, "the job to start")
         tree, took = _stop(honcho, DRAIN_TIMEOUT_SEC + 10)
     finally:
-        if honcho.poll() is None:
-            honcho.kill()
-            honcho.wait()
+        _kill_if_running(honcho)
     text = output.read_text()
     assert took < DRAIN_TIMEOUT_SEC, f"honcho took {took:.1f} s"
     assert "SIGKILL" not in text, text[-3000:]  # nobody had to be killed
@@ -118,9 +121,7 @@ def test_sigterm_to_honcho_drains_a_running_job(cloud_stack: LocalStack, tmp_pat
         delivered = cloud.wait_for_result(job, timeout_sec=60)
         tree, _ = _stop(honcho, 30)
     finally:
-        if honcho.poll() is None:
-            honcho.kill()
-            honcho.wait()
+        _kill_if_running(honcho)
     assert delivered["status"] == "completed"
     assert len(cloud.webhooks(job, accepted=True)) == 1
     assert executor_runs(tmp_path / "executor") == 2  # the warm-up job and this one, never a rerun

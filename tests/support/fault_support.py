@@ -1,0 +1,439 @@
+"""The fault scenario shared by ``tests/fault/test_fault_suite.py`` and ``bench/faults.py``.
+
+A node runs a few hundred short jobs while a seeded schedule kills -9 each
+of its process types (bridge, jobs, results, control) at random moments
+and restarts them, crashes the cloud's Redis and brings it back, makes the
+simulator answer 503 to every webhook for a while, and 400 to one job's.
+Then every job is accounted for:
+
+- lost: a job that reached the stream and never got a terminal result (an
+  accepted webhook; for the job refused with 400, a ``failed`` status);
+- run again after delivery: an executor run that began after the cloud had
+  accepted that job's result;
+- concurrent runs: two runs of one job overlapping in time;
+- duplicate deliveries (reported, allowed) and wrong results (a result that
+  differs from the expected one, or from an earlier delivery of the job).
+
+The cloud's Redis runs with an append-only file fsynced on every write
+(``PersistentRedis``), as a production Redis holding a job stream would, so
+a crash of it keeps every XADD it acknowledged: "every job that reached the
+stream" is every job whose submit the simulator confirmed.  Submissions are
+paused while that Redis is down, so no submit is left half-done.
+
+This module is also the scenario's executor (``fault_support:create_executor``):
+each run appends ``start <tag> <time>`` and ``end <tag> <time>`` to
+``$FAULT_EXECUTOR_LOG``, so runs can be counted per job and placed in time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SUPPORT = Path(__file__).resolve().parent
+
+#: Process types of a node that the scenario kills.
+KILLED_TYPES = ("bridge", "jobs", "results", "control")
+
+
+# -- the executor (runs inside the dramatiq worker) -------------------------------------------------
+
+
+def _log(line: str) -> None:
+    path = os.environ.get("FAULT_EXECUTOR_LOG")
+    if not path:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+class TaggedSleepExecutor:
+    """Sleeps ``FAULT_EXECUTOR_SEC`` per job and logs each run's start and end with the job's tag."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def run(self, ir: Any, shots: int) -> dict[str, Any]:
+        tag = ir.metadata.source_hash
+        _log(f"start {tag} {time.time():.6f}")
+        time.sleep(self.seconds)
+        _log(f"end {tag} {time.time():.6f}")
+        return {
+            "counts": {"0" * len(ir.measurements): shots},
+            "execution_time_ms": self.seconds * 1000,
+            "shots_completed": shots,
+        }
+
+
+def create_executor() -> TaggedSleepExecutor:
+    return TaggedSleepExecutor(float(os.environ.get("FAULT_EXECUTOR_SEC", "0.03")))
+
+
+# -- a cloud Redis that survives a crash ---------------------------------------------------------------
+
+
+def _persistent_redis_class() -> Any:
+    from coda_bridge.localredis import LocalRedis
+
+    class PersistentRedis(LocalRedis):
+        """A private redis-server with an append-only file fsynced at every write, in a kept directory."""
+
+        def __init__(self, data_dir: Path) -> None:
+            super().__init__()
+            self.data_dir = data_dir
+            data_dir.mkdir(parents=True, exist_ok=True)
+
+        def start(self) -> PersistentRedis:
+            import redis
+
+            args = [
+                self.binary,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "yes",
+                "--appendfsync", "always",
+                "--dir", str(self.data_dir),
+                "--daemonize", "no",
+                "--loglevel", "warning",
+            ]  # fmt: skip
+            self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            probe = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+            deadline = time.monotonic() + 15
+            try:
+                while True:
+                    if self.process.poll() is not None:
+                        raise RuntimeError(f"redis-server exited at start ({self.process.returncode})")
+                    try:
+                        probe.ping()
+                        return self
+                    except redis.exceptions.BusyLoadingError:
+                        pass
+                    except redis.ConnectionError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+                    time.sleep(0.02)
+            finally:
+                probe.close()
+
+        def crash(self) -> None:
+            """SIGKILL the server: no shutdown, only what the append-only file already holds survives."""
+            if self.process is not None:
+                self.process.send_signal(signal.SIGKILL)
+                self.process.wait()
+                self.process = None
+
+    return PersistentRedis
+
+
+# -- the scenario --------------------------------------------------------------------------------------
+
+
+@dataclass
+class FaultPlan:
+    """What the scenario does; times are seconds from the start of submissions."""
+
+    jobs: int = 300
+    seed: int = 20261126
+    submit_span_sec: float = 40.0
+    executor_sec: float = 0.1
+    #: Jobs submitted at once shortly before the cloud Redis crash, so the executor is busy through it.
+    burst_jobs: int = 40
+    burst_lead_sec: float = 1.0
+    kills_per_type: int = 3
+    chaos_start_sec: float = 2.0
+    chaos_end_sec: float = 45.0
+    #: Shortest time between two kills of one process type (it must be back first).
+    kill_spacing_sec: float = 5.0
+    restart_delay_sec: tuple[float, float] = (0.3, 2.0)
+    redis_crash_at_sec: tuple[float, float] = (15.0, 30.0)
+    redis_down_sec: float = 2.0
+    outage_start_sec: float = 8.0
+    outage_sec: float = 30.0
+    outage_status: int = 503
+    refused_status: int = 400
+    results_timeout_sec: float = 120.0
+    settle_sec: float = 5.0
+
+
+@dataclass
+class FaultReport:
+    """What happened, and the counts the guarantees are judged on."""
+
+    plan: FaultPlan
+    submitted: list[str] = field(default_factory=list)
+    refused_job: str = ""
+    refused_state: str | None = None
+    refused_attempts: int = 0
+    lost: list[str] = field(default_factory=list)
+    runs: int = 0
+    jobs_run_more_than_once: int = 0
+    runs_after_delivery: list[str] = field(default_factory=list)
+    concurrent_runs: list[str] = field(default_factory=list)
+    duplicate_deliveries: int = 0
+    wrong_results: list[str] = field(default_factory=list)
+    not_terminal_status: list[str] = field(default_factory=list)
+    outage_answers: int = 0
+    dead_letters: int = 0
+    submit_retries: int = 0
+    kills: Counter[str] = field(default_factory=Counter)
+    events: list[tuple[float, str]] = field(default_factory=list)
+    seconds_to_all_results: float = 0.0
+    total_seconds: float = 0.0
+
+    def rows(self) -> list[list[Any]]:
+        kills = ", ".join(f"{name} {self.kills[name]}" for name in KILLED_TYPES)
+        refused = f"{self.refused_state or 'not terminal'} after {self.refused_attempts} attempt(s)"
+        return [
+            ["jobs submitted (reached the stream)", len(self.submitted)],
+            ["kill -9 and restart, per process type", kills],
+            ["cloud Redis crash (SIGKILL) and restart", f"1, down {self.plan.redis_down_sec:g} s"],
+            [f"simulator answering {self.plan.outage_status} to every webhook",
+             f"{self.plan.outage_sec:g} s ({self.outage_answers} answers)"],
+            [f"job answered {self.plan.refused_status} (final)", refused],
+            ["jobs lost (must be 0)", len(self.lost)],
+            ["executor runs in all", self.runs],
+            ["jobs run more than once (killed mid-run)", self.jobs_run_more_than_once],
+            ["runs after a delivered result (must be 0)", len(self.runs_after_delivery)],
+            ["two runs of one job at once (must be 0)", len(self.concurrent_runs)],
+            ["duplicate deliveries (reported)", self.duplicate_deliveries],
+            ["results with wrong content (must be 0)", len(self.wrong_results)],
+            ["status hashes not terminal", len(self.not_terminal_status)],
+            ["dead-lettered messages", self.dead_letters],
+            ["seconds from first submit to last result", f"{self.seconds_to_all_results:.1f}"],
+        ]  # fmt: skip
+
+    def ok(self) -> bool:
+        return (
+            not (self.lost or self.runs_after_delivery or self.concurrent_runs or self.wrong_results)
+            and self.refused_state == "failed"
+        )
+
+
+def _circuit(tag: str) -> dict[str, Any]:
+    return {
+        "version": "1.0",
+        "target": "cz",
+        "num_qubits": 2,
+        "gates": [
+            {"gate": "ry", "qubits": [0], "params": [1.5707963]},
+            {"gate": "cz", "qubits": [0, 1], "params": []},
+        ],
+        "measurements": [0, 1],
+        "metadata": {"source_hash": tag, "compiled_at": "2026-01-01T00:00:00Z"},
+    }
+
+
+def stack_env(workdir: Path, plan: FaultPlan) -> dict[str, str]:
+    """Settings of the node under test: short timeouts so recovery fits in the run."""
+    return {
+        "CODA_EXECUTOR_FACTORY": "fault_support:create_executor",
+        "FAULT_EXECUTOR_LOG": str(workdir / "fault-executor.log"),
+        "FAULT_EXECUTOR_SEC": str(plan.executor_sec),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")])),
+        "CODA_HEARTBEAT_INTERVAL_SEC": "1",
+        "CODA_VPN_CHECK_INTERVAL_SEC": "2",
+        "CODA_WORKER_HEARTBEAT_TIMEOUT_SEC": "5",
+        "CODA_CLAIM_IDLE_SEC": "5",
+        "CODA_WEBHOOK_MAX_BACKOFF_SEC": "2",
+        "CODA_WEBHOOK_MAX_RETRIES": "200",
+        "CODA_JOB_TIME_LIMIT_SEC": "30",
+    }
+
+
+class _Chaos(threading.Thread):
+    """Runs the seeded schedule of kills, restarts and the Redis crash against a live stack."""
+
+    def __init__(self, stack: Any, plan: FaultPlan, t0: float, submit_lock: threading.Lock) -> None:
+        super().__init__(name="fault-chaos", daemon=True)
+        self.stack, self.plan, self.t0, self.submit_lock = stack, plan, t0, submit_lock
+        self.events: list[tuple[float, str]] = []
+        self.kills: Counter[str] = Counter()
+        self.error: BaseException | None = None
+        rng = random.Random(plan.seed)
+        schedule: list[tuple[float, str, str]] = []
+        for name in KILLED_TYPES:
+            for moment in self._spaced(rng, plan.kills_per_type):
+                schedule.append((moment, "kill", name))
+                schedule.append((moment + rng.uniform(*plan.restart_delay_sec), "start", name))
+        self.redis_crash_at = rng.uniform(*plan.redis_crash_at_sec)
+        schedule.append((self.redis_crash_at, "redis", "cloud"))
+        self.schedule = sorted(schedule)
+
+    def _spaced(self, rng: random.Random, count: int) -> list[float]:
+        plan = self.plan
+        for _ in range(1000):
+            moments = sorted(rng.uniform(plan.chaos_start_sec, plan.chaos_end_sec) for _ in range(count))
+            if all(b - a >= plan.kill_spacing_sec for a, b in itertools.pairwise(moments)):
+                return moments
+        raise ValueError("cannot space the kills; widen the chaos window")
+
+    def note(self, what: str) -> None:
+        self.events.append((time.monotonic() - self.t0, what))
+
+    def run(self) -> None:
+        try:
+            for moment, action, name in self.schedule:
+                delay = self.t0 + moment - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                if action == "kill":
+                    self.stack.kill9(name)
+                    self.kills[name] += 1
+                    self.note(f"kill -9 {name}")
+                elif action == "start":
+                    self.stack.start_process(name)
+                    self.note(f"restart {name}")
+                else:
+                    with self.submit_lock:
+                        self.stack.cloud_redis.crash()
+                        self.note("cloud Redis crashed (SIGKILL)")
+                        time.sleep(self.plan.redis_down_sec)
+                        self.stack.cloud_redis.start()
+                        self.note("cloud Redis back")
+        except BaseException as exc:  # reported by the scenario
+            self.error = exc
+
+
+def _executor_runs(path: Path) -> dict[str, list[tuple[float, float | None]]]:
+    """Per tag, each run's (start, end or None when the run was killed)."""
+    runs: dict[str, list[tuple[float, float | None]]] = defaultdict(list)
+    if not path.exists():
+        return runs
+    for line in path.read_text().splitlines():
+        kind, tag, moment = line.split(" ")
+        if kind == "start":
+            runs[tag].append((float(moment), None))
+        elif kind == "end":
+            for index in range(len(runs[tag]) - 1, -1, -1):
+                start, end = runs[tag][index]
+                if end is None and start <= float(moment):
+                    runs[tag][index] = (start, float(moment))
+                    break
+    return runs
+
+
+def run_fault_scenario(plan: FaultPlan, workdir: Path, *, progress: Any = None) -> FaultReport:
+    """Start a node in ``workdir``, run the plan against it, stop everything, and account for every job."""
+    from coda_bridge.broker import broker_namespace
+    from coda_bridge.stack import LocalStack
+
+    say = progress or (lambda text: None)
+    report = FaultReport(plan)
+    stack = LocalStack(workdir, env=stack_env(workdir, plan))
+    stack.cloud_redis = _persistent_redis_class()(workdir / "cloud-redis-data")
+    began = time.monotonic()
+    try:
+        stack.start()
+        say(f"node up in {time.monotonic() - began:.1f} s; {plan.jobs} jobs over {plan.submit_span_sec:g} s")
+        cloud = stack.cloud
+        tags = [f"fault-{index:04d}" for index in range(plan.jobs)]
+        job_ids = [f"job-{tag}" for tag in tags]
+        report.refused_job = job_ids[random.Random(plan.seed).randrange(plan.jobs // 4, plan.jobs // 2)]
+        # first in the fault list, so it wins over the outage window for that job
+        cloud.set_fault("webhook", plan.refused_status, count=1, job_id=report.refused_job)
+        submit_lock = threading.Lock()
+        t0 = time.monotonic()
+        chaos = _Chaos(stack, plan, t0, submit_lock)
+        chaos.start()
+        outage_set = False
+        steady = plan.jobs - plan.burst_jobs
+        burst_at = chaos.redis_crash_at - plan.burst_lead_sec
+        offsets = sorted(
+            [plan.submit_span_sec * index / steady for index in range(steady)] + [burst_at] * plan.burst_jobs
+        )
+        for tag, job_id, offset in zip(tags, job_ids, offsets, strict=True):
+            due = t0 + offset
+            if not outage_set and time.monotonic() - t0 >= plan.outage_start_sec:
+                cloud.set_fault("webhook", plan.outage_status, seconds=plan.outage_sec)
+                chaos.note(f"webhooks answer {plan.outage_status} for {plan.outage_sec:g} s")
+                outage_set = True
+            if due > time.monotonic():
+                time.sleep(due - time.monotonic())
+            with submit_lock:
+                cloud.submit(stack.qpu_id, _circuit(tag), 10, job_id=job_id, expect="noop")
+            report.submitted.append(job_id)
+        if not outage_set:
+            cloud.set_fault("webhook", plan.outage_status, seconds=plan.outage_sec)
+            chaos.note(f"webhooks answer {plan.outage_status} for {plan.outage_sec:g} s")
+        chaos.join(plan.chaos_end_sec + 30)
+        if chaos.error is not None:
+            raise chaos.error
+        # every process must be running again before the final wait
+        for name in KILLED_TYPES:
+            if not stack.children[name].alive():
+                stack.start_process(name)
+        say("chaos over; waiting for every result")
+        expected = set(report.submitted) - {report.refused_job}
+        deadline = time.monotonic() + plan.results_timeout_sec
+        while True:
+            results = cloud.results(stack.qpu_id)
+            missing = [j for j in expected if results.get(j) is None]
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        report.seconds_to_all_results = time.monotonic() - t0
+        time.sleep(plan.settle_sec)  # late duplicates, final status writes
+        _account(report, stack, chaos, workdir, broker_namespace(stack.qpu_id))
+    finally:
+        stack.stop()
+    report.total_seconds = time.monotonic() - began
+    return report
+
+
+def _account(report: FaultReport, stack: Any, chaos: _Chaos, workdir: Path, namespace: str) -> None:
+    cloud = stack.cloud
+    plan = report.plan
+    report.kills = chaos.kills
+    report.events = chaos.events
+    views = {v["job_id"]: v for v in cloud.jobs(stack.qpu_id, full=True)}
+    hooks = cloud.webhooks(qpu_id=stack.qpu_id)
+    report.outage_answers = sum(1 for h in hooks if h.get("fault") and h.get("status") == plan.outage_status)
+    report.refused_attempts = sum(1 for h in hooks if h.get("job_id") == report.refused_job)
+    redis_client = stack.cloud_redis.client()
+    pipe = redis_client.pipeline(transaction=False)
+    for job_id in report.submitted:
+        pipe.hget(f"qpu:job:{job_id}:status", "state")
+    states = dict(zip(report.submitted, pipe.execute(), strict=True))
+    report.refused_state = states.get(report.refused_job)
+    runs = _executor_runs(workdir / "fault-executor.log")
+    report.runs = sum(len(r) for r in runs.values())
+    report.jobs_run_more_than_once = sum(1 for r in runs.values() if len(r) > 1)
+    for job_id in report.submitted:
+        view = views.get(job_id) or {}
+        tag = job_id.removeprefix("job-")
+        deliveries = view.get("deliveries") or []
+        if job_id == report.refused_job:
+            if deliveries:
+                report.wrong_results.append(f"{job_id}: accepted although answered {plan.refused_status}")
+        elif not deliveries:
+            report.lost.append(job_id)
+        report.duplicate_deliveries += max(0, len(deliveries) - 1)
+        if view.get("content_mismatch") or view.get("expect_ok") is False:
+            report.wrong_results.append(job_id)
+        if states.get(job_id) not in ("completed", "failed"):
+            report.not_terminal_status.append(f"{job_id}: {states.get(job_id)}")
+        first = float(view["first_delivery_at"]) if view.get("first_delivery_at") else None
+        tag_runs = sorted(runs.get(tag, []))
+        if first is not None:
+            report.runs_after_delivery += [
+                f"{job_id} at +{s - first:.3f} s" for s, _ in tag_runs if s > first
+            ]
+        for (_, end), (later, _) in itertools.pairwise(tag_runs):
+            if end is not None and later < end:
+                report.concurrent_runs.append(job_id)
+    broker = stack.broker_redis.client()
+    report.dead_letters = sum(int(broker.zcard(f"{namespace}:{q}.XQ")) for q in ("jobs", "results"))
