@@ -7,6 +7,9 @@ the errors.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     AuthError,
     CodaError,
@@ -19,9 +22,31 @@ from .errors import (
     VPNError,
     WebhookError,
 )
-from .executors import ExecutionResult, Executor, NoopExecutor, StateVectorExecutor, resolve_executor
-from .ir import Circuit, Gate, Metadata, parse_ir
-from .settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from .executors import ExecutionResult, Executor, NoopExecutor, StateVectorExecutor, resolve_executor
+    from .ir import Circuit, Gate, Metadata, parse_ir
+    from .settings import Settings, load_settings
+
+#: Imported on first use, so ``python -m coda_bridge.<module>`` loads only what that module needs.
+_LAZY = {
+    **dict.fromkeys(
+        ("ExecutionResult", "Executor", "NoopExecutor", "StateVectorExecutor", "resolve_executor"),
+        ".executors",
+    ),
+    **dict.fromkeys(("Circuit", "Gate", "Metadata", "parse_ir"), ".ir"),
+    **dict.fromkeys(("Settings", "load_settings"), ".settings"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

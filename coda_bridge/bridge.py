@@ -212,12 +212,11 @@ class StreamBridge:
             done.append(entry_id)
         size = self.settings.batch_size
         if len(jobs) > 1 and self._executor_batches():
-            for start in range(0, len(jobs), size):
-                group = jobs[start : start + size]
-                self.broker.enqueue(batch_message(group) if len(group) > 1 else job_message(*group[0]))
+            groups = [jobs[start : start + size] for start in range(0, len(jobs), size)]
+            messages = [batch_message(g) if len(g) > 1 else job_message(*g[0]) for g in groups]
         else:
-            for fields, entry_id in jobs:
-                self.broker.enqueue(job_message(fields, entry_id))
+            messages = [job_message(fields, entry_id) for fields, entry_id in jobs]
+        self.broker.enqueue_many(messages)
         if done:
             failpoint("bridge.before_ack")
             self.cloud.xack(self.stream, self.group, *done)

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -209,23 +210,33 @@ def _record_patiently(rt: Runtime, job_id: str, payload: Mapping[str, Any]) -> N
             delay = min(delay * 2, RECORD_RETRY_MAX_SEC)
 
 
-class _Run(threading.Thread):
-    """Runs the executor off the actor thread, so the actor can watch the cancel key.
+class _Run:
+    """One executor call on the runtime's executor threads, so the actor can watch the cancel key.
 
     A run takes one of the runtime's executor slots first, so a run that
     was abandoned (cancel, time limit) but still holds the device keeps the
     next one waiting instead of running beside it.
     """
 
-    def __init__(self, slots: threading.Semaphore, call: Callable[..., Any], *args: Any) -> None:
-        super().__init__(name="coda-executor", daemon=True)
-        self.slots, self.call, self.args = slots, call, args
+    def __init__(self, rt: Runtime, call: Callable[..., Any], *args: Any) -> None:
+        self.rt, self.call, self.args = rt, call, args
         self.abandoned = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
+        self._future: Future[None] | None = None
 
-    def run(self) -> None:
-        with self.slots:
+    def start(self) -> None:
+        self._future = self.rt.run_pool.submit(self._run)
+
+    def join(self, timeout: float) -> None:
+        assert self._future is not None
+        wait([self._future], timeout=timeout)
+
+    def is_alive(self) -> bool:
+        return self._future is not None and not self._future.done()
+
+    def _run(self) -> None:
+        with self.rt.run_slots:
             if self.abandoned.is_set():
                 return
             try:
@@ -328,7 +339,7 @@ def _run_watched(rt: Runtime, ready: _Ready, keep_alive: list[_Ready] | None = N
     executor = rt.executor()
     limit = rt.settings.job_time_limit_sec
     started = time.monotonic()
-    run = _Run(rt.run_slots, call_run, executor, ready.circuit, ready.shots)
+    run = _Run(rt, call_run, executor, ready.circuit, ready.shots)
     run.start()
     try:
         if _watch(rt, run, [ready, *(keep_alive or [])], limit, stop_on_cancel=True) & {ready.job_id}:
@@ -356,7 +367,7 @@ def _run_batch_watched(rt: Runtime, batch: list[_Ready]) -> list[dict[str, Any] 
     executor = rt.executor()
     limit = batch_time_limit_sec(rt.settings.job_time_limit_sec, len(batch))
     started = time.monotonic()
-    run = _Run(rt.run_slots, call_batch_run, executor, [(r.circuit, r.shots) for r in batch])
+    run = _Run(rt, call_batch_run, executor, [(r.circuit, r.shots) for r in batch])
     run.start()
     try:
         cancelled = _watch(rt, run, batch, limit, stop_on_cancel=False)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from functools import cached_property
 from types import FrameType
 from typing import Any
@@ -34,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 #: Socket timeout of ordinary commands to either Redis.
 REDIS_SOCKET_TIMEOUT_SEC = 5.0
+#: Executor threads beyond the concurrency, for runs that were abandoned but have not ended.
+EXECUTOR_SPARE_THREADS = 4
 #: How often a process waiting for the bridge to provision looks again.
 IDENTITY_POLL_SEC = 1.0
 
@@ -98,6 +102,36 @@ def _poll_identity(overrides: dict[str, Any] | None, deadline: float | None) -> 
         time.sleep(IDENTITY_POLL_SEC)
 
 
+class DaemonThreads:
+    """A fixed set of daemon threads running submitted calls.
+
+    Unlike ``ThreadPoolExecutor``, whose threads are joined at exit, a hung
+    executor call here never keeps a stopping worker process alive.
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Future[None], Callable[[], None]]] = queue.SimpleQueue()
+        for index in range(size):
+            threading.Thread(target=self._serve, name=f"{name}-{index}", daemon=True).start()
+
+    def submit(self, call: Callable[[], None]) -> Future[None]:
+        future: Future[None] = Future()
+        self._calls.put((future, call))
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            future, call = self._calls.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                call()
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+
+
 class Runtime:
     """Per-process handles on everything a node process talks to."""
 
@@ -111,6 +145,11 @@ class Runtime:
         #: Runs on the device at once (an abandoned run keeps its slot until it really ends).
         self.run_slots = threading.BoundedSemaphore(settings.executor_concurrency)
         self.executor_origin: str | None = None
+
+    @cached_property
+    def run_pool(self) -> DaemonThreads:
+        """Threads that call the executor; spares so abandoned runs never starve new ones."""
+        return DaemonThreads(self.settings.executor_concurrency + EXECUTOR_SPARE_THREADS, "coda-executor")
 
     @cached_property
     def signer(self) -> Signer:

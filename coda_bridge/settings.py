@@ -70,6 +70,7 @@ class Settings(BaseModel):
     node_connect_headers: dict[str, str] = {}
     node_connect_retries: int = Field(3, ge=1)
     node_machine_fingerprint: str | None = None
+    use_env_proxies: bool = False
 
     # -- web probes --
     host: str = "0.0.0.0"

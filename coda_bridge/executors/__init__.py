@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .base import (
     ExecutionResult,
     Executor,
@@ -13,7 +15,19 @@ from .base import (
 )
 from .noop import NoopExecutor
 from .resolve import resolve_executor
-from .simulator import StateVectorExecutor
+
+if TYPE_CHECKING:
+    from .simulator import StateVectorExecutor
+
+
+def __getattr__(name: str) -> Any:
+    """The state-vector simulator (and numpy) load only when it is asked for."""
+    if name == "StateVectorExecutor":
+        from .simulator import StateVectorExecutor
+
+        return StateVectorExecutor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ExecutionResult",

@@ -20,5 +20,9 @@ class NoopExecutor:
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         return ExecutionResult(counts=counts, execution_time_ms=elapsed_ms, shots_completed=shots)
 
+    def batch_run(self, jobs: list[tuple[Circuit, int]]) -> list[ExecutionResult]:
+        """One all-zeros answer per job, in order (so the pipeline's batching is exercised too)."""
+        return [self.run(ir, shots) for ir, shots in jobs]
+
     def __repr__(self) -> str:
         return "NoopExecutor()"
