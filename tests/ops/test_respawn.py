@@ -37,7 +37,14 @@ def _lines(path: Path) -> list[str]:
 
 def test_a_child_that_dies_is_restarted_with_growing_backoff_and_the_log_says_so(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    argv = _script(tmp_path, f"import sys\nopen({str(runs)!r}, 'a').write('run\\n')\nsys.exit(3)\n")
+    # the first two runs crash; the third stays up, so the stop below never races a crash
+    argv = _script(
+        tmp_path,
+        f"import sys, time\n"
+        f"open({str(runs)!r}, 'a').write('run\\n')\n"
+        f"if len(open({str(runs)!r}).read().split()) < 3:\n    sys.exit(3)\n"
+        f"time.sleep(60)\n",
+    )
     wrapper = _wrapper("flaky", argv)
     try:
         wait_until(lambda: len(_lines(runs)) >= 3, 15, "three runs of the child")
