@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -11,19 +10,9 @@ from pipeline_support import stack_env
 from coda_bridge.stack import LocalStack
 
 
-def stop_processes_together(stack: LocalStack) -> None:
-    """Stop the node's processes side by side (each dramatiq worker takes seconds to wind down)."""
-    threads = [threading.Thread(target=child.stop) for child in stack.children.values() if child.alive()]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-
 @pytest.fixture(scope="module")
 def control_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     workdir = tmp_path_factory.mktemp("control-stack")
     env = stack_env(workdir, CODA_SHUTDOWN_DRAIN_TIMEOUT_SEC="2")
     with LocalStack(workdir, env=env) as node:
         yield node
-        stop_processes_together(node)

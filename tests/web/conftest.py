@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -12,15 +11,6 @@ from coda_bridge.stack import LocalStack
 
 #: Where the dramatiq dashboard is mounted in the web tests.
 DASHBOARD_PREFIX = "/ops/queues"
-
-
-def stop_processes_together(stack: LocalStack) -> None:
-    """Stop the node's processes side by side (each dramatiq worker takes seconds to wind down)."""
-    threads = [threading.Thread(target=child.stop) for child in stack.children.values() if child.alive()]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
 
 
 @pytest.fixture(scope="module")
@@ -45,4 +35,3 @@ def web_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     )
     with LocalStack(workdir, env=env, web=True) as node:
         yield node
-        stop_processes_together(node)
