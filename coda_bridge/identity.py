@@ -20,7 +20,7 @@ from .auth import Signer
 from .cloud import CloudClient
 from .errors import ConfigError, NodeError
 from .settings import Settings, load_settings
-from .state import ensure_state_dir, load_persisted, persist, remember_token, token_was_used
+from .state import ensure_state_dir, load_persisted, mark_connected, persist, remember_token, token_was_used
 
 __all__ = [
     "VpnControl",
@@ -163,6 +163,7 @@ def connect_node(
         persist(paths, _persisted_values(applied))
         if token:
             remember_token(paths, token)
+        mark_connected(paths)
     except BaseException:
         if started_vpn and vpn is not None:
             vpn.stop(applied)

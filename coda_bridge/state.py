@@ -15,6 +15,7 @@ import logging
 import os
 import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,10 @@ from .errors import ConfigError
 __all__ = [
     "PERSISTED_FIELDS",
     "StatePaths",
+    "connected_since",
     "ensure_state_dir",
     "load_persisted",
+    "mark_connected",
     "persist",
     "read_private",
     "remember_token",
@@ -86,6 +89,11 @@ class StatePaths:
         return self.root / "node-token.sha256"
 
     @property
+    def connected(self) -> Path:
+        """When the bridge last finished a connect (other processes of ``start`` wait for it)."""
+        return self.root / "connected-at"
+
+    @property
     def vpn_profile(self) -> Path:
         return self.root / "coda.ovpn"
 
@@ -110,6 +118,7 @@ class StatePaths:
             self.config,
             self.private_key,
             self.token_marker,
+            self.connected,
             self.vpn_profile,
             self.openvpn_pid,
             self.openvpn_log,
@@ -251,6 +260,20 @@ def token_was_used(paths: StatePaths, token: str) -> bool:
     """True when this node already provisioned with ``token`` (so a restart with it set reconnects)."""
     recorded = read_private(paths.token_marker)
     return recorded is not None and recorded.strip() == _token_digest(token)
+
+
+def mark_connected(paths: StatePaths, ts: float | None = None) -> None:
+    """Record that a connect of this start finished and its bundle is persisted."""
+    write_private(paths.connected, f"{time.time() if ts is None else ts!r}\n")
+
+
+def connected_since(paths: StatePaths, since: float) -> bool:
+    """Whether a connect finished at or after ``since`` (a start's own time)."""
+    text = read_private(paths.connected)
+    try:
+        return text is not None and float(text) >= since
+    except ValueError:
+        return False
 
 
 def reset_state(root: Path) -> list[Path]:

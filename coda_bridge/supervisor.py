@@ -45,7 +45,7 @@ from .processes import ProcessSpec, node_processes
 from .proctree import kill_tree, process_tree
 from .respawn import respawn_argv
 from .settings import Settings
-from .state import ensure_state_dir
+from .state import StatePaths, connected_since, ensure_state_dir
 
 __all__ = ["DRAIN_FIRST", "ProcessGroup", "check_credentials", "child_env", "run_start", "start_detached"]
 
@@ -284,15 +284,18 @@ def child_env(*, host: str | None = None, port: int | None = None, site: str | N
 
 
 class _IdentityReady:
-    """Whether the node's settings now carry an identity (persisted by the bridge, or configured)."""
+    """Whether this start's bridge has connected, so the others load its bundle, not an older one."""
 
     def __init__(self, overrides: Mapping[str, Any], site: str | None) -> None:
         self.overrides = dict(overrides)
         self.site = site
+        self.since = time.time()
 
     def __call__(self) -> bool:
         settings = load_node_settings(overrides=self.overrides, site=self.site)
-        return bool(settings.qpu_id and settings.jwt_key_id and settings.jwt_private_key_value)
+        if not (settings.qpu_id and settings.jwt_key_id and settings.jwt_private_key_value):
+            return False
+        return connected_since(StatePaths(settings.state_dir), self.since)
 
 
 class _ResultsQueueEmpty:

@@ -201,3 +201,21 @@ def test_no_secret_reaches_logs_or_errors(
     assert token not in text
     assert body not in text
     assert "eyJ" not in text
+
+
+def test_every_connect_marks_the_time_it_finished(
+    node_env: pytest.MonkeyPatch, devcloud: DevCloudClient, qpu: str
+) -> None:
+    import time
+
+    from coda_bridge.state import connected_since
+
+    before = time.time()
+    settings = _connect(devcloud.mint_token(qpu))
+    paths = StatePaths(settings.state_dir)
+    assert connected_since(paths, before)
+
+    first = float(paths.connected.read_text())
+    assert not connected_since(paths, first + 1)
+    _connect()
+    assert float(paths.connected.read_text()) > first
