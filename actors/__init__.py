@@ -12,6 +12,7 @@ declares every actor.
 from __future__ import annotations
 
 import logging
+import threading
 
 import dramatiq
 from dramatiq.middleware import Middleware
@@ -35,13 +36,29 @@ class ExecutorAtBoot(Middleware):
             logging.getLogger("actors").error("Executor unavailable: %s (jobs will fail until fixed)", exc)
 
 
+class StoppingFlag(Middleware):
+    """Set once this worker process begins to stop: jobs finishing in the drain deliver their own results.
+
+    Under ``honcho start`` every process gets SIGTERM at once, so the
+    results worker may already be gone when a drained job's result is queued.
+    """
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.stopping.set()
+
+
+stopping = StoppingFlag()
 settings = wait_for_identity()
 configure_logging(settings.log_level)
 broker = create_broker(settings)
 broker.add_middleware(ExecutorAtBoot())
+broker.add_middleware(stopping)
 dramatiq.set_broker(broker)
 runtime = Runtime(settings)
 
 from . import control, jobs, results  # noqa: E402  (actors need the broker set first)
 
-__all__ = ["broker", "control", "jobs", "results", "runtime", "settings"]
+__all__ = ["broker", "control", "jobs", "results", "runtime", "settings", "stopping"]

@@ -18,10 +18,11 @@ import redis
 from dramatiq.middleware import TimeLimitExceeded
 
 from coda_bridge.broker import JOBS_QUEUE
+from coda_bridge.delivery import deliver_result
 from coda_bridge.errors import JobBusy
 from coda_bridge.jobs import batch_time_limit_sec, execute_batch, execute_job, failure_payload, record_result
 
-from . import runtime, settings
+from . import runtime, settings, stopping
 from .results import deliver
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,15 @@ OUTAGE_MAX_BACKOFF_MS = 60_000
 
 
 def _queue_delivery(job_id: str, callback_url: str, entry_id: str) -> None:
+    """Queue the result for the webhook actor; while this worker drains, try one delivery inline first."""
+    if stopping.stopping.is_set():
+        try:
+            deliver_result(runtime, job_id, callback_url)
+            return
+        except Exception as exc:  # the queued delivery retries it properly
+            logger.warning(
+                "Inline delivery of job %s during shutdown failed (%s); queued instead.", job_id, exc
+            )
     deliver.send(job_id, callback_url, entry_id)
 
 
