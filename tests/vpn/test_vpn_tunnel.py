@@ -7,13 +7,21 @@ would not do: the kernel delivers traffic to one of its own addresses
 locally, so the probe would pass without the tunnel.  The client keeps its
 tun device across restarts (``persist-tun``), so after the server is gone the
 probe's packets still go into the tunnel and nowhere else; nothing leaves
-loopback or the namespace the test makes.
+loopback or the namespace the test makes.  While the lab stands, an
+``unreachable`` route for the whole 10.213.0.0/16 keeps a probe sent before
+the tunnel's address exists from taking the default route off the host.
+
+The second test takes the product's own path: the local cloud simulator
+hands out the client profile in ``vpn`` mode and :func:`coda_bridge.node.connect`
+provisions, starts OpenVPN and runs the preflight; the probes app then
+answers ``/ready`` with 200 and, once the server is gone, 503 ``degraded``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -27,9 +35,14 @@ from typing import Any
 import pytest
 import redis
 
+from coda_bridge import node
+from coda_bridge.devcloud import DevCloudClient
+from coda_bridge.keys import group_name, stream_key
 from coda_bridge.nodestate import NodeState
-from coda_bridge.settings import Settings
+from coda_bridge.settings import Settings, load_settings
+from coda_bridge.state import StatePaths
 from coda_bridge.vpn import DEGRADED, READY, OpenVPNManager, VpnGuard, tun_interfaces
+from coda_bridge.web import create_app
 
 pytestmark = [pytest.mark.vpn, pytest.mark.e2e]
 
@@ -39,6 +52,8 @@ TUNNEL_CLIENT_IP = "10.213.0.2"
 #: The veth link between the test's namespace and the server's: host side .1, namespace side .2.
 LINK_HOST_CIDR = "10.213.9.1/30"
 LINK_NS_IP = "10.213.9.2"
+#: Everything the lab uses; unreachable from the test's namespace except through the lab's own links.
+LAB_RANGE = "10.213.0.0/16"
 OPENVPN_PORT = 1194
 PROBE_PORT = 8080
 #: How long the server and the probe server may take to start.
@@ -108,6 +123,7 @@ class TunnelLab:
         _ip("-n", self.namespace, "addr", "add", f"{LINK_NS_IP}/30", "dev", self.veth_ns)
         _ip("-n", self.namespace, "link", "set", self.veth_ns, "up")
         _ip("-n", self.namespace, "link", "set", "lo", "up")
+        _ip("route", "add", "unreachable", LAB_RANGE)
 
     def _in_namespace(self, name: str, args: list[str], log: Path) -> None:
         with log.open("wb") as output:
@@ -170,6 +186,7 @@ class TunnelLab:
             with contextlib.suppress(Exception):
                 self.stop(name)
         _ip("netns", "del", self.namespace, check=False)
+        _ip("route", "del", "unreachable", LAB_RANGE, check=False)
         for device in (self.veth_host, self.client_dev):
             if _ip("link", "show", "dev", device, check=False).returncode == 0:
                 _ip("link", "del", device, check=False)
@@ -267,4 +284,94 @@ def test_real_tunnel_comes_up_is_ready_and_its_loss_is_degraded(
         client.close()
     wait_until(lambda: not tun_interfaces(lab.client_dev), timeout=5)
     assert not manager.status(settings)["running"]
+    assert time.monotonic() - started_at < 40
+
+
+#: A JSON Web Token anywhere in a text (header and payload are base64url JSON objects).
+_JWT = re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.")
+
+
+def _assert_no_secret(text: str, *secrets: str) -> None:
+    assert "PRIVATE KEY" not in text
+    assert not _JWT.search(text)
+    for secret in secrets:
+        assert secret.strip() not in text
+
+
+def test_cloud_profile_brings_the_node_up_ready_and_its_loss_makes_ready_503(
+    lab: TunnelLab,
+    pki: Any,
+    clean_env: pytest.MonkeyPatch,
+    devcloud: DevCloudClient,
+    redis_url: str,
+    tmp_path: Path,
+    wait_until: Callable[..., Any],
+) -> None:
+    started_at = time.monotonic()
+    lab.start_server(_server_conf(pki))
+    lab.start_probe_server()
+    qpu_id = f"qpu-vpn-{lab.suffix}"
+    devcloud.create_qpu(
+        qpu_id,
+        connection_mode="vpn",
+        client_profile_ovpn=_client_profile(pki, lab.client_dev),
+        vpn={"interface_hint": None, "check_interval_sec": 1, "probe_targets": [lab.probe_url]},
+        redis_url=redis_url,
+        replace=True,
+    )
+    token = devcloud.mint_token(qpu_id)
+    clean_env.setenv("CODA_WEBAPP_URL", devcloud.base_url)
+    clean_env.setenv("CODA_BROKER_URL", redis_url)
+    clean_env.setattr("coda_bridge.identity.legacy_dir", lambda: tmp_path / "no-legacy")
+    before = load_settings()  # the state directory, for stopping OpenVPN however far connect got
+    client = redis.Redis.from_url(redis_url)
+    settings: Settings | None = None
+    try:
+        settings = node.connect(token=token)  # provisions, starts OpenVPN, passes the preflight
+
+        assert settings.qpu_id == qpu_id and settings.vpn_required
+        assert settings.vpn_interface_hint is None and settings.vpn_probe_targets == [lab.probe_url]
+        profile = StatePaths(settings.state_dir).vpn_profile
+        assert settings.node_vpn_profile_path == str(profile)
+        assert profile.stat().st_mode & 0o777 == 0o600
+        assert f"dev {lab.client_dev}" in profile.read_text()
+        assert lab.client_dev in tun_interfaces()
+        assert OpenVPNManager().status(settings)["running"]
+
+        node_state = NodeState(client, qpu_id)
+        guard = VpnGuard(settings, node_state, probe_timeout_sec=PROBE_TIMEOUT_SEC)
+        assert guard.check().state == READY
+        assert node_state.vpn_state() == READY
+        # what the bridge does once connected: its group on the job stream, then a completed read
+        try:
+            client.xgroup_create(stream_key(qpu_id), group_name(qpu_id), id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            assert "BUSYGROUP" in str(exc)  # the group is there already
+        node_state.stream_read()
+        probes = create_app(settings).test_client()
+        secrets = (token, pki.client_key, settings.jwt_private_key_value or "")
+
+        ready = probes.get("/ready")
+        assert ready.status_code == 200, ready.get_json()
+        assert ready.get_json()["ready"] is True and ready.get_json()["vpn_state"] == READY
+        _assert_no_secret(ready.get_data(as_text=True), *secrets)
+
+        lab.stop("openvpn-server")
+        lost = wait_until(lambda: (check := guard.check()).state == DEGRADED and check, timeout=15)
+        assert "did not answer" in lost.detail or "missing or down" in lost.detail
+        assert node_state.vpn_state() == DEGRADED
+
+        degraded = probes.get("/ready")
+        assert degraded.status_code == 503, degraded.get_json()
+        body = degraded.get_json()
+        assert body["ready"] is False and body["vpn_state"] == DEGRADED
+        assert body["reason"] == f"VPN state is {DEGRADED}"
+        _assert_no_secret(degraded.get_data(as_text=True), *secrets)
+    finally:
+        OpenVPNManager().stop(settings or before)
+        client.close()
+        with contextlib.suppress(Exception):
+            devcloud.delete_qpu(qpu_id)
+    wait_until(lambda: not tun_interfaces(lab.client_dev), timeout=5)
+    assert not OpenVPNManager().status(settings)["running"]
     assert time.monotonic() - started_at < 40
