@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from collections.abc import Mapping
 from types import FrameType
 from typing import Any
@@ -16,13 +17,17 @@ import redis
 
 from .bridge import StreamBridge
 from .broker import create_broker
-from .errors import ConfigError
+from .errors import ConfigError, VPNError
 from .identity import connect_node, load_node_settings
 from .nodestate import NodeState
 from .settings import Settings
 from .ticker import Tick, Ticker
 
 __all__ = ["connect", "run_bridge"]
+
+#: How long the VPN preflight may keep failing right after the tunnel came up.
+VPN_SETTLE_SEC = 10.0
+VPN_SETTLE_POLL_SEC = 1.0
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +68,21 @@ def connect(
 
         if settings.node_auto_vpn:
             vpn.ensure_running(settings)
-        preflight(settings)
+        _settled_preflight(settings, preflight)
     return settings
+
+
+def _settled_preflight(settings: Settings, preflight: Any) -> None:
+    """The VPN preflight, given a few seconds: a fresh tun device can be up before its address and routes."""
+    deadline = time.monotonic() + VPN_SETTLE_SEC
+    while True:
+        try:
+            preflight(settings)
+            return
+        except VPNError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(VPN_SETTLE_POLL_SEC)
 
 
 def _known_connectivity(settings: Settings) -> list[list[int]] | None:
