@@ -58,14 +58,15 @@ def _retry_when(retries: int, exc: BaseException) -> bool:
     return isinstance(exc, redis.RedisError) and retries < REDIS_OUTAGE_RETRIES
 
 
-@dramatiq.actor(
-    actor_name="execute",
-    queue_name=JOBS_QUEUE,
-    retry_when=_retry_when,
-    min_backoff=OUTAGE_MIN_BACKOFF_MS,
-    max_backoff=OUTAGE_MAX_BACKOFF_MS,
-    time_limit=BACKSTOP_LIMIT_MS,
-)
+#: The retry policy both job actors share.
+_RETRIES: dict[str, Any] = {
+    "retry_when": _retry_when,
+    "min_backoff": OUTAGE_MIN_BACKOFF_MS,
+    "max_backoff": OUTAGE_MAX_BACKOFF_MS,
+}
+
+
+@dramatiq.actor(actor_name="execute", queue_name=JOBS_QUEUE, time_limit=BACKSTOP_LIMIT_MS, **_RETRIES)
 def execute(fields: dict[str, str], entry_id: str) -> None:
     """Run one stream entry's job on the executor and queue its result for delivery."""
     try:
@@ -81,12 +82,7 @@ def _run_later(fields: Mapping[str, str], entry_id: str, delay_sec: float) -> No
 
 
 @dramatiq.actor(
-    actor_name="execute_batch",
-    queue_name=JOBS_QUEUE,
-    retry_when=_retry_when,
-    min_backoff=OUTAGE_MIN_BACKOFF_MS,
-    max_backoff=OUTAGE_MAX_BACKOFF_MS,
-    time_limit=BATCH_BACKSTOP_LIMIT_MS,
+    actor_name="execute_batch", queue_name=JOBS_QUEUE, time_limit=BATCH_BACKSTOP_LIMIT_MS, **_RETRIES
 )
 def execute_batch_actor(entries: list[list[Any]]) -> None:
     """Run several waiting jobs through the executor's ``batch_run``, one result per job."""

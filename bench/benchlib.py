@@ -183,15 +183,20 @@ def ratio(a: float | None, b: float | None) -> float:
 # -- /proc ----------------------------------------------------------------------------------------
 
 
-def rss_kib(pid: int) -> int:
-    """VmRSS of one process in KiB (0 when it is gone)."""
+def _kib_field(path: str, key: str) -> int:
+    """The KiB value of ``key`` in a /proc file (0 when the process is gone or the key absent)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of one process in KiB (0 when it is gone)."""
+    return _kib_field(f"/proc/{pid}/status", "VmRSS:")
 
 
 def cpu_ticks(pid: int) -> int:
@@ -409,13 +414,7 @@ def start_worker(stack: LocalStack, name: str, timeout_sec: float = 30.0, **kwar
 
 def pss_kib(pid: int) -> int:
     """Proportional set size (shared pages split between their users) in KiB; 0 when unknown."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _kib_field(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def parent_pid(pid: int) -> int:

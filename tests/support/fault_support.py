@@ -41,6 +41,13 @@ from typing import Any
 
 SUPPORT = Path(__file__).resolve().parent
 
+
+def _bell(tag: str) -> dict[str, Any]:
+    from pipeline_support import bell  # imported late: this module is also the workers' executor
+
+    return bell(tag)
+
+
 #: Process types of a node that the scenario kills.
 KILLED_TYPES = ("bridge", "jobs", "results", "control")
 
@@ -223,20 +230,6 @@ class FaultReport:
         )
 
 
-def _circuit(tag: str) -> dict[str, Any]:
-    return {
-        "version": "1.0",
-        "target": "cz",
-        "num_qubits": 2,
-        "gates": [
-            {"gate": "ry", "qubits": [0], "params": [1.5707963]},
-            {"gate": "cz", "qubits": [0, 1], "params": []},
-        ],
-        "measurements": [0, 1],
-        "metadata": {"source_hash": tag, "compiled_at": "2026-01-01T00:00:00Z"},
-    }
-
-
 def stack_env(workdir: Path, plan: FaultPlan) -> dict[str, str]:
     """Settings of the node under test: short timeouts so recovery fits in the run."""
     return {
@@ -364,7 +357,7 @@ def run_fault_scenario(plan: FaultPlan, workdir: Path, *, progress: Any = None) 
             if due > time.monotonic():
                 time.sleep(due - time.monotonic())
             with submit_lock:
-                cloud.submit(stack.qpu_id, _circuit(tag), 10, job_id=job_id, expect="noop")
+                cloud.submit(stack.qpu_id, _bell(tag), 10, job_id=job_id, expect="noop")
             report.submitted.append(job_id)
         if not outage_set:
             cloud.set_fault("webhook", plan.outage_status, seconds=plan.outage_sec)

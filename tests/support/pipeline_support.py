@@ -14,8 +14,8 @@ SUPPORT = Path(__file__).resolve().parent
 FAST_LIMITS = {"CODA_JOB_TIME_LIMIT_SEC": "6", "CODA_WEBHOOK_MAX_RETRIES": "3"}
 
 
-def circuit(mode: str = "ok", *, tag: str | None = None, target: str = "cz", n: int = 2) -> dict[str, Any]:
-    """A small valid circuit whose source_hash tells the test executor what to do."""
+def bell(source_hash: str, *, target: str = "cz", n: int = 2) -> dict[str, Any]:
+    """A small valid circuit (ry, cz) measuring ``n`` qubits, carrying ``source_hash``."""
     return {
         "version": "1.0",
         "target": target,
@@ -25,11 +25,13 @@ def circuit(mode: str = "ok", *, tag: str | None = None, target: str = "cz", n: 
             {"gate": "cz", "qubits": [0, 1], "params": []},
         ],
         "measurements": list(range(n)),
-        "metadata": {
-            "source_hash": f"{mode}:{tag or uuid.uuid4().hex}",
-            "compiled_at": "2026-01-01T00:00:00Z",
-        },
+        "metadata": {"source_hash": source_hash, "compiled_at": "2026-01-01T00:00:00Z"},
     }
+
+
+def circuit(mode: str = "ok", *, tag: str | None = None, target: str = "cz", n: int = 2) -> dict[str, Any]:
+    """A small valid circuit whose source_hash tells the test executor what to do."""
+    return bell(f"{mode}:{tag or uuid.uuid4().hex}", target=target, n=n)
 
 
 def stack_env(workdir: Path, **extra: str) -> dict[str, str]:
@@ -64,7 +66,9 @@ def executor_cancels(stack: LocalStack) -> int:
 
 
 def status(stack: LocalStack, job_id: str) -> dict[str, str]:
-    return stack.cloud_redis.client().hgetall(f"qpu:job:{job_id}:status")
+    """The cloud's status hash of a job (the client decodes responses)."""
+    fields: dict[str, str] = stack.cloud_redis.client().hgetall(f"qpu:job:{job_id}:status")  # type: ignore[assignment]
+    return fields
 
 
 def deliveries(stack: LocalStack, job_id: str) -> list[dict[str, Any]]:
