@@ -1,7 +1,8 @@
 """Run the simulator as a real HTTP server, or start one as a subprocess.
 
-:func:`serve` is what ``python -m coda_bridge.devcloud`` runs: werkzeug's
-threaded server, one ``listening on http://host:port`` line on stdout.
+:func:`serve` is what ``python -m coda_bridge.devcloud`` runs: waitress
+(a pool of request threads, HTTP/1.1 keep-alive), one ``listening on
+http://host:port`` line on stdout.
 :func:`start_devcloud_process` launches that command on a free port (the
 server binds port 0 and reports the real one) and waits until the health
 endpoint answers, so tests and the demo talk to a real process.
@@ -19,12 +20,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import Any
 
 import requests
-from werkzeug.serving import make_server
+from waitress import create_server
+from waitress.task import ThreadedTaskDispatcher
 
 from ..errors import CodaError
 from .app import DEFAULT_API_PREFIX, create_app
@@ -52,6 +55,17 @@ STATE_SAVE_INTERVAL_SEC = 1.0
 STARTUP_POLL_SEC = 0.05
 #: Lines of the subprocess log quoted when it fails to start.
 LOG_TAIL_LINES = 20
+#: Request threads.  A delay fault holds its thread for ``delay_sec``: 32 lets
+#: every delivery and control thread of a few nodes (8 + 2 each) sit in one
+#: while the admin API and the rest still answer.
+SERVER_THREADS = 32
+#: Open connections before the server stops accepting; idle keep-alive ones count.
+CONNECTION_LIMIT = 500
+#: An idle keep-alive connection is closed after this long.
+CHANNEL_TIMEOUT_SEC = 60
+#: On SIGTERM, how long requests still running (a delay fault) may hold up the
+#: exit; waitress's own 5 s would meet :meth:`DevCloudProcess.stop`'s SIGKILL.
+SHUTDOWN_GRACE_SEC = 1.0
 
 LISTEN_RE = re.compile(r"listening on (http://\S+)")
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +103,43 @@ class _StateSaver:
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Raised in the main thread, inside waitress's loop: ``run()`` catches it,
+    # stops the request threads and returns, so ``serve`` ends normally.
     raise SystemExit(0)
+
+
+class _TaskDispatcher(ThreadedTaskDispatcher):
+    """Waitress's request threads, waiting at most ``SHUTDOWN_GRACE_SEC`` for running requests on exit."""
+
+    def shutdown(self, cancel_pending: bool = True, timeout: float = SHUTDOWN_GRACE_SEC) -> bool:
+        return bool(super().shutdown(cancel_pending, min(timeout, SHUTDOWN_GRACE_SEC)))
+
+
+_StartResponse = Callable[..., Any]
+_WsgiApp = Callable[[dict[str, Any], _StartResponse], Iterable[bytes]]
+
+
+def _access_logged(app: _WsgiApp) -> _WsgiApp:
+    """``app``, logging ``client METHOD path status`` for each request (waitress logs none)."""
+    access = logging.getLogger("coda_bridge.devcloud.access")
+    access.setLevel(logging.INFO)
+    if not access.hasHandlers():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        access.addHandler(handler)
+
+    def logged(environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
+        def logging_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+            path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+            if environ.get("QUERY_STRING"):
+                path += "?" + environ["QUERY_STRING"]
+            code = status.split(" ", 1)[0]
+            access.info("%s %s %s %s", environ.get("REMOTE_ADDR", "-"), environ["REQUEST_METHOD"], path, code)
+            return start_response(status, headers, exc_info)
+
+        return app(environ, logging_start_response)
+
+    return logged
 
 
 def serve(
@@ -114,18 +164,35 @@ def serve(
         api_prefix=api_prefix,
         accept_unknown_jobs=accept_unknown_jobs,
     )
-    if not access_log:
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = make_server(host, port, app, threaded=True)
-    shown = f"[{host}]" if ":" in host else host
-    print(f"coda-bridge devcloud listening on http://{shown}:{server.port}", flush=True)
+    # "Task queue depth is N" on every request of a burst that outnumbers the threads.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    dispatcher = _TaskDispatcher()
+    dispatcher.set_thread_count(SERVER_THREADS)
+    ipv6 = ":" in host
+    server = create_server(
+        _access_logged(app) if access_log else app,
+        _dispatcher=dispatcher,
+        host=host or "0.0.0.0",
+        port=port,
+        # one family, so one address: "localhost" would also bind ::1, on another free port
+        ipv4=not ipv6,
+        ipv6=ipv6,
+        threads=SERVER_THREADS,
+        connection_limit=CONNECTION_LIMIT,
+        channel_timeout=CHANNEL_TIMEOUT_SEC,
+        # poll(), not select(): no FD_SETSIZE ceiling under CONNECTION_LIMIT connections
+        asyncore_use_poll=True,
+    )
+    bound = server.effective_listen[0][1] if hasattr(server, "effective_listen") else server.effective_port
+    shown = f"[{host}]" if ipv6 else host
+    print(f"coda-bridge devcloud listening on http://{shown}:{bound}", flush=True)
     saver = _StateSaver(store, state_file) if state_file else None
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        server.serve_forever()
+        server.run()
     finally:
-        server.server_close()
+        server.close()
         if saver is not None:
             saver.close()
 

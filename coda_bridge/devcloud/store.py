@@ -1,6 +1,6 @@
 """The simulator's state: QPUs, node tokens, jobs, recorded requests and faults.
 
-All in memory behind one lock (werkzeug serves each request on its own thread);
+All in memory behind one lock (waitress serves requests from a pool of threads);
 tokens are kept only as SHA-256 hashes, so no listing can show one back.
 """
 

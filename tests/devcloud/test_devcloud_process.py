@@ -149,6 +149,67 @@ def test_health_answers_head(devcloud_process: DevCloudProcess) -> None:
     assert requests.get(url, timeout=TIMEOUT_SEC).json() == {"ok": True}
 
 
+def test_a_session_keeps_one_connection(devcloud_process: DevCloudProcess, qpu_id: str) -> None:
+    """HTTP/1.1 keep-alive: GETs, a POST and an error answer all travel on one TCP connection."""
+    base = devcloud_process.base_url
+    health = f"{base}/api/internal/qpu/health"
+    calls: list[tuple[str, str, Any]] = [
+        ("GET", health, None),
+        ("POST", f"{base}/devcloud/qpus", {"qpu_id": qpu_id}),
+        ("POST", f"{base}/api/internal/qpu/connect", {"machine_fingerprint": "h"}),
+        ("GET", health, None),
+    ]
+    ports = []
+    with requests.Session() as session:
+        for method, url, body in calls:
+            answer = session.request(method, url, json=body, stream=True, timeout=TIMEOUT_SEC)
+            conn = answer.raw.connection
+            # a server that answers "Connection: close" leaves no socket to the client's pool
+            assert conn is not None and conn.sock is not None, (method, url, answer.headers)
+            ports.append(conn.sock.getsockname()[1])
+            assert answer.content
+    assert len(set(ports)) == 1, ports
+
+
+def _stranger_heartbeat(base: str, qpu_id: str) -> requests.Response:
+    """A heartbeat whose token names ``qpu_id`` but is signed by an unknown key: matches a fault on it."""
+    signer = Signer(generate_private_key_pem(), "kid-stranger", qpu_id)
+    return _post(f"{base}/api/internal/qpu/heartbeat", {"current_job": None}, signer.sign())
+
+
+def test_a_delayed_answer_does_not_hold_up_others(
+    devcloud_process: DevCloudProcess, devcloud: DevCloudClient, qpu_id: str
+) -> None:
+    devcloud.set_fault("heartbeat", None, qpu_id=qpu_id, count=4, delay_sec=2.0)
+    base = devcloud_process.base_url
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        delayed = [pool.submit(_stranger_heartbeat, base, qpu_id) for _ in range(4)]
+        time.sleep(0.3)
+        for _ in range(5):
+            assert requests.get(f"{base}/api/internal/qpu/health", timeout=TIMEOUT_SEC).ok
+        assert devcloud.qpus() is not None
+        # answered while all four are still sleeping in their fault
+        assert not any(f.done() for f in delayed)
+        assert all(f.result().status_code != 200 for f in delayed)
+
+
+def test_sigterm_during_a_delayed_answer_still_saves_state(redis_server: LocalRedis, tmp_path: Path) -> None:
+    state = tmp_path / "devcloud.json"
+    with (
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+        start_devcloud_process(redis_url=redis_server.url, state_file=state) as proc,
+    ):
+        proc.client().create_qpu("saved-qpu")
+        proc.client().set_fault("heartbeat", None, qpu_id="saved-qpu", count=1, delay_sec=60.0)
+        pending = pool.submit(_stranger_heartbeat, proc.base_url, "saved-qpu")
+        time.sleep(0.3)
+        # 0, not the -9 of the SIGKILL that stop() sends when the process outlives its timeout
+        assert proc.stop() == 0
+        with pytest.raises(requests.RequestException):
+            pending.result()
+    assert "saved-qpu" in state.read_text()
+
+
 def test_client_errors_carry_the_status(devcloud: DevCloudClient) -> None:
     with pytest.raises(DevCloudError) as caught:
         devcloud.mint_token("no-such-qpu")
