@@ -10,7 +10,7 @@ from ever running twice).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dramatiq
@@ -20,9 +20,16 @@ from dramatiq.middleware import TimeLimitExceeded
 from coda_bridge.broker import JOBS_QUEUE
 from coda_bridge.delivery import deliver_result
 from coda_bridge.errors import JobBusy
-from coda_bridge.jobs import batch_time_limit_sec, execute_batch, execute_job, failure_payload, record_result
+from coda_bridge.jobs import (
+    Delivery,
+    batch_time_limit_sec,
+    execute_batch,
+    execute_job,
+    failure_payload,
+    record_result,
+)
 
-from . import runtime, settings, stopping
+from . import broker, runtime, settings, stopping
 from .results import deliver
 
 logger = logging.getLogger(__name__)
@@ -38,17 +45,21 @@ OUTAGE_MIN_BACKOFF_MS = 1_000
 OUTAGE_MAX_BACKOFF_MS = 60_000
 
 
-def _queue_delivery(job_id: str, callback_url: str, entry_id: str) -> None:
-    """Queue the result for the webhook actor; while this worker drains, try one delivery inline first."""
+def _queue_deliveries(deliveries: Sequence[Delivery]) -> None:
+    """Queue results for the webhook actor at once; while this worker drains, try each inline first."""
     if stopping.stopping.is_set():
-        try:
-            deliver_result(runtime, job_id, callback_url)
-            return
-        except Exception as exc:  # the queued delivery retries it properly
-            logger.warning(
-                "Inline delivery of job %s during shutdown failed (%s); queued instead.", job_id, exc
-            )
-    deliver.send(job_id, callback_url, entry_id)
+        deliveries = [delivery for delivery in deliveries if not _delivered_inline(*delivery)]
+    broker.enqueue_many([deliver.message(*delivery) for delivery in deliveries])
+
+
+def _delivered_inline(job_id: str, callback_url: str, entry_id: str) -> bool:
+    """One delivery attempt in this process (the results worker may be stopping too); False if it failed."""
+    try:
+        deliver_result(runtime, job_id, callback_url)
+    except Exception as exc:  # the queued delivery retries it properly
+        logger.warning("Inline delivery of job %s during shutdown failed (%s); queued instead.", job_id, exc)
+        return False
+    return True
 
 
 def _retry_when(retries: int, exc: BaseException) -> bool:
@@ -70,7 +81,7 @@ _RETRIES: dict[str, Any] = {
 def execute(fields: dict[str, str], entry_id: str) -> None:
     """Run one stream entry's job on the executor and queue its result for delivery."""
     try:
-        execute_job(runtime, fields, entry_id, _queue_delivery)
+        execute_job(runtime, fields, entry_id, _queue_deliveries)
     except JobBusy as busy:
         raise dramatiq.Retry(delay=int(busy.retry_after_sec * 1000)) from None
     except TimeLimitExceeded:
@@ -89,7 +100,7 @@ def execute_batch_actor(entries: list[list[Any]]) -> None:
     pairs = [(dict(fields), str(entry_id)) for fields, entry_id in entries]
     running: list[tuple[Mapping[str, str], str]] = []
     try:
-        execute_batch(runtime, pairs, _queue_delivery, _run_later, running)
+        execute_batch(runtime, pairs, _queue_deliveries, _run_later, running)
     except TimeLimitExceeded:
         for fields, entry_id in running:
             _backstop_failure(fields, entry_id)
@@ -102,4 +113,4 @@ def _backstop_failure(fields: Mapping[str, str], entry_id: str) -> None:
     if job_id and fields.get("callback_url"):
         error = f"Job exceeded the time limit of {BACKSTOP_LIMIT_MS // 1000} s; run abandoned"
         record_result(runtime, job_id, failure_payload(job_id, error))
-        _queue_delivery(job_id, fields["callback_url"], entry_id)
+        _queue_deliveries([(job_id, fields["callback_url"], entry_id)])

@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pipeline_support import FAST_LIMITS, circuit, executor_runs, stack_env
+from pipeline_support import FAST_LIMITS, circuit, deliveries, executor_runs, stack_env
 
-from coda_bridge.stack import LocalStack
+from coda_bridge.stack import LocalStack, wait_until
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def batch_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    workdir = tmp_path_factory.mktemp("batch")
+@contextlib.contextmanager
+def _batching_stack(workdir: Path) -> Iterator[LocalStack]:
     env = stack_env(workdir, **FAST_LIMITS, CODA_EXECUTOR_FACTORY="coda_test_executor:create_batch_executor")
     with LocalStack(workdir, env=env) as node:
         first = node.cloud.submit(
             node.qpu_id, circuit(), 10
         )  # resolves the executor, which reports batch_run
         node.cloud.wait_for_results([first], timeout_sec=20)
+        yield node
+
+
+@pytest.fixture(scope="module")
+def batch_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with _batching_stack(tmp_path_factory.mktemp("batch")) as node:
         yield node
 
 
@@ -62,3 +68,21 @@ def test_a_failing_batch_call_falls_back_to_one_by_one(batch_stack: LocalStack) 
     assert {r["status"] for r in results.values()} == {"completed"}
     assert [executor_runs(stack, tag) for tag in tags] == [1] * 4
     assert "running them one by one" in stack.log_tail("jobs", 100)
+
+
+@pytest.mark.fault
+def test_a_batch_recorded_before_a_kill_is_delivered_once_and_never_run_again(tmp_path: Path) -> None:
+    with _batching_stack(tmp_path) as stack:
+        stack.children["jobs"].stop()
+        stack.start_process("jobs", env={"CODA_FAILPOINTS": "jobs.after_record=exit@1"})
+        tags = [f"rec{i}" for i in range(5)]
+
+        ids = _submit_while_bridge_is_down(stack, tags)
+        wait_until(lambda: not stack.children["jobs"].alive(), 20, "the worker to die after recording")
+        stack.start_process("jobs")
+        results = stack.cloud.wait_for_results(ids, timeout_sec=60)
+
+        assert {r["status"] for r in results.values()} == {"completed"}
+        assert _batches(stack.workdir)[-1:] == [5]
+        assert [executor_runs(stack, tag) for tag in tags] == [1] * 5
+        assert [len(deliveries(stack, job_id)) for job_id in ids] == [1] * 5
