@@ -97,7 +97,7 @@ class Signer:
     an :class:`AuthError`, not in the middle of a job.
     """
 
-    __slots__ = ("_key", "key_id", "qpu_id")
+    __slots__ = ("_key", "_last", "key_id", "qpu_id")
 
     def __init__(self, private_key_pem: str, key_id: str, qpu_id: str) -> None:
         if not key_id:
@@ -107,15 +107,26 @@ class Signer:
         self._key = _load_private_key(private_key_pem)
         self.key_id = key_id
         self.qpu_id = qpu_id
+        self._last: tuple[int, str] = (-1, "")
 
     def __repr__(self) -> str:
         return f"Signer(key_id={self.key_id!r}, qpu_id={self.qpu_id!r})"
 
     def sign(self, *, now: float | None = None) -> str:
-        """A token with ``sub``, ``iss``, ``iat`` and ``exp`` = ``iat`` + 1 hour."""
+        """A token with ``sub``, ``iss``, ``iat`` and ``exp`` = ``iat`` + 1 hour.
+
+        RS256 (PKCS#1 v1.5) is deterministic and ``iat`` counts whole
+        seconds, so every token signed within one second is the same bytes:
+        the last one is reused instead of being signed again.
+        """
         issued = int(time.time() if now is None else now)
+        last_issued, last_token = self._last
+        if issued == last_issued:
+            return last_token
         claims = {"sub": self.qpu_id, "iss": JWT_ISSUER, "iat": issued, "exp": issued + JWT_LIFETIME_SEC}
-        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.key_id})
+        token = jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.key_id})
+        self._last = (issued, token)
+        return token
 
     def authorization(self) -> dict[str, str]:
         """The ``Authorization`` header for one request."""
@@ -130,6 +141,30 @@ def unverified_kid(token: str) -> str | None:
         raise AuthError("bearer is not a well-formed JWT") from None
     kid = header.get("kid")
     return kid if isinstance(kid, str) else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked_claims(token: str, public_pem: str, leeway_sec: float) -> dict[str, Any]:
+    """The claims of a token that passed every check, cached: a node reuses its token within a second.
+
+    Only ``exp`` can turn a checked token bad later: :func:`verify_token` looks at it on every call.
+    """
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            _load_public_key(public_pem),
+            algorithms=["RS256"],
+            issuer=JWT_ISSUER,
+            leeway=leeway_sec,
+            options={"require": ["sub", "iss", "iat", "exp"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise AuthError("token has expired") from None
+    except jwt.InvalidIssuerError:
+        raise AuthError(f"token issuer is not {JWT_ISSUER!r}") from None
+    except jwt.PyJWTError as exc:
+        raise AuthError(f"token rejected: {type(exc).__name__}") from None
+    return claims
 
 
 def verify_token(
@@ -148,21 +183,9 @@ def verify_token(
     kid = unverified_kid(token)
     if expected_kid is not None and kid != expected_kid:
         raise AuthError(f"token kid {kid!r} does not match the registered key {expected_kid!r}")
-    try:
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            _load_public_key(public_pem),
-            algorithms=["RS256"],
-            issuer=JWT_ISSUER,
-            leeway=leeway_sec,
-            options={"require": ["sub", "iss", "iat", "exp"]},
-        )
-    except jwt.ExpiredSignatureError:
-        raise AuthError("token has expired") from None
-    except jwt.InvalidIssuerError:
-        raise AuthError(f"token issuer is not {JWT_ISSUER!r}") from None
-    except jwt.PyJWTError as exc:
-        raise AuthError(f"token rejected: {type(exc).__name__}") from None
+    claims = _checked_claims(token, public_pem, leeway_sec)
+    if time.time() >= claims["exp"] + leeway_sec:
+        raise AuthError("token has expired")
     if expected_sub is not None and claims.get("sub") != expected_sub:
         raise AuthError(f"token sub {claims.get('sub')!r} does not match {expected_sub!r}")
-    return claims
+    return dict(claims)

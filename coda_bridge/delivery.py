@@ -72,21 +72,28 @@ def _write_terminal_status(rt: Runtime, job_id: str, payload: dict[str, Any], re
         raise WebhookError(f"result of job {job_id} delivered, but its status write failed: {exc}") from None
 
 
-def _lease_delivery(rt: Runtime, key: str) -> float:
-    """One POST of a job in flight at a time, across every delivery thread and process.
+#: Read a job's record and, unless it was delivered, take the delivery lease: one atomic round trip.
+_READ_AND_LEASE = """
+local rec = redis.call('HMGET', KEYS[1], 'result', 'delivered', 'refused')
+local left = 0
+if rec[1] and not rec[2] and not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then
+  left = math.max(redis.call('PTTL', KEYS[2]), 1)
+end
+return {rec[1], rec[2], rec[3], left}
+"""
 
-    Returns 0 when the lease is ours, else the seconds it has left.
+
+def _read_and_lease(rt: Runtime, key: str) -> tuple[str | None, str | None, str | None, float]:
+    """The record's result, delivered mark and refusal; then 0 if the lease is ours, else its seconds left.
+
+    The lease keeps one POST of a job in flight at a time, across every
+    delivery thread and process.
     """
     lease_ms = int((rt.settings.webhook_timeout_sec + 5) * 1000)
-    pipe = rt.local_redis.pipeline(transaction=False)
-    pipe.set(f"{key}:delivering", "1", nx=True, px=lease_ms)
-    pipe.pttl(f"{key}:delivering")
-    taken, left_ms = pipe.execute()
-    return 0.0 if taken else max(int(left_ms), 0) / 1000
-
-
-def _release_delivery(rt: Runtime, key: str) -> None:
-    rt.local_redis.delete(f"{key}:delivering")
+    recorded, delivered, refused, left_ms = rt.local_redis.eval(
+        _READ_AND_LEASE, 2, key, f"{key}:delivering", lease_ms
+    )
+    return _text(recorded), _text(delivered), _text(refused), int(left_ms) / 1000
 
 
 def _cloud_state(rt: Runtime, job_id: str) -> str | None:
@@ -102,64 +109,70 @@ def keep_for_replay(rt: Runtime, job_id: str) -> None:
     rt.local_redis.persist(job_key(rt.qpu_id, job_id))
 
 
+def _post(
+    rt: Runtime, key: str, job_id: str, callback_url: str, payload: dict[str, Any]
+) -> tuple[str, str | None]:
+    """POST the result; returns the outcome and, when the cloud refused it, why.
+
+    A retryable failure is counted, frees the lease and propagates.
+    """
+    try:
+        rt.cloud.deliver(callback_url, rt.signer, payload)
+    except WebhookError as exc:
+        if exc.retryable:
+            logger.warning("Delivery of job %s failed, will retry: %s", job_id, exc)
+            pipe = rt.local_redis.pipeline(transaction=False)
+            rt.state.count("webhook_attempts", pipe=pipe)
+            rt.state.count("webhook_failures", pipe=pipe)
+            pipe.delete(f"{key}:delivering")
+            pipe.execute()
+            raise
+        if _cloud_state(rt, job_id) == "completed":
+            logger.info("Job %s: cloud refused a repeat delivery it had already accepted.", job_id)
+            return "duplicate", None
+        logger.error("Delivery of job %s refused by the cloud: %s", job_id, exc)
+        return "refused", f"Result delivery refused: {exc}"
+    return "delivered", None
+
+
 def deliver_result(rt: Runtime, job_id: str, callback_url: str) -> str:
     """Deliver the recorded result of ``job_id``.
 
     Returns ``delivered``, ``duplicate``, ``refused`` or ``missing``.
     """
     key = job_key(rt.qpu_id, job_id)
-    recorded, delivered, refused = (
-        _text(v) for v in rt.local_redis.hmget(key, "result", "delivered", "refused")
-    )
+    recorded, delivered, refused, busy_sec = _read_and_lease(rt, key)
     if recorded is None:
         logger.error("No recorded result for job %s; nothing to deliver.", job_id)
         return "missing"
     payload = json.loads(recorded)
-    outcome = "duplicate" if delivered else "delivered"
+    if delivered:
+        _write_terminal_status(rt, job_id, payload, refused)
+        return "duplicate"
+    if busy_sec:
+        logger.info("Delivery of job %s is in flight elsewhere; checking again in %.1f s.", job_id, busy_sec)
+        raise dramatiq.Retry(delay=int((busy_sec + 0.5) * 1000))
     settings = rt.settings
-    if not delivered and not callback_allowed(
-        callback_url, settings.webapp_url, settings.allowed_callback_hosts
-    ):
+    attempted = callback_allowed(callback_url, settings.webapp_url, settings.allowed_callback_hosts)
+    if attempted:
+        outcome, refused = _post(rt, key, job_id, callback_url, payload)
+        failpoint("delivery.after_post")
+    else:
+        outcome = "refused"
         refused = "Result not delivered: the callback host is not the cloud's (allowed_callback_hosts)"
         logger.error("Job %s: %s.", job_id, refused)
-        outcome = "refused"
-    elif not delivered:
-        busy_sec = _lease_delivery(rt, key)
-        if busy_sec:
-            logger.info(
-                "Delivery of job %s is in flight elsewhere; checking again in %.1f s.", job_id, busy_sec
-            )
-            raise dramatiq.Retry(delay=int((busy_sec + 0.5) * 1000))
-        rt.state.count("webhook_attempts")
-        try:
-            rt.cloud.deliver(callback_url, rt.signer, payload)
-        except WebhookError as exc:
-            if exc.retryable:
-                rt.state.count("webhook_failures")
-                logger.warning("Delivery of job %s failed, will retry: %s", job_id, exc)
-                _release_delivery(rt, key)
-                raise
-            if _cloud_state(rt, job_id) == "completed":
-                logger.info("Job %s: cloud refused a repeat delivery it had already accepted.", job_id)
-                outcome = "duplicate"
-            else:
-                refused = f"Result delivery refused: {exc}"
-                logger.error("Delivery of job %s refused by the cloud: %s", job_id, exc)
-                outcome = "refused"
-        failpoint("delivery.after_post")
-        pipe = rt.local_redis.pipeline(transaction=False)
-        pipe.hset(key, mapping={"delivered": repr(time.time()), **({"refused": refused} if refused else {})})
-        pipe.expire(key, DELIVERED_TTL_SEC)
-        pipe.execute()
+    pipe = rt.local_redis.pipeline(transaction=False)
+    pipe.hset(key, mapping={"delivered": repr(time.time()), **({"refused": refused} if refused else {})})
+    pipe.expire(key, DELIVERED_TTL_SEC)
+    if attempted:
+        rt.state.count("webhook_attempts", pipe=pipe)
+    if outcome == "delivered" and payload.get("status") == "completed":
+        rt.state.count("jobs_completed", pipe=pipe)
+        rt.state.set_last_job_at(pipe=pipe)
+    elif outcome != "duplicate":
+        rt.state.count("jobs_failed", pipe=pipe)
+    pipe.execute()
     _write_terminal_status(rt, job_id, payload, refused)
-    if outcome == "delivered":
-        if payload.get("status") == "completed":
-            rt.state.count("jobs_completed")
-            rt.state.set_last_job_at()
-        else:
-            rt.state.count("jobs_failed")
-    elif outcome == "refused":
-        rt.state.count("jobs_failed")
     return outcome
 
 

@@ -43,7 +43,7 @@ def utc_iso(ts: float | None = None) -> str:
 
 
 class NodeState:
-    """Typed access to the node's keys; every method is one or two Redis round trips."""
+    """Typed access to the node's keys; each method is a round trip or two, or rides a given pipeline."""
 
     def __init__(self, client: redis.Redis, qpu_id: str) -> None:
         self.client = client
@@ -78,8 +78,8 @@ class NodeState:
 
     # -- last successful job --
 
-    def set_last_job_at(self, ts: float | None = None) -> None:
-        self.client.set(self.key("last_job_at"), utc_iso(ts))
+    def set_last_job_at(self, ts: float | None = None, *, pipe: redis.client.Pipeline | None = None) -> None:
+        (self.client if pipe is None else pipe).set(self.key("last_job_at"), utc_iso(ts))
 
     def last_job_at(self) -> str | None:
         value = self.client.get(self.key("last_job_at"))
@@ -149,11 +149,13 @@ class NodeState:
 
     # -- counters for /metrics --
 
-    def count(self, name: str, amount: float = 1) -> None:
+    def count(self, name: str, amount: float = 1, *, pipe: redis.client.Pipeline | None = None) -> None:
+        """Add to a counter, or queue the addition on ``pipe`` to ride another round trip."""
+        client = self.client if pipe is None else pipe  # an empty pipeline is falsy
         if isinstance(amount, int):
-            self.client.hincrby(self.key("counters"), name, amount)
+            client.hincrby(self.key("counters"), name, amount)
         else:
-            self.client.hincrbyfloat(self.key("counters"), name, amount)
+            client.hincrbyfloat(self.key("counters"), name, amount)
 
     def counters(self) -> dict[str, float]:
         raw: Mapping[Any, Any] = self.client.hgetall(self.key("counters"))

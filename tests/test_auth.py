@@ -48,6 +48,18 @@ def test_verify_refuses_expired_and_foreign_tokens(key_pem: str) -> None:
         verify_token("not-a-jwt", public)
 
 
+def test_a_token_checked_once_still_expires(key_pem: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    public = public_key_pem(key_pem)
+    now = time.time()
+    token = Signer(key_pem, "k", "q").sign(now=now - auth.JWT_LIFETIME_SEC + 30)
+    assert verify_token(token, public)["sub"] == "q"
+
+    monkeypatch.setattr(time, "time", lambda: now + 60)
+
+    with pytest.raises(AuthError, match="expired"):
+        verify_token(token, public)
+
+
 def test_a_garbled_key_is_an_auth_error_that_never_shows_the_key() -> None:
     garbled = "-----BEGIN PRIVATE KEY-----\nTOPSECRETMATERIAL\n-----END PRIVATE KEY-----\n"
     with pytest.raises(AuthError) as caught:
@@ -77,6 +89,19 @@ def test_the_key_is_parsed_once_per_process(key_pem: str) -> None:
     after = auth._load_private_key.cache_info()
     assert after.misses == before.misses
     assert after.hits == before.hits + 5
+
+
+def test_a_token_reused_within_its_second_is_what_a_fresh_signature_would_be(key_pem: str) -> None:
+    signer = Signer(key_pem, "k", "q")
+    first = signer.sign(now=1_700_000_000.1)
+
+    again = signer.sign(now=1_700_000_000.9)
+    fresh = Signer(key_pem, "k", "q").sign(now=1_700_000_000.5)
+    next_second = signer.sign(now=1_700_000_001.0)
+
+    assert again is first
+    assert fresh == first
+    assert jwt.decode(next_second, options={"verify_signature": False})["iat"] == 1_700_000_001
 
 
 def test_repr_hides_the_key(key_pem: str) -> None:
