@@ -94,7 +94,6 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="append the CPU table to RESULTS.md")
     args = parser.parse_args()
 
-    spy_dir = Path(tempfile.mkdtemp(prefix="coda-bench-spy-"))
     stack = start_stack()
     spies: list[tuple[str, subprocess.Popen[bytes], Path]] = []
     try:
@@ -110,9 +109,10 @@ def main() -> None:
             raise SystemExit("py-spy not found (see bench/README.md)")
         mode = ["--idle", "--threads"] if args.wall else ["--gil"]
         if spy:
-            for name in ("bridge", "jobs", "results"):
+            spy_dir = Path(tempfile.mkdtemp(prefix="coda-bench-spy-"))  # kept: the raw samples are printed
+            for name in ("bridge", "jobs", "results", "devcloud (simulator)"):
                 for pid in targets[name]:
-                    out = spy_dir / f"spy-{name}-{pid}.txt"
+                    out = spy_dir / f"spy-{name.split()[0]}-{pid}.txt"
                     proc = subprocess.Popen(
                         [spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
                          "--output", str(out), "--nonblocking", *mode],
