@@ -21,6 +21,9 @@ RESULT_PROCESSES = 2
 RESULT_THREADS = 8
 #: Control threads: a heartbeat and a VPN check may overlap.
 CONTROL_THREADS = 2
+#: How long the dramatiq master waits for each worker process to finish booting before it
+#: watches them all (dramatiq's 30 s default would hide a worker that died while booting).
+WORKER_FORK_TIMEOUT_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ def _worker(queue: str, threads: int, drain_ms: int, python: str, processes: int
         "--threads", str(threads),
         "--queues", queue,
         "--worker-shutdown-timeout", str(drain_ms),
+        "--worker-fork-timeout", str(WORKER_FORK_TIMEOUT_MS),
     )  # fmt: skip
 
 

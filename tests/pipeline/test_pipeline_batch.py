@@ -7,7 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pipeline_support import FAST_LIMITS, circuit, deliveries, executor_runs, stack_env
+from pipeline_support import (
+    FAST_LIMITS,
+    circuit,
+    deliveries,
+    executor_runs,
+    restart_worker_with_failpoint,
+    stack_env,
+)
 
 from coda_bridge.stack import LocalStack, wait_until
 
@@ -73,8 +80,7 @@ def test_a_failing_batch_call_falls_back_to_one_by_one(batch_stack: LocalStack) 
 @pytest.mark.fault
 def test_a_batch_recorded_before_a_kill_is_delivered_once_and_never_run_again(tmp_path: Path) -> None:
     with _batching_stack(tmp_path) as stack:
-        stack.children["jobs"].stop()
-        stack.start_process("jobs", env={"CODA_FAILPOINTS": "jobs.after_record=exit@1"})
+        restart_worker_with_failpoint(stack, "jobs", "jobs.after_record=exit@1")
         tags = [f"rec{i}" for i in range(5)]
 
         ids = _submit_while_bridge_is_down(stack, tags)

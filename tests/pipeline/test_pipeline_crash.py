@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from pipeline_support import circuit, deliveries, executor_runs, status
+from pipeline_support import circuit, deliveries, executor_runs, restart_worker_with_failpoint, status
 
+from coda_bridge.processes import RESULT_PROCESSES
 from coda_bridge.stack import LocalStack, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
@@ -62,8 +63,7 @@ def test_executor_worker_killed_mid_run_is_rerun_within_30_s_of_restart(fresh_st
 
 def test_webhook_worker_killed_mid_delivery(fresh_stack: LocalStack) -> None:
     stack = fresh_stack
-    stack.children["results"].stop()
-    stack.start_process("results", env={"CODA_FAILPOINTS": "delivery.after_post=exit@1"})
+    restart_worker_with_failpoint(stack, "results", "delivery.after_post=exit@1", RESULT_PROCESSES)
     ids = [stack.cloud.submit(stack.qpu_id, circuit("ok", tag=f"hook-{i}"), 10) for i in range(5)]
 
     wait_until(lambda: not stack.children["results"].alive(), 20, "the results worker to die after a POST")
@@ -78,8 +78,7 @@ def test_webhook_worker_killed_mid_delivery(fresh_stack: LocalStack) -> None:
 
 def test_executor_worker_killed_after_recording_the_result(fresh_stack: LocalStack) -> None:
     stack = fresh_stack
-    stack.children["jobs"].stop()
-    stack.start_process("jobs", env={"CODA_FAILPOINTS": "jobs.after_record=exit@1"})
+    restart_worker_with_failpoint(stack, "jobs", "jobs.after_record=exit@1")
     job_id = stack.cloud.submit(stack.qpu_id, circuit("ok", tag="recorded"), 10)
 
     wait_until(lambda: not stack.children["jobs"].alive(), 20, "the executor worker to die after recording")

@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from coda_bridge.stack import LocalStack
+from coda_bridge.stack import LocalStack, wait_until
 
 SUPPORT = Path(__file__).resolve().parent
 #: Short limits so time-limit and retry tests finish quickly.
@@ -73,3 +73,21 @@ def status(stack: LocalStack, job_id: str) -> dict[str, str]:
 
 def deliveries(stack: LocalStack, job_id: str) -> list[dict[str, Any]]:
     return [w for w in stack.cloud.webhooks() if w.get("job_id") == job_id]
+
+
+def _boots(stack: LocalStack, name: str) -> int:
+    return (
+        stack.children[name].log_path.read_text(errors="replace").count("Worker process is ready for action")
+    )
+
+
+def restart_worker_with_failpoint(stack: LocalStack, name: str, failpoints: str, processes: int = 1) -> None:
+    """Restart the dramatiq worker ``name`` with ``CODA_FAILPOINTS`` and wait until all its processes booted.
+
+    A worker process that dies while it reports its boot can leave dramatiq's master waiting forever
+    on the boot event's lock, so no work may reach it before then.
+    """
+    stack.children[name].stop()
+    booted = _boots(stack, name)  # its log is kept across restarts
+    stack.start_process(name, env={"CODA_FAILPOINTS": failpoints})
+    wait_until(lambda: _boots(stack, name) >= booted + processes, 30, f"the {name} worker to boot")
