@@ -24,7 +24,6 @@ __all__ = [
     "CLAIM_LEASE_SEC",
     "Claim",
     "acquire_claims",
-    "mark_running",
     "record_patiently",
     "record_result",
     "record_results",
@@ -69,7 +68,7 @@ class Claim:
         """Extend the lease if the claim is still ours; False (and a loud log) if it was lost."""
         pipe = self.rt.local_redis.pipeline(transaction=False)
         pipe.eval(_REFRESH_IF_OURS, 1, self.key, self.token, int(CLAIM_LEASE_SEC * 1000))
-        pipe.zadd(self.rt.state.key("running"), {self.job_id: time.time() + CLAIM_LEASE_SEC}, xx=True)
+        self.rt.state.job_alive(self.job_id, CLAIM_LEASE_SEC, pipe=pipe)
         ours = bool(pipe.execute()[0])
         if not ours:
             logger.error("Job %s: its claim lapsed while it ran (process stalled?).", self.job_id)
@@ -90,13 +89,6 @@ def acquire_claims(rt: Runtime, claims: Sequence[Claim]) -> list[tuple[bool, str
     ]
 
 
-def mark_running(rt: Runtime, job_ids: Sequence[str]) -> None:
-    """Show the jobs as running now (one round trip); the mark lapses with the claim unless refreshed."""
-    if job_ids:
-        deadline = time.time() + CLAIM_LEASE_SEC
-        rt.local_redis.zadd(rt.state.key("running"), dict.fromkeys(job_ids, deadline))
-
-
 def release_claims(rt: Runtime, claims: Sequence[Claim]) -> None:
     """Give the claims back, each unless its lease lapsed and another worker holds it now (one round trip)."""
     if not claims:
@@ -104,7 +96,7 @@ def release_claims(rt: Runtime, claims: Sequence[Claim]) -> None:
     pipe = rt.local_redis.pipeline(transaction=False)
     for claim in claims:
         pipe.eval(_RELEASE_IF_OURS, 1, claim.key, claim.token)
-    pipe.zrem(rt.state.key("running"), *(claim.job_id for claim in claims))
+    rt.state.jobs_ended([claim.job_id for claim in claims], pipe=pipe)
     pipe.execute()
 
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from .claims import Claim, acquire_claims, mark_running, record_patiently, record_result, release_claims
+from .claims import CLAIM_LEASE_SEC, Claim, acquire_claims, record_patiently, record_result, release_claims
 from .errors import CodaError, JobBusy, JobError
 from .failpoints import failpoint
 from .keys import cancel_key, job_key, status_key
@@ -266,7 +266,7 @@ class _Batch:
 
     def start(self) -> None:
         """Show the admitted jobs as running, locally and at the cloud."""
-        mark_running(self.rt, [job.job_id for job in self.ready])
+        self.rt.state.jobs_started([job.job_id for job in self.ready], CLAIM_LEASE_SEC)
         started = {"state": "executing", "started_at": utc_iso(), "qpu_id": self.rt.qpu_id}
         updates = [(job.job_id, {**started, "message_id": job.entry_id}) for job in self.ready]
         _write_status(self.rt, updates, terminal=False)

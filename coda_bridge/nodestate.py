@@ -55,14 +55,30 @@ class NodeState:
 
     # -- jobs running now --
 
-    def job_started(self, job_id: str, ttl_sec: float = RUNNING_TTL_SEC) -> None:
-        self.client.zadd(self.key("running"), {job_id: time.time() + ttl_sec})
+    def jobs_started(
+        self,
+        job_ids: Sequence[str],
+        ttl_sec: float = RUNNING_TTL_SEC,
+        *,
+        pipe: redis.client.Pipeline | None = None,
+    ) -> None:
+        """Mark jobs as running; a mark lapses after ``ttl_sec`` unless :meth:`job_alive` renews it."""
+        if job_ids:
+            deadline = time.time() + ttl_sec
+            (self.client if pipe is None else pipe).zadd(
+                self.key("running"), dict.fromkeys(job_ids, deadline)
+            )
 
-    def job_alive(self, job_id: str, ttl_sec: float = RUNNING_TTL_SEC) -> None:
-        self.client.zadd(self.key("running"), {job_id: time.time() + ttl_sec}, xx=True)
+    def job_alive(
+        self, job_id: str, ttl_sec: float = RUNNING_TTL_SEC, *, pipe: redis.client.Pipeline | None = None
+    ) -> None:
+        (self.client if pipe is None else pipe).zadd(
+            self.key("running"), {job_id: time.time() + ttl_sec}, xx=True
+        )
 
-    def job_ended(self, job_id: str) -> None:
-        self.client.zrem(self.key("running"), job_id)
+    def jobs_ended(self, job_ids: Sequence[str], *, pipe: redis.client.Pipeline | None = None) -> None:
+        if job_ids:
+            (self.client if pipe is None else pipe).zrem(self.key("running"), *job_ids)
 
     def current_jobs(self) -> list[str]:
         """Jobs whose mark has not expired, oldest mark first."""

@@ -68,7 +68,7 @@ def test_ready_200_with_every_field_and_the_running_job(app: Flask, state: NodeS
     client = app.test_client()
 
     idle = client.get("/ready")
-    state.job_started("job-7")
+    state.jobs_started(["job-7"])
     busy = client.get("/ready")
 
     assert idle.status_code == 200
