@@ -17,7 +17,7 @@ import threading
 import dramatiq
 from dramatiq.middleware import Middleware
 
-from coda_bridge.broker import JOBS_QUEUE, create_broker
+from coda_bridge.broker.redis_broker import JOBS_QUEUE, create_broker
 from coda_bridge.errors import CodaError
 from coda_bridge.logs import configure_logging
 from coda_bridge.runtime import Runtime, wait_for_identity

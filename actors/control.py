@@ -6,9 +6,9 @@ import logging
 
 import dramatiq
 
-from coda_bridge.broker import CONTROL_QUEUE
-from coda_bridge.heartbeat import send_heartbeat
-from coda_bridge.ticker import fresh_tick, one_at_a_time
+from coda_bridge.broker.redis_broker import CONTROL_QUEUE
+from coda_bridge.control.heartbeat import send_heartbeat
+from coda_bridge.control.ticker import fresh_tick, one_at_a_time
 
 from . import runtime, settings
 

@@ -17,10 +17,10 @@ import dramatiq
 import redis
 from dramatiq.middleware import TimeLimitExceeded
 
-from coda_bridge.broker import JOBS_QUEUE
-from coda_bridge.delivery import deliver_result
+from coda_bridge.broker.redis_broker import JOBS_QUEUE
 from coda_bridge.errors import JobBusy
-from coda_bridge.jobs import (
+from coda_bridge.pipeline.delivery import deliver_result
+from coda_bridge.pipeline.execute import (
     Delivery,
     batch_time_limit_sec,
     execute_batch,

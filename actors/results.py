@@ -7,8 +7,8 @@ from typing import Any
 
 import dramatiq
 
-from coda_bridge.broker import RESULTS_QUEUE
-from coda_bridge.delivery import deliver_result, keep_for_replay, should_retry
+from coda_bridge.broker.redis_broker import RESULTS_QUEUE
+from coda_bridge.pipeline.delivery import deliver_result, keep_for_replay, should_retry
 
 from . import runtime, settings
 

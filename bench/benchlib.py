@@ -21,9 +21,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from coda_bridge.dev.localredis import find_redis_server
+from coda_bridge.dev.stack import LocalStack, descendants
 from coda_bridge.devcloud.client import DevCloudClient
-from coda_bridge.localredis import find_redis_server
-from coda_bridge.stack import LocalStack, descendants
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -432,17 +432,17 @@ def role(pid: int, root: int) -> str:
         return "start (supervisor)"
     if "coda-bridge start" in line:
         return "honcho fork (one per process)"
-    if "coda_bridge.respawn" in line:
+    if "coda_bridge.ops.respawn" in line:
         return "respawn wrapper (one per process)"
     if line.endswith("-m coda_bridge bridge") or " -m coda_bridge bridge " in line:
         return "bridge"
     if "dramatiq" in line and "--queues" in line:
         queue = line.split("--queues", 1)[1].split()[0]
-        under_master = "-m dramatiq" in parent_line and "coda_bridge.respawn" not in parent_line
+        under_master = "-m dramatiq" in parent_line and "coda_bridge.ops.respawn" not in parent_line
         kind = "worker process" if under_master else "master"
         return f"{queue} ({kind})"
     if "gunicorn" in line:
-        under_master = "gunicorn" in parent_line and "coda_bridge.respawn" not in parent_line
+        under_master = "gunicorn" in parent_line and "coda_bridge.ops.respawn" not in parent_line
         return "web (gunicorn worker)" if under_master else "web (gunicorn master)"
     return line[:60] or f"pid {pid}"
 

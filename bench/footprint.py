@@ -27,7 +27,7 @@ from benchlib import (
     wait_delivered,
 )
 
-from coda_bridge.stack import LocalStack
+from coda_bridge.dev.stack import LocalStack
 
 #: Order of the rows.
 ROLE_ORDER = [

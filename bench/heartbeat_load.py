@@ -23,8 +23,8 @@ from benchlib import (
     wait_idle_workers,
 )
 
-from coda_bridge.broker import JOBS_QUEUE, broker_namespace
-from coda_bridge.keys import group_name, stream_key
+from coda_bridge.broker.redis_broker import JOBS_QUEUE, broker_namespace
+from coda_bridge.cloud.keys import group_name, stream_key
 
 
 def _gaps(times: list[float]) -> list[float]:

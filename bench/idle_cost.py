@@ -26,7 +26,7 @@ from benchlib import (
     noop_circuit,
 )
 
-from coda_bridge.stack import LocalStack
+from coda_bridge.dev.stack import LocalStack
 
 
 def _iso_to_epoch(text: str) -> float:

@@ -34,7 +34,7 @@ from benchlib import (
     wait_idle_workers,
 )
 
-from coda_bridge.stack import LocalStack
+from coda_bridge.dev.stack import LocalStack
 
 
 def _py_spy() -> str | None:

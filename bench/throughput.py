@@ -32,8 +32,8 @@ from benchlib import (
     wait_idle_workers,
 )
 
+from coda_bridge.dev.localredis import free_port
 from coda_bridge.devcloud.client import DevCloudClient
-from coda_bridge.localredis import free_port
 
 SHOTS = 100
 WARMUP_JOBS = 20

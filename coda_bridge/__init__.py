@@ -24,8 +24,8 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .circuits.ir import Circuit, Gate, Metadata, parse_ir
     from .executors import ExecutionResult, Executor, NoopExecutor, StateVectorExecutor, resolve_executor
-    from .ir import Circuit, Gate, Metadata, parse_ir
     from .settings import Settings, load_settings
 
 #: Imported on first use, so ``python -m coda_bridge.<module>`` loads only what that module needs.

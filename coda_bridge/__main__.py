@@ -1,5 +1,5 @@
 """``python -m coda_bridge`` is the ``coda-bridge`` command."""
 
-from .cli import main
+from .cli.main import main
 
 main()

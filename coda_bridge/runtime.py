@@ -23,11 +23,11 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from .auth import Signer
-from .cloud import CloudClient
+from .broker.shared_state import NodeState
+from .cloud.client import CloudClient
+from .cloud.signing import Signer
 from .errors import ConfigError
-from .identity import load_node_settings, node_signer
-from .nodestate import NodeState
+from .identity.connect import load_node_settings, node_signer
 from .settings import Settings
 
 __all__ = ["Runtime", "cloud_redis_client", "wait_for_identity"]

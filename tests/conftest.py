@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from coda_bridge.dev.localredis import LocalRedis
 from coda_bridge.devcloud import DevCloudClient, DevCloudProcess, start_devcloud_process
-from coda_bridge.localredis import LocalRedis
 
 # Helpers and the test executor live beside the tests, importable by name.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
@@ -73,7 +73,7 @@ def nothing_left_running() -> Iterator[None]:
     import os
     import uuid
 
-    from coda_bridge.proctree import alive, kill_tree
+    from coda_bridge.ops.proctree import alive, kill_tree
 
     mark = f"PYTEST_CODA_SESSION={uuid.uuid4().hex}".encode()
     os.environ["PYTEST_CODA_SESSION"] = mark.decode().split("=", 1)[1]

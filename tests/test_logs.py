@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from coda_bridge.auth import Signer, generate_private_key_pem
+from coda_bridge.cloud.signing import Signer, generate_private_key_pem
 from coda_bridge.logs import SecretFilter, mask
 
 

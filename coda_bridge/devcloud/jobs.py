@@ -39,7 +39,7 @@ def _circuit(data: JsonMap, qpu: Qpu) -> tuple[str, bool]:
     source = sources[0]
     validate = opt(data, "validate", bool, source != "ir_json")
     if source == "qasm":
-        from ..qasm import qasm_to_ir
+        from ..circuits.qasm import qasm_to_ir
 
         text = opt(data, "qasm", str)
         try:
@@ -55,7 +55,7 @@ def _circuit(data: JsonMap, qpu: Qpu) -> tuple[str, bool]:
 
 
 def _validate_circuit(ir_json: str, qpu: Qpu) -> None:
-    from ..ir import parse_ir
+    from ..circuits.ir import parse_ir
 
     try:
         parse_ir(ir_json)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import jwt
 from flask import Blueprint, request
 
-from ..auth import generate_private_key_pem, looks_like_jwt, public_key_pem, verify_token
+from ..cloud.signing import generate_private_key_pem, looks_like_jwt, public_key_pem, verify_token
 from ..errors import AuthError
 from .cloud import JsonMap, Reply, current_cloud, fail, reply
 from .records import Job, Qpu

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any, Protocol, runtime_checkable
 
+from ..circuits.ir import Circuit
 from ..errors import CodaError, ExecutorError
-from ..ir import Circuit
 
 __all__ = [
     "CANCEL_WAIT_SEC",

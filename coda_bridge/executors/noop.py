@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ..ir import Circuit
+from ..circuits.ir import Circuit
 from .base import ExecutionResult
 
 __all__ = ["NoopExecutor"]

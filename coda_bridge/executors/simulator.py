@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ..circuits.ir import Circuit, Gate
 from ..errors import ExecutorError
-from ..ir import Circuit, Gate
 from .base import ExecutionResult
 
 __all__ = [

@@ -8,7 +8,7 @@ default targets (the connect and heartbeat endpoints) only take an
 authenticated ``POST``, so they answer ``HEAD`` with 401 or 405.  A
 transport error, a TLS failure or a timeout fails the probe.
 
-The state is shared through :class:`~coda_bridge.nodestate.NodeState` with
+The state is shared through :class:`~coda_bridge.broker.shared_state.NodeState` with
 an expiry, so every process reads the last check and a dead checker reads
 as ``booting`` rather than frozen in its last good state.
 """
@@ -30,8 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import requests
 
+from ..broker.shared_state import NodeState
 from ..errors import VPNError
-from ..nodestate import NodeState
 from ..settings import Settings
 
 __all__ = [

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import IO, TypedDict
 
 from ..errors import VPNError
-from ..proctree import alive
+from ..identity.credentials import StatePaths, ensure_state_dir, read_private, write_private
+from ..ops.proctree import alive
 from ..settings import Settings
-from ..state import StatePaths, ensure_state_dir, read_private, write_private
 from .guard import tun_interfaces
 from .profile import check_profile
 
@@ -94,7 +94,7 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 class OpenVPNManager:
-    """The :class:`~coda_bridge.identity.VpnControl` of a node that runs OpenVPN itself."""
+    """The :class:`~coda_bridge.identity.connect.VpnControl` of a node that runs OpenVPN itself."""
 
     def __init__(
         self,

@@ -11,8 +11,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from coda_bridge.cli import cli
-from coda_bridge.state import StatePaths, ensure_state_dir, write_private
+from coda_bridge.cli.main import cli
+from coda_bridge.identity.credentials import StatePaths, ensure_state_dir, write_private
 
 COMMANDS = sorted(cli.commands)
 

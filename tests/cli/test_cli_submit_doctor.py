@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from coda_bridge.cli import cli
+from coda_bridge.cli.main import cli
+from coda_bridge.dev.localredis import free_port
+from coda_bridge.dev.submit import format_result, histogram_lines
 from coda_bridge.devcloud import DevCloudProcess, start_devcloud_process
-from coda_bridge.identity import connect_node, load_node_settings
-from coda_bridge.localredis import free_port
-from coda_bridge.state import StatePaths
-from coda_bridge.submit import format_result, histogram_lines
+from coda_bridge.identity.connect import connect_node, load_node_settings
+from coda_bridge.identity.credentials import StatePaths
 
 BELL_QASM = """OPENQASM 3;
 qubit[2] q;

@@ -14,11 +14,11 @@ import pytest
 from dramatiq import Worker
 from dramatiq.message import Message
 
-from coda_bridge.broker import CONTROL_QUEUE, CodaBroker, create_broker
-from coda_bridge.keys import tick_key
+from coda_bridge.broker.keys import tick_key
+from coda_bridge.broker.redis_broker import CONTROL_QUEUE, CodaBroker, create_broker
+from coda_bridge.control.ticker import Tick, Ticker, fresh_tick, one_at_a_time
+from coda_bridge.dev.stack import wait_until
 from coda_bridge.settings import Settings
-from coda_bridge.stack import wait_until
-from coda_bridge.ticker import Tick, Ticker, fresh_tick, one_at_a_time
 
 QPU = "qpu-tick"
 #: A fake wall clock, well away from any slot boundary of the intervals below.

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from coda_bridge.dev.localredis import LocalRedis
 from coda_bridge.devcloud import create_app
-from coda_bridge.localredis import LocalRedis
 
 
 @pytest.fixture

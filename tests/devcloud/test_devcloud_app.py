@@ -11,11 +11,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from flask.testing import FlaskClient
 
-from coda_bridge.auth import Signer, generate_private_key_pem, public_key_pem
+from coda_bridge.cloud.signing import Signer, generate_private_key_pem, public_key_pem
+from coda_bridge.dev.localredis import LocalRedis
 from coda_bridge.devcloud import create_app
 from coda_bridge.devcloud.app import devcloud_of
 from coda_bridge.devcloud.store import Store
-from coda_bridge.localredis import LocalRedis
 
 CONNECT = "/api/internal/qpu/connect"
 HEARTBEAT = "/api/internal/qpu/heartbeat"

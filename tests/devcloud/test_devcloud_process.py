@@ -12,7 +12,8 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from coda_bridge.auth import Signer, generate_private_key_pem
+from coda_bridge.cloud.signing import Signer, generate_private_key_pem
+from coda_bridge.dev.localredis import LocalRedis
 from coda_bridge.devcloud import (
     DevCloudClient,
     DevCloudError,
@@ -21,7 +22,6 @@ from coda_bridge.devcloud import (
     start_devcloud_process,
 )
 from coda_bridge.devcloud.cli import devcloud as devcloud_cli
-from coda_bridge.localredis import LocalRedis
 
 TIMEOUT_SEC = 10
 

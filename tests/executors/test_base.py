@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from coda_bridge.circuits.ir import Circuit, parse_ir
 from coda_bridge.errors import ExecutorError
 from coda_bridge.executors import (
     ExecutionResult,
@@ -24,7 +25,6 @@ from coda_bridge.executors import (
     coerce_result,
     has_batch,
 )
-from coda_bridge.ir import Circuit, parse_ir
 
 
 def make_circuit(measurements: list[int] | None = None) -> Circuit:

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from coda_bridge.circuits.ir import GATE_SHAPES, Circuit
 from coda_bridge.errors import ExecutorError
 from coda_bridge.executors import StateVectorExecutor, call_run
 from coda_bridge.executors.simulator import create_executor, final_state, gate_unitary
-from coda_bridge.ir import GATE_SHAPES, Circuit
 
 SHOTS = 4000
 #: Five standard deviations of a binomial proportion at ``SHOTS`` shots, p = 1/2.

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from coda_bridge.cloud import CloudClient
+from coda_bridge.cloud.client import CloudClient
 from coda_bridge.devcloud import DevCloudClient
 from coda_bridge.errors import ConfigError, NodeError
-from coda_bridge.identity import connect_node, load_node_settings
+from coda_bridge.identity.connect import connect_node, load_node_settings
+from coda_bridge.identity.credentials import StatePaths
 from coda_bridge.settings import Settings
-from coda_bridge.state import StatePaths
 
 
 @pytest.fixture
@@ -173,7 +173,7 @@ def test_legacy_files_are_imported_once_at_start(
         (legacy / name).write_bytes((paths.root / name).read_bytes())
         (legacy / name).chmod(0o600)
     node_env.setenv("CODA_STATE_DIR", str(tmp_path / "new-home"))
-    node_env.setattr("coda_bridge.identity.legacy_dir", lambda: legacy)
+    node_env.setattr("coda_bridge.identity.connect.legacy_dir", lambda: legacy)
 
     settings = load_node_settings()
 
@@ -208,7 +208,7 @@ def test_every_connect_marks_the_time_it_finished(
 ) -> None:
     import time
 
-    from coda_bridge.state import connected_since
+    from coda_bridge.identity.credentials import connected_since
 
     before = time.time()
     settings = _connect(devcloud.mint_token(qpu))

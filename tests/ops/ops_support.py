@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from coda_bridge.stack import LocalStack
+from coda_bridge.dev.stack import LocalStack
 
 #: The drain timeout of these tests' nodes: short, so a broken drain fails fast.
 DRAIN_TIMEOUT_SEC = 15

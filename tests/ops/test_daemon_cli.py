@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from ops_support import circuit, node_env, run_cli
 
-from coda_bridge.proctree import alive, process_tree
-from coda_bridge.stack import LocalStack, wait_until
-from coda_bridge.state import StatePaths
+from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.identity.credentials import StatePaths
+from coda_bridge.ops.proctree import alive, process_tree
 
 
 @pytest.mark.e2e

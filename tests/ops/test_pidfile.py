@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from coda_bridge.daemon import DaemonRunning, claim_pid_file, follow, running_pid, stop_node, tail
+from coda_bridge.ops.daemon import DaemonRunning, claim_pid_file, follow, running_pid, stop_node, tail
 
 
 def test_the_pid_file_holds_our_pid_while_claimed_and_goes_afterwards(tmp_path: Path) -> None:

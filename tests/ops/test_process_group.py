@@ -10,8 +10,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from coda_bridge.proctree import alive, process_tree
-from coda_bridge.stack import wait_until
+from coda_bridge.dev.stack import wait_until
+from coda_bridge.ops.proctree import alive, process_tree
 
 CHILD = """
 import signal, sys, time
@@ -34,8 +34,8 @@ while True:
 
 DRIVER = """
 import json, os, sys
-from coda_bridge.processes import ProcessSpec
-from coda_bridge.supervisor import ProcessGroup
+from coda_bridge.ops.processes import ProcessSpec
+from coda_bridge.ops.supervisor import ProcessGroup
 config = json.load(open(sys.argv[1]))
 flag = config.get("flag")
 group = ProcessGroup(

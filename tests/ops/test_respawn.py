@@ -10,9 +10,9 @@ import textwrap
 import time
 from pathlib import Path
 
-from coda_bridge.proctree import alive, process_tree
-from coda_bridge.respawn import EX_CONFIG, FORCED_EXIT, respawn_argv
-from coda_bridge.stack import wait_until
+from coda_bridge.dev.stack import wait_until
+from coda_bridge.ops.proctree import alive, process_tree
+from coda_bridge.ops.respawn import EX_CONFIG, FORCED_EXIT, respawn_argv
 
 
 def _script(tmp_path: Path, body: str) -> list[str]:

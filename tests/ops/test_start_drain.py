@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from ops_support import DRAIN_TIMEOUT_SEC, circuit, executor_runs, node_env, write_slow_executor
 
-from coda_bridge.proctree import alive, process_tree
-from coda_bridge.stack import LocalStack, wait_until
+from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.ops.proctree import alive, process_tree
 
 
 def _pid_of(output: Path, name: str) -> int:

@@ -16,7 +16,7 @@ from pipeline_support import (
     stack_env,
 )
 
-from coda_bridge.stack import LocalStack, wait_until
+from coda_bridge.dev.stack import LocalStack, wait_until
 
 pytestmark = pytest.mark.e2e
 

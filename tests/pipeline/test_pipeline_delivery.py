@@ -9,7 +9,7 @@ import sys
 import pytest
 from pipeline_support import circuit, deliveries, status
 
-from coda_bridge.stack import LocalStack, wait_until
+from coda_bridge.dev.stack import LocalStack, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pipeline_support import circuit, stack_env, status
 
-from coda_bridge.stack import LocalStack, wait_until
+from coda_bridge.dev.stack import LocalStack, wait_until
 
 pytestmark = pytest.mark.e2e
 

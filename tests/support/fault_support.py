@@ -92,7 +92,7 @@ def create_executor() -> TaggedSleepExecutor:
 
 
 def _persistent_redis_class() -> Any:
-    from coda_bridge.localredis import LocalRedis
+    from coda_bridge.dev.localredis import LocalRedis
 
     class PersistentRedis(LocalRedis):
         """A private redis-server with an append-only file fsynced at every write, in a kept directory."""
@@ -321,8 +321,8 @@ def _executor_runs(path: Path) -> dict[str, list[tuple[float, float | None]]]:
 
 def run_fault_scenario(plan: FaultPlan, workdir: Path, *, progress: Any = None) -> FaultReport:
     """Start a node in ``workdir``, run the plan against it, stop everything, and account for every job."""
-    from coda_bridge.broker import broker_namespace
-    from coda_bridge.stack import LocalStack
+    from coda_bridge.broker.redis_broker import broker_namespace
+    from coda_bridge.dev.stack import LocalStack
 
     say = progress or (lambda text: None)
     report = FaultReport(plan)

@@ -15,9 +15,9 @@ import redis
 import redis.backoff
 import redis.retry
 
+from coda_bridge.broker.shared_state import NodeState
+from coda_bridge.dev.localredis import free_port
 from coda_bridge.errors import VPNError
-from coda_bridge.localredis import free_port
-from coda_bridge.nodestate import NodeState
 from coda_bridge.settings import Settings
 from coda_bridge.vpn import (
     BOOTING,

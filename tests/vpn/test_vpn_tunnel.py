@@ -12,7 +12,7 @@ loopback or the namespace the test makes.  While the lab stands, an
 the tunnel's address exists from taking the default route off the host.
 
 The second test takes the product's own path: the local cloud simulator
-hands out the client profile in ``vpn`` mode and :func:`coda_bridge.node.connect`
+hands out the client profile in ``vpn`` mode and :func:`coda_bridge.pipeline.bridge.connect`
 provisions, starts OpenVPN and runs the preflight; the probes app then
 answers ``/ready`` with 200 and, once the server is gone, 503 ``degraded``.
 """
@@ -35,14 +35,14 @@ from typing import Any
 import pytest
 import redis
 
-from coda_bridge import node
+from coda_bridge.broker.shared_state import NodeState
+from coda_bridge.cloud.keys import group_name, stream_key
 from coda_bridge.devcloud import DevCloudClient
-from coda_bridge.keys import group_name, stream_key
-from coda_bridge.nodestate import NodeState
+from coda_bridge.identity.credentials import StatePaths
+from coda_bridge.pipeline import bridge as node
 from coda_bridge.settings import Settings, load_settings
-from coda_bridge.state import StatePaths
 from coda_bridge.vpn import DEGRADED, READY, OpenVPNManager, VpnGuard, tun_interfaces
-from coda_bridge.web import create_app
+from coda_bridge.web.app import create_app
 
 pytestmark = [pytest.mark.vpn, pytest.mark.e2e]
 
@@ -322,7 +322,7 @@ def test_cloud_profile_brings_the_node_up_ready_and_its_loss_makes_ready_503(
     token = devcloud.mint_token(qpu_id)
     clean_env.setenv("CODA_WEBAPP_URL", devcloud.base_url)
     clean_env.setenv("CODA_BROKER_URL", redis_url)
-    clean_env.setattr("coda_bridge.identity.legacy_dir", lambda: tmp_path / "no-legacy")
+    clean_env.setattr("coda_bridge.identity.connect.legacy_dir", lambda: tmp_path / "no-legacy")
     before = load_settings()  # the state directory, for stopping OpenVPN however far connect got
     client = redis.Redis.from_url(redis_url)
     settings: Settings | None = None

@@ -14,12 +14,12 @@ import redis
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
-from coda_bridge import web
-from coda_bridge.broker import create_broker
-from coda_bridge.keys import group_name, stream_key
-from coda_bridge.localredis import free_port
-from coda_bridge.nodestate import NodeState
+from coda_bridge.broker.redis_broker import create_broker
+from coda_bridge.broker.shared_state import NodeState
+from coda_bridge.cloud.keys import group_name, stream_key
+from coda_bridge.dev.localredis import free_port
 from coda_bridge.settings import Settings
+from coda_bridge.web import app as web
 
 QPU = "qpu-web"
 READY_FIELDS = {"ready", "vpn_state", "redis_healthy", "current_job"}

@@ -18,9 +18,9 @@ import requests
 from pipeline_support import circuit
 from prometheus_client.parser import text_string_to_metric_families
 
-from coda_bridge.localredis import free_port
-from coda_bridge.processes import ProcessSpec
-from coda_bridge.stack import LocalStack, descendants, wait_until
+from coda_bridge.dev.localredis import free_port
+from coda_bridge.dev.stack import LocalStack, descendants, wait_until
+from coda_bridge.ops.processes import ProcessSpec
 
 pytestmark = pytest.mark.e2e
 
@@ -192,7 +192,7 @@ def test_two_web_instances_side_by_side_open_no_control_socket(web_stack: LocalS
     stack = web_stack
     port = free_port()
     deploy_conf = str(REPO / "deploy" / "gunicorn.conf.py")
-    app = "coda_bridge.web:create_app()"
+    app = "coda_bridge.web.app:create_app()"
     second = ProcessSpec("web#2", (sys.executable, "-m", "gunicorn", "-c", deploy_conf, app))
     stack.start_process("web#2", second, env={"CODA_PORT": str(port)})
     try:

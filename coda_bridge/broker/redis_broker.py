@@ -1,0 +1,268 @@
+"""The local dramatiq broker: Redis, one namespace per QPU, woken on enqueue.
+
+dramatiq's Redis consumer polls an empty queue with a growing sleep (up
+to ``worker_timeout``), which costs up to a second per hop.  Here each
+enqueue also pushes a wake-up token in the same round trip, and an idle
+consumer blocks on that token list (``BLPOP``) instead of sleeping: a
+message reaches an idle worker at once, and an idle worker costs one
+blocking call per timeout.  Dead-worker recovery runs on a clock rather
+than by chance, so a killed worker's messages return within
+``heartbeat_timeout`` plus one maintenance interval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import time
+from typing import Any
+from uuid import uuid4
+
+import dramatiq
+import redis
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import current_millis
+from dramatiq.errors import ConnectionClosed
+from dramatiq.message import Message
+from dramatiq.middleware import (
+    AgeLimit,
+    CurrentMessage,
+    Middleware,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+from ..settings import Settings
+
+__all__ = [
+    "CONTROL_QUEUE",
+    "JOBS_QUEUE",
+    "QUEUES",
+    "RESULTS_QUEUE",
+    "CodaBroker",
+    "IsolateWorkerProcess",
+    "broker_namespace",
+    "create_broker",
+]
+
+#: Jobs for the executor: concurrency 1 per device by default.
+JOBS_QUEUE = "jobs"
+#: Results waiting for delivery to the cloud: many threads, retries with backoff.
+RESULTS_QUEUE = "results"
+#: Heartbeat and VPN ticks: their own workers, never behind jobs.
+CONTROL_QUEUE = "control"
+QUEUES = (JOBS_QUEUE, RESULTS_QUEUE, CONTROL_QUEUE)
+
+#: Wake-up tokens kept per queue; more would only cause spurious wake-ups.
+WAKE_TOKENS_MAX = 64
+#: Longest pause of a consumer whose prefetch is full (waiting for its own work to finish).
+BUSY_BACKOFF_MAX_SEC = 0.05
+#: Commands that never trigger maintenance (as in dramatiq).
+_NO_MAINTENANCE = frozenset({"ack", "nack"})
+_PR_SET_PDEATHSIG = 1
+
+
+def broker_namespace(qpu_id: str) -> str:
+    """Every dramatiq key of one QPU lives under this prefix, so QPUs can share a Redis."""
+    return f"coda-bridge:{qpu_id}:dq"
+
+
+class CodaBroker(RedisBroker):
+    """A :class:`RedisBroker` that wakes idle consumers on enqueue and does maintenance on a clock."""
+
+    def __init__(self, *, maintenance_interval_sec: float = 2.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.maintenance_interval_sec = maintenance_interval_sec
+        self._last_maintenance: dict[str, float] = {}
+
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return _WakingConsumer
+
+    def wake_key(self, queue_name: str) -> str:
+        return f"{self.namespace}:{queue_name}.wake"
+
+    def _maintenance_due(self, command: str, queue_name: str) -> int:
+        """1 when ``queue_name`` had no maintenance from this process for an interval (it is per queue)."""
+        if command in _NO_MAINTENANCE:
+            return 0
+        now = time.monotonic()
+        if now - self._last_maintenance.get(queue_name, 0.0) < self.maintenance_interval_sec:
+            return 0
+        self._last_maintenance[queue_name] = now
+        return 1
+
+    def _dispatch(self, command: str) -> Any:
+        """dramatiq's dispatch, with maintenance on a per-queue clock instead of by chance."""
+        dispatch = self.scripts["dispatch"]
+        keys = [self.namespace]
+
+        def do_dispatch(queue_name: str, *args: Any) -> Any:
+            header = [
+                command,
+                current_millis(),
+                queue_name,
+                self.broker_id,
+                self.heartbeat_timeout,
+                self.dead_message_ttl,
+                self._maintenance_due(command, queue_name),
+                self._max_unpack_size(),
+            ]
+            return dispatch(args=[*header, *args], keys=keys)
+
+        return do_dispatch
+
+    def _pipe_enqueue(self, pipe: Any, queue_name: str, message_id: str, data: bytes) -> None:
+        args = [
+            "enqueue",
+            current_millis(),
+            queue_name,
+            self.broker_id,
+            self.heartbeat_timeout,
+            self.dead_message_ttl,
+            self._maintenance_due("enqueue", queue_name),
+            self._max_unpack_size(),
+            message_id,
+            data,
+        ]
+        self.scripts["dispatch"](keys=[self.namespace], args=args, client=pipe)
+
+    def _pipe_wake(self, pipe: Any, queue_name: str, tokens: int = 1) -> None:
+        wake = self.wake_key(queue_name)
+        pipe.lpush(wake, *([1] * min(tokens, WAKE_TOKENS_MAX)))
+        pipe.ltrim(wake, 0, WAKE_TOKENS_MAX - 1)
+
+    def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> None:
+        """Enqueue and push a wake-up token in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        self._pipe_enqueue(pipe, queue_name, message_id, data)
+        self._pipe_wake(pipe, queue_name)
+        pipe.execute()
+
+    def enqueue_many(self, messages: list[Message[Any]]) -> list[Message[Any]]:
+        """Enqueue several messages (no delay) in one round trip, middleware hooks included."""
+        if not messages:
+            return []
+        copies = [m.copy(options={"redis_message_id": str(uuid4())}) for m in messages]
+        pipe = self.client.pipeline(transaction=False)
+        per_queue: dict[str, int] = {}
+        for message in copies:
+            self.emit_before("enqueue", message, None)
+            self._pipe_enqueue(
+                pipe, message.queue_name, message.options["redis_message_id"], message.encode()
+            )
+            per_queue[message.queue_name] = per_queue.get(message.queue_name, 0) + 1
+        for queue_name, count in per_queue.items():
+            self._pipe_wake(pipe, queue_name, count)
+        pipe.execute()
+        for message in copies:
+            self.emit_after("enqueue", message, None)
+        return copies
+
+    def wait_for_enqueue(self, queue_name: str, timeout_sec: float) -> None:
+        """Block until something is enqueued on ``queue_name``, or the timeout passes."""
+        self.client.blpop([self.wake_key(queue_name)], timeout=max(timeout_sec, 0.01))
+
+    def queue_sizes(self) -> dict[str, int]:
+        """Messages waiting (not yet fetched) per declared queue, and dead-lettered per queue."""
+        pipe = self.client.pipeline(transaction=False)
+        names = sorted(self.queues)
+        for name in names:
+            pipe.llen(f"{self.namespace}:{name}")
+            pipe.zcard(f"{self.namespace}:{name}.XQ")
+        counts = pipe.execute()
+        sizes = {}
+        for index, name in enumerate(names):
+            sizes[name] = int(counts[2 * index])
+            sizes[f"{name}.dead"] = int(counts[2 * index + 1])
+        return sizes
+
+
+class _WakingConsumer(_RedisConsumer):
+    """dramatiq's Redis consumer, blocking on wake-up tokens instead of sleeping when idle."""
+
+    broker: CodaBroker
+
+    def __init__(self, broker: CodaBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        super().__init__(broker, queue_name, prefetch, timeout)
+        self._busy_sleep = 0.001
+
+    def __next__(self) -> MessageProxy | None:
+        try:
+            while True:
+                if self.message_cache:
+                    data = self.message_cache.pop(0)
+                    if data is None:
+                        continue
+                    message = Message.decode(data)
+                    self.queued_message_ids.add(message.message_id)
+                    self._busy_sleep = 0.001
+                    return MessageProxy(message)
+                if self.outstanding_message_count >= self.prefetch:
+                    time.sleep(self._busy_sleep)
+                    self._busy_sleep = min(self._busy_sleep * 2, BUSY_BACKOFF_MAX_SEC)
+                    return None
+                self.message_cache = self.broker.do_fetch(
+                    self.queue_name, self.prefetch - self.outstanding_message_count
+                )
+                if not self.message_cache:
+                    self.broker.wait_for_enqueue(self.queue_name, self.timeout / 1000)
+                    return None
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None
+
+
+class IsolateWorkerProcess(Middleware):
+    """Give each dramatiq worker process its own process group, and stop it when its master dies.
+
+    honcho, and systemd's default ``KillMode``, signal a whole process group;
+    dramatiq's master then forwards the same SIGTERM, and a worker process
+    that sees a second SIGTERM exits at once, stranding its messages.  In
+    its own group a worker process gets exactly one SIGTERM, from its master.
+    """
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        if os.getpid() == os.getpgrp() or os.environ.get("CODA_BRIDGE_KEEP_PGRP"):
+            return
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def create_broker(settings: Settings, *, qpu_id: str | None = None) -> CodaBroker:
+    """The broker from ``broker_url``, with a deliberate middleware stack.
+
+    - AgeLimit: control ticks older than their interval are dropped.
+    - TimeLimit: the job actor's limit comes from ``job_time_limit_sec``
+      (not dramatiq's 10-minute default); other actors set their own.
+    - ShutdownNotifications: long job waits end early on shutdown.
+    - Retries: off by default (a failed circuit is a result); the result
+      actor sets its own retry policy.
+    - CurrentMessage: actors read their stream entry id and retry count.
+    """
+    qpu = qpu_id or settings.qpu_id or "unprovisioned"
+    middleware = [
+        AgeLimit(),
+        TimeLimit(time_limit=int(settings.job_time_limit_sec * 1000), interval=1000),
+        ShutdownNotifications(),
+        Retries(max_retries=0),
+        CurrentMessage(),
+        IsolateWorkerProcess(),
+    ]
+    broker = CodaBroker(
+        url=settings.broker_url,
+        namespace=broker_namespace(qpu),
+        middleware=middleware,
+        heartbeat_timeout=int(settings.worker_heartbeat_timeout_sec * 1000),
+        # dead-lettered results are replayable for ten years, not dramatiq's seven days
+        dead_message_ttl=10 * 365 * 86_400_000,
+    )
+    for queue in QUEUES:
+        broker.declare_queue(queue)
+    return broker

@@ -1,0 +1,1 @@
+"""The ``coda-bridge`` command line: every command registered explicitly on one click group."""

@@ -1,0 +1,74 @@
+"""The ``coda-bridge`` (and ``coda``) command line: one click group, every command registered here.
+
+Heavy imports happen inside the commands, so ``--help`` is quick.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..errors import CodaError
+from ..logs import mask
+from . import node, processes, tools
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="coda-bridge")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """coda-bridge: connect a quantum execution backend to the Coda cloud.
+
+    \b
+    Examples:
+      coda-bridge demo                      # a whole node on this machine
+      coda-bridge start --token "$TOKEN"    # run a real node
+    """
+    # --debug is read by main() before click runs: it shows tracebacks instead of one line.
+
+
+for _command in (
+    node.start,
+    node.stop,
+    node.status,
+    node.logs,
+    node.stop_vpn,
+    node.reset,
+    processes.bridge,
+    processes.worker,
+    processes.web,
+    processes.replay,
+    tools.doctor,
+    tools.submit,
+    tools.demo,
+):
+    cli.add_command(_command)
+_devcloud = tools.devcloud_group()
+if _devcloud is not None:
+    cli.add_command(_devcloud, "devcloud")
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: one readable line and a non-zero exit for our errors; tracebacks only with --debug."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        return cli.main(args=args, prog_name="coda-bridge", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except CodaError as exc:
+        if "--debug" in args:
+            raise
+        click.echo(f"error: {mask(str(exc))}", err=True)
+        sys.exit(getattr(exc, "exit_code", 1))
+    except KeyboardInterrupt:
+        sys.exit(130)

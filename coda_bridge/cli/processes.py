@@ -1,0 +1,114 @@
+"""The single-process commands of ``coda-bridge``: ``bridge``, ``worker``, ``web`` and ``replay``.
+
+``start`` runs the whole node under a supervisor; these commands run one
+of its processes on its own (under systemd, honcho or by hand), and
+``replay`` re-queues dead-lettered results.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from ..errors import AuthError, ConfigError, NodeError
+from ..logs import configure_logging
+from .options import Unrecoverable, host_option, node_settings, plain_settings, port_option, token_option
+
+__all__ = ["bridge", "worker", "web", "replay"]
+
+
+@click.command()
+@token_option
+def bridge(token: str | None) -> None:
+    """Run the stream bridge: connect, then move cloud jobs into the local queue.
+
+    \b
+    Example:
+      coda-bridge bridge --token "$NODE_TOKEN"
+    """
+    from ..pipeline.bridge import run_bridge
+
+    configure_logging()
+    try:
+        run_bridge(token=token)
+    except (ConfigError, AuthError) as exc:
+        raise Unrecoverable(str(exc)) from exc
+    except NodeError as exc:
+        if exc.status is not None and 400 <= exc.status < 500:
+            raise Unrecoverable(str(exc)) from exc
+        raise
+
+
+@click.command()
+@click.argument("queue", type=str)
+def worker(queue: str) -> None:
+    """Run the dramatiq worker of one queue (jobs, results or control) exactly as `start` runs it.
+
+    A suffix after a dot is ignored (``jobs.2``), so systemd instances and
+    honcho-style names can scale executor workers.
+
+    \b
+    Examples:
+      coda-bridge worker jobs
+      coda-bridge worker results
+    """
+    from ..ops.processes import node_processes
+
+    name = queue.split(".", 1)[0]
+    specs = {spec.name: spec for spec in node_processes(plain_settings(), web=False) if spec.name != "bridge"}
+    if name not in specs:
+        raise click.BadParameter(f"expected one of {', '.join(specs)}", param_hint="QUEUE")
+    argv = list(specs[name].argv)
+    os.execv(argv[0], argv)
+
+
+@click.command()
+@host_option
+@port_option
+def web(host: str | None, port: int | None) -> None:
+    """Serve the probes app (/health, /ready, /metrics) with gunicorn.
+
+    \b
+    Example:
+      coda-bridge web --port 8080
+    """
+    try:
+        from ..web.app import serve
+    except ModuleNotFoundError as exc:
+        if exc.name != "coda_bridge.web.app":
+            raise
+        raise Unrecoverable("the probes app (coda_bridge.web.app) is not installed") from None
+    try:
+        settings = node_settings(host=host, port=port)
+    except ConfigError as exc:
+        raise Unrecoverable(str(exc)) from exc
+    serve(settings)
+
+
+@click.command()
+@click.option("--list", "list_only", is_flag=True, help="Only list the dead-lettered results.")
+@click.argument("job_ids", nargs=-1)
+def replay(list_only: bool, job_ids: tuple[str, ...]) -> None:
+    """List, and deliver again, results that ran out of delivery retries.
+
+    \b
+    Examples:
+      coda-bridge replay --list
+      coda-bridge replay            # every dead-lettered result
+      coda-bridge replay j-17 j-18  # only these jobs
+    """
+    from ..broker.redis_broker import create_broker
+    from ..pipeline.delivery import dead_letters, replay_dead_letters
+    from ..runtime import wait_for_identity
+
+    settings = wait_for_identity(timeout_sec=0)
+    broker = create_broker(settings)
+    letters = dead_letters(broker)
+    if list_only:
+        for letter in letters:
+            click.echo(f"{letter.job_id}\tretries={letter.retries}\t{letter.callback_url}")
+        click.echo(f"{len(letters)} dead-lettered result(s)")
+        return
+    replayed = replay_dead_letters(broker, set(job_ids) if job_ids else None)
+    click.echo(f"re-queued {len(replayed)} result(s) for delivery")

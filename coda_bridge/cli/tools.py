@@ -1,0 +1,122 @@
+"""Commands to check and try a node: ``doctor``, ``submit``, ``demo``, and the ``devcloud`` group."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import CodaError
+from ..logs import mask
+from .options import DEFAULT_DEVCLOUD_URL, site_option
+
+__all__ = ["demo", "devcloud_group", "doctor", "submit"]
+
+
+@click.command()
+@site_option
+def doctor(site: str | None) -> None:
+    """Check settings, credentials, endpoints, executor, both Redis and the VPN (exit 1 on a problem).
+
+    \b
+    Example:
+      coda-bridge doctor
+    """
+    from ..ops.doctor import run_checks
+
+    checks = run_checks(site=site)
+    for check in checks:
+        click.echo(mask(check.line()))
+    failed = sum(1 for check in checks if not check.ok)
+    click.echo(f"{len(checks) - failed} ok, {failed} to fix")
+    if failed:
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("circuit", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--devcloud-url",
+    envvar="CODA_DEVCLOUD_URL",
+    default=DEFAULT_DEVCLOUD_URL,
+    show_default=True,
+    help="The local cloud simulator.",
+)
+@click.option("--qpu", "qpu_id", envvar="CODA_QPU_ID", help="QPU id (default: the simulator's only QPU).")
+@click.option("--shots", type=click.IntRange(1), default=1000, show_default=True)
+@click.option(
+    "--target",
+    type=click.Choice(["cz", "iswap", "pcz", "cnot"]),
+    help="Gate set to convert OpenQASM to (default: the QPU's).",
+)
+@click.option("--wait", is_flag=True, help="Wait for the result and print it.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds --wait waits.")
+def submit(  # noqa: PLR0917  (one parameter per click option)
+    circuit: Path,
+    devcloud_url: str,
+    qpu_id: str | None,
+    shots: int,
+    target: str | None,
+    wait: bool,
+    timeout: float,
+) -> None:
+    """Send a circuit (IR JSON, or OpenQASM 3) to a QPU through the local cloud simulator.
+
+    \b
+    Examples:
+      coda-bridge submit bell.qasm --qpu my-qpu --shots 500 --wait
+      coda-bridge submit circuit.json --devcloud-url http://127.0.0.1:8765
+    """
+    from ..dev.submit import format_result, submit_circuit
+    from ..devcloud.client import DevCloudClient
+
+    client = DevCloudClient(devcloud_url)
+    job_id, _ = submit_circuit(client, circuit, qpu_id=qpu_id, shots=shots, target=target)
+    click.echo(job_id)
+    if wait:
+        try:
+            result = client.wait_for_result(job_id, timeout_sec=timeout)
+        except TimeoutError as exc:
+            raise CodaError(f"{exc}; is a node running for this QPU?") from None
+        click.echo(format_result(result))
+        if result.get("status") != "completed":
+            sys.exit(1)
+
+
+@click.command()
+@click.option("--shots", type=click.IntRange(100), default=1000, show_default=True)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep logs and state here (default: a temporary directory, removed afterwards).",
+)
+def demo(shots: int, workdir: Path | None) -> None:
+    """Run a whole local node, submit sample circuits and check every result (needs nothing set up).
+
+    \b
+    Example:
+      coda-bridge demo
+    """
+    from ..dev.demo import run_demo
+
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+    if not run_demo(shots=shots, workdir=workdir):
+        sys.exit(1)
+
+
+def devcloud_group() -> click.Group | None:
+    try:
+        from ..devcloud.cli import devcloud
+    except ImportError:  # pragma: no cover - the simulator ships with the package
+        return None
+    group = copy.copy(devcloud)
+    group.epilog = (
+        "\b\nExamples:\n"
+        "  coda-bridge devcloud --port 8765 --redis-url redis://127.0.0.1:6379/0\n"
+        "  coda-bridge devcloud create-qpu my-qpu --num-qubits 5\n"
+        "  coda-bridge devcloud mint-token my-qpu"
+    )
+    return group

@@ -1,0 +1,270 @@
+"""A whole node on one machine, for the demo, the benchmarks and the end-to-end tests.
+
+:class:`LocalStack` starts two private Redis servers (the cloud's and the
+local broker), the local cloud simulator, registers a QPU, and runs the
+node's processes as real subprocesses with their logs in a work directory.
+Each process can be killed, restarted and signalled on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from ..devcloud.client import DevCloudClient
+from ..devcloud.server import DevCloudProcess, start_devcloud_process
+from ..errors import CodaError
+from ..ops.processes import ProcessSpec, node_processes
+from ..ops.proctree import descendants
+from ..settings import load_settings
+from .localredis import LocalRedis, free_port
+
+__all__ = ["LocalStack", "wait_until"]
+
+#: How long a process gets between SIGTERM and SIGKILL when a stack stops.
+STOP_GRACE_SEC = 10.0
+#: How often waits look again.
+POLL_SEC = 0.05
+
+
+def wait_until(condition: Callable[[], Any], timeout_sec: float, what: str) -> Any:
+    """Poll ``condition`` until it returns something truthy; raise TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout_sec
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_sec:g} s waiting for {what}")
+        time.sleep(POLL_SEC)
+
+
+class _Child:
+    def __init__(self, spec: ProcessSpec, env: Mapping[str, str], log_path: Path) -> None:
+        self.spec = spec
+        self.log_path = log_path
+        self._log: IO[bytes] = log_path.open("ab")
+        self.terminated = False
+        self.process = subprocess.Popen(
+            spec.argv,
+            env=dict(env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            os.kill(self.process.pid, signum)
+            self.terminated = self.terminated or signum == signal.SIGTERM
+
+    def kill_group(self) -> None:
+        """SIGKILL the process and every descendant (dramatiq worker processes have their own groups)."""
+        for pid in [self.process.pid, *descendants(self.process.pid)]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+    def stop(self, grace_sec: float = STOP_GRACE_SEC, *, family: list[int] | None = None) -> int | None:
+        """SIGTERM, wait, then SIGKILL whatever is left of the process and its descendants."""
+        family = descendants(self.process.pid) if family is None else family
+        if self.alive():
+            if not self.terminated:  # a second SIGTERM makes a dramatiq worker skip its drain
+                self.signal(signal.SIGTERM)
+            try:
+                self.process.wait(grace_sec)
+            except subprocess.TimeoutExpired:
+                self.kill_group()
+                self.process.wait()
+        for pid in family:  # orphans of a master that died first
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        self._log.close()
+        return self.process.returncode
+
+
+class LocalStack:
+    """Cloud Redis, broker Redis, the cloud simulator and a provisioned node, all local."""
+
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        qpu_id: str = "qpu-local",
+        num_qubits: int = 5,
+        native_gate_set: str = "cz",
+        env: Mapping[str, str] | None = None,
+        web: bool = False,
+    ) -> None:
+        self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="coda-stack-")
+        self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
+        self.qpu_id = qpu_id
+        self.num_qubits = num_qubits
+        self.native_gate_set = native_gate_set
+        self.extra_env = dict(env or {})
+        self.web = web
+        self.web_port = free_port()
+        self.cloud_redis = LocalRedis()
+        self.broker_redis = LocalRedis()
+        self.devcloud: DevCloudProcess | None = None
+        self.children: dict[str, _Child] = {}
+        self._restarts: dict[str, int] = {}
+
+    # -- the fixed parts --
+
+    def start(self, *, processes: bool = True) -> LocalStack:
+        """Start Redis twice, the simulator, register the QPU, and (by default) the node's processes.
+
+        If any step fails, whatever already started is stopped before the error goes on.
+        """
+        try:
+            self._start(processes)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, processes: bool) -> None:
+        self.cloud_redis.start()
+        self.broker_redis.start()
+        self.devcloud = start_devcloud_process(
+            redis_url=self.cloud_redis.url, log_path=self.workdir / "devcloud.log"
+        )
+        self.cloud.create_qpu(
+            self.qpu_id,
+            display_name=f"Local {self.qpu_id}",
+            native_gate_set=self.native_gate_set,
+            num_qubits=self.num_qubits,
+            connection_mode="https",
+            redis_url=self.cloud_redis.url,
+        )
+        if processes:
+            self.start_node()
+
+    @property
+    def cloud(self) -> DevCloudClient:
+        assert self.devcloud is not None, "stack not started"
+        return self.devcloud.client()
+
+    @property
+    def state_dir(self) -> Path:
+        return self.workdir / "state"
+
+    def env(self) -> dict[str, str]:
+        """The environment of every node process."""
+        assert self.devcloud is not None
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CODA_")}
+        env.update(
+            {
+                "CODA_STATE_DIR": str(self.state_dir),
+                "CODA_WEBAPP_URL": self.devcloud.base_url,
+                "CODA_BROKER_URL": self.broker_redis.url,
+                "CODA_VPN_REQUIRED": "false",
+                "CODA_PORT": str(self.web_port),
+                "CODA_HOST": "127.0.0.1",
+                "CODA_SETTINGS_FILES": str(self.workdir / "settings.toml"),
+                "CODA_LOG_LEVEL": "INFO",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    # -- the node's processes --
+
+    def specs(self) -> dict[str, ProcessSpec]:
+        concurrency = int(self.extra_env.get("CODA_EXECUTOR_CONCURRENCY", "1"))
+        settings = load_settings(overrides={"executor_concurrency": concurrency})
+        return {s.name: s for s in node_processes(settings, web=self.web, python=sys.executable)}
+
+    def start_node(self) -> None:
+        """Provision with a fresh token through the bridge, then start the workers (and web)."""
+        self.extra_env["CODA_NODE_TOKEN"] = self.cloud.mint_token(self.qpu_id)
+        specs = self.specs()
+        self.start_process("bridge", specs["bridge"])
+        wait_until(
+            lambda: (self.state_dir / "coda.config").exists() or not self.children["bridge"].alive(),
+            30,
+            "the bridge to provision the node",
+        )
+        if not self.children["bridge"].alive():
+            raise CodaError(f"bridge exited at start:\n{self.log_tail('bridge')}")
+        for name, spec in specs.items():
+            if name != "bridge":
+                self.start_process(name, spec)
+
+    def start_process(
+        self, name: str, spec: ProcessSpec | None = None, *, env: Mapping[str, str] | None = None
+    ) -> None:
+        """Start (or restart) one named process; its output goes to ``<workdir>/<name>.log``.
+
+        ``env`` adds variables for this start only (a failpoint, say).
+        """
+        spec = spec or self.specs()[name.split("#", maxsplit=1)[0]]
+        old = self.children.get(name)
+        if old is not None and old.alive():
+            raise CodaError(f"{name} is already running (pid {old.pid})")
+        self._restarts[name] = self._restarts.get(name, -1) + 1
+        self.children[name] = _Child(spec, {**self.env(), **(env or {})}, self.workdir / f"{name}.log")
+
+    def restart(self, name: str) -> None:
+        self.children[name].stop()
+        self.start_process(name)
+
+    def kill9(self, name: str) -> None:
+        """SIGKILL a process and everything in its process group (a dramatiq master and its workers)."""
+        child = self.children[name]
+        child.kill_group()
+        child.process.wait()
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.workdir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop_node(self) -> None:
+        """SIGTERM every node process at once (each drains on its own), then wait for each."""
+        children = list(self.children.values())
+        families = {id(child): descendants(child.pid) for child in children}
+        for child in children:
+            child.signal(signal.SIGTERM)
+        for child in children:
+            child.stop(family=families[id(child)])
+
+    def stop(self) -> None:
+        """Stop everything this stack started, newest first."""
+        self.stop_node()
+        if self.devcloud is not None:
+            self.devcloud.stop()
+            self.devcloud = None
+        self.broker_redis.stop()
+        self.cloud_redis.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

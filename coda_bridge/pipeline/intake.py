@@ -1,0 +1,247 @@
+"""The bridge process: the cloud's job stream into the local dramatiq queue.
+
+Entries are read with ``XREADGROUP`` and acknowledged only after the
+broker accepted their message, so a crash at any moment leaves them
+pending for this consumer (stable name per host), and a restart re-queues
+them first.  Entries left pending by consumers that died are claimed
+after ``claim_idle_sec``.  A cloud Redis outage backs off 1 s doubling to
+60 s and resumes by itself; a deep local queue pauses reading.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import dramatiq
+import redis
+
+from ..broker.redis_broker import JOBS_QUEUE, CodaBroker
+from ..broker.shared_state import NodeState
+from ..cloud.keys import group_name, stream_key
+from ..failpoints import failpoint
+from ..runtime import cloud_redis_client
+from ..settings import Settings
+
+__all__ = ["StreamBridge", "batch_message", "job_message"]
+
+logger = logging.getLogger(__name__)
+
+#: First and longest pause after the cloud's Redis failed.
+OUTAGE_BACKOFF_MIN_SEC = 1.0
+OUTAGE_BACKOFF_MAX_SEC = 60.0
+#: Pause while the local job queue is too deep.
+BACKPRESSURE_PAUSE_SEC = 0.2
+#: Entries read per XREADGROUP.
+READ_COUNT = 100
+#: How often entries idle at dead consumers are looked for.
+CLAIM_INTERVAL_SEC = 10.0
+#: Health marks outlive a few read cycles.
+HEALTH_TTL_FACTOR = 3
+
+Entry = tuple[str, dict[str, str] | None]
+
+
+#: How long the bridge trusts what it read of the executor's batch ability.
+BATCH_FLAG_TTL_SEC = 5.0
+
+
+def job_message(fields: dict[str, str], entry_id: str) -> dramatiq.Message[Any]:
+    """The ``execute`` message for one stream entry (built here so the bridge never imports executors)."""
+    return dramatiq.Message(
+        queue_name=JOBS_QUEUE, actor_name="execute", args=(fields, entry_id), kwargs={}, options={}
+    )
+
+
+def batch_message(entries: list[tuple[dict[str, str], str]]) -> dramatiq.Message[Any]:
+    """One ``execute_batch`` message for several waiting entries (the executor has ``batch_run``)."""
+    return dramatiq.Message(
+        queue_name=JOBS_QUEUE,
+        actor_name="execute_batch",
+        args=([[fields, entry_id] for fields, entry_id in entries],),
+        kwargs={},
+        options={},
+    )
+
+
+class StreamBridge:
+    """Moves stream entries into the broker for one QPU; ``run()`` until ``stop()``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        broker: CodaBroker,
+        state: NodeState,
+        *,
+        cloud: redis.Redis | None = None,
+        on_cycle: Callable[[], None] | None = None,
+    ) -> None:
+        assert settings.qpu_id and settings.redis_url
+        self.settings = settings
+        self.broker = broker
+        self.state = state
+        self.stream = stream_key(settings.qpu_id)
+        self.group = group_name(settings.qpu_id)
+        self.consumer = settings.resolved_consumer_name
+        block_sec = settings.stream_block_ms / 1000
+        self.cloud = cloud or cloud_redis_client(settings.redis_url, block_sec=block_sec)
+        self.on_cycle = on_cycle
+        self._stopping = threading.Event()
+        self._pending_first = True
+        self._last_claim = 0.0
+        self._batch_flag = (False, 0.0)
+        self.forwarded = 0
+
+    # -- lifecycle --
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def run(self) -> None:
+        """Read, forward and acknowledge until stopped, riding out outages of either Redis."""
+        backoff = OUTAGE_BACKOFF_MIN_SEC
+        logger.info("Bridge reading %s as %s/%s.", self.stream, self.group, self.consumer)
+        while not self.stopping:
+            try:
+                self.cycle()
+            except redis.RedisError as exc:
+                self._mark_cloud(False)
+                self._pending_first = True
+                logger.warning("Redis unavailable (%s); retrying in %.0f s.", exc, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, OUTAGE_BACKOFF_MAX_SEC)
+            else:
+                backoff = OUTAGE_BACKOFF_MIN_SEC
+            if self.on_cycle is not None:
+                self.on_cycle()
+        logger.info("Bridge stopped after forwarding %d entries.", self.forwarded)
+
+    def cycle(self) -> int:
+        """One round: group, own pending entries, idle entries of dead consumers, then new ones."""
+        if self._pending_first:
+            self.ensure_group()
+            recovered = self._forward_pending()
+            if recovered:
+                logger.info("Re-queued %d entries left pending by this consumer.", recovered)
+            self._pending_first = False
+        if time.monotonic() - self._last_claim > CLAIM_INTERVAL_SEC:
+            self._last_claim = time.monotonic()
+            self._claim_idle()
+        if self._queue_too_deep():
+            self.state.stream_read()
+            self._stopping.wait(BACKPRESSURE_PAUSE_SEC)
+            return 0
+        return self._read_new()
+
+    # -- the stream --
+
+    def ensure_group(self) -> None:
+        """Create the consumer group at id 0 with MKSTREAM; an existing group is fine."""
+        try:
+            self.cloud.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            logger.info("Created consumer group %s on %s.", self.group, self.stream)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _read_new(self) -> int:
+        try:
+            reply: Any = self.cloud.xreadgroup(
+                self.group,
+                self.consumer,
+                {self.stream: ">"},
+                count=READ_COUNT,
+                block=self.settings.stream_block_ms,
+            )
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                logger.warning(
+                    "Consumer group %s vanished (cloud Redis restarted?); recreating it.", self.group
+                )
+                self._pending_first = True
+                return 0
+            raise
+        self._mark_cloud(True)
+        entries = reply[0][1] if reply else []
+        return self._forward(entries)
+
+    def _forward_pending(self) -> int:
+        total = 0
+        start = "0"
+        while True:
+            reply: Any = self.cloud.xreadgroup(
+                self.group, self.consumer, {self.stream: start}, count=READ_COUNT
+            )
+            entries = reply[0][1] if reply else []
+            if not entries:
+                return total
+            total += self._forward(entries)
+            start = entries[-1][0]
+
+    def _claim_idle(self) -> None:
+        """XAUTOCLAIM entries idle at other (dead) consumers; Redis 6.2 and 7 replies both work."""
+        start = "0-0"
+        min_idle_ms = int(self.settings.claim_idle_sec * 1000)
+        while True:
+            reply: Any = self.cloud.xautoclaim(
+                self.stream, self.group, self.consumer, min_idle_ms, start_id=start, count=READ_COUNT
+            )
+            next_start, entries = reply[0], reply[1]
+            if entries:
+                logger.warning("Claimed %d entries idle at other consumers.", len(entries))
+                self._forward(entries)
+            if not entries or next_start in ("0-0", b"0-0"):
+                return
+            start = next_start
+
+    def _forward(self, entries: Sequence[Entry] | Iterable[Entry]) -> int:
+        """Enqueue one message per entry, then XACK them all: never acknowledge before the broker has it."""
+        done, jobs = [], []
+        for entry_id, fields in entries:
+            if fields:
+                jobs.append((dict(fields), entry_id))
+            else:
+                logger.warning("Stream entry %s was deleted before it was read; acknowledging it.", entry_id)
+            done.append(entry_id)
+        size = self.settings.batch_size
+        if len(jobs) > 1 and self._executor_batches():
+            groups = [jobs[start : start + size] for start in range(0, len(jobs), size)]
+            messages = [batch_message(g) if len(g) > 1 else job_message(*g[0]) for g in groups]
+        else:
+            messages = [job_message(fields, entry_id) for fields, entry_id in jobs]
+        self.broker.enqueue_many(messages)
+        if done:
+            failpoint("bridge.before_ack")
+            self.cloud.xack(self.stream, self.group, *done)
+            self.forwarded += len(done)
+        self.state.stream_read()
+        return len(done)
+
+    def _executor_batches(self) -> bool:
+        capable, read_at = self._batch_flag
+        if time.monotonic() - read_at > BATCH_FLAG_TTL_SEC:
+            capable = self.settings.batch_size > 1 and self.state.executor_batch()
+            self._batch_flag = (capable, time.monotonic())
+        return capable
+
+    # -- health and pressure --
+
+    def _mark_cloud(self, healthy: bool) -> None:
+        ttl = HEALTH_TTL_FACTOR * max(self.settings.stream_block_ms / 1000, 1.0) + 5
+        try:
+            self.state.set_cloud_redis(healthy, ttl)
+            if healthy:
+                self.state.stream_read()
+        except redis.RedisError:
+            logger.debug("Local Redis unavailable; health not recorded.")
+
+    def _queue_too_deep(self) -> bool:
+        depth = int(self.broker.client.llen(f"{self.broker.namespace}:{JOBS_QUEUE}"))
+        return depth > self.settings.max_local_queue

@@ -1,0 +1,1 @@
+"""The probes app (Flask app factory) and its gunicorn configuration."""

@@ -1,0 +1,28 @@
+"""gunicorn settings for the probes app (``deploy/gunicorn.conf.py`` loads this module).
+
+Read from the same ``CODA_`` variables as everything else; the app itself
+is ``coda_bridge.web.app:create_app()``.
+"""
+
+from __future__ import annotations
+
+from coda_bridge.settings import load_settings
+
+_settings = load_settings()
+
+bind = f"{_settings.host}:{_settings.port}"
+workers = _settings.web_workers
+worker_class = "sync"
+#: /ready waits at most 5 s for its checks; a worker stuck far longer is replaced.
+timeout = 30
+graceful_timeout = 10
+keepalive = 5
+#: gunicorn 27 opens a control socket shared by every instance of a user; the probes need none.
+control_socket_disable = True
+#: No access log by default (probes every few seconds would drown the node's own lines); turn it on
+#: with GUNICORN_CMD_ARGS="--access-logfile -".  Not a CODA_ variable: every process would warn
+#: that it is not a known setting.
+accesslog = None
+errorlog = "-"
+loglevel = _settings.log_level.lower()
+proc_name = "coda-bridge-web"

@@ -1,0 +1,231 @@
+"""The executor actor's work on a real Redis: a batch takes each step together, and every job its outcome."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from pipeline_support import circuit
+
+from coda_bridge.broker.keys import claim_key, job_key
+from coda_bridge.cloud.keys import cancel_key, status_key
+from coda_bridge.errors import JobBusy
+from coda_bridge.pipeline.execute import Delivery, JobOutcome, execute_batch, execute_job
+from coda_bridge.runtime import Runtime
+from coda_bridge.settings import load_settings
+
+QPU = "qpu-jobs-test"
+CALLBACK = "https://coda.conductorquantum.com/api/internal/qpu/webhook"
+#: Lease another worker holds on the busy job.
+OTHER_LEASE_MS = 10_000
+
+
+@pytest.fixture
+def rt(clean_env: pytest.MonkeyPatch, redis_url: str, tmp_path: Path) -> Iterator[Runtime]:
+    clean_env.setenv("PIPELINE_TEST_EXECUTOR_LOG", str(tmp_path / "executor.log"))
+    settings = load_settings(
+        overrides={
+            "qpu_id": QPU,
+            "redis_url": redis_url,
+            "broker_url": redis_url,
+            "executor_factory": "coda_test_executor:create_batch_executor",
+            "cancel_poll_interval_sec": 1.0,
+        }
+    )
+    runtime = Runtime(settings)
+    yield runtime
+    runtime.close()
+
+
+class Recorder:
+    """The actor's callbacks; given ``local``, each enqueue checks its results were recorded first."""
+
+    def __init__(self, local: redis.Redis | None) -> None:
+        self.local = local
+        self.calls: list[list[Delivery]] = []
+        self.later: list[tuple[str, float]] = []
+
+    def enqueue(self, deliveries: Sequence[Delivery]) -> None:
+        for job_id, _, _ in deliveries if self.local is not None else ():
+            assert self.local.hexists(job_key(QPU, job_id), "result"), f"{job_id} queued before recorded"
+        self.calls.append(list(deliveries))
+
+    def look_later(self, fields: Mapping[str, str], entry_id: str, delay_sec: float) -> None:
+        self.later.append((fields["job_id"], delay_sec))
+
+    def delivered(self) -> list[str]:
+        return sorted(job_id for call in self.calls for job_id, _, _ in call)
+
+
+def _entry(job_id: str, mode: str = "ok", **fields: str) -> tuple[dict[str, str], str]:
+    base = {
+        "job_id": job_id,
+        "callback_url": CALLBACK,
+        "ir_json": json.dumps(circuit(mode, tag=job_id)),
+        "shots": "10",
+    }
+    return {**base, **fields}, f"{uuid.uuid4().int % 10**12}-0"
+
+
+def _runs(tmp_path: Path) -> list[str]:
+    path = tmp_path / "executor.log"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _result(rt: Runtime, job_id: str) -> dict[str, Any]:
+    raw = rt.local_redis.hget(job_key(QPU, job_id), "result")
+    assert raw is not None, job_id
+    return dict(json.loads(raw))
+
+
+def _by_job(outcomes: list[JobOutcome]) -> dict[str | None, tuple[str, str]]:
+    assert len({o.job_id for o in outcomes}) == len(outcomes)
+    return {o.job_id: (o.outcome, o.detail) for o in outcomes}
+
+
+def test_a_mixed_batch_gives_each_job_its_outcome_and_delivers_each_result_once(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    cloud, local = rt.cloud_redis, rt.local_redis
+    cloud.hset(status_key("done"), "state", "completed")
+    cloud.set(cancel_key("cancelled"), "1")
+    recorded = {"job_id": "recorded", "status": "completed", "counts": {"00": 3}}
+    local.hset(job_key(QPU, "recorded"), "result", json.dumps(recorded))
+    local.set(claim_key(QPU, "busy"), "another-worker", px=OTHER_LEASE_MS)
+    entries = [
+        _entry("good-1"),
+        _entry("done"),
+        _entry("cancelled"),
+        _entry("recorded"),
+        _entry("busy"),
+        _entry("good-2"),
+        _entry("bad-shots", shots="abc"),
+        _entry("offhost", callback_url="http://203.0.113.9/cb"),
+        ({"job_id": "nocallback", "ir_json": "{}", "shots": "1"}, "1-0"),
+        _entry("good-3"),
+    ]
+    calls = Recorder(local)
+    running: list[tuple[Mapping[str, str], str]] = []
+
+    outcomes = execute_batch(rt, entries, calls.enqueue, calls.look_later, running)
+
+    found = _by_job(outcomes)
+    assert found.pop("offhost")[0] == "skipped"
+    assert found == {
+        "good-1": ("queued", "completed"),
+        "good-2": ("queued", "completed"),
+        "good-3": ("queued", "completed"),
+        "done": ("skipped", "already completed"),
+        "cancelled": ("cancelled", "before start"),
+        "recorded": ("queued", "recorded earlier"),
+        "bad-shots": ("queued", "failed"),
+        "nocallback": ("skipped", "no callback_url"),
+    }
+    assert calls.delivered() == ["bad-shots", "good-1", "good-2", "good-3", "recorded"]
+    assert len(calls.calls) == 2  # the early failures and the recorded result, then the run's results
+    assert [job_id for job_id, _ in calls.later] == ["busy"]
+    assert OTHER_LEASE_MS / 1000 - 1 < calls.later[0][1] <= OTHER_LEASE_MS / 1000 + 0.5
+    assert sorted(fields["job_id"] for fields, _ in running) == ["good-1", "good-2", "good-3"]
+
+    assert [line for line in _runs(tmp_path) if line.startswith("batch")] == ["batch 3"]
+    assert sorted(line.rsplit(":", 1)[1] for line in _runs(tmp_path) if line.startswith("run")) == [
+        "good-1",
+        "good-2",
+        "good-3",
+    ]
+    assert _result(rt, "good-2") == {
+        "job_id": "good-2",
+        "status": "completed",
+        "counts": {"00": 10},
+        "execution_time_ms": 1.0,
+        "shots_completed": 10,
+    }
+    assert _result(rt, "recorded") == recorded
+    assert "shots must be an integer" in _result(rt, "bad-shots")["error"]
+
+    assert cloud.hget(status_key("good-3"), "state") == "executing"
+    assert set(cloud.hgetall(status_key("good-3"))) == {"state", "started_at", "message_id", "qpu_id"}
+    assert cloud.hget(status_key("cancelled"), "state") == "cancelled"
+    assert "not the cloud's host" in str(cloud.hget(status_key("offhost"), "error"))
+    assert local.get(claim_key(QPU, "busy")) == b"another-worker"
+    assert local.keys(f"coda-bridge:{QPU}:claim:*") == [claim_key(QPU, "busy").encode()]
+    assert rt.state.current_jobs() == []
+
+
+def test_a_cancel_key_with_a_recorded_result_delivers_that_result(rt: Runtime, tmp_path: Path) -> None:
+    rt.cloud_redis.set(cancel_key("late-cancel"), "1")
+    recorded = {"job_id": "late-cancel", "status": "completed", "counts": {"00": 10}}
+    rt.local_redis.hset(job_key(QPU, "late-cancel"), "result", json.dumps(recorded))
+    calls = Recorder(rt.local_redis)
+
+    outcomes = execute_batch(rt, [_entry("late-cancel"), _entry("other")], calls.enqueue, calls.look_later)
+
+    assert _by_job(outcomes)["late-cancel"] == ("queued", "recorded earlier")
+    assert calls.delivered() == ["late-cancel", "other"]
+    assert not [line for line in _runs(tmp_path) if line.endswith(":late-cancel")]
+
+
+def _round_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Counts Redis round trips: one per pipeline, one per command outside a pipeline."""
+    trips: list[str] = []
+    pipeline_execute = redis.client.Pipeline.execute
+    command = redis.Redis.execute_command
+
+    def counted_execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append("pipeline")
+        return pipeline_execute(self, *args, **kwargs)
+
+    def counted_command(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(self, redis.client.Pipeline):
+            trips.append(str(args[0]))
+        return command(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", counted_execute)
+    monkeypatch.setattr(redis.Redis, "execute_command", counted_command)
+    return trips
+
+
+@pytest.mark.parametrize("size", [2, 10])
+def test_a_batch_takes_the_same_round_trips_whatever_its_size(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    calls = Recorder(None)
+    rt.executor()  # resolved before counting, as a worker does at boot
+    trips = _round_trips(monkeypatch)
+
+    outcomes = execute_batch(rt, [_entry(f"job-{i}") for i in range(size)], calls.enqueue, calls.look_later)
+
+    assert {o.outcome for o in outcomes} == {"queued"}
+    assert len(calls.calls) == 1
+    # precheck, claim, running mark, executing, executor time, record, release
+    assert len(trips) == 7, trips
+
+
+def test_one_job_alone_runs_and_is_delivered(rt: Runtime, tmp_path: Path) -> None:
+    calls = Recorder(rt.local_redis)
+    fields, entry_id = _entry("single")
+
+    outcome = execute_job(rt, fields, entry_id, calls.enqueue)
+
+    assert outcome == JobOutcome("single", "queued", "completed")
+    assert calls.calls == [[("single", CALLBACK, entry_id)]]
+    assert [line for line in _runs(tmp_path) if line.startswith("batch")] == []
+    assert _result(rt, "single")["status"] == "completed"
+
+
+def test_one_job_claimed_elsewhere_raises_busy_with_the_lease_left(rt: Runtime, tmp_path: Path) -> None:
+    rt.local_redis.set(claim_key(QPU, "taken"), "another-worker", px=OTHER_LEASE_MS)
+    calls = Recorder(rt.local_redis)
+
+    with pytest.raises(JobBusy) as busy:
+        execute_job(rt, *_entry("taken"), calls.enqueue)
+
+    assert OTHER_LEASE_MS / 1000 - 1 < busy.value.retry_after_sec <= OTHER_LEASE_MS / 1000 + 0.5
+    assert calls.calls == []
+    assert _runs(tmp_path) == []
+    assert rt.local_redis.get(claim_key(QPU, "taken")) == b"another-worker"

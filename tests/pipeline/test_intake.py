@@ -1,0 +1,190 @@
+"""The stream bridge against a real Redis: forward, acknowledge, recover, claim, pause, recreate."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from dramatiq.message import Message
+
+from coda_bridge.broker.redis_broker import JOBS_QUEUE, CodaBroker, create_broker
+from coda_bridge.broker.shared_state import NodeState
+from coda_bridge.pipeline.intake import StreamBridge
+from coda_bridge.settings import Settings, load_settings
+
+QPU = "qpu-bridge-test"
+STREAM, GROUP = f"qpu:{QPU}:jobs", f"qpu:{QPU}:workers"
+
+
+@pytest.fixture
+def settings(clean_env: pytest.MonkeyPatch, redis_url: str) -> Settings:
+    return load_settings(
+        overrides={
+            "qpu_id": QPU,
+            "redis_url": redis_url,
+            "broker_url": redis_url,
+            "consumer_name": "bridge-a",
+            "stream_block_ms": 50,
+            "claim_idle_sec": 0.2,
+            "max_local_queue": 5,
+        }
+    )
+
+
+@pytest.fixture
+def broker(settings: Settings) -> Iterator[CodaBroker]:
+    made = create_broker(settings)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def cloud(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url, decode_responses=True)
+
+
+def _bridge(settings: Settings, broker: CodaBroker) -> StreamBridge:
+    return StreamBridge(settings, broker, NodeState(broker.client, QPU))
+
+
+def _queued(broker: CodaBroker) -> list[Message[Any]]:
+    ids = broker.client.lrange(f"{broker.namespace}:{JOBS_QUEUE}", 0, -1)
+    data = [broker.client.hget(f"{broker.namespace}:{JOBS_QUEUE}.msgs", i) for i in ids]
+    return [Message.decode(d) for d in data]
+
+
+def _job(n: int) -> dict[str, str]:
+    return {"job_id": f"j-{n}", "callback_url": "http://cloud/cb", "ir_json": "{}", "shots": "1"}
+
+
+def test_entries_are_enqueued_then_acknowledged(
+    settings: Settings, broker: CodaBroker, cloud: redis.Redis
+) -> None:
+    bridge = _bridge(settings, broker)
+    bridge.ensure_group()
+    ids = [cloud.xadd(STREAM, _job(n)) for n in range(3)]
+
+    bridge.cycle()
+    bridge.cycle()
+
+    queued = _queued(broker)
+    assert [m.args[1] for m in queued] == ids
+    assert [m.args[0]["job_id"] for m in queued] == ["j-0", "j-1", "j-2"]
+    assert cloud.xpending(STREAM, GROUP)["pending"] == 0
+    assert NodeState(broker.client, QPU).last_stream_read() is not None
+
+
+def test_own_pending_entries_are_requeued_at_start(
+    settings: Settings, broker: CodaBroker, cloud: redis.Redis
+) -> None:
+    cloud.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    entry = cloud.xadd(STREAM, _job(1))
+    cloud.xreadgroup(GROUP, "bridge-a", {STREAM: ">"})  # read, then "crashed" before XACK
+
+    _bridge(settings, broker).cycle()
+
+    assert [m.args[1] for m in _queued(broker)] == [entry]
+    assert cloud.xpending(STREAM, GROUP)["pending"] == 0
+
+
+def test_entries_idle_at_a_dead_consumer_are_claimed(
+    settings: Settings, broker: CodaBroker, cloud: redis.Redis
+) -> None:
+    cloud.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    entry = cloud.xadd(STREAM, _job(1))
+    cloud.xreadgroup(GROUP, "dead-consumer", {STREAM: ">"})
+    bridge = _bridge(settings, broker)
+    bridge.cycle()
+    assert _queued(broker) == []
+
+    deadline = time.monotonic() + 5
+    while not _queued(broker) and time.monotonic() < deadline:
+        bridge._last_claim = 0.0
+        bridge.cycle()
+
+    assert [m.args[1] for m in _queued(broker)] == [entry]
+    assert cloud.xpending(STREAM, GROUP)["pending"] == 0
+
+
+def test_a_deep_local_queue_pauses_reading(
+    settings: Settings, broker: CodaBroker, cloud: redis.Redis
+) -> None:
+    bridge = _bridge(settings, broker)
+    bridge.ensure_group()
+    for n in range(8):
+        cloud.xadd(STREAM, _job(n))
+    bridge.cycle()
+    assert len(_queued(broker)) == 8
+
+    cloud.xadd(STREAM, _job(99))
+    bridge.cycle()
+
+    assert len(_queued(broker)) == 8
+    unread = cloud.xreadgroup(GROUP, "probe", {STREAM: ">"})
+    assert [fields["job_id"] for _, fields in unread[0][1]] == ["j-99"]
+
+
+def test_a_vanished_group_is_recreated(settings: Settings, broker: CodaBroker, cloud: redis.Redis) -> None:
+    bridge = _bridge(settings, broker)
+    bridge.cycle()
+    cloud.delete(STREAM)
+
+    bridge.cycle()  # NOGROUP: recreate on the next cycle
+    cloud.xadd(STREAM, _job(5))
+    bridge.cycle()
+    bridge.cycle()
+
+    assert [m.args[0]["job_id"] for m in _queued(broker)] == ["j-5"]
+
+
+class _ReplyShapes:
+    """XAUTOCLAIM replies as Redis 6.2 (two parts, deleted entries as nil) and 7 (three parts) give them."""
+
+    def __init__(self, reply: list[Any]) -> None:
+        self.reply = reply
+        self.acked: list[str] = []
+
+    def xautoclaim(self, *args: Any, **kwargs: Any) -> list[Any]:
+        return self.reply
+
+    def xack(self, stream: str, group: str, *ids: str) -> int:
+        self.acked.extend(ids)
+        return len(ids)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        ["0-0", [("1-0", _job(1)), ("2-0", None)]],
+        ["0-0", [("1-0", _job(1))], ["2-0"]],
+    ],
+    ids=["redis-6.2", "redis-7"],
+)
+def test_xautoclaim_replies_of_both_redis_versions(
+    settings: Settings, broker: CodaBroker, reply: list[Any]
+) -> None:
+    fake = _ReplyShapes(reply)
+    bridge = StreamBridge(settings, broker, NodeState(broker.client, QPU), cloud=fake)  # type: ignore[arg-type]
+
+    bridge._claim_idle()
+
+    assert [m.args[1] for m in _queued(broker)] == ["1-0"]
+    assert "1-0" in fake.acked
+
+
+def test_an_idle_consumer_wakes_on_enqueue_before_its_timeout(broker: CodaBroker) -> None:
+    woke = threading.Event()
+
+    def wait() -> None:
+        broker.wait_for_enqueue(JOBS_QUEUE, timeout_sec=10)
+        woke.set()
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    broker.enqueue(Message(queue_name=JOBS_QUEUE, actor_name="execute", args=(), kwargs={}, options={}))
+
+    assert woke.wait(5), "the enqueue did not wake the blocked consumer"
