@@ -1,10 +1,10 @@
 """The executor actor: one job per message, no retries of a failed circuit (a failure is a result).
 
-Two things do come back: a job claimed by another worker (once that
-claim's lease could have lapsed, so a job whose worker died is taken over
-rather than dropped), and a job that met a Redis outage before its result
-was recorded (with backoff; the claim and the recorded result keep it
-from ever running twice).
+Two things do come back: a job claimed by another worker (sent again once
+that claim's lease could have lapsed, so a job whose worker died is taken
+over rather than dropped), and a job that met a Redis outage before its
+result was recorded (dramatiq's retries with backoff; the claim and the
+recorded result keep it from ever running twice).
 """
 
 from __future__ import annotations
@@ -17,19 +17,11 @@ import dramatiq
 import redis
 from dramatiq.middleware import TimeLimitExceeded
 
-from coda_bridge.broker.redis_broker import JOBS_QUEUE
-from coda_bridge.errors import JobBusy
-from coda_bridge.pipeline.delivery import deliver_result
-from coda_bridge.pipeline.execute import (
-    Delivery,
-    batch_time_limit_sec,
-    execute_batch,
-    execute_job,
-    failure_payload,
-    record_result,
-)
+from coda_bridge.broker.queues import EXECUTE_ACTOR, EXECUTE_BATCH_ACTOR, JOBS_QUEUE
+from coda_bridge.pipeline.execute import Delivery, execute_batch, execute_job
+from coda_bridge.pipeline.runs import batch_time_limit_sec, failure_payload
 
-from . import broker, runtime, settings, stopping
+from .node import broker, parts, settings, stopping
 from .results import deliver
 
 logger = logging.getLogger(__name__)
@@ -55,7 +47,7 @@ def _queue_deliveries(deliveries: Sequence[Delivery]) -> None:
 def _delivered_inline(job_id: str, callback_url: str, entry_id: str) -> bool:
     """One delivery attempt in this process (the results worker may be stopping too); False if it failed."""
     try:
-        deliver_result(runtime, job_id, callback_url)
+        parts.deliverer.deliver(job_id, callback_url)
     except Exception as exc:  # the queued delivery retries it properly
         logger.warning("Inline delivery of job %s during shutdown failed (%s); queued instead.", job_id, exc)
         return False
@@ -63,9 +55,7 @@ def _delivered_inline(job_id: str, callback_url: str, entry_id: str) -> bool:
 
 
 def _retry_when(retries: int, exc: BaseException) -> bool:
-    """Claimed elsewhere: always look again; a Redis outage: retry with backoff; anything else: never."""
-    if isinstance(exc, dramatiq.Retry):
-        return True
+    """A Redis outage: retry with backoff; anything else: never (a failed circuit is a result)."""
     return isinstance(exc, redis.RedisError) and retries < REDIS_OUTAGE_RETRIES
 
 
@@ -77,13 +67,11 @@ _RETRIES: dict[str, Any] = {
 }
 
 
-@dramatiq.actor(actor_name="execute", queue_name=JOBS_QUEUE, time_limit=BACKSTOP_LIMIT_MS, **_RETRIES)
+@dramatiq.actor(actor_name=EXECUTE_ACTOR, queue_name=JOBS_QUEUE, time_limit=BACKSTOP_LIMIT_MS, **_RETRIES)
 def execute(fields: dict[str, str], entry_id: str) -> None:
     """Run one stream entry's job on the executor and queue its result for delivery."""
     try:
-        execute_job(runtime, fields, entry_id, _queue_deliveries)
-    except JobBusy as busy:
-        raise dramatiq.Retry(delay=int(busy.retry_after_sec * 1000)) from None
+        execute_job(parts.execution, fields, entry_id, _queue_deliveries, _run_later)
     except TimeLimitExceeded:
         _backstop_failure(fields, entry_id)
 
@@ -93,14 +81,14 @@ def _run_later(fields: Mapping[str, str], entry_id: str, delay_sec: float) -> No
 
 
 @dramatiq.actor(
-    actor_name="execute_batch", queue_name=JOBS_QUEUE, time_limit=BATCH_BACKSTOP_LIMIT_MS, **_RETRIES
+    actor_name=EXECUTE_BATCH_ACTOR, queue_name=JOBS_QUEUE, time_limit=BATCH_BACKSTOP_LIMIT_MS, **_RETRIES
 )
 def execute_batch_actor(entries: list[list[Any]]) -> None:
     """Run several waiting jobs through the executor's ``batch_run``, one result per job."""
     pairs = [(dict(fields), str(entry_id)) for fields, entry_id in entries]
     running: list[tuple[Mapping[str, str], str]] = []
     try:
-        execute_batch(runtime, pairs, _queue_deliveries, _run_later, running)
+        execute_batch(parts.execution, pairs, _queue_deliveries, _run_later, running)
     except TimeLimitExceeded:
         for fields, entry_id in running:
             _backstop_failure(fields, entry_id)
@@ -112,5 +100,5 @@ def _backstop_failure(fields: Mapping[str, str], entry_id: str) -> None:
     logger.error("Job %s hit dramatiq's backstop time limit.", job_id)
     if job_id and fields.get("callback_url"):
         error = f"Job exceeded the time limit of {BACKSTOP_LIMIT_MS // 1000} s; run abandoned"
-        record_result(runtime, job_id, failure_payload(job_id, error))
+        parts.records.record([(job_id, failure_payload(job_id, error))])
         _queue_deliveries([(job_id, fields["callback_url"], entry_id)])

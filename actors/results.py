@@ -7,10 +7,10 @@ from typing import Any
 
 import dramatiq
 
-from coda_bridge.broker.redis_broker import RESULTS_QUEUE
-from coda_bridge.pipeline.delivery import deliver_result, keep_for_replay, should_retry
+from coda_bridge.broker.queues import DEAD_LETTERED_ACTOR, DELIVER_ACTOR, RESULTS_QUEUE
+from coda_bridge.pipeline.delivery import should_retry
 
-from . import runtime, settings
+from .node import parts, settings
 
 logger = logging.getLogger(__name__)
 
@@ -20,13 +20,13 @@ MIN_BACKOFF_MS = 1000
 ATTEMPT_LIMIT_MS = int((settings.webhook_timeout_sec * 2 + 30) * 1000)
 
 
-@dramatiq.actor(actor_name="dead_lettered", queue_name=RESULTS_QUEUE, max_retries=0)
+@dramatiq.actor(actor_name=DEAD_LETTERED_ACTOR, queue_name=RESULTS_QUEUE, max_retries=0)
 def dead_lettered(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
     """Called once a result ran out of retries: it stays in the dead-letter queue for ``replay``."""
     job_id = (message.get("args") or [None])[0]
     if job_id:
-        keep_for_replay(runtime, str(job_id))
-    runtime.state.count("webhook_dead_letters")
+        parts.records.keep(str(job_id))
+    parts.state.count("webhook_dead_letters")
     logger.error(
         "Result of job %s dead-lettered after %s attempts; `coda-bridge replay` delivers it.",
         job_id,
@@ -35,14 +35,14 @@ def dead_lettered(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
 
 
 @dramatiq.actor(
-    actor_name="deliver",
+    actor_name=DELIVER_ACTOR,
     queue_name=RESULTS_QUEUE,
     retry_when=should_retry(settings.webhook_max_retries),
     min_backoff=MIN_BACKOFF_MS,
     max_backoff=int(settings.webhook_max_backoff_sec * 1000),
-    on_retry_exhausted="dead_lettered",
+    on_retry_exhausted=DEAD_LETTERED_ACTOR,
     time_limit=ATTEMPT_LIMIT_MS,
 )
 def deliver(job_id: str, callback_url: str, entry_id: str | None = None) -> None:
     """Post the job's recorded result to its callback URL."""
-    deliver_result(runtime, job_id, callback_url)
+    parts.deliverer.deliver(job_id, callback_url)

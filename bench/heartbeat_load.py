@@ -23,7 +23,8 @@ from benchlib import (
     wait_idle_workers,
 )
 
-from coda_bridge.broker.redis_broker import JOBS_QUEUE, broker_namespace
+from coda_bridge.broker.queues import JOBS_QUEUE
+from coda_bridge.broker.redis_broker import broker_namespace
 from coda_bridge.cloud.keys import group_name, stream_key
 
 

@@ -162,6 +162,11 @@ class Settings(BaseModel):
         return self.jwt_private_key.get_secret_value() if self.jwt_private_key else None
 
     @property
+    def has_identity(self) -> bool:
+        """The node was provisioned: it knows its QPU, its key id and its private key."""
+        return bool(self.qpu_id and self.jwt_key_id and self.jwt_private_key_value)
+
+    @property
     def resolved_consumer_name(self) -> str:
         """The stream consumer name: stable per host, so a restart finds its own pending entries."""
         return self.consumer_name or f"{socket.gethostname()}-bridge"

@@ -12,15 +12,10 @@ than by chance, so a killed worker's messages return within
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import os
-import signal
 import time
 from typing import Any
 from uuid import uuid4
 
-import dramatiq
 import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
@@ -30,32 +25,21 @@ from dramatiq.message import Message
 from dramatiq.middleware import (
     AgeLimit,
     CurrentMessage,
-    Middleware,
     Retries,
     ShutdownNotifications,
     TimeLimit,
 )
 
 from ..settings import Settings
+from .middleware import IsolateWorkerProcess
+from .queues import QUEUES
 
 __all__ = [
-    "CONTROL_QUEUE",
-    "JOBS_QUEUE",
-    "QUEUES",
-    "RESULTS_QUEUE",
     "CodaBroker",
-    "IsolateWorkerProcess",
     "broker_namespace",
     "create_broker",
 ]
 
-#: Jobs for the executor: concurrency 1 per device by default.
-JOBS_QUEUE = "jobs"
-#: Results waiting for delivery to the cloud: many threads, retries with backoff.
-RESULTS_QUEUE = "results"
-#: Heartbeat and VPN ticks: their own workers, never behind jobs.
-CONTROL_QUEUE = "control"
-QUEUES = (JOBS_QUEUE, RESULTS_QUEUE, CONTROL_QUEUE)
 
 #: Wake-up tokens kept per queue; more would only cause spurious wake-ups.
 WAKE_TOKENS_MAX = 64
@@ -63,7 +47,6 @@ WAKE_TOKENS_MAX = 64
 BUSY_BACKOFF_MAX_SEC = 0.05
 #: Commands that never trigger maintenance (as in dramatiq).
 _NO_MAINTENANCE = frozenset({"ack", "nack"})
-_PR_SET_PDEATHSIG = 1
 
 
 def broker_namespace(qpu_id: str) -> str:
@@ -214,25 +197,6 @@ class _WakingConsumer(_RedisConsumer):
                     return None
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None
-
-
-class IsolateWorkerProcess(Middleware):
-    """Give each dramatiq worker process its own process group, and stop it when its master dies.
-
-    honcho, and systemd's default ``KillMode``, signal a whole process group;
-    dramatiq's master then forwards the same SIGTERM, and a worker process
-    that sees a second SIGTERM exits at once, stranding its messages.  In
-    its own group a worker process gets exactly one SIGTERM, from its master.
-    """
-
-    def after_process_boot(self, broker: dramatiq.Broker) -> None:
-        if os.getpid() == os.getpgrp() or os.environ.get("CODA_BRIDGE_KEEP_PGRP"):
-            return
-        with contextlib.suppress(OSError):
-            os.setpgid(0, 0)
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def create_broker(settings: Settings, *, qpu_id: str | None = None) -> CodaBroker:

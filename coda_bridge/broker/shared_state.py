@@ -17,6 +17,8 @@ from typing import Any
 
 import redis
 
+from ..replies import as_text
+
 __all__ = ["COUNTERS", "NodeState", "utc_iso"]
 
 #: How long a running-job mark lives without a refresh (the executor refreshes it while it runs).
@@ -86,7 +88,7 @@ class NodeState:
         pipe = self.client.pipeline()
         pipe.zremrangebyscore(self.key("running"), "-inf", now)
         pipe.zrangebyscore(self.key("running"), now, "+inf")
-        return [_text(j) for j in pipe.execute()[1]]
+        return [str(as_text(j)) for j in pipe.execute()[1]]
 
     def current_job(self) -> str | None:
         jobs = self.current_jobs()
@@ -99,7 +101,7 @@ class NodeState:
 
     def last_job_at(self) -> str | None:
         value = self.client.get(self.key("last_job_at"))
-        return _text(value) if value is not None else None
+        return as_text(value) if value is not None else None
 
     # -- the cloud's Redis, as the bridge sees it --
 
@@ -107,7 +109,7 @@ class NodeState:
         self.client.set(self.key("cloud_redis"), "1" if healthy else "0", px=int(ttl_sec * 1000))
 
     def cloud_redis_healthy(self) -> bool:
-        return _text(self.client.get(self.key("cloud_redis")) or b"0") == "1"
+        return as_text(self.client.get(self.key("cloud_redis")) or b"0") == "1"
 
     def stream_read(self, ts: float | None = None) -> None:
         """Record that the bridge completed a stream read (it proves the consumer is alive)."""
@@ -115,7 +117,7 @@ class NodeState:
 
     def last_stream_read(self) -> float | None:
         value = self.client.get(self.key("stream_read_at"))
-        return float(_text(value)) if value is not None else None
+        return float(str(as_text(value))) if value is not None else None
 
     # -- VPN --
 
@@ -126,12 +128,12 @@ class NodeState:
         pipe.set(self.key("vpn_state"), state, px=int(ttl_sec * 1000))
         pipe.set(self.key("vpn_detail"), detail or "", px=int(ttl_sec * 1000))
         previous = pipe.execute()[0]
-        return _text(previous) if previous is not None else None
+        return as_text(previous) if previous is not None else None
 
     def vpn_state(self) -> str:
         """The stored state, or ``booting`` when none is fresh (no check has run, or the checker died)."""
         value = self.client.get(self.key("vpn_state"))
-        return _text(value) if value is not None else "booting"
+        return str(as_text(value)) if value is not None else "booting"
 
     # -- what the executor can do --
 
@@ -140,7 +142,7 @@ class NodeState:
         self.client.set(self.key("executor_batch"), "1" if capable else "0")
 
     def executor_batch(self) -> bool:
-        return _text(self.client.get(self.key("executor_batch")) or b"0") == "1"
+        return as_text(self.client.get(self.key("executor_batch")) or b"0") == "1"
 
     # -- connectivity --
 
@@ -161,7 +163,7 @@ class NodeState:
 
     def last_heartbeat_accepted(self) -> float | None:
         value = self.client.get(self.key("heartbeat_ok_at"))
-        return float(_text(value)) if value is not None else None
+        return float(str(as_text(value))) if value is not None else None
 
     # -- counters for /metrics --
 
@@ -176,9 +178,5 @@ class NodeState:
     def counters(self) -> dict[str, float]:
         raw: Mapping[Any, Any] = self.client.hgetall(self.key("counters"))
         values = dict.fromkeys(COUNTERS, 0.0)
-        values.update({_text(k): float(_text(v)) for k, v in raw.items()})
+        values.update({str(as_text(k)): float(str(as_text(v))) for k, v in raw.items()})
         return values
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

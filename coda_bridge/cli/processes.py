@@ -99,8 +99,8 @@ def replay(list_only: bool, job_ids: tuple[str, ...]) -> None:
       coda-bridge replay j-17 j-18  # only these jobs
     """
     from ..broker.redis_broker import create_broker
-    from ..pipeline.delivery import dead_letters, replay_dead_letters
-    from ..runtime import wait_for_identity
+    from ..identity.waiting import wait_for_identity
+    from ..pipeline.deadletters import dead_letters, replay_dead_letters
 
     settings = wait_for_identity(timeout_sec=0)
     broker = create_broker(settings)

@@ -14,8 +14,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..errors import HeartbeatRejected, NodeError
-from ..runtime import Runtime
+from ..broker.shared_state import NodeState
+from ..cloud.client import CloudClient
+from ..cloud.signing import Signer
+from ..errors import NodeError
 
 __all__ = ["heartbeat_body", "send_heartbeat"]
 
@@ -31,7 +33,7 @@ _ping_lock = threading.Lock()
 
 
 def _ping_client(url: str) -> redis.Redis:
-    """A client for health pings only (the runtime's own client retries with backoff)."""
+    """A client for health pings only (the process's own client retries with backoff)."""
     with _ping_lock:
         client = _ping_clients.get(url)
         if client is None:
@@ -45,19 +47,18 @@ def _ping_client(url: str) -> redis.Redis:
         return client
 
 
-def _cloud_redis_reachable(rt: Runtime) -> bool:
-    if not rt.settings.redis_url:
+def _cloud_redis_reachable(redis_url: str | None) -> bool:
+    if not redis_url:
         return False
     try:
-        return bool(_ping_client(rt.settings.redis_url).ping())
+        return bool(_ping_client(redis_url).ping())
     except redis.RedisError:
         return False
 
 
-def heartbeat_body(rt: Runtime) -> dict[str, Any]:
+def heartbeat_body(state: NodeState, redis_url: str | None) -> dict[str, Any]:
     """``current_job``, ``last_job_at``, ``redis_healthy`` and ``connectivity`` as the node knows them."""
-    healthy = _cloud_redis_reachable(rt)
-    state = rt.state
+    healthy = _cloud_redis_reachable(redis_url)
     state.set_cloud_redis(healthy, HEALTH_TTL_SEC)
     return {
         "current_job": state.current_job(),
@@ -67,19 +68,15 @@ def heartbeat_body(rt: Runtime) -> dict[str, Any]:
     }
 
 
-def send_heartbeat(rt: Runtime) -> bool:
+def send_heartbeat(state: NodeState, cloud: CloudClient, signer: Signer, redis_url: str | None) -> bool:
     """Post one heartbeat; True when the cloud accepted it."""
-    body = heartbeat_body(rt)
+    body = heartbeat_body(state, redis_url)
     try:
-        rt.cloud.heartbeat(rt.signer, body)
-    except HeartbeatRejected as exc:
-        rt.state.count("heartbeats_rejected")
+        cloud.heartbeat(signer, body)
+    except NodeError as exc:  # rejected (HeartbeatRejected) or unreachable
+        state.count("heartbeats_rejected")
         logger.warning("%s", exc)
         return False
-    except NodeError as exc:
-        rt.state.count("heartbeats_rejected")
-        logger.warning("%s", exc)
-        return False
-    rt.state.count("heartbeats_sent")
-    rt.state.heartbeat_accepted()
+    state.count("heartbeats_sent")
+    state.heartbeat_accepted()
     return True

@@ -3,7 +3,8 @@
 dramatiq has no scheduler.  Each ticker wakes at every interval boundary
 of the wall clock and tries to take that slot's key in the broker Redis
 (``SET NX``); only the winner enqueues the tick.  A tick expires at the
-end of its slot: a control worker that gets it later drops it (acknowledged
+end of its slot: a control worker that gets it later skips it (the
+:class:`~coda_bridge.broker.middleware.StaleTicks` middleware: acknowledged
 and logged, not dead-lettered), so a node that stalled does not fire a
 burst of stale heartbeats when it wakes.
 """
@@ -22,9 +23,10 @@ import dramatiq
 import redis
 
 from ..broker.keys import tick_key
-from ..broker.redis_broker import CONTROL_QUEUE, CodaBroker
+from ..broker.queues import CONTROL_QUEUE
+from ..broker.redis_broker import CodaBroker
 
-__all__ = ["Tick", "Ticker", "fresh_tick", "one_at_a_time", "tick_message"]
+__all__ = ["Tick", "Ticker", "one_at_a_time", "tick_message"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,32 +54,7 @@ def tick_message(tick: Tick, slot: int) -> dramatiq.Message[Any]:
     )
 
 
-def fresh_tick(
-    func: Callable[[float], None], *, clock: Callable[[], float] = time.time
-) -> Callable[..., None]:
-    """Wrap a control actor's function so a tick past its slot is dropped instead of run.
-
-    dramatiq's own age limit would fail the message, which dead-letters it;
-    a stale tick is not a failure, only late, so it is acknowledged and logged.
-    """
-
-    @functools.wraps(func)
-    def run_if_fresh(slot_ts: float, expires_at: float | None = None) -> None:
-        now = clock()
-        if expires_at is not None and now >= expires_at:
-            logger.info(
-                "Dropped a stale %s tick (slot of %.0f, %.1f s past its interval).",
-                func.__name__,
-                slot_ts,
-                now - expires_at,
-            )
-            return
-        func(slot_ts)
-
-    return run_if_fresh
-
-
-def one_at_a_time(func: Callable[[float], None]) -> Callable[[float], None]:
+def one_at_a_time(func: Callable[..., None]) -> Callable[..., None]:
     """Skip a tick while this process still runs the previous one of the same task.
 
     A VPN check whose probes time out can outlast its interval; overlapping
@@ -86,12 +63,12 @@ def one_at_a_time(func: Callable[[float], None]) -> Callable[[float], None]:
     running = threading.Lock()
 
     @functools.wraps(func)
-    def run_alone(slot_ts: float) -> None:
+    def run_alone(slot_ts: float, expires_at: float | None = None) -> None:
         if not running.acquire(blocking=False):
             logger.warning("Skipped a %s tick: the previous one is still running.", func.__name__)
             return
         try:
-            func(slot_ts)
+            func(slot_ts, expires_at)
         finally:
             running.release()
 

@@ -9,9 +9,10 @@ and shows what the node sent.
 from __future__ import annotations
 
 from .app import create_app
-from .client import DevCloudClient, DevCloudError
+from .client import DevCloudClient
 from .server import DevCloudProcess, DevCloudStartError, serve, start_devcloud_process
 from .store import Store
+from .transport import DevCloudError
 
 __all__ = [
     "DevCloudClient",

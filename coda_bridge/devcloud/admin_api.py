@@ -14,9 +14,9 @@ import redis
 from flask import Blueprint, request
 
 from .cloud import JsonMap, Reply, current_cloud, fail, redis_unavailable, reply
+from .errors import StoreError
 from .jobs import BULK_CHUNK_JOBS, xadd_bulk, xadd_one
 from .records import FAULT_KINDS, Qpu
-from .store import StoreError
 from .validation import admin_json, opt, query_bool
 
 __all__ = ["ADMIN_PREFIX", "MAX_QUBITS", "TARGETS", "admin"]

@@ -14,9 +14,10 @@ from werkzeug.exceptions import HTTPException
 
 from .admin_api import ADMIN_PREFIX, MAX_QUBITS, TARGETS, admin
 from .cloud import DEFAULT_API_PREFIX, EXTENSION_KEY, REDIS_TIMEOUT_SEC, DevCloud, Reply, devcloud_of, reply
+from .errors import StoreError
 from .jobs import BULK_CHUNK_JOBS, DEFAULT_SHOTS, MAX_BULK_JOBS
 from .node_api import DEFAULT_VPN_CHECK_INTERVAL_SEC, node_blueprint
-from .store import Store, StoreError
+from .store import Store
 from .validation import WEBHOOK_ERROR_MAX_CHARS
 
 __all__ = [

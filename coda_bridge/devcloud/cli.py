@@ -16,8 +16,9 @@ from typing import IO, Any, TypeVar
 import click
 
 from .app import DEFAULT_API_PREFIX
-from .client import DevCloudClient, DevCloudError
+from .client import DevCloudClient
 from .server import DEFAULT_HOST, DEFAULT_PORT, serve
+from .transport import DevCloudError
 
 __all__ = ["devcloud"]
 

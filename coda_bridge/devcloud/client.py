@@ -1,7 +1,7 @@
 """A small client of the simulator's admin API, for tests, the demo and the CLI.
 
 It speaks only the ``/devcloud`` admin routes; the node API is for the node.
-Every refusal becomes a :class:`DevCloudError` with the simulator's message.
+The HTTP under it, and the :class:`DevCloudError` every refusal becomes, are in :mod:`.transport`.
 """
 
 from __future__ import annotations
@@ -13,22 +13,12 @@ from typing import Any
 
 import requests
 
-from ..errors import CodaError
+from .transport import AdminTransport, DevCloudError
 
 __all__ = ["DevCloudClient", "DevCloudError"]
 
-#: Timeout of one admin request.
-DEFAULT_TIMEOUT_SEC = 10.0
 #: Poll interval of the ``wait_for_*`` helpers.
 WAIT_POLL_SEC = 0.05
-
-
-class DevCloudError(CodaError):
-    """The simulator refused an admin request, or could not be reached (``status`` None)."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _circuit_fields(ir: Any) -> dict[str, Any]:
@@ -45,55 +35,11 @@ def _circuit_fields(ir: Any) -> dict[str, Any]:
     raise TypeError(f"ir must be a mapping, a circuit with to_json() or JSON text, not {type(ir).__name__}")
 
 
-class DevCloudClient:
+class DevCloudClient(AdminTransport):
     """Admin client of one running simulator at ``base_url``."""
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout_sec: float = DEFAULT_TIMEOUT_SEC,
-        session: requests.Session | None = None,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.timeout_sec = timeout_sec
-        self.session = session or requests.Session()
 
     def __repr__(self) -> str:
         return f"DevCloudClient({self.base_url!r})"
-
-    def close(self) -> None:
-        self.session.close()
-
-    # -- plumbing ---------------------------------------------------------------
-
-    def request(self, method: str, path: str, *, json_body: Any = None, params: Any = None) -> Any:
-        """One admin call; the decoded JSON answer, or :class:`DevCloudError`."""
-        url = f"{self.base_url}{path}"
-        try:
-            response = self.session.request(
-                method, url, json=json_body, params=params, timeout=self.timeout_sec
-            )
-        except requests.RequestException as exc:
-            raise DevCloudError(f"devcloud at {self.base_url} unreachable: {type(exc).__name__}") from None
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if not response.ok:
-            message = body.get("error") if isinstance(body, dict) else None
-            raise DevCloudError(
-                f"devcloud {method} {path}: HTTP {response.status_code}: {message or response.text[:200]}",
-                status=response.status_code,
-            )
-        return body
-
-    def _get(self, path: str, **params: Any) -> Any:
-        wanted = {k: _param(v) for k, v in params.items() if v is not None}
-        return self.request("GET", path, params=wanted)
-
-    def _post(self, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        return self.request("POST", path, json_body={k: v for k, v in (body or {}).items() if v is not None})
 
     # -- health and whole state ------------------------------------------------------
 
@@ -106,12 +52,12 @@ class DevCloudClient:
 
     def info(self) -> dict[str, Any]:
         """Base URL, API prefix, Redis URL and whether Redis answers."""
-        result: dict[str, Any] = self._get("/devcloud")
+        result: dict[str, Any] = self.get("/devcloud")
         return result
 
     def reset(self, *, redis: bool = False) -> None:
         """Forget all state; ``redis`` also deletes the keys the simulator wrote."""
-        self._post("/devcloud/reset", {"redis": redis})
+        self.post("/devcloud/reset", {"redis": redis})
 
     # -- QPUs and tokens -----------------------------------------------------------------
 
@@ -140,16 +86,16 @@ class DevCloudClient:
             "redis_url": redis_url,
             "replace": replace,
         }
-        result: dict[str, Any] = self._post("/devcloud/qpus", body)
+        result: dict[str, Any] = self.post("/devcloud/qpus", body)
         return result
 
     def qpu(self, qpu_id: str) -> dict[str, Any]:
         """One QPU's view: key id, fingerprint, connectivity, last heartbeat, ``online``."""
-        result: dict[str, Any] = self._get(f"/devcloud/qpus/{qpu_id}")
+        result: dict[str, Any] = self.get(f"/devcloud/qpus/{qpu_id}")
         return result
 
     def qpus(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._get("/devcloud/qpus")["qpus"]
+        result: list[dict[str, Any]] = self.get("/devcloud/qpus")["qpus"]
         return result
 
     def delete_qpu(self, qpu_id: str) -> bool:
@@ -158,17 +104,17 @@ class DevCloudClient:
 
     def mint_token(self, qpu_id: str, *, expires_in_sec: float | None = None) -> str:
         """A one-time node token (zero or negative ``expires_in_sec``: already expired)."""
-        token: str = self._post("/devcloud/tokens", {"qpu_id": qpu_id, "expires_in_sec": expires_in_sec})[
+        token: str = self.post("/devcloud/tokens", {"qpu_id": qpu_id, "expires_in_sec": expires_in_sec})[
             "token"
         ]
         return token
 
     def revoke_token(self, token: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._post("/devcloud/tokens/revoke", {"token": token})
+        result: dict[str, Any] = self.post("/devcloud/tokens/revoke", {"token": token})
         return result
 
     def tokens(self, qpu_id: str | None = None) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._get("/devcloud/tokens", qpu_id=qpu_id)["tokens"]
+        result: list[dict[str, Any]] = self.get("/devcloud/tokens", qpu_id=qpu_id)["tokens"]
         return result
 
     # -- jobs -------------------------------------------------------------------------------
@@ -205,7 +151,7 @@ class DevCloudClient:
             omit_fields=omit_fields,
         )
         body.update(job_id=job_id, callback_url=callback_url)
-        job: str = self._post("/devcloud/jobs", body)["job_id"]
+        job: str = self.post("/devcloud/jobs", body)["job_id"]
         return job
 
     def submit_bulk(
@@ -234,7 +180,7 @@ class DevCloudClient:
             omit_fields=None,
         )
         body.update(count=count, job_id_prefix=job_id_prefix)
-        ids: list[str] = self._post("/devcloud/jobs/bulk", body)["job_ids"]
+        ids: list[str] = self.post("/devcloud/jobs/bulk", body)["job_ids"]
         return ids
 
     @staticmethod
@@ -262,15 +208,15 @@ class DevCloudClient:
 
     def cancel(self, job_id: str) -> None:
         """Set the cloud's cancel key for a job."""
-        self._post(f"/devcloud/jobs/{job_id}/cancel")
+        self.post(f"/devcloud/jobs/{job_id}/cancel")
 
     def job(self, job_id: str) -> dict[str, Any]:
         """One job: stream fields, deliveries, ``result``, and its Redis ``status`` hash."""
-        result: dict[str, Any] = self._get(f"/devcloud/jobs/{job_id}")
+        result: dict[str, Any] = self.get(f"/devcloud/jobs/{job_id}")
         return result
 
     def jobs(self, qpu_id: str | None = None, *, full: bool = False) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._get("/devcloud/jobs", qpu_id=qpu_id, full=full or None)["jobs"]
+        result: list[dict[str, Any]] = self.get("/devcloud/jobs", qpu_id=qpu_id, full=full or None)["jobs"]
         return result
 
     def result(self, job_id: str) -> dict[str, Any] | None:
@@ -280,19 +226,19 @@ class DevCloudClient:
 
     def results(self, qpu_id: str | None = None) -> dict[str, dict[str, Any] | None]:
         """Job id to its first accepted result body (``None`` while none arrived)."""
-        result: dict[str, dict[str, Any] | None] = self._get("/devcloud/results", qpu_id=qpu_id)["results"]
+        result: dict[str, dict[str, Any] | None] = self.get("/devcloud/results", qpu_id=qpu_id)["results"]
         return result
 
     def stats(self, qpu_id: str | None = None) -> dict[str, Any]:
         """Totals, duplicates, mismatches and XADD-to-webhook latency percentiles."""
-        result: dict[str, Any] = self._get("/devcloud/stats", qpu_id=qpu_id)
+        result: dict[str, Any] = self.get("/devcloud/stats", qpu_id=qpu_id)
         return result
 
     # -- recorded requests ------------------------------------------------------------------
 
     def heartbeats(self, qpu_id: str | None = None, *, accepted: bool | None = None) -> list[dict[str, Any]]:
         """Every heartbeat request seen (``accepted`` filters), oldest first."""
-        result: list[dict[str, Any]] = self._get("/devcloud/heartbeats", qpu_id=qpu_id, accepted=accepted)[
+        result: list[dict[str, Any]] = self.get("/devcloud/heartbeats", qpu_id=qpu_id, accepted=accepted)[
             "heartbeats"
         ]
         return result
@@ -302,14 +248,14 @@ class DevCloudClient:
     ) -> list[dict[str, Any]]:
         """Every webhook request seen (``accepted`` filters), oldest first."""
         params = {"job_id": job_id, "qpu_id": qpu_id, "accepted": accepted}
-        result: list[dict[str, Any]] = self._get("/devcloud/webhooks", **params)["webhooks"]
+        result: list[dict[str, Any]] = self.get("/devcloud/webhooks", **params)["webhooks"]
         return result
 
     def connects(
         self, qpu_id: str | None = None, *, mode: str | None = None, accepted: bool | None = None
     ) -> list[dict[str, Any]]:
         """Every connect request seen (``mode`` is ``provision`` or ``reconnect``)."""
-        result: list[dict[str, Any]] = self._get(
+        result: list[dict[str, Any]] = self.get(
             "/devcloud/connects", qpu_id=qpu_id, mode=mode, accepted=accepted
         )["connects"]
         return result
@@ -341,11 +287,11 @@ class DevCloudClient:
             "delay_sec": delay_sec,
             "lost_response": lost_response,
         }
-        result: dict[str, Any] = self._post("/devcloud/faults", body)
+        result: dict[str, Any] = self.post("/devcloud/faults", body)
         return result
 
     def faults(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._get("/devcloud/faults")["faults"]
+        result: list[dict[str, Any]] = self.get("/devcloud/faults")["faults"]
         return result
 
     def clear_faults(self) -> int:
@@ -394,9 +340,3 @@ class DevCloudClient:
                     f"{len(beats)} of {count} heartbeats from {qpu_id} after {timeout_sec:g} s"
                 )
             time.sleep(WAIT_POLL_SEC)
-
-
-def _param(value: Any) -> Any:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return value

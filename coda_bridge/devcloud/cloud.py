@@ -12,7 +12,8 @@ from typing import Any
 import redis
 from flask import Flask, Response, current_app, jsonify, request
 
-from .store import Store, StoreError
+from .errors import StoreError
+from .store import Store
 
 __all__ = [
     "DEFAULT_API_PREFIX",

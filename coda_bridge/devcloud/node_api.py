@@ -17,8 +17,8 @@ from flask import Blueprint, request
 from ..cloud.signing import generate_private_key_pem, looks_like_jwt, public_key_pem, verify_token
 from ..errors import AuthError
 from .cloud import JsonMap, Reply, current_cloud, fail, reply
+from .errors import StoreError
 from .records import Job, Qpu
-from .store import StoreError
 from .validation import (
     bearer_token,
     check_connect_body,

@@ -1,7 +1,8 @@
 """The records the simulated cloud keeps: QPUs, node tokens, jobs and faults.
 
 Plain dataclasses with the admin API's JSON view of each, kept apart from
-:mod:`.store`, which owns the lock, the bookkeeping and the state file.
+:mod:`.store` (and its parts :mod:`.ledger` and :mod:`.faults`), which own
+the lock, the bookkeeping and the state file.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 All in memory behind one lock (waitress serves requests from a pool of threads);
 tokens are kept only as SHA-256 hashes, so no listing can show one back.
+:class:`Store` holds every attribute and owns QPUs, tokens, recorded requests and
+the state file; its job and fault methods come from :mod:`.ledger` and :mod:`.faults`.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .errors import StoreError
+from .faults import FaultWindows
+from .ledger import JobLedger
 from .records import (
     FAULT_KINDS,
     OFFLINE_AFTER_SEC,
@@ -50,22 +55,15 @@ TOKEN_PREFIX = "cnt_"
 STATE_FORMAT_VERSION = 1
 
 
-class StoreError(Exception):
-    """A request the state cannot honour; ``status`` is the HTTP answer to give."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class Store:
+class Store(JobLedger, FaultWindows):
     """Thread-safe in-memory state of one simulated cloud."""
 
     def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self._seq = itertools.count(1)
-        self._fault_ids = itertools.count(1)
+        #: Guards all of it, the job and fault parts included.
+        self.lock = threading.RLock()
+        #: One sequence for recorded requests and deliveries, so their order can be compared.
+        self.seq = itertools.count(1)
+        self.fault_ids = itertools.count(1)
         self._last_key_ms = 0
         self.changes = 0
         self.qpus: dict[str, Qpu] = {}
@@ -78,7 +76,7 @@ class Store:
 
     def add_qpu(self, qpu: Qpu, *, replace: bool = False) -> Qpu:
         """Register a QPU; an existing one is only replaced (key and all) on request."""
-        with self._lock:
+        with self.lock:
             if qpu.qpu_id in self.qpus and not replace:
                 raise StoreError(409, f"QPU {qpu.qpu_id!r} is already registered (pass replace to reset it)")
             self.qpus[qpu.qpu_id] = qpu
@@ -87,7 +85,7 @@ class Store:
 
     def get_qpu(self, qpu_id: str) -> Qpu | None:
         """A snapshot of one QPU, or ``None``."""
-        with self._lock:
+        with self.lock:
             qpu = self.qpus.get(qpu_id)
             return None if qpu is None else copy.deepcopy(qpu)
 
@@ -100,25 +98,25 @@ class Store:
 
     def list_qpus(self) -> list[Qpu]:
         """Snapshots of every QPU."""
-        with self._lock:
+        with self.lock:
             return [copy.deepcopy(q) for q in self.qpus.values()]
 
     def delete_qpu(self, qpu_id: str) -> bool:
         """Forget a QPU (its tokens stay, and now point nowhere)."""
-        with self._lock:
+        with self.lock:
             self.changes += 1
             return self.qpus.pop(qpu_id, None) is not None
 
     def next_key_id(self, qpu_id: str) -> str:
         """``qpu-{qpu_id}-{ms}``, strictly increasing so two provisionings never share a kid."""
-        with self._lock:
+        with self.lock:
             ms = max(int(time.time() * 1000), self._last_key_ms + 1)
             self._last_key_ms = ms
             return f"qpu-{qpu_id}-{ms}"
 
     def note_reconnect(self, qpu_id: str, connectivity: list[list[int]] | None) -> None:
         """Count an accepted reconnect, and keep the topology it reported."""
-        with self._lock:
+        with self.lock:
             qpu = self.qpus.get(qpu_id)
             if qpu is None:
                 return
@@ -129,7 +127,7 @@ class Store:
 
     def update_qpu(self, qpu_id: str, **changes: Any) -> None:
         """Set some attributes of a QPU, if it is still registered."""
-        with self._lock:
+        with self.lock:
             qpu = self.qpus.get(qpu_id)
             if qpu is None:
                 return
@@ -141,7 +139,7 @@ class Store:
 
     def mint_token(self, qpu_id: str, *, expires_in_sec: float | None = None) -> tuple[str, NodeToken]:
         """A fresh one-time token for a registered QPU; the plain token is returned only here."""
-        with self._lock:
+        with self.lock:
             if qpu_id not in self.qpus:
                 raise StoreError(404, f"QPU {qpu_id!r} is not registered")
             token = TOKEN_PREFIX + secrets.token_urlsafe(24)
@@ -164,7 +162,7 @@ class Store:
 
     def revoke_token(self, *, token: str | None = None, tid: str | None = None) -> NodeToken:
         """Revoke a token given by value or by its token id."""
-        with self._lock:
+        with self.lock:
             record = self._find_token(token, tid)
             if record is None:
                 raise StoreError(404, "no such node token")
@@ -175,12 +173,12 @@ class Store:
 
     def list_tokens(self, qpu_id: str | None = None) -> list[NodeToken]:
         """Snapshots of the tokens (of one QPU)."""
-        with self._lock:
+        with self.lock:
             return [copy.copy(t) for t in self.tokens.values() if qpu_id in (None, t.qpu_id)]
 
     def check_token(self, token: str) -> str:
         """The QPU id a usable token is for; a 401 with the cloud's message otherwise."""
-        with self._lock:
+        with self.lock:
             record = self.tokens.get(hash_token(token))
             if record is None:
                 raise StoreError(401, "QPU node token is invalid")
@@ -199,7 +197,7 @@ class Store:
         connectivity: list[list[int]] | None,
     ) -> Qpu:
         """Use up a token and store the new key and machine, atomically (one winner per token)."""
-        with self._lock:
+        with self.lock:
             qpu_id = self.check_token(token)
             qpu = self.qpus.get(qpu_id)
             if qpu is None:
@@ -215,106 +213,12 @@ class Store:
             self.changes += 1
             return copy.deepcopy(qpu)
 
-    # -- jobs ---------------------------------------------------------------
-
-    def add_jobs(self, jobs: Iterable[Job]) -> set[str]:
-        """Record jobs about to be submitted; returns the ids that were new.
-
-        Jobs are recorded before their XADD, so a result can never arrive
-        for a job the simulator does not know yet.  A job id submitted again
-        keeps its first record.
-        """
-        with self._lock:
-            new: set[str] = set()
-            for job in jobs:
-                if job.job_id not in self.jobs:
-                    self.jobs[job.job_id] = job
-                    new.add(job.job_id)
-            self.changes += 1
-            return new
-
-    def set_submitted(self, job_ids: Iterable[str], at: float) -> None:
-        """Stamp the XADD time on jobs that have none yet."""
-        with self._lock:
-            for job_id in job_ids:
-                job = self.jobs.get(job_id)
-                if job is not None and job.submitted_at is None:
-                    job.submitted_at = at
-
-    def add_stream_ids(self, stream_ids: Mapping[str, str]) -> None:
-        """Note the stream entry id each job got."""
-        with self._lock:
-            for job_id, stream_id in stream_ids.items():
-                job = self.jobs.get(job_id)
-                if job is not None:
-                    job.stream_ids.append(stream_id)
-            self.changes += 1
-
-    def forget_jobs(self, job_ids: Iterable[str]) -> None:
-        """Drop job records whose XADD failed (unless a result came meanwhile)."""
-        with self._lock:
-            for job_id in job_ids:
-                job = self.jobs.get(job_id)
-                if job is not None and not job.deliveries:
-                    del self.jobs[job_id]
-
-    def get_job(self, job_id: str, *, deep: bool = True) -> Job | None:
-        """A snapshot of one job, or ``None``; a shallow one (for reading its settings) unless ``deep``."""
-        with self._lock:
-            job = self.jobs.get(job_id)
-            if job is None:
-                return None
-            return copy.deepcopy(job) if deep else copy.copy(job)
-
-    def job_views(
-        self, qpu_id: str | None = None, *, full: bool = False, deliveries: bool = True
-    ) -> list[dict[str, Any]]:
-        """JSON views of the jobs (of one QPU), in submission order."""
-        with self._lock:
-            return [
-                j.view(full=full, deliveries=deliveries)
-                for j in self.jobs.values()
-                if qpu_id in (None, j.qpu_id)
-            ]
-
-    def results(self, qpu_id: str | None = None) -> dict[str, dict[str, Any] | None]:
-        """Job id to its first accepted result body, ``None`` while none arrived."""
-        with self._lock:
-            return {j.job_id: j.result for j in self.jobs.values() if qpu_id in (None, j.qpu_id)}
-
-    def mark_cancel_requested(self, job_id: str) -> None:
-        """Note that the cancel key was set for a job."""
-        with self._lock:
-            job = self.jobs.get(job_id)
-            if job is not None and job.cancel_requested_at is None:
-                job.cancel_requested_at = time.time()
-                self.changes += 1
-
-    def deliver(self, job: Job, delivery: dict[str, Any]) -> dict[str, Any]:
-        """Record an accepted result; flags duplicates whose content differs from the first.
-
-        ``job`` is registered first when the simulator did not submit it.
-        """
-        with self._lock:
-            known = self.jobs.setdefault(job.job_id, job)
-            delivery = dict(delivery, seq=next(self._seq), duplicate=bool(known.deliveries))
-            delivery["content_mismatch"] = False
-            if known.deliveries:
-                first = known.deliveries[0]["body"]
-                body = delivery["body"]
-                if (first.get("status"), first.get("counts")) != (body.get("status"), body.get("counts")):
-                    delivery["content_mismatch"] = True
-                    known.content_mismatch = True
-            known.deliveries.append(delivery)
-            self.changes += 1
-            return copy.deepcopy(delivery)
-
     # -- recorded requests -----------------------------------------------
 
     def record(self, kind: str, event: dict[str, Any]) -> dict[str, Any]:
         """Append one request of ``kind`` (connect, heartbeat, webhook) to its log."""
-        with self._lock:
-            event = dict(event, seq=next(self._seq))
+        with self.lock:
+            event = dict(event, seq=next(self.seq))
             self.events[kind].append(event)
             if kind == "heartbeat" and event.get("accepted") and event.get("qpu_id") in self.qpus:
                 self.qpus[event["qpu_id"]].last_heartbeat_at = event["received_at"]
@@ -323,81 +227,16 @@ class Store:
     def list_events(self, kind: str, **where: Any) -> list[dict[str, Any]]:
         """Copies of the recorded requests of ``kind`` whose fields equal every non-None ``where``."""
         wanted = {k: v for k, v in where.items() if v is not None}
-        with self._lock:
+        with self.lock:
             return [
                 copy.deepcopy(e) for e in self.events[kind] if all(e.get(k) == v for k, v in wanted.items())
             ]
-
-    # -- faults -------------------------------------------------------------
-
-    def add_fault(
-        self,
-        kind: str,
-        status: int | None,
-        *,
-        seconds: float | None = None,
-        count: int | None = None,
-        job_id: str | None = None,
-        qpu_id: str | None = None,
-        delay_sec: float = 0.0,
-        lost_response: bool = False,
-    ) -> Fault:
-        """Add a fault window; it needs an end: ``seconds`` or a request ``count``."""
-        if kind not in FAULT_KINDS:
-            raise StoreError(400, f"fault kind must be one of {', '.join(FAULT_KINDS)}")
-        if seconds is None and count is None:
-            raise StoreError(400, "a fault needs seconds or count")
-        if status is None and delay_sec <= 0:
-            raise StoreError(400, "a fault needs a status or a delay_sec")
-        if lost_response and status is None:
-            raise StoreError(400, "lost_response needs a status to answer with")
-        with self._lock:
-            fault = Fault(
-                fault_id=next(self._fault_ids),
-                kind=kind,
-                status=status,
-                until=None if seconds is None else time.monotonic() + seconds,
-                remaining=count,
-                job_id=job_id,
-                qpu_id=qpu_id,
-                delay_sec=delay_sec,
-                lost_response=lost_response,
-            )
-            self.faults.append(fault)
-            return copy.copy(fault)
-
-    def take_fault(self, kind: str, *, job_id: str | None = None, qpu_id: str | None = None) -> Fault | None:
-        """The first live fault matching a request, counting the request against its budget."""
-        with self._lock:
-            now = time.monotonic()
-            self.faults = [f for f in self.faults if not f.expired(now)]
-            for fault in self.faults:
-                if fault.matches(kind, job_id, qpu_id):
-                    fault.hits += 1
-                    if fault.remaining is not None:
-                        fault.remaining -= 1
-                    return copy.copy(fault)
-            return None
-
-    def list_faults(self) -> list[Fault]:
-        """Snapshots of the live faults."""
-        with self._lock:
-            now = time.monotonic()
-            self.faults = [f for f in self.faults if not f.expired(now)]
-            return [copy.copy(f) for f in self.faults]
-
-    def clear_faults(self) -> int:
-        """Drop every fault; returns how many there were."""
-        with self._lock:
-            count = len(self.faults)
-            self.faults.clear()
-            return count
 
     # -- whole state ----------------------------------------------------------
 
     def reset(self) -> None:
         """Forget everything."""
-        with self._lock:
+        with self.lock:
             self.qpus.clear()
             self.tokens.clear()
             self.jobs.clear()
@@ -408,7 +247,7 @@ class Store:
 
     def snapshot(self) -> dict[str, Any]:
         """The durable part of the state (QPUs, tokens, jobs) as JSON-ready data."""
-        with self._lock:
+        with self.lock:
             return {
                 "version": STATE_FORMAT_VERSION,
                 "last_key_ms": self._last_key_ms,
@@ -421,7 +260,7 @@ class Store:
         """Load what :meth:`snapshot` produced, replacing the current state."""
         if data.get("version") != STATE_FORMAT_VERSION:
             raise StoreError(400, f"state format {data.get('version')!r} is not {STATE_FORMAT_VERSION}")
-        with self._lock:
+        with self.lock:
             self.reset()
             self._last_key_ms = int(data.get("last_key_ms", 0))
             for item in data.get("qpus", []):

@@ -138,7 +138,7 @@ def connect_node(
     """Provision (token) or reconnect (JWT), apply the bundle, bring up the VPN, persist; return settings."""
     paths = ensure_state_dir(settings.state_dir)
     token = token or settings.node_token_value
-    has_key = bool(settings.jwt_private_key_value and settings.jwt_key_id and settings.qpu_id)
+    has_key = settings.has_identity
     if token and has_key and token_was_used(paths, token):
         logger.info("This node already provisioned with the given token; reconnecting with its key instead.")
         token = None

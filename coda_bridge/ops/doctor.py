@@ -91,7 +91,7 @@ def check_credential_files(settings: Settings) -> Iterator[Check]:
             yield Check("credential file", False, str(exc))
         else:
             yield Check("credential file", True, f"{path} (mode 0600)")
-    if settings.qpu_id and settings.jwt_key_id and settings.jwt_private_key_value:
+    if settings.has_identity:
         yield Check("identity", True, f"QPU {settings.qpu_id} (key id {settings.jwt_key_id})")
     else:
         yield Check(

@@ -37,7 +37,8 @@ import redis
 from honcho.manager import Manager
 from honcho.printer import Printer
 
-from ..broker.redis_broker import RESULTS_QUEUE, broker_namespace
+from ..broker.queues import RESULTS_QUEUE
+from ..broker.redis_broker import broker_namespace
 from ..errors import CodaError, ConfigError
 from ..identity.connect import NO_CREDENTIALS, load_node_settings
 from ..identity.credentials import StatePaths, connected_since, ensure_state_dir
@@ -265,7 +266,7 @@ def check_credentials(settings: Settings, token: str | None) -> None:
     """Refuse to start what could never connect: no token, no persisted or configured identity."""
     if token:
         return
-    if settings.jwt_private_key_value and settings.jwt_key_id and settings.qpu_id:
+    if settings.has_identity:
         return
     raise ConfigError(NO_CREDENTIALS)
 
@@ -293,7 +294,7 @@ class _IdentityReady:
 
     def __call__(self) -> bool:
         settings = load_node_settings(overrides=self.overrides, site=self.site)
-        if not (settings.qpu_id and settings.jwt_key_id and settings.jwt_private_key_value):
+        if not settings.has_identity:
             return False
         return connected_since(StatePaths(settings.state_dir), self.since)
 

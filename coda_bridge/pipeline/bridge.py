@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from ..broker.queues import HEARTBEAT_ACTOR, VPN_CHECK_ACTOR
 from ..broker.redis_broker import create_broker
 from ..broker.shared_state import NodeState
 from ..control.ticker import Tick, Ticker
@@ -111,8 +112,8 @@ def run_bridge(*, overrides: Mapping[str, Any] | None = None, token: str | None 
         broker,
         settings.qpu_id,
         [
-            Tick("heartbeat", settings.heartbeat_interval_sec),
-            Tick("vpn_check", settings.vpn_check_interval_sec),
+            Tick(HEARTBEAT_ACTOR, settings.heartbeat_interval_sec),
+            Tick(VPN_CHECK_ACTOR, settings.vpn_check_interval_sec),
         ],
     )
     bridge = StreamBridge(settings, broker, state)

@@ -19,11 +19,12 @@ from typing import Any
 import dramatiq
 import redis
 
-from ..broker.redis_broker import JOBS_QUEUE, CodaBroker
+from ..broker.queues import EXECUTE_ACTOR, EXECUTE_BATCH_ACTOR, JOBS_QUEUE
+from ..broker.redis_broker import CodaBroker
 from ..broker.shared_state import NodeState
 from ..cloud.keys import group_name, stream_key
+from ..cloud.redis_client import cloud_redis_client
 from ..failpoints import failpoint
-from ..runtime import cloud_redis_client
 from ..settings import Settings
 
 __all__ = ["StreamBridge", "batch_message", "job_message"]
@@ -52,7 +53,7 @@ BATCH_FLAG_TTL_SEC = 5.0
 def job_message(fields: dict[str, str], entry_id: str) -> dramatiq.Message[Any]:
     """The ``execute`` message for one stream entry (built here so the bridge never imports executors)."""
     return dramatiq.Message(
-        queue_name=JOBS_QUEUE, actor_name="execute", args=(fields, entry_id), kwargs={}, options={}
+        queue_name=JOBS_QUEUE, actor_name=EXECUTE_ACTOR, args=(fields, entry_id), kwargs={}, options={}
     )
 
 
@@ -60,7 +61,7 @@ def batch_message(entries: list[tuple[dict[str, str], str]]) -> dramatiq.Message
     """One ``execute_batch`` message for several waiting entries (the executor has ``batch_run``)."""
     return dramatiq.Message(
         queue_name=JOBS_QUEUE,
-        actor_name="execute_batch",
+        actor_name=EXECUTE_BATCH_ACTOR,
         args=([[fields, entry_id] for fields, entry_id in entries],),
         kwargs={},
         options={},

@@ -1,10 +1,10 @@
 """Executor calls watched by the actor thread, and the result payloads they end in.
 
-The executor runs on the runtime's executor threads while the actor
-thread polls the cancel keys, keeps the jobs' claims alive and enforces
-the time limit; a run that is cancelled or overruns is abandoned (and the
-executor asked to stop).  Every outcome becomes a result payload, or
-``None`` for a job cancelled mid-run.
+The executor runs on the host's executor threads while the actor thread
+polls the cancel keys, keeps the jobs' claims alive and enforces the time
+limit; a run that is cancelled or overruns is abandoned (and the executor
+asked to stop).  Every outcome becomes a result payload, or ``None`` for a
+job cancelled mid-run.
 """
 
 from __future__ import annotations
@@ -19,23 +19,21 @@ from typing import Any
 
 import redis
 
-from ..cloud.keys import cancel_key
+from ..broker.shared_state import NodeState
 from ..errors import CodaError, ExecutorError
-from ..runtime import Runtime
+from ..executors.host import ExecutorHost
 from .claims import Claim
+from .status import ERROR_MAX_CHARS, CloudStatus
 
 __all__ = [
-    "ERROR_MAX_CHARS",
+    "Payload",
     "ReadyJob",
+    "Runner",
     "batch_time_limit_sec",
     "failure_payload",
-    "run_all",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: The cloud keeps at most this much of an error text.
-ERROR_MAX_CHARS = 500
 
 Payload = dict[str, Any]
 
@@ -85,22 +83,22 @@ def batch_time_limit_sec(job_limit_sec: float, jobs: int) -> float:
 
 
 class _Run:
-    """One executor call on the runtime's executor threads, so the actor can watch the cancel key.
+    """One executor call on the host's executor threads, so the actor can watch the cancel key.
 
-    A run takes one of the runtime's executor slots first, so a run that
+    A run takes one of the host's executor slots first, so a run that
     was abandoned (cancel, time limit) but still holds the device keeps the
     next one waiting instead of running beside it.
     """
 
-    def __init__(self, rt: Runtime, call: Callable[..., Any], *args: Any) -> None:
-        self.rt, self.call, self.args = rt, call, args
+    def __init__(self, host: ExecutorHost, call: Callable[..., Any], *args: Any) -> None:
+        self.host, self.call, self.args = host, call, args
         self.abandoned = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
         self._future: Future[None] | None = None
 
     def start(self) -> None:
-        self._future = self.rt.run_pool.submit(self._run)
+        self._future = self.host.run_pool.submit(self._run)
 
     def join(self, timeout: float) -> None:
         assert self._future is not None
@@ -110,7 +108,7 @@ class _Run:
         return self._future is not None and not self._future.done()
 
     def _run(self) -> None:
-        with self.rt.run_slots:
+        with self.host.run_slots:
             if self.abandoned.is_set():
                 return
             try:
@@ -119,104 +117,116 @@ class _Run:
                 self.error = exc
 
 
-def _watch(
-    rt: Runtime, run: _Run, watched: list[ReadyJob], limit: float, *, stop_on_cancel: bool
-) -> set[str]:
-    """Wait for ``run`` while polling cancel keys and keeping claims alive; Redis blips are ridden out.
+class Runner:
+    """Runs ready jobs on the host's executor, watching cancel keys and the time limit."""
 
-    Returns the jobs whose cancel key was seen.  Raises :class:`TimeoutError`
-    past ``limit``; with ``stop_on_cancel``, returns at the first cancel.
-    """
-    poll = rt.settings.cancel_poll_interval_sec
-    started = time.monotonic()
-    cancelled: set[str] = set()
-    while True:
-        run.join(poll)
-        if not run.is_alive():
-            return cancelled
-        try:
-            pipe = rt.cloud_redis.pipeline(transaction=False)
-            for ready in watched:
-                pipe.exists(cancel_key(ready.job_id))
-            cancelled.update(r.job_id for r, seen in zip(watched, pipe.execute(), strict=True) if seen)
-        except redis.RedisError as exc:
-            logger.warning("Cancel keys unreadable (%s); the run goes on.", exc)
-        if cancelled and stop_on_cancel:
-            return cancelled
-        if time.monotonic() - started > limit:
-            raise TimeoutError
-        for ready in watched:
+    def __init__(
+        self,
+        host: ExecutorHost,
+        status: CloudStatus,
+        state: NodeState,
+        *,
+        job_time_limit_sec: float,
+        cancel_poll_sec: float,
+    ) -> None:
+        self.host = host
+        self.status = status
+        self.state = state
+        self.job_time_limit_sec = job_time_limit_sec
+        self.cancel_poll_sec = cancel_poll_sec
+
+    def _watch(self, run: _Run, watched: list[ReadyJob], limit: float, *, stop_on_cancel: bool) -> set[str]:
+        """Wait for ``run`` while polling cancel keys and keeping claims alive; Redis blips are ridden out.
+
+        Returns the jobs whose cancel key was seen.  Raises :class:`TimeoutError`
+        past ``limit``; with ``stop_on_cancel``, returns at the first cancel.
+        """
+        poll = self.cancel_poll_sec
+        started = time.monotonic()
+        cancelled: set[str] = set()
+        while True:
+            run.join(poll)
+            if not run.is_alive():
+                return cancelled
             try:
-                ready.claim.refresh()
+                cancelled |= self.status.cancels_seen([ready.job_id for ready in watched])
             except redis.RedisError as exc:
-                logger.warning("Job %s: claim not refreshed (%s).", ready.job_id, exc)
+                logger.warning("Cancel keys unreadable (%s); the run goes on.", exc)
+            if cancelled and stop_on_cancel:
+                return cancelled
+            if time.monotonic() - started > limit:
+                raise TimeoutError
+            for ready in watched:
+                try:
+                    ready.claim.refresh()
+                except redis.RedisError as exc:
+                    logger.warning("Job %s: claim not refreshed (%s).", ready.job_id, exc)
 
+    def _run_watched(self, ready: ReadyJob, keep_alive: list[ReadyJob] | None = None) -> Payload | None:
+        """Run one job on the executor; ``None`` when it was cancelled mid-run.
 
-def _run_watched(rt: Runtime, ready: ReadyJob, keep_alive: list[ReadyJob] | None = None) -> Payload | None:
-    """Run one job on the executor; ``None`` when it was cancelled mid-run.
+        ``keep_alive`` are claims of jobs waiting their turn behind this one.
+        """
+        from ..executors.base import call_run, cancel, coerce_result
 
-    ``keep_alive`` are claims of jobs waiting their turn behind this one.
-    """
-    from ..executors.base import call_run, cancel, coerce_result
-
-    executor = rt.executor()
-    limit = rt.settings.job_time_limit_sec
-    started = time.monotonic()
-    run = _Run(rt, call_run, executor, ready.circuit, ready.shots)
-    run.start()
-    try:
-        if _watch(rt, run, [ready, *(keep_alive or [])], limit, stop_on_cancel=True) & {ready.job_id}:
+        executor = self.host.executor()
+        limit = self.job_time_limit_sec
+        started = time.monotonic()
+        run = _Run(self.host, call_run, executor, ready.circuit, ready.shots)
+        run.start()
+        try:
+            if self._watch(run, [ready, *(keep_alive or [])], limit, stop_on_cancel=True) & {ready.job_id}:
+                run.abandoned.set()
+                cancel(executor)
+                logger.info("Job %s: cancel key seen mid-run; run abandoned.", ready.job_id)
+                return None
+        except TimeoutError:
             run.abandoned.set()
             cancel(executor)
-            logger.info("Job %s: cancel key seen mid-run; run abandoned.", ready.job_id)
-            return None
-    except TimeoutError:
-        run.abandoned.set()
-        cancel(executor)
-        return _time_limit_failure(ready.job_id, limit)
-    rt.state.count("executor_seconds", float(time.monotonic() - started))
-    if run.error is not None:
-        return _executor_failure(ready.job_id, run.error)
-    try:
-        return _completed(ready.job_id, coerce_result(run.result, ready.circuit, ready.shots))
-    except ExecutorError as exc:
-        return failure_payload(ready.job_id, f"Executor error: {exc}")
-
-
-def _run_batch_watched(rt: Runtime, batch: list[ReadyJob]) -> list[Payload | None] | None:
-    """Run jobs through ``batch_run``; ``None`` when the batch call failed (run them one by one)."""
-    from ..executors.base import call_batch_run, cancel, coerce_result
-
-    executor = rt.executor()
-    limit = batch_time_limit_sec(rt.settings.job_time_limit_sec, len(batch))
-    started = time.monotonic()
-    run = _Run(rt, call_batch_run, executor, [(r.circuit, r.shots) for r in batch])
-    run.start()
-    try:
-        cancelled = _watch(rt, run, batch, limit, stop_on_cancel=False)
-    except TimeoutError:
-        run.abandoned.set()
-        cancel(executor)
-        return [_time_limit_failure(r.job_id, limit) for r in batch]
-    rt.state.count("executor_seconds", float(time.monotonic() - started))
-    if run.error is not None:
-        logger.warning("batch_run of %d jobs failed (%s); running them one by one.", len(batch), run.error)
-        return None
-    payloads: list[Payload | None] = []
-    for ready, result in zip(batch, run.result, strict=True):
-        if ready.job_id in cancelled:
-            payloads.append(None)
-            continue
+            return _time_limit_failure(ready.job_id, limit)
+        self.state.count("executor_seconds", float(time.monotonic() - started))
+        if run.error is not None:
+            return _executor_failure(ready.job_id, run.error)
         try:
-            payloads.append(_completed(ready.job_id, coerce_result(result, ready.circuit, ready.shots)))
+            return _completed(ready.job_id, coerce_result(run.result, ready.circuit, ready.shots))
         except ExecutorError as exc:
-            payloads.append(failure_payload(ready.job_id, f"Executor error: {exc}"))
-    return payloads
+            return failure_payload(ready.job_id, f"Executor error: {exc}")
 
+    def _run_batch_watched(self, batch: list[ReadyJob]) -> list[Payload | None] | None:
+        """Run jobs through ``batch_run``; ``None`` when the batch call failed (run them one by one)."""
+        from ..executors.base import call_batch_run, cancel, coerce_result
 
-def run_all(rt: Runtime, batch: list[ReadyJob]) -> list[Payload | None]:
-    """Run the jobs, together through ``batch_run`` when there are several, else (or on failure) in turn."""
-    payloads = _run_batch_watched(rt, batch) if len(batch) > 1 else None
-    if payloads is None:
-        payloads = [_run_watched(rt, ready, batch[i + 1 :]) for i, ready in enumerate(batch)]
-    return payloads
+        executor = self.host.executor()
+        limit = batch_time_limit_sec(self.job_time_limit_sec, len(batch))
+        started = time.monotonic()
+        run = _Run(self.host, call_batch_run, executor, [(r.circuit, r.shots) for r in batch])
+        run.start()
+        try:
+            cancelled = self._watch(run, batch, limit, stop_on_cancel=False)
+        except TimeoutError:
+            run.abandoned.set()
+            cancel(executor)
+            return [_time_limit_failure(r.job_id, limit) for r in batch]
+        self.state.count("executor_seconds", float(time.monotonic() - started))
+        if run.error is not None:
+            logger.warning(
+                "batch_run of %d jobs failed (%s); running them one by one.", len(batch), run.error
+            )
+            return None
+        payloads: list[Payload | None] = []
+        for ready, result in zip(batch, run.result, strict=True):
+            if ready.job_id in cancelled:
+                payloads.append(None)
+                continue
+            try:
+                payloads.append(_completed(ready.job_id, coerce_result(result, ready.circuit, ready.shots)))
+            except ExecutorError as exc:
+                payloads.append(failure_payload(ready.job_id, f"Executor error: {exc}"))
+        return payloads
+
+    def run_all(self, batch: list[ReadyJob]) -> list[Payload | None]:
+        """Run the jobs through ``batch_run`` when there are several, else (or on failure) in turn."""
+        payloads = self._run_batch_watched(batch) if len(batch) > 1 else None
+        if payloads is None:
+            payloads = [self._run_watched(ready, batch[i + 1 :]) for i, ready in enumerate(batch)]
+        return payloads

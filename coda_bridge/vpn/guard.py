@@ -33,14 +33,10 @@ import requests
 from ..broker.shared_state import NodeState
 from ..errors import VPNError
 from ..settings import Settings
+from .states import BOOTING, DEGRADED, READY, VPN_UNAVAILABLE
 
 __all__ = [
-    "BOOTING",
-    "DEGRADED",
     "PROBE_TIMEOUT_SEC",
-    "READY",
-    "VPN_STATES",
-    "VPN_UNAVAILABLE",
     "VpnCheck",
     "VpnGuard",
     "preflight",
@@ -50,11 +46,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BOOTING = "booting"
-READY = "ready"
-VPN_UNAVAILABLE = "vpn_unavailable"
-DEGRADED = "degraded"
-VPN_STATES = (BOOTING, READY, VPN_UNAVAILABLE, DEGRADED)
 
 #: How long one probe target may take to answer its ``HEAD``.
 PROBE_TIMEOUT_SEC = 5.0

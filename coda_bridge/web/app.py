@@ -25,12 +25,17 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..broker.redis_broker import QUEUES, create_broker
+from ..broker.queues import QUEUES
+from ..broker.redis_broker import create_broker
+from ..broker.shared_state import NodeState
 from ..cloud.keys import group_name, stream_key
 from ..errors import ConfigError
+from ..identity.waiting import wait_for_identity
 from ..logs import configure_logging
-from ..runtime import Runtime, wait_for_identity
+from ..parts import NodeParts
+from ..replies import as_text
 from ..settings import Settings
+from ..vpn.states import VPN_STATES
 
 __all__ = ["create_app", "readiness", "serve"]
 
@@ -40,17 +45,15 @@ logger = logging.getLogger(__name__)
 READY_TIMEOUT_SEC = 5.0
 #: The cloud Redis PING of a readiness check.
 PING_TIMEOUT_SEC = 2.0
-VPN_STATES = ("booting", "ready", "vpn_unavailable", "degraded")
 _JOB_OUTCOMES = ("completed", "failed", "cancelled", "skipped")
 
 
-def readiness(rt: Runtime, cloud: redis.Redis) -> dict[str, Any]:
+def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[str, Any]:
     """The ``/ready`` body: ``ready``, ``vpn_state``, ``redis_healthy``, ``current_job`` (+ ``reason``).
 
     Every field is there even when the local broker Redis does not answer
     (``booting`` and ``null`` then: nothing is known).
     """
-    state = rt.state
     try:
         redis_healthy = bool(cloud.ping())
     except redis.RedisError:
@@ -69,14 +72,14 @@ def readiness(rt: Runtime, cloud: redis.Redis) -> dict[str, Any]:
     except redis.RedisError:
         body["reason"] = "the local broker Redis does not answer"
         return body
-    stale_after = rt.settings.ready_stream_stale_sec
+    stale_after = settings.ready_stream_stale_sec
     if vpn_state != "ready":
         body["reason"] = f"VPN state is {vpn_state}"
     elif not redis_healthy:
         body["reason"] = "the cloud's Redis does not answer"
     elif last_read is None or time.time() - last_read > stale_after:
         body["reason"] = f"the bridge has not read the job stream in the last {stale_after:g} s"
-    elif not _group_exists(cloud, rt.qpu_id):
+    elif not _group_exists(cloud, state.qpu_id):
         # a cloud Redis that restarted empty: reads succeeded before, none can now until the bridge
         # recreates its group, however fresh its last read looks
         body["reason"] = "the job stream has no consumer group yet (the bridge recreates it)"
@@ -91,25 +94,21 @@ def _group_exists(cloud: redis.Redis, qpu_id: str) -> bool:
     except redis.RedisError:  # "no such key" when the stream itself is gone
         return False
     wanted = group_name(qpu_id)
-    return any(_text(group.get("name")) == wanted for group in groups)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return any(as_text(group.get("name")) == wanted for group in groups)
 
 
 class _NodeCollector:
     """Prometheus collector over the node's shared state (one Redis round trip or two per scrape)."""
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.broker = create_broker(rt.settings)
+    def __init__(self, settings: Settings, state: NodeState) -> None:
+        self.state = state
+        self.broker = create_broker(settings)
 
     def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> Iterator[Any]:
-        state = self.rt.state
+        state = self.state
         counters = state.counters()
         jobs = CounterMetricFamily("coda_bridge_jobs", "Jobs finished, by outcome.", labels=["outcome"])
         for outcome in _JOB_OUTCOMES:
@@ -178,7 +177,7 @@ class _IndexRedirect:
         return self.app(environ, start_response)
 
 
-def _mount_dashboard(app: Flask, rt: Runtime) -> None:
+def _mount_dashboard(app: Flask, settings: Settings) -> None:
     try:
         from dramatiq_dashboard import DashboardApp  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError:
@@ -189,9 +188,9 @@ def _mount_dashboard(app: Flask, rt: Runtime) -> None:
         return
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-    prefix = "/" + rt.settings.dashboard_prefix.strip("/")
+    prefix = "/" + settings.dashboard_prefix.strip("/")
     # the dashboard lists only the queues its broker declared: create_broker declares ours
-    dashboard = _IndexRedirect(DashboardApp(broker=create_broker(rt.settings), prefix=prefix))
+    dashboard = _IndexRedirect(DashboardApp(broker=create_broker(settings), prefix=prefix))
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {prefix: dashboard})  # type: ignore[method-assign,unused-ignore]
     logger.warning("dramatiq dashboard mounted at %s: it has no authentication of its own.", prefix)
 
@@ -204,7 +203,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         configure_logging(settings.log_level)
     if not settings.redis_url:
         raise ConfigError("redis_url is not known: the cloud bundle did not name the job Redis")
-    rt = Runtime(settings)
+    parts = NodeParts(settings)
     cloud = redis.Redis.from_url(
         settings.redis_url,
         socket_timeout=PING_TIMEOUT_SEC,
@@ -213,10 +212,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     checks = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="coda-ready")
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_NodeCollector(rt))
+    registry.register(_NodeCollector(settings, parts.state))
 
     app = Flask("coda_bridge")
-    app.config["CODA_RUNTIME"] = rt
+    app.config["CODA_PARTS"] = parts
 
     @app.get("/health")
     def health() -> Response:
@@ -224,7 +223,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get("/ready")
     def ready() -> tuple[Response, int]:
-        future = checks.submit(readiness, rt, cloud)
+        future = checks.submit(readiness, settings, parts.state, cloud)
         try:
             body = future.result(timeout=READY_TIMEOUT_SEC)
         except concurrent.futures.TimeoutError:
@@ -240,7 +239,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         return Response(payload, mimetype=CONTENT_TYPE_LATEST)
 
     if settings.dashboard_enabled:
-        _mount_dashboard(app, rt)
+        _mount_dashboard(app, settings)
     return app
 
 

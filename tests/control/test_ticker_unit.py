@@ -12,11 +12,15 @@ from collections.abc import Iterator
 import dramatiq
 import pytest
 from dramatiq import Worker
+from dramatiq.broker import MessageProxy
 from dramatiq.message import Message
+from dramatiq.middleware import SkipMessage
 
 from coda_bridge.broker.keys import tick_key
-from coda_bridge.broker.redis_broker import CONTROL_QUEUE, CodaBroker, create_broker
-from coda_bridge.control.ticker import Tick, Ticker, fresh_tick, one_at_a_time
+from coda_bridge.broker.middleware import StaleTicks
+from coda_bridge.broker.queues import CONTROL_QUEUE
+from coda_bridge.broker.redis_broker import CodaBroker, create_broker
+from coda_bridge.control.ticker import Tick, Ticker, one_at_a_time
 from coda_bridge.dev.stack import wait_until
 from coda_bridge.settings import Settings
 
@@ -95,17 +99,30 @@ def test_slot_key_is_taken_with_a_lease(brokers: list[CodaBroker]) -> None:
     assert 5000 < ttl_ms <= 6000  # two intervals: a ticker whose clock lags still finds it taken
 
 
-def test_fresh_tick_drops_a_tick_past_its_slot() -> None:
-    calls: list[float] = []
+def test_stale_ticks_skips_a_tick_past_its_slot(brokers: list[CodaBroker]) -> None:
+    broker = brokers[0]
     now = [100.0]
-    wrapped = fresh_tick(calls.append, clock=lambda: now[0])
+    broker.add_middleware(StaleTicks(clock=lambda: now[0]))
+    dramatiq.actor(
+        lambda *a, **k: None, broker=broker, actor_name="beat", queue_name=CONTROL_QUEUE, tick=True
+    )
+    dramatiq.actor(lambda *a, **k: None, broker=broker, actor_name="plain", queue_name=CONTROL_QUEUE)
 
-    wrapped(99.0, expires_at=100.5)
+    def skipped(actor_name: str, *args: float, **kwargs: float) -> bool:
+        message = dramatiq.Message(
+            queue_name=CONTROL_QUEUE, actor_name=actor_name, args=args, kwargs=kwargs, options={}
+        )
+        try:
+            broker.emit_before("process_message", MessageProxy(message))
+        except SkipMessage:
+            return True
+        return False
+
+    assert not skipped("beat", 99.0, expires_at=100.5)
     now[0] = 100.5
-    wrapped(99.5, expires_at=100.5)
-    wrapped(98.0)  # a tick from an older ticker, without an expiry, still runs
-
-    assert calls == [99.0, 98.0]
+    assert skipped("beat", 99.5, expires_at=100.5)
+    assert not skipped("beat", 98.0)  # a tick from an older ticker, without an expiry, still runs
+    assert not skipped("plain", 99.5, expires_at=100.5)  # only actors declared tick=True
 
 
 def test_a_slow_check_is_not_run_twice_at_once() -> None:
@@ -113,7 +130,7 @@ def test_a_slow_check_is_not_run_twice_at_once() -> None:
     release = threading.Event()
     runs: list[float] = []
 
-    def slow_check(slot_ts: float) -> None:
+    def slow_check(slot_ts: float, expires_at: float | None = None) -> None:
         runs.append(slot_ts)
         entered.set()
         release.wait(10)
@@ -140,11 +157,12 @@ def test_worker_runs_fresh_ticks_and_drops_stale_ones_without_dead_letters(
     ran: list[float] = []
     done = threading.Event()
 
-    def beat(slot_ts: float) -> None:
+    def beat(slot_ts: float, expires_at: float | None = None) -> None:
         ran.append(slot_ts)
         done.set()
 
-    dramatiq.actor(fresh_tick(beat), broker=broker, actor_name="heartbeat", queue_name=CONTROL_QUEUE)
+    broker.add_middleware(StaleTicks())
+    dramatiq.actor(beat, broker=broker, actor_name="heartbeat", queue_name=CONTROL_QUEUE, tick=True)
     real_now = time.time()
     stale = Ticker(broker, QPU, [Tick("heartbeat", 1.0)])
     assert stale.tick_once(real_now - 30) == ["heartbeat"]  # a tick that waited 30 s in the queue

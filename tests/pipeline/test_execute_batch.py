@@ -14,9 +14,8 @@ from pipeline_support import circuit
 
 from coda_bridge.broker.keys import claim_key, job_key
 from coda_bridge.cloud.keys import cancel_key, status_key
-from coda_bridge.errors import JobBusy
+from coda_bridge.parts import NodeParts
 from coda_bridge.pipeline.execute import Delivery, JobOutcome, execute_batch, execute_job
-from coda_bridge.runtime import Runtime
 from coda_bridge.settings import load_settings
 
 QPU = "qpu-jobs-test"
@@ -26,7 +25,7 @@ OTHER_LEASE_MS = 10_000
 
 
 @pytest.fixture
-def rt(clean_env: pytest.MonkeyPatch, redis_url: str, tmp_path: Path) -> Iterator[Runtime]:
+def rt(clean_env: pytest.MonkeyPatch, redis_url: str, tmp_path: Path) -> Iterator[NodeParts]:
     clean_env.setenv("PIPELINE_TEST_EXECUTOR_LOG", str(tmp_path / "executor.log"))
     settings = load_settings(
         overrides={
@@ -37,9 +36,9 @@ def rt(clean_env: pytest.MonkeyPatch, redis_url: str, tmp_path: Path) -> Iterato
             "cancel_poll_interval_sec": 1.0,
         }
     )
-    runtime = Runtime(settings)
-    yield runtime
-    runtime.close()
+    parts = NodeParts(settings)
+    yield parts
+    parts.close()
 
 
 class Recorder:
@@ -77,7 +76,7 @@ def _runs(tmp_path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def _result(rt: Runtime, job_id: str) -> dict[str, Any]:
+def _result(rt: NodeParts, job_id: str) -> dict[str, Any]:
     raw = rt.local_redis.hget(job_key(QPU, job_id), "result")
     assert raw is not None, job_id
     return dict(json.loads(raw))
@@ -89,7 +88,7 @@ def _by_job(outcomes: list[JobOutcome]) -> dict[str | None, tuple[str, str]]:
 
 
 def test_a_mixed_batch_gives_each_job_its_outcome_and_delivers_each_result_once(
-    rt: Runtime, tmp_path: Path
+    rt: NodeParts, tmp_path: Path
 ) -> None:
     cloud, local = rt.cloud_redis, rt.local_redis
     cloud.hset(status_key("done"), "state", "completed")
@@ -112,7 +111,7 @@ def test_a_mixed_batch_gives_each_job_its_outcome_and_delivers_each_result_once(
     calls = Recorder(local)
     running: list[tuple[Mapping[str, str], str]] = []
 
-    outcomes = execute_batch(rt, entries, calls.enqueue, calls.look_later, running)
+    outcomes = execute_batch(rt.execution, entries, calls.enqueue, calls.look_later, running)
 
     found = _by_job(outcomes)
     assert found.pop("offhost")[0] == "skipped"
@@ -157,13 +156,15 @@ def test_a_mixed_batch_gives_each_job_its_outcome_and_delivers_each_result_once(
     assert rt.state.current_jobs() == []
 
 
-def test_a_cancel_key_with_a_recorded_result_delivers_that_result(rt: Runtime, tmp_path: Path) -> None:
+def test_a_cancel_key_with_a_recorded_result_delivers_that_result(rt: NodeParts, tmp_path: Path) -> None:
     rt.cloud_redis.set(cancel_key("late-cancel"), "1")
     recorded = {"job_id": "late-cancel", "status": "completed", "counts": {"00": 10}}
     rt.local_redis.hset(job_key(QPU, "late-cancel"), "result", json.dumps(recorded))
     calls = Recorder(rt.local_redis)
 
-    outcomes = execute_batch(rt, [_entry("late-cancel"), _entry("other")], calls.enqueue, calls.look_later)
+    outcomes = execute_batch(
+        rt.execution, [_entry("late-cancel"), _entry("other")], calls.enqueue, calls.look_later
+    )
 
     assert _by_job(outcomes)["late-cancel"] == ("queued", "recorded earlier")
     assert calls.delivered() == ["late-cancel", "other"]
@@ -192,13 +193,15 @@ def _round_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.mark.parametrize("size", [2, 10])
 def test_a_batch_takes_the_same_round_trips_whatever_its_size(
-    rt: Runtime, monkeypatch: pytest.MonkeyPatch, size: int
+    rt: NodeParts, monkeypatch: pytest.MonkeyPatch, size: int
 ) -> None:
     calls = Recorder(None)
-    rt.executor()  # resolved before counting, as a worker does at boot
+    rt.host.executor()  # resolved before counting, as a worker does at boot
     trips = _round_trips(monkeypatch)
 
-    outcomes = execute_batch(rt, [_entry(f"job-{i}") for i in range(size)], calls.enqueue, calls.look_later)
+    outcomes = execute_batch(
+        rt.execution, [_entry(f"job-{i}") for i in range(size)], calls.enqueue, calls.look_later
+    )
 
     assert {o.outcome for o in outcomes} == {"queued"}
     assert len(calls.calls) == 1
@@ -206,11 +209,11 @@ def test_a_batch_takes_the_same_round_trips_whatever_its_size(
     assert len(trips) == 7, trips
 
 
-def test_one_job_alone_runs_and_is_delivered(rt: Runtime, tmp_path: Path) -> None:
+def test_one_job_alone_runs_and_is_delivered(rt: NodeParts, tmp_path: Path) -> None:
     calls = Recorder(rt.local_redis)
     fields, entry_id = _entry("single")
 
-    outcome = execute_job(rt, fields, entry_id, calls.enqueue)
+    outcome = execute_job(rt.execution, fields, entry_id, calls.enqueue, calls.look_later)
 
     assert outcome == JobOutcome("single", "queued", "completed")
     assert calls.calls == [[("single", CALLBACK, entry_id)]]
@@ -218,14 +221,16 @@ def test_one_job_alone_runs_and_is_delivered(rt: Runtime, tmp_path: Path) -> Non
     assert _result(rt, "single")["status"] == "completed"
 
 
-def test_one_job_claimed_elsewhere_raises_busy_with_the_lease_left(rt: Runtime, tmp_path: Path) -> None:
+def test_one_job_claimed_elsewhere_is_sent_later_with_the_lease_left(rt: NodeParts, tmp_path: Path) -> None:
     rt.local_redis.set(claim_key(QPU, "taken"), "another-worker", px=OTHER_LEASE_MS)
     calls = Recorder(rt.local_redis)
 
-    with pytest.raises(JobBusy) as busy:
-        execute_job(rt, *_entry("taken"), calls.enqueue)
+    outcome = execute_job(rt.execution, *_entry("taken"), calls.enqueue, calls.look_later)
 
-    assert OTHER_LEASE_MS / 1000 - 1 < busy.value.retry_after_sec <= OTHER_LEASE_MS / 1000 + 0.5
+    assert outcome.outcome == "later"
+    [(job_id, delay_sec)] = calls.later
+    assert job_id == "taken"
+    assert OTHER_LEASE_MS / 1000 - 1 < delay_sec <= OTHER_LEASE_MS / 1000 + 0.5
     assert calls.calls == []
     assert _runs(tmp_path) == []
     assert rt.local_redis.get(claim_key(QPU, "taken")) == b"another-worker"

@@ -11,7 +11,8 @@ import pytest
 import redis
 from dramatiq.message import Message
 
-from coda_bridge.broker.redis_broker import JOBS_QUEUE, CodaBroker, create_broker
+from coda_bridge.broker.queues import JOBS_QUEUE
+from coda_bridge.broker.redis_broker import CodaBroker, create_broker
 from coda_bridge.broker.shared_state import NodeState
 from coda_bridge.pipeline.intake import StreamBridge
 from coda_bridge.settings import Settings, load_settings

@@ -18,7 +18,7 @@ import pytest
 from coda_bridge.errors import VPNError
 from coda_bridge.identity.credentials import StatePaths, write_private
 from coda_bridge.settings import Settings
-from coda_bridge.vpn import OpenVPNManager
+from coda_bridge.vpn.openvpn import OpenVPNManager
 
 PROFILE = "client\ndev tun\nremote vpn.example.test 1194\n<key>\nU0VDUkVUS0VZTUFURVJJQUw=\n</key>\n"
 SECRET = "U0VDUkVUS0VZTUFURVJJQUw="

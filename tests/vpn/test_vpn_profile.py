@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from coda_bridge.errors import VPNError
-from coda_bridge.vpn import FORBIDDEN_DIRECTIVES, check_profile
-from coda_bridge.vpn.profile import MAX_LINE_BYTES, directive_tokens
+from coda_bridge.vpn.profile import FORBIDDEN_DIRECTIVES, MAX_LINE_BYTES, check_profile, directive_tokens
 
 HEAD = "client\ndev tun\nproto udp\nremote vpn.example.test 1194\nnobind\n"
 KEY = "<key>\n-----BEGIN PRIVATE KEY-----\nU0VDUkVUS0VZTUFURVJJQUw=\n-----END PRIVATE KEY-----\n</key>\n"

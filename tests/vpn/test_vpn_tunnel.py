@@ -41,7 +41,9 @@ from coda_bridge.devcloud import DevCloudClient
 from coda_bridge.identity.credentials import StatePaths
 from coda_bridge.pipeline import bridge as node
 from coda_bridge.settings import Settings, load_settings
-from coda_bridge.vpn import DEGRADED, READY, OpenVPNManager, VpnGuard, tun_interfaces
+from coda_bridge.vpn.guard import VpnGuard, tun_interfaces
+from coda_bridge.vpn.openvpn import OpenVPNManager
+from coda_bridge.vpn.states import DEGRADED, READY
 from coda_bridge.web.app import create_app
 
 pytestmark = [pytest.mark.vpn, pytest.mark.e2e]

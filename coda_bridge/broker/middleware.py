@@ -1,0 +1,108 @@
+"""The node's dramatiq middleware: process isolation, stale-tick skips, build-at-boot, the stopping flag.
+
+Policy lives here as middleware, the dramatiq way, rather than as code
+around the actors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import dramatiq
+from dramatiq.broker import MessageProxy
+from dramatiq.middleware import Middleware, SkipMessage
+
+from ..errors import CodaError
+
+__all__ = ["BuildAtBoot", "IsolateWorkerProcess", "StaleTicks", "StoppingFlag"]
+
+logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+class IsolateWorkerProcess(Middleware):
+    """Give each dramatiq worker process its own process group, and stop it when its master dies.
+
+    honcho, and systemd's default ``KillMode``, signal a whole process group;
+    dramatiq's master then forwards the same SIGTERM, and a worker process
+    that sees a second SIGTERM exits at once, stranding its messages.  In
+    its own group a worker process gets exactly one SIGTERM, from its master.
+    """
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        if os.getpid() == os.getpgrp() or os.environ.get("CODA_BRIDGE_KEEP_PGRP"):
+            return
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class StaleTicks(Middleware):
+    """A periodic tick delivered after its slot ended is skipped: acknowledged and logged, never run.
+
+    dramatiq's own age limit would fail the message, which dead-letters it;
+    a stale tick is not a failure, only late.  Applies to actors declared
+    with ``tick=True``, whose messages carry ``expires_at`` (see the ticker).
+    """
+
+    actor_options = {"tick"}
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        if not broker.get_actor(message.actor_name).options.get("tick"):
+            return
+        expires_at = message.kwargs.get("expires_at")
+        now = self.clock()
+        if expires_at is not None and now >= expires_at:
+            slot_ts = message.args[0] if message.args else 0.0
+            logger.info(
+                "Dropped a stale %s tick (slot of %.0f, %.1f s past its interval).",
+                message.actor_name,
+                slot_ts,
+                now - expires_at,
+            )
+            raise SkipMessage()
+
+
+class BuildAtBoot(Middleware):
+    """A worker of ``queue`` builds ``what`` at boot: a bad factory shows at once, not at the first job."""
+
+    def __init__(self, queue: str, build: Callable[[], object], what: str) -> None:
+        self.queue = queue
+        self.build = build
+        self.what = what
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        only = worker.consumer_whitelist
+        if only and self.queue not in only:
+            return
+        try:
+            self.build()
+        except CodaError as exc:
+            logger.error("%s unavailable: %s (jobs will fail until fixed)", self.what, exc)
+
+
+class StoppingFlag(Middleware):
+    """Set once this worker process begins to stop: jobs finishing in the drain deliver their own results.
+
+    Under ``honcho start`` every process gets SIGTERM at once, so the
+    results worker may already be gone when a drained job's result is queued.
+    """
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.stopping.set()

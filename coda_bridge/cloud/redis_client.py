@@ -1,0 +1,26 @@
+"""Clients of the cloud's Redis: the job stream, status hashes and cancel keys live there."""
+
+from __future__ import annotations
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+__all__ = ["REDIS_SOCKET_TIMEOUT_SEC", "cloud_redis_client"]
+
+#: Socket timeout of ordinary commands to either Redis.
+REDIS_SOCKET_TIMEOUT_SEC = 5.0
+
+
+def cloud_redis_client(url: str, *, block_sec: float = 0.0) -> redis.Redis:
+    """A client for the cloud's Redis that rides out short blips (3 retries with backoff)."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        encoding_errors="replace",  # a stray non-UTF-8 entry becomes a failed job, not a dead bridge
+        socket_connect_timeout=REDIS_SOCKET_TIMEOUT_SEC,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_SEC + block_sec,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )

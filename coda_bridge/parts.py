@@ -1,0 +1,112 @@
+"""What one process of the node builds once: its clients, and the objects each step of a job takes.
+
+Each worker, the bridge and the web app build one :class:`NodeParts` at
+start.  It parses the signing key once, keeps one pooled HTTP session and
+one client per Redis, and builds only what the process uses: an executor
+worker never signs unless it delivers, a delivery worker never loads the
+executor.  Steps get the few parts they need, not the whole.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import redis
+
+from .broker.shared_state import NodeState
+from .cloud.client import CloudClient
+from .cloud.redis_client import REDIS_SOCKET_TIMEOUT_SEC, cloud_redis_client
+from .cloud.signing import Signer
+from .errors import ConfigError
+from .executors.host import ExecutorHost
+from .identity.connect import node_signer
+from .pipeline.claims import ClaimBook
+from .pipeline.delivery import Deliverer
+from .pipeline.execute import Execution
+from .pipeline.records import RecordStore
+from .pipeline.runs import Runner
+from .pipeline.status import CloudStatus
+from .settings import Settings
+
+__all__ = ["NodeParts"]
+
+
+class NodeParts:
+    """Built on first use, then kept for the life of the process."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.qpu_id:
+            raise ConfigError("qpu_id is not known yet: the node has not connected to the cloud")
+        self.settings = settings
+        self.qpu_id: str = settings.qpu_id
+
+    # -- clients --
+
+    @cached_property
+    def local_redis(self) -> redis.Redis:
+        return redis.Redis.from_url(
+            self.settings.broker_url,
+            socket_connect_timeout=REDIS_SOCKET_TIMEOUT_SEC,
+            socket_timeout=REDIS_SOCKET_TIMEOUT_SEC,
+        )
+
+    @cached_property
+    def cloud_redis(self) -> redis.Redis:
+        if not self.settings.redis_url:
+            raise ConfigError("redis_url is not known: the cloud bundle did not name the job Redis")
+        return cloud_redis_client(self.settings.redis_url)
+
+    @cached_property
+    def cloud(self) -> CloudClient:
+        return CloudClient(self.settings)
+
+    @cached_property
+    def signer(self) -> Signer:
+        return node_signer(self.settings)
+
+    # -- what the steps take --
+
+    @cached_property
+    def state(self) -> NodeState:
+        return NodeState(self.local_redis, self.qpu_id)
+
+    @cached_property
+    def status(self) -> CloudStatus:
+        return CloudStatus(self.cloud_redis, self.qpu_id)
+
+    @cached_property
+    def records(self) -> RecordStore:
+        return RecordStore(self.local_redis, self.qpu_id)
+
+    @cached_property
+    def host(self) -> ExecutorHost:
+        return ExecutorHost(self.settings, self.state)
+
+    @cached_property
+    def execution(self) -> Execution:
+        runner = Runner(
+            self.host,
+            self.status,
+            self.state,
+            job_time_limit_sec=self.settings.job_time_limit_sec,
+            cancel_poll_sec=self.settings.cancel_poll_interval_sec,
+        )
+        claims = ClaimBook(self.local_redis, self.qpu_id, self.records, self.state)
+        return Execution(self.settings, self.status, self.records, claims, self.host, runner, self.state)
+
+    @cached_property
+    def deliverer(self) -> Deliverer:
+        return Deliverer(
+            self.settings,
+            self.records,
+            self.status,
+            cloud=self.cloud,
+            signer=self.signer,
+            state=self.state,
+        )
+
+    def close(self) -> None:
+        for name in ("cloud", "local_redis", "cloud_redis"):
+            handle = self.__dict__.pop(name, None)
+            if handle is not None:
+                handle.close()

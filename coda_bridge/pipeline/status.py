@@ -1,0 +1,115 @@
+"""The cloud's per-job keys (PROTOCOL.md section 4): the status hash it writes, the cancel key it reads.
+
+This module is the one writer of ``qpu:job:{job_id}:status``.  Writes of a
+batch go out in one round trip.  ``executing`` rides out a blip (the result
+matters more); a terminal state must land, so its failure propagates and
+the message is retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis
+
+from ..broker.shared_state import utc_iso
+from ..cloud.keys import cancel_key, status_key
+from ..errors import WebhookError
+from ..replies import as_text
+
+__all__ = ["ERROR_MAX_CHARS", "TERMINAL_STATES", "CloudStatus"]
+
+logger = logging.getLogger(__name__)
+
+#: The cloud keeps at most this much of an error text.
+ERROR_MAX_CHARS = 500
+#: Terminal states after which a message is acknowledged and skipped.
+TERMINAL_STATES = ("completed", "cancelled")
+
+
+class CloudStatus:
+    """Reads and writes of the cloud's status hash and cancel key of each job, for one QPU."""
+
+    def __init__(self, client: redis.Redis, qpu_id: str) -> None:
+        self.client = client
+        self.qpu_id = qpu_id
+
+    def precheck(self, job_ids: Sequence[str]) -> list[tuple[str | None, bool]]:
+        """The cloud's state of each job and whether its cancel key exists (one round trip)."""
+        if not job_ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(status_key(job_id), "state")
+            pipe.exists(cancel_key(job_id))
+        replies = pipe.execute()
+        return [
+            (as_text(state), bool(seen)) for state, seen in zip(replies[0::2], replies[1::2], strict=True)
+        ]
+
+    def cancels_seen(self, job_ids: Sequence[str]) -> set[str]:
+        """The jobs among ``job_ids`` whose cancel key exists (one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.exists(cancel_key(job_id))
+        return {job_id for job_id, seen in zip(job_ids, pipe.execute(), strict=True) if seen}
+
+    def state_of(self, job_id: str) -> str | None:
+        """The cloud's state of one job, ``None`` when unknown or unreadable."""
+        try:
+            return as_text(self.client.hget(status_key(job_id), "state"))
+        except redis.RedisError:
+            return None
+
+    def write(self, updates: Sequence[tuple[str, Mapping[str, str]]], *, terminal: bool) -> None:
+        """Write the status hash of each job (one round trip); only a terminal write's failure propagates."""
+        if not updates:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for job_id, fields in updates:
+            mapping: dict[Any, Any] = dict(fields)
+            pipe.hset(status_key(job_id), mapping=mapping)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            if terminal:
+                raise
+            jobs = ", ".join(job_id for job_id, _ in updates)
+            state = updates[0][1].get("state")
+            logger.warning("Could not write status %s of job %s: %s", state, jobs, exc)
+
+    def executing(self, jobs: Sequence[tuple[str, str]]) -> None:
+        """Mark each ``(job_id, entry_id)`` as executing on this QPU."""
+        started = {"state": "executing", "started_at": utc_iso(), "qpu_id": self.qpu_id}
+        self.write(
+            [(job_id, {**started, "message_id": entry_id}) for job_id, entry_id in jobs], terminal=False
+        )
+
+    def cancelled(self, job_id: str, entry_id: str) -> None:
+        fields = {
+            "state": "cancelled",
+            "cancelled_at": utc_iso(),
+            "message_id": entry_id,
+            "qpu_id": self.qpu_id,
+        }
+        self.write([(job_id, fields)], terminal=True)
+
+    def failed(self, job_id: str, error: str) -> None:
+        fields = {"state": "failed", "error": error[:ERROR_MAX_CHARS], "failed_at": utc_iso()}
+        self.write([(job_id, fields)], terminal=True)
+
+    def delivered(self, job_id: str, payload: Mapping[str, Any], refused: str | None) -> None:
+        """The terminal state after a delivery: ``completed``, or ``failed`` with the error."""
+        if payload.get("status") == "completed" and refused is None:
+            fields = {"state": "completed", "completed_at": utc_iso()}
+        else:
+            error = refused or str(payload.get("error") or "failed")
+            fields = {"state": "failed", "error": error[:ERROR_MAX_CHARS], "failed_at": utc_iso()}
+        try:
+            self.write([(job_id, fields)], terminal=True)
+        except redis.RedisError as exc:
+            raise WebhookError(
+                f"result of job {job_id} delivered, but its status write failed: {exc}"
+            ) from None
