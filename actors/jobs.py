@@ -47,7 +47,7 @@ def _queue_deliveries(deliveries: Sequence[Delivery]) -> None:
 def _delivered_inline(job_id: str, callback_url: str, entry_id: str) -> bool:
     """One delivery attempt in this process (the results worker may be stopping too); False if it failed."""
     try:
-        parts.deliverer.deliver(job_id, callback_url)
+        parts.deliverer.deliver(job_id, callback_url, entry_id)
     except Exception as exc:  # the queued delivery retries it properly
         logger.warning("Inline delivery of job %s during shutdown failed (%s); queued instead.", job_id, exc)
         return False

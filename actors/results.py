@@ -45,4 +45,4 @@ def dead_lettered(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
 )
 def deliver(job_id: str, callback_url: str, entry_id: str | None = None) -> None:
     """Post the job's recorded result to its callback URL."""
-    parts.deliverer.deliver(job_id, callback_url)
+    parts.deliverer.deliver(job_id, callback_url, entry_id)

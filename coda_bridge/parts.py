@@ -13,6 +13,8 @@ from functools import cached_property
 
 import redis
 
+from .broker.entries import EntryIndex
+from .broker.redis_broker import broker_namespace
 from .broker.shared_state import NodeState
 from .cloud.client import CloudClient
 from .cloud.redis_client import REDIS_SOCKET_TIMEOUT_SEC, cloud_redis_client
@@ -79,6 +81,10 @@ class NodeParts:
         return RecordStore(self.local_redis, self.qpu_id)
 
     @cached_property
+    def entries(self) -> EntryIndex:
+        return EntryIndex(self.local_redis, self.qpu_id, broker_namespace(self.qpu_id))
+
+    @cached_property
     def host(self) -> ExecutorHost:
         return ExecutorHost(self.settings, self.state)
 
@@ -92,7 +98,9 @@ class NodeParts:
             cancel_poll_sec=self.settings.cancel_poll_interval_sec,
         )
         claims = ClaimBook(self.local_redis, self.qpu_id, self.records, self.state)
-        return Execution(self.settings, self.status, self.records, claims, self.host, runner, self.state)
+        return Execution(
+            self.settings, self.status, self.records, claims, self.host, runner, self.state, self.entries
+        )
 
     @cached_property
     def deliverer(self) -> Deliverer:
@@ -103,6 +111,7 @@ class NodeParts:
             cloud=self.cloud,
             signer=self.signer,
             state=self.state,
+            entries=self.entries,
         )
 
     def close(self) -> None:

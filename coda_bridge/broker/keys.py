@@ -5,7 +5,7 @@ Namespaced by QPU so several QPUs at one site can share one Redis.
 
 from __future__ import annotations
 
-__all__ = ["claim_key", "job_key", "tick_key"]
+__all__ = ["claim_key", "entry_key", "job_key", "tick_key"]
 
 
 def claim_key(qpu_id: str, job_id: str) -> str:
@@ -21,3 +21,8 @@ def job_key(qpu_id: str, job_id: str) -> str:
 def tick_key(qpu_id: str, name: str, slot: int) -> str:
     """Taken by the one ticker that sends tick ``slot`` of a periodic task."""
     return f"coda-bridge:{qpu_id}:tick:{name}:{slot}"
+
+
+def entry_key(qpu_id: str, entry_id: str) -> str:
+    """Which broker message carries a cloud stream entry now (see :mod:`~coda_bridge.broker.entries`)."""
+    return f"coda-bridge:{qpu_id}:entry:{entry_id}"

@@ -13,6 +13,7 @@ than by chance, so a killed worker's messages return within
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 from uuid import uuid4
 
@@ -31,6 +32,7 @@ from dramatiq.middleware import (
 )
 
 from ..settings import Settings
+from .entries import EntryIndex
 from .middleware import IsolateWorkerProcess
 from .queues import QUEUES
 
@@ -61,6 +63,8 @@ class CodaBroker(RedisBroker):
         super().__init__(**kwargs)
         self.maintenance_interval_sec = maintenance_interval_sec
         self._last_maintenance: dict[str, float] = {}
+        #: Called with the pipeline of every enqueue and each message on it (the entry index writes there).
+        self.enqueue_hooks: list[Callable[[Any, Message[Any]], None]] = []
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -120,9 +124,13 @@ class CodaBroker(RedisBroker):
         pipe.ltrim(wake, 0, WAKE_TOKENS_MAX - 1)
 
     def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> None:
-        """Enqueue and push a wake-up token in one round trip."""
+        """Enqueue, run the enqueue hooks and push a wake-up token, in one round trip."""
         pipe = self.client.pipeline(transaction=False)
         self._pipe_enqueue(pipe, queue_name, message_id, data)
+        if self.enqueue_hooks:
+            message = Message.decode(data)
+            for hook in self.enqueue_hooks:
+                hook(pipe, message)
         self._pipe_wake(pipe, queue_name)
         pipe.execute()
 
@@ -138,6 +146,8 @@ class CodaBroker(RedisBroker):
             self._pipe_enqueue(
                 pipe, message.queue_name, message.options["redis_message_id"], message.encode()
             )
+            for hook in self.enqueue_hooks:
+                hook(pipe, message)
             per_queue[message.queue_name] = per_queue.get(message.queue_name, 0) + 1
         for queue_name, count in per_queue.items():
             self._pipe_wake(pipe, queue_name, count)
@@ -229,4 +239,6 @@ def create_broker(settings: Settings, *, qpu_id: str | None = None) -> CodaBroke
     )
     for queue in QUEUES:
         broker.declare_queue(queue)
+    if settings.qpu_id or qpu_id:
+        broker.enqueue_hooks.append(EntryIndex(broker.client, qpu, broker.namespace).record)
     return broker

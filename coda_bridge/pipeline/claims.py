@@ -82,6 +82,11 @@ class ClaimBook:
             for taken, recorded, ttl_ms in zip(replies[0::3], replies[1::3], replies[2::3], strict=True)
         ]
 
+    def read_held(self, pipe: redis.client.Pipeline, job_ids: Sequence[str]) -> None:
+        """Queue on ``pipe`` whether each job's claim is held now (one reply each: 0 or 1)."""
+        for job_id in job_ids:
+            pipe.exists(claim_key(self.qpu_id, job_id))
+
     def release(self, claims: Sequence[Claim]) -> None:
         """Give the claims back, each unless it lapsed and another worker holds it now (one round trip)."""
         if not claims:

@@ -16,6 +16,7 @@ from typing import Any
 import dramatiq
 import redis
 
+from ..broker.entries import EntryIndex
 from ..broker.shared_state import NodeState
 from ..cloud.client import CloudClient
 from ..cloud.origins import callback_allowed
@@ -58,6 +59,7 @@ class Deliverer:
         cloud: CloudClient,
         signer: Signer,
         state: NodeState,
+        entries: EntryIndex,
     ) -> None:
         self.settings = settings
         self.records = records
@@ -65,9 +67,10 @@ class Deliverer:
         self.cloud = cloud
         self.signer = signer
         self.state = state
+        self.entries = entries
 
-    def deliver(self, job_id: str, callback_url: str) -> str:
-        """Deliver the recorded result of ``job_id``.
+    def deliver(self, job_id: str, callback_url: str, entry_id: str | None = None) -> str:
+        """Deliver the recorded result of ``job_id``, then acknowledge its stream entry ``entry_id``.
 
         Returns ``delivered``, ``duplicate``, ``refused`` or ``missing``.
         """
@@ -78,7 +81,7 @@ class Deliverer:
             return "missing"
         payload = json.loads(recorded)
         if delivered:
-            self.status.delivered(job_id, payload, refused)
+            self.status.delivered(job_id, payload, refused, entry_id)
             return "duplicate"
         if busy_sec:
             logger.info(
@@ -96,6 +99,8 @@ class Deliverer:
             logger.error("Job %s: %s.", job_id, refused)
         pipe = self.records.client.pipeline(transaction=False)
         self.records.mark_delivered(job_id, refused, pipe)
+        if entry_id:  # the delivered mark stands for it now: the bridge acknowledges on seeing it
+            self.entries.forget([entry_id], pipe)
         if attempted:
             self.state.count("webhook_attempts", pipe=pipe)
         if outcome == "delivered" and payload.get("status") == "completed":
@@ -104,7 +109,7 @@ class Deliverer:
         elif outcome != "duplicate":
             self.state.count("jobs_failed", pipe=pipe)
         pipe.execute()
-        self.status.delivered(job_id, payload, refused)
+        self.status.delivered(job_id, payload, refused, entry_id)
         return outcome
 
     def _post(self, job_id: str, callback_url: str, payload: dict[str, Any]) -> tuple[str, str | None]:

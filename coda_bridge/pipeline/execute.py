@@ -15,6 +15,9 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import redis
+
+from ..broker.entries import EntryIndex
 from ..broker.shared_state import NodeState
 from ..cloud.origins import callback_refusal
 from ..errors import CodaError, JobError
@@ -63,7 +66,7 @@ class JobOutcome:
 
 @dataclass(frozen=True)
 class Execution:
-    """What executing a job takes: the rules, the cloud's status keys, the records, claims and the runner."""
+    """What executing a job takes: the rules, the cloud's status keys, records, claims, runner and entries."""
 
     settings: Settings
     status: CloudStatus
@@ -72,6 +75,7 @@ class Execution:
     host: ExecutorHost
     runner: Runner
     state: NodeState
+    entries: EntryIndex
 
 
 class _Batch:
@@ -87,6 +91,7 @@ class _Batch:
         self.ready: list[ReadyJob] = []
         self.running: list[Entry] = []
         self._settled: list[tuple[Delivery, Payload | None]] = []
+        self._ended_entries: list[str] = []
 
     def admit(self, entries: Sequence[Entry]) -> None:
         """Everything before the run: skip, cancel, claim, validate; a bad job ends here, failed."""
@@ -112,6 +117,7 @@ class _Batch:
         logger.warning("Skipping stream entry %s: it has no %s.", entry_id, missing)
         self.ex.state.count("jobs_skipped")
         self.outcomes.append(JobOutcome(job_id or None, "skipped", f"no {missing}"))
+        self._ended(entry_id, ack=True)
         return False
 
     def _open(self, fields: Mapping[str, str], entry_id: str, state: str | None, cancel_seen: bool) -> bool:
@@ -120,6 +126,7 @@ class _Batch:
         if state in TERMINAL_STATES:
             logger.info("Skipping job %s: already %s.", job_id, state)
             self.outcomes.append(JobOutcome(job_id, "skipped", f"already {state}"))
+            self._ended(entry_id, ack=True)
             return False
         if cancel_seen and not self.ex.records.has_result(job_id):
             self._cancelled(job_id, entry_id)
@@ -147,7 +154,8 @@ class _Batch:
         refusal = callback_refusal(callback, settings.webapp_url, settings.allowed_callback_hosts)
         if refusal is not None:
             logger.error("Job %s failed locally: %s", job_id, refusal)
-            self.ex.status.failed(job_id, refusal)
+            self.ex.status.failed(job_id, refusal, entry_id)
+            self._ended(entry_id, ack=False)
             self.ex.state.count("jobs_failed")
             self.outcomes.append(JobOutcome(job_id, "skipped", refusal))
             return
@@ -181,12 +189,24 @@ class _Batch:
                 self.outcomes.append(JobOutcome(job_id, "cancelled", "during run"))
 
     def close(self) -> None:
-        """Give back the claims still held."""
+        """Give back the claims still held, and forget the entries acknowledged here."""
         claims, self.held = self.held, []
         self.ex.claims.release(claims)
+        ended, self._ended_entries = self._ended_entries, []
+        try:
+            self.ex.entries.forget(ended)
+        except redis.RedisError as exc:  # the records expire by themselves; nothing is pending for them
+            logger.warning("Could not forget acknowledged entries %s: %s", ", ".join(ended), exc)
+
+    def _ended(self, entry_id: str, *, ack: bool) -> None:
+        """The entry's job needs nothing more: acknowledge it (unless the status write did) and forget it."""
+        if ack:
+            self.ex.status.ack([entry_id])
+        self._ended_entries.append(entry_id)
 
     def _cancelled(self, job_id: str, entry_id: str) -> None:
         self.ex.status.cancelled(job_id, entry_id)
+        self._ended(entry_id, ack=False)
         self.ex.state.count("jobs_cancelled")
         logger.info("Job %s cancelled.", job_id)
 

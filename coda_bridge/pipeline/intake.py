@@ -1,11 +1,16 @@
 """The bridge process: the cloud's job stream into the local dramatiq queue.
 
-Entries are read with ``XREADGROUP`` and acknowledged only after the
-broker accepted their message, so a crash at any moment leaves them
-pending for this consumer (stable name per host), and a restart re-queues
-them first.  Entries left pending by consumers that died are claimed
-after ``claim_idle_sec``.  A cloud Redis outage backs off 1 s doubling to
-60 s and resumes by itself; a deep local queue pauses reading.
+Entries are read with ``XREADGROUP`` and handed to the broker, and stay
+pending in the consumer group until their job's outcome is at the cloud
+(the worker that writes it acknowledges the entry): the cloud's stream is
+the ledger, the one store the node cannot lose.  On its own clock, and
+first thing after a start, the bridge reconciles its pending entries with
+what the broker still holds (:mod:`~coda_bridge.pipeline.reconcile`), so
+whatever a broker restart, flush or failover lost is forwarded again.
+Entries left pending by consumers that died are claimed after
+``claim_idle_sec`` and reconciled the same way.  A cloud Redis outage backs
+off 1 s doubling to 60 s and resumes by itself; a deep local queue pauses
+reading.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any
 import dramatiq
 import redis
 
+from ..backoff import Backoff
+from ..broker.entries import EntryIndex
 from ..broker.queues import EXECUTE_ACTOR, EXECUTE_BATCH_ACTOR, JOBS_QUEUE
 from ..broker.redis_broker import CodaBroker
 from ..broker.shared_state import NodeState
@@ -26,6 +33,9 @@ from ..cloud.keys import group_name, stream_key
 from ..cloud.redis_client import cloud_redis_client
 from ..failpoints import failpoint
 from ..settings import Settings
+from .claims import ClaimBook
+from .reconcile import Reconciler
+from .records import RecordStore
 
 __all__ = ["StreamBridge", "batch_message", "job_message"]
 
@@ -40,6 +50,9 @@ BACKPRESSURE_PAUSE_SEC = 0.2
 READ_COUNT = 100
 #: How often entries idle at dead consumers are looked for.
 CLAIM_INTERVAL_SEC = 10.0
+#: Longest time between two reconcile passes (a third of ``claim_idle_sec`` when that is shorter,
+#: so this bridge's entries never look idle to another consumer).
+RECONCILE_INTERVAL_SEC = 10.0
 #: Health marks outlive a few read cycles.
 HEALTH_TTL_FACTOR = 3
 
@@ -93,6 +106,20 @@ class StreamBridge:
         self._stopping = threading.Event()
         self._pending_first = True
         self._last_claim = 0.0
+        self._last_reconcile = 0.0
+        self.reconcile_interval_sec = min(RECONCILE_INTERVAL_SEC, settings.claim_idle_sec / 3)
+        records = RecordStore(broker.client, settings.qpu_id)
+        self.reconciler = Reconciler(
+            self.cloud,
+            self.stream,
+            self.group,
+            self.consumer,
+            entries=EntryIndex(broker.client, settings.qpu_id, broker.namespace),
+            records=records,
+            claims=ClaimBook(broker.client, settings.qpu_id, records, state),
+            enqueue_many=broker.enqueue_many,
+            forward=self._enqueue_jobs,
+        )
         self._batch_flag = (False, 0.0)
         self.forwarded = 0
 
@@ -106,8 +133,8 @@ class StreamBridge:
         return self._stopping.is_set()
 
     def run(self) -> None:
-        """Read, forward and acknowledge until stopped, riding out outages of either Redis."""
-        backoff = OUTAGE_BACKOFF_MIN_SEC
+        """Read, forward and reconcile until stopped, riding out outages of either Redis."""
+        backoff = Backoff(OUTAGE_BACKOFF_MIN_SEC, OUTAGE_BACKOFF_MAX_SEC)
         logger.info("Bridge reading %s as %s/%s.", self.stream, self.group, self.consumer)
         while not self.stopping:
             try:
@@ -115,31 +142,47 @@ class StreamBridge:
             except redis.RedisError as exc:
                 self._mark_cloud(False)
                 self._pending_first = True
-                logger.warning("Redis unavailable (%s); retrying in %.0f s.", exc, backoff)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, OUTAGE_BACKOFF_MAX_SEC)
+                delay = backoff.next_delay()
+                logger.warning("Redis unavailable (%s); retrying in %.0f s.", exc, delay)
+                self._stopping.wait(delay)
             else:
-                backoff = OUTAGE_BACKOFF_MIN_SEC
+                backoff.reset()
             if self.on_cycle is not None:
                 self.on_cycle()
         logger.info("Bridge stopped after forwarding %d entries.", self.forwarded)
 
     def cycle(self) -> int:
-        """One round: group, own pending entries, idle entries of dead consumers, then new ones."""
+        """One round: group, idle entries of dead consumers, reconcile when due, then new entries."""
         if self._pending_first:
             self.ensure_group()
-            recovered = self._forward_pending()
-            if recovered:
-                logger.info("Re-queued %d entries left pending by this consumer.", recovered)
+            self._last_reconcile = 0.0  # reconcile at once: a restart may follow a broker that lost data
             self._pending_first = False
-        if time.monotonic() - self._last_claim > CLAIM_INTERVAL_SEC:
-            self._last_claim = time.monotonic()
-            self._claim_idle()
+        try:
+            self._look_after_pending()
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._group_vanished()
+            return 0
         if self._queue_too_deep():
             self.state.stream_read()
             self._stopping.wait(BACKPRESSURE_PAUSE_SEC)
             return 0
         return self._read_new()
+
+    def _look_after_pending(self) -> None:
+        """Claim what dead consumers left idle, and reconcile this consumer's entries when due."""
+        if time.monotonic() - self._last_claim > CLAIM_INTERVAL_SEC:
+            self._last_claim = time.monotonic()
+            if self._claim_idle():
+                self._last_reconcile = 0.0
+        if time.monotonic() - self._last_reconcile > self.reconcile_interval_sec:
+            self._last_reconcile = time.monotonic()
+            self.reconciler.run_once()
+
+    def _group_vanished(self) -> None:
+        logger.warning("Consumer group %s vanished (cloud Redis restarted?); recreating it.", self.group)
+        self._pending_first = True
 
     # -- the stream --
 
@@ -163,54 +206,61 @@ class StreamBridge:
             )
         except redis.ResponseError as exc:
             if "NOGROUP" in str(exc):
-                logger.warning(
-                    "Consumer group %s vanished (cloud Redis restarted?); recreating it.", self.group
-                )
-                self._pending_first = True
+                self._group_vanished()
                 return 0
             raise
         self._mark_cloud(True)
         entries = reply[0][1] if reply else []
         return self._forward(entries)
 
-    def _forward_pending(self) -> int:
-        total = 0
-        start = "0"
-        while True:
-            reply: Any = self.cloud.xreadgroup(
-                self.group, self.consumer, {self.stream: start}, count=READ_COUNT
-            )
-            entries = reply[0][1] if reply else []
-            if not entries:
-                return total
-            total += self._forward(entries)
-            start = entries[-1][0]
+    def _claim_idle(self) -> int:
+        """XAUTOCLAIM entries idle at other (dead) consumers, for the next reconcile; Redis 6.2 and 7 replies.
 
-    def _claim_idle(self) -> None:
-        """XAUTOCLAIM entries idle at other (dead) consumers; Redis 6.2 and 7 replies both work."""
+        The owner of a live entry keeps it from going idle, so what is idle
+        here lost its bridge; the reconcile pass forwards it again only if
+        the broker holds nothing of it (a worker may still be running it).
+        """
         start = "0-0"
+        claimed = 0
         min_idle_ms = int(self.settings.claim_idle_sec * 1000)
         while True:
             reply: Any = self.cloud.xautoclaim(
-                self.stream, self.group, self.consumer, min_idle_ms, start_id=start, count=READ_COUNT
+                self.stream,
+                self.group,
+                self.consumer,
+                min_idle_ms,
+                start_id=start,
+                count=READ_COUNT,
             )
-            next_start, entries = reply[0], reply[1]
-            if entries:
-                logger.warning("Claimed %d entries idle at other consumers.", len(entries))
-                self._forward(entries)
-            if not entries or next_start in ("0-0", b"0-0"):
-                return
+            next_start, ids = reply[0], [entry[0] for entry in reply[1]]
+            if ids:
+                logger.warning("Claimed %d entries idle at other consumers.", len(ids))
+                claimed += len(ids)
+            if not ids or next_start in ("0-0", b"0-0"):
+                return claimed
             start = next_start
 
     def _forward(self, entries: Sequence[Entry] | Iterable[Entry]) -> int:
-        """Enqueue one message per entry, then XACK them all: never acknowledge before the broker has it."""
-        done, jobs = [], []
+        """Enqueue one message per entry (or per batch); the entries stay pending until their job is over."""
+        jobs, deleted = [], []
         for entry_id, fields in entries:
             if fields:
                 jobs.append((dict(fields), entry_id))
             else:
                 logger.warning("Stream entry %s was deleted before it was read; acknowledging it.", entry_id)
-            done.append(entry_id)
+                deleted.append(entry_id)
+        self._enqueue_jobs(jobs)
+        failpoint("bridge.before_ack")  # just after the hand-over, where entries used to be acknowledged
+        if deleted:
+            self.cloud.xack(self.stream, self.group, *deleted)
+        self.forwarded += len(jobs) + len(deleted)
+        self.state.stream_read()
+        return len(jobs) + len(deleted)
+
+    def _enqueue_jobs(self, jobs: list[tuple[dict[str, str], str]]) -> None:
+        """One ``execute`` message per entry, or ``execute_batch`` groups when the executor batches."""
+        if not jobs:
+            return
         size = self.settings.batch_size
         if len(jobs) > 1 and self._executor_batches():
             groups = [jobs[start : start + size] for start in range(0, len(jobs), size)]
@@ -218,12 +268,6 @@ class StreamBridge:
         else:
             messages = [job_message(fields, entry_id) for fields, entry_id in jobs]
         self.broker.enqueue_many(messages)
-        if done:
-            failpoint("bridge.before_ack")
-            self.cloud.xack(self.stream, self.group, *done)
-            self.forwarded += len(done)
-        self.state.stream_read()
-        return len(done)
 
     def _executor_batches(self) -> bool:
         capable, read_at = self._batch_flag

@@ -104,6 +104,20 @@ class RecordStore:
                 )
                 time.sleep(delay)
 
+    def read_progress(self, pipe: redis.client.Pipeline, job_ids: Sequence[str]) -> None:
+        """Queue on ``pipe`` each job's delivery lease and record (two replies each; see :meth:`progress`)."""
+        for job_id in job_ids:
+            pipe.exists(self.lease_key(job_id))
+            pipe.hmget(self.key(job_id), "result", "delivered")
+
+    @staticmethod
+    def progress(replies: Sequence[Any]) -> list[tuple[bool, bool, bool]]:
+        """The replies of :meth:`read_progress` as (leased, result recorded, delivered) per job."""
+        return [
+            (bool(leased), fields[0] is not None, fields[1] is not None)
+            for leased, fields in zip(replies[0::2], replies[1::2], strict=True)
+        ]
+
     # -- delivery --
 
     def read_and_lease(

@@ -1,6 +1,9 @@
 """The cloud's per-job keys (PROTOCOL.md section 4): the status hash it writes, the cancel key it reads.
 
-This module is the one writer of ``qpu:job:{job_id}:status``.  Writes of a
+This module is the one writer of ``qpu:job:{job_id}:status``, and the one
+place a stream entry is acknowledged once its job is over: a terminal
+state and the entry's ``XACK`` go out in one round trip, so the cloud's
+stream stays the ledger until the outcome is at the cloud.  Writes of a
 batch go out in one round trip.  ``executing`` rides out a blip (the result
 matters more); a terminal state must land, so its failure propagates and
 the message is retried.
@@ -15,7 +18,7 @@ from typing import Any
 import redis
 
 from ..broker.shared_state import utc_iso
-from ..cloud.keys import cancel_key, status_key
+from ..cloud.keys import cancel_key, group_name, status_key, stream_key
 from ..errors import WebhookError
 from ..replies import as_text
 
@@ -35,6 +38,14 @@ class CloudStatus:
     def __init__(self, client: redis.Redis, qpu_id: str) -> None:
         self.client = client
         self.qpu_id = qpu_id
+        self.stream = stream_key(qpu_id)
+        self.group = group_name(qpu_id)
+
+    def ack(self, entry_ids: Sequence[str]) -> None:
+        """Acknowledge stream entries whose job needs nothing more (a skip of what names no job)."""
+        entry_ids = [entry_id for entry_id in entry_ids if entry_id]
+        if entry_ids:
+            self.client.xack(self.stream, self.group, *entry_ids)
 
     def precheck(self, job_ids: Sequence[str]) -> list[tuple[str | None, bool]]:
         """The cloud's state of each job and whether its cancel key exists (one round trip)."""
@@ -63,14 +74,26 @@ class CloudStatus:
         except redis.RedisError:
             return None
 
-    def write(self, updates: Sequence[tuple[str, Mapping[str, str]]], *, terminal: bool) -> None:
-        """Write the status hash of each job (one round trip); only a terminal write's failure propagates."""
+    def write(
+        self,
+        updates: Sequence[tuple[str, Mapping[str, str]]],
+        *,
+        terminal: bool,
+        acks: Sequence[str | None] = (),
+    ) -> None:
+        """Write the status hash of each job and acknowledge ``acks`` (one round trip).
+
+        Only a terminal write's failure propagates.
+        """
         if not updates:
             return
         pipe = self.client.pipeline(transaction=False)
         for job_id, fields in updates:
             mapping: dict[Any, Any] = dict(fields)
             pipe.hset(status_key(job_id), mapping=mapping)
+        entry_ids = [entry_id for entry_id in acks if entry_id]
+        if entry_ids:
+            pipe.xack(self.stream, self.group, *entry_ids)
         try:
             pipe.execute()
         except redis.RedisError as exc:
@@ -96,11 +119,13 @@ class CloudStatus:
         }
         self.write([(job_id, fields)], terminal=True)
 
-    def failed(self, job_id: str, error: str) -> None:
+    def failed(self, job_id: str, error: str, entry_id: str | None) -> None:
         fields = {"state": "failed", "error": error[:ERROR_MAX_CHARS], "failed_at": utc_iso()}
-        self.write([(job_id, fields)], terminal=True)
+        self.write([(job_id, fields)], terminal=True, acks=[entry_id])
 
-    def delivered(self, job_id: str, payload: Mapping[str, Any], refused: str | None) -> None:
+    def delivered(
+        self, job_id: str, payload: Mapping[str, Any], refused: str | None, entry_id: str | None
+    ) -> None:
         """The terminal state after a delivery: ``completed``, or ``failed`` with the error."""
         if payload.get("status") == "completed" and refused is None:
             fields = {"state": "completed", "completed_at": utc_iso()}
@@ -108,7 +133,7 @@ class CloudStatus:
             error = refused or str(payload.get("error") or "failed")
             fields = {"state": "failed", "error": error[:ERROR_MAX_CHARS], "failed_at": utc_iso()}
         try:
-            self.write([(job_id, fields)], terminal=True)
+            self.write([(job_id, fields)], terminal=True, acks=[entry_id])
         except redis.RedisError as exc:
             raise WebhookError(
                 f"result of job {job_id} delivered, but its status write failed: {exc}"

@@ -1,4 +1,4 @@
-"""The stream bridge against a real Redis: forward, acknowledge, recover, claim, pause, recreate."""
+"""The stream bridge against a real Redis: forward, keep pending, recover, claim, pause, recreate."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import redis
 from dramatiq.message import Message
 
+from coda_bridge.broker.entries import ALIVE, EntryIndex
 from coda_bridge.broker.queues import JOBS_QUEUE
 from coda_bridge.broker.redis_broker import CodaBroker, create_broker
 from coda_bridge.broker.shared_state import NodeState
@@ -62,7 +63,7 @@ def _job(n: int) -> dict[str, str]:
     return {"job_id": f"j-{n}", "callback_url": "http://cloud/cb", "ir_json": "{}", "shots": "1"}
 
 
-def test_entries_are_enqueued_then_acknowledged(
+def test_entries_are_enqueued_and_stay_pending_until_their_job_is_over(
     settings: Settings, broker: CodaBroker, cloud: redis.Redis
 ) -> None:
     bridge = _bridge(settings, broker)
@@ -75,8 +76,23 @@ def test_entries_are_enqueued_then_acknowledged(
     queued = _queued(broker)
     assert [m.args[1] for m in queued] == ids
     assert [m.args[0]["job_id"] for m in queued] == ["j-0", "j-1", "j-2"]
-    assert cloud.xpending(STREAM, GROUP)["pending"] == 0
+    assert cloud.xpending(STREAM, GROUP)["pending"] == 3, "the stream stays the ledger"
+    states = EntryIndex(broker.client, QPU, broker.namespace).liveness(ids)
+    assert states == [(ALIVE, "j-0"), (ALIVE, "j-1"), (ALIVE, "j-2")]
     assert NodeState(broker.client, QPU).last_stream_read() is not None
+
+
+def test_a_restart_does_not_forward_entries_the_broker_still_holds(
+    settings: Settings, broker: CodaBroker, cloud: redis.Redis
+) -> None:
+    first = _bridge(settings, broker)
+    first.ensure_group()
+    entry = cloud.xadd(STREAM, _job(1))
+    first.cycle()
+
+    _bridge(settings, broker).cycle()  # a restarted bridge reconciles first
+
+    assert [m.args[1] for m in _queued(broker)] == [entry], "forwarded once, not again"
 
 
 def test_own_pending_entries_are_requeued_at_start(
@@ -84,12 +100,12 @@ def test_own_pending_entries_are_requeued_at_start(
 ) -> None:
     cloud.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
     entry = cloud.xadd(STREAM, _job(1))
-    cloud.xreadgroup(GROUP, "bridge-a", {STREAM: ">"})  # read, then "crashed" before XACK
+    cloud.xreadgroup(GROUP, "bridge-a", {STREAM: ">"})  # read, then "crashed" before the hand-over
 
     _bridge(settings, broker).cycle()
 
     assert [m.args[1] for m in _queued(broker)] == [entry]
-    assert cloud.xpending(STREAM, GROUP)["pending"] == 0
+    assert cloud.xpending(STREAM, GROUP)["pending"] == 1
 
 
 def test_entries_idle_at_a_dead_consumer_are_claimed(
@@ -108,7 +124,8 @@ def test_entries_idle_at_a_dead_consumer_are_claimed(
         bridge.cycle()
 
     assert [m.args[1] for m in _queued(broker)] == [entry]
-    assert cloud.xpending(STREAM, GROUP)["pending"] == 0
+    [pending] = cloud.xpending_range(STREAM, GROUP, "-", "+", 10)
+    assert pending["consumer"] == "bridge-a"
 
 
 def test_a_deep_local_queue_pauses_reading(
@@ -152,29 +169,25 @@ class _ReplyShapes:
     def xautoclaim(self, *args: Any, **kwargs: Any) -> list[Any]:
         return self.reply
 
-    def xack(self, stream: str, group: str, *ids: str) -> int:
-        self.acked.extend(ids)
-        return len(ids)
-
 
 @pytest.mark.parametrize(
-    "reply",
+    ("reply", "expected"),
     [
-        ["0-0", [("1-0", _job(1)), ("2-0", None)]],
-        ["0-0", [("1-0", _job(1))], ["2-0"]],
+        (["0-0", [("1-0", _job(1)), ("2-0", None)]], 2),  # a deleted entry stays pending (nil fields)
+        (["0-0", [("1-0", _job(1))], ["2-0"]], 1),  # Redis 7 drops deleted entries from the group
     ],
     ids=["redis-6.2", "redis-7"],
 )
 def test_xautoclaim_replies_of_both_redis_versions(
-    settings: Settings, broker: CodaBroker, reply: list[Any]
+    settings: Settings, broker: CodaBroker, reply: list[Any], expected: int
 ) -> None:
     fake = _ReplyShapes(reply)
     bridge = StreamBridge(settings, broker, NodeState(broker.client, QPU), cloud=fake)  # type: ignore[arg-type]
 
-    bridge._claim_idle()
+    claimed = bridge._claim_idle()
 
-    assert [m.args[1] for m in _queued(broker)] == ["1-0"]
-    assert "1-0" in fake.acked
+    assert claimed == expected, "the entries are now this consumer's, for the reconcile pass to sort"
+    assert _queued(broker) == []
 
 
 def test_an_idle_consumer_wakes_on_enqueue_before_its_timeout(broker: CodaBroker) -> None:

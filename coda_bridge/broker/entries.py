@@ -1,0 +1,100 @@
+"""Which broker message carries each cloud stream entry, so the bridge can tell what the broker lost.
+
+Every enqueue of a message that carries stream entries (``execute``,
+``execute_batch``, ``deliver``) also records, in the same round trip, the
+entry's queue and the message's Redis id.  An entry is *alive* while that
+message is still in the broker (queued, delayed or being processed), and
+*parked* while it sits in the results dead-letter queue.  A broker that
+restarted empty, was flushed or failed over loses the records with the
+messages, so the entries read as neither, and the bridge forwards them
+again.  A record is overwritten whenever a newer message carries the
+entry, and forgotten once the entry is acknowledged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from dramatiq.message import Message
+
+from ..replies import as_text
+from .keys import entry_key
+from .queues import DELIVER_ACTOR, EXECUTE_ACTOR, EXECUTE_BATCH_ACTOR, RESULTS_QUEUE
+
+__all__ = ["ALIVE", "GONE", "PARKED", "ENTRY_TTL_SEC", "EntryIndex", "carried_entries"]
+
+#: How long an entry's record is kept when nothing forgets it (results are kept as long).
+ENTRY_TTL_SEC = 30 * 86_400
+#: What the broker holds of an entry.
+GONE, ALIVE, PARKED = 0, 1, 2
+
+#: For each entry key: its message's state (GONE, ALIVE, PARKED) and the job id it names.
+_LIVENESS = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local rec = redis.call('HMGET', key, 'q', 'm', 'j')
+  local state = 0
+  if rec[1] then
+    local base = ARGV[1] .. ':' .. rec[1]
+    if redis.call('HEXISTS', base .. '.msgs', rec[2]) == 1 then
+      state = 1
+    elseif rec[1] == ARGV[2] and redis.call('HEXISTS', base .. '.XQ.msgs', rec[2]) == 1 then
+      state = 2
+    end
+  end
+  out[i] = {state, rec[3] or false}
+end
+return out
+"""
+
+
+def carried_entries(message: Message[Any]) -> list[tuple[str, str]]:
+    """The ``(entry_id, job_id)`` pairs a message carries, by the shape of its actor's arguments."""
+    args = message.args
+    try:
+        if message.actor_name == EXECUTE_ACTOR:
+            return [(str(args[1]), str(args[0].get("job_id") or ""))]
+        if message.actor_name == EXECUTE_BATCH_ACTOR:
+            return [(str(entry_id), str(fields.get("job_id") or "")) for fields, entry_id in args[0]]
+        if message.actor_name == DELIVER_ACTOR and len(args) > 2 and args[2]:
+            return [(str(args[2]), str(args[0]))]
+    except (IndexError, TypeError, ValueError, AttributeError):
+        return []
+    return []
+
+
+class EntryIndex:
+    """The entry records of one QPU's broker namespace."""
+
+    def __init__(self, client: redis.Redis, qpu_id: str, namespace: str) -> None:
+        self.client = client
+        self.qpu_id = qpu_id
+        self.namespace = namespace
+        self._liveness = client.register_script(_LIVENESS)
+
+    def record(self, pipe: redis.client.Pipeline, message: Message[Any]) -> None:
+        """On ``pipe``: the entries ``message`` carries are now carried by it (its queue and Redis id)."""
+        redis_id = message.options.get("redis_message_id")
+        if not redis_id:
+            return
+        for entry_id, job_id in carried_entries(message):
+            key = entry_key(self.qpu_id, entry_id)
+            pipe.hset(key, mapping={"q": message.queue_name, "m": redis_id, "j": job_id})
+            pipe.expire(key, ENTRY_TTL_SEC)
+
+    def liveness(self, entry_ids: Sequence[str]) -> list[tuple[int, str | None]]:
+        """For each entry: GONE, ALIVE or PARKED, and the job id its record names (one round trip)."""
+        if not entry_ids:
+            return []
+        keys = [entry_key(self.qpu_id, entry_id) for entry_id in entry_ids]
+        replies: Any = self._liveness(keys=keys, args=[self.namespace, RESULTS_QUEUE])
+        return [(int(state), as_text(job_id) or None) for state, job_id in replies]
+
+    def forget(self, entry_ids: Sequence[str], pipe: redis.client.Pipeline | None = None) -> None:
+        """The entries were acknowledged: drop their records (on ``pipe`` when given)."""
+        if not entry_ids:
+            return
+        keys = [entry_key(self.qpu_id, entry_id) for entry_id in entry_ids]
+        (pipe or self.client).delete(*keys)
