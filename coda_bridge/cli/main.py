@@ -21,8 +21,7 @@ __all__ = ["cli", "main"]
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="coda-bridge")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(debug: bool) -> None:
     """coda-bridge: connect a quantum execution backend to the Coda cloud.
 
     \b
@@ -72,3 +71,32 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(getattr(exc, "exit_code", 1))
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:
+        message = _library_error(exc)
+        if message is None or "--debug" in args:
+            raise
+        click.echo(f"error: {mask(message)}", err=True)
+        sys.exit(1)
+
+
+def _library_error(exc: Exception) -> str | None:
+    """One line for a redis or requests error no command converted (the last safety net), else None.
+
+    Looked up in ``sys.modules``: a library that was never imported cannot have raised.
+    """
+    from .options import safe_url
+
+    redis = sys.modules.get("redis")
+    if redis is not None and isinstance(exc, redis.RedisError):
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        return f"Redis error ({type(exc).__name__}): {text}"
+    requests = sys.modules.get("requests")
+    if requests is not None and isinstance(exc, requests.RequestException):
+        # str(exc) repeats the whole URL, query string (and any token in it) included
+        request = getattr(exc, "request", None)
+        url = getattr(request, "url", None)
+        where = f" to {safe_url(url).partition('?')[0]}" if url else ""
+        response = getattr(exc, "response", None)
+        status = f", HTTP {response.status_code}" if response is not None else ""
+        return f"HTTP request{where} failed ({type(exc).__name__}{status})"
+    return None

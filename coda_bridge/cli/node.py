@@ -13,7 +13,15 @@ import click
 
 from ..errors import CodaError, ConfigError
 from ..logs import mask
-from .options import host_option, node_settings, plain_settings, port_option, site_option, token_option
+from .options import (
+    check_redis_urls,
+    host_option,
+    node_settings,
+    plain_settings,
+    port_option,
+    site_option,
+    token_option,
+)
 
 __all__ = ["logs", "reset", "start", "status", "stop", "stop_vpn"]
 
@@ -38,6 +46,8 @@ def start(token: str | None, host: str | None, port: int | None, daemon: bool, s
     """
     from ..ops.supervisor import run_start, start_detached
 
+    # every process would fail on a malformed URL, and restart: refuse it before starting any
+    check_redis_urls(node_settings(site, host=host, port=port))
     if not daemon:
         sys.exit(run_start(token=token, host=host, port=port, site=site))
     pid, log = start_detached(token=token, host=host, port=port, site=site)
@@ -54,21 +64,31 @@ def stop(site: str | None) -> None:
       coda-bridge stop
     """
     from ..identity.credentials import StatePaths
-    from ..ops.daemon import running_pid, stop_node
+    from ..ops.daemon import running_pid
 
     settings = plain_settings(site)
     paths = StatePaths(settings.state_dir)
     pid = running_pid(paths.daemon_pid)
     if pid is None:
-        stop_node(paths.daemon_pid, settings.shutdown_drain_timeout_sec)  # clears a stale pid file
+        _stop_node(paths, settings.shutdown_drain_timeout_sec)  # clears a stale pid file
         click.echo("coda-bridge is not running")
         return
     click.echo(
         f"stopping coda-bridge (pid {pid}); draining for up to {settings.shutdown_drain_timeout_sec:g} s"
     )
-    outcome = stop_node(paths.daemon_pid, settings.shutdown_drain_timeout_sec)
+    outcome = _stop_node(paths, settings.shutdown_drain_timeout_sec)
     how = "killed after the drain timeout" if outcome.forced else "stopped"
     click.echo(f"coda-bridge (pid {outcome.pid}) {how} in {outcome.seconds:.1f} s")
+
+
+def _stop_node(paths: Any, drain_timeout_sec: float) -> Any:
+    """``stop_node``, with a pid file that cannot be used (the state directory is a file...) as one line."""
+    from ..ops.daemon import stop_node
+
+    try:
+        return stop_node(paths.daemon_pid, drain_timeout_sec)
+    except OSError as exc:
+        raise ConfigError(f"cannot use the pid file {paths.daemon_pid}: {exc.strerror or exc}") from None
 
 
 @click.command()
@@ -94,9 +114,17 @@ def status(site: str | None) -> None:
     except ConfigError as exc:
         click.echo(f"qpu:         unknown ({exc})")
     else:
-        qpu = f"{settings.qpu_id} ({settings.qpu_display_name})" if settings.qpu_id else "not provisioned yet"
+        qpu = settings.qpu_id or "not provisioned yet"
+        if settings.qpu_id and settings.qpu_display_name:
+            qpu += f" ({settings.qpu_display_name})"
         click.echo(f"qpu:         {qpu}")
-        click.echo(f"queues:      {queue_summary(settings)}")
+        try:
+            check_redis_urls(settings, ("broker_url",))
+        except ConfigError as exc:
+            queues = f"unknown ({exc})"
+        else:
+            queues = queue_summary(settings)
+        click.echo(f"queues:      {queues}")
         click.echo(f"vpn:         {vpn_summary(settings)}")
     sys.exit(0 if pid else 3)
 
@@ -162,20 +190,22 @@ def reset(yes: bool) -> None:
       coda-bridge reset --yes
     """
     from ..identity.credentials import StatePaths, reset_state
-    from ..ops.daemon import stop_node
 
     settings = plain_settings()
     paths = StatePaths(settings.state_dir)
     if not yes:
         click.confirm(f"Delete the node's credentials and state in {paths.root}?", abort=True)
-    outcome = stop_node(paths.daemon_pid, settings.shutdown_drain_timeout_sec)
+    outcome = _stop_node(paths, settings.shutdown_drain_timeout_sec)
     if outcome.pid:
         click.echo(f"stopped coda-bridge (pid {outcome.pid})")
     try:
         _stop_vpn(settings)
     except CodaError as exc:
         click.echo(f"warning: {mask(str(exc))}", err=True)
-    removed = reset_state(settings.state_dir)
+    try:
+        removed = reset_state(settings.state_dir)
+    except OSError as exc:
+        raise ConfigError(f"cannot delete {exc.filename or paths.root}: {exc.strerror or exc}") from None
     for path in removed:
         click.echo(f"removed {path}")
     click.echo(f"reset: {len(removed)} file(s) removed; start again with a new node token")

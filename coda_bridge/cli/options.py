@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import click
 
-from ..errors import CodaError
+from ..errors import CodaError, ConfigError
 from ..ops.respawn import EX_CONFIG
 
 __all__ = [
     "DEFAULT_DEVCLOUD_URL",
+    "BadSetting",
     "Unrecoverable",
+    "check_http_url",
+    "check_redis_urls",
     "host_option",
     "node_settings",
     "plain_settings",
     "port_option",
+    "redis_errors",
+    "safe_url",
     "site_option",
     "token_option",
 ]
@@ -26,6 +34,12 @@ DEFAULT_DEVCLOUD_URL = "http://127.0.0.1:8765"
 
 class Unrecoverable(CodaError):
     """A process cannot work as configured; it exits with ``EX_CONFIG`` so it is not restarted."""
+
+    exit_code = EX_CONFIG
+
+
+class BadSetting(ConfigError):
+    """A setting's value cannot work at all (a malformed URL); exits ``EX_CONFIG``."""
 
     exit_code = EX_CONFIG
 
@@ -42,6 +56,96 @@ def plain_settings(site: str | None = None) -> Any:
     from ..settings import load_settings
 
     return load_settings(site=site)
+
+
+#: Query parameters of a URL whose values are never shown (redis-py takes ``?password=``).
+_SECRET_QUERY = ("pass", "token", "secret", "key", "user")
+
+
+def safe_url(url: str) -> str:
+    """``url`` as it may be shown: no user info (Redis URLs carry passwords there), no secret query value.
+
+    Works on malformed URLs too: they are the ones error messages name.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    rest = rest.rsplit("@", 1)[-1]  # a password may itself hold an "@"
+    base, question, query = rest.partition("?")
+    if question:
+        shown = [
+            f"{name}=***" if any(word in name.lower() for word in _SECRET_QUERY) else f"{name}={value}"
+            for name, value in parse_qsl(query, keep_blank_values=True)
+        ]
+        rest = f"{base}?{'&'.join(shown)}"
+    return f"{scheme}{sep}{rest}"
+
+
+def _setting_name(settings: Any, field: str) -> str:
+    from ..settings import ENV_PREFIX
+
+    variable = f"{ENV_PREFIX}_{field.upper()}"
+    if field in settings.model_fields_set:
+        return variable
+    return f"{field} (persisted in the state directory; {variable} overrides it)"
+
+
+def check_redis_urls(settings: Any, fields: tuple[str, ...] = ("broker_url", "redis_url")) -> None:
+    """Refuse a Redis URL redis-py cannot parse, naming its setting (:class:`BadSetting`, exit 78)."""
+    from redis.connection import parse_url
+
+    for field in fields:
+        url = getattr(settings, field)
+        if url is None:
+            continue
+        try:
+            parse_url(url)
+        except ValueError as exc:
+            shown = safe_url(url)
+            raise BadSetting(
+                f"{_setting_name(settings, field)}={shown!r} is not a valid Redis URL: {exc}"
+            ) from None
+
+
+def check_http_url(url: str, setting: str) -> None:
+    """Refuse a URL that is not ``http(s)://host[:port]...``, naming ``setting`` (exit 78)."""
+    problem = None
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a port that is not a number in range
+    except ValueError as exc:
+        problem = str(exc)
+    else:
+        if parts.scheme not in ("http", "https"):
+            problem = "it must start with http:// or https://"
+        elif not parts.hostname:
+            problem = "it names no host"
+    if problem:
+        raise BadSetting(f"{setting} {safe_url(url)!r} is not a valid URL: {problem}")
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def redis_errors(what: str, url: str, fix: str = "") -> Iterator[None]:
+    """Turn a Redis failure (or the socket error under it) into one :class:`CodaError` naming the server.
+
+    ``what`` names the server (``"the broker"``), ``url`` is shown without its password.
+    """
+    import redis
+
+    try:
+        yield
+    except redis.AuthenticationError as exc:
+        raise CodaError(f"{what} at {safe_url(url)} refused our credentials ({_reason(exc)})") from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        hint = f"; {fix}" if fix else ""
+        raise CodaError(f"{what} at {safe_url(url)} does not answer ({_reason(exc)}){hint}") from None
+    except redis.RedisError as exc:
+        raise CodaError(f"{what} at {safe_url(url)} failed: {_reason(exc)}") from None
 
 
 host_option = click.option("--host", help="Address of the probes app (overrides CODA_HOST).")

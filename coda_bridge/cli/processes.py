@@ -13,7 +13,16 @@ import click
 
 from ..errors import AuthError, ConfigError, NodeError
 from ..logs import configure_logging
-from .options import Unrecoverable, host_option, node_settings, plain_settings, port_option, token_option
+from .options import (
+    Unrecoverable,
+    check_redis_urls,
+    host_option,
+    node_settings,
+    plain_settings,
+    port_option,
+    redis_errors,
+    token_option,
+)
 
 __all__ = ["bridge", "worker", "web", "replay"]
 
@@ -31,6 +40,7 @@ def bridge(token: str | None) -> None:
 
     configure_logging()
     try:
+        check_redis_urls(node_settings())  # before a one-time token is spent on connecting
         run_bridge(token=token)
     except (ConfigError, AuthError) as exc:
         raise Unrecoverable(str(exc)) from exc
@@ -59,6 +69,11 @@ def worker(queue: str) -> None:
     specs = {spec.name: spec for spec in node_processes(plain_settings(), web=False) if spec.name != "bridge"}
     if name not in specs:
         raise click.BadParameter(f"expected one of {', '.join(specs)}", param_hint="QUEUE")
+    # dramatiq would only fail on these inside its worker processes, with tracebacks, and be restarted
+    try:
+        check_redis_urls(node_settings())
+    except ConfigError as exc:
+        raise Unrecoverable(str(exc)) from None
     argv = list(specs[name].argv)
     os.execv(argv[0], argv)
 
@@ -81,6 +96,7 @@ def web(host: str | None, port: int | None) -> None:
         raise Unrecoverable("the probes app (coda_bridge.web.app) is not installed") from None
     try:
         settings = node_settings(host=host, port=port)
+        check_redis_urls(settings)
     except ConfigError as exc:
         raise Unrecoverable(str(exc)) from exc
     serve(settings)
@@ -103,12 +119,17 @@ def replay(list_only: bool, job_ids: tuple[str, ...]) -> None:
     from ..pipeline.deadletters import dead_letters, replay_dead_letters
 
     settings = wait_for_identity(timeout_sec=0)
-    broker = create_broker(settings)
-    letters = dead_letters(broker)
-    if list_only:
-        for letter in letters:
-            click.echo(f"{letter.job_id}\tretries={letter.retries}\t{letter.callback_url}")
-        click.echo(f"{len(letters)} dead-lettered result(s)")
-        return
-    replayed = replay_dead_letters(broker, set(job_ids) if job_ids else None)
+    check_redis_urls(settings, ("broker_url",))
+    with redis_errors("the broker", settings.broker_url, "start the local Redis or set CODA_BROKER_URL"):
+        broker = create_broker(settings)
+        try:
+            letters = dead_letters(broker)
+            if list_only:
+                for letter in letters:
+                    click.echo(f"{letter.job_id}\tretries={letter.retries}\t{letter.callback_url}")
+                click.echo(f"{len(letters)} dead-lettered result(s)")
+                return
+            replayed = replay_dead_letters(broker, set(job_ids) if job_ids else None)
+        finally:
+            broker.close()
     click.echo(f"re-queued {len(replayed)} result(s) for delivery")

@@ -8,9 +8,16 @@ from pathlib import Path
 
 import click
 
-from ..errors import CodaError
+from ..errors import CodaError, ConfigError
 from ..logs import mask
-from .options import DEFAULT_DEVCLOUD_URL, site_option
+from .options import (
+    DEFAULT_DEVCLOUD_URL,
+    check_http_url,
+    check_redis_urls,
+    node_settings,
+    plain_settings,
+    site_option,
+)
 
 __all__ = ["demo", "devcloud_group", "doctor", "submit"]
 
@@ -26,6 +33,7 @@ def doctor(site: str | None) -> None:
     """
     from ..ops.doctor import run_checks
 
+    _refuse_malformed_redis_urls(site)
     checks = run_checks(site=site)
     for check in checks:
         click.echo(mask(check.line()))
@@ -33,6 +41,20 @@ def doctor(site: str | None) -> None:
     click.echo(f"{len(checks) - failed} ok, {failed} to fix")
     if failed:
         sys.exit(1)
+
+
+def _refuse_malformed_redis_urls(site: str | None) -> None:
+    """A Redis URL redis-py cannot parse stops ``doctor`` with its setting named (its PING would raise).
+
+    Settings that do not load at all are left to ``run_checks``, which reports them as a check.
+    """
+    for load in (node_settings, plain_settings):
+        try:
+            settings = load(site)
+        except ConfigError:
+            continue
+        check_redis_urls(settings)
+        return
 
 
 @click.command()
@@ -72,6 +94,7 @@ def submit(  # noqa: PLR0917  (one parameter per click option)
     from ..dev.submit import format_result, submit_circuit
     from ..devcloud.client import DevCloudClient
 
+    check_http_url(devcloud_url, "--devcloud-url (or CODA_DEVCLOUD_URL)")
     client = DevCloudClient(devcloud_url)
     job_id, _ = submit_circuit(client, circuit, qpu_id=qpu_id, shots=shots, target=target)
     click.echo(job_id)
@@ -102,7 +125,10 @@ def demo(shots: int, workdir: Path | None) -> None:
     from ..dev.demo import run_demo
 
     if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CodaError(f"--workdir {workdir} cannot be created: {exc.strerror or exc}") from None
     if not run_demo(shots=shots, workdir=workdir):
         sys.exit(1)
 
