@@ -1,11 +1,16 @@
 """Start and stop the node's own OpenVPN client daemon (PROTOCOL.md sections 1.1 and 6).
 
-The profile is checked (:func:`check_profile`), written ``0600`` into the
-state directory and run as ``openvpn --config <profile> --daemon --writepid
-<pidfile> --log <logfile>``.  Only a daemon this node started is ever
-signalled: its pid comes from our pidfile and must still be an ``openvpn``
-process running our profile, so a reused pid or a tunnel someone else runs
-is left alone.
+The profile is checked against an allow-list and rewritten canonically
+(:func:`check_profile`), written ``0600`` into the state directory and run
+as ``openvpn --config <profile> --script-security 0 --daemon --writepid
+<pidfile> --log <logfile>`` (:func:`daemon_command`).  OpenVPN applies its
+options in command-line order, the file's at the place of ``--config``, and
+the last ``script-security`` wins: so ``--script-security 0`` comes after
+``--config``, where no line of the profile can raise it again.
+
+Only a daemon this node started is ever signalled: its pid comes from our
+pidfile and must still be an ``openvpn`` process running our profile, so a
+reused pid or a tunnel someone else runs is left alone.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from ..settings import Settings
 from .guard import tun_interfaces
 from .profile import check_profile
 
-__all__ = ["OpenVPNManager", "VpnStatus"]
+__all__ = ["OpenVPNManager", "VpnStatus", "daemon_command"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +53,8 @@ LOG_TAIL_LINES = 20
 _STOP_POLL_SEC = 0.05
 #: The program name a daemon we started runs under (besides an explicit binary's own name).
 _PROGRAM = "openvpn"
+#: OpenVPN's script-security level for our daemon: it may run no external program at all.
+SCRIPT_SECURITY_LEVEL = 0
 
 Interfaces = Callable[[str | None], list[str]]
 
@@ -82,6 +89,18 @@ def _cmdline(pid: int) -> list[str]:
     except OSError:
         return []
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def daemon_command(binary: str, paths: StatePaths) -> list[str]:
+    """The daemon's command line, ``--script-security 0`` after ``--config``: the profile cannot undo it."""
+    return [
+        binary,
+        "--config", str(paths.vpn_profile),
+        "--script-security", str(SCRIPT_SECURITY_LEVEL),
+        "--daemon",
+        "--writepid", str(paths.openvpn_pid),
+        "--log", str(paths.openvpn_log),
+    ]  # fmt: skip
 
 
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -147,13 +166,7 @@ class OpenVPNManager:
         with contextlib.suppress(FileNotFoundError):
             paths.openvpn_pid.unlink()
         write_private(paths.openvpn_log, "")  # OpenVPN truncates it; it keeps the 0600 mode
-        args = [
-            binary,
-            "--config", str(paths.vpn_profile),
-            "--daemon",
-            "--writepid", str(paths.openvpn_pid),
-            "--log", str(paths.openvpn_log),
-        ]  # fmt: skip
+        args = daemon_command(binary, paths)
         logger.info("Starting OpenVPN with profile %s (log %s).", paths.vpn_profile, paths.openvpn_log)
         with tempfile.TemporaryFile() as output:
             try:
