@@ -18,7 +18,26 @@ from . import node, processes, tools
 __all__ = ["cli", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _NodeGroup(click.Group):
+    """The command group, with the simulator's ``devcloud`` group loaded only when it is asked for.
+
+    Loading it imports the simulator (its Flask app among it): a node process
+    started as ``coda-bridge bridge`` should not pay for that.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "devcloud"})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "devcloud" and cmd_name not in self.commands:
+            group = tools.devcloud_group()
+            if group is None:
+                return None
+            self.add_command(group, "devcloud")
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_NodeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="coda-bridge")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def cli(debug: bool) -> None:
@@ -48,9 +67,6 @@ for _command in (
     tools.demo,
 ):
     cli.add_command(_command)
-_devcloud = tools.devcloud_group()
-if _devcloud is not None:
-    cli.add_command(_devcloud, "devcloud")
 
 
 def main(argv: list[str] | None = None) -> Any:
