@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from coda_bridge.cli.main import cli
 from coda_bridge.identity.credentials import StatePaths, ensure_state_dir, write_private
 
-COMMANDS = sorted(cli.commands)
+COMMANDS = sorted(cli.list_commands(click.Context(cli)))
 
 
 def test_every_command_of_the_issue_is_there() -> None:
