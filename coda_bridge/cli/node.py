@@ -40,7 +40,7 @@ def start(token: str | None, host: str | None, port: int | None, daemon: bool, s
 
     \b
     Examples:
-      coda-bridge start --token "$NODE_TOKEN"     # first start: provision
+      coda-bridge start --token-file node.token   # first start: provision
       coda-bridge start -d                         # later starts, in the background
       coda-bridge start --site lab2 --port 9090
     """

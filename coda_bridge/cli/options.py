@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -11,6 +15,8 @@ import click
 
 from ..errors import CodaError, ConfigError
 from ..ops.respawn import EX_CONFIG
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_DEVCLOUD_URL",
@@ -151,6 +157,71 @@ def redis_errors(what: str, url: str, fix: str = "") -> Iterator[None]:
 host_option = click.option("--host", help="Address of the probes app (overrides CODA_HOST).")
 port_option = click.option("--port", type=int, help="Port of the probes app (overrides CODA_PORT).")
 site_option = click.option("--site", help="Site table of config/settings.toml to use (sets CODA_ENV).")
-token_option = click.option(
-    "--token", envvar="CODA_NODE_TOKEN", show_envvar=True, help="One-time node token (first start only)."
-)
+
+
+def token_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--token`` (or ``CODA_NODE_TOKEN``) and ``--token-file``; the command gets one ``token``."""
+
+    def resolve(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+        if value is not None:
+            ctx.meta["coda_token_file"] = value
+        return value
+
+    command = click.option(
+        "--token-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        expose_value=False,
+        is_eager=True,  # read before --token, whatever the order on the command line
+        callback=resolve,
+        help="File holding the one-time node token (keep it 0600).",
+    )(command)
+    return click.option(
+        "--token",
+        envvar="CODA_NODE_TOKEN",
+        show_envvar=True,
+        callback=_token_value,
+        help="One-time node token (first start only); --token-file or the variable keep it out of ps.",
+    )(command)
+
+
+def _token_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """The token, from --token-file when given; a token typed as --token leaves this process's argv."""
+    path = ctx.meta.get("coda_token_file")
+    if path is not None:
+        value = read_token_file(path)
+    if value and any(arg == "--token" or arg.startswith("--token=") for arg in sys.argv[1:]):
+        hide_token(value)
+    return value
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path`` (its first line), refusing a missing or empty file."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise BadSetting(f"--token-file {path} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise BadSetting(f"--token-file {path} is not text") from None
+    if not text:
+        raise BadSetting(f"--token-file {path} is empty")
+    if path.stat().st_mode & 0o077:
+        logger.warning("--token-file %s can be read by other users; keep it 0600.", path)
+    return text.splitlines()[0].strip()
+
+
+def hide_token(token: str) -> None:
+    """Start this command again with the token in its environment: ``/proc/<pid>/cmdline`` is world-readable.
+
+    Every process of the node descends from this one, so none of them shows
+    the token either.
+    """
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--token":
+            skip = True
+        elif not arg.startswith("--token="):
+            args.append(arg)
+    env = {**os.environ, "CODA_NODE_TOKEN": token}
+    os.execve(sys.executable, [sys.executable, "-m", "coda_bridge", *args], env)

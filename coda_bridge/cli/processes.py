@@ -126,10 +126,14 @@ def replay(list_only: bool, job_ids: tuple[str, ...]) -> None:
             letters = dead_letters(broker)
             if list_only:
                 for letter in letters:
-                    click.echo(f"{letter.job_id}\tretries={letter.retries}\t{letter.callback_url}")
-                click.echo(f"{len(letters)} dead-lettered result(s)")
+                    line = f"{letter.job_id}\tretries={letter.retries}\t{letter.callback_url}"
+                    click.echo(line if letter.queue == "results" else f"{line}\t({letter.queue} queue)")
+                results = sum(1 for letter in letters if letter.queue == "results")
+                click.echo(f"{results} dead-lettered result(s)")
+                if len(letters) > results:
+                    click.echo(f"{len(letters) - results} dead-lettered job message(s)")
                 return
             replayed = replay_dead_letters(broker, set(job_ids) if job_ids else None)
         finally:
             broker.close()
-    click.echo(f"re-queued {len(replayed)} result(s) for delivery")
+    click.echo(f"re-queued {len(replayed)} dead-lettered message(s)")

@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import JobError
 from ..settings import Settings
 
-__all__ = ["parse_shots", "validate_job"]
+__all__ = ["SHOWN_MAX_CHARS", "parse_shots", "shown", "validate_job"]
+
+#: How much of a field a log line or an error quotes.
+SHOWN_MAX_CHARS = 120
+#: ``shots`` as the cloud sends it: ASCII decimal digits, no sign, at most this many.
+SHOTS_MAX_DIGITS = 12
+_SHOTS = re.compile(rf"[0-9]{{1,{SHOTS_MAX_DIGITS}}}")
+
+
+def shown(value: Any, limit: int = SHOWN_MAX_CHARS) -> str:
+    """A field as a log line or an error may quote it: cut to ``limit`` characters, controls escaped."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > limit:
+        text = f"{text[: limit - 3]}..."
+    return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
 
 
 def parse_shots(raw: Any, max_shots: int) -> int:
-    """``shots`` as sent (a decimal string) to an int from 1 to ``max_shots``, else :class:`JobError`."""
-    text = str(raw).strip() if raw is not None else ""
-    shown = text if len(text) <= 40 else text[:37] + "..."
-    if not text.isdigit():
-        raise JobError(f"shots must be an integer from 1 to {max_shots}, got {shown!r}")
+    """``shots`` as sent (ASCII decimal digits) to an int from 1 to ``max_shots``, else :class:`JobError`.
+
+    ``str.isdigit`` would let through digits ``int`` refuses (superscripts) and
+    ``int`` alone would take other scripts' digits and underscores: both are refused.
+    """
+    text = str(raw).strip(" \t\r\n") if raw is not None else ""
+    if not _SHOTS.fullmatch(text):
+        raise JobError(f"shots must be an integer from 1 to {max_shots}, got {shown(text, 40)!r}")
     shots = int(text)
     if not 1 <= shots <= max_shots:
         raise JobError(f"shots must be an integer from 1 to {max_shots}, got {shots}")

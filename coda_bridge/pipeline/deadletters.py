@@ -1,28 +1,38 @@
-"""dramatiq's dead-letter queue of results, read and replayed for ``coda-bridge replay``.
+"""dramatiq's dead-letter queues of the node, read and replayed for ``coda-bridge replay``.
 
 A result that exhausts its delivery retries stays there (for ten years,
-see :func:`~coda_bridge.broker.redis_broker.create_broker`) until replayed.
+see :func:`~coda_bridge.broker.redis_broker.create_broker`) until replayed;
+its stream entry stays pending meanwhile.  A job message should never end
+there (a job that cannot run is a ``failed`` result), but one that met a
+long broker outage can: it is listed and replayed the same way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
 from dramatiq.message import Message
 
-from ..broker.queues import RESULTS_QUEUE
+from ..broker.entries import carried_entries
+from ..broker.queues import JOBS_QUEUE, QUEUES, RESULTS_QUEUE
 from ..broker.redis_broker import CodaBroker
 from ..replies import as_text
 
 __all__ = ["DeadLetter", "dead_letters", "replay_dead_letters"]
 
+#: Options of a dead message that must not travel with its replay.
+_SPENT_OPTIONS = ("retries", "traceback", "redis_message_id")
+
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A result message that exhausted its retries."""
+    """A message that exhausted its retries: a result to deliver, or a job to run."""
 
+    queue: str
+    actor: str
     message_id: str
     redis_message_id: str
     job_id: str
@@ -31,53 +41,62 @@ class DeadLetter:
     dead_since: float
 
 
-def _xq(broker: CodaBroker) -> tuple[str, str]:
-    base = f"{broker.namespace}:{RESULTS_QUEUE}.XQ"
+def _xq(broker: CodaBroker, queue: str) -> tuple[str, str]:
+    base = f"{broker.namespace}:{queue}.XQ"
     return base, f"{base}.msgs"
 
 
-def dead_letters(broker: CodaBroker) -> list[DeadLetter]:
-    """Every dead-lettered result, oldest first."""
-    zset, msgs = _xq(broker)
+def _letter(queue: str, redis_id: str, score: float, message: Message[Any]) -> DeadLetter:
+    if queue == RESULTS_QUEUE:
+        job_id, callback = [*message.args, None, None][:2]
+    else:
+        jobs = carried_entries(message)
+        job_id = ",".join(job for _, job in jobs) or None
+        fields = message.args[0] if message.args and isinstance(message.args[0], dict) else {}
+        callback = fields.get("callback_url")
+    return DeadLetter(
+        queue=queue,
+        actor=message.actor_name,
+        message_id=message.message_id,
+        redis_message_id=redis_id,
+        job_id=str(job_id),
+        callback_url=str(callback),
+        retries=int(message.options.get("retries", 0)),
+        dead_since=float(score) / 1000,
+    )
+
+
+def dead_letters(broker: CodaBroker, queues: Sequence[str] = QUEUES) -> list[DeadLetter]:
+    """Every dead-lettered message of ``queues``, oldest first within each queue."""
     client = broker.client
     found = []
-    entries: list[Any] = client.zrange(zset, 0, -1, withscores=True)
-    for raw_id, score in entries:
-        redis_id = as_text(raw_id) or ""
-        data: Any = client.hget(msgs, redis_id)
-        if data is None:
-            continue
-        message = Message.decode(data)
-        job_id, callback = [*message.args, None, None][:2]
-        found.append(
-            DeadLetter(
-                message_id=message.message_id,
-                redis_message_id=redis_id,
-                job_id=str(job_id),
-                callback_url=str(callback),
-                retries=int(message.options.get("retries", 0)),
-                dead_since=float(score) / 1000,
-            )
-        )
+    for queue in queues:
+        zset, msgs = _xq(broker, queue)
+        entries: list[Any] = client.zrange(zset, 0, -1, withscores=True)
+        for raw_id, score in entries:
+            redis_id = as_text(raw_id) or ""
+            data: Any = client.hget(msgs, redis_id)
+            if data is not None:
+                found.append(_letter(queue, redis_id, score, Message.decode(data)))
     return found
 
 
-def replay_dead_letters(broker: CodaBroker, job_ids: set[str] | None = None) -> list[DeadLetter]:
-    """Queue dead-lettered results for delivery again (all, or those of ``job_ids``); return them."""
-    zset, msgs = _xq(broker)
+def replay_dead_letters(
+    broker: CodaBroker, job_ids: set[str] | None = None, queues: Sequence[str] = (RESULTS_QUEUE, JOBS_QUEUE)
+) -> list[DeadLetter]:
+    """Queue dead-lettered messages again (all, or those of ``job_ids``); return them."""
     replayed = []
-    for letter in dead_letters(broker):
-        if job_ids is not None and letter.job_id not in job_ids:
+    for letter in dead_letters(broker, queues):
+        if job_ids is not None and not job_ids & set(letter.job_id.split(",")):
             continue
+        zset, msgs = _xq(broker, letter.queue)
         data: Any = broker.client.hget(msgs, letter.redis_message_id)
         if data is None:
             continue
         message = Message.decode(data)
-        options = {
-            k: v for k, v in message.options.items() if k not in ("retries", "traceback", "redis_message_id")
-        }
+        options = {k: v for k, v in message.options.items() if k not in _SPENT_OPTIONS}
         fresh: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=RESULTS_QUEUE,
+            queue_name=letter.queue,
             actor_name=message.actor_name,
             args=message.args,
             kwargs=message.kwargs,

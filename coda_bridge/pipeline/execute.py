@@ -24,7 +24,7 @@ from ..errors import CodaError, JobError
 from ..executors.host import ExecutorHost
 from ..failpoints import failpoint
 from ..settings import Settings
-from .checks import validate_job
+from .checks import shown, validate_job
 from .claims import CLAIM_LEASE_SEC, Claim, ClaimBook
 from .records import RecordStore
 from .runs import Payload, ReadyJob, Runner, failure_payload
@@ -124,7 +124,7 @@ class _Batch:
         """False when the job ends here: the cloud finished it already, or cancelled it before it started."""
         job_id = fields["job_id"]
         if state in TERMINAL_STATES:
-            logger.info("Skipping job %s: already %s.", job_id, state)
+            logger.info("Skipping job %s: already %s.", shown(job_id), state)
             self.outcomes.append(JobOutcome(job_id, "skipped", f"already {state}"))
             self._ended(entry_id, ack=True)
             return False
@@ -153,7 +153,7 @@ class _Batch:
         settings = self.ex.settings
         refusal = callback_refusal(callback, settings.webapp_url, settings.allowed_callback_hosts)
         if refusal is not None:
-            logger.error("Job %s failed locally: %s", job_id, refusal)
+            logger.error("Job %s failed locally: %s", shown(job_id), refusal)
             self.ex.status.failed(job_id, refusal, entry_id)
             self._ended(entry_id, ack=False)
             self.ex.state.count("jobs_failed")
@@ -167,6 +167,11 @@ class _Batch:
             return
         except CodaError as exc:  # the executor could not be resolved or built
             self._settled.append((delivery, failure_payload(job_id, f"Executor unavailable: {exc}")))
+            return
+        except Exception as exc:  # a field nobody meant to send: this job fails, its batch goes on
+            logger.exception("Job %s could not be checked.", shown(job_id))
+            error = f"Job could not be checked: {type(exc).__name__}: {exc}"
+            self._settled.append((delivery, failure_payload(job_id, error)))
             return
         self.ready.append(ReadyJob(job_id, callback, entry_id, claim, circuit, shots))
         self.running.append(entry)

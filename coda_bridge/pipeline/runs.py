@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from ..broker.shared_state import NodeState
-from ..errors import CodaError, ExecutorError
+from ..errors import CodaError
 from ..executors.host import ExecutorHost
 from .claims import Claim
 from .status import ERROR_MAX_CHARS, CloudStatus
@@ -189,8 +189,8 @@ class Runner:
             return _executor_failure(ready.job_id, run.error)
         try:
             return _completed(ready.job_id, coerce_result(run.result, ready.circuit, ready.shots))
-        except ExecutorError as exc:
-            return failure_payload(ready.job_id, f"Executor error: {exc}")
+        except Exception as exc:  # a result of a shape nobody expected is this job's failure
+            return _executor_failure(ready.job_id, exc)
 
     def _run_batch_watched(self, batch: list[ReadyJob]) -> list[Payload | None] | None:
         """Run jobs through ``batch_run``; ``None`` when the batch call failed (run them one by one)."""
@@ -213,15 +213,22 @@ class Runner:
                 "batch_run of %d jobs failed (%s); running them one by one.", len(batch), run.error
             )
             return None
+        results = run.result
+        if not isinstance(results, list | tuple) or len(results) != len(batch):
+            count = len(results) if isinstance(results, list | tuple) else type(results).__name__
+            logger.warning(
+                "batch_run gave %s results for %d jobs; running them one by one.", count, len(batch)
+            )
+            return None
         payloads: list[Payload | None] = []
-        for ready, result in zip(batch, run.result, strict=True):
+        for ready, result in zip(batch, results, strict=True):
             if ready.job_id in cancelled:
                 payloads.append(None)
                 continue
             try:
                 payloads.append(_completed(ready.job_id, coerce_result(result, ready.circuit, ready.shots)))
-            except ExecutorError as exc:
-                payloads.append(failure_payload(ready.job_id, f"Executor error: {exc}"))
+            except Exception as exc:  # one bad result fails its job, not the batch
+                payloads.append(_executor_failure(ready.job_id, exc))
         return payloads
 
     def run_all(self, batch: list[ReadyJob]) -> list[Payload | None]:

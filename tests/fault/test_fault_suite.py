@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from fault_support import FaultPlan, run_fault_scenario
 
-pytestmark = [pytest.mark.e2e, pytest.mark.fault, pytest.mark.timeout(280)]
+pytestmark = [pytest.mark.e2e, pytest.mark.fault, pytest.mark.timeout(300)]
 
 
 def _table(rows: list[list[object]]) -> str:
@@ -43,4 +43,36 @@ def test_no_job_lost_rerun_or_wrong_under_kills_redis_crash_and_cloud_errors(tmp
     assert report.wrong_results == [], f"wrong results: {report.wrong_results}"
     assert report.refused_state == "failed", "the job answered 400 ends failed"
     assert report.refused_attempts == 1, "a 4xx answer is final: no second attempt"
+    assert report.not_terminal_status == []
+
+
+@pytest.mark.parametrize(
+    ("fault", "down_sec"),
+    [("kill", 2.0), ("flush", 0.0), ("pause", 30.0)],
+    ids=["broker-killed-no-persistence", "broker-flushed", "broker-unreachable-30s"],
+)
+def test_no_job_lost_rerun_or_wrong_when_the_broker_loses_its_data(
+    tmp_path: Path, fault: str, down_sec: float
+) -> None:
+    plan = FaultPlan(
+        kills_per_type=0,
+        cloud_redis_crash=False,
+        webhook_outage=False,
+        broker_fault=fault,
+        broker_down_sec=down_sec,
+        results_timeout_sec=120.0,
+    )
+
+    report = run_fault_scenario(plan, tmp_path, progress=print)
+
+    print("\n" + _table(report.rows()))
+    for at, what in report.events:
+        print(f"  +{at:5.1f} s  {what}")
+    assert len(report.submitted) == plan.jobs
+    assert any("broker Redis" in what for _, what in report.events), "the broker fault happened"
+    assert report.lost == [], f"jobs lost: {report.lost}"
+    assert report.runs_after_delivery == [], f"jobs run again after delivery: {report.runs_after_delivery}"
+    assert report.concurrent_runs == [], f"jobs run twice at once: {report.concurrent_runs}"
+    assert report.wrong_results == [], f"wrong results: {report.wrong_results}"
+    assert report.refused_state == "failed", "the job answered 400 ends failed"
     assert report.not_terminal_status == []

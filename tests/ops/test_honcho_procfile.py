@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ops_support import DRAIN_TIMEOUT_SEC, circuit, executor_runs, node_env, write_slow_executor
@@ -128,3 +129,44 @@ def test_sigterm_to_honcho_drains_a_running_job(cloud_stack: LocalStack, tmp_pat
     assert len(cloud.webhooks(job, accepted=True)) == 1
     assert executor_runs(tmp_path / "executor") == 2  # the warm-up job and this one, never a rerun
     wait_until(lambda: not any(alive(p) for p in tree), 10, "the delivery worker to be gone")
+
+
+def _delivered(cloud: Any, qpu_id: str) -> int:
+    return sum(1 for result in cloud.results(qpu_id).values() if result)
+
+
+@pytest.mark.e2e
+def test_ctrl_c_under_honcho_with_jobs_in_flight_then_a_new_start_delivers_every_job_once(
+    cloud_stack: LocalStack, tmp_path: Path
+) -> None:
+    # Given the shipped Procfile, its throw-away broker included (no persistence: Ctrl-C loses it)
+    port = free_port()
+    redis_line = f"redis: {shlex.quote(find_redis_server())} --port {port} --save '' --appendonly no"
+    procfile = _procfile(tmp_path, redis_line)
+    env = node_env(
+        cloud_stack,
+        CODA_BROKER_URL=f"redis://127.0.0.1:{port}/0",
+        **write_slow_executor(tmp_path / "executor", seconds=0.3),
+    )
+    cloud = cloud_stack.cloud
+    honcho = _honcho(procfile, env, tmp_path / "honcho-1.out")
+    try:
+        ids = [cloud.submit(cloud_stack.qpu_id, circuit(), 10) for _ in range(20)]
+        wait_until(lambda: _delivered(cloud, cloud_stack.qpu_id) >= 3, 60, "a few results to arrive")
+        # When Ctrl-C reaches every process at once, with most jobs still waiting or running
+        honcho.send_signal(signal.SIGINT)
+        honcho.wait(60)
+    finally:
+        _kill_if_running(honcho)
+    assert _delivered(cloud, cloud_stack.qpu_id) < len(ids), "jobs were still in flight at Ctrl-C"
+
+    # Then a new start finishes every one of them, each delivered exactly once
+    honcho = _honcho(procfile, env, tmp_path / "honcho-2.out")
+    try:
+        results = cloud.wait_for_results(ids, timeout_sec=120)
+        tree, _ = _stop(honcho, 60)
+    finally:
+        _kill_if_running(honcho)
+    assert all(results[j]["status"] == "completed" for j in ids)
+    assert [j for j in ids if len(cloud.webhooks(j, accepted=True)) != 1] == []
+    wait_until(lambda: not any(alive(p) for p in tree), 10, "every process honcho ran to be gone")

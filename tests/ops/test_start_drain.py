@@ -104,3 +104,44 @@ def test_a_refused_token_stops_start_at_once_without_restarting(cloud_stack: Loc
     assert "not restarting" in done.stdout
     assert "not starting jobs, results, control, web" in done.stdout
     assert "not-a-real-token" not in done.stdout + done.stderr
+
+
+@pytest.mark.e2e
+def test_no_process_of_a_node_started_with_token_shows_it_in_its_command_line(
+    cloud_stack: LocalStack, tmp_path: Path
+) -> None:
+    # Given a node started the way the first start is typed: the token on the command line
+    env = node_env(cloud_stack)
+    token = env.pop("CODA_NODE_TOKEN")
+    output = tmp_path / "start.out"
+    with output.open("wb") as out:
+        node = subprocess.Popen(
+            [sys.executable, "-m", "coda_bridge", "start", "--token", token],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        # When it has provisioned and every process runs
+        wait_until(
+            lambda: "web started" in output.read_text() or node.poll() is not None, 60, "the web process"
+        )
+        wait_until((cloud_stack.state_dir / "coda.config").exists, 60, "the node to provision")
+        assert node.poll() is None, output.read_text()[-3000:]
+        tree = process_tree(node.pid)
+
+        # Then no process of its tree has the token in its world-readable command line
+        leaks = [pid for pid in tree if token.encode() in _cmdline(pid)]
+        assert leaks == [], [_cmdline(pid) for pid in leaks]
+        assert len(tree) > 5, "the whole node was looked at"
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.wait(DRAIN_TIMEOUT_SEC + 10)
+    assert token not in output.read_text()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

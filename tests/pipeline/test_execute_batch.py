@@ -234,3 +234,88 @@ def test_one_job_claimed_elsewhere_is_sent_later_with_the_lease_left(rt: NodePar
     assert calls.calls == []
     assert _runs(tmp_path) == []
     assert rt.local_redis.get(claim_key(QPU, "taken")) == b"another-worker"
+
+
+#: Field values nobody meant to send; each must end as its own job's ``failed`` result, naming the field.
+HOSTILE_SHOTS = {
+    "superscript-two": "\u00b2",  # str.isdigit() says yes, int() says no
+    "arabic-indic": "\u0661\u0662",  # int() takes it, the protocol does not
+    "fullwidth": "\uff15",
+    "underscore": "1_000",
+    "plus-sign": "+5",
+    "hex": "0x10",
+    "too-many-digits": "9" * 13,
+    "nul": "5\x00",
+    "empty": "",
+}
+
+
+def test_hostile_shots_fail_their_own_job_and_the_rest_of_the_batch_runs(
+    rt: NodeParts, tmp_path: Path
+) -> None:
+    # Given a batch where good jobs travel with one job per hostile shots value
+    entries = [_entry("good-a")]
+    entries += [_entry(f"shots-{name}", shots=value) for name, value in HOSTILE_SHOTS.items()]
+    entries += [_entry("good-b")]
+    calls = Recorder(rt.local_redis)
+
+    # When the batch is executed
+    outcomes = _by_job(execute_batch(rt.execution, entries, calls.enqueue, calls.look_later))
+
+    # Then every job has a result; the good ones ran, each hostile one failed naming shots
+    assert set(outcomes) == {fields["job_id"] for fields, _ in entries}
+    assert _result(rt, "good-a")["status"] == "completed"
+    assert _result(rt, "good-b")["status"] == "completed"
+    for name in HOSTILE_SHOTS:
+        result = _result(rt, f"shots-{name}")
+        assert result["status"] == "failed", name
+        assert "shots must be an integer" in result["error"], (name, result["error"])
+
+
+def test_an_ir_nobody_meant_to_send_fails_that_job_only(
+    rt: NodeParts, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given an IR nested deeper than any parser expects, and a 2 MB one, between good jobs
+    deep = "[" * 100_000 + "]" * 100_000
+    huge = json.dumps({"version": "1.0", "junk": "x" * 2_000_000})
+    entries = [_entry("good-a"), _entry("deep", ir_json=deep), _entry("huge", ir_json=huge), _entry("good-b")]
+    calls = Recorder(rt.local_redis)
+
+    outcomes = _by_job(execute_batch(rt.execution, entries, calls.enqueue, calls.look_later))
+
+    # Then both end as failed results, the others completed, and no log line quotes a whole field
+    assert set(outcomes) == {"good-a", "deep", "huge", "good-b"}
+    assert _result(rt, "deep")["status"] == "failed"
+    assert _result(rt, "huge")["status"] == "failed"
+    assert _result(rt, "good-a")["status"] == "completed" and _result(rt, "good-b")["status"] == "completed"
+    assert max((len(record.getMessage()) for record in caplog.records), default=0) < 5_000
+    assert all(len(_result(rt, job)["error"]) <= 500 for job in ("deep", "huge"))
+
+
+def test_an_unexpected_error_while_checking_a_job_fails_that_job_not_the_batch(
+    rt: NodeParts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a check that breaks in a way nobody planned for, on one job of a batch
+    from coda_bridge.pipeline import execute
+
+    real = execute.validate_job
+
+    def flaky(settings: Any, fields: Mapping[str, str]) -> Any:
+        if fields["job_id"] == "breaks":
+            raise ValueError("invalid literal for int() with base 10: '\u00b2'")
+        return real(settings, fields)
+
+    monkeypatch.setattr(execute, "validate_job", flaky)
+    calls = Recorder(rt.local_redis)
+
+    outcomes = _by_job(
+        execute_batch(
+            rt.execution, [_entry("ok-1"), _entry("breaks"), _entry("ok-2")], calls.enqueue, calls.look_later
+        )
+    )
+
+    # Then that job fails naming the error, and the others complete
+    assert set(outcomes) == {"ok-1", "breaks", "ok-2"}
+    assert _result(rt, "breaks")["status"] == "failed"
+    assert "Job could not be checked: ValueError" in _result(rt, "breaks")["error"]
+    assert _result(rt, "ok-1")["status"] == "completed" and _result(rt, "ok-2")["status"] == "completed"

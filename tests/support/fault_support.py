@@ -174,6 +174,23 @@ class FaultPlan:
     refused_status: int = 400
     results_timeout_sec: float = 120.0
     settle_sec: float = 5.0
+    #: Whether the cloud's Redis crashes once (at ``redis_crash_at_sec``).
+    cloud_redis_crash: bool = True
+    #: Whether the 503 window opens at all.
+    webhook_outage: bool = True
+    #: What happens to the local broker Redis once, mid-run: None, "kill" (SIGKILL, restarted empty on
+    #: the same port after ``broker_down_sec``), "flush" (FLUSHALL) or "pause" (SIGSTOP for
+    #: ``broker_down_sec``: unreachable, every connection hangs, then SIGCONT).
+    broker_fault: str | None = None
+    broker_fault_at_sec: float = 12.0
+    broker_down_sec: float = 2.0
+
+    def broker_fault_row(self) -> str:
+        if self.broker_fault == "kill":
+            return f"kill -9, restarted without persistence after {self.broker_down_sec:g} s"
+        if self.broker_fault == "pause":
+            return f"unreachable (SIGSTOP) for {self.broker_down_sec:g} s"
+        return self.broker_fault or "none"
 
 
 @dataclass
@@ -204,12 +221,17 @@ class FaultReport:
     def rows(self) -> list[list[Any]]:
         kills = ", ".join(f"{name} {self.kills[name]}" for name in KILLED_TYPES)
         refused = f"{self.refused_state or 'not terminal'} after {self.refused_attempts} attempt(s)"
+        outage = "none"
+        if self.plan.webhook_outage:
+            outage = f"{self.plan.outage_sec:g} s ({self.outage_answers} answers)"
         return [
             ["jobs submitted (reached the stream)", len(self.submitted)],
             ["kill -9 and restart, per process type", kills],
-            ["cloud Redis crash (SIGKILL) and restart", f"1, down {self.plan.redis_down_sec:g} s"],
+            ["cloud Redis crash (SIGKILL) and restart",
+             f"1, down {self.plan.redis_down_sec:g} s" if self.plan.cloud_redis_crash else "none"],
+            ["broker Redis, mid-run", self.plan.broker_fault_row()],
             [f"simulator answering {self.plan.outage_status} to every webhook",
-             f"{self.plan.outage_sec:g} s ({self.outage_answers} answers)"],
+             outage],
             [f"job answered {self.plan.refused_status} (final)", refused],
             ["jobs lost (must be 0)", len(self.lost)],
             ["executor runs in all", self.runs],
@@ -263,7 +285,10 @@ class _Chaos(threading.Thread):
                 schedule.append((moment, "kill", name))
                 schedule.append((moment + rng.uniform(*plan.restart_delay_sec), "start", name))
         self.redis_crash_at = rng.uniform(*plan.redis_crash_at_sec)
-        schedule.append((self.redis_crash_at, "redis", "cloud"))
+        if plan.cloud_redis_crash:
+            schedule.append((self.redis_crash_at, "redis", "cloud"))
+        if plan.broker_fault:
+            schedule.append((plan.broker_fault_at_sec, "broker", plan.broker_fault))
         self.schedule = sorted(schedule)
 
     def _spaced(self, rng: random.Random, count: int) -> list[float]:
@@ -290,6 +315,8 @@ class _Chaos(threading.Thread):
                 elif action == "start":
                     self.stack.start_process(name)
                     self.note(f"restart {name}")
+                elif action == "broker":
+                    self._broker_fault(name)
                 else:
                     with self.submit_lock:
                         self.stack.cloud_redis.crash()
@@ -300,8 +327,32 @@ class _Chaos(threading.Thread):
         except BaseException as exc:  # reported by the scenario
             self.error = exc
 
+    def _broker_fault(self, kind: str) -> None:
+        broker = self.stack.broker_redis
+        if kind == "flush":
+            broker.client().flushall()
+            self.note("broker Redis flushed (FLUSHALL)")
+        elif kind == "kill":
+            broker.process.send_signal(signal.SIGKILL)
+            broker.process.wait()
+            broker.process = None
+            self.note("broker Redis killed (SIGKILL), no persistence")
+            time.sleep(self.plan.broker_down_sec)
+            broker.start()
+            self.note("broker Redis back, empty, on the same port")
+        elif kind == "pause":
+            broker.process.send_signal(signal.SIGSTOP)
+            self.note(f"broker Redis unreachable (SIGSTOP) for {self.plan.broker_down_sec:g} s")
+            try:
+                time.sleep(self.plan.broker_down_sec)
+            finally:
+                broker.process.send_signal(signal.SIGCONT)
+            self.note("broker Redis answers again (SIGCONT)")
+        else:
+            raise ValueError(f"unknown broker fault {kind!r}")
 
-def _executor_runs(path: Path) -> dict[str, list[tuple[float, float | None]]]:
+
+def executor_runs(path: Path) -> dict[str, list[tuple[float, float | None]]]:
     """Per tag, each run's (start, end or None when the run was killed)."""
     runs: dict[str, list[tuple[float, float | None]]] = defaultdict(list)
     if not path.exists():
@@ -350,7 +401,7 @@ def run_fault_scenario(plan: FaultPlan, workdir: Path, *, progress: Any = None) 
         )
         for tag, job_id, offset in zip(tags, job_ids, offsets, strict=True):
             due = t0 + offset
-            if not outage_set and time.monotonic() - t0 >= plan.outage_start_sec:
+            if plan.webhook_outage and not outage_set and time.monotonic() - t0 >= plan.outage_start_sec:
                 cloud.set_fault("webhook", plan.outage_status, seconds=plan.outage_sec)
                 chaos.note(f"webhooks answer {plan.outage_status} for {plan.outage_sec:g} s")
                 outage_set = True
@@ -359,7 +410,7 @@ def run_fault_scenario(plan: FaultPlan, workdir: Path, *, progress: Any = None) 
             with submit_lock:
                 cloud.submit(stack.qpu_id, _bell(tag), 10, job_id=job_id, expect="noop")
             report.submitted.append(job_id)
-        if not outage_set:
+        if plan.webhook_outage and not outage_set:
             cloud.set_fault("webhook", plan.outage_status, seconds=plan.outage_sec)
             chaos.note(f"webhooks answer {plan.outage_status} for {plan.outage_sec:g} s")
         chaos.join(plan.chaos_end_sec + 30)
@@ -402,7 +453,7 @@ def _account(report: FaultReport, stack: Any, chaos: _Chaos, workdir: Path, name
         pipe.hget(f"qpu:job:{job_id}:status", "state")
     states = dict(zip(report.submitted, pipe.execute(), strict=True))
     report.refused_state = states.get(report.refused_job)
-    runs = _executor_runs(workdir / "fault-executor.log")
+    runs = executor_runs(workdir / "fault-executor.log")
     report.runs = sum(len(r) for r in runs.values())
     report.jobs_run_more_than_once = sum(1 for r in runs.values() if len(r) > 1)
     for job_id in report.submitted:
