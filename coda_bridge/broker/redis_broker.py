@@ -66,6 +66,15 @@ class CodaBroker(RedisBroker):
         #: Called with the pipeline of every enqueue and each message on it (the entry index writes there).
         self.enqueue_hooks: list[Callable[[Any, Message[Any]], None]] = []
 
+    # dramatiq internals, each overridden for one reason:
+    # - consumer_class / _RedisConsumer: dramatiq's consumer sleeps when its queue is empty; ours blocks on
+    #   the wake-up list instead (an idle node answers a new job at once, not within the sleep).
+    # - _dispatch: dramatiq runs maintenance (requeueing a dead worker's messages) on a random 1 in N
+    #   commands; ours runs it on a clock per queue, so recovery time is bounded.
+    # - scripts["dispatch"] (in _pipe_enqueue): calling dramatiq's own Lua enqueue on a pipeline lets one
+    #   round trip carry many messages, the wake-up token and the entry index (enqueue_many).
+    # Each is checked by tests against the installed dramatiq (tests/broker, tests/pipeline).
+
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
         return _WakingConsumer
