@@ -209,9 +209,31 @@ def _load_pair(config_path: Path, fallback_key: Path) -> dict[str, Any] | None:
     return values
 
 
+def _foreign(path: Path) -> str | None:
+    """Why a file in the shared temporary directory is not this user's to import, or ``None``."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return "missing"
+    if stat.S_ISLNK(info.st_mode):
+        return "a symlink"
+    if info.st_uid != os.geteuid():
+        return f"owned by uid {info.st_uid}"
+    return None
+
+
 def _import_legacy(paths: StatePaths, legacy_dir: Path) -> dict[str, Any] | None:
     config, key = legacy_dir / LEGACY_CONFIG_NAME, legacy_dir / LEGACY_KEY_NAME
-    if not (config.exists() and key.exists()):
+    if not (config.exists() or config.is_symlink()):
+        return None
+    # Any local user can write the temporary directory: files another user planted there are
+    # neither imported nor a reason to refuse to start.
+    for path in (config, key):
+        why = _foreign(path)
+        if why is not None and why != "missing":
+            logger.warning("Ignoring the first runtime's file %s: it is %s, not this user's.", path, why)
+            return None
+    if not key.exists():
         return None
     values = _load_pair(config, key)
     if values is None:

@@ -135,6 +135,48 @@ def test_legacy_files_are_imported_once(tmp_path: Path, caplog: pytest.LogCaptur
     assert "Imported" not in caplog.text
 
 
+def _planted(tmp_path: Path) -> Path:
+    legacy = tmp_path / "tmp"
+    legacy.mkdir()
+    for name, text in (("coda-private-key", KEY), ("coda.config", json.dumps({"qpu_id": "planted"}))):
+        (legacy / name).write_text(text)
+        (legacy / name).chmod(0o600)
+    return legacy
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user takes root")
+@pytest.mark.parametrize("name", ["coda.config", "coda-private-key"])
+def test_legacy_files_of_another_user_are_ignored_not_a_reason_to_refuse(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    # Given first-runtime files in the shared temporary directory, one of them another user's
+    legacy = _planted(tmp_path)
+    os.chown(legacy / name, 65534, 65534)
+
+    # When a first start looks for them
+    with caplog.at_level(logging.WARNING):
+        loaded = load_persisted(tmp_path / "state", legacy_dir=legacy)
+
+    # Then nothing is imported, the start goes on, and the log says why
+    assert loaded is None
+    assert "owned by uid 65534" in caplog.text
+    assert not StatePaths(tmp_path / "state").config.exists()
+
+
+def test_a_legacy_file_planted_as_a_symlink_is_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    legacy = _planted(tmp_path)
+    (legacy / "coda.config").unlink()
+    (legacy / "coda.config").symlink_to(tmp_path / "elsewhere.json")
+
+    with caplog.at_level(logging.WARNING):
+        loaded = load_persisted(tmp_path / "state", legacy_dir=legacy)
+
+    assert loaded is None
+    assert "a symlink" in caplog.text
+
+
 def test_reset_removes_every_persisted_file(tmp_path: Path) -> None:
     paths = ensure_state_dir(tmp_path / "state")
     persist(paths, _values())
