@@ -34,7 +34,7 @@ _LAZY = {
         ("ExecutionResult", "Executor", "NoopExecutor", "StateVectorExecutor", "resolve_executor"),
         ".executors",
     ),
-    **dict.fromkeys(("Circuit", "Gate", "Metadata", "parse_ir"), ".ir"),
+    **dict.fromkeys(("Circuit", "Gate", "Metadata", "parse_ir"), ".circuits.ir"),
     **dict.fromkeys(("Settings", "load_settings"), ".settings"),
 }
 

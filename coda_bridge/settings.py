@@ -20,8 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from dynaconf import Dynaconf
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
+from .cloud.origins import OriginError, base_origin, origins_of
 from .errors import ConfigError
 
 __all__ = ["ENV_PREFIX", "SECRET_FIELDS", "Settings", "default_state_dir", "load_settings"]
@@ -37,6 +46,10 @@ _META_KEYS = frozenset({"ENV", "SETTINGS_FILES", "SETTINGS_FILE"})
 #: Fields whose values are never echoed back, in errors or anywhere else (headers may carry API keys).
 SECRET_FIELDS = frozenset({"node_token", "jwt_private_key", "node_connect_headers"})
 _TARGETS = ("cz", "iswap", "pcz", "cnot")
+#: Device YAML used when ``device_config`` is unset and this file exists (relative to the working directory).
+DEFAULT_DEVICE_CONFIG = "site/device.yaml"
+#: Which circuit type executors get: detected, coda-bridge's ``Circuit``, or coda-node's ``NativeGateIR``.
+EXECUTOR_IR_CHOICES = ("auto", "coda-bridge", "coda-node")
 
 
 def default_state_dir() -> Path:
@@ -78,11 +91,15 @@ class Settings(BaseModel):
     web_workers: int = Field(2, ge=1)
     dashboard_enabled: bool = False
     dashboard_prefix: str = "/dashboard"
+    #: HTTP Basic credentials of the dashboard; without them it mounts only on a loopback bind.
+    dashboard_username: str = "coda"
+    dashboard_password: SecretStr | None = None
     ready_stream_stale_sec: float = Field(30, gt=0)
 
     # -- executor --
     executor_factory: str | None = None
-    device_config: str | None = None
+    device_config: str | None = Field(None, validate_default=True)
+    executor_ir: str = "auto"
     executor_concurrency: int = Field(1, ge=1)
     batch_size: int = Field(10, ge=1)
     max_shots: int = Field(1_000_000, ge=1)
@@ -103,12 +120,15 @@ class Settings(BaseModel):
     webhook_timeout_sec: float = Field(10, gt=0)
     webhook_max_retries: int = Field(20, ge=0)
     webhook_max_backoff_sec: float = Field(300, gt=0)
+    #: Origins besides webapp_url's that results may go to: scheme://host[:port], or a bare host (https, 443).
     allowed_callback_hosts: list[str] = []
+    #: Origins (same forms) a connect answer may move webapp_url to; any other move is refused.
+    allowed_cloud_origins: list[str] = []
 
     # -- heartbeat and VPN --
     heartbeat_interval_sec: float = Field(30, gt=0)
     vpn_required: bool = True
-    vpn_check_interval_sec: float = Field(10, gt=0)
+    vpn_check_interval_sec: float = Field(10, ge=1, le=3600)
     vpn_probe_targets: list[str] = []
     vpn_interface_hint: str | None = None
     allow_degraded_startup: bool = False
@@ -127,7 +147,28 @@ class Settings(BaseModel):
             raise ValueError(f"expected one of {', '.join(_TARGETS)}")
         return value
 
-    @field_validator("node_connect_headers", "vpn_probe_targets", "allowed_callback_hosts", mode="before")
+    @field_validator("device_config")
+    @classmethod
+    def _default_device_config(cls, value: str | None) -> str | None:
+        """Unset means ``./site/device.yaml`` when it exists, as in the first runtime; factories read it."""
+        if not value and Path(DEFAULT_DEVICE_CONFIG).is_file():
+            return DEFAULT_DEVICE_CONFIG
+        return value or None
+
+    @field_validator("executor_ir")
+    @classmethod
+    def _known_executor_ir(cls, value: str) -> str:
+        if value not in EXECUTOR_IR_CHOICES:
+            raise ValueError(f"expected one of {', '.join(EXECUTOR_IR_CHOICES)}")
+        return value
+
+    @field_validator(
+        "node_connect_headers",
+        "vpn_probe_targets",
+        "allowed_callback_hosts",
+        "allowed_cloud_origins",
+        mode="before",
+    )
     @classmethod
     def _json_text(cls, value: Any) -> Any:
         """Environment variables carry lists and mappings as JSON (or, for lists, commas)."""
@@ -142,6 +183,24 @@ class Settings(BaseModel):
             except json.JSONDecodeError as exc:
                 raise ValueError(f"not valid JSON ({exc.msg})") from None
         return [part.strip() for part in text.split(",") if part.strip()]
+
+    @field_validator("allowed_callback_hosts", "allowed_cloud_origins")
+    @classmethod
+    def _origins(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        try:
+            origins_of(value, str(info.field_name))
+        except OriginError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("webapp_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        try:
+            base_origin(value)
+        except OriginError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("log_level")
     @classmethod

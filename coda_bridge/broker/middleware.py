@@ -77,21 +77,40 @@ class StaleTicks(Middleware):
 
 
 class BuildAtBoot(Middleware):
-    """A worker of ``queue`` builds ``what`` at boot: a bad factory shows at once, not at the first job."""
+    """A worker of ``queue`` builds ``what`` before it takes a message; if it cannot, the worker stops.
+
+    A typo in a device file must leave jobs waiting, not fail every one of
+    them: the build runs before the worker's consumers start, so no message
+    was taken when it fails.  The worker process then exits with
+    :data:`~coda_bridge.ops.respawn.EX_CONFIG`; dramatiq's master sees a worker
+    exit and exits with the same status, the respawn wrapper does not
+    restart it, and ``coda-bridge start`` stops with it.  Other errors are
+    left to dramatiq, which logs them; the first job builds again then.
+    """
 
     def __init__(self, queue: str, build: Callable[[], object], what: str) -> None:
         self.queue = queue
         self.build = build
         self.what = what
 
-    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         only = worker.consumer_whitelist
         if only and self.queue not in only:
             return
         try:
             self.build()
         except CodaError as exc:
-            logger.error("%s unavailable: %s (jobs will fail until fixed)", self.what, exc)
+            from ..ops.respawn import EX_CONFIG
+
+            reason = " ".join(str(exc).split())
+            logger.error(
+                "%s cannot be built, so this worker stops (exit %d) and jobs wait in the %s queue: %s",
+                self.what,
+                EX_CONFIG,
+                self.queue,
+                reason,
+            )
+            raise SystemExit(EX_CONFIG) from exc
 
 
 class StoppingFlag(Middleware):

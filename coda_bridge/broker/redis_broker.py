@@ -34,6 +34,7 @@ from dramatiq.middleware import (
 from ..settings import Settings
 from .entries import EntryIndex
 from .middleware import IsolateWorkerProcess
+from .observations import DramatiqMetrics
 from .queues import QUEUES
 
 __all__ = [
@@ -228,6 +229,9 @@ def create_broker(settings: Settings, *, qpu_id: str | None = None) -> CodaBroke
     - Retries: off by default (a failed circuit is a result); the result
       actor sets its own retry policy.
     - CurrentMessage: actors read their stream entry id and retry count.
+    - DramatiqMetrics: dramatiq's Prometheus middleware, writing to this
+      Redis so the probes app's ``/metrics`` serves ``dramatiq_*`` for every
+      worker (no exposition server per worker process).
     """
     qpu = qpu_id or settings.qpu_id or "unprovisioned"
     middleware = [
@@ -237,6 +241,7 @@ def create_broker(settings: Settings, *, qpu_id: str | None = None) -> CodaBroke
         Retries(max_retries=0),
         CurrentMessage(),
         IsolateWorkerProcess(),
+        DramatiqMetrics(qpu),
     ]
     broker = CodaBroker(
         url=settings.broker_url,

@@ -144,6 +144,33 @@ class NodeState:
     def executor_batch(self) -> bool:
         return as_text(self.client.get(self.key("executor_batch")) or b"0") == "1"
 
+    # -- an executor that could not be built --
+
+    def set_executor_failure(self, error: str, ts: float | None = None) -> None:
+        """Record why an executor worker could not build its executor; kept until a build succeeds.
+
+        The worker that failed has stopped, so nothing would refresh an expiring mark:
+        the record stays until :meth:`clear_executor_failure`.
+        """
+        record = {"error": error, "at": utc_iso(ts)}
+        self.client.set(self.key("executor_failure"), json.dumps(record))
+
+    def clear_executor_failure(self) -> None:
+        self.client.delete(self.key("executor_failure"))
+
+    def executor_failure(self) -> dict[str, str] | None:
+        """``{"error": ..., "at": ...}`` of the last failed executor build, or ``None``."""
+        value = self.client.get(self.key("executor_failure"))
+        if value is None:
+            return None
+        try:
+            record = json.loads(value)
+        except ValueError:
+            return {"error": str(as_text(value)), "at": ""}
+        if not isinstance(record, dict):
+            return {"error": str(record), "at": ""}
+        return {"error": str(record.get("error", "")), "at": str(record.get("at", ""))}
+
     # -- connectivity --
 
     def set_connectivity(self, edges: Sequence[Sequence[int]] | None) -> None:

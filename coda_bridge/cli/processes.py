@@ -89,7 +89,7 @@ def web(host: str | None, port: int | None) -> None:
       coda-bridge web --port 8080
     """
     try:
-        from ..web.app import serve
+        from ..web.app import check_dashboard, serve
     except ModuleNotFoundError as exc:
         if exc.name != "coda_bridge.web.app":
             raise
@@ -97,6 +97,7 @@ def web(host: str | None, port: int | None) -> None:
     try:
         settings = node_settings(host=host, port=port)
         check_redis_urls(settings)
+        check_dashboard(settings)
     except ConfigError as exc:
         raise Unrecoverable(str(exc)) from exc
     serve(settings)

@@ -3,6 +3,12 @@
 One pooled :class:`requests.Session` per process, explicit timeouts, and
 every transport or HTTP failure turned into one of our errors carrying the
 cloud's own message, never a bearer value.
+
+Each request is prepared first and its prepared URL checked: connect and
+heartbeat go only to ``webapp_url``'s origin, results only to an origin
+:mod:`.origins` allows.  Redirects are never followed (a 3xx is a failed
+attempt, named with its Location), and the bearer is set as the request's
+auth, so neither ``.netrc`` nor userinfo in a URL can replace it.
 """
 
 from __future__ import annotations
@@ -15,13 +21,15 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
 
 from ..errors import HeartbeatRejected, NodeError, WebhookError
 from ..logs import mask
 from ..settings import Settings
+from .origins import Origin, OriginError, allowed_callback_origins, base_origin, sent_url
 from .signing import Signer
 
-__all__ = ["CloudClient", "cloud_message"]
+__all__ = ["CallbackRefused", "CloudClient", "WebhookRedirected", "cloud_message", "redirect_target"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +39,65 @@ CONNECT_BACKOFF_BASE_SEC = 1.0
 EXCERPT_CHARS = 120
 #: Connections kept per host in the pool (webhook threads share it).
 POOL_SIZE = 32
+#: How much of a redirect's Location is quoted in an error, in characters.
+LOCATION_CHARS = 200
+
+#: Why a connect or heartbeat URL is not sent.
+NOT_OWN = "is not webapp_url's origin"
+#: Why a callback URL is not posted to.
+NOT_ALLOWED_CALLBACK = "is not the cloud's host and not listed in allowed_callback_hosts"
 
 _TAGS = re.compile(r"<[^>]+>")
 _SPACE = re.compile(r"\s+")
+_UNPRINTABLE = re.compile(r"[^\x21-\x7e]+")
+
+
+class CallbackRefused(WebhookError):
+    """The callback URL is not one results may go to: nothing was sent, and another attempt will not be."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+class WebhookRedirected(WebhookError):
+    """The callback answered with a redirect, which is never followed: a failed attempt, worth another."""
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class _Bearer(AuthBase):
+    """The bearer as the request's auth: set last, so ``.netrc`` or URL userinfo cannot replace it."""
+
+    def __init__(self, token: str) -> None:
+        self._value = f"Bearer {token}"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = self._value
+        return request
+
+    def __repr__(self) -> str:
+        return "_Bearer([secret])"
+
+
+def redirect_target(response: requests.Response) -> str:
+    """A 3xx answer's Location, masked, printable and short, for a message."""
+    location = _UNPRINTABLE.sub("?", mask(response.headers.get("Location") or ""))
+    if not location:
+        return "no Location"
+    shown = location if len(location) <= LOCATION_CHARS else location[: LOCATION_CHARS - 3] + "..."
+    return f"Location {shown}"
+
+
+def _is_redirect(response: requests.Response) -> bool:
+    # response.ok is True for a 3xx, and it is no answer from the cloud
+    return 300 <= response.status_code < 400
+
+
+def _is_success(response: requests.Response) -> bool:
+    return 200 <= response.status_code < 300
 
 
 def cloud_message(response: requests.Response) -> str:
@@ -63,11 +127,50 @@ class CloudClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = "coda-bridge"
-        # Proxy and .netrc look-ups from the environment cost a third of each request; opt in.
+        # Proxy look-ups from the environment cost a third of each request; opt in.  An operator's
+        # HTTPS_PROXY, NO_PROXY and CA bundle then work as requests reads them; .netrc never
+        # applies, because every request carries its bearer as auth (see _Bearer).
         self.session.trust_env = settings.use_env_proxies
 
     def close(self) -> None:
         self.session.close()
+
+    def _post(
+        self,
+        url: str,
+        body: Mapping[str, Any],
+        *,
+        bearer: str,
+        allowed: frozenset[Origin],
+        refused: str,
+        timeout_sec: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[requests.Response, Origin]:
+        """POST exactly the prepared request whose URL was checked, redirects off.
+
+        Raises :class:`OriginError` before any connection when the prepared
+        URL cannot be read unambiguously or its origin is not in ``allowed``
+        (the message then says ``refused``); requests' own errors pass through.
+        """
+        checked, origin = sent_url(url)
+        if origin not in allowed:
+            raise OriginError(f"origin {origin} {refused}")
+        request = requests.Request(
+            "POST", url, json=dict(body), headers=dict(headers or {}), auth=_Bearer(bearer)
+        )
+        prepared = self.session.prepare_request(request)
+        if prepared.url != checked:  # what is sent is exactly what was checked
+            raise OriginError("the prepared URL is not the one checked")
+        options = self.session.merge_environment_settings(prepared.url, {}, None, None, None)
+        response = self.session.send(prepared, timeout=timeout_sec, allow_redirects=False, **options)
+        return response, origin
+
+    def _own_origin(self) -> frozenset[Origin]:
+        """``webapp_url``'s origin, the only one connect and heartbeat requests go to."""
+        try:
+            return frozenset({base_origin(self.settings.webapp_url)})
+        except OriginError as exc:
+            raise NodeError(f"webapp_url cannot be used: {exc}") from None
 
     # -- connect (PROTOCOL.md 1.1) --
 
@@ -75,23 +178,41 @@ class CloudClient:
         """POST the connect request; retry 5xx and transport errors with backoff; 4xx fails at once."""
         settings = self.settings
         url = settings.url(settings.connect_path)
-        headers = dict(settings.node_connect_headers)
-        headers["Authorization"] = f"Bearer {bearer}"
+        own = self._own_origin()
+        # the operator's headers go with connect requests only, and only to webapp_url's origin
+        headers = {k: v for k, v in settings.node_connect_headers.items() if k.lower() != "authorization"}
         attempts = settings.node_connect_retries
         for attempt in range(1, attempts + 1):
             try:
-                response = self.session.post(
-                    url, json=dict(body), headers=headers, timeout=settings.node_timeout_sec
+                response, _ = self._post(
+                    url,
+                    body,
+                    bearer=bearer,
+                    allowed=own,
+                    refused=NOT_OWN,
+                    timeout_sec=settings.node_timeout_sec,
+                    headers=headers,
                 )
+            except OriginError as exc:
+                raise NodeError(f"connect not sent: {exc}") from None
             except requests.RequestException as exc:
                 error = NodeError(f"cannot reach the cloud at {url}: {type(exc).__name__}")
             else:
-                if response.ok:
+                status = response.status_code
+                if _is_success(response):
                     return self._bundle(response, url)
-                message = f"cloud refused connect ({response.status_code}): {cloud_message(response)}"
-                error = NodeError(message, status=response.status_code)
-                if response.status_code < 500:
-                    raise error
+                if _is_redirect(response):
+                    target = redirect_target(response)
+                    error = NodeError(
+                        f"cloud answered connect with {status} ({target}); redirects are not followed",
+                        status=status,
+                    )
+                else:
+                    error = NodeError(
+                        f"cloud refused connect ({status}): {cloud_message(response)}", status=status
+                    )
+                    if status < 500:
+                        raise error
             if attempt < attempts:
                 delay = CONNECT_BACKOFF_BASE_SEC * 2 ** (attempt - 1)
                 logger.warning(
@@ -122,12 +243,25 @@ class CloudClient:
         """POST one heartbeat; :class:`HeartbeatRejected` on non-2xx, :class:`NodeError` on transport."""
         url = self.settings.url(self.settings.heartbeat_path)
         try:
-            response = self.session.post(
-                url, json=dict(body), headers=signer.authorization(), timeout=self.settings.node_timeout_sec
+            response, _ = self._post(
+                url,
+                body,
+                bearer=signer.sign(),
+                allowed=self._own_origin(),
+                refused=NOT_OWN,
+                timeout_sec=self.settings.node_timeout_sec,
             )
+        except OriginError as exc:
+            raise NodeError(f"heartbeat not sent: {exc}") from None
         except requests.RequestException as exc:
             raise NodeError(f"heartbeat to {url} failed: {type(exc).__name__}") from None
-        if not response.ok:
+        if _is_redirect(response):
+            raise HeartbeatRejected(
+                f"cloud answered heartbeat with {response.status_code} ({redirect_target(response)}); "
+                "redirects are not followed",
+                status=response.status_code,
+            )
+        if not _is_success(response):
             raise HeartbeatRejected(
                 f"cloud rejected heartbeat ({response.status_code}): {cloud_message(response)}",
                 status=response.status_code,
@@ -136,17 +270,34 @@ class CloudClient:
     # -- results (PROTOCOL.md 5) --
 
     def deliver(self, url: str, signer: Signer, payload: Mapping[str, Any]) -> None:
-        """POST one result with a fresh JWT; :class:`WebhookError` says whether to retry."""
+        """POST one result with a fresh JWT; :class:`WebhookError` says whether to retry.
+
+        The URL must be on an origin :func:`.origins.allowed_callback_origins`
+        allows (else :class:`CallbackRefused`, before any connection); a 3xx
+        is :class:`WebhookRedirected`, and its Location is not followed.
+        """
+        settings = self.settings
         try:
-            response = self.session.post(
+            allowed = allowed_callback_origins(settings.webapp_url, settings.allowed_callback_hosts)
+            response, origin = self._post(
                 url,
-                json=dict(payload),
-                headers=signer.authorization(),
-                timeout=self.settings.webhook_timeout_sec,
+                payload,
+                bearer=signer.sign(),
+                allowed=allowed,
+                refused=NOT_ALLOWED_CALLBACK,
+                timeout_sec=settings.webhook_timeout_sec,
             )
+        except OriginError as exc:
+            raise CallbackRefused(f"result not posted: {exc}") from None
         except requests.RequestException as exc:
             raise WebhookError(f"webhook to {url} failed: {type(exc).__name__}") from None
-        if not response.ok:
+        if _is_redirect(response):
+            raise WebhookRedirected(
+                f"webhook at {origin} answered {response.status_code} ({redirect_target(response)}); "
+                "redirects are not followed",
+                status=response.status_code,
+            )
+        if not _is_success(response):
             raise WebhookError(
                 f"cloud answered webhook with {response.status_code}: {cloud_message(response)}",
                 status=response.status_code,

@@ -16,15 +16,21 @@ from concurrent.futures import Future
 from functools import cached_property
 from typing import Any
 
+import redis
+
 from ..broker.shared_state import NodeState
+from ..errors import CodaError
+from ..logs import mask
 from ..settings import Settings
 
-__all__ = ["DaemonThreads", "ExecutorHost"]
+__all__ = ["DaemonThreads", "ExecutorHost", "reported_edges"]
 
 logger = logging.getLogger(__name__)
 
 #: Executor threads beyond the concurrency, for runs that were abandoned but have not ended.
 EXECUTOR_SPARE_THREADS = 4
+#: Longest build-failure text kept in the shared state (the cloud's own error limit).
+FAILURE_MAX_CHARS = 500
 
 
 class DaemonThreads:
@@ -75,24 +81,67 @@ class ExecutorHost:
         return DaemonThreads(self.settings.executor_concurrency + EXECUTOR_SPARE_THREADS, "coda-executor")
 
     def executor(self) -> Any:
-        """The executor, resolved once; a :class:`~coda_bridge.errors.CodaError` when it cannot be built."""
+        """The executor, resolved once; a :class:`~coda_bridge.errors.CodaError` when it cannot be built.
+
+        A failure is recorded in the shared state (``/ready`` and ``doctor`` name it)
+        until a build succeeds.
+        """
         with self._lock:
             if self._executor is None:
                 from .base import has_batch
+                from .first_runtime import adapt_executor
                 from .resolve import resolve_executor
 
-                self._executor, self.origin = resolve_executor(self.settings)
+                try:
+                    built, origin = resolve_executor(self.settings)
+                    built, origin = adapt_executor(built, origin, self.settings.executor_ir)
+                except CodaError as exc:
+                    self._note_failure(exc)
+                    raise
+                self._executor, self.origin = built, origin
                 logger.info("Executor: %s.", self.origin)
-                self.state.set_executor_batch(has_batch(self._executor) and self.settings.batch_size > 1)
-                self._record_connectivity(self._executor)
+                self.state.clear_executor_failure()
+                self.state.set_executor_batch(has_batch(built) and self.settings.batch_size > 1)
+                self._record_connectivity(built)
             return self._executor
 
-    def _record_connectivity(self, executor: Any) -> None:
-        """Coupling edges the executor reports (``connectivity``: a list or a method) go to shared state."""
-        edges = getattr(executor, "connectivity", None)
+    def _note_failure(self, exc: CodaError) -> None:
+        """Put the build failure in the shared state; a Redis outage only loses the note, never the error."""
         try:
-            edges = edges() if callable(edges) else edges
-            if edges is not None:
-                self.state.set_connectivity([[int(a), int(b)] for a, b in edges])
-        except (TypeError, ValueError) as exc:
-            logger.warning("Executor connectivity ignored: %s", exc)
+            text = mask(" ".join(str(exc).split()))
+            self.state.set_executor_failure(text[:FAILURE_MAX_CHARS])
+        except redis.RedisError as note_error:
+            logger.warning("Executor build failure not recorded in the broker (%s).", note_error)
+
+    def _record_connectivity(self, executor: Any) -> None:
+        """The executor's coupling edges go to shared state, where the bridge and heartbeats read them."""
+        self.state.set_connectivity(reported_edges(executor))
+
+
+def _edges_of(holder: Any, name: str) -> list[list[int]] | None:
+    """``holder.name`` (a list, or a method giving one) as ``[[a, b], ...]``; ``None`` if absent or empty."""
+    try:
+        edges = getattr(holder, name, None)
+        edges = edges() if callable(edges) else edges
+        if not edges:
+            return None
+        return [[int(a), int(b)] for a, b in edges]
+    except Exception as exc:  # a backend's own property failing must not stop the executor being used
+        logger.warning("Executor %s ignored: %s: %s", name, type(exc).__name__, exc)
+        return None
+
+
+def reported_edges(executor: Any) -> list[list[int]] | None:
+    """Coupling edges from ``executor.connectivity``, else ``executor.device.directed_edges``, else its
+    ``logical_edges`` (what the first runtime's backends offer); ``None`` when none gives any."""
+    edges = _edges_of(executor, "connectivity")
+    if edges is not None:
+        return edges
+    try:
+        device = getattr(executor, "device", None)
+    except Exception as exc:  # a failing property, as above
+        logger.warning("Executor device ignored: %s: %s", type(exc).__name__, exc)
+        return None
+    if device is None:
+        return None
+    return _edges_of(device, "directed_edges") or _edges_of(device, "logical_edges")

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ..errors import ExecutorError
+from ..settings import DEFAULT_DEVICE_CONFIG as SETTINGS_DEVICE_CONFIG
 from .base import resolve_awaitable
 from .noop import NoopExecutor
 
@@ -34,8 +35,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Device YAML read when the ``device_config`` setting is empty, relative to the working directory.
-DEFAULT_DEVICE_CONFIG = Path("site") / "device.yaml"
+#: Device YAML read when the ``device_config`` setting is empty, relative to the working directory
+#: (settings built by :func:`~coda_bridge.settings.load_settings` already carry it).
+DEFAULT_DEVICE_CONFIG = Path(SETTINGS_DEVICE_CONFIG)
 #: Submodule a backend package provides to be discovered.
 DISCOVERY_MODULE = "executor_factory"
 #: Factory attribute of that submodule.

@@ -1,24 +1,33 @@
 """Node identity: provision with a one-time token, or reconnect with the node's own JWT.
 
 Every start talks to the connect endpoint (PROTOCOL.md 1.1); the bundle
-it answers is applied to the settings and persisted (1.2).  Identity
-always comes from the cloud; cloud-provided addresses, paths and the VPN
-block fill what the operator did not set.
+it answers is checked, applied to the settings and persisted (1.2).
+Identity always comes from the cloud; cloud-provided addresses, paths and
+the VPN block fill what the operator did not set.  A bundle may not move
+the node off the cloud's origin (unless ``allowed_cloud_origins`` lists
+the new one), hand it a weak key, or set values that would spin a loop.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import re
 import socket
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..cloud.client import CloudClient
-from ..cloud.signing import Signer
-from ..errors import ConfigError, NodeError
+from ..cloud.origins import OriginError, base_origin, origins_of, sent_origin
+from ..cloud.signing import Signer, public_key_pem
+from ..errors import AuthError, ConfigError, NodeError
 from ..settings import Settings, load_settings
 from .credentials import (
     ensure_state_dir,
@@ -32,6 +41,7 @@ from .credentials import (
 __all__ = [
     "VpnControl",
     "apply_bundle",
+    "check_bundle",
     "connect_node",
     "legacy_dir",
     "load_node_settings",
@@ -45,6 +55,25 @@ logger = logging.getLogger(__name__)
 REQUIRED_BUNDLE_FIELDS = ("qpu_id", "native_gate_set", "num_qubits", "jwt_key_id")
 #: Bundle path overrides, applied when present.
 PATH_FIELDS = ("connect_path", "register_path", "heartbeat_path", "webhook_path")
+#: Longest API path a bundle may set, in characters.
+MAX_PATH_CHARS = 512
+#: Longest private key a bundle may carry, in PEM characters (RSA-4096 PKCS#8 is about 3,300).
+MAX_KEY_PEM_CHARS = 16_384
+#: Weakest RSA key the node signs with, in bits (PROTOCOL.md 1: the cloud issues RSA-2048).
+MIN_RSA_KEY_BITS = 2048
+#: Largest OpenVPN profile a bundle may carry, in characters (inline certificates take a few KiB).
+MAX_VPN_PROFILE_CHARS = 131_072
+#: Shortest VPN check interval a bundle may set, in seconds (a tiny one would spin the check loop).
+MIN_VPN_CHECK_INTERVAL_SEC = 1.0
+#: Longest VPN check interval a bundle may set, in seconds.
+MAX_VPN_CHECK_INTERVAL_SEC = 3600.0
+#: Most VPN probe targets a bundle may list.
+MAX_PROBE_TARGETS = 16
+#: Longest VPN probe target URL, in characters.
+MAX_PROBE_URL_CHARS = 2048
+
+_PATH = re.compile(r"/?[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
+_INTERFACE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # a Linux interface name (IFNAMSIZ 16 with its NUL)
 
 NO_CREDENTIALS = (
     "no credentials: pass --token (or set CODA_NODE_TOKEN) with a node token from the Coda cloud, "
@@ -82,8 +111,134 @@ def _required(bundle: Mapping[str, Any], field: str) -> Any:
     return value
 
 
+def _bad(field: str, why: str) -> NodeError:
+    return NodeError(f"cloud bundle has a bad {field}: {why}")
+
+
+def _check_key(pem: object) -> None:
+    """The bundle's key is RSA of at least :data:`MIN_RSA_KEY_BITS`; :class:`AuthError` otherwise."""
+    if not isinstance(pem, str) or len(pem) > MAX_KEY_PEM_CHARS:
+        raise AuthError(
+            f"private key from the cloud is not a PEM text of at most {MAX_KEY_PEM_CHARS} characters"
+        )
+    public = serialization.load_pem_public_key(public_key_pem(pem).encode())  # AuthError: unreadable, not RSA
+    bits = public.key_size if isinstance(public, rsa.RSAPublicKey) else 0
+    if bits < MIN_RSA_KEY_BITS:
+        raise AuthError(
+            f"private key from the cloud is RSA-{bits}; at least RSA-{MIN_RSA_KEY_BITS} is required"
+        )
+
+
+def _check_base(settings: Settings, field: str, value: object) -> str:
+    """A base URL on the node's current origin, or on one ``allowed_cloud_origins`` lists."""
+    if not isinstance(value, str):
+        raise _bad(field, "not a string")
+    try:
+        moved, own = base_origin(value), base_origin(settings.webapp_url)
+        allowed = origins_of(settings.allowed_cloud_origins, "allowed_cloud_origins")
+    except OriginError as exc:
+        raise _bad(field, str(exc)) from None
+    if moved != own and moved not in allowed:
+        raise NodeError(
+            f"cloud bundle moves the cloud from {own} to {moved} ({field}); "
+            "refused unless allowed_cloud_origins lists it"
+        )
+    return value
+
+
+def _check_path(settings: Settings, field: str, value: object) -> None:
+    """A plain API path that, joined to ``webapp_url``, stays on its origin."""
+    why = f"not a path of at most {MAX_PATH_CHARS} characters on the cloud's origin"
+    if not isinstance(value, str) or len(value) > MAX_PATH_CHARS or not _PATH.fullmatch(value):
+        raise _bad(field, why)
+    if value.startswith("//") or "://" in value:
+        raise _bad(field, why)
+    try:
+        stays = sent_origin(settings.url(value)) == base_origin(settings.webapp_url)
+    except OriginError:
+        stays = False
+    if not stays:
+        raise _bad(field, why)
+
+
+def _check_interval(value: object) -> None:
+    in_range = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and MIN_VPN_CHECK_INTERVAL_SEC <= value <= MAX_VPN_CHECK_INTERVAL_SEC
+    )
+    if not in_range:
+        shown = repr(value) if isinstance(value, int | float) else f"a {type(value).__name__}"
+        raise _bad(
+            "vpn.check_interval_sec",
+            f"{shown} is not a number of seconds from {MIN_VPN_CHECK_INTERVAL_SEC:g} "
+            f"to {MAX_VPN_CHECK_INTERVAL_SEC:g}",
+        )
+
+
+def _check_vpn(vpn: object) -> None:
+    if vpn is None:
+        return
+    if not isinstance(vpn, Mapping):
+        raise _bad("vpn", "not an object")
+    if vpn.get("required") is not None and not isinstance(vpn["required"], bool):
+        raise _bad("vpn.required", "not true or false")
+    hint = vpn.get("interface_hint")
+    if hint not in (None, "") and not (isinstance(hint, str) and _INTERFACE.fullmatch(hint)):
+        raise _bad("vpn.interface_hint", "not a network interface name")
+    if vpn.get("check_interval_sec") is not None:
+        _check_interval(vpn["check_interval_sec"])
+    targets = vpn.get("probe_targets")
+    if targets is not None:
+        fits = isinstance(targets, list | tuple) and len(targets) <= MAX_PROBE_TARGETS
+        if not fits or not all(isinstance(t, str) and len(t) <= MAX_PROBE_URL_CHARS for t in targets):
+            raise _bad("vpn.probe_targets", f"not a list of at most {MAX_PROBE_TARGETS} URLs")
+    profile = vpn.get("client_profile_ovpn")
+    if profile is not None:
+        if not isinstance(profile, str):
+            raise _bad("vpn.client_profile_ovpn", "not a text")
+        if len(profile) > MAX_VPN_PROFILE_CHARS:
+            raise _bad(
+                "vpn.client_profile_ovpn",
+                f"{len(profile)} characters, more than {MAX_VPN_PROFILE_CHARS}",
+            )
+
+
+def check_bundle(settings: Settings, bundle: Mapping[str, Any]) -> None:
+    """Refuse a connect answer before anything of it is applied.
+
+    The base URL and paths the bundle would set (the operator's own values
+    win, so those are not checked) must stay on ``webapp_url``'s origin or
+    move to one ``allowed_cloud_origins`` lists; the key must be RSA of at
+    least 2048 bits; the VPN block must have sane types and sizes.  Raises
+    :class:`NodeError` (:class:`AuthError` for the key) naming the field,
+    never a secret value.
+    """
+    operator = settings.model_fields_set
+    if bundle.get("jwt_private_key"):
+        _check_key(bundle["jwt_private_key"])
+    redis_url = bundle.get("redis_url")
+    if redis_url and (
+        not isinstance(redis_url, str) or urlsplit(redis_url).scheme not in ("redis", "rediss")
+    ):
+        raise _bad("redis_url", "not a redis:// or rediss:// URL")
+    target = settings
+    field = "cloud_base_url" if bundle.get("cloud_base_url") else "webapp_url"
+    if bundle.get(field) and "webapp_url" not in operator:
+        target = settings.model_copy(update={"webapp_url": _check_base(settings, field, bundle[field])})
+    for name in PATH_FIELDS:
+        if bundle.get(name) and name not in operator:
+            _check_path(target, name, bundle[name])
+    _check_vpn(bundle.get("vpn"))
+
+
 def apply_bundle(settings: Settings, bundle: Mapping[str, Any], *, fingerprint: str) -> Settings:
-    """The settings after the cloud's bundle: identity always, the rest where the operator is silent."""
+    """The settings after the cloud's bundle: identity always, the rest where the operator is silent.
+
+    The bundle is checked first (:func:`check_bundle`); a refused one changes nothing.
+    """
+    check_bundle(settings, bundle)
     display = bundle.get("qpu_display_name") or bundle.get("qpu_label")
     if not display:
         raise NodeError("cloud bundle is missing the required field 'qpu_display_name'")

@@ -7,6 +7,7 @@ files, open connections with short timeouts, and look at the VPN.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,24 +19,39 @@ import requests
 from ..errors import CodaError, ConfigError
 from ..settings import Settings
 
-__all__ = ["Check", "queue_summary", "run_checks", "shown_url", "vpn_summary"]
+__all__ = [
+    "Check",
+    "check_coda_command",
+    "check_executor_boot",
+    "queue_summary",
+    "run_checks",
+    "shown_url",
+    "vpn_summary",
+]
 
 #: Timeout of each network probe: doctor must answer quickly even when everything is down.
 PROBE_TIMEOUT_SEC = 5.0
 #: Timeout of each Redis PING.
 PING_TIMEOUT_SEC = 2.0
+#: The short command name that coda-bridge and coda-node both install.
+SHORT_COMMAND = "coda"
+#: How much of a program on PATH is read to tell whether it is our console script (bytes).
+SCRIPT_HEAD_BYTES = 4096
 
 
 @dataclass(frozen=True)
 class Check:
-    """One result: ``ok`` is False when ``detail`` says what to fix."""
+    """One result: ``ok`` is False when ``detail`` says what to fix; a ``warning`` is ok but worth a look."""
 
     name: str
     ok: bool
     detail: str
+    warning: bool = False
 
     def line(self) -> str:
-        return f"ok   {self.name}: {self.detail}" if self.ok else f"FIX: {self.name}: {self.detail}"
+        if not self.ok:
+            return f"FIX: {self.name}: {self.detail}"
+        return f"warn {self.name}: {self.detail}" if self.warning else f"ok   {self.name}: {self.detail}"
 
 
 def shown_url(url: str) -> str:
@@ -148,7 +164,7 @@ def check_executor(settings: Settings) -> Check:
     try:
         executor, origin = resolve_executor(settings)
     except CodaError as exc:
-        return Check("executor", False, f"{exc}; fix CODA_EXECUTOR_FACTORY or the device config")
+        return Check("executor", False, f"{exc}; {_executor_fix(settings)}")
     finally:
         quiet.setLevel(level)
     if isinstance(executor, NoopExecutor):
@@ -158,6 +174,67 @@ def check_executor(settings: Settings) -> Check:
             f"{origin}: jobs would get all-zero counts; set CODA_EXECUTOR_FACTORY=module:create_executor",
         )
     return Check("executor", True, origin)
+
+
+def _executor_fix(settings: Settings) -> str:
+    """What to edit when the executor cannot be built."""
+    if settings.device_config:
+        return f"fix the device config {settings.device_config} or CODA_EXECUTOR_FACTORY"
+    return "fix CODA_EXECUTOR_FACTORY (module:attribute) or the device config (CODA_DEVICE_CONFIG)"
+
+
+def check_executor_boot(settings: Settings) -> Check | None:
+    """The build failure a jobs worker recorded when it stopped at boot; ``None`` when there is none."""
+    from ..broker.shared_state import NodeState
+
+    if not settings.qpu_id:
+        return None
+    try:
+        client = redis.Redis.from_url(
+            settings.broker_url, socket_timeout=PING_TIMEOUT_SEC, socket_connect_timeout=PING_TIMEOUT_SEC
+        )
+    except ValueError:  # a malformed URL: the broker check names it
+        return None
+    try:
+        failure = NodeState(client, settings.qpu_id).executor_failure()
+    except (redis.RedisError, OSError):  # the broker check says so
+        return None
+    finally:
+        client.close()
+    if failure is None:
+        return None
+    return Check(
+        "executor worker",
+        False,
+        f"the jobs worker stopped at {failure['at'] or 'its boot'} because the executor cannot be built "
+        f"({failure['error']}); {_executor_fix(settings)}, then restart the node (jobs wait until then)",
+    )
+
+
+def _is_coda_bridge_script(path: str) -> bool:
+    """Whether the program at ``path`` is coda-bridge's console script (it imports coda_bridge)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(SCRIPT_HEAD_BYTES)
+    except OSError:
+        return False
+    return b"coda_bridge" in head
+
+
+def check_coda_command(which: Callable[[str], str | None] = shutil.which) -> Check | None:
+    """``coda`` is ours too, but coda-node installs a ``coda`` of its own: say which one PATH finds."""
+    found = which(SHORT_COMMAND)
+    if found is None:
+        return None
+    if _is_coda_bridge_script(found):
+        return Check("coda command", True, f"{found} is coda-bridge's")
+    return Check(
+        "coda command",
+        True,
+        f"`{SHORT_COMMAND}` on PATH is {found}, another program (coda-node installs one too); "
+        "use `coda-bridge`, the name that always works",
+        warning=True,
+    )
 
 
 def check_vpn(settings: Settings) -> Iterator[Check]:
@@ -244,6 +321,7 @@ def run_checks(overrides: dict[str, Any] | None = None, site: str | None = None)
     checks.append(check_endpoint("connect endpoint", settings.url(settings.connect_path)))
     checks.append(check_endpoint("heartbeat endpoint", settings.url(settings.heartbeat_path)))
     checks.append(check_executor(settings))
+    checks.extend(check for check in (check_executor_boot(settings), check_coda_command()) if check)
     checks.append(check_redis("broker", settings.broker_url, "start the local Redis or set CODA_BROKER_URL"))
     checks.append(
         check_redis(

@@ -1,31 +1,31 @@
 """The probes app (PROTOCOL.md section 7): a Flask app factory served by gunicorn.
 
 ``/health`` says the process runs.  ``/ready`` says the node can take
-jobs: VPN state ``ready``, the cloud's Redis answering, and the bridge
-having read the stream recently.  ``/metrics`` reads the node's shared
-counters from the broker Redis at scrape time, so it is right under any
-number of gunicorn workers.  No body ever carries a secret.
+jobs: no executor that failed to build, VPN state ``ready``, the cloud's
+Redis answering, and the bridge having read the stream recently.
+``/metrics`` reads the node's shared counters from the broker Redis at
+scrape time, so it is right under any number of gunicorn workers.  No body ever carries a secret.
 """
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
+import hmac
+import ipaddress
 import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import redis
 from flask import Flask, Response, jsonify
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..broker.queues import QUEUES
 from ..broker.redis_broker import create_broker
 from ..broker.shared_state import NodeState
 from ..cloud.keys import group_name, stream_key
@@ -35,7 +35,7 @@ from ..logs import configure_logging
 from ..parts import NodeParts
 from ..replies import as_text
 from ..settings import Settings
-from ..vpn.states import VPN_STATES
+from .metrics import NodeCollector
 
 __all__ = ["create_app", "readiness", "serve"]
 
@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 READY_TIMEOUT_SEC = 5.0
 #: The cloud Redis PING of a readiness check.
 PING_TIMEOUT_SEC = 2.0
-_JOB_OUTCOMES = ("completed", "failed", "cancelled", "skipped")
 
 
 def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[str, Any]:
@@ -69,11 +68,15 @@ def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[
         body["vpn_state"] = vpn_state
         body["current_job"] = state.current_job()
         last_read = state.last_stream_read()
+        executor_failure = state.executor_failure()
     except redis.RedisError:
         body["reason"] = "the local broker Redis does not answer"
         return body
     stale_after = settings.ready_stream_stale_sec
-    if vpn_state != "ready":
+    if executor_failure is not None:
+        # the executor worker stopped at boot: no job can run until the factory or device file is fixed
+        body["reason"] = f"the executor cannot be built: {executor_failure['error']}"
+    elif vpn_state != "ready":
         body["reason"] = f"VPN state is {vpn_state}"
     elif not redis_healthy:
         body["reason"] = "the cloud's Redis does not answer"
@@ -97,73 +100,6 @@ def _group_exists(cloud: redis.Redis, qpu_id: str) -> bool:
     return any(as_text(group.get("name")) == wanted for group in groups)
 
 
-class _NodeCollector:
-    """Prometheus collector over the node's shared state (one Redis round trip or two per scrape)."""
-
-    def __init__(self, settings: Settings, state: NodeState) -> None:
-        self.state = state
-        self.broker = create_broker(settings)
-
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> Iterator[Any]:
-        state = self.state
-        counters = state.counters()
-        jobs = CounterMetricFamily("coda_bridge_jobs", "Jobs finished, by outcome.", labels=["outcome"])
-        for outcome in _JOB_OUTCOMES:
-            jobs.add_metric([outcome], counters.get(f"jobs_{outcome}", 0.0))
-        yield jobs
-        yield CounterMetricFamily(
-            "coda_bridge_executor_seconds", "Time spent in the executor.", value=counters["executor_seconds"]
-        )
-        yield CounterMetricFamily(
-            "coda_bridge_webhook_attempts", "Result deliveries attempted.", value=counters["webhook_attempts"]
-        )
-        yield CounterMetricFamily(
-            "coda_bridge_webhook_failures",
-            "Deliveries that will be retried.",
-            value=counters["webhook_failures"],
-        )
-        yield CounterMetricFamily(
-            "coda_bridge_webhook_dead_letters",
-            "Results that ran out of delivery retries.",
-            value=counters["webhook_dead_letters"],
-        )
-        yield CounterMetricFamily(
-            "coda_bridge_heartbeats", "Heartbeats accepted by the cloud.", value=counters["heartbeats_sent"]
-        )
-        yield CounterMetricFamily(
-            "coda_bridge_heartbeats_rejected",
-            "Heartbeats refused or not delivered.",
-            value=counters["heartbeats_rejected"],
-        )
-        depth = GaugeMetricFamily("coda_bridge_queue_depth", "Messages waiting, by queue.", labels=["queue"])
-        dead = GaugeMetricFamily(
-            "coda_bridge_dead_letter_depth", "Dead-lettered messages, by queue.", labels=["queue"]
-        )
-        sizes = self.broker.queue_sizes()
-        for queue in QUEUES:
-            depth.add_metric([queue], sizes.get(queue, 0))
-            dead.add_metric([queue], sizes.get(f"{queue}.dead", 0))
-        yield depth
-        yield dead
-        last = state.last_heartbeat_accepted()
-        since = GaugeMetricFamily(
-            "coda_bridge_seconds_since_heartbeat", "Seconds since the cloud last accepted a heartbeat."
-        )
-        since.add_metric([], time.time() - last if last else float("nan"))
-        yield since
-        vpn = GaugeMetricFamily("coda_bridge_vpn_state", "1 for the current VPN state.", labels=["state"])
-        current = state.vpn_state()
-        for name in VPN_STATES:
-            vpn.add_metric([name], 1.0 if name == current else 0.0)
-        yield vpn
-        yield GaugeMetricFamily(
-            "coda_bridge_running_jobs", "Jobs running now.", value=len(state.current_jobs())
-        )
-
-
 class _IndexRedirect:
     """Send the bare prefix (``/dashboard``) to the dashboard's index (``/dashboard/``), which it serves."""
 
@@ -177,7 +113,43 @@ class _IndexRedirect:
         return self.app(environ, start_response)
 
 
+class _BasicAuth:
+    """HTTP Basic authentication in front of a WSGI app (the dashboard can delete messages)."""
+
+    def __init__(self, app: Any, username: str, password: str) -> None:
+        self.app = app
+        self.expected = base64.b64encode(f"{username}:{password}".encode()).decode()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        given = environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, credentials = given.partition(" ")
+        if scheme.lower() == "basic" and hmac.compare_digest(credentials.strip(), self.expected):
+            return self.app(environ, start_response)
+        start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="coda-bridge dashboard"')])
+        return [b"authentication required\n"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address reaches only this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_dashboard(settings: Settings) -> None:
+    """Refuse a dashboard anyone who reaches the probes port could use: credentials, or a loopback bind."""
+    if settings.dashboard_enabled and settings.dashboard_password is None and not is_loopback(settings.host):
+        raise ConfigError(
+            f"dashboard_enabled on {settings.host}:{settings.port} without CODA_DASHBOARD_PASSWORD: "
+            "the dashboard can delete messages; set a password or bind the probes to 127.0.0.1"
+        )
+
+
 def _mount_dashboard(app: Flask, settings: Settings) -> None:
+    check_dashboard(settings)
     try:
         from dramatiq_dashboard import DashboardApp  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError:
@@ -190,9 +162,14 @@ def _mount_dashboard(app: Flask, settings: Settings) -> None:
 
     prefix = "/" + settings.dashboard_prefix.strip("/")
     # the dashboard lists only the queues its broker declared: create_broker declares ours
-    dashboard = _IndexRedirect(DashboardApp(broker=create_broker(settings), prefix=prefix))
+    dashboard: Any = _IndexRedirect(DashboardApp(broker=create_broker(settings), prefix=prefix))
+    if settings.dashboard_password is not None:
+        password = settings.dashboard_password.get_secret_value()
+        dashboard = _BasicAuth(dashboard, settings.dashboard_username, password)
+        logger.info("dramatiq dashboard mounted at %s, behind HTTP Basic authentication.", prefix)
+    else:
+        logger.warning("dramatiq dashboard mounted at %s without a password (loopback bind only).", prefix)
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {prefix: dashboard})  # type: ignore[method-assign,unused-ignore]
-    logger.warning("dramatiq dashboard mounted at %s: it has no authentication of its own.", prefix)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -212,7 +189,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     checks = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="coda-ready")
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_NodeCollector(settings, parts.state))
+    # the node's metrics, dramatiq's, the stream's (through the cloud client) and the app's processes
+    registry.register(NodeCollector(settings, parts.state, cloud))
 
     app = Flask("coda_bridge")
     app.config["CODA_PARTS"] = parts

@@ -467,12 +467,6 @@ def test_a_heartbeat_transport_error_is_a_node_error_not_a_rejection(
     assert requests_mock.call_count == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: heartbeat() tests response.ok (status < 400) and lets requests follow redirects, so a 3xx "
-    "(or a 302 to a page that answers the resulting GET) counts as accepted; PROTOCOL.md 3 says any non-2xx "
-    "answer is a rejection",
-)
 @pytest.mark.parametrize("redirect", ["304 without Location", "302 to a login page"])
 def test_a_3xx_heartbeat_answer_is_a_rejection(
     client: CloudClient, requests_mock: rm.Mocker, signer: Signer, redirect: str
@@ -586,12 +580,6 @@ def test_a_delivery_error_never_shows_the_jwt(
     assert token.split(".")[2] not in str(caught.value)  # not even its signature
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: deliver() lets requests follow a 301/302 redirect, which turns the POST into a GET without "
-    "the result; the GET's 200 is response.ok, so the result counts as delivered although the cloud never "
-    "received it (PROTOCOL.md 5: this project must not lose a result)",
-)
 def test_a_redirected_delivery_is_not_counted_as_delivered(
     client: CloudClient, requests_mock: rm.Mocker, signer: Signer
 ) -> None:

@@ -234,8 +234,8 @@ def test_a_successful_provisioning_persists_0600_files_with_the_bundle(
 
 
 def test_the_bundle_fills_the_cloud_fields_the_operator_left_alone(key_pem: str) -> None:
-    # given default settings and a bundle with paths and a VPN block
-    given = Settings()
+    # given settings that let the cloud move to its edge host, and a bundle with paths and a VPN block
+    given = Settings(allowed_cloud_origins=["https://edge.cloud.test"])
     cloud = bundle(
         key_pem,
         connection_mode="vpn",
@@ -283,14 +283,15 @@ def test_the_operators_own_values_win_but_identity_is_always_the_clouds(key_pem:
 
 def test_https_mode_turns_the_vpn_off_whatever_the_block_says(key_pem: str) -> None:
     cloud = bundle(key_pem, connection_mode="https", vpn={"required": True})
-    assert apply_bundle(Settings(), cloud, fingerprint=FINGERPRINT).vpn_required is False
+    assert apply_bundle(Settings(webapp_url=BASE), cloud, fingerprint=FINGERPRINT).vpn_required is False
 
 
 def test_qpu_label_stands_in_for_the_display_name(key_pem: str) -> None:
     cloud = bundle(key_pem)
     del cloud["qpu_display_name"]
     cloud["qpu_label"] = "Fridge 2"
-    assert apply_bundle(Settings(), cloud, fingerprint=FINGERPRINT).qpu_display_name == "Fridge 2"
+    applied = apply_bundle(Settings(webapp_url=BASE), cloud, fingerprint=FINGERPRINT)
+    assert applied.qpu_display_name == "Fridge 2"
 
 
 @pytest.mark.parametrize(
@@ -300,7 +301,7 @@ def test_a_bundle_without_a_required_field_names_it(key_pem: str, field: str) ->
     cloud = bundle(key_pem)
     cloud[field] = ""
     with pytest.raises(NodeError, match=f"^cloud bundle is missing the required field '{field}'$"):
-        apply_bundle(Settings(), cloud, fingerprint=FINGERPRINT)
+        apply_bundle(Settings(webapp_url=BASE), cloud, fingerprint=FINGERPRINT)
 
 
 def test_a_bundle_with_a_bad_value_is_a_node_error_without_the_key(key_pem: str) -> None:
@@ -309,7 +310,7 @@ def test_a_bundle_with_a_bad_value_is_a_node_error_without_the_key(key_pem: str)
 
     # when it is applied
     with pytest.raises(NodeError, match=r"^cloud bundle has a bad value") as caught:
-        apply_bundle(Settings(), cloud, fingerprint=FINGERPRINT)
+        apply_bundle(Settings(webapp_url=BASE), cloud, fingerprint=FINGERPRINT)
 
     # then the message does not carry the key that came with it
     assert key_pem.splitlines()[1] not in str(caught.value)

@@ -133,6 +133,7 @@ def test_workers_run_their_queue_and_web_has_the_probes() -> None:
         assert deployments[f"coda-bridge-{queue}"]["spec"]["replicas"] >= 1
     web = deployments["coda-bridge-web"]["spec"]["template"]["spec"]["containers"][0]
     assert web["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert all("timeoutSeconds" in web[probe] for probe in ("livenessProbe", "readinessProbe"))
     assert web["readinessProbe"]["httpGet"]["path"] == "/ready"
 
 

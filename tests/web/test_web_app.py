@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib.util
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from coda_bridge.broker.redis_broker import create_broker
 from coda_bridge.broker.shared_state import NodeState
 from coda_bridge.cloud.keys import group_name, stream_key
-from coda_bridge.dev.localredis import free_port
+from coda_bridge.dev.localredis import LocalRedis, free_port
+from coda_bridge.errors import ConfigError
 from coda_bridge.settings import Settings
 from coda_bridge.web import app as web
 
@@ -243,7 +246,10 @@ def test_no_dashboard_unless_enabled(app: Flask) -> None:
     reason="dramatiq-dashboard is not installed (pip install --no-deps dramatiq-dashboard==0.4.0)",
 )
 def test_dashboard_mounted_under_its_prefix_lists_our_queues(redis_url: str) -> None:
-    app = web.create_app(make_settings(redis_url, dashboard_enabled=True, dashboard_prefix="/ops/queues/"))
+    settings = make_settings(
+        redis_url, host="127.0.0.1", dashboard_enabled=True, dashboard_prefix="/ops/queues/"
+    )
+    app = web.create_app(settings)
     client = app.test_client()
 
     index = client.get("/ops/queues/")
@@ -257,3 +263,47 @@ def test_dashboard_mounted_under_its_prefix_lists_our_queues(redis_url: str) -> 
     assert bare.status_code == 302 and bare.headers["Location"].endswith("/ops/queues/")
     assert jobs.status_code == 200
     assert client.get("/health").status_code == 200  # the probes still answer beside it
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "lab-pc.example"])
+def test_a_dashboard_without_a_password_is_refused_on_a_bind_others_reach(redis_url: str, host: str) -> None:
+    with pytest.raises(ConfigError, match="CODA_DASHBOARD_PASSWORD"):
+        web.create_app(make_settings(redis_url, host=host, dashboard_enabled=True))
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("dramatiq_dashboard") is None,
+    reason="dramatiq-dashboard is not installed (pip install --no-deps dramatiq-dashboard==0.4.0)",
+)
+def test_a_dashboard_with_a_password_asks_for_it_and_the_probes_do_not(redis_url: str) -> None:
+    # Given a dashboard on every interface, behind a password
+    settings = make_settings(redis_url, dashboard_enabled=True, dashboard_password="s3cret-pass")
+    client = web.create_app(settings).test_client()
+    right = base64.b64encode(b"coda:s3cret-pass").decode()
+    wrong = base64.b64encode(b"coda:guess").decode()
+
+    # Then it answers only with the credentials, and the probes need none
+    assert client.get("/dashboard/").status_code == 401
+    assert client.get("/dashboard/", headers={"Authorization": f"Basic {wrong}"}).status_code == 401
+    assert client.get("/dashboard/", headers={"Authorization": f"Basic {right}"}).status_code == 200
+    assert client.get("/health").status_code == 200
+    assert "s3cret-pass" not in client.get("/dashboard/").get_data(as_text=True)
+
+
+def test_health_answers_at_once_while_both_redis_servers_are_stalled() -> None:
+    # Given a probes app whose broker and cloud Redis stop answering (SIGSTOP: connections hang)
+    with LocalRedis() as stalled:
+        app = web.create_app(make_settings(stalled.url))
+        assert stalled.process is not None
+        stalled.process.send_signal(signal.SIGSTOP)
+        try:
+            # When the liveness probe asks
+            started = time.monotonic()
+            answer = app.test_client().get("/health")
+            took = time.monotonic() - started
+        finally:
+            stalled.process.send_signal(signal.SIGCONT)
+
+    # Then it answers 200 without waiting on either
+    assert answer.status_code == 200
+    assert took < 1.0, f"/health took {took:.2f} s"

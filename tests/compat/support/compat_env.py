@@ -1,0 +1,112 @@
+"""Real backends of the first runtime against coda-bridge, in a virtual environment of their own.
+
+coda-qubic (from ``../shared/compat/coda-qubic``, installed unchanged) and
+coda-node 0.1.1 go into a separate environment layered on the test one: a
+plain venv whose ``.pth`` file adds this venv's site-packages behind its own.
+So the node's processes run with both coda-bridge and coda-qubic importable,
+while every other test keeps discovering exactly what it did (coda-qubic's
+``executor_factory`` module never lands in the test venv).  The environment
+is built once per set of inputs and kept under ``~/.cache/coda-bridge``.
+:func:`compat_environment` gives its interpreter, or raises
+:class:`CompatUnavailable` saying why the packages cannot be installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+SUPPORT = Path(__file__).resolve().parent
+#: The coda-qubic snapshot; ``CODA_QUBIC_SRC`` points elsewhere.
+QUBIC_SRC = Path(os.environ.get("CODA_QUBIC_SRC", REPO.parent / "shared" / "compat" / "coda-qubic"))
+#: What the environment installs besides coda-qubic, pinned so the cache key names its whole content.
+COMPAT_REQUIREMENTS = ("coda-node==0.1.1", "qiskit==2.6.2", "qiskit-aer==0.18.2")
+#: What a finished environment must import.
+IMPORT_CHECK = ("coda_bridge", "coda_node.server.ir", "coda_qubic.executor_factory", "qiskit_aer")
+#: Bump when the way the environment is built changes (a new key, so a new environment).
+LAYOUT_VERSION = "1"
+#: Where built environments are kept; ``CODA_COMPAT_CACHE`` points elsewhere.
+CACHE_DIR = Path(os.environ.get("CODA_COMPAT_CACHE", Path.home() / ".cache" / "coda-bridge"))
+#: Longest tail of pip's output quoted in a skip reason (characters).
+REASON_MAX_CHARS = 600
+#: Longest a whole environment build may take (seconds): two pip runs over the network.
+BUILD_TIMEOUT_SEC = 600
+
+
+def _test_site_dirs() -> list[str]:
+    """The site-packages of the environment running the tests (with its editable coda-bridge)."""
+    paths = sysconfig.get_paths()
+    return list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
+
+
+def _cache_key() -> str:
+    digest = hashlib.sha256()
+    for part in (LAYOUT_VERSION, sys.version, *COMPAT_REQUIREMENTS, *_test_site_dirs()):
+        digest.update(part.encode() + b"\0")
+    for path in sorted(p for p in QUBIC_SRC.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(QUBIC_SRC)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _run(argv: list[str]) -> None:
+    """Run one build step; a failure raises with the step's output kept for the skip reason."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT_SEC, check=False)
+    if done.returncode != 0:
+        tail = " ".join((done.stdout + done.stderr).split())[-REASON_MAX_CHARS:]
+        raise RuntimeError(f"`{' '.join(argv[2:5])} ...` exited {done.returncode}: {tail}")
+
+
+def _build(target: Path) -> None:
+    """Build the environment at a temporary name, then rename it into place (a venv runs anywhere
+    through ``python -m``; only its bin/ scripts name the old path, and none is used)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f"{target.name}.building-", dir=target.parent))
+    try:
+        _run([sys.executable, "-m", "venv", "--clear", str(building)])
+        python = str(building / "bin" / "python")
+        site_dir = subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        lines = "".join(f"import site; site.addsitedir({path!r})\n" for path in _test_site_dirs())
+        (Path(site_dir) / "zz_coda_bridge_tests.pth").write_text(lines, encoding="utf-8")
+        pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input"]
+        _run([*pip, *COMPAT_REQUIREMENTS])
+        _run([*pip, "--no-deps", "--ignore-requires-python", str(QUBIC_SRC)])
+        _run([python, "-c", f"import {', '.join(IMPORT_CHECK)}"])
+        try:
+            building.rename(target)
+        except OSError:  # another session finished the same environment first
+            if not (target / "bin" / "python").exists():
+                raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+
+
+class CompatUnavailable(Exception):
+    """The compat packages cannot be installed here; the message says why."""
+
+
+def compat_environment() -> Path:
+    """The interpreter of the compat environment, built first when this set of inputs has none yet."""
+    if not (QUBIC_SRC / "pyproject.toml").is_file():
+        raise CompatUnavailable(
+            f"coda-qubic cannot be installed: no snapshot at {QUBIC_SRC} (set CODA_QUBIC_SRC)"
+        )
+    target = CACHE_DIR / f"compat-{_cache_key()}"
+    python = target / "bin" / "python"
+    if not python.exists():
+        try:
+            _build(target)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            raise CompatUnavailable(f"the compat packages cannot be installed: {exc}") from exc
+    return python
