@@ -10,16 +10,14 @@ import re
 import pytest
 
 from coda_bridge.errors import VPNError
-from coda_bridge.vpn.profile import (
+from coda_bridge.vpn.directives import (
     ALLOWED_DIRECTIVES,
     CONNECTION_DIRECTIVES,
     INLINE_BLOCKS,
-    MAX_LINE_BYTES,
     MAX_VERB_LEVEL,
     REFUSED_DIRECTIVES,
-    check_profile,
-    directive_tokens,
 )
+from coda_bridge.vpn.profile import MAX_LINE_BYTES, check_profile, directive_tokens
 
 SECRET = "U0VDUkVUS0VZTUFURVJJQUw="
 CA = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUeQ==\n-----END CERTIFICATE-----"
