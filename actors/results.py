@@ -6,7 +6,9 @@ import logging
 from typing import Any
 
 import dramatiq
+from dramatiq.middleware import CurrentMessage
 
+from coda_bridge.broker.observations import DELIVERY_ATTEMPTS
 from coda_bridge.broker.queues import DEAD_LETTERED_ACTOR, DELIVER_ACTOR, RESULTS_QUEUE
 from coda_bridge.pipeline.delivery import should_retry
 
@@ -27,6 +29,8 @@ def dead_lettered(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
     if job_id:
         parts.records.keep(str(job_id))
     parts.state.count("webhook_dead_letters")
+    attempts = retry_info.get("retries", 0) + 1
+    parts.deliverer.histograms.observe(DELIVERY_ATTEMPTS.name, attempts, {"outcome": "dead_lettered"})
     logger.error(
         "Result of job %s dead-lettered after %s attempts; `coda-bridge replay` delivers it.",
         job_id,
@@ -45,4 +49,6 @@ def dead_lettered(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
 )
 def deliver(job_id: str, callback_url: str, entry_id: str | None = None) -> None:
     """Post the job's recorded result to its callback URL."""
-    parts.deliverer.deliver(job_id, callback_url, entry_id)
+    message = CurrentMessage.get_current_message()
+    attempt = int(message.options.get("retries", 0)) + 1 if message is not None else 1
+    parts.deliverer.deliver(job_id, callback_url, entry_id, attempt)

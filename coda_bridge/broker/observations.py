@@ -19,9 +19,11 @@ import bisect
 import contextlib
 import logging
 import math
+import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +55,8 @@ logger = logging.getLogger(__name__)
 _SEP = "\x1f"
 #: A process's in-progress counts outlive it this long at most (they are read only while it heartbeats).
 LIVE_TTL_SEC = 86_400
+#: How often a process adds its buffered dramatiq metrics to the broker Redis.
+FLUSH_INTERVAL_SEC = 0.25
 #: A metric write that fails (the broker Redis is away) is logged at most once per this many seconds.
 WRITE_WARNING_INTERVAL_SEC = 60.0
 
@@ -149,18 +153,23 @@ class Histograms:
         given = dict(labels or {})
         if set(given) != set(spec.labels):
             raise ValueError(f"{name} takes the labels {list(spec.labels)}, not {sorted(given)}")
-        if math.isnan(value):
-            raise ValueError(f"{name}: cannot observe NaN")
-        values = [str(given[label]) for label in spec.labels]
-        if any(_SEP in v for v in values):
-            raise ValueError(f"{name}: a label value contains the field separator")
-        bucket = bisect.bisect_left(spec.buckets, value)  # the first bound >= value; len(buckets) is +Inf
-        series = _SEP.join(values)
+        key, bucket, total = self.fields(name, value, [str(given[label]) for label in spec.labels])
         target = self.client.pipeline(transaction=True) if pipe is None else pipe
-        target.hincrby(self.key(name), f"{bucket}{_SEP}{series}", 1)
-        target.hincrbyfloat(self.key(name), f"sum{_SEP}{series}", float(value))
+        target.hincrby(key, bucket, 1)
+        target.hincrbyfloat(key, total, float(value))
         if pipe is None:
             target.execute()
+
+    def fields(self, name: str, value: float, values: Sequence[str]) -> tuple[str, str, str]:
+        """The hash, bucket field and sum field an observation of ``value`` adds to (labels in order)."""
+        spec = self.specs[name]
+        if math.isnan(value):
+            raise ValueError(f"{name}: cannot observe NaN")
+        if len(values) != len(spec.labels) or any(_SEP in str(v) for v in values):
+            raise ValueError(f"{name}: a label value is missing or contains the field separator")
+        bucket = bisect.bisect_left(spec.buckets, value)  # the first bound >= value; len(buckets) is +Inf
+        series = _SEP.join(map(str, values))
+        return self.key(name), f"{bucket}{_SEP}{series}", f"sum{_SEP}{series}"
 
     def observe_since_entry(
         self,
@@ -244,15 +253,32 @@ _DRAMATIQ_LABELS = ("queue_name", "actor_name")
 
 
 class _Sink:
-    """Where the middleware's metrics go: the broker Redis of the process's broker, known once bound."""
+    """The middleware's metrics: a buffer in the process, flushed to the broker Redis in the background.
 
-    def __init__(self, qpu_id: str) -> None:
+    dramatiq's hooks run on every message, so they only add to an in-memory
+    buffer (microseconds); a daemon thread adds the buffer to Redis every
+    :data:`FLUSH_INTERVAL_SEC` in one transaction, increments of one series
+    summed.  The buffer holds one entry per series (metric, queue, actor,
+    bucket), so it stays small, and a flush that fails keeps it for the next
+    one.  A process killed outright loses at most one interval of counts.
+    """
+
+    def __init__(self, qpu_id: str, flush_interval_sec: float | None = None) -> None:
         self.qpu_id = qpu_id
+        self.flush_interval_sec = FLUSH_INTERVAL_SEC if flush_interval_sec is None else flush_interval_sec
         self.client: redis.Redis | None = None
         self.process_id = ""
         self.histograms: Histograms | None = None
-        self._local = threading.local()
         self._warned_at = -math.inf
+        self._reset()
+        _SINKS.add(self)
+
+    def _reset(self) -> None:
+        """A fresh buffer and no flusher (at creation, and in a forked child, where only one thread runs)."""
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+        self._sums: dict[tuple[str, str], float] = {}
+        self._flusher: threading.Thread | None = None
 
     def bind(self, broker: Any) -> None:
         """Write through ``broker``'s Redis client, as its process; a broker without Redis writes nothing."""
@@ -269,53 +295,78 @@ class _Sink:
     def live_key(self, process_id: str | None = None) -> str:
         return _node_key(self.qpu_id, f"dramatiq:inprogress:{process_id or self.process_id}")
 
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """Every write inside the block goes out in one round trip at its end (per thread)."""
-        if self.client is None or getattr(self._local, "pipe", None) is not None:
-            yield
+    def add(self, key: str, field: str, amount: int = 1, *, sum_field: str = "", total: float = 0.0) -> None:
+        """Add ``amount`` to ``field`` of hash ``key``, ``total`` to ``sum_field``; nothing before a bind."""
+        if self.client is None:
             return
-        self._local.pipe = self.client.pipeline(transaction=False)
-        try:
-            yield
-        finally:
-            pipe, self._local.pipe = self._local.pipe, None
-            self._send(pipe)
-
-    def write(self, commands: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
-        """Queue ``(method, args)`` commands on the open batch, or send them now; dropped before a bind."""
-        with self._target() as target:
-            if target is not None:
-                for method, args in commands:
-                    getattr(target, method)(*args)
+        with self._lock:
+            self._counts[key, field] = self._counts.get((key, field), 0) + amount
+            if sum_field:
+                self._sums[key, sum_field] = self._sums.get((key, sum_field), 0.0) + total
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._run, name="coda-metrics", daemon=True)
+                self._flusher.start()
 
     def observe(self, labels: Sequence[str], value: float) -> None:
         """One observation of dramatiq's duration histogram (milliseconds)."""
-        with self._target() as target:
-            if target is not None and self.histograms is not None:
-                series = dict(zip(_DRAMATIQ_LABELS, labels, strict=True))
-                self.histograms.observe(DRAMATIQ_DURATION.name, value, series, pipe=target)
+        if self.histograms is not None:
+            key, bucket, sum_field = self.histograms.fields(DRAMATIQ_DURATION.name, value, labels)
+            self.add(key, bucket, sum_field=sum_field, total=float(value))
 
-    @contextlib.contextmanager
-    def _target(self) -> Iterator[Any]:
-        """The open batch's pipeline, or one sent at the end of the block; ``None`` before a bind."""
-        pipe = getattr(self._local, "pipe", None)
-        if pipe is not None or self.client is None:
-            yield pipe
-            return
-        own = self.client.pipeline(transaction=False)
-        yield own
-        self._send(own)
-
-    def _send(self, pipe: Any) -> None:
-        """A metric never stops a message: a Redis failure here is logged (now and then) and dropped."""
+    def flush(self) -> bool:
+        """Add the buffer to Redis in one transaction; False (the buffer kept) when Redis did not take it."""
+        with self._lock:
+            counts, sums = self._counts, self._sums
+            self._counts, self._sums = {}, {}
+        if self.client is None or not (counts or sums):
+            return True
+        pipe = self.client.pipeline(transaction=True)  # a scrape sees a bucket and its sum together
+        for (key, field), amount in counts.items():
+            pipe.hincrby(key, field, amount)
+        for (key, field), total in sums.items():
+            pipe.hincrbyfloat(key, field, total)
+        if any(key == self.live_key() for key, _ in counts):
+            pipe.expire(self.live_key(), LIVE_TTL_SEC)
         try:
             pipe.execute()
         except redis.RedisError as exc:
+            with self._lock:  # back into the buffer: one entry per series, so it cannot grow without bound
+                for entry, amount in counts.items():
+                    self._counts[entry] = self._counts.get(entry, 0) + amount
+                for entry, total in sums.items():
+                    self._sums[entry] = self._sums.get(entry, 0.0) + total
             now = time.monotonic()
             if now - self._warned_at >= WRITE_WARNING_INTERVAL_SEC:
                 self._warned_at = now
-                logger.warning("dramatiq metrics not written to the broker Redis (%s); they are lost.", exc)
+                logger.warning(
+                    "dramatiq metrics not written to the broker Redis yet (%s); kept for later.", exc
+                )
+            return False
+        return True
+
+    def forget_process(self) -> None:
+        """At worker shutdown: the last counts go out, and this process holds nothing in progress any more."""
+        self.flush()
+        if self.client is not None:
+            with contextlib.suppress(redis.RedisError):
+                self.client.delete(self.live_key())
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.flush_interval_sec)
+            self.flush()
+
+
+#: Every sink of this process, so a forked child starts with empty buffers and no flusher.
+_SINKS: weakref.WeakSet[_Sink] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for sink in list(_SINKS):
+        sink._reset()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class _Series:
@@ -325,11 +376,7 @@ class _Series:
         self.sink, self.field, self.live = sink, field, live
 
     def inc(self, amount: int = 1) -> None:
-        if not self.live:
-            self.sink.write([("hincrby", (self.sink.counters_key, self.field, amount))])
-            return
-        key = self.sink.live_key()
-        self.sink.write([("hincrby", (key, self.field, amount)), ("expire", (key, LIVE_TTL_SEC))])
+        self.sink.add(self.sink.live_key() if self.live else self.sink.counters_key, self.field, amount)
 
     def dec(self, amount: int = 1) -> None:
         self.inc(-amount)
@@ -392,9 +439,7 @@ class DramatiqMetrics(Prometheus):
         self.sink.bind(broker)
 
     def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
-        """A worker that stopped holds nothing in progress any more."""
-        if self.sink.client is not None:
-            self.sink.write([("delete", (self.sink.live_key(),))])
+        self.sink.forget_process()
 
     def after_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
         self.sink.bind(broker)  # a process that only enqueues (the bridge) never boots a worker
@@ -406,16 +451,7 @@ class DramatiqMetrics(Prometheus):
 
     def before_process_message(self, broker: Any, message: Any) -> None:
         self.sink.bind(broker)  # a worker run in-process (tests, embedding) has no process boot
-        with self.sink.batch():
-            super().before_process_message(broker, message)
-
-    def after_process_message(
-        self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
-    ) -> None:
-        with self.sink.batch():
-            super().after_process_message(broker, message, result=result, exception=exception)
-
-    after_skip_message = after_process_message
+        super().before_process_message(broker, message)
 
 
 class DramatiqReader:

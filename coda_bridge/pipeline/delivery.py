@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import dramatiq
 import redis
 
 from ..broker.entries import EntryIndex
+from ..broker.observations import DELIVERY_ATTEMPTS, WEBHOOK_DURATION, XADD_TO_RESULT, Histograms
 from ..broker.shared_state import NodeState
 from ..cloud.client import CloudClient
 from ..cloud.origins import callback_allowed
@@ -68,8 +70,9 @@ class Deliverer:
         self.signer = signer
         self.state = state
         self.entries = entries
+        self.histograms = Histograms(state.client, state.qpu_id)
 
-    def deliver(self, job_id: str, callback_url: str, entry_id: str | None = None) -> str:
+    def deliver(self, job_id: str, callback_url: str, entry_id: str | None = None, attempt: int = 1) -> str:
         """Deliver the recorded result of ``job_id``, then acknowledge its stream entry ``entry_id``.
 
         Returns ``delivered``, ``duplicate``, ``refused`` or ``missing``.
@@ -90,8 +93,9 @@ class Deliverer:
             raise dramatiq.Retry(delay=int((busy_sec + 0.5) * 1000))
         settings = self.settings
         attempted = callback_allowed(callback_url, settings.webapp_url, settings.allowed_callback_hosts)
+        post_sec = 0.0
         if attempted:
-            outcome, refused = self._post(job_id, callback_url, payload)
+            outcome, refused, post_sec = self._post(job_id, callback_url, payload)
             failpoint("delivery.after_post")
         else:
             outcome = "refused"
@@ -103,6 +107,13 @@ class Deliverer:
             self.entries.forget([entry_id], pipe)
         if attempted:
             self.state.count("webhook_attempts", pipe=pipe)
+            posted = "accepted" if outcome in ("delivered", "duplicate") else "refused"
+            self.histograms.observe(WEBHOOK_DURATION.name, post_sec, {"outcome": posted}, pipe=pipe)
+        if outcome in ("delivered", "refused"):
+            self.histograms.observe(DELIVERY_ATTEMPTS.name, attempt, {"outcome": outcome}, pipe=pipe)
+        if outcome == "delivered" and entry_id:
+            status = str(payload.get("status"))
+            self.histograms.observe_since_entry(XADD_TO_RESULT.name, entry_id, {"status": status}, pipe=pipe)
         if outcome == "delivered" and payload.get("status") == "completed":
             self.state.count("jobs_completed", pipe=pipe)
             self.state.set_last_job_at(pipe=pipe)
@@ -112,25 +123,28 @@ class Deliverer:
         self.status.delivered(job_id, payload, refused, entry_id)
         return outcome
 
-    def _post(self, job_id: str, callback_url: str, payload: dict[str, Any]) -> tuple[str, str | None]:
-        """POST the result; returns the outcome and, when the cloud refused it, why.
+    def _post(self, job_id: str, callback_url: str, payload: dict[str, Any]) -> tuple[str, str | None, float]:
+        """POST the result; returns the outcome, why the cloud refused it (if it did) and the seconds it took.
 
         A retryable failure is counted, frees the lease and propagates.
         """
+        started = time.monotonic()
         try:
             self.cloud.deliver(callback_url, self.signer, payload)
         except WebhookError as exc:
+            took = time.monotonic() - started
             if exc.retryable:
                 logger.warning("Delivery of job %s failed, will retry: %s", job_id, exc)
                 pipe = self.records.client.pipeline(transaction=False)
                 self.state.count("webhook_attempts", pipe=pipe)
                 self.state.count("webhook_failures", pipe=pipe)
+                self.histograms.observe(WEBHOOK_DURATION.name, took, {"outcome": "retryable"}, pipe=pipe)
                 self.records.release_lease(job_id, pipe)
                 pipe.execute()
                 raise
             if self.status.state_of(job_id) == "completed":
                 logger.info("Job %s: cloud refused a repeat delivery it had already accepted.", job_id)
-                return "duplicate", None
+                return "duplicate", None, took
             logger.error("Delivery of job %s refused by the cloud: %s", job_id, exc)
-            return "refused", f"Result delivery refused: {exc}"
-        return "delivered", None
+            return "refused", f"Result delivery refused: {exc}", took
+        return "delivered", None, time.monotonic() - started

@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 
+from ..broker.observations import JOB_DURATION, Histograms
 from ..broker.shared_state import NodeState
 from ..errors import CodaError
 from ..executors.host import ExecutorHost
@@ -134,6 +135,15 @@ class Runner:
         self.state = state
         self.job_time_limit_sec = job_time_limit_sec
         self.cancel_poll_sec = cancel_poll_sec
+        self.histograms = Histograms(state.client, state.qpu_id)
+
+    def _ran(self, seconds: float, jobs: int) -> None:
+        """Count the executor's time, and each job's share of it in the job-duration histogram (one trip)."""
+        pipe = self.state.client.pipeline(transaction=False)
+        self.state.count("executor_seconds", seconds, pipe=pipe)
+        for _ in range(jobs):
+            self.histograms.observe(JOB_DURATION.name, seconds / jobs, pipe=pipe)
+        pipe.execute()
 
     def _watch(self, run: _Run, watched: list[ReadyJob], limit: float, *, stop_on_cancel: bool) -> set[str]:
         """Wait for ``run`` while polling cancel keys and keeping claims alive; Redis blips are ridden out.
@@ -184,7 +194,7 @@ class Runner:
             run.abandoned.set()
             cancel(executor)
             return _time_limit_failure(ready.job_id, limit)
-        self.state.count("executor_seconds", float(time.monotonic() - started))
+        self._ran(float(time.monotonic() - started), 1)
         if run.error is not None:
             return _executor_failure(ready.job_id, run.error)
         try:
@@ -207,7 +217,7 @@ class Runner:
             run.abandoned.set()
             cancel(executor)
             return [_time_limit_failure(r.job_id, limit) for r in batch]
-        self.state.count("executor_seconds", float(time.monotonic() - started))
+        self._ran(float(time.monotonic() - started), len(batch))
         if run.error is not None:
             logger.warning(
                 "batch_run of %d jobs failed (%s); running them one by one.", len(batch), run.error

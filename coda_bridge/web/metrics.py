@@ -47,6 +47,8 @@ __all__ = ["NodeCollector", "ProcessTreeCollector"]
 logger = logging.getLogger(__name__)
 
 _JOB_OUTCOMES = ("completed", "failed", "cancelled", "skipped")
+#: On a cloud Redis before 7 (no ``lag`` in XINFO GROUPS) the unread entries are counted up to this many.
+STREAM_LAG_COUNT_MAX = 100
 
 
 def _package_version(name: str) -> str:
@@ -182,11 +184,13 @@ class NodeCollector:
         group = next((g for g in groups if as_text(g.get("name")) == wanted), None)
         if group is None:
             return
-        if group.get("lag") is not None:  # Redis 7+; unknown after entries were deleted from the middle
+        lag = self._lag(qpu, group)
+        if lag is not None:
             yield GaugeMetricFamily(
                 "coda_bridge_stream_lag_entries",
-                "Stream entries not yet read by the node's consumer group.",
-                value=float(group["lag"]),
+                f"Stream entries not yet read by the node's consumer group (at most {STREAM_LAG_COUNT_MAX} "
+                "counted on a Redis before 7).",
+                value=float(lag),
             )
         yield GaugeMetricFamily(
             "coda_bridge_stream_pending_entries",
@@ -199,6 +203,20 @@ class NodeCollector:
             "Seconds since the XADD of the oldest unacknowledged stream entry (0: none).",
             value=max(0.0, time.time() - oldest) if oldest is not None else 0.0,
         )
+
+    def _lag(self, qpu: str, group: dict[str, Any]) -> int | None:
+        """The group's lag: Redis 7 reports it; before 7, the entries after the last one read, counted."""
+        if group.get("lag") is not None:
+            return int(group["lag"])
+        if "entries-read" in group:  # Redis 7 with the lag unknown (entries deleted from the middle)
+            return None
+        last = as_text(group.get("last-delivered-id")) or "0-0"
+        assert self.cloud is not None
+        try:
+            unread = self.cloud.xrange(stream_key(qpu), min=f"({last}", count=STREAM_LAG_COUNT_MAX)
+        except redis.RedisError:
+            return None
+        return len(unread or [])
 
 
 class ProcessTreeCollector:

@@ -107,6 +107,7 @@ def busy_node(app: Flask, cloud: redis.Redis, redis_url: str) -> None:
     message = dramatiq.Message(queue_name="jobs", actor_name="execute", args=(), kwargs={}, options={})
     metrics.before_process_message(broker, message)
     metrics.after_process_message(broker, message)
+    metrics.sink.flush()  # what its flusher thread does every 0.25 s
     broker.client.close()
 
 
@@ -121,12 +122,17 @@ def body(redis_url: str) -> Iterator[str]:
     cloud.close()
 
 
+#: The sample names a family of each type has, even before it has samples.
+_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+
+
 def exposed(text: str) -> tuple[set[str], dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
     """Family names plus every sample name, and the samples by name and labels."""
     names: set[str] = set()
     samples = {}
     for family in text_string_to_metric_families(text):
         names.add(family.name)
+        names.update(family.name + suffix for suffix in _SUFFIXES.get(family.type, ()))
         for sample in family.samples:
             names.add(sample.name)
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
@@ -173,14 +179,20 @@ def test_an_unreachable_cloud_redis_is_a_gauge_at_0_not_a_failed_scrape(redis_ur
     assert "coda_bridge_stream_lag_entries" not in names
 
 
-@pytest.mark.skipif(not shutil.which("promtool"), reason="needs promtool (Debian: apt-get install prometheus)")
+@pytest.mark.skipif(
+    not shutil.which("promtool"), reason="needs promtool (Debian: apt-get install prometheus)"
+)
 def test_promtool_finds_nothing_to_lint_in_the_metrics_body(body: str) -> None:
     done = subprocess.run(
         ["promtool", "check", "metrics"], input=body, capture_output=True, text=True, timeout=60, check=False
     )
 
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.strip() == "" and done.stderr.strip() == ""
+    findings = set((done.stdout + done.stderr).splitlines())
+    # dramatiq's own name, kept so dashboards made for dramatiq's middleware work: the one finding allowed
+    assert findings <= {
+        'dramatiq_message_duration_milliseconds use base unit "seconds" instead of "milliseconds"'
+    }, findings
+    assert done.returncode == (3 if findings else 0), done.stderr
 
 
 # -- the dashboard and the rules name only what /metrics serves --
@@ -212,13 +224,18 @@ def dashboard_exprs() -> list[str]:
     exprs = []
     for panel in dashboard["panels"]:
         exprs += [target["expr"] for target in panel.get("targets", [])]
-    exprs += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":  # Grafana's label_values(<selector>, <label>)
+            found = re.fullmatch(r"label_values\((.*),\s*\w+\)", variable["query"])
+            assert found, variable["query"]
+            exprs.append(found.group(1))
     return exprs
 
 
 def test_the_metric_name_finder_sees_names_and_skips_functions_labels_and_variables() -> None:
     expr = (
-        'histogram_quantile(0.95, sum by (le, outcome) (rate(a_bucket{job=~"$job", x="b_c"}[$__rate_interval])))'
+        "histogram_quantile(0.95, sum by (le, outcome) "
+        '(rate(a_bucket{job=~"$job", x="b_c"}[$__rate_interval])))'
         " / on(instance) group_left(version) c_info > bool 0 or time() - d_seconds offset 5m"
     )
 
