@@ -26,7 +26,7 @@ from requests.auth import AuthBase
 from ..errors import HeartbeatRejected, NodeError, WebhookError
 from ..logs import mask
 from ..settings import Settings
-from .origins import Origin, OriginError, allowed_callback_origins, base_origin, sent_url
+from .origins import Origin, OriginError, allowed_callback_origins, base_origin, origin_of, sent_origin
 from .signing import Signer
 
 __all__ = ["CallbackRefused", "CloudClient", "WebhookRedirected", "cloud_message", "redirect_target"]
@@ -152,15 +152,15 @@ class CloudClient:
         URL cannot be read unambiguously or its origin is not in ``allowed``
         (the message then says ``refused``); requests' own errors pass through.
         """
-        checked, origin = sent_url(url)
+        origin = sent_origin(url)
         if origin not in allowed:
             raise OriginError(f"origin {origin} {refused}")
         request = requests.Request(
             "POST", url, json=dict(body), headers=dict(headers or {}), auth=_Bearer(bearer)
         )
         prepared = self.session.prepare_request(request)
-        if prepared.url != checked:  # what is sent is exactly what was checked
-            raise OriginError("the prepared URL is not the one checked")
+        if not isinstance(prepared.url, str) or origin_of(prepared.url) != origin:
+            raise OriginError("the prepared URL is not the one checked")  # what is sent is what was checked
         options = self.session.merge_environment_settings(prepared.url, {}, None, None, None)
         response = self.session.send(prepared, timeout=timeout_sec, allow_redirects=False, **options)
         return response, origin

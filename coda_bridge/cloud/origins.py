@@ -202,9 +202,32 @@ def _loose(scheme: str, host: str, port: int | None) -> Origin:
     return Origin(scheme, host, port or DEFAULT_PORTS.get(scheme, 0))
 
 
+#: Distinct scheme-and-authority prefixes whose readers' agreement is kept (one per cloud, in practice).
+AGREED_ORIGINS_CACHE_SIZE = 256
+
+
 def sent_origin(url: str) -> Origin:
-    """The origin requests connects to for ``url``, when every reader agrees on it (:func:`sent_url`)."""
-    return sent_url(url)[1]
+    """The origin requests connects to for ``url``, when every reader agrees on it.
+
+    The strict reading has already refused what could make the readers end
+    the authority at different places (backslashes, blanks, control or
+    non-ASCII characters, userinfo, escapes in the host), so their agreement
+    depends on the scheme and authority alone: :func:`sent_url`'s full check
+    runs once per authority, not once per job's callback URL.
+    """
+    origin, _ = _split(url)
+    match = _URL.fullmatch(url)
+    assert match is not None  # _split accepted it
+    if _agreed_origin(f"{match['scheme']}://{match['authority']}/") != origin:
+        raise OriginError("URL readers disagree about its origin")
+    return origin
+
+
+@functools.lru_cache(
+    maxsize=AGREED_ORIGINS_CACHE_SIZE
+)  # a pure function of the string; refusals are not kept
+def _agreed_origin(base: str) -> Origin:
+    return sent_url(base)[1]
 
 
 def sent_url(url: str) -> tuple[str, Origin]:
