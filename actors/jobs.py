@@ -39,7 +39,7 @@ OUTAGE_MAX_BACKOFF_MS = 60_000
 
 def _queue_deliveries(deliveries: Sequence[Delivery]) -> None:
     """Queue results for the webhook actor at once; while this worker drains, try each inline first."""
-    if stopping.stopping.is_set():
+    if stopping.stopping.is_set() and parts.can_sign:  # without the key, the results worker delivers
         deliveries = [delivery for delivery in deliveries if not _delivered_inline(*delivery)]
     broker.enqueue_many([deliver.message(*delivery) for delivery in deliveries])
 

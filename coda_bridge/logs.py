@@ -1,13 +1,26 @@
-"""Logging set-up shared by every process, with secrets masked on the way out."""
+"""Logging set-up shared by every process, with secrets masked on the way out.
+
+Every process that configures logging writes the same format: text
+(:data:`FORMAT`) or, with ``CODA_LOG_FORMAT=json``, one JSON object per
+line.  The handlers already on the root logger (dramatiq's, in a worker
+process) get the same formatter, so a node's log reads as one.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+from typing import Any
 
-__all__ = ["SecretFilter", "configure_logging", "mask"]
+__all__ = ["LOG_FORMATS", "JsonFormatter", "SecretFilter", "configure_logging", "log_formatter", "mask"]
 
 FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
+#: What ``CODA_LOG_FORMAT`` (the ``log_format`` setting) may be.
+LOG_FORMATS = ("text", "json")
+#: The variable read when a process configures logging before its settings are loaded.
+LOG_FORMAT_VARIABLE = "CODA_LOG_FORMAT"
 
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.S)
 _JWT = re.compile(r"\beyJ[\w-]{6,}\.[\w-]{6,}\.[\w-]{6,}")
@@ -37,15 +50,44 @@ class SecretFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Root logging to stderr with the secret filter on every handler."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, process, pid, logger, message, and any traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "process": record.processName,
+            "pid": record.process,
+            "thread": record.threadName,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def log_formatter(log_format: str | None = None) -> logging.Formatter:
+    """The formatter of ``log_format`` (default: ``CODA_LOG_FORMAT``, else text); unknown values mean text."""
+    chosen = (log_format or os.environ.get(LOG_FORMAT_VARIABLE) or "text").strip().lower()
+    return JsonFormatter() if chosen == "json" else logging.Formatter(FORMAT)
+
+
+def configure_logging(level: str = "INFO", log_format: str | None = None) -> None:
+    """Root logging to stderr in the node's one format, with the secret filter on every handler."""
     root = logging.getLogger()
     if not root.handlers:
-        handler: logging.Handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(FORMAT))
-        root.addHandler(handler)
+        root.addHandler(logging.StreamHandler())
     root.setLevel(level)
+    formatter = log_formatter(log_format)
     for handler in root.handlers:
+        if type(handler) is logging.StreamHandler:  # ours or dramatiq's; never a test's capture handler
+            handler.setFormatter(formatter)
         if not any(isinstance(f, SecretFilter) for f in handler.filters):
             handler.addFilter(SecretFilter())
     logging.getLogger("urllib3").setLevel(logging.WARNING)

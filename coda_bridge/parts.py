@@ -1,10 +1,12 @@
 """What one process of the node builds once: its clients, and the objects each step of a job takes.
 
 Each worker, the bridge and the web app build one :class:`NodeParts` at
-start.  It parses the signing key once, keeps one pooled HTTP session and
+start.  It parses the signing key once, and only in a process that signs
+(``signs``, and a key in its settings), keeps one pooled HTTP session and
 one client per Redis, and builds only what the process uses: an executor
-worker never signs unless it delivers, a delivery worker never loads the
-executor.  Steps get the few parts they need, not the whole.
+worker never signs unless it delivers inline during a drain, a delivery
+worker never loads the executor.  Steps get the few parts they need, not
+the whole.
 """
 
 from __future__ import annotations
@@ -30,17 +32,28 @@ from .pipeline.runs import Runner
 from .pipeline.status import CloudStatus
 from .settings import Settings
 
-__all__ = ["NodeParts"]
+__all__ = ["NodeParts", "settings_have_key"]
+
+
+def settings_have_key(settings: Settings) -> bool:
+    """A key is configured or persisted, and with it its id (nothing is parsed)."""
+    return settings.jwt_private_key is not None and bool(settings.jwt_key_id)
 
 
 class NodeParts:
     """Built on first use, then kept for the life of the process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, signs: bool = True) -> None:
         if not settings.qpu_id:
             raise ConfigError("qpu_id is not known yet: the node has not connected to the cloud")
         self.settings = settings
         self.qpu_id: str = settings.qpu_id
+        self._signs = signs
+
+    @property
+    def can_sign(self) -> bool:
+        """Whether this process signs: it may, and its settings hold a key (the key is not parsed here)."""
+        return self._signs and settings_have_key(self.settings)
 
     # -- clients --
 
@@ -64,6 +77,12 @@ class NodeParts:
 
     @cached_property
     def signer(self) -> Signer:
+        """The key, parsed on first use; a process that does not sign refuses without reading it."""
+        if not self.can_sign:
+            raise ConfigError(
+                "this process holds no private key (it does not sign); results are delivered by the "
+                "results worker"
+            )
         return node_signer(self.settings)
 
     # -- what the steps take --

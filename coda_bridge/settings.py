@@ -1,11 +1,17 @@
 """Typed settings, layered by dynaconf.
 
 Precedence, highest first: explicit overrides (CLI flags), ``CODA_``
-environment variables, the site table of ``config/settings.toml`` chosen by
-``CODA_ENV`` (over its ``[default]`` table, with ``config/.secrets.toml``),
-persisted node state, then the defaults below.  Code reads one frozen
+environment variables, the site table of ``settings.toml`` chosen by
+``CODA_ENV`` (over its ``[default]`` table, with ``.secrets.toml`` beside
+it), persisted node state, then the defaults below.  Code reads one frozen
 :class:`Settings` object with named attributes; nothing else looks up
 strings.
+
+The settings files are found the same way from any working directory
+(:func:`settings_files`): ``CODA_SETTINGS_FILES`` when set, else the first
+of ``./config/``, ``/etc/coda-bridge/`` and the ``config/`` of a source
+checkout that holds a ``settings.toml``.  A site that no file has a table
+for is an error, not a silent fall-back to ``[default]``.
 """
 
 from __future__ import annotations
@@ -33,14 +39,33 @@ from pydantic import (
 from .cloud.origins import OriginError, base_origin, origins_of
 from .errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "SECRET_FIELDS", "Settings", "default_state_dir", "load_settings"]
+__all__ = [
+    "ENV_PREFIX",
+    "SECRET_FIELDS",
+    "Settings",
+    "SettingsError",
+    "default_state_dir",
+    "load_settings",
+    "selected_site",
+    "setting_layers",
+    "settings_files",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Every environment variable of ours starts with this.
 ENV_PREFIX = "CODA"
-#: Settings files, relative to the working directory unless ``CODA_SETTINGS_FILES`` says otherwise.
-DEFAULT_SETTINGS_FILES = ("config/settings.toml", "config/.secrets.toml")
+#: The settings file and its git-ignored companion, looked for in each directory of the search path.
+SETTINGS_FILE_NAME = "settings.toml"
+SECRETS_FILE_NAME = ".secrets.toml"
+#: The system-wide settings directory (packages, systemd units).
+SYSTEM_CONFIG_DIR = Path("/etc/coda-bridge")
+#: The ``config/`` directory of a source checkout (an editable install): beside the package.
+SOURCE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+#: A file only a source checkout has beside the package (so no other distribution's ``config/`` is read).
+SOURCE_CHECKOUT_MARKER = "pyproject.toml"
+#: Site names that select only ``[default]`` (dynaconf's own names for it).
+DEFAULT_SITES = frozenset({"default", "global"})
 #: Variables that steer the loading itself rather than being settings.
 _META_KEYS = frozenset({"ENV", "SETTINGS_FILES", "SETTINGS_FILE"})
 #: Fields whose values are never echoed back, in errors or anywhere else (headers may carry API keys).
@@ -50,6 +75,12 @@ _TARGETS = ("cz", "iswap", "pcz", "cnot")
 DEFAULT_DEVICE_CONFIG = "site/device.yaml"
 #: Which circuit type executors get: detected, coda-bridge's ``Circuit``, or coda-node's ``NativeGateIR``.
 EXECUTOR_IR_CHOICES = ("auto", "coda-bridge", "coda-node")
+
+
+class SettingsError(ConfigError):
+    """The settings cannot work at all (a bad value, an unknown site); a process exits ``EX_CONFIG`` (78)."""
+
+    exit_code = os.EX_CONFIG
 
 
 def default_state_dir() -> Path:
@@ -88,7 +119,7 @@ class Settings(BaseModel):
     # -- web probes --
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=1, le=65535)
-    web_workers: int = Field(2, ge=1)
+    web_workers: int = Field(1, ge=1)  # one gthread worker answers the probes; more only for heavy scraping
     dashboard_enabled: bool = False
     dashboard_prefix: str = "/dashboard"
     #: HTTP Basic credentials of the dashboard; without them it mounts only on a loopback bind.
@@ -138,6 +169,8 @@ class Settings(BaseModel):
     # -- process --
     state_dir: Path = Field(default_factory=default_state_dir)
     log_level: str = "INFO"
+    #: ``text`` (one line per record) or ``json`` (one JSON object per line), for every process.
+    log_format: str = "text"
     shutdown_drain_timeout_sec: float = Field(30, gt=0)
 
     @field_validator("native_gate_set")
@@ -202,6 +235,14 @@ class Settings(BaseModel):
             raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        chosen = value.strip().lower()
+        if chosen not in ("text", "json"):
+            raise ValueError("expected text or json")
+        return chosen
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -241,37 +282,80 @@ class Settings(BaseModel):
         return _validate(data, explicit=self.model_fields_set | set(changes))
 
 
-def _settings_files() -> list[str]:
+def config_search_path() -> list[Path]:
+    """Directories searched for ``settings.toml`` when ``CODA_SETTINGS_FILES`` is unset, first found wins."""
+    path = [Path.cwd() / "config", SYSTEM_CONFIG_DIR]
+    if (SOURCE_CONFIG_DIR.parent / SOURCE_CHECKOUT_MARKER).is_file():
+        path.append(SOURCE_CONFIG_DIR)
+    return path
+
+
+def settings_files() -> list[Path]:
+    """The settings files this process reads, as absolute paths (missing ones are skipped when loading).
+
+    ``CODA_SETTINGS_FILES`` (comma-separated, relative to the working
+    directory) names them; otherwise ``settings.toml`` and ``.secrets.toml``
+    of the first directory of :func:`config_search_path` that has a
+    ``settings.toml``; otherwise none.
+    """
     raw = os.environ.get(f"{ENV_PREFIX}_SETTINGS_FILES")
-    return [p for p in raw.split(",") if p] if raw else list(DEFAULT_SETTINGS_FILES)
+    if raw:
+        return [Path(part.strip()).absolute() for part in raw.split(",") if part.strip()]
+    for directory in config_search_path():
+        if (directory / SETTINGS_FILE_NAME).is_file():
+            return [directory / SETTINGS_FILE_NAME, directory / SECRETS_FILE_NAME]
+    return []
 
 
-def _site_tables(files: list[str]) -> set[str]:
-    tables: set[str] = set()
-    for name in files:
-        path = Path(name)
-        if path.is_file():
-            try:
-                tables.update(k.lower() for k in tomllib.loads(path.read_text()))
-            except (tomllib.TOMLDecodeError, OSError) as exc:
-                raise ConfigError(f"settings file {path} cannot be read: {exc}") from None
-    return tables
+def _tables(files: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """Each existing file with its top-level tables (lower-cased names)."""
+    found = []
+    for path in files:
+        if not path.is_file():
+            continue
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"settings file {path} cannot be read: {exc}") from None
+        found.append((path, {k.lower(): v for k, v in data.items() if isinstance(v, dict)}))
+    return found
+
+
+def selected_site(site: str | None = None) -> str | None:
+    """The site asked for: ``site`` (``--site``), else ``CODA_ENV``; None for ``[default]`` only."""
+    chosen = site if site is not None else os.environ.get(f"{ENV_PREFIX}_ENV")
+    return chosen or None
+
+
+def _check_site(site: str | None, files: list[Path]) -> None:
+    """Refuse a site that no settings file has a table for, naming the sites there are."""
+    if site is None or site.lower() in DEFAULT_SITES:
+        return
+    known = sorted({name for _, tables in _tables(files) for name in tables} - DEFAULT_SITES)
+    if site.lower() in known:
+        return
+    existing = [str(path) for path in files if path.is_file()]
+    if existing:
+        where = ", ".join(existing)
+    else:
+        looked = [str(path) for path in files] or [
+            str(directory / SETTINGS_FILE_NAME) for directory in config_search_path()
+        ]
+        where = f"no settings file (looked for {', '.join(looked)}; set CODA_SETTINGS_FILES)"
+    sites = ", ".join(known) if known else "none"
+    raise SettingsError(f"site {site!r} (CODA_ENV or --site) has no table in {where}; known sites: {sites}")
 
 
 def _layered(site: str | None) -> dict[str, Any]:
     """Values set by the site file or the environment (lower-cased keys), nothing else."""
-    files = _settings_files()
-    if site is None:
-        site = os.environ.get(f"{ENV_PREFIX}_ENV")
-    if site and site.lower() not in ("default", "development") and site.lower() not in _site_tables(files):
-        logger.warning(
-            "Site %r has no table in %s; only [default] and the environment apply.", site, ", ".join(files)
-        )
+    files = settings_files()
+    site = selected_site(site)
+    _check_site(site, files)
     extra: dict[str, Any] = {"env": site} if site else {}
     try:
         layered = Dynaconf(
             envvar_prefix=ENV_PREFIX,
-            settings_files=files,
+            settings_files=[str(path) for path in files],
             environments=True,
             env_switcher=f"{ENV_PREFIX}_ENV",
             load_dotenv=False,
@@ -279,8 +363,48 @@ def _layered(site: str | None) -> dict[str, Any]:
         )
         values = layered.as_dict()
     except Exception as exc:  # dynaconf raises many types for a broken file
-        raise ConfigError(f"settings cannot be loaded: {exc}") from None
+        raise SettingsError(f"settings cannot be loaded: {exc}") from None
     return {k.lower(): v for k, v in values.items() if k not in _META_KEYS and k != "LOAD_DOTENV"}
+
+
+def setting_layers(
+    *,
+    site: str | None = None,
+    persisted: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """Where each setting's value comes from, in the layers of :func:`load_settings`.
+
+    One of ``command line``, ``environment (CODA_X)``, ``site file PATH [TABLE]``,
+    ``persisted state`` or ``default``.
+    """
+    site = selected_site(site)
+    tables = _tables(settings_files())
+    layers: dict[str, str] = {}
+    for field in Settings.model_fields:
+        variable = f"{ENV_PREFIX}_{field.upper()}"
+        if overrides and overrides.get(field) is not None:
+            layers[field] = "command line"
+        elif variable in os.environ:
+            layers[field] = f"environment ({variable})"
+        elif origin := _file_origin(field, site, tables):
+            layers[field] = origin
+        elif persisted and persisted.get(field) is not None:
+            layers[field] = "persisted state"
+        else:
+            layers[field] = "default"
+    return layers
+
+
+def _file_origin(field: str, site: str | None, tables: list[tuple[Path, dict[str, Any]]]) -> str | None:
+    """The last table that sets ``field``: the site's over ``[default]``, a later file's over an earlier's."""
+    names = ["default", "global"] + ([site.lower()] if site and site.lower() not in DEFAULT_SITES else [])
+    origin = None
+    for name in names:
+        for path, file_tables in tables:
+            if field in {key.lower() for key in file_tables.get(name, {})}:
+                origin = f"site file {path} [{name}]"
+    return origin
 
 
 def _validate(data: Mapping[str, Any], explicit: set[str] | None = None) -> Settings:
@@ -296,8 +420,8 @@ def _validate(data: Mapping[str, Any], explicit: set[str] | None = None) -> Sett
             shown = repr(first.get("input"))
             shown = shown if len(shown) <= 80 else shown[:77] + "..."
         if first["type"] == "extra_forbidden":
-            raise ConfigError(f"{variable} is not a known setting") from None
-        raise ConfigError(f"{variable}={shown} is not valid: {first['msg']}") from None
+            raise SettingsError(f"{variable} is not a known setting") from None
+        raise SettingsError(f"{variable}={shown} is not valid: {first['msg']}") from None
     if explicit is not None:
         object.__setattr__(settings, "__pydantic_fields_set__", set(explicit))
     return settings

@@ -189,15 +189,14 @@ def test_overrides_beat_the_environment(clean_env: pytest.MonkeyPatch) -> None:
     assert load_settings(overrides={"port": 7000}).port == 7000
 
 
-def test_a_named_site_without_a_table_is_logged(
-    clean_env: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_a_named_site_without_a_table_is_an_error_naming_the_known_sites(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     _site_file(tmp_path, clean_env)
     clean_env.setenv("CODA_ENV", "nosuchsite")
-    with caplog.at_level(logging.WARNING):
-        settings = load_settings()
-    assert settings.port == 9000
-    assert "nosuchsite" in caplog.text
+    with pytest.raises(ConfigError, match=r"'nosuchsite'.*known sites: lab1") as raised:
+        load_settings()
+    assert getattr(raised.value, "exit_code", None) == 78
 
 
 def test_an_unknown_variable_is_logged_not_fatal(

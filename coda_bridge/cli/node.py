@@ -19,6 +19,7 @@ from .options import (
     node_settings,
     plain_settings,
     port_option,
+    require_credentials,
     site_option,
     token_option,
 )
@@ -31,26 +32,43 @@ __all__ = ["logs", "reset", "start", "status", "stop", "stop_vpn"]
 @host_option
 @port_option
 @click.option("--daemon", "-d", is_flag=True, help="Run in the background; log to the state directory.")
+@click.option(
+    "--one-process",
+    is_flag=True,
+    help="Run bridge, workers and probes in threads of one process (a small lab PC).",
+)
 @site_option
-def start(token: str | None, host: str | None, port: int | None, daemon: bool, site: str | None) -> None:
+def start(
+    *,
+    token: str | None,
+    host: str | None,
+    port: int | None,
+    daemon: bool,
+    one_process: bool,
+    site: str | None,
+) -> None:
     """Run the whole node: bridge, workers and probes app, supervised.
 
     The first Ctrl-C or SIGTERM drains (jobs in flight finish, within
-    shutdown_drain_timeout_sec); a second one stops at once.
+    shutdown_drain_timeout_sec); a second one stops at once.  With
+    --one-process every part runs in one process, with the same guarantees.
 
     \b
     Examples:
       coda-bridge start --token-file node.token   # first start: provision
       coda-bridge start -d                         # later starts, in the background
       coda-bridge start --site lab2 --port 9090
+      coda-bridge start --one-process              # one process for the whole node
     """
     from ..ops.supervisor import run_start, start_detached
 
     # every process would fail on a malformed URL, and restart: refuse it before starting any
-    check_redis_urls(node_settings(site, host=host, port=port))
+    settings = node_settings(site, host=host, port=port)
+    check_redis_urls(settings)
+    require_credentials(settings, token)  # exit 78, like `bridge`: restarting cannot help
     if not daemon:
-        sys.exit(run_start(token=token, host=host, port=port, site=site))
-    pid, log = start_detached(token=token, host=host, port=port, site=site)
+        sys.exit(run_start(token=token, host=host, port=port, site=site, one_process=one_process))
+    pid, log = start_detached(token=token, host=host, port=port, site=site, one_process=one_process)
     click.echo(f"coda-bridge started in the background (pid {pid}); log: {log}")
 
 
@@ -94,7 +112,11 @@ def _stop_node(paths: Any, drain_timeout_sec: float) -> Any:
 @click.command()
 @site_option
 def status(site: str | None) -> None:
-    """Show whether the node runs, its QPU, queue depths and VPN interface (exit 3 when stopped).
+    """Show whether the node runs, its processes, QPU, queue depths and VPN interface (exit 3 when stopped).
+
+    Every process of the node registers itself in the broker, so the list
+    is the same however it was started: `start`, honcho, systemd, or on
+    several hosts.
 
     \b
     Example:
@@ -102,31 +124,44 @@ def status(site: str | None) -> None:
     """
     from ..identity.credentials import StatePaths
     from ..ops.daemon import running_pid
-    from ..ops.doctor import queue_summary, vpn_summary
+    from ..ops.doctor import process_lines, queue_summary, vpn_summary
 
     settings = plain_settings(site)
     paths = StatePaths(settings.state_dir)
     pid = running_pid(paths.daemon_pid)
-    click.echo(f"coda-bridge: {f'running (pid {pid})' if pid else 'stopped'}")
-    click.echo(f"log file:    {paths.daemon_log}")
+    details: list[str] = []
+    processes: list[str] = []
     try:
         settings = node_settings(site)
     except ConfigError as exc:
-        click.echo(f"qpu:         unknown ({exc})")
+        details.append(f"qpu:         unknown ({exc})")
     else:
         qpu = settings.qpu_id or "not provisioned yet"
         if settings.qpu_id and settings.qpu_display_name:
             qpu += f" ({settings.qpu_display_name})"
-        click.echo(f"qpu:         {qpu}")
+        details.append(f"qpu:         {qpu}")
         try:
             check_redis_urls(settings, ("broker_url",))
         except ConfigError as exc:
             queues = f"unknown ({exc})"
         else:
             queues = queue_summary(settings)
-        click.echo(f"queues:      {queues}")
-        click.echo(f"vpn:         {vpn_summary(settings)}")
-    sys.exit(0 if pid else 3)
+            processes, problem = process_lines(settings)
+            details.append(f"processes:   {problem or (processes[0] if processes else 'none registered')}")
+            details.extend(f"             {line}" for line in processes[1:])
+        details.append(f"queues:      {queues}")
+        details.append(f"vpn:         {vpn_summary(settings)}")
+    if pid:
+        state = f"running (pid {pid})"
+    elif processes:
+        state = f"running ({len(processes)} registered process(es), not started by `coda-bridge start` here)"
+    else:
+        state = "stopped"
+    click.echo(f"coda-bridge: {state}")
+    click.echo(f"log file:    {paths.daemon_log}")
+    for line in details:
+        click.echo(line)
+    sys.exit(0 if pid or processes else 3)
 
 
 @click.command()

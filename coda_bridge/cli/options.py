@@ -29,6 +29,7 @@ __all__ = [
     "plain_settings",
     "port_option",
     "redis_errors",
+    "require_credentials",
     "safe_url",
     "site_option",
     "token_option",
@@ -113,6 +114,15 @@ def check_redis_urls(settings: Any, fields: tuple[str, ...] = ("broker_url", "re
             ) from None
 
 
+def require_credentials(settings: Any, token: str | None) -> None:
+    """Refuse (exit 78) a start that could never connect: no token, no persisted or configured identity."""
+    from ..identity.connect import NO_CREDENTIALS
+
+    if token or settings.node_token_value or settings.has_identity:
+        return
+    raise BadSetting(NO_CREDENTIALS)
+
+
 def check_http_url(url: str, setting: str) -> None:
     """Refuse a URL that is not ``http(s)://host[:port]...``, naming ``setting`` (exit 78)."""
     problem = None
@@ -156,7 +166,9 @@ def redis_errors(what: str, url: str, fix: str = "") -> Iterator[None]:
 
 host_option = click.option("--host", help="Address of the probes app (overrides CODA_HOST).")
 port_option = click.option("--port", type=int, help="Port of the probes app (overrides CODA_PORT).")
-site_option = click.option("--site", help="Site table of config/settings.toml to use (sets CODA_ENV).")
+site_option = click.option(
+    "--site", help="Site table of the settings file to use (sets CODA_ENV); an unknown site exits 78."
+)
 
 
 def token_option(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -70,8 +70,12 @@ def worker(queue: str) -> None:
     if name not in specs:
         raise click.BadParameter(f"expected one of {', '.join(specs)}", param_hint="QUEUE")
     # dramatiq would only fail on these inside its worker processes, with tracebacks, and be restarted
+    from ..identity.waiting import check_role
+
     try:
-        check_redis_urls(node_settings())
+        settings = node_settings()
+        check_redis_urls(settings)
+        check_role(settings, name)
     except ConfigError as exc:
         raise Unrecoverable(str(exc)) from None
     argv = list(specs[name].argv)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -31,22 +33,27 @@ def doctor(site: str | None) -> None:
     Example:
       coda-bridge doctor
     """
-    from ..ops.doctor import run_checks
+    from ..ops.doctor import run_checks, setting_lines
 
-    _refuse_malformed_redis_urls(site)
+    settings = _refuse_malformed_redis_urls(site)
     checks = run_checks(site=site)
     for check in checks:
         click.echo(mask(check.line()))
+    if settings is not None:
+        click.echo("settings (value, and the layer it came from):")
+        for line in setting_lines(settings, site=site):
+            click.echo(f"     {mask(line)}")
     failed = sum(1 for check in checks if not check.ok)
     click.echo(f"{len(checks) - failed} ok, {failed} to fix")
     if failed:
         sys.exit(1)
 
 
-def _refuse_malformed_redis_urls(site: str | None) -> None:
+def _refuse_malformed_redis_urls(site: str | None) -> Any:
     """A Redis URL redis-py cannot parse stops ``doctor`` with its setting named (its PING would raise).
 
     Settings that do not load at all are left to ``run_checks``, which reports them as a check.
+    Returns the settings that loaded (None when none did).
     """
     for load in (node_settings, plain_settings):
         try:
@@ -54,7 +61,8 @@ def _refuse_malformed_redis_urls(site: str | None) -> None:
         except ConfigError:
             continue
         check_redis_urls(settings)
-        return
+        return settings
+    return None
 
 
 @click.command()
@@ -99,13 +107,35 @@ def submit(  # noqa: PLR0917  (one parameter per click option)
     job_id, _ = submit_circuit(client, circuit, qpu_id=qpu_id, shots=shots, target=target)
     click.echo(job_id)
     if wait:
-        try:
-            result = client.wait_for_result(job_id, timeout_sec=timeout)
-        except TimeoutError as exc:
-            raise CodaError(f"{exc}; is a node running for this QPU?") from None
+        result = _wait_showing_progress(client, job_id, timeout)
         click.echo(format_result(result))
         if result.get("status") != "completed":
             sys.exit(1)
+
+
+#: How often ``submit --wait`` looks at the job, in seconds.
+SUBMIT_POLL_SEC = 0.2
+
+
+def _wait_showing_progress(client: Any, job_id: str, timeout_sec: float) -> dict[str, Any]:
+    """The job's result; each state it passes through (queued, executing...) is shown on stderr."""
+    deadline = time.monotonic() + timeout_sec
+    shown = None
+    while True:
+        job = client.job(job_id)
+        state = (job.get("status") or {}).get("state") or "waiting for the node"
+        if state != shown:
+            click.echo(f"{job_id}: {state}", err=True)
+            shown = state
+        if job.get("result") is not None:
+            result: dict[str, Any] = job["result"]
+            return result
+        if time.monotonic() >= deadline:
+            raise CodaError(
+                f"no result for job {job_id} after {timeout_sec:g} s (last state: {state}); "
+                "is a node running for this QPU?"
+            )
+        time.sleep(SUBMIT_POLL_SEC)
 
 
 @click.command()

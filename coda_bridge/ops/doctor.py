@@ -23,8 +23,10 @@ __all__ = [
     "Check",
     "check_coda_command",
     "check_executor_boot",
+    "process_lines",
     "queue_summary",
     "run_checks",
+    "setting_lines",
     "shown_url",
     "vpn_summary",
 ]
@@ -85,7 +87,48 @@ def check_settings(overrides: dict[str, Any], site: str | None) -> tuple[Setting
             return load_settings(overrides=overrides, site=site), [problem]
         except ConfigError as inner:
             return None, [Check("settings", False, str(inner))]
-    return settings, [Check("settings", True, f"loaded (site {site or 'default'})")]
+    return settings, [Check("settings", True, f"loaded ({_site_and_files(site)})")]
+
+
+def _site_and_files(site: str | None) -> str:
+    from ..settings import selected_site, settings_files
+
+    files = [str(path) for path in settings_files() if path.is_file()]
+    where = ", ".join(files) if files else "no settings file"
+    return f"site {selected_site(site) or 'default'}, from {where}"
+
+
+#: Settings whose values doctor never shows, only whether they are set.
+_HIDDEN = ("dashboard_password",)
+#: Settings holding URLs that may carry a password.
+_URLS = ("broker_url", "redis_url")
+
+
+def setting_lines(
+    settings: Settings, overrides: dict[str, Any] | None = None, site: str | None = None
+) -> list[str]:
+    """``name = value  (layer)`` for every setting, secrets hidden, passwords out of URLs."""
+    from ..identity.credentials import load_persisted
+    from ..settings import SECRET_FIELDS, setting_layers
+
+    try:
+        persisted = load_persisted(settings.state_dir)
+    except ConfigError:
+        persisted = None
+    layers = setting_layers(site=site, persisted=persisted, overrides=overrides)
+    lines = []
+    for field in type(settings).model_fields:
+        value = getattr(settings, field)
+        if field in SECRET_FIELDS or field in _HIDDEN:
+            shown = "(set, hidden)" if value else "(unset)"
+        elif value is None:
+            shown = "(unset)"
+        elif field in _URLS:
+            shown = shown_url(str(value))
+        else:
+            shown = str(value)
+        lines.append(f"{field} = {shown}  ({layers[field]})")
+    return lines
 
 
 def check_credential_files(settings: Settings) -> Iterator[Check]:
@@ -293,6 +336,25 @@ def queue_summary(settings: Settings) -> str:
     waiting = ", ".join(f"{q} {n}" for q, n in sizes.items() if not q.endswith(".dead"))
     dead = ", ".join(f"{q[:-5]} {n}" for q, n in sizes.items() if q.endswith(".dead") and n)
     return f"{waiting} waiting" + (f"; dead-lettered: {dead}" if dead else "")
+
+
+def process_lines(settings: Settings) -> tuple[list[str], str | None]:
+    """One line per process registered for the QPU (any host, however started), and a problem if any."""
+    from ..broker.registry import live_processes
+
+    if not settings.qpu_id:
+        return [], None
+    client = redis.Redis.from_url(
+        settings.broker_url, socket_timeout=PING_TIMEOUT_SEC, socket_connect_timeout=PING_TIMEOUT_SEC
+    )
+    try:
+        found = live_processes(client, settings.qpu_id)
+    except (redis.RedisError, OSError) as exc:
+        return [], f"unknown (broker unreachable: {_reason(exc)})"
+    finally:
+        client.close()
+    width = max((len(info.role) for info in found), default=0)
+    return [f"{info.role:<{width}}  {info.describe()}" for info in found], None
 
 
 def vpn_summary(settings: Settings) -> str:

@@ -3,16 +3,33 @@
 Every process is a plain command line, so honcho, systemd or Kubernetes
 can run the same thing.  Executor workers scale by running more of the
 ``jobs`` line; the bridge never changes.
+
+:func:`node_processes` are the Procfile's lines (the ``dramatiq`` command:
+a master and its worker processes).  :func:`start_processes` are what
+``coda-bridge start`` supervises itself: the same parts, each one process
+(:mod:`coda_bridge.ops.runners` runs dramatiq's Worker without a master).
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..settings import Settings
+from .runners import worker_argv
+from .webentry import web_argv
 
-__all__ = ["CONTROL_THREADS", "RESULT_PROCESSES", "RESULT_THREADS", "ProcessSpec", "node_processes"]
+if TYPE_CHECKING:  # the supervisor imports this module and stays light (no settings stack)
+    from ..settings import Settings
+
+__all__ = [
+    "CONTROL_THREADS",
+    "RESULT_PROCESSES",
+    "RESULT_THREADS",
+    "ProcessSpec",
+    "node_processes",
+    "start_processes",
+]
 
 #: Delivery worker processes: each has one dramatiq consumer thread (fetches and acks), which
 #: bounds one process near 300 deliveries/s; two let a burst go twice as wide.
@@ -63,3 +80,36 @@ def node_processes(settings: Settings, *, web: bool = True, python: str | None =
     if web:
         specs.append(ProcessSpec("web", (py, "-m", "coda_bridge", "web")))
     return specs
+
+
+def start_processes(
+    settings: Settings, *, since: float | None = None, python: str | None = None
+) -> list[ProcessSpec]:
+    """What ``start`` supervises: bridge, one process per queue, probes app.
+
+    The delivery process runs :data:`RESULT_PROCESSES` dramatiq Workers (a
+    consumer each) in one process.  With ``since``, each worker and the
+    probes app wait for a connect at or after it before they load the
+    node's settings (they import what they need meanwhile).
+    """
+    py = python or sys.executable
+    drain_ms = int(settings.shutdown_drain_timeout_sec * 1000)
+
+    def worker(queue: str, threads: int, consumers: int = 1) -> tuple[str, ...]:
+        return worker_argv(queue, threads, consumers=consumers, drain_ms=drain_ms, since=since, python=py)
+
+    return [
+        ProcessSpec("bridge", (py, "-m", "coda_bridge.ops.runners", "bridge")),  # token in the environment
+        ProcessSpec("jobs", worker("jobs", settings.executor_concurrency)),
+        ProcessSpec("results", worker("results", RESULT_THREADS, RESULT_PROCESSES)),
+        ProcessSpec("control", worker("control", CONTROL_THREADS)),
+        ProcessSpec("web", _web(settings, since, py)),
+    ]
+
+
+def _web(settings: Settings, since: float | None, python: str) -> tuple[str, ...]:
+    """gunicorn on the probes app, built after the connect; ``coda-bridge web`` (it checks the
+    dashboard's credentials first) when the dashboard is on."""
+    if settings.dashboard_enabled:
+        return (python, "-m", "coda_bridge", "web")
+    return web_argv(since, python)

@@ -1,13 +1,16 @@
 """Keep one child process running: restart it with backoff, stop it with exactly one SIGTERM.
 
 ``python -m coda_bridge.ops.respawn --name jobs -- dramatiq actors --queues jobs``
-is what ``coda-bridge start`` hands to honcho for each process.  The child
-runs in its own process group, so a SIGTERM sent to the wrapper's group
-(honcho, systemd) reaches the child once, forwarded by the wrapper, never
-twice.  A child that exits without having been told to stop is started
-again after 1 s, 2 s, 4 s ... up to 30 s (back to 1 s once a run lasted a
-minute), and each restart is logged.  A child that exits with
-:data:`EX_CONFIG` cannot work as configured and is not restarted.
+runs one command supervised on its own (by hand, or under a manager that
+signals whole process groups).  ``coda-bridge start`` does not use it: its
+supervisor (:mod:`coda_bridge.ops.supervisor`) applies the same policy,
+and the helpers below, to every process itself.  The child runs in its own
+process group, so a SIGTERM sent to the wrapper's group (honcho, systemd)
+reaches the child once, forwarded by the wrapper, never twice.  A child
+that exits without having been told to stop is started again after 1 s,
+2 s, 4 s ... up to 30 s (back to 1 s once a run lasted a minute), and each
+restart is logged.  A child that exits with :data:`EX_CONFIG` cannot work
+as configured and is not restarted.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from .proctree import kill_tree, process_tree
 
@@ -31,6 +35,9 @@ __all__ = [
     "RESTART_BACKOFF_START_SEC",
     "STABLE_RUN_SEC",
     "Respawner",
+    "describe_exit",
+    "die_with_parent",
+    "exit_status",
     "respawn_argv",
 ]
 
@@ -49,13 +56,22 @@ PAUSE_STEP_SEC = 0.1
 #: Exit status of the wrapper after a forced stop (as if killed by SIGKILL).
 FORCED_EXIT = 128 + signal.SIGKILL
 _PR_SET_PDEATHSIG = 1
-_CLEAN_EXITS = frozenset({0, -signal.SIGTERM, 128 + signal.SIGTERM})
+#: Exit statuses of a process that stopped because it was told to (0, or SIGTERM itself).
+CLEAN_EXITS = frozenset({0, -signal.SIGTERM, 128 + signal.SIGTERM})
+_CLEAN_EXITS = CLEAN_EXITS
+try:  # resolved once here: between fork and exec only the call itself runs
+    _prctl: Any = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _prctl = None
 
 
-def _child_setup() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # never outlive the wrapper
+def die_with_parent() -> None:
+    """``preexec_fn``: the child gets SIGKILL when the thread that started it dies (Linux)."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_child_setup = die_with_parent  # runs in the child between fork and exec: never outlive the wrapper
 
 
 class Respawner:
@@ -142,7 +158,7 @@ class Respawner:
             if self.stopping:
                 if self._forced:
                     return FORCED_EXIT
-                return 0 if returncode in _CLEAN_EXITS else _status(returncode)
+                return 0 if returncode in _CLEAN_EXITS else exit_status(returncode)
             if returncode == EX_CONFIG:
                 logger.error(
                     "%s exited with a configuration error (code %d); not restarting it.", self.name, EX_CONFIG
@@ -155,7 +171,7 @@ class Respawner:
                 "%s (pid %d) exited with %s after %.1f s; restarting in %g s (restart %d).",
                 self.name,
                 self.child.pid,
-                _describe(returncode),
+                describe_exit(returncode),
                 ran_sec,
                 backoff,
                 self.restarts,
@@ -165,11 +181,13 @@ class Respawner:
         return 0
 
 
-def _status(returncode: int) -> int:
+def exit_status(returncode: int) -> int:
+    """A shell's exit status for a ``Popen.returncode`` (128 + the signal when killed)."""
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _describe(returncode: int) -> str:
+def describe_exit(returncode: int) -> str:
+    """``signal SIGKILL`` or ``code 3``, from a ``Popen.returncode``."""
     if returncode < 0:
         return f"signal {signal.Signals(-returncode).name}"
     return f"code {returncode}"

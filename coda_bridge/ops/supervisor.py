@@ -1,52 +1,73 @@
-"""``coda-bridge start``: the node's processes as one supervised group.
+"""``coda-bridge start``: the node's processes as one supervised group, in this one process.
 
-honcho's :class:`~honcho.manager.Manager` starts the processes and prints
-their output with a coloured ``name |`` prefix.  Each process runs under
-the respawn wrapper (:mod:`coda_bridge.ops.respawn`), which restarts it with
-backoff when it dies.  Three things differ from plain ``honcho start``:
+The supervisor starts every process itself (no honcho fork, no wrapper per
+process), prints their output with a coloured ``name |`` prefix (honcho's
+printer), and:
 
-- the bridge starts first; the workers and the web app start once the
-  node has an identity (at once when it is persisted or configured), so a
-  refused token stops ``start`` at once instead of leaving workers waiting;
-- a process that stops on its own does not stop the group (its wrapper
-  already restarts it); only a wrapper that gives up (configuration error)
-  does;
-- the first SIGTERM or SIGINT drains in order: the bridge and the
+- starts the bridge first; on a first start (no identity yet) the others
+  start once this start's bridge has connected, so a refused token stops
+  ``start`` at once; on a later start what the first ``/ready`` needs
+  (control worker, probes app) starts with the bridge, imports what it
+  needs and waits for this start's connect itself, so it loads the fresh
+  bundle (:mod:`~coda_bridge.ops.runners`, :mod:`~coda_bridge.ops.webentry`);
+  the executor and delivery workers start once the bridge connected;
+- restarts a process that dies with backoff (1 s, 2 s, 4 s ... up to 30 s,
+  back to 1 s after a run of a minute), except one that exits with
+  :data:`~coda_bridge.ops.respawn.EX_CONFIG` (it cannot work as
+  configured): then the whole group stops, and ``start`` exits 78;
+- runs each process in a process group of its own and sends it exactly
+  one SIGTERM on a stop;
+- drains in order on the first SIGTERM or SIGINT: the bridge and the
   executor workers first (no new jobs, in-flight jobs finish), then, once
   their results are picked up for delivery, the delivery, control and web
   processes; the whole drain is bounded by ``shutdown_drain_timeout_sec``.
   A second signal kills every process at once (unfinished work is
   redelivered at the next start).
+
+``start --one-process`` (:mod:`~coda_bridge.ops.oneprocess`) runs the same
+parts in threads of one process instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
+import datetime
+import json
 import os
-import queue
-import shlex
 import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
-import redis
-from honcho.manager import Manager
-from honcho.printer import Printer
+from honcho.colour import get_colours
+from honcho.printer import Message, Printer
 
-from ..broker.queues import RESULTS_QUEUE
-from ..broker.redis_broker import broker_namespace
-from ..errors import CodaError, ConfigError
-from ..identity.connect import NO_CREDENTIALS, load_node_settings
-from ..identity.credentials import StatePaths, connected_since, ensure_state_dir
-from ..settings import Settings
-from .daemon import claim_pid_file, detach
-from .processes import ProcessSpec, node_processes
+from ..errors import ConfigError
+from ..identity.credentials import StatePaths, connected_since, read_private
+from .daemon import claim_pid_file
+from .processes import ProcessSpec
 from .proctree import kill_tree, process_tree
-from .respawn import respawn_argv
+from .respawn import (
+    CLEAN_EXITS,
+    EX_CONFIG,
+    RESTART_BACKOFF_MAX_SEC,
+    RESTART_BACKOFF_START_SEC,
+    STABLE_RUN_SEC,
+    describe_exit,
+    die_with_parent,
+    exit_status,
+)
+
+if TYPE_CHECKING:  # the group runs in a light process of its own (see run_start): no settings stack
+    import redis
+
+    from ..settings import Settings
 
 __all__ = ["DRAIN_FIRST", "ProcessGroup", "check_credentials", "child_env", "run_start", "start_detached"]
 
@@ -54,18 +75,57 @@ __all__ = ["DRAIN_FIRST", "ProcessGroup", "check_credentials", "child_env", "run
 DRAIN_FIRST = ("bridge", "jobs")
 #: Time past the drain timeout before the group kills what is still running.
 KILL_MARGIN_SEC = 10.0
-#: How long the results queue must stay empty before the delivery workers are stopped.
-FLUSH_SETTLE_SEC = 0.5
-#: How often the group looks at its processes while waiting for events.
-LOOP_POLL_SEC = 0.1
+#: How long the results queue must stay empty before the delivery workers are stopped (the look
+#: comes once the executors and the bridge are gone, and nothing else fills it: one empty look).
+FLUSH_SETTLE_SEC = 0.0
+#: How often the group looks at its processes (exits, restarts due, the drain's next stage).
+LOOP_POLL_SEC = 0.05
 #: Socket timeout of the results-queue look-up during a drain.
 FLUSH_CHECK_TIMEOUT_SEC = 1.0
 #: How often the group looks whether the node has an identity yet (to start the deferred processes).
-IDENTITY_POLL_SEC = 0.5
+IDENTITY_POLL_SEC = 0.1
+#: What a later start runs together with the bridge: what the first /ready 200 needs (the probes, and
+#: the control worker's VPN check).  The others start once the bridge connected, off its CPU.
+READY_PATH = ("control", "web")
+#: gunicorn workers of the probes app under ``start`` (each has threads; see gunicorn_config).
+WEB_WORKERS = 1
+#: How long the group waits, at the end, for the last lines of its processes.
+OUTPUT_FLUSH_SEC = 0.5
+#: Stands for the QPU id in the results queue's key handed to the group.
+QPU_SLOT = "\0"
+#: Name of the supervisor's own lines.
+SYSTEM_NAME = "system"
 
 
-class ProcessGroup(Manager):
-    """honcho's Manager with wrapped, restarting processes and an ordered, bounded drain."""
+@dataclass
+class _Member:
+    """One process of the group: its command, and where it is in its life."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    colour: str
+    backoff_sec: float
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    restart_at: float | None = None
+    signalled: bool = False
+    done: bool = False
+    returncode: int | None = None
+    readers: list[threading.Thread] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class ProcessGroup:
+    """The node's processes: started, watched, restarted with backoff, and drained in order."""
 
     def __init__(
         self,
@@ -74,41 +134,84 @@ class ProcessGroup(Manager):
         results_flushed: Callable[[], bool] | None = None,
         identity_ready: Callable[[], bool] | None = None,
         printer: Printer | None = None,
+        backoff_start_sec: float = RESTART_BACKOFF_START_SEC,
+        backoff_max_sec: float = RESTART_BACKOFF_MAX_SEC,
+        stable_sec: float = STABLE_RUN_SEC,
     ) -> None:
-        super().__init__(printer)
         self.drain_timeout_sec = drain_timeout_sec
         self.results_flushed = results_flushed or (lambda: True)
         self.identity_ready = identity_ready or (lambda: True)
+        self.backoff_start_sec = backoff_start_sec
+        self.backoff_max_sec = backoff_max_sec
+        self.stable_sec = stable_sec
+        self.returncode: int | None = None
+        # NO_COLOR (https://no-color.org): any value turns the coloured name prefixes off
+        self._printer = printer or Printer(colour=not os.environ.get("NO_COLOR"))
+        self._printer.width = max(self._printer.width, len(SYSTEM_NAME))
+        self._print_lock = threading.Lock()
+        self._colours = get_colours()
+        self._members: dict[str, _Member] = {}
         self._deferred: list[str] = []
         self._identity_checked = 0.0
         self._stop_at: float | None = None
         self._forced = False
         self._fatal: int | None = None
-        self._signalled: set[str] = set()
         self._empty_since: float | None = None
         self._second_stage = False
 
     def add(self, spec: ProcessSpec, env: Mapping[str, str], *, deferred: bool = False) -> None:
-        """Run ``spec`` under the respawn wrapper (``exec``: the shell honcho uses steps aside).
-
-        A ``deferred`` process starts once ``identity_ready()`` says the node has an identity.
-        """
-        command = "exec " + shlex.join(respawn_argv(spec.name, spec.argv))
-        self.add_process(spec.name, command, env=dict(env))
+        """Run ``spec`` in the group; a ``deferred`` one once ``identity_ready()`` says so."""
+        self._members[spec.name] = _Member(
+            spec.name, list(spec.argv), dict(env), next(self._colours), self.backoff_start_sec
+        )
+        self._printer.width = max(self._printer.width, len(spec.name))
         if deferred:
             self._deferred.append(spec.name)
 
+    # -- output --
+
+    def _write(self, name: str, data: bytes | str, colour: str | None = None) -> None:
+        message = Message(type="line", data=data, time=datetime.datetime.now(), name=name, colour=colour)
+        with self._print_lock:
+            self._printer.write(message)
+
+    def _system_print(self, text: str) -> None:
+        self._write(SYSTEM_NAME, text)
+
+    def _relay(self, member: _Member, stream: IO[bytes]) -> None:
+        """Pass the lines of one run of ``member`` on to the printer until its output closes."""
+        with stream:
+            for line in iter(stream.readline, b""):
+                self._write(member.name, line, member.colour)
+
     # -- starting --
 
-    def _start_one(self, name: str) -> None:
-        entry = self._processes[name]
-        entry["process"] = multiprocessing.Process(name=name, target=_relay, args=(entry["obj"], self.events))
-        entry["process"].start()
-
-    def _start(self) -> None:
-        for name in self._processes:
-            if name not in self._deferred:
-                self._start_one(name)
+    def _spawn(self, member: _Member) -> None:
+        try:
+            process = subprocess.Popen(
+                member.argv,
+                env=member.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                process_group=0,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 (it only calls prctl, resolved before)
+            )
+        except OSError as exc:
+            self._system_print(f"{member.name}: cannot start {member.argv[0]}: {exc.strerror or exc}\n")
+            self._finish(member, EX_CONFIG)
+            self._give_up(member, EX_CONFIG)
+            return
+        member.process = process
+        member.started_at = time.monotonic()
+        member.restart_at = None
+        assert process.stdout is not None
+        reader = threading.Thread(
+            target=self._relay, args=(member, process.stdout), name=f"relay-{member.name}", daemon=True
+        )
+        reader.start()
+        member.readers = [t for t in member.readers if t.is_alive()] + [reader]
+        self._system_print(f"{member.name} started (pid={process.pid})\n")
 
     def _start_deferred(self) -> None:
         """Start the deferred processes once the node has an identity; drop them when stopping first."""
@@ -116,7 +219,7 @@ class ProcessGroup(Manager):
             return
         if self._stop_at is not None:
             for name in self._deferred:
-                del self._processes[name]
+                self._members[name].done = True
             self._system_print(f"not starting {', '.join(self._deferred)}\n")
             self._deferred = []
             return
@@ -131,27 +234,78 @@ class ProcessGroup(Manager):
         if ready:
             self._system_print(f"the node has an identity; starting {', '.join(self._deferred)}\n")
             for name in self._deferred:
-                self._start_one(name)
+                self._spawn(self._members[name])
             self._deferred = []
+
+    # -- exits and restarts --
+
+    def _finish(self, member: _Member, returncode: int) -> None:
+        member.done = True
+        member.restart_at = None
+        member.returncode = 0 if returncode in CLEAN_EXITS else exit_status(returncode)
+
+    def _give_up(self, member: _Member, returncode: int) -> None:
+        if self._stop_at is None:
+            self._fatal = returncode or 1
+            self.request_stop(f"{member.name} gave up")
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for member in self._members.values():
+            process = member.process
+            if member.done or process is None or member.restart_at is not None:
+                continue
+            returncode = process.poll()
+            if returncode is None:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # leftovers of its group (gunicorn's workers)
+            if self._stop_at is not None or member.signalled or self._forced:
+                self._finish(member, returncode)
+                self._system_print(f"{member.name} stopped (rc={member.returncode})\n")
+            elif returncode == EX_CONFIG:
+                self._system_print(
+                    f"{member.name} exited with a configuration error (code {EX_CONFIG}); "
+                    "not restarting it.\n"
+                )
+                self._finish(member, returncode)
+                self._system_print(f"{member.name} stopped (rc={member.returncode})\n")
+                self._give_up(member, returncode)
+            else:
+                ran_sec = now - member.started_at
+                if ran_sec >= self.stable_sec:
+                    member.backoff_sec = self.backoff_start_sec
+                member.restarts += 1
+                self._system_print(
+                    f"{member.name} (pid {process.pid}) exited with {describe_exit(returncode)} after "
+                    f"{ran_sec:.1f} s; restarting in {member.backoff_sec:g} s (restart {member.restarts}).\n"
+                )
+                member.restart_at = now + member.backoff_sec
+                member.backoff_sec = min(member.backoff_sec * 2, self.backoff_max_sec)
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for member in self._members.values():
+            if member.restart_at is None or member.done:
+                continue
+            if self._stop_at is not None:  # a stop came during the pause: it stays stopped
+                self._finish(member, 0)
+                self._system_print(f"{member.name} stopped (rc=0)\n")
+            elif now >= member.restart_at:
+                self._spawn(member)
 
     # -- stopping --
 
-    def _pid(self, name: str) -> int | None:
-        pid = self._processes[name].get("pid")
-        return int(pid) if pid is not None else None
-
-    def _running(self, name: str) -> bool:
-        return "returncode" not in self._processes[name]
-
     def _terminate(self, names: list[str]) -> None:
-        """One SIGTERM to each named wrapper (its child gets exactly one, from the wrapper)."""
+        """One SIGTERM to each named process, to it alone (its own children are its business)."""
         for name in names:
-            pid = self._pid(name)
-            if name in self._signalled or not self._running(name) or pid is None:
+            member = self._members[name]
+            if member.signalled or member.done or not member.running or member.pid is None:
                 continue
-            self._signalled.add(name)
-            self._system_print(f"sending SIGTERM to {name} (pid {pid})\n")
-            self._procmgr.terminate(pid)
+            member.signalled = True
+            self._system_print(f"sending SIGTERM to {name} (pid {member.pid})\n")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member.pid, signal.SIGTERM)
 
     def request_stop(self, reason: str) -> None:
         """Begin the ordered drain (idempotent)."""
@@ -159,15 +313,15 @@ class ProcessGroup(Manager):
             return
         self._stop_at = time.monotonic()
         self._system_print(f"{reason}; draining (up to {self.drain_timeout_sec:g} s)\n")
-        self._terminate([name for name in self._processes if name in DRAIN_FIRST])
+        self._terminate([name for name in self._members if name in DRAIN_FIRST])
 
     def force(self, reason: str) -> None:
-        """Kill every process now, wrappers and children alike."""
+        """Kill every process now, with everything it started."""
         if self._forced:
             return
         self._forced = True
         self._system_print(f"{reason}; killing every process now\n")
-        trees = [process_tree(pid) for name in self._processes if (pid := self._pid(name)) is not None]
+        trees = [process_tree(m.pid) for m in self._members.values() if m.running and m.pid is not None]
         for tree in trees:
             kill_tree(tree)
 
@@ -185,13 +339,13 @@ class ProcessGroup(Manager):
         now = time.monotonic()
         deadline = self._stop_at + self.drain_timeout_sec
         if not self._second_stage:
-            first_done = not any(self._running(n) for n in self._processes if n in DRAIN_FIRST)
+            first_done = all(m.done for n, m in self._members.items() if n in DRAIN_FIRST)
             if (first_done and self._flushed(now)) or now > deadline:
                 self._second_stage = True
-                self._terminate(list(self._processes))
+                self._terminate(list(self._members))
         else:
-            # a wrapper that was not started yet when its stage came gets its signal now
-            self._terminate(list(self._processes))
+            # a process that was restarting when its stage came gets its signal now
+            self._terminate(list(self._members))
         if now > deadline + KILL_MARGIN_SEC:
             self.force(f"drain timeout of {self.drain_timeout_sec:g} s passed")
 
@@ -209,33 +363,26 @@ class ProcessGroup(Manager):
 
     # -- the loop --
 
-    def _handle(self, msg: Any) -> None:
-        if msg.type == "line":
-            self._printer.write(msg)
-        elif msg.type == "start":
-            self._processes[msg.name]["pid"] = msg.data["pid"]
-            self._system_print(f"{msg.name} started (pid={msg.data['pid']})\n")
-        elif msg.type == "stop":
-            returncode = msg.data["returncode"]
-            self._processes[msg.name]["returncode"] = returncode
-            self._system_print(f"{msg.name} stopped (rc={returncode})\n")
-            if self._stop_at is None:
-                self._fatal = returncode or 1
-                self.request_stop(f"{msg.name} gave up")
-
     def loop(self) -> None:
         """Run the group until every process stopped; ``returncode`` is 0 after a clean drain."""
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
-        self._start()
+        for name, member in self._members.items():
+            if name not in self._deferred:
+                self._spawn(member)
         while True:
-            with contextlib.suppress(queue.Empty):
-                self._handle(self.events.get(timeout=LOOP_POLL_SEC))
+            self._reap()
+            self._restart_due()
             self._start_deferred()
             self._advance()
-            if not self._deferred and self._all_started() and self._all_stopped():
+            if not self._deferred and all(m.done for m in self._members.values()):
                 break
-        codes = [p.get("returncode") or 0 for p in self._processes.values()]
+            time.sleep(LOOP_POLL_SEC)
+        flush_until = time.monotonic() + OUTPUT_FLUSH_SEC
+        for member in self._members.values():
+            for reader in member.readers:  # the last lines of each process, before the summary
+                reader.join(timeout=max(flush_until - time.monotonic(), 0))
+        codes = [m.returncode or 0 for m in self._members.values()]
         if self._fatal is not None:
             self.returncode = self._fatal
         elif self._forced:
@@ -245,29 +392,14 @@ class ProcessGroup(Manager):
         self._system_print(f"all processes stopped (rc={self.returncode})\n")
 
 
-def _relay(process: Any, events: Any) -> None:
-    """honcho's per-process relay (start the command, pass its lines on), deaf to signals.
-
-    It is a fork of the group: it must never run the group's signal handler.
-    Its command stops when the group tells it to, and the relay ends then.
-    A Python-level no-op (not ``SIG_IGN``) is reset by ``exec``, so the
-    command itself starts with the default dispositions.
-    """
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, _deaf)
-    process.run(events, True)
-
-
-def _deaf(signum: int, frame: FrameType | None) -> None:
-    """A signal handler that does nothing."""
-
-
 def check_credentials(settings: Settings, token: str | None) -> None:
     """Refuse to start what could never connect: no token, no persisted or configured identity."""
     if token:
         return
     if settings.has_identity:
         return
+    from ..identity.connect import NO_CREDENTIALS
+
     raise ConfigError(NO_CREDENTIALS)
 
 
@@ -287,81 +419,188 @@ def child_env(*, host: str | None = None, port: int | None = None, site: str | N
 class _IdentityReady:
     """Whether this start's bridge has connected, so the others load its bundle, not an older one."""
 
-    def __init__(self, overrides: Mapping[str, Any], site: str | None) -> None:
-        self.overrides = dict(overrides)
-        self.site = site
-        self.since = time.time()
+    def __init__(self, state_dir: Path, since: float) -> None:
+        self.paths = StatePaths(state_dir)
+        self.since = since
 
     def __call__(self) -> bool:
-        settings = load_node_settings(overrides=self.overrides, site=self.site)
-        if not settings.has_identity:
-            return False
-        return connected_since(StatePaths(settings.state_dir), self.since)
+        return connected_since(self.paths, self.since)
 
 
 class _ResultsQueueEmpty:
-    """Whether no result waits for a delivery worker (read straight from the broker, short timeouts)."""
+    """Whether no result waits for a delivery worker (read straight from the broker, short timeouts).
 
-    def __init__(self, overrides: Mapping[str, Any], site: str | None) -> None:
-        self.overrides = dict(overrides)
-        self.site = site
+    The QPU comes from the settings, or (a first start) from the identity the bridge persisted.
+    """
+
+    def __init__(self, broker_url: str, key_template: str, qpu_id: str | None, state_dir: Path) -> None:
+        self.broker_url = broker_url
+        self.key_template = key_template  # the queue's key with QPU_SLOT for the QPU id
+        self.qpu_id = qpu_id
+        self.paths = StatePaths(state_dir)
+        self._client: redis.Redis | None = None
+
+    def _connect(self) -> redis.Redis | None:
+        import redis
+
+        if not self.qpu_id:
+            try:
+                self.qpu_id = json.loads(read_private(self.paths.config) or "{}").get("qpu_id")
+            except (ConfigError, ValueError):
+                return None
+        if self.qpu_id and self._client is None:
+            self._client = redis.Redis.from_url(
+                self.broker_url,
+                socket_timeout=FLUSH_CHECK_TIMEOUT_SEC,
+                socket_connect_timeout=FLUSH_CHECK_TIMEOUT_SEC,
+            )
+        return self._client
 
     def __call__(self) -> bool:
-        try:
-            settings = load_node_settings(overrides=self.overrides, site=self.site)
-        except CodaError:
+        import redis
+
+        client = self._connect()
+        if client is None:
             return True
-        if not settings.qpu_id:
-            return True
-        client = redis.Redis.from_url(
-            settings.broker_url,
-            socket_timeout=FLUSH_CHECK_TIMEOUT_SEC,
-            socket_connect_timeout=FLUSH_CHECK_TIMEOUT_SEC,
-        )
         try:
-            return int(client.llen(f"{broker_namespace(settings.qpu_id)}:{RESULTS_QUEUE}")) == 0
+            return int(client.llen(self.key_template.replace(QPU_SLOT, str(self.qpu_id)))) == 0
         except redis.RedisError:
             return True
-        finally:
-            client.close()
 
 
 def run_start(
-    *, token: str | None, host: str | None = None, port: int | None = None, site: str | None = None
+    *,
+    token: str | None,
+    host: str | None = None,
+    port: int | None = None,
+    site: str | None = None,
+    one_process: bool = False,
 ) -> int:
-    """Run the whole node in the foreground until it is stopped; the exit status."""
+    """Run the whole node in the foreground until it is stopped; the exit status.
+
+    The settings stack is loaded here, once; the group itself then runs in
+    this same process (same pid, so the pid file stays right) after an
+    ``exec`` of a light interpreter that imports only what supervising
+    needs (:func:`main`).
+    """
+    from ..broker.queues import RESULTS_QUEUE
+    from ..broker.redis_broker import broker_namespace
+    from ..identity.connect import load_node_settings
+    from ..identity.credentials import ensure_state_dir
+    from .processes import start_processes
+
     overrides = {"host": host, "port": port}
     settings = load_node_settings(overrides=overrides, site=site)
     token = token or settings.node_token_value
     check_credentials(settings, token)
     paths = ensure_state_dir(settings.state_dir)
+    if one_process:
+        from .oneprocess import run_one_process
+
+        with claim_pid_file(paths.daemon_pid):
+            return run_one_process(settings, token=token, host=host, port=port, site=site)
     env = child_env(host=host, port=port, site=site)
-    group = ProcessGroup(
-        drain_timeout_sec=settings.shutdown_drain_timeout_sec,
-        results_flushed=_ResultsQueueEmpty(overrides, site),
-        identity_ready=_IdentityReady(overrides, site),
-    )
-    for spec in node_processes(settings, web=True):
-        if spec.name == "bridge":
-            group.add(spec, {**env, "CODA_NODE_TOKEN": token} if token else env)
-        else:
-            group.add(spec, env, deferred=True)
+    since = time.time()
+    # a later start: what /ready needs starts with the bridge and waits for its connect itself
+    early = settings.has_identity
+    members = []
+    for spec in start_processes(settings, since=since):
+        member_env = _web_env(settings, env) if spec.name == "web" else env
+        if spec.name == "bridge" and token:
+            member_env = {**env, "CODA_NODE_TOKEN": token}
+        deferred = spec.name != "bridge" and (not early or spec.name not in READY_PATH)
+        members.append({"name": spec.name, "argv": list(spec.argv), "env": member_env, "deferred": deferred})
+    plan = {
+        "drain_timeout_sec": settings.shutdown_drain_timeout_sec,
+        "since": since,
+        "state_dir": str(paths.root),
+        "broker_url": settings.broker_url,
+        "results_key": f"{broker_namespace(QPU_SLOT)}:{RESULTS_QUEUE}",
+        "qpu_id": settings.qpu_id,
+        "members": members,
+    }
     with claim_pid_file(paths.daemon_pid):
+        _exec_group(plan, paths)
+    return 1  # not reached: exec replaced this process
+
+
+def _exec_group(plan: Mapping[str, Any], paths: StatePaths) -> None:
+    """Hand the plan to a light interpreter in this process: a 0600 file (the bridge's env holds a token)."""
+    plan_path = paths.root / f"start-plan-{os.getpid()}.json"
+    plan_path.unlink(missing_ok=True)
+    fd = os.open(plan_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(plan, handle)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(sys.executable, [sys.executable, "-m", "coda_bridge.ops.supervisor", str(plan_path)])
+    finally:  # only when exec failed
+        plan_path.unlink(missing_ok=True)
+
+
+def main(args: list[str] | None = None) -> int:
+    """``python -m coda_bridge.ops.supervisor PLAN``: run the group ``run_start`` planned; its status."""
+    plan_path = Path((sys.argv[1:] if args is None else args)[0])
+    try:
+        plan = json.loads(plan_path.read_text())
+    finally:
+        plan_path.unlink(missing_ok=True)
+    state_dir = Path(plan["state_dir"])
+    group = ProcessGroup(
+        drain_timeout_sec=plan["drain_timeout_sec"],
+        results_flushed=_ResultsQueueEmpty(
+            plan["broker_url"], plan["results_key"], plan["qpu_id"], state_dir
+        ),
+        identity_ready=_IdentityReady(state_dir, plan["since"]),
+    )
+    for member in plan["members"]:
+        group.add(
+            ProcessSpec(member["name"], tuple(member["argv"])), member["env"], deferred=member["deferred"]
+        )
+    pid_file = StatePaths(state_dir).daemon_pid
+    try:
         group.loop()
+    finally:
+        with contextlib.suppress(OSError):
+            if pid_file.read_text().strip() == str(os.getpid()):
+                pid_file.unlink()
     return int(group.returncode or 0)
 
 
+def _web_env(settings: Settings, env: Mapping[str, str]) -> dict[str, str]:
+    """The probes app's environment: one gunicorn worker (with threads) unless the operator chose."""
+    web = dict(env)
+    if "web_workers" not in settings.model_fields_set:
+        web["CODA_WEB_WORKERS"] = str(WEB_WORKERS)
+    return web
+
+
 def start_detached(
-    *, token: str | None, host: str | None = None, port: int | None = None, site: str | None = None
+    *,
+    token: str | None,
+    host: str | None = None,
+    port: int | None = None,
+    site: str | None = None,
+    one_process: bool = False,
 ) -> tuple[int, Path]:
     """Run ``coda-bridge start`` in the background; its pid and log file once it holds the pid file."""
+    from ..identity.connect import load_node_settings
+    from ..identity.credentials import ensure_state_dir
+    from .daemon import detach
+
     settings = load_node_settings(overrides={"host": host, "port": port}, site=site)
     token = token or settings.node_token_value
     check_credentials(settings, token)
     paths = ensure_state_dir(settings.state_dir)
     args = [*(["--host", host] if host else []), *(["--port", str(port)] if port else [])]
     args += ["--site", site] if site else []
+    args += ["--one-process"] if one_process else []
     env = dict(os.environ)
     if token:
         env["CODA_NODE_TOKEN"] = token  # the environment, never the command line
     return detach(args, env, paths), paths.daemon_log
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,6 +17,7 @@ import redis
 
 from ..broker.queues import HEARTBEAT_ACTOR, VPN_CHECK_ACTOR
 from ..broker.redis_broker import create_broker
+from ..broker.registry import Registration
 from ..broker.shared_state import NodeState
 from ..control.ticker import Tick, Ticker
 from ..errors import ConfigError, VPNError
@@ -29,6 +30,8 @@ __all__ = ["connect", "run_bridge"]
 #: How long the VPN preflight may keep failing right after the tunnel came up.
 VPN_SETTLE_SEC = 10.0
 VPN_SETTLE_POLL_SEC = 1.0
+#: Socket timeouts of the broker client that holds the bridge's registration, in seconds.
+REGISTRY_TIMEOUT_SEC = 5.0
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +103,43 @@ def _known_connectivity(settings: Settings) -> list[list[int]] | None:
         return None
 
 
+def _register(settings: Settings) -> Registration | None:
+    """Register this bridge, refusing (:class:`BridgeTaken`) while another holds its QPU and consumer name.
+
+    None while the QPU is not known yet (a first start registers once connected).
+    """
+    if not settings.qpu_id:
+        return None
+    client = redis.Redis.from_url(
+        settings.broker_url, socket_connect_timeout=REGISTRY_TIMEOUT_SEC, socket_timeout=REGISTRY_TIMEOUT_SEC
+    )
+    try:
+        return Registration(
+            client, settings.qpu_id, "bridge", consumer=settings.resolved_consumer_name
+        ).start()
+    except BaseException:
+        client.close()
+        raise
+
+
+def _unregister(registration: Registration | None) -> None:
+    if registration is not None:
+        registration.stop()
+        registration.client.close()
+
+
 def run_bridge(*, overrides: Mapping[str, Any] | None = None, token: str | None = None) -> None:
     """Run the bridge until SIGTERM or SIGINT, then stop reading and exit."""
-    settings = connect(overrides=overrides, token=token)
+    registration = _register(load_node_settings(overrides=overrides))  # before connecting, when it can
+    try:
+        settings = connect(overrides=overrides, token=token)
+        registration = registration or _register(settings)
+        _run_connected(settings)
+    finally:
+        _unregister(registration)
+
+
+def _run_connected(settings: Settings) -> None:
     if not settings.redis_url:
         raise ConfigError("the cloud did not name a job Redis (redis_url); cannot read jobs")
     assert settings.qpu_id

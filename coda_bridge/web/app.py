@@ -27,6 +27,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..broker.redis_broker import create_broker
+from ..broker.registry import Registration
 from ..broker.shared_state import NodeState
 from ..cloud.keys import group_name, stream_key
 from ..errors import ConfigError
@@ -174,13 +175,14 @@ def _mount_dashboard(app: Flask, settings: Settings) -> None:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The probes app for this node (waits for the node's identity when it has none yet)."""
-    configure_logging(settings.log_level if settings else "INFO")
+    configure_logging(settings.log_level if settings else "INFO", settings.log_format if settings else None)
     if settings is None:
-        settings = wait_for_identity()
-        configure_logging(settings.log_level)
+        settings = wait_for_identity(role="web")
+        configure_logging(settings.log_level, settings.log_format)
     if not settings.redis_url:
         raise ConfigError("redis_url is not known: the cloud bundle did not name the job Redis")
-    parts = NodeParts(settings)
+    parts = NodeParts(settings, signs=False)  # the probes never sign: they need no private key
+    Registration(parts.local_redis, parts.qpu_id, "web").start()  # `status` lists every web worker
     cloud = redis.Redis.from_url(
         settings.redis_url,
         socket_timeout=PING_TIMEOUT_SEC,

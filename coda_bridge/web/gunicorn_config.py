@@ -12,11 +12,17 @@ _settings = load_settings()
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.web_workers
-worker_class = "sync"
+#: Threads per worker: one worker answers /health while a /ready waits on its Redis checks.
+threads = 4
+#: Threaded workers (sync workers would answer one probe at a time per process).
+worker_class = "gthread"
 #: /ready waits at most 5 s for its checks; a worker stuck far longer is replaced.
 timeout = 30
-graceful_timeout = 10
-keepalive = 5
+#: Seconds a stopping worker gets for the probes it is answering (each is bounded by READY_TIMEOUT_SEC).
+graceful_timeout = 6
+#: No keep-alive: probes come seconds apart, and a stopping gthread worker would hold an idle
+#: kept-alive connection open for up to 2 s.
+keepalive = 0
 #: gunicorn 27 opens a control socket shared by every instance of a user; the probes need none.
 control_socket_disable = True
 #: No access log by default (probes every few seconds would drown the node's own lines); turn it on

@@ -77,7 +77,7 @@ def test_a_bad_setting_is_named_in_one_line(tmp_path: Path) -> None:
     env = _env(tmp_path / "state")
     env["CODA_PORT"] = "not-a-port"
     done = _run("start", "--token", "t0k3n-secret", env=env)
-    assert done.returncode == 1
+    assert done.returncode == 78  # EX_CONFIG (issue 16)
     assert done.stderr.count("\n") == 1
     assert "CODA_PORT" in done.stderr
     assert "t0k3n-secret" not in done.stderr

@@ -147,7 +147,10 @@ def test_doctor_on_an_unconfigured_machine_says_what_to_fix(clean_env: pytest.Mo
     result = CliRunner().invoke(cli, ["doctor"])
     assert result.exit_code == 1
     lines = result.output.splitlines()
-    assert all(line.startswith(("ok   ", "FIX: ")) for line in lines[:-1])
+    # every line is a check, except the settings section (a header, then indented lines; issue 16)
+    header = lines.index("settings (value, and the layer it came from):")
+    assert all(line.startswith(("ok   ", "FIX: ")) for line in lines[:header])
+    assert all(line.startswith("     ") for line in lines[header + 1 : -1])
     assert any(line.startswith("FIX: identity: no node identity") for line in lines)
     assert any(line.startswith("FIX: broker: ") and "CODA_BROKER_URL" in line for line in lines)
     assert any(line.startswith("FIX: webapp: ") and "unreachable" in line for line in lines)

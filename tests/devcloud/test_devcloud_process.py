@@ -23,6 +23,10 @@ from coda_bridge.devcloud import (
 )
 from coda_bridge.devcloud.cli import devcloud as devcloud_cli
 
+#: Real processes (servers, supervisors): the end-to-end tier, not the fast one.
+pytestmark = pytest.mark.e2e
+
+
 TIMEOUT_SEC = 10
 
 

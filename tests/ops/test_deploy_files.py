@@ -210,9 +210,6 @@ def test_systemd_accepts_the_units_without_an_ordering_cycle(tmp_path: Path) -> 
 
 #: The node processes that sign JWTs: reconnects (bridge), result webhooks (results), heartbeats (control).
 SIGNING = {"coda-bridge-bridge", "coda-bridge-results", "coda-bridge-control"}
-#: Pods that do not sign but still get the key: the probes app waits for the whole identity
-#: (create_app's wait_for_identity).  Empty this once it waits as role "web", and drop its secretRef.
-KEY_STILL_NEEDED = {"coda-bridge-web"}
 #: Deployments that scale, so a disruption budget keeps a drain from taking them all at once.
 SCALABLE = {"coda-bridge-jobs", "coda-bridge-results", "coda-bridge-control", "coda-bridge-web"}
 #: `systemd-analyze security` exposure a unit may have at most (0 safest, 10 unsafe).
@@ -258,7 +255,7 @@ def test_only_the_pods_that_sign_hold_the_signing_key() -> None:
     docs = _documents()
     secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
 
-    assert holders - KEY_STILL_NEEDED == SIGNING
+    assert holders == SIGNING
     assert "coda-bridge-jobs" not in holders  # an executor host needs the broker, the cloud Redis, the QPU id
     assert set(secrets["coda-bridge-signing-key"]["stringData"]) == {"CODA_JWT_PRIVATE_KEY"}
     assert "CODA_JWT_PRIVATE_KEY" not in secrets["coda-bridge-credentials"]["stringData"]

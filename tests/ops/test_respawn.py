@@ -10,9 +10,14 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from coda_bridge.dev.stack import wait_until
 from coda_bridge.ops.proctree import alive, process_tree
 from coda_bridge.ops.respawn import EX_CONFIG, FORCED_EXIT, respawn_argv
+
+#: Real processes (servers, supervisors): the end-to-end tier, not the fast one.
+pytestmark = pytest.mark.e2e
 
 
 def _script(tmp_path: Path, body: str) -> list[str]:

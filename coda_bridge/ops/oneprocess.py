@@ -1,0 +1,177 @@
+"""``coda-bridge start --one-process``: the whole node in threads of one process, for a small lab PC.
+
+The same parts as ``start``, on the same broker and actors: the bridge and
+the control ticker (:class:`~coda_bridge.ops.runners.BridgeRunner`), the
+three queues' dramatiq workers (dramatiq's own :class:`dramatiq.Worker`,
+on the broker ``import actors`` builds from the settings, as the worker
+processes do), and the probes app under waitress.  The guarantees are the
+same: the first SIGTERM drains in the same order as ``start`` (the bridge
+stops reading and the executor finishes its jobs, then, once their results
+are picked up, delivery, control and probes stop), bounded by
+``shutdown_drain_timeout_sec``; a second signal, or a kill -9, ends the
+process at once and loses nothing (the cloud's stream is the ledger, and
+the bridge reconciles it at the next start).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from ..broker.queues import RESULTS_QUEUE
+from ..broker.redis_broker import broker_namespace
+from ..logs import configure_logging
+from ..settings import Settings
+from .processes import CONTROL_THREADS, RESULT_PROCESSES, RESULT_THREADS
+from .respawn import EX_CONFIG, FORCED_EXIT
+from .runners import BridgeRunner, QueueWorkers, StopSignal, boot_process, connect_or_exit, stop_all
+
+__all__ = ["WEB_THREADS", "run_one_process"]
+
+logger = logging.getLogger("coda_bridge.ops.oneprocess")
+
+#: Threads of the probes server (a /ready waiting on its checks never holds up /health).
+WEB_THREADS = 4
+#: Time past the drain timeout before the process ends with whatever still runs.
+KILL_MARGIN_SEC = 10.0
+#: How often the drain looks whether the results of drained jobs were picked up.
+FLUSH_POLL_SEC = 0.05
+
+
+def _preload() -> None:
+    """Import what the parts need while the bridge connects (imports are most of a start)."""
+    import dramatiq  # noqa: F401
+    import waitress  # noqa: F401
+
+    from ..pipeline import delivery, execute, intake  # noqa: F401
+    from ..web import app  # noqa: F401
+
+
+def _export(host: str | None, port: int | None, site: str | None) -> None:
+    """The CLI's overrides, where every part reads its settings (``actors`` loads them itself)."""
+    os.environ.pop("CODA_NODE_TOKEN", None)  # the token goes to the connect only
+    if host:
+        os.environ["CODA_HOST"] = host
+    if port:
+        os.environ["CODA_PORT"] = str(port)
+    if site:
+        os.environ["CODA_ENV"] = site
+
+
+def run_one_process(
+    settings: Settings,
+    *,
+    token: str | None,
+    host: str | None = None,
+    port: int | None = None,
+    site: str | None = None,
+) -> int:
+    """Run every part of the node in this process until stopped; the exit status."""
+    configure_logging(settings.log_level)
+    _export(host, port, site)
+    stop = StopSignal().install()
+    preload = threading.Thread(target=_preload, name="coda-preload", daemon=True)
+    preload.start()
+    settings = connect_or_exit(overrides={"host": host, "port": port}, token=token)
+    preload.join()
+    import actors
+
+    return _Node(settings, actors.broker).run(stop)
+
+
+class _Node:
+    def __init__(self, settings: Settings, broker: Any) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.drain_timeout_sec = settings.shutdown_drain_timeout_sec
+        self.groups = {
+            "jobs": QueueWorkers(broker, "jobs", settings.executor_concurrency),
+            "results": QueueWorkers(broker, "results", RESULT_THREADS, RESULT_PROCESSES),
+            "control": QueueWorkers(broker, "control", CONTROL_THREADS),
+        }
+        self.results_key = f"{broker_namespace(settings.qpu_id or '')}:{RESULTS_QUEUE}"
+
+    def _web(self) -> tuple[Any, threading.Thread]:
+        from waitress import create_server
+
+        from ..web.app import check_dashboard, create_app
+
+        check_dashboard(self.settings)
+        server: Any = create_server(
+            create_app(self.settings), host=self.settings.host, port=self.settings.port, threads=WEB_THREADS
+        )
+        thread = threading.Thread(target=server.run, name="coda-probes", daemon=True)
+        return server, thread
+
+    def run(self, stop: StopSignal) -> int:
+        from ..errors import ConfigError
+
+        boot_process(self.broker)
+        try:
+            server, web = self._web()
+        except ConfigError as exc:
+            logger.error("%s", exc)
+            return EX_CONFIG
+        started: list[QueueWorkers] = []
+        try:
+            for group in self.groups.values():
+                group.start()  # jobs first: an executor that cannot be built ends the start with 78
+                started.append(group)
+        except SystemExit as exc:
+            stop_all(started, 0)
+            server.close()
+            return int(exc.code) if isinstance(exc.code, int) else 1
+        bridge = BridgeRunner(self.settings, self.broker)
+        try:
+            bridge.start()
+        except ConfigError as exc:  # another bridge holds this QPU and consumer name
+            logger.error("%s", exc)
+            stop_all(started, 0)
+            server.close()
+            return EX_CONFIG
+        web.start()
+        stop.running()
+        logger.info(
+            "coda-bridge running in one process (pid %d): bridge, jobs, results, control, probes on %s:%d.",
+            os.getpid(),
+            self.settings.host,
+            self.settings.port,
+        )
+        healthy = stop.wait(lambda: bridge.alive() and web.is_alive())
+        reason = f"{stop.received} received" if healthy else "a part of the node stopped on an error"
+        self._drain(reason, bridge, server)
+        return 0 if healthy else 1
+
+    def _drain(self, reason: str, bridge: BridgeRunner, server: Any) -> None:
+        started = time.monotonic()
+        deadline = started + self.drain_timeout_sec
+        watchdog = threading.Timer(self.drain_timeout_sec + KILL_MARGIN_SEC, self._give_up)
+        watchdog.daemon = True
+        watchdog.start()
+        logger.info("%s; draining (up to %g s).", reason, self.drain_timeout_sec)
+        bridge.stop()
+        self.groups["jobs"].stop(int(self.drain_timeout_sec * 1000))
+        logger.info("jobs stopped after %.2f s.", time.monotonic() - started)
+        while not self._results_picked_up() and time.monotonic() < deadline:
+            time.sleep(FLUSH_POLL_SEC)
+        remaining_ms = max(int((deadline - time.monotonic()) * 1000), 0)
+        stop_all([self.groups["results"], self.groups["control"]], remaining_ms)
+        server.close()
+        watchdog.cancel()
+        logger.info("all parts stopped after %.2f s.", time.monotonic() - started)
+
+    def _results_picked_up(self) -> bool:
+        import redis
+
+        try:
+            return int(self.broker.client.llen(self.results_key)) == 0
+        except redis.RedisError:  # a broken check must never block the stop
+            return True
+
+    def _give_up(self) -> None:
+        limit = self.drain_timeout_sec + KILL_MARGIN_SEC
+        logger.error("The drain took longer than %g s; exiting now.", limit)
+        os._exit(FORCED_EXIT)

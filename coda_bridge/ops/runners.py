@@ -1,0 +1,380 @@
+"""The parts of a node, run inside the current process: the stream bridge and dramatiq workers.
+
+``coda-bridge start`` runs each part as one process of this module
+(``python -m coda_bridge.ops.runners bridge`` or ``... worker --queues jobs``), and
+``start --one-process`` runs all of them in threads of one process.  A
+worker is dramatiq's own :class:`dramatiq.Worker` on the broker and actors
+that ``import actors`` builds, as under the ``dramatiq`` command, without
+its master process: one process per queue instead of two.
+
+Two things make these parts start and stop fast:
+
+- a worker started with ``--connected-since T`` imports everything first
+  and only then waits for this start's bridge to connect (the bundle it
+  loads is the fresh one), so imports overlap the bridge's connect;
+- a stop does not wait out a blocked stream read: the bridge thread gets
+  a short grace, then the process ends; entries read but not forwarded stay
+  pending in the cloud's stream (the ledger) and the next start reconciles
+  them, as after a kill -9.  Idle dramatiq threads look at their stop flag
+  every :data:`WORKER_POLL_MS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from types import FrameType
+from typing import Any
+
+from ..errors import AuthError, ConfigError, NodeError
+from ..logs import configure_logging, mask
+from .respawn import EX_CONFIG, FORCED_EXIT
+
+__all__ = [
+    "BRIDGE_STOP_GRACE_SEC",
+    "WORKER_POLL_MS",
+    "BridgeRunner",
+    "QueueWorkers",
+    "StopSignal",
+    "boot_process",
+    "import_dynaconf_without_flask",
+    "main",
+    "wait_connected",
+]
+
+logger = logging.getLogger("coda_bridge.ops.runners")
+
+#: How long an idle dramatiq worker or consumer thread waits before it looks at its stop flag again.
+#: A stop waits about twice this; an idle consumer polls Redis about this often (idle CPU of the three
+#: worker processes, measured: 100 ms 2.3 %, 250 ms 1.7 %, dramatiq's 1000 ms 0.65 % of a core,
+#: but then a stop lasts 2 s).
+WORKER_POLL_MS = 200
+#: How long a stopping bridge waits for its current cycle (a blocked stream read is not waited out).
+BRIDGE_STOP_GRACE_SEC = 0.1
+#: How often a waiting part looks whether this start's bridge has connected.
+CONNECT_POLL_SEC = 0.05
+#: How often a main thread waiting for a stop looks at its threads.
+WAIT_STEP_SEC = 0.2
+#: What a worker process logs once it consumes (the ``dramatiq`` command's own line).
+READY_LINE = "Worker process is ready for action."
+
+
+class StopSignal:
+    """The first SIGTERM/SIGINT/SIGHUP asks for a drain; a second one ends the process at once.
+
+    Before :meth:`running` is called (still connecting or booting), the
+    first signal ends the process at once too: nothing has been taken yet.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.received: str | None = None
+        self._running = False
+
+    def install(self) -> StopSignal:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        return self
+
+    def running(self) -> None:
+        self._running = True
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.event.is_set():
+            logger.warning("Second signal (%s); exiting now.", name)
+            os._exit(FORCED_EXIT)
+        self.received = name
+        self.event.set()
+        if not self._running:
+            logger.info("%s received while starting; exiting.", name)
+            raise SystemExit(0)
+
+    def wait(self, alive: Callable[[], bool] = lambda: True) -> bool:
+        """Block until a stop is asked (True) or ``alive()`` turns false (False)."""
+        while not self.event.wait(WAIT_STEP_SEC):
+            if not alive():
+                return False
+        return True
+
+
+def wait_connected(since: float, stop: threading.Event) -> bool:
+    """Wait until a connect finished at or after ``since`` (this start's bridge); False if stopped first."""
+    from ..identity.connect import load_node_settings
+    from ..identity.credentials import StatePaths, connected_since
+
+    paths = StatePaths(load_node_settings().state_dir)
+    announced = False
+    while not stop.is_set():
+        if connected_since(paths, since):
+            return True
+        if not announced:
+            logger.info("Waiting for the bridge to connect.")
+            announced = True
+        stop.wait(CONNECT_POLL_SEC)
+    return False
+
+
+def boot_process(broker: Any) -> None:
+    """What dramatiq's worker process does once per process: the middleware's ``after_process_boot``.
+
+    Without :class:`~coda_bridge.broker.middleware.IsolateWorkerProcess`: these
+    processes already have a group of their own, or (one process) must keep
+    the terminal's, so a Ctrl-C reaches them.
+    """
+    from ..broker.middleware import IsolateWorkerProcess
+
+    for middleware in broker.middleware:
+        if not isinstance(middleware, IsolateWorkerProcess):
+            middleware.after_process_boot(broker)
+
+
+class _SeveralWorkers(logging.Filter):
+    """Drop dramatiq's warning that a second Worker on one broker adds its middleware "twice".
+
+    Each Worker registers its own ``_WorkerMiddleware`` (it feeds that Worker's
+    consumers); several Workers in one process are meant here, not a mistake.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "_WorkerMiddleware" not in record.getMessage()
+
+
+class QueueWorkers:
+    """dramatiq Workers of one queue in this process: ``consumers`` of them with ``threads`` each."""
+
+    def __init__(self, broker: Any, queue: str, threads: int, consumers: int = 1) -> None:
+        import dramatiq
+
+        broker.logger.addFilter(_SEVERAL_WORKERS)
+        self.queue = queue
+        self.workers = [
+            dramatiq.Worker(broker, queues={queue}, worker_threads=threads, worker_timeout=WORKER_POLL_MS)
+            for _ in range(consumers)
+        ]
+
+    def start(self) -> None:
+        for worker in self.workers:
+            worker.start()
+
+    def stop(self, timeout_ms: int) -> None:
+        stop_all([self], timeout_ms)
+
+
+_SEVERAL_WORKERS = _SeveralWorkers()
+
+
+def stop_all(groups: Iterable[QueueWorkers], timeout_ms: int) -> None:
+    """Stop every Worker of ``groups`` at once (each finishes its messages within ``timeout_ms``)."""
+    threads = [
+        threading.Thread(target=worker.stop, kwargs={"timeout": timeout_ms}, name=f"stop-{group.queue}")
+        for group in groups
+        for worker in group.workers
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+class BridgeRunner:
+    """The stream bridge and the control ticker in threads of this process, on ``broker``."""
+
+    def __init__(self, settings: Any, broker: Any) -> None:
+        from ..broker.queues import HEARTBEAT_ACTOR, VPN_CHECK_ACTOR
+        from ..broker.shared_state import NodeState
+        from ..control.ticker import Tick, Ticker
+        from ..pipeline.intake import StreamBridge
+
+        if not settings.redis_url:
+            raise ConfigError("the cloud did not name a job Redis (redis_url); cannot read jobs")
+        self.ticker = Ticker(
+            broker,
+            settings.qpu_id,
+            [
+                Tick(HEARTBEAT_ACTOR, settings.heartbeat_interval_sec),
+                Tick(VPN_CHECK_ACTOR, settings.vpn_check_interval_sec),
+            ],
+        )
+        self.bridge = StreamBridge(settings, broker, NodeState(broker.client, settings.qpu_id))
+        self.thread = threading.Thread(target=self._run, name="coda-bridge-stream", daemon=True)
+        self.failed: BaseException | None = None
+        self.settings = settings
+        self.broker = broker
+        self.registration: Any = None
+
+    def _run(self) -> None:
+        try:
+            self.bridge.run()
+        except BaseException as exc:  # the process reports it and exits non-zero
+            self.failed = exc
+            logger.exception("The bridge stopped on an error.")
+
+    def start(self) -> None:
+        """Register as this QPU's bridge (:class:`BridgeTaken` while another one lives), then run."""
+        from ..broker.registry import Registration
+
+        qpu_id, consumer = self.settings.qpu_id, self.settings.resolved_consumer_name
+        self.registration = Registration(self.broker.client, qpu_id, "bridge", consumer=consumer)
+        self.registration.start()
+        self.ticker.start()
+        self.thread.start()
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def stop(self) -> bool:
+        """Stop reading; True if the current cycle ended within the grace (False: a read was blocked)."""
+        self.bridge.stop()
+        self.ticker.stop()
+        self.thread.join(BRIDGE_STOP_GRACE_SEC)
+        if self.registration is not None:
+            self.registration.stop()
+        return not self.thread.is_alive()
+
+
+def connect_or_exit(overrides: dict[str, Any] | None = None, token: str | None = None) -> Any:
+    """Connect as ``coda-bridge bridge`` does; a refused token or a bad setting ends the process with 78."""
+    from ..cli.options import check_redis_urls, node_settings
+    from ..pipeline.bridge import connect
+
+    try:
+        check_redis_urls(node_settings(**(overrides or {})))  # before a one-time token is spent
+        return connect(overrides=overrides, token=token)
+    except (ConfigError, AuthError) as exc:
+        _fatal(exc)
+    except NodeError as exc:
+        if exc.status is not None and 400 <= exc.status < 500:
+            _fatal(exc)
+        raise
+
+
+def _fatal(exc: BaseException) -> None:
+    print(f"error: {mask(str(exc))}", file=sys.stderr, flush=True)
+    raise SystemExit(EX_CONFIG)
+
+
+def _preload() -> None:
+    """Import what the actors import, before waiting for the bridge: the imports overlap its connect."""
+    import dramatiq  # noqa: F401
+
+    from ..pipeline import delivery, execute  # noqa: F401
+
+
+def run_bridge_process() -> int:
+    """``python -m coda_bridge.ops.runners bridge``: connect, then read the stream until SIGTERM."""
+    from ..broker.redis_broker import create_broker
+
+    configure_logging()
+    stop = StopSignal().install()
+    token = os.environ.pop("CODA_NODE_TOKEN", None) or None
+    settings = connect_or_exit(token=token)
+    configure_logging(settings.log_level)
+    broker = create_broker(settings)
+    runner = BridgeRunner(settings, broker)
+    try:
+        runner.start()
+    except ConfigError as exc:  # another bridge holds this QPU and consumer name
+        _fatal(exc)
+    stop.running()
+    if not stop.wait(runner.alive):
+        return 1
+    logger.info("Bridge received %s; stopping.", stop.received)
+    if runner.stop():
+        broker.close()
+    else:
+        logger.info("Stopped during a blocked stream read; what it held stays pending in the stream.")
+    return _exit_now(1 if runner.failed else 0)
+
+
+def run_worker_process(queue: str, threads: int, consumers: int, drain_ms: int, since: float | None) -> int:
+    """``python -m coda_bridge.ops.runners worker --queues Q``: Workers of one queue until SIGTERM."""
+    configure_logging()
+    stop = StopSignal().install()
+    _preload()
+    if since is not None and not wait_connected(since, stop.event):
+        return 0
+    import actors
+
+    boot_process(actors.broker)
+    group = QueueWorkers(actors.broker, queue, threads, consumers)
+    group.start()  # the executor's BuildAtBoot may end the process here with EX_CONFIG
+    stop.running()
+    if stop.event.is_set():  # a signal that came while booting
+        group.stop(drain_ms)
+        return 0
+    logger.info(READY_LINE)
+    stop.wait()
+    logger.info("%s received; draining the %s queue (up to %d ms).", stop.received, queue, drain_ms)
+    group.stop(drain_ms)
+    actors.broker.close()
+    return _exit_now(0)
+
+
+def _exit_now(code: int) -> int:
+    """End the process without the interpreter's teardown (everything is stopped and closed by now)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def worker_argv(
+    queue: str, threads: int, *, consumers: int = 1, drain_ms: int, since: float | None, python: str
+) -> tuple[str, ...]:
+    """The command line of one worker process of ``start``."""
+    # ``--queues``, as on the dramatiq command line: ``actors`` reads its role from it
+    argv = [python, "-m", "coda_bridge.ops.runners", "worker", "--queues", queue, "--threads", str(threads)]
+    argv += ["--consumers", str(consumers), "--drain-ms", str(drain_ms)]
+    if since is not None:
+        argv += ["--connected-since", f"{since:.6f}"]
+    return tuple(argv)
+
+
+def import_dynaconf_without_flask() -> None:
+    """Import dynaconf without the Flask it loads for its Flask extension (about 20 MiB per process).
+
+    dynaconf's ``contrib`` imports ``flask.config`` when Flask is installed;
+    no bridge or worker process serves Flask, so the import is refused while
+    dynaconf loads, and allowed again afterwards (a later ``import flask``
+    works as usual; only dynaconf's own Flask extension is left out).
+    """
+    if "dynaconf" in sys.modules or "flask" in sys.modules:
+        return
+    sys.modules["flask"] = None  # type: ignore[assignment]  # makes `import flask...` raise ImportError
+    try:
+        import dynaconf  # noqa: F401
+    finally:
+        del sys.modules["flask"]
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    import_dynaconf_without_flask()
+    parser = argparse.ArgumentParser(prog="python -m coda_bridge.ops.runners")
+    parts = parser.add_subparsers(dest="part", required=True)
+    parts.add_parser("bridge", help="the stream bridge (a token comes in CODA_NODE_TOKEN, never argv)")
+    worker = parts.add_parser("worker", help="dramatiq Workers of one queue")
+    worker.add_argument("--queues", dest="queue", required=True, help="jobs, results or control")
+    worker.add_argument("--threads", type=int, default=1)
+    worker.add_argument("--consumers", type=int, default=1)
+    worker.add_argument("--drain-ms", type=int, default=30_000)
+    worker.add_argument("--connected-since", type=float, default=None)
+    values = parser.parse_args(args)
+    if values.part == "bridge":
+        return run_bridge_process()
+    started = time.monotonic()
+    code = run_worker_process(
+        values.queue, values.threads, values.consumers, values.drain_ms, values.connected_since
+    )
+    logger.debug("worker ran %.1f s", time.monotonic() - started)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

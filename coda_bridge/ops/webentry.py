@@ -1,0 +1,56 @@
+"""The probes app as ``start`` serves it: gunicorn boots with the bridge, the app once the bridge connected.
+
+``python -m gunicorn --config python:coda_bridge.web.gunicorn_config
+"coda_bridge.ops.webentry:create_app_after_connect(T)"``: the gunicorn
+worker imports the app's modules at once, then waits for a connect at or
+after ``T`` (this start's bridge), so the app is built from the fresh
+bundle while the imports overlap the bridge's connect.  A SIGTERM during
+the wait ends the worker at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+__all__ = ["create_app_after_connect", "web_argv"]
+
+
+@contextlib.contextmanager
+def _exit_on_sigterm(stop: threading.Event) -> Iterator[None]:
+    """While waiting, SIGTERM ends the worker (gunicorn's own handler would only set a flag)."""
+
+    def _exit(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def create_app_after_connect(since: float | None = None) -> Any:
+    """:func:`~coda_bridge.web.app.create_app`, once a connect at or after ``since`` finished."""
+    from ..web.app import create_app  # the imports first: they overlap the bridge's connect
+
+    if since is not None:
+        from .runners import wait_connected
+
+        stop = threading.Event()
+        with _exit_on_sigterm(stop):
+            wait_connected(since, stop)
+    return create_app()
+
+
+def web_argv(since: float | None, python: str | None = None) -> tuple[str, ...]:
+    """gunicorn on the probes app, with the package's config (bind, workers and threads from settings)."""
+    app = f"coda_bridge.ops.webentry:create_app_after_connect({since!r})"
+    config = "python:coda_bridge.web.gunicorn_config"
+    return (python or sys.executable, "-m", "gunicorn", "--config", config, app)

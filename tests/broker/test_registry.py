@@ -1,0 +1,111 @@
+"""Processes register in the broker; one bridge per QPU and consumer name (issue 16, item 3)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import psutil
+import pytest
+import redis
+
+from coda_bridge import __version__
+from coda_bridge.broker.registry import BridgeTaken, ProcessInfo, Registration, bridge_key, live_processes
+from coda_bridge.dev.stack import wait_until
+
+
+@pytest.fixture
+def client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+def test_a_registered_process_is_listed_until_it_stops(client: redis.Redis) -> None:
+    # given a registered jobs worker
+    registration = Registration(client, "q-reg", "jobs").start()
+    try:
+        # when the processes of the QPU are listed
+        found = live_processes(client, "q-reg")
+        # then it is there with its role, host, pid and version, and its key expires on its own
+        assert [(i.role, i.host, i.pid, i.version) for i in found] == [
+            ("jobs", socket.gethostname(), os.getpid(), __version__)
+        ]
+        assert 0 < client.pttl(registration.key) <= 15_000
+        assert live_processes(client, "another-qpu") == []
+    finally:
+        registration.stop()
+    # and once stopped it is gone
+    assert live_processes(client, "q-reg") == []
+
+
+def _dead_pid() -> int:
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    return done.pid
+
+
+def test_a_bridge_replaces_the_registration_of_a_dead_one_on_this_host(client: redis.Redis) -> None:
+    # given the bridge key held by a process of this host that is gone (a kill -9, then a restart)
+    dead = ProcessInfo.here("bridge", "c-1")
+    dead = ProcessInfo(**{**dead.__dict__, "pid": _dead_pid()})
+    client.set(bridge_key("q-reg", "c-1"), dead.dumps(), px=15_000)
+    # when a new bridge registers under the same consumer name
+    registration = Registration(client, "q-reg", "bridge", consumer="c-1").start()
+    try:
+        # then it holds the key
+        assert ProcessInfo.loads(client.get(bridge_key("q-reg", "c-1")) or b"") == registration.info
+    finally:
+        registration.stop()
+    assert client.get(bridge_key("q-reg", "c-1")) is None
+
+
+def test_a_bridge_refuses_while_a_live_one_of_this_host_holds_the_name(client: redis.Redis) -> None:
+    # given the bridge key held by a live process of this host (a sleeping child stands in for it)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        holder = ProcessInfo(**{**ProcessInfo.here("bridge", "c-2").__dict__, "pid": other.pid})
+        client.set(bridge_key("q-reg", "c-2"), holder.dumps(), px=15_000)
+        # when another bridge tries the same consumer name, then it refuses naming the live one (exit 78)
+        with pytest.raises(BridgeTaken, match=rf"pid {other.pid} on {socket.gethostname()}") as raised:
+            Registration(client, "q-reg", "bridge", consumer="c-2").start()
+        assert raised.value.exit_code == 78
+        # and another consumer name is a supported second bridge
+        second = Registration(client, "q-reg", "bridge", consumer="c-3").start()
+        second.stop()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_holder_on_another_host_that_stops_refreshing_is_replaced_once_it_expires(
+    client: redis.Redis,
+) -> None:
+    # given the key held by a process on another host whose registration is about to expire
+    holder = ProcessInfo(**{**ProcessInfo.here("bridge", "c-4").__dict__, "host": "elsewhere"})
+    client.set(bridge_key("q-reg", "c-4"), holder.dumps(), px=300)
+    # when a bridge here registers, then it waits for the expiry and takes the name
+    registration = Registration(client, "q-reg", "bridge", consumer="c-4").start()
+    try:
+        assert ProcessInfo.loads(client.get(bridge_key("q-reg", "c-4")) or b"") == registration.info
+    finally:
+        registration.stop()
+
+
+def test_a_zombie_or_a_reused_pid_does_not_hold_the_name(client: redis.Redis) -> None:
+    # given the key held by a bridge of this host that exited but was not reaped yet (a zombie)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    wait_until(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, 30, "the child to exit")
+    try:
+        zombie = ProcessInfo(**{**ProcessInfo.here("bridge", "c-5").__dict__, "pid": child.pid})
+        client.set(bridge_key("q-reg", "c-5"), zombie.dumps(), px=15_000)
+        # when a new bridge registers, then it takes the name
+        registration = Registration(client, "q-reg", "bridge", consumer="c-5").start()
+        registration.stop()
+    finally:
+        child.wait()
+    # and a registration written an hour before the process with its pid (this one) started is gone,
+    # while this process's own registration is alive
+    started = psutil.Process().create_time()
+    assert ProcessInfo(**{**ProcessInfo.here("bridge", "c-5").__dict__, "since": started - 3600}).dead_here()
+    assert not ProcessInfo.here("bridge", "c-5").dead_here()
