@@ -100,8 +100,25 @@ def _is_success(response: requests.Response) -> bool:
     return 200 <= response.status_code < 300
 
 
+def _sent_bearer(response: requests.Response) -> str | None:
+    """The bearer value the request carried (a one-time token is opaque: no pattern would find it)."""
+    request = getattr(response, "request", None)
+    header = str(request.headers.get("Authorization") or "") if request is not None else ""
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and len(value.strip()) >= 8 else None
+
+
 def cloud_message(response: requests.Response) -> str:
-    """The cloud's own explanation: its ``error`` (or ``detail``) field, else a short text excerpt."""
+    """The cloud's own explanation: its ``error`` (or ``detail``) field, else a short text excerpt.
+
+    Whatever the cloud quotes back of the bearer it was sent is removed first.
+    """
+    bearer = _sent_bearer(response)
+
+    def clean(text: str) -> str:
+        masked = mask(text)
+        return masked.replace(bearer, "[secret]") if bearer else masked
+
     try:
         body = response.json()
     except ValueError:
@@ -109,8 +126,8 @@ def cloud_message(response: requests.Response) -> str:
     if isinstance(body, dict):
         for field in ("error", "detail", "message"):
             if isinstance(body.get(field), str):
-                return mask(str(body[field])[:500])
-    text = mask(_SPACE.sub(" ", _TAGS.sub(" ", response.text or "")).strip())
+                return clean(str(body[field]))[:500]
+    text = clean(_SPACE.sub(" ", _TAGS.sub(" ", response.text or "")).strip())
     if not text:
         return "(empty body)"
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 3] + "..."

@@ -377,12 +377,6 @@ def test_a_jwt_echoed_in_a_json_error_is_masked(
     assert str(caught.value) == "cloud refused connect (401): bad kid in [jwt]"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cloud_message() masks only PEM keys, eyJ… JWTs and 'Bearer x'; an opaque node token the "
-    "cloud quotes in its error field reaches NodeError (and the log) verbatim, although the client holds "
-    "the bearer and could redact it (README: node tokens never appear in error messages)",
-)
 def test_an_opaque_token_quoted_by_the_cloud_never_reaches_the_error(
     client: CloudClient, requests_mock: rm.Mocker
 ) -> None:
