@@ -430,19 +430,19 @@ def role(pid: int, root: int) -> str:
     parent_line = cmdline(parent_pid(pid))
     if pid == root:
         return "start (supervisor)"
-    if "coda-bridge start" in line:
-        return "honcho fork (one per process)"
-    if "coda_bridge.ops.respawn" in line:
-        return "respawn wrapper (one per process)"
+    if "coda_bridge.ops.runners" in line:
+        part = line.split("coda_bridge.ops.runners", 1)[1].split()
+        queue = line.split("--queues", 1)[1].split()[0] if "--queues" in line else None
+        return queue or (part[0] if part else "runner")
     if line.endswith("-m coda_bridge bridge") or " -m coda_bridge bridge " in line:
         return "bridge"
     if "dramatiq" in line and "--queues" in line:
         queue = line.split("--queues", 1)[1].split()[0]
-        under_master = "-m dramatiq" in parent_line and "coda_bridge.ops.respawn" not in parent_line
+        under_master = "-m dramatiq" in parent_line
         kind = "worker process" if under_master else "master"
         return f"{queue} ({kind})"
     if "gunicorn" in line:
-        under_master = "gunicorn" in parent_line and "coda_bridge.ops.respawn" not in parent_line
+        under_master = "gunicorn" in parent_line
         return "web (gunicorn worker)" if under_master else "web (gunicorn master)"
     return line[:60] or f"pid {pid}"
 

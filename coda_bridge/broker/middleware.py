@@ -82,9 +82,9 @@ class BuildAtBoot(Middleware):
     A typo in a device file must leave jobs waiting, not fail every one of
     them: the build runs before the worker's consumers start, so no message
     was taken when it fails.  The worker process then exits with
-    :data:`~coda_bridge.ops.respawn.EX_CONFIG`; dramatiq's master sees a worker
-    exit and exits with the same status, the respawn wrapper does not
-    restart it, and ``coda-bridge start`` stops with it.  Other errors are
+    :data:`~coda_bridge.ops.exits.EX_CONFIG`; dramatiq's master sees a worker
+    exit and exits with the same status, ``coda-bridge start`` does not
+    restart it, and stops with it.  Other errors are
     left to dramatiq, which logs them; the first job builds again then.
     """
 
@@ -100,7 +100,7 @@ class BuildAtBoot(Middleware):
         try:
             self.build()
         except CodaError as exc:
-            from ..ops.respawn import EX_CONFIG
+            from ..ops.exits import EX_CONFIG
 
             reason = " ".join(str(exc).split())
             logger.error(

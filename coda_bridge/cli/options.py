@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 import click
 
 from ..errors import CodaError, ConfigError
-from ..ops.respawn import EX_CONFIG
+from ..ops.exits import EX_CONFIG
 
 logger = logging.getLogger(__name__)
 

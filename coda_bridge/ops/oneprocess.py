@@ -25,8 +25,8 @@ from ..broker.queues import RESULTS_QUEUE
 from ..broker.redis_broker import broker_namespace
 from ..logs import configure_logging
 from ..settings import Settings
+from .exits import EX_CONFIG, FORCED_EXIT
 from .processes import CONTROL_THREADS, RESULT_PROCESSES, RESULT_THREADS
-from .respawn import EX_CONFIG, FORCED_EXIT
 from .runners import BridgeRunner, QueueWorkers, StopSignal, boot_process, connect_or_exit, stop_all
 
 __all__ = ["WEB_THREADS", "run_one_process"]

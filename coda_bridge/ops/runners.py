@@ -34,7 +34,7 @@ from typing import Any
 
 from ..errors import AuthError, ConfigError, NodeError
 from ..logs import configure_logging, mask
-from .respawn import EX_CONFIG, FORCED_EXIT
+from .exits import EX_CONFIG, FORCED_EXIT
 
 __all__ = [
     "BRIDGE_STOP_GRACE_SEC",

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from coda_bridge.cli.main import main
 from coda_bridge.cli.options import safe_url
 from coda_bridge.dev.localredis import free_port
-from coda_bridge.ops.respawn import EX_CONFIG
+from coda_bridge.ops.exits import EX_CONFIG
 
 PASSWORD = "s3cr3t-pw"
 MALFORMED = {

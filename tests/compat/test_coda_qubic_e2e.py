@@ -31,7 +31,7 @@ from compat_support import (
 from coda_bridge.broker.queues import JOBS_QUEUE
 from coda_bridge.broker.redis_broker import broker_namespace
 from coda_bridge.dev.stack import wait_until
-from coda_bridge.ops.respawn import EX_CONFIG
+from coda_bridge.ops.exits import EX_CONFIG
 
 pytestmark = pytest.mark.e2e
 

@@ -23,7 +23,7 @@ from coda_bridge.cloud.keys import group_name, stream_key
 from coda_bridge.dev.localredis import free_port
 from coda_bridge.errors import ConfigError, ExecutorError
 from coda_bridge.ops.doctor import check_coda_command, check_executor, check_executor_boot
-from coda_bridge.ops.respawn import EX_CONFIG
+from coda_bridge.ops.exits import EX_CONFIG
 from coda_bridge.settings import Settings, load_settings
 from coda_bridge.web.app import readiness
 

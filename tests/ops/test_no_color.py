@@ -8,7 +8,7 @@ import io
 import pytest
 from honcho.printer import Message
 
-from coda_bridge.ops.supervisor import ProcessGroup
+from coda_bridge.ops.group import ProcessGroup
 
 
 class _Terminal(io.StringIO):

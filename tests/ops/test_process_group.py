@@ -41,7 +41,7 @@ while True:
 DRIVER = """
 import json, os, sys
 from coda_bridge.ops.processes import ProcessSpec
-from coda_bridge.ops.supervisor import ProcessGroup
+from coda_bridge.ops.group import ProcessGroup
 config = json.load(open(sys.argv[1]))
 flag = config.get("flag")
 group = ProcessGroup(

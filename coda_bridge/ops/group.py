@@ -1,0 +1,361 @@
+"""The node's processes as one group: started, watched, restarted with backoff, and drained in order.
+
+Each process runs in a process group of its own and gets exactly one
+SIGTERM; output goes through honcho's printer with ``name |`` prefixes.
+:mod:`~coda_bridge.ops.supervisor` builds the plan and runs the group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import IO, TYPE_CHECKING
+
+from honcho.colour import get_colours
+from honcho.printer import Message, Printer
+
+from .exits import (
+    CLEAN_EXITS,
+    EX_CONFIG,
+    RESTART_BACKOFF_MAX_SEC,
+    RESTART_BACKOFF_START_SEC,
+    STABLE_RUN_SEC,
+    describe_exit,
+    die_with_parent,
+    exit_status,
+)
+from .processes import ProcessSpec
+from .proctree import kill_tree, process_tree
+
+if TYPE_CHECKING:  # the group runs in a light process of its own (see run_start): no settings stack
+    pass
+
+__all__ = ["DRAIN_FIRST", "SYSTEM_NAME", "ProcessGroup"]
+
+#: Stopped first on a drain: no new jobs come in, and jobs in flight finish.
+DRAIN_FIRST = ("bridge", "jobs")
+#: Time past the drain timeout before the group kills what is still running.
+KILL_MARGIN_SEC = 10.0
+#: How long the results queue must stay empty before the delivery workers are stopped (the look
+#: comes once the executors and the bridge are gone, and nothing else fills it: one empty look).
+FLUSH_SETTLE_SEC = 0.0
+#: How often the group looks at its processes (exits, restarts due, the drain's next stage).
+LOOP_POLL_SEC = 0.05
+#: Socket timeout of the results-queue look-up during a drain.
+FLUSH_CHECK_TIMEOUT_SEC = 1.0
+#: How often the group looks whether the node has an identity yet (to start the deferred processes).
+IDENTITY_POLL_SEC = 0.1
+#: What a later start runs together with the bridge: what the first /ready 200 needs (the probes, and
+#: the control worker's VPN check).  The others start once the bridge connected, off its CPU.
+READY_PATH = ("control", "web")
+#: gunicorn workers of the probes app under ``start`` (each has threads; see gunicorn_config).
+WEB_WORKERS = 1
+#: How long the group waits, at the end, for the last lines of its processes.
+OUTPUT_FLUSH_SEC = 0.5
+#: Stands for the QPU id in the results queue's key handed to the group.
+QPU_SLOT = "\0"
+#: Name of the supervisor's own lines.
+SYSTEM_NAME = "system"
+
+
+@dataclass
+class _Member:
+    """One process of the group: its command, and where it is in its life."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    colour: str
+    backoff_sec: float
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    restart_at: float | None = None
+    signalled: bool = False
+    done: bool = False
+    returncode: int | None = None
+    readers: list[threading.Thread] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class ProcessGroup:
+    """The node's processes: started, watched, restarted with backoff, and drained in order."""
+
+    def __init__(
+        self,
+        *,
+        drain_timeout_sec: float,
+        results_flushed: Callable[[], bool] | None = None,
+        identity_ready: Callable[[], bool] | None = None,
+        printer: Printer | None = None,
+        backoff_start_sec: float = RESTART_BACKOFF_START_SEC,
+        backoff_max_sec: float = RESTART_BACKOFF_MAX_SEC,
+        stable_sec: float = STABLE_RUN_SEC,
+    ) -> None:
+        self.drain_timeout_sec = drain_timeout_sec
+        self.results_flushed = results_flushed or (lambda: True)
+        self.identity_ready = identity_ready or (lambda: True)
+        self.backoff_start_sec = backoff_start_sec
+        self.backoff_max_sec = backoff_max_sec
+        self.stable_sec = stable_sec
+        self.returncode: int | None = None
+        # NO_COLOR (https://no-color.org): any value turns the coloured name prefixes off
+        self._printer = printer or Printer(colour=not os.environ.get("NO_COLOR"))
+        self._printer.width = max(self._printer.width, len(SYSTEM_NAME))
+        self._print_lock = threading.Lock()
+        self._colours = get_colours()
+        self._members: dict[str, _Member] = {}
+        self._deferred: list[str] = []
+        self._identity_checked = 0.0
+        self._stop_at: float | None = None
+        self._forced = False
+        self._fatal: int | None = None
+        self._empty_since: float | None = None
+        self._second_stage = False
+
+    def add(self, spec: ProcessSpec, env: Mapping[str, str], *, deferred: bool = False) -> None:
+        """Run ``spec`` in the group; a ``deferred`` one once ``identity_ready()`` says so."""
+        self._members[spec.name] = _Member(
+            spec.name, list(spec.argv), dict(env), next(self._colours), self.backoff_start_sec
+        )
+        self._printer.width = max(self._printer.width, len(spec.name))
+        if deferred:
+            self._deferred.append(spec.name)
+
+    # -- output --
+
+    def _write(self, name: str, data: bytes | str, colour: str | None = None) -> None:
+        message = Message(type="line", data=data, time=datetime.datetime.now(), name=name, colour=colour)
+        with self._print_lock:
+            self._printer.write(message)
+
+    def _system_print(self, text: str) -> None:
+        self._write(SYSTEM_NAME, text)
+
+    def _relay(self, member: _Member, stream: IO[bytes]) -> None:
+        """Pass the lines of one run of ``member`` on to the printer until its output closes."""
+        with stream:
+            for line in iter(stream.readline, b""):
+                self._write(member.name, line, member.colour)
+
+    # -- starting --
+
+    def _spawn(self, member: _Member) -> None:
+        try:
+            process = subprocess.Popen(
+                member.argv,
+                env=member.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                process_group=0,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 (it only calls prctl, resolved before)
+            )
+        except OSError as exc:
+            self._system_print(f"{member.name}: cannot start {member.argv[0]}: {exc.strerror or exc}\n")
+            self._finish(member, EX_CONFIG)
+            self._give_up(member, EX_CONFIG)
+            return
+        member.process = process
+        member.started_at = time.monotonic()
+        member.restart_at = None
+        assert process.stdout is not None
+        reader = threading.Thread(
+            target=self._relay, args=(member, process.stdout), name=f"relay-{member.name}", daemon=True
+        )
+        reader.start()
+        member.readers = [t for t in member.readers if t.is_alive()] + [reader]
+        self._system_print(f"{member.name} started (pid={process.pid})\n")
+
+    def _start_deferred(self) -> None:
+        """Start the deferred processes once the node has an identity; drop them when stopping first."""
+        if not self._deferred:
+            return
+        if self._stop_at is not None:
+            for name in self._deferred:
+                self._members[name].done = True
+            self._system_print(f"not starting {', '.join(self._deferred)}\n")
+            self._deferred = []
+            return
+        now = time.monotonic()
+        if now - self._identity_checked < IDENTITY_POLL_SEC:
+            return
+        self._identity_checked = now
+        try:
+            ready = self.identity_ready()
+        except Exception:  # an unreadable state file: the bridge will say so
+            ready = False
+        if ready:
+            self._system_print(f"the node has an identity; starting {', '.join(self._deferred)}\n")
+            for name in self._deferred:
+                self._spawn(self._members[name])
+            self._deferred = []
+
+    # -- exits and restarts --
+
+    def _finish(self, member: _Member, returncode: int) -> None:
+        member.done = True
+        member.restart_at = None
+        member.returncode = 0 if returncode in CLEAN_EXITS else exit_status(returncode)
+
+    def _give_up(self, member: _Member, returncode: int) -> None:
+        if self._stop_at is None:
+            self._fatal = returncode or 1
+            self.request_stop(f"{member.name} gave up")
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for member in self._members.values():
+            process = member.process
+            if member.done or process is None or member.restart_at is not None:
+                continue
+            returncode = process.poll()
+            if returncode is None:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # leftovers of its group (gunicorn's workers)
+            if self._stop_at is not None or member.signalled or self._forced:
+                self._finish(member, returncode)
+                self._system_print(f"{member.name} stopped (rc={member.returncode})\n")
+            elif returncode == EX_CONFIG:
+                self._system_print(
+                    f"{member.name} exited with a configuration error (code {EX_CONFIG}); "
+                    "not restarting it.\n"
+                )
+                self._finish(member, returncode)
+                self._system_print(f"{member.name} stopped (rc={member.returncode})\n")
+                self._give_up(member, returncode)
+            else:
+                ran_sec = now - member.started_at
+                if ran_sec >= self.stable_sec:
+                    member.backoff_sec = self.backoff_start_sec
+                member.restarts += 1
+                self._system_print(
+                    f"{member.name} (pid {process.pid}) exited with {describe_exit(returncode)} after "
+                    f"{ran_sec:.1f} s; restarting in {member.backoff_sec:g} s (restart {member.restarts}).\n"
+                )
+                member.restart_at = now + member.backoff_sec
+                member.backoff_sec = min(member.backoff_sec * 2, self.backoff_max_sec)
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for member in self._members.values():
+            if member.restart_at is None or member.done:
+                continue
+            if self._stop_at is not None:  # a stop came during the pause: it stays stopped
+                self._finish(member, 0)
+                self._system_print(f"{member.name} stopped (rc=0)\n")
+            elif now >= member.restart_at:
+                self._spawn(member)
+
+    # -- stopping --
+
+    def _terminate(self, names: list[str]) -> None:
+        """One SIGTERM to each named process, to it alone (its own children are its business)."""
+        for name in names:
+            member = self._members[name]
+            if member.signalled or member.done or not member.running or member.pid is None:
+                continue
+            member.signalled = True
+            self._system_print(f"sending SIGTERM to {name} (pid {member.pid})\n")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member.pid, signal.SIGTERM)
+
+    def request_stop(self, reason: str) -> None:
+        """Begin the ordered drain (idempotent)."""
+        if self._stop_at is not None:
+            return
+        self._stop_at = time.monotonic()
+        self._system_print(f"{reason}; draining (up to {self.drain_timeout_sec:g} s)\n")
+        self._terminate([name for name in self._members if name in DRAIN_FIRST])
+
+    def force(self, reason: str) -> None:
+        """Kill every process now, with everything it started."""
+        if self._forced:
+            return
+        self._forced = True
+        self._system_print(f"{reason}; killing every process now\n")
+        trees = [process_tree(m.pid) for m in self._members.values() if m.running and m.pid is not None]
+        for tree in trees:
+            kill_tree(tree)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self._stop_at is None:
+            self.request_stop(f"{name} received")
+        else:
+            self.force(f"second signal ({name})")
+
+    def _advance(self) -> None:
+        """Move the drain along: second stage once the first is done and results are picked up."""
+        if self._stop_at is None:
+            return
+        now = time.monotonic()
+        deadline = self._stop_at + self.drain_timeout_sec
+        if not self._second_stage:
+            first_done = all(m.done for n, m in self._members.items() if n in DRAIN_FIRST)
+            if (first_done and self._flushed(now)) or now > deadline:
+                self._second_stage = True
+                self._terminate(list(self._members))
+        else:
+            # a process that was restarting when its stage came gets its signal now
+            self._terminate(list(self._members))
+        if now > deadline + KILL_MARGIN_SEC:
+            self.force(f"drain timeout of {self.drain_timeout_sec:g} s passed")
+
+    def _flushed(self, now: float) -> bool:
+        try:
+            empty = self.results_flushed()
+        except Exception:  # a broken check must never block the stop
+            empty = True
+        if not empty:
+            self._empty_since = None
+            return False
+        if self._empty_since is None:
+            self._empty_since = now
+        return now - self._empty_since >= FLUSH_SETTLE_SEC
+
+    # -- the loop --
+
+    def loop(self) -> None:
+        """Run the group until every process stopped; ``returncode`` is 0 after a clean drain."""
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        for name, member in self._members.items():
+            if name not in self._deferred:
+                self._spawn(member)
+        while True:
+            self._reap()
+            self._restart_due()
+            self._start_deferred()
+            self._advance()
+            if not self._deferred and all(m.done for m in self._members.values()):
+                break
+            time.sleep(LOOP_POLL_SEC)
+        flush_until = time.monotonic() + OUTPUT_FLUSH_SEC
+        for member in self._members.values():
+            for reader in member.readers:  # the last lines of each process, before the summary
+                reader.join(timeout=max(flush_until - time.monotonic(), 0))
+        codes = [m.returncode or 0 for m in self._members.values()]
+        if self._fatal is not None:
+            self.returncode = self._fatal
+        elif self._forced:
+            self.returncode = 1
+        else:
+            self.returncode = next((c for c in codes if c), 0)
+        self._system_print(f"all processes stopped (rc={self.returncode})\n")
