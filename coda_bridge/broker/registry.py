@@ -292,4 +292,6 @@ def live_processes(client: redis.Redis, qpu_id: str) -> list[ProcessInfo]:
     if keys:
         values: list[Any] = client.mget(keys)
         found = [info for raw in values if raw is not None and (info := ProcessInfo.loads(raw)) is not None]
+    # a process of this host that is gone is not live, whatever its key's time to live says
+    found = [info for info in found if not info.dead_here()]
     return sorted(found, key=lambda info: (info.role, info.host, info.pid))

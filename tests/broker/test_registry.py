@@ -12,7 +12,14 @@ import pytest
 import redis
 
 from coda_bridge import __version__
-from coda_bridge.broker.registry import BridgeTaken, ProcessInfo, Registration, bridge_key, live_processes
+from coda_bridge.broker.registry import (
+    BridgeTaken,
+    ProcessInfo,
+    Registration,
+    bridge_key,
+    live_processes,
+    process_key,
+)
 from coda_bridge.dev.stack import wait_until
 
 
@@ -109,3 +116,12 @@ def test_a_zombie_or_a_reused_pid_does_not_hold_the_name(client: redis.Redis) ->
     started = psutil.Process().create_time()
     assert ProcessInfo(**{**ProcessInfo.here("bridge", "c-5").__dict__, "since": started - 3600}).dead_here()
     assert not ProcessInfo.here("bridge", "c-5").dead_here()
+
+
+def test_a_process_of_this_host_that_is_gone_is_not_listed_while_its_key_lives(client: redis.Redis) -> None:
+    # given the registration a worker killed -9 left behind (its key lives on for its time to live)
+    gone = ProcessInfo(**{**ProcessInfo.here("web").__dict__, "pid": _dead_pid()})
+    client.set(process_key("q-gone", gone.host, gone.pid), gone.dumps(), px=15_000)
+
+    # when the processes of the QPU are listed, then it is not among them
+    assert live_processes(client, "q-gone") == []
