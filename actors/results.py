@@ -8,7 +8,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from coda_bridge.broker.observations import DELIVERY_ATTEMPTS
+from coda_bridge.broker.histograms import DELIVERY_ATTEMPTS
 from coda_bridge.broker.queues import DEAD_LETTERED_ACTOR, DELIVER_ACTOR, RESULTS_QUEUE
 from coda_bridge.pipeline.delivery import should_retry
 

@@ -18,7 +18,7 @@ import dramatiq
 import redis
 
 from ..broker.entries import EntryIndex
-from ..broker.observations import DELIVERY_ATTEMPTS, WEBHOOK_DURATION, XADD_TO_RESULT, Histograms
+from ..broker.histograms import DELIVERY_ATTEMPTS, WEBHOOK_DURATION, XADD_TO_RESULT, Histograms
 from ..broker.shared_state import NodeState
 from ..cloud.client import CloudClient
 from ..cloud.origins import callback_allowed

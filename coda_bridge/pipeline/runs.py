@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from ..broker.observations import JOB_DURATION, Histograms
+from ..broker.histograms import JOB_DURATION, Histograms
 from ..broker.shared_state import NodeState
 from ..errors import CodaError
 from ..executors.host import ExecutorHost

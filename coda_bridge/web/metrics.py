@@ -33,7 +33,8 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .. import __version__
-from ..broker.observations import DramatiqReader, Histograms, entry_time_sec
+from ..broker.histograms import Histograms, entry_time_sec
+from ..broker.observations import DramatiqReader
 from ..broker.queues import QUEUES
 from ..broker.redis_broker import create_broker
 from ..broker.shared_state import NodeState

@@ -19,14 +19,14 @@ from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
 from coda_bridge import __version__
-from coda_bridge.broker.observations import (
+from coda_bridge.broker.histograms import (
     DELIVERY_ATTEMPTS,
     JOB_DURATION,
     WEBHOOK_DURATION,
     XADD_TO_RESULT,
-    DramatiqMetrics,
     Histograms,
 )
+from coda_bridge.broker.observations import DramatiqMetrics
 from coda_bridge.cloud.keys import group_name, stream_key
 from coda_bridge.dev.localredis import free_port
 from coda_bridge.settings import Settings

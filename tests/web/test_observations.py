@@ -21,15 +21,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from coda_bridge.broker import observations
-from coda_bridge.broker.observations import (
+from coda_bridge.broker.histograms import (
     DRAMATIQ_DURATION,
     JOB_DURATION,
     XADD_TO_RESULT,
-    DramatiqMetrics,
-    DramatiqReader,
     Histograms,
     entry_time_sec,
 )
+from coda_bridge.broker.observations import DramatiqMetrics, DramatiqReader
 from coda_bridge.broker.redis_broker import create_broker
 from coda_bridge.dev.stack import wait_until
 from coda_bridge.settings import Settings
