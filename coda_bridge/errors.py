@@ -14,7 +14,6 @@ __all__ = [
     "ExecutorError",
     "HeartbeatRejected",
     "IRError",
-    "JobBusy",
     "JobError",
     "NodeError",
     "VPNError",
@@ -63,15 +62,6 @@ class JobError(CodaError):
 
 class IRError(JobError):
     """The circuit breaks a rule of the Native Gate IR."""
-
-
-class JobBusy(CodaError):
-    """Another worker holds the job's claim; look again once its lease could have lapsed."""
-
-    def __init__(self, job_id: str, retry_after_sec: float) -> None:
-        super().__init__(f"job {job_id} is claimed by another worker")
-        self.job_id = job_id
-        self.retry_after_sec = retry_after_sec
 
 
 class WebhookError(CodaError):

@@ -22,6 +22,7 @@ from typing import IO, TYPE_CHECKING
 from honcho.colour import get_colours
 from honcho.printer import Message, Printer
 
+from ..backoff import Backoff
 from .exits import (
     CLEAN_EXITS,
     EX_CONFIG,
@@ -74,7 +75,7 @@ class _Member:
     argv: list[str]
     env: dict[str, str]
     colour: str
-    backoff_sec: float
+    backoff: Backoff
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -130,9 +131,9 @@ class ProcessGroup:
 
     def add(self, spec: ProcessSpec, env: Mapping[str, str], *, deferred: bool = False) -> None:
         """Run ``spec`` in the group; a ``deferred`` one once ``identity_ready()`` says so."""
-        self._members[spec.name] = _Member(
-            spec.name, list(spec.argv), dict(env), next(self._colours), self.backoff_start_sec
-        )
+        backoff = Backoff(self.backoff_start_sec, self.backoff_max_sec)
+        colour = next(self._colours)
+        self._members[spec.name] = _Member(spec.name, list(spec.argv), dict(env), colour, backoff)
         self._printer.width = max(self._printer.width, len(spec.name))
         if deferred:
             self._deferred.append(spec.name)
@@ -243,14 +244,14 @@ class ProcessGroup:
             else:
                 ran_sec = now - member.started_at
                 if ran_sec >= self.stable_sec:
-                    member.backoff_sec = self.backoff_start_sec
+                    member.backoff.reset()
                 member.restarts += 1
+                delay = member.backoff.next_delay()
                 self._system_print(
                     f"{member.name} (pid {process.pid}) exited with {describe_exit(returncode)} after "
-                    f"{ran_sec:.1f} s; restarting in {member.backoff_sec:g} s (restart {member.restarts}).\n"
+                    f"{ran_sec:.1f} s; restarting in {delay:g} s (restart {member.restarts}).\n"
                 )
-                member.restart_at = now + member.backoff_sec
-                member.backoff_sec = min(member.backoff_sec * 2, self.backoff_max_sec)
+                member.restart_at = now + delay
 
     def _restart_due(self) -> None:
         now = time.monotonic()
