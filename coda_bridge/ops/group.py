@@ -2,6 +2,10 @@
 
 Each process runs in a process group of its own and gets exactly one
 SIGTERM; output goes through honcho's printer with ``name |`` prefixes.
+A process with an entry point is forked from this one (which preloaded
+what they all import, :mod:`~coda_bridge.ops.forking`); any other is an
+``exec`` of its command line.  The group runs in one thread (its output
+is read in its loop), so it can fork safely.
 :mod:`~coda_bridge.ops.supervisor` builds the plan and runs the group.
 """
 
@@ -10,14 +14,13 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import selectors
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import IO, TYPE_CHECKING
 
 from honcho.colour import get_colours
 from honcho.printer import Message, Printer
@@ -33,11 +36,9 @@ from .exits import (
     die_with_parent,
     exit_status,
 )
+from .forking import can_fork, fork_part
 from .processes import ProcessSpec
 from .proctree import kill_tree, process_tree
-
-if TYPE_CHECKING:  # the group runs in a light process of its own (see run_start): no settings stack
-    pass
 
 __all__ = ["DRAIN_FIRST", "SYSTEM_NAME", "ProcessGroup"]
 
@@ -48,7 +49,8 @@ KILL_MARGIN_SEC = 10.0
 #: How long the results queue must stay empty before the delivery workers are stopped (the look
 #: comes once the executors and the bridge are gone, and nothing else fills it: one empty look).
 FLUSH_SETTLE_SEC = 0.0
-#: How often the group looks at its processes (exits, restarts due, the drain's next stage).
+#: How often the group looks at its processes (exits, restarts due, the drain's next stage); output
+#: is passed on as it comes.
 LOOP_POLL_SEC = 0.05
 #: Socket timeout of the results-queue look-up during a drain.
 FLUSH_CHECK_TIMEOUT_SEC = 1.0
@@ -61,10 +63,31 @@ READY_PATH = ("control", "web")
 WEB_WORKERS = 1
 #: How long the group waits, at the end, for the last lines of its processes.
 OUTPUT_FLUSH_SEC = 0.5
+#: Most bytes read from one process's output at a time.
+READ_CHUNK_BYTES = 65536
+#: Longest line kept whole: a process writing more without a newline has it printed in pieces.
+MAX_LINE_BYTES = 65536
 #: Stands for the QPU id in the results queue's key handed to the group.
 QPU_SLOT = "\0"
 #: Name of the supervisor's own lines.
 SYSTEM_NAME = "system"
+
+
+class _Forked:
+    """A process forked from this one, watched like a :class:`subprocess.Popen` (``poll``, ``returncode``)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            with contextlib.suppress(ChildProcessError):
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid == 0:
+                    return None
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
 
 
 @dataclass
@@ -76,14 +99,15 @@ class _Member:
     env: dict[str, str]
     colour: str
     backoff: Backoff
-    process: subprocess.Popen[bytes] | None = None
+    entry: str | None = None
+    process: subprocess.Popen[bytes] | _Forked | None = None
     started_at: float = 0.0
     restarts: int = 0
     restart_at: float | None = None
     signalled: bool = False
     done: bool = False
     returncode: int | None = None
-    readers: list[threading.Thread] = field(default_factory=list)
+    outputs: set[int] = field(default_factory=set)  # read ends of its runs' output still open
 
     @property
     def pid(self) -> int | None:
@@ -107,6 +131,7 @@ class ProcessGroup:
         backoff_start_sec: float = RESTART_BACKOFF_START_SEC,
         backoff_max_sec: float = RESTART_BACKOFF_MAX_SEC,
         stable_sec: float = STABLE_RUN_SEC,
+        fork: bool = True,
     ) -> None:
         self.drain_timeout_sec = drain_timeout_sec
         self.results_flushed = results_flushed or (lambda: True)
@@ -118,7 +143,9 @@ class ProcessGroup:
         # NO_COLOR (https://no-color.org): any value turns the coloured name prefixes off
         self._printer = printer or Printer(colour=not os.environ.get("NO_COLOR"))
         self._printer.width = max(self._printer.width, len(SYSTEM_NAME))
-        self._print_lock = threading.Lock()
+        self._fork = fork
+        self._selector = selectors.DefaultSelector()
+        self._partial: dict[int, bytes] = {}  # per output, the start of a line not ended yet
         self._colours = get_colours()
         self._members: dict[str, _Member] = {}
         self._deferred: list[str] = []
@@ -133,7 +160,9 @@ class ProcessGroup:
         """Run ``spec`` in the group; a ``deferred`` one once ``identity_ready()`` says so."""
         backoff = Backoff(self.backoff_start_sec, self.backoff_max_sec)
         colour = next(self._colours)
-        self._members[spec.name] = _Member(spec.name, list(spec.argv), dict(env), colour, backoff)
+        self._members[spec.name] = _Member(
+            spec.name, list(spec.argv), dict(env), colour, backoff, entry=spec.entry
+        )
         self._printer.width = max(self._printer.width, len(spec.name))
         if deferred:
             self._deferred.append(spec.name)
@@ -142,46 +171,77 @@ class ProcessGroup:
 
     def _write(self, name: str, data: bytes | str, colour: str | None = None) -> None:
         message = Message(type="line", data=data, time=datetime.datetime.now(), name=name, colour=colour)
-        with self._print_lock:
-            self._printer.write(message)
+        self._printer.write(message)
 
     def _system_print(self, text: str) -> None:
         self._write(SYSTEM_NAME, text)
 
-    def _relay(self, member: _Member, stream: IO[bytes]) -> None:
-        """Pass the lines of one run of ``member`` on to the printer until its output closes."""
-        with stream:
-            for line in iter(stream.readline, b""):
-                self._write(member.name, line, member.colour)
+    def _watch_output(self, member: _Member, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._selector.register(fd, selectors.EVENT_READ, member)
+        self._partial[fd] = b""
+        member.outputs.add(fd)
+
+    def _relay(self, timeout: float) -> None:
+        """Pass on what the processes wrote, whole lines, waiting up to ``timeout`` for any."""
+        for key, _ in self._selector.select(timeout):
+            member: _Member = key.data
+            fd = key.fd
+            try:
+                data = os.read(fd, READ_CHUNK_BYTES)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:  # every writer closed it: this run of the process is over
+                self._close_output(member, fd)
+                continue
+            *lines, rest = (self._partial[fd] + data).split(b"\n")
+            while len(rest) > MAX_LINE_BYTES:
+                lines.append(rest[:MAX_LINE_BYTES])
+                rest = rest[MAX_LINE_BYTES:]
+            self._partial[fd] = rest
+            for line in lines:
+                for start in range(0, len(line) or 1, MAX_LINE_BYTES):
+                    self._write(member.name, line[start : start + MAX_LINE_BYTES] + b"\n", member.colour)
+
+    def _close_output(self, member: _Member, fd: int) -> None:
+        rest = self._partial.pop(fd, b"")
+        if rest:
+            self._write(member.name, rest + b"\n", member.colour)
+        self._selector.unregister(fd)
+        os.close(fd)
+        member.outputs.discard(fd)
 
     # -- starting --
 
     def _spawn(self, member: _Member) -> None:
+        read_fd, write_fd = os.pipe()
         try:
-            process = subprocess.Popen(
-                member.argv,
-                env=member.env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                process_group=0,
-                preexec_fn=die_with_parent,  # noqa: PLW1509 (it only calls prctl, resolved before)
-            )
+            if member.entry is not None and self._fork and can_fork():
+                member.process = _Forked(fork_part(member.entry, member.argv, member.env, write_fd))
+            else:
+                member.process = subprocess.Popen(
+                    member.argv,
+                    env=member.env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=write_fd,
+                    stderr=write_fd,
+                    process_group=0,
+                    preexec_fn=die_with_parent,  # noqa: PLW1509 (it only calls prctl, resolved before)
+                )
         except OSError as exc:
+            os.close(read_fd)
             self._system_print(f"{member.name}: cannot start {member.argv[0]}: {exc.strerror or exc}\n")
             self._finish(member, EX_CONFIG)
             self._give_up(member, EX_CONFIG)
             return
-        member.process = process
+        finally:
+            os.close(write_fd)
         member.started_at = time.monotonic()
         member.restart_at = None
-        assert process.stdout is not None
-        reader = threading.Thread(
-            target=self._relay, args=(member, process.stdout), name=f"relay-{member.name}", daemon=True
-        )
-        reader.start()
-        member.readers = [t for t in member.readers if t.is_alive()] + [reader]
-        self._system_print(f"{member.name} started (pid={process.pid})\n")
+        self._watch_output(member, read_fd)
+        self._system_print(f"{member.name} started (pid={member.process.pid})\n")
 
     def _start_deferred(self) -> None:
         """Start the deferred processes once the node has an identity; drop them when stopping first."""
@@ -347,11 +407,14 @@ class ProcessGroup:
             self._advance()
             if not self._deferred and all(m.done for m in self._members.values()):
                 break
-            time.sleep(LOOP_POLL_SEC)
+            self._relay(LOOP_POLL_SEC)
         flush_until = time.monotonic() + OUTPUT_FLUSH_SEC
+        while self._selector.get_map() and time.monotonic() < flush_until:  # the last lines, then the summary
+            self._relay(max(flush_until - time.monotonic(), 0))
         for member in self._members.values():
-            for reader in member.readers:  # the last lines of each process, before the summary
-                reader.join(timeout=max(flush_until - time.monotonic(), 0))
+            for fd in list(member.outputs):  # a leftover (a grandchild still holding it): cut off
+                self._close_output(member, fd)
+        self._selector.close()
         codes = [m.returncode or 0 for m in self._members.values()]
         if self._fatal is not None:
             self.returncode = self._fatal

@@ -31,8 +31,9 @@ __all__ = [
     "start_processes",
 ]
 
-#: Delivery worker processes: each has one dramatiq consumer thread (fetches and acks), which
-#: bounds one process near 300 deliveries/s; two let a burst go twice as wide.
+#: Delivery worker processes: each has one dramatiq consumer thread (fetches and acks) and one GIL
+#: (signing and HTTP take CPU), which bounds one process near 300 deliveries/s; two let a burst go
+#: twice as wide.
 RESULT_PROCESSES = 2
 #: Delivery threads per process: webhooks wait on the network, not the CPU.
 RESULT_THREADS = 8
@@ -45,10 +46,16 @@ WORKER_FORK_TIMEOUT_MS = 1000
 
 @dataclass(frozen=True)
 class ProcessSpec:
-    """One process of the node: a name and its command line."""
+    """One process of the node: a name, its command line, and (for ``start``) the function that runs it.
+
+    ``entry`` (``module:function``) runs the command line in a process
+    forked from ``start``'s supervisor, with ``sys.argv`` set to the command
+    line after ``python -m`` (:mod:`~coda_bridge.ops.forking`).
+    """
 
     name: str
     argv: tuple[str, ...]
+    entry: str | None = None
 
     @property
     def command(self) -> str:
@@ -85,12 +92,13 @@ def node_processes(settings: Settings, *, web: bool = True, python: str | None =
 def start_processes(
     settings: Settings, *, since: float | None = None, python: str | None = None
 ) -> list[ProcessSpec]:
-    """What ``start`` supervises: bridge, one process per queue, probes app.
+    """What ``start`` supervises: bridge, a process per queue, probes app.
 
-    The delivery process runs :data:`RESULT_PROCESSES` dramatiq Workers (a
-    consumer each) in one process.  With ``since``, each worker and the
-    probes app wait for a connect at or after it before they load the
-    node's settings (they import what they need meanwhile).
+    Deliveries run in :data:`RESULT_PROCESSES` processes (``results.1``,
+    ``results.2``, as honcho names a Procfile line run more than once).
+    With ``since``, each worker and the probes app wait for a connect at or
+    after it before they load the node's settings (they import what they
+    need meanwhile).
     """
     py = python or sys.executable
     drain_ms = int(settings.shutdown_drain_timeout_sec * 1000)
@@ -98,18 +106,24 @@ def start_processes(
     def worker(queue: str, threads: int, consumers: int = 1) -> tuple[str, ...]:
         return worker_argv(queue, threads, consumers=consumers, drain_ms=drain_ms, since=since, python=py)
 
+    runner = "coda_bridge.ops.runners:main"
+    bridge = (py, "-m", "coda_bridge.ops.runners", "bridge")  # a token in the environment
+    results = [
+        ProcessSpec(f"results.{index}", worker("results", RESULT_THREADS), runner)
+        for index in range(1, RESULT_PROCESSES + 1)
+    ]
     return [
-        ProcessSpec("bridge", (py, "-m", "coda_bridge.ops.runners", "bridge")),  # token in the environment
-        ProcessSpec("jobs", worker("jobs", settings.executor_concurrency)),
-        ProcessSpec("results", worker("results", RESULT_THREADS, RESULT_PROCESSES)),
-        ProcessSpec("control", worker("control", CONTROL_THREADS)),
-        ProcessSpec("web", _web(settings, since, py)),
+        ProcessSpec("bridge", bridge, runner),
+        ProcessSpec("jobs", worker("jobs", settings.executor_concurrency), runner),
+        *results,
+        ProcessSpec("control", worker("control", CONTROL_THREADS), runner),
+        _web(settings, since, py),
     ]
 
 
-def _web(settings: Settings, since: float | None, python: str) -> tuple[str, ...]:
+def _web(settings: Settings, since: float | None, python: str) -> ProcessSpec:
     """gunicorn on the probes app, built after the connect; ``coda-bridge web`` (it checks the
     dashboard's credentials first) when the dashboard is on."""
     if settings.dashboard_enabled:
-        return (python, "-m", "coda_bridge", "web")
-    return web_argv(since, python)
+        return ProcessSpec("web", (python, "-m", "coda_bridge", "web"), "coda_bridge.cli.main:main")
+    return ProcessSpec("web", web_argv(since, python), "gunicorn.app.wsgiapp:run")

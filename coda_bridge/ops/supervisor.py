@@ -4,6 +4,10 @@ The supervisor starts every process itself (no honcho fork, no wrapper per
 process), prints their output with a coloured ``name |`` prefix (honcho's
 printer), and:
 
+- imports once what all of them import, then forks each from itself
+  (:mod:`~coda_bridge.ops.forking`): a process starts without importing
+  its libraries again, and those pages stay shared between them all;
+
 - starts the bridge first; on a first start (no identity yet) the others
   start once this start's bridge has connected, so a refused token stops
   ``start`` at once; on a later start what the first ``/ready`` needs
@@ -42,10 +46,11 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError
 from ..identity.credentials import StatePaths, connected_since, read_private
 from .daemon import claim_pid_file
+from .forking import preload
 from .group import FLUSH_CHECK_TIMEOUT_SEC, QPU_SLOT, READY_PATH, WEB_WORKERS, ProcessGroup
 from .processes import ProcessSpec
 
-if TYPE_CHECKING:  # the group runs in a light process of its own (see run_start): no settings stack
+if TYPE_CHECKING:  # the group's interpreter preloads only what its processes share (see run_start)
     import redis
 
     from ..settings import Settings
@@ -139,10 +144,10 @@ def run_start(
 ) -> int:
     """Run the whole node in the foreground until it is stopped; the exit status.
 
-    The settings stack is loaded here, once; the group itself then runs in
-    this same process (same pid, so the pid file stays right) after an
-    ``exec`` of a light interpreter that imports only what supervising
-    needs (:func:`main`).
+    The settings are loaded and checked here; the group itself then runs
+    in this same process (same pid, so the pid file stays right) after an
+    ``exec`` of a fresh interpreter that imports only what its processes
+    share (:func:`main`), nothing of this command's.
     """
     from ..broker.queues import RESULTS_QUEUE
     from ..broker.redis_broker import broker_namespace
@@ -170,7 +175,15 @@ def run_start(
         if spec.name == "bridge" and token:
             member_env = {**env, "CODA_NODE_TOKEN": token}
         deferred = spec.name != "bridge" and (not early or spec.name not in READY_PATH)
-        members.append({"name": spec.name, "argv": list(spec.argv), "env": member_env, "deferred": deferred})
+        members.append(
+            {
+                "name": spec.name,
+                "argv": list(spec.argv),
+                "entry": spec.entry,
+                "env": member_env,
+                "deferred": deferred,
+            }
+        )
     plan = {
         "drain_timeout_sec": settings.shutdown_drain_timeout_sec,
         "since": since,
@@ -181,12 +194,16 @@ def run_start(
         "members": members,
     }
     with claim_pid_file(paths.daemon_pid):
-        _exec_group(plan, paths)
+        _exec_group(plan, paths, env)
     return 1  # not reached: exec replaced this process
 
 
-def _exec_group(plan: Mapping[str, Any], paths: StatePaths) -> None:
-    """Hand the plan to a light interpreter in this process: a 0600 file (the bridge's env holds a token)."""
+def _exec_group(plan: Mapping[str, Any], paths: StatePaths, env: Mapping[str, str]) -> None:
+    """Hand the plan to a fresh interpreter in this process: a 0600 file (the bridge's env holds a token).
+
+    It runs in the environment its processes share (no token), so what it
+    preloads for them is imported as they would import it.
+    """
     plan_path = paths.root / f"start-plan-{os.getpid()}.json"
     plan_path.unlink(missing_ok=True)
     fd = os.open(plan_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -195,7 +212,7 @@ def _exec_group(plan: Mapping[str, Any], paths: StatePaths) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execv(sys.executable, [sys.executable, "-m", "coda_bridge.ops.supervisor", str(plan_path)])
+        os.execve(sys.executable, [sys.executable, "-m", "coda_bridge.ops.supervisor", str(plan_path)], env)
     finally:  # only when exec failed
         plan_path.unlink(missing_ok=True)
 
@@ -214,10 +231,13 @@ def main(args: list[str] | None = None) -> int:
             plan["broker_url"], plan["results_key"], plan["qpu_id"], state_dir
         ),
         identity_ready=_IdentityReady(state_dir, plan["since"]),
+        fork=_preloaded(),
     )
     for member in plan["members"]:
         group.add(
-            ProcessSpec(member["name"], tuple(member["argv"])), member["env"], deferred=member["deferred"]
+            ProcessSpec(member["name"], tuple(member["argv"]), member.get("entry")),
+            member["env"],
+            deferred=member["deferred"],
         )
     pid_file = StatePaths(state_dir).daemon_pid
     try:
@@ -227,6 +247,16 @@ def main(args: list[str] | None = None) -> int:
             if pid_file.read_text().strip() == str(os.getpid()):
                 pid_file.unlink()
     return int(group.returncode or 0)
+
+
+def _preloaded() -> bool:
+    """Preload what the processes share; False (each starts its own interpreter) if that failed."""
+    try:
+        preload()
+    except Exception as exc:  # a broken install: the processes will say what is wrong themselves
+        print(f"system | cannot preload ({type(exc).__name__}: {exc}); each process imports anew", flush=True)
+        return False
+    return True
 
 
 def _web_env(settings: Settings, env: Mapping[str, str]) -> dict[str, str]:

@@ -101,7 +101,7 @@ def test_a_refused_token_stops_start_at_once_without_restarting(cloud_stack: Loc
     assert done.returncode == 78, done.stdout
     assert "QPU node token is invalid" in done.stdout
     assert "not restarting" in done.stdout
-    assert "not starting jobs, results, control, web" in done.stdout
+    assert "not starting jobs, results.1, results.2, control, web" in done.stdout
     assert "not-a-real-token" not in done.stdout + done.stderr
 
 
@@ -127,16 +127,44 @@ def test_no_process_of_a_node_started_with_token_shows_it_in_its_command_line(
         )
         wait_until((cloud_stack.state_dir / "coda.config").exists, 60, "the node to provision")
         assert node.poll() is None, output.read_text()[-3000:]
+        wait_until(lambda: len(process_tree(node.pid)) >= 8, 30, "the probes app's gunicorn worker")
         tree = process_tree(node.pid)
 
-        # Then no process of its tree has the token in its world-readable command line
-        leaks = [pid for pid in tree if token.encode() in _cmdline(pid)]
+        # Then no process of its tree has the token in its world-readable command line, nor in the
+        # environment it was started with
+        leaks = [pid for pid in tree if token.encode() in _cmdline(pid) + _environ(pid)]
         assert leaks == [], [_cmdline(pid) for pid in leaks]
-        assert len(tree) > 5, "the whole node was looked at"
+        # And each part was forked from the supervisor, and `ps` shows its own command line
+        parts = {
+            pid: _cmdline(pid).replace(b"\0", b" ").decode().strip() for pid in tree if _ppid(pid) == node.pid
+        }
+        shown = sorted(line.split(" -m ", 1)[-1].split(" --threads")[0] for line in parts.values())
+        assert shown == [
+            "coda_bridge.ops.runners bridge",
+            "coda_bridge.ops.runners worker --queues control",
+            "coda_bridge.ops.runners worker --queues jobs",
+            "coda_bridge.ops.runners worker --queues results",
+            "coda_bridge.ops.runners worker --queues results",
+            "gunicorn: master [coda-bridge-web]",  # gunicorn names its own processes
+        ], parts
     finally:
         node.send_signal(signal.SIGTERM)
         node.wait(DRAIN_TIMEOUT_SEC + 10)
     assert token not in output.read_text()
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""
 
 
 def _cmdline(pid: int) -> bytes:

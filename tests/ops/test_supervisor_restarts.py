@@ -151,14 +151,15 @@ def test_start_runs_one_process_per_part_and_no_secret_in_any_command_line() -> 
     # When start plans its processes for a start at a given time
     specs = {spec.name: spec.argv for spec in start_processes(settings, since=1234.5)}
 
-    # Then each part is one process, the workers name their queue as dramatiq's command does,
-    # they wait for this start's connect, and no command line carries a token or key
-    assert list(specs) == ["bridge", "jobs", "results", "control", "web"]
-    for queue in ("jobs", "results", "control"):
-        argv = specs[queue]
-        assert argv[argv.index("--queues") + 1] == queue
+    # Then each part is one process (deliveries two: each has a GIL of its own), the workers name
+    # their queue as dramatiq's command does, they wait for this start's connect, and no command
+    # line carries a token or key
+    assert list(specs) == ["bridge", "jobs", "results.1", "results.2", "control", "web"]
+    for name in ("jobs", "results.1", "results.2", "control"):
+        argv = specs[name]
+        assert argv[argv.index("--queues") + 1] == name.split(".")[0]
         assert argv[argv.index("--connected-since") + 1] == "1234.500000"
         assert argv[argv.index("--drain-ms") + 1] == "12000"
-    assert "--consumers" in specs["results"]
+    assert specs["results.1"] == specs["results.2"]
     assert "create_app_after_connect(1234.5)" in specs["web"][-1]
     assert not any("TOKEN" in arg or "KEY" in arg for argv in specs.values() for arg in argv)
