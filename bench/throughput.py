@@ -7,7 +7,9 @@ its result, pause, next) for the latency of a job reaching an idle node.
 
 Both runtimes run on this machine against the same simulator process and the
 same cloud Redis, one after the other (never at the same time), each with its
-own QPU.  ``python bench/throughput.py --help`` for the sizes.
+own QPU.  coda-bridge runs as ``coda-bridge start`` (``--mode start``, the
+default) or as the Procfile's lines (``--mode procfile``).
+``python bench/throughput.py --help`` for the sizes.
 """
 
 from __future__ import annotations
@@ -115,12 +117,18 @@ def main() -> None:
     )
     parser.add_argument("--skip-coda-node", action="store_true", help="measure coda-bridge only")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--mode",
+        choices=["start", "procfile"],
+        default="start",
+        help="how coda-bridge runs: `coda-bridge start` (default) or the Procfile's lines",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args()
     node_n = args.coda_node_n or args.n
     node_idle_n = args.coda_node_idle_n or args.idle_n
 
-    stack = start_stack()
+    stack = start_stack(mode=args.mode)
     try:
         wait_idle_workers(2.0)
         print(f"coda-bridge: {args.n} jobs burst, {args.idle_n} one at a time...", flush=True)
@@ -179,7 +187,7 @@ def main() -> None:
         ["undelivered", bridge["undelivered"], peer["undelivered"] if peer else "-", ""],
     ]
     table = markdown_table(
-        ["figure", "coda-bridge", f"coda-node {CODA_NODE_VERSION}", "ratio bridge/node"], rows
+        ["figure", f"coda-bridge ({args.mode})", f"coda-node {CODA_NODE_VERSION}", "ratio bridge/node"], rows
     )
     speedup = ratio(bridge["jobs_per_sec"], peer["jobs_per_sec"]) if peer else float("nan")
     goals = markdown_table(
@@ -197,7 +205,8 @@ def main() -> None:
         "webhook (simulator clock). Throughput is N divided by first XADD to last first-webhook. A ratio",
         "above 1 is better for throughput; below 1 is better for latency. Both runtimes use the no-op",
         "executor, default settings (log level INFO), the same simulator process and cloud Redis, one",
-        f"after the other, each after {WARMUP_JOBS} warm-up jobs.",
+        f"after the other, each after {WARMUP_JOBS} warm-up jobs. coda-bridge ran as "
+        + ("`coda-bridge start`." if args.mode == "start" else "the Procfile's lines."),
     ]
     if peer and (node_n != args.n or node_idle_n != args.idle_n):
         notes.append(f"coda-node ran a smaller N ({node_n} burst, {node_idle_n} idle): it is much slower.")

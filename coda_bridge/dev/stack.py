@@ -2,8 +2,10 @@
 
 :class:`LocalStack` starts two private Redis servers (the cloud's and the
 local broker), the local cloud simulator, registers a QPU, and runs the
-node's processes as real subprocesses with their logs in a work directory.
-Each process can be killed, restarted and signalled on its own.
+node's processes as real subprocesses with their logs in a work directory:
+the Procfile's lines (``mode="procfile"``, each process can be killed,
+restarted and signalled on its own), or ``coda-bridge start``
+(``mode="start"``: its supervisor restarts a part that was killed).
 """
 
 from __future__ import annotations
@@ -24,16 +26,26 @@ from ..devcloud.client import DevCloudClient
 from ..devcloud.server import DevCloudProcess, start_devcloud_process
 from ..errors import CodaError
 from ..ops.processes import ProcessSpec, node_processes
-from ..ops.proctree import descendants
+from ..ops.proctree import alive, descendants, process_tree
 from ..settings import load_settings
 from .localredis import LocalRedis, free_port
 
-__all__ = ["LocalStack", "wait_until"]
+__all__ = ["START_PARTS", "LocalStack", "wait_until"]
 
 #: How long a process gets between SIGTERM and SIGKILL when a stack stops.
 STOP_GRACE_SEC = 10.0
 #: How often waits look again.
 POLL_SEC = 0.05
+#: How long ``start``'s supervisor may take to start a part again (its backoff grows to 30 s).
+RESTART_WAIT_SEC = 40.0
+#: What names each part of ``coda-bridge start`` in its command line (``ps``).
+START_PARTS = {
+    "bridge": "coda_bridge.ops.runners bridge",
+    "jobs": "--queues jobs ",
+    "results": "--queues results ",
+    "control": "--queues control ",
+    "web": "gunicorn",
+}
 
 
 def wait_until(condition: Callable[[], Any], timeout_sec: float, what: str) -> Any:
@@ -46,6 +58,14 @@ def wait_until(condition: Callable[[], Any], timeout_sec: float, what: str) -> A
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout_sec:g} s waiting for {what}")
         time.sleep(POLL_SEC)
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
 
 
 class _Child:
@@ -113,7 +133,10 @@ class LocalStack:
         native_gate_set: str = "cz",
         env: Mapping[str, str] | None = None,
         web: bool = False,
+        mode: str = "procfile",
     ) -> None:
+        if mode not in ("procfile", "start"):
+            raise ValueError(f"mode must be 'procfile' or 'start', not {mode!r}")
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="coda-stack-")
         self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         self.qpu_id = qpu_id
@@ -121,6 +144,8 @@ class LocalStack:
         self.native_gate_set = native_gate_set
         self.extra_env = dict(env or {})
         self.web = web
+        self.mode = mode
+        self._killed: dict[str, int] = {}  # in start mode: the pid of the part killed last
         self.web_port = free_port()
         self.cloud_redis = LocalRedis()
         self.broker_redis = LocalRedis()
@@ -198,6 +223,9 @@ class LocalStack:
     def start_node(self) -> None:
         """Provision with a fresh token through the bridge, then start the workers (and web)."""
         self.extra_env["CODA_NODE_TOKEN"] = self.cloud.mint_token(self.qpu_id)
+        if self.mode == "start":
+            self._start_supervised()
+            return
         specs = self.specs()
         self.start_process("bridge", specs["bridge"])
         wait_until(
@@ -218,6 +246,14 @@ class LocalStack:
 
         ``env`` adds variables for this start only (a failpoint, say).
         """
+        if self.mode == "start":  # its supervisor starts it again
+            killed = self._killed.get(name)
+            wait_until(
+                lambda: (pid := self.part_pid(name)) is not None and pid != killed,
+                RESTART_WAIT_SEC,
+                f"coda-bridge start to start {name} again",
+            )
+            return
         spec = spec or self.specs()[name.split("#", maxsplit=1)[0]]
         old = self.children.get(name)
         if old is not None and old.alive():
@@ -225,18 +261,60 @@ class LocalStack:
         self._restarts[name] = self._restarts.get(name, -1) + 1
         self.children[name] = _Child(spec, {**self.env(), **(env or {})}, self.workdir / f"{name}.log")
 
+    # -- ``coda-bridge start``: one supervisor, its parts found by their command lines --
+
+    def _start_supervised(self) -> None:
+        spec = ProcessSpec("start", (sys.executable, "-m", "coda_bridge", "start"))
+        self.children["start"] = _Child(spec, self.env(), self.workdir / "start.log")
+        wait_until(
+            lambda: all(self.part_pid(name) for name in START_PARTS) or not self.children["start"].alive(),
+            60,
+            "every part of coda-bridge start",
+        )
+        if not self.children["start"].alive():
+            raise CodaError(f"coda-bridge start exited:\n{self.log_tail('start')}")
+
+    def part_pid(self, name: str) -> int | None:
+        """In start mode, the pid of the part ``name`` (bridge, jobs, results, control, web), if it runs."""
+        supervisor = self.children.get("start")
+        if supervisor is None or not supervisor.alive():
+            return None
+        needle = START_PARTS[name]
+        for pid in process_tree(supervisor.pid)[1:]:
+            with contextlib.suppress(OSError):
+                if _parent(pid) == supervisor.pid and needle in _command_line(pid) and alive(pid):
+                    return pid
+        return None
+
+    def running(self, name: str) -> bool:
+        """Whether the process ``name`` runs (in start mode: a part the supervisor runs)."""
+        if self.mode == "start":
+            return self.part_pid(name) is not None
+        child = self.children.get(name)
+        return child is not None and child.alive()
+
     def restart(self, name: str) -> None:
         self.children[name].stop()
         self.start_process(name)
 
     def kill9(self, name: str) -> None:
         """SIGKILL a process and everything in its process group (a dramatiq master and its workers)."""
+        if self.mode == "start":
+            pid = self.part_pid(name)
+            if pid is None:
+                raise CodaError(f"{name} is not running under coda-bridge start")
+            for member in process_tree(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(member, signal.SIGKILL)
+            self._killed[name] = pid
+            wait_until(lambda: not alive(pid), 10, f"{name} (pid {pid}) to be gone")
+            return
         child = self.children[name]
         child.kill_group()
         child.process.wait()
 
     def log_tail(self, name: str, lines: int = 40) -> str:
-        path = self.workdir / f"{name}.log"
+        path = self.workdir / ("start.log" if self.mode == "start" else f"{name}.log")
         if not path.exists():
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

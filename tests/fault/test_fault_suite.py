@@ -26,8 +26,15 @@ def _table(rows: list[list[object]]) -> str:
     return "\n".join(f"{str(label).ljust(width)}  {value}" for label, value in rows)
 
 
-def test_no_job_lost_rerun_or_wrong_under_kills_redis_crash_and_cloud_errors(tmp_path: Path) -> None:
-    plan = FaultPlan(results_timeout_sec=100.0)
+#: Both ways a node runs: the Procfile's lines (each process on its own) and ``coda-bridge start``.
+MODES = pytest.mark.parametrize("mode", ["procfile", "start"])
+
+
+@MODES
+def test_no_job_lost_rerun_or_wrong_under_kills_redis_crash_and_cloud_errors(
+    tmp_path: Path, mode: str
+) -> None:
+    plan = FaultPlan(results_timeout_sec=100.0, mode=mode)
 
     report = run_fault_scenario(plan, tmp_path, progress=print)
 
@@ -51,8 +58,9 @@ def test_no_job_lost_rerun_or_wrong_under_kills_redis_crash_and_cloud_errors(tmp
     [("kill", 2.0), ("flush", 0.0), ("pause", 30.0)],
     ids=["broker-killed-no-persistence", "broker-flushed", "broker-unreachable-30s"],
 )
+@MODES
 def test_no_job_lost_rerun_or_wrong_when_the_broker_loses_its_data(
-    tmp_path: Path, fault: str, down_sec: float
+    tmp_path: Path, fault: str, down_sec: float, mode: str
 ) -> None:
     plan = FaultPlan(
         kills_per_type=0,
@@ -61,6 +69,7 @@ def test_no_job_lost_rerun_or_wrong_when_the_broker_loses_its_data(
         broker_fault=fault,
         broker_down_sec=down_sec,
         results_timeout_sec=120.0,
+        mode=mode,
     )
 
     report = run_fault_scenario(plan, tmp_path, progress=print)

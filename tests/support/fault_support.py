@@ -184,6 +184,9 @@ class FaultPlan:
     broker_fault: str | None = None
     broker_fault_at_sec: float = 12.0
     broker_down_sec: float = 2.0
+    #: How the node runs: "procfile" (the Procfile's lines, each killed and started again by the
+    #: scenario) or "start" (``coda-bridge start``: its supervisor starts a killed part again).
+    mode: str = "procfile"
 
     def broker_fault_row(self) -> str:
         if self.broker_fault == "kill":
@@ -377,7 +380,7 @@ def run_fault_scenario(plan: FaultPlan, workdir: Path, *, progress: Any = None) 
 
     say = progress or (lambda text: None)
     report = FaultReport(plan)
-    stack = LocalStack(workdir, env=stack_env(workdir, plan))
+    stack = LocalStack(workdir, env=stack_env(workdir, plan), mode=plan.mode)
     stack.cloud_redis = _persistent_redis_class()(workdir / "cloud-redis-data")
     began = time.monotonic()
     try:
@@ -418,7 +421,7 @@ def run_fault_scenario(plan: FaultPlan, workdir: Path, *, progress: Any = None) 
             raise chaos.error
         # every process must be running again before the final wait
         for name in KILLED_TYPES:
-            if not stack.children[name].alive():
+            if not stack.running(name):
                 stack.start_process(name)
         say("chaos over; waiting for every result")
         expected = set(report.submitted) - {report.refused_job}
