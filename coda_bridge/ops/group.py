@@ -18,7 +18,7 @@ import selectors
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -127,6 +127,7 @@ class ProcessGroup:
         drain_timeout_sec: float,
         results_flushed: Callable[[], bool] | None = None,
         identity_ready: Callable[[], bool] | None = None,
+        spent_env: Sequence[str] = (),
         printer: Printer | None = None,
         backoff_start_sec: float = RESTART_BACKOFF_START_SEC,
         backoff_max_sec: float = RESTART_BACKOFF_MAX_SEC,
@@ -136,6 +137,9 @@ class ProcessGroup:
         self.drain_timeout_sec = drain_timeout_sec
         self.results_flushed = results_flushed or (lambda: True)
         self.identity_ready = identity_ready or (lambda: True)
+        # needed only until the node has an identity (a one-time token): then gone from every
+        # environment, so neither a restart nor a part forked later gets it
+        self.spent_env = tuple(spent_env)
         self.backoff_start_sec = backoff_start_sec
         self.backoff_max_sec = backoff_max_sec
         self.stable_sec = stable_sec
@@ -262,6 +266,9 @@ class ProcessGroup:
         except Exception:  # an unreadable state file: the bridge will say so
             ready = False
         if ready:
+            for member in self._members.values():
+                for name in self.spent_env:
+                    member.env.pop(name, None)
             self._system_print(f"the node has an identity; starting {', '.join(self._deferred)}\n")
             for name in self._deferred:
                 self._spawn(self._members[name])

@@ -231,14 +231,11 @@ def main(args: list[str] | None = None) -> int:
             plan["broker_url"], plan["results_key"], plan["qpu_id"], state_dir
         ),
         identity_ready=_IdentityReady(state_dir, plan["since"]),
+        spent_env=("CODA_NODE_TOKEN",),
         fork=_preloaded(),
     )
-    for member in plan["members"]:
-        group.add(
-            ProcessSpec(member["name"], tuple(member["argv"]), member.get("entry")),
-            member["env"],
-            deferred=member["deferred"],
-        )
+    _add_members(group, plan.pop("members"))
+    del plan  # the group holds the one copy of each environment (and drops a spent token)
     pid_file = StatePaths(state_dir).daemon_pid
     try:
         group.loop()
@@ -247,6 +244,15 @@ def main(args: list[str] | None = None) -> int:
             if pid_file.read_text().strip() == str(os.getpid()):
                 pid_file.unlink()
     return int(group.returncode or 0)
+
+
+def _add_members(group: ProcessGroup, members: list[dict[str, Any]]) -> None:
+    for member in members:
+        group.add(
+            ProcessSpec(member["name"], tuple(member["argv"]), member.get("entry")),
+            member["env"],
+            deferred=member["deferred"],
+        )
 
 
 def _preloaded() -> bool:
