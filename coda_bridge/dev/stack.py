@@ -4,8 +4,10 @@
 local broker), the local cloud simulator, registers a QPU, and runs the
 node's processes as real subprocesses with their logs in a work directory:
 the Procfile's lines (``mode="procfile"``, each process can be killed,
-restarted and signalled on its own), or ``coda-bridge start``
-(``mode="start"``: its supervisor restarts a part that was killed).
+restarted and signalled on its own), ``coda-bridge start``
+(``mode="start"``: its supervisor restarts a part that was killed), or
+``coda-bridge start --one-process`` (``mode="one-process"``: one process
+named ``node``, killed and started again like a Procfile line).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ..ops.proctree import alive, descendants, process_tree
 from ..settings import load_settings
 from .localredis import LocalRedis, free_port
 
-__all__ = ["START_PARTS", "LocalStack", "wait_until"]
+__all__ = ["MODES", "START_PARTS", "LocalStack", "wait_until"]
 
 #: How long a process gets between SIGTERM and SIGKILL when a stack stops.
 STOP_GRACE_SEC = 10.0
@@ -38,6 +40,10 @@ STOP_GRACE_SEC = 10.0
 POLL_SEC = 0.05
 #: How long ``start``'s supervisor may take to start a part again (its backoff grows to 30 s).
 RESTART_WAIT_SEC = 40.0
+#: How a stack runs the node: the Procfile's lines, ``coda-bridge start``, or ``start --one-process``.
+MODES = ("procfile", "start", "one-process")
+#: What ``start --one-process`` logs once every part of it runs.
+ONE_PROCESS_READY = b"coda-bridge running in one process"
 #: What names each part of ``coda-bridge start`` in its command line (``ps``).
 START_PARTS = {
     "bridge": "coda_bridge.ops.runners bridge",
@@ -135,8 +141,8 @@ class LocalStack:
         web: bool = False,
         mode: str = "procfile",
     ) -> None:
-        if mode not in ("procfile", "start"):
-            raise ValueError(f"mode must be 'procfile' or 'start', not {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="coda-stack-")
         self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         self.qpu_id = qpu_id
@@ -217,6 +223,10 @@ class LocalStack:
 
     def specs(self) -> dict[str, ProcessSpec]:
         concurrency = int(self.extra_env.get("CODA_EXECUTOR_CONCURRENCY", "1"))
+        if self.mode == "one-process":
+            return {
+                "node": ProcessSpec("node", (sys.executable, "-m", "coda_bridge", "start", "--one-process"))
+            }
         settings = load_settings(overrides={"executor_concurrency": concurrency})
         return {s.name: s for s in node_processes(settings, web=self.web, python=sys.executable)}
 
@@ -225,6 +235,17 @@ class LocalStack:
         self.extra_env["CODA_NODE_TOKEN"] = self.cloud.mint_token(self.qpu_id)
         if self.mode == "start":
             self._start_supervised()
+            return
+        if self.mode == "one-process":
+            self.start_process("node")
+            log = self.workdir / "node.log"
+            wait_until(
+                lambda: ONE_PROCESS_READY in log.read_bytes() or not self.children["node"].alive(),
+                60,
+                "coda-bridge start --one-process to run",
+            )
+            if not self.children["node"].alive():
+                raise CodaError(f"coda-bridge start --one-process exited:\n{self.log_tail('node')}")
             return
         specs = self.specs()
         self.start_process("bridge", specs["bridge"])

@@ -185,8 +185,14 @@ class FaultPlan:
     broker_fault_at_sec: float = 12.0
     broker_down_sec: float = 2.0
     #: How the node runs: "procfile" (the Procfile's lines, each killed and started again by the
-    #: scenario) or "start" (``coda-bridge start``: its supervisor starts a killed part again).
+    #: scenario), "start" (``coda-bridge start``: its supervisor starts a killed part again) or
+    #: "one-process" (``start --one-process``: the one process is killed and started again).
     mode: str = "procfile"
+
+    @property
+    def killed_types(self) -> tuple[str, ...]:
+        """The processes the scenario kills: each type of the node's, or its one process."""
+        return ("node",) if self.mode == "one-process" else KILLED_TYPES
 
     def broker_fault_row(self) -> str:
         if self.broker_fault == "kill":
@@ -222,7 +228,7 @@ class FaultReport:
     total_seconds: float = 0.0
 
     def rows(self) -> list[list[Any]]:
-        kills = ", ".join(f"{name} {self.kills[name]}" for name in KILLED_TYPES)
+        kills = ", ".join(f"{name} {self.kills[name]}" for name in self.plan.killed_types)
         refused = f"{self.refused_state or 'not terminal'} after {self.refused_attempts} attempt(s)"
         outage = "none"
         if self.plan.webhook_outage:
@@ -283,7 +289,7 @@ class _Chaos(threading.Thread):
         self.error: BaseException | None = None
         rng = random.Random(plan.seed)
         schedule: list[tuple[float, str, str]] = []
-        for name in KILLED_TYPES:
+        for name in plan.killed_types:
             for moment in self._spaced(rng, plan.kills_per_type):
                 schedule.append((moment, "kill", name))
                 schedule.append((moment + rng.uniform(*plan.restart_delay_sec), "start", name))
@@ -420,7 +426,7 @@ def run_fault_scenario(plan: FaultPlan, workdir: Path, *, progress: Any = None) 
         if chaos.error is not None:
             raise chaos.error
         # every process must be running again before the final wait
-        for name in KILLED_TYPES:
+        for name in plan.killed_types:
             if not stack.running(name):
                 stack.start_process(name)
         say("chaos over; waiting for every result")
