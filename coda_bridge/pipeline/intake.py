@@ -155,6 +155,7 @@ class StreamBridge:
         """One round: group, idle entries of dead consumers, reconcile when due, then new entries."""
         if self._pending_first:
             self.ensure_group()
+            self._mark_cloud(True)  # reading from now on: /ready need not wait out a first idle block
             self._last_reconcile = 0.0  # reconcile at once: a restart may follow a broker that lost data
             self._pending_first = False
         try:

@@ -82,6 +82,31 @@ def test_entries_are_enqueued_and_stay_pending_until_their_job_is_over(
     assert NodeState(broker.client, QPU).last_stream_read() is not None
 
 
+def test_the_bridge_counts_as_reading_before_its_first_blocking_read_returns(
+    settings: Settings, broker: CodaBroker
+) -> None:
+    # Given a bridge whose stream reads block for a long time (an idle stream)
+    slow = settings.model_copy(update={"stream_block_ms": 3000})
+    bridge = _bridge(slow, broker)
+    state = NodeState(broker.client, QPU)
+    assert state.last_stream_read() is None
+    seen_at_read: list[float | None] = []
+    read = bridge.cloud.xreadgroup
+
+    def record(*args: Any, **kwargs: Any) -> Any:
+        seen_at_read.append(state.last_stream_read())
+        return read(*args, **{**kwargs, "block": 10})
+
+    bridge.cloud.xreadgroup = record  # type: ignore[method-assign]
+
+    # When its first cycle reaches the blocking read
+    bridge.cycle()
+
+    # Then the group was ready and the read recorded before the read blocked: /ready need not wait
+    # out a whole block of an idle stream
+    assert seen_at_read and seen_at_read[0] is not None
+
+
 def test_a_restart_does_not_forward_entries_the_broker_still_holds(
     settings: Settings, broker: CodaBroker, cloud: redis.Redis
 ) -> None:
