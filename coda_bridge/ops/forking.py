@@ -19,16 +19,17 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
+import importlib.util
 import os
 import signal
 import sys
 import threading
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from .exits import die_with_parent
 
-__all__ = ["PRELOAD", "can_fork", "fork_part", "preload"]
+__all__ = ["PRELOAD", "can_fork", "exec_setup", "fork_part", "preload", "signals_held"]
 
 #: What the bridge and every worker import before they differ: the libraries and the node's own steps
 #: (not the executor, the simulator, Flask or numpy: only the part that runs them imports them).
@@ -52,6 +53,8 @@ PRELOAD = (
 )
 #: Signals the supervisor handles itself: blocked across the fork, back to their defaults in a part.
 _SUPERVISOR_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+#: Descriptors at and above 3 that a part closes (what the kernel allows a process at most).
+_MAX_FD = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536
 
 
 def preload(modules: Sequence[str] = PRELOAD) -> None:
@@ -70,27 +73,47 @@ def can_fork() -> bool:
     return hasattr(os, "fork") and threading.active_count() == 1
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold the supervisor's signals: one that comes meanwhile is handled on leaving, not before.
+
+    Around a fork and the bookkeeping after it, so a stop that comes then
+    finds the new process already recorded (and a child never runs the
+    supervisor's handler).
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISOR_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def exec_setup() -> None:
+    """``preexec_fn`` of a part that is exec'd instead: it dies with the supervisor, and gets the
+    signals :func:`signals_held` blocked unblocked (an exec keeps the mask)."""
+    die_with_parent()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SUPERVISOR_SIGNALS)
+
+
 def fork_part(entry: str, argv: Sequence[str], env: Mapping[str, str], output_fd: int) -> int:
     """Fork a part that runs ``entry`` (``module:function``) as the command ``argv``; its pid.
 
     The part's standard output and error go to ``output_fd``; its standard
-    input is ``/dev/null``.  The function is called with ``sys.argv`` set to
-    the command line after ``python -m``; what it returns (or raises
-    :class:`SystemExit` with) is the part's exit status.
+    input is ``/dev/null``; no other descriptor of this process stays open
+    in it.  The function is called with ``sys.argv`` as ``python -m`` would
+    set it; what it returns (or raises :class:`SystemExit` with) is the
+    part's exit status.  Call it inside :func:`signals_held`.
     """
     sys.stdout.flush()
     sys.stderr.flush()
     parent = os.getpid()
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISOR_SIGNALS)
-    try:
+    with signals_held():
         pid = os.fork()
         if pid == 0:  # the child: it never returns
-            _run_part(entry, argv, env, output_fd, previous, parent=parent)
-        with contextlib.suppress(OSError):  # the child does the same: whichever comes first
-            os.setpgid(pid, pid)
-        return pid
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            _run_part(entry, argv, env, output_fd, parent=parent)
+    with contextlib.suppress(OSError):  # the child does the same: whichever comes first
+        os.setpgid(pid, pid)
+    return pid
 
 
 def _run_part(
@@ -98,7 +121,6 @@ def _run_part(
     argv: Sequence[str],
     env: Mapping[str, str],
     output_fd: int,
-    mask: set[int | signal.Signals],
     *,
     parent: int,
 ) -> None:
@@ -108,20 +130,18 @@ def _run_part(
         die_with_parent()
         if os.getppid() != parent:  # the supervisor died before the line above: nobody watches this part
             os._exit(1)
-        for signum in _SUPERVISOR_SIGNALS:
-            signal.signal(signum, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _reset_signals()
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
         os.dup2(output_fd, 1)
         os.dup2(output_fd, 2)
-        os.close(output_fd)
+        os.closerange(3, _MAX_FD)  # as Popen's close_fds: the group's pipes and whatever it inherited
         command = list(argv)
         _set_title(" ".join(command))  # first: setproctitle finds its room only while environ is untouched
         os.environ.clear()
         os.environ.update(env)
-        sys.argv = command[2:] if command[1:2] == ["-m"] else command[1:]
+        sys.argv = _main_argv(command)
         module, _, function = entry.partition(":")
         result = getattr(importlib.import_module(module), function)()
         code = result if isinstance(result, int) else 0
@@ -135,6 +155,32 @@ def _run_part(
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _reset_signals() -> None:
+    """Signals as a fresh interpreter has them, and none the supervisor was sent while forking.
+
+    Still blocked here: one sent to the supervisor's process group before
+    ``setpgid`` may be pending; ignoring it before unblocking discards it.
+    """
+    for signum in _SUPERVISOR_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SUPERVISOR_SIGNALS)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt, as in any Python
+
+
+def _main_argv(command: list[str]) -> list[str]:
+    """``sys.argv`` as ``python -m MODULE ARGS`` sets it: the path of the file it runs, then ARGS."""
+    if command[1:2] != ["-m"] or len(command) < 3:
+        return command[1:]
+    module = command[2]
+    spec = importlib.util.find_spec(module)
+    if spec is not None and spec.submodule_search_locations is not None:  # a package runs its __main__
+        spec = importlib.util.find_spec(f"{module}.__main__")
+    origin = spec.origin if spec is not None and spec.origin else module
+    return [origin, *command[3:]]
 
 
 def _exit_code(exc: SystemExit) -> int:

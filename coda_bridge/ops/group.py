@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import os
 import selectors
 import signal
@@ -33,14 +34,13 @@ from .exits import (
     RESTART_BACKOFF_START_SEC,
     STABLE_RUN_SEC,
     describe_exit,
-    die_with_parent,
     exit_status,
 )
-from .forking import can_fork, fork_part
+from .forking import can_fork, exec_setup, fork_part, signals_held
 from .processes import ProcessSpec
 from .proctree import kill_tree, process_tree
 
-__all__ = ["DRAIN_FIRST", "SYSTEM_NAME", "ProcessGroup"]
+__all__ = ["DRAIN_FIRST", "SYSTEM_NAME", "ForkedProcess", "ProcessGroup"]
 
 #: Stopped first on a drain: no new jobs come in, and jobs in flight finish.
 DRAIN_FIRST = ("bridge", "jobs")
@@ -65,6 +65,8 @@ WEB_WORKERS = 1
 OUTPUT_FLUSH_SEC = 0.5
 #: Most bytes read from one process's output at a time.
 READ_CHUNK_BYTES = 65536
+#: Why a process may fail to start now and start later: out of processes, or of memory.
+TRANSIENT_START_ERRORS = frozenset({errno.EAGAIN, errno.ENOMEM})
 #: Longest line kept whole: a process writing more without a newline has it printed in pieces.
 MAX_LINE_BYTES = 65536
 #: Stands for the QPU id in the results queue's key handed to the group.
@@ -73,7 +75,7 @@ QPU_SLOT = "\0"
 SYSTEM_NAME = "system"
 
 
-class _Forked:
+class ForkedProcess:
     """A process forked from this one, watched like a :class:`subprocess.Popen` (``poll``, ``returncode``)."""
 
     def __init__(self, pid: int) -> None:
@@ -82,11 +84,14 @@ class _Forked:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            with contextlib.suppress(ChildProcessError):
+            try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
-                if pid == 0:
-                    return None
-                self.returncode = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:  # reaped by someone else (SIGCHLD ignored): gone, as Popen says
+                self.returncode = 0
+                return 0
+            if pid == 0:
+                return None
+            self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
 
 
@@ -100,7 +105,7 @@ class _Member:
     colour: str
     backoff: Backoff
     entry: str | None = None
-    process: subprocess.Popen[bytes] | _Forked | None = None
+    process: subprocess.Popen[bytes] | ForkedProcess | None = None
     started_at: float = 0.0
     restarts: int = 0
     restart_at: float | None = None
@@ -175,7 +180,8 @@ class ProcessGroup:
 
     def _write(self, name: str, data: bytes | str, colour: str | None = None) -> None:
         message = Message(type="line", data=data, time=datetime.datetime.now(), name=name, colour=colour)
-        self._printer.write(message)
+        with contextlib.suppress(OSError):  # our output is gone (a closed pipe, a hung-up terminal)
+            self._printer.write(message)  # supervising goes on
 
     def _system_print(self, text: str) -> None:
         self._write(SYSTEM_NAME, text)
@@ -220,10 +226,21 @@ class ProcessGroup:
     # -- starting --
 
     def _spawn(self, member: _Member) -> None:
+        """Fork or exec one run of ``member``; a stop asked meanwhile is handled once it is recorded."""
+        if self._stop_at is not None:  # a stop came first: nothing new starts
+            self._finish(member, 0)
+            self._system_print(f"not starting {member.name}\n")
+            return
+        with signals_held():
+            started = self._start(member)
+        if started:
+            self._system_print(f"{member.name} started (pid={member.pid})\n")
+
+    def _start(self, member: _Member) -> bool:
         read_fd, write_fd = os.pipe()
         try:
             if member.entry is not None and self._fork and can_fork():
-                member.process = _Forked(fork_part(member.entry, member.argv, member.env, write_fd))
+                member.process = ForkedProcess(fork_part(member.entry, member.argv, member.env, write_fd))
             else:
                 member.process = subprocess.Popen(
                     member.argv,
@@ -232,20 +249,30 @@ class ProcessGroup:
                     stdout=write_fd,
                     stderr=write_fd,
                     process_group=0,
-                    preexec_fn=die_with_parent,  # noqa: PLW1509 (it only calls prctl, resolved before)
+                    preexec_fn=exec_setup,  # noqa: PLW1509 (prctl and the signal mask: no locks)
                 )
         except OSError as exc:
             os.close(read_fd)
-            self._system_print(f"{member.name}: cannot start {member.argv[0]}: {exc.strerror or exc}\n")
-            self._finish(member, EX_CONFIG)
-            self._give_up(member, EX_CONFIG)
-            return
+            self._cannot_start(member, exc)
+            return False
         finally:
             os.close(write_fd)
         member.started_at = time.monotonic()
         member.restart_at = None
         self._watch_output(member, read_fd)
-        self._system_print(f"{member.name} started (pid={member.process.pid})\n")
+        return True
+
+    def _cannot_start(self, member: _Member, exc: OSError) -> None:
+        """Out of processes or memory: try again later; anything else (no such program): give up."""
+        reason = exc.strerror or str(exc)
+        if exc.errno in TRANSIENT_START_ERRORS:
+            delay = member.backoff.next_delay()
+            member.restart_at = time.monotonic() + delay
+            self._system_print(f"{member.name}: cannot start now ({reason}); trying again in {delay:g} s\n")
+            return
+        self._system_print(f"{member.name}: cannot start {member.argv[0]}: {reason}\n")
+        self._finish(member, EX_CONFIG)
+        self._give_up(member, EX_CONFIG)
 
     def _start_deferred(self) -> None:
         """Start the deferred processes once the node has an identity; drop them when stopping first."""
@@ -333,24 +360,34 @@ class ProcessGroup:
 
     # -- stopping --
 
-    def _terminate(self, names: list[str]) -> None:
-        """One SIGTERM to each named process, to it alone (its own children are its business)."""
+    def _terminate(self, names: list[str]) -> list[str]:
+        """One SIGTERM to each named process, to it alone (its own children are its business).
+
+        The lines saying so are returned, to be printed once every signal is sent.
+        """
+        said = []
         for name in names:
             member = self._members[name]
             if member.signalled or member.done or not member.running or member.pid is None:
                 continue
             member.signalled = True
-            self._system_print(f"sending SIGTERM to {name} (pid {member.pid})\n")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(member.pid, signal.SIGTERM)
+            said.append(f"sending SIGTERM to {name} (pid {member.pid})\n")
+        return said
+
+    def _say(self, lines: list[str]) -> None:
+        for line in lines:
+            self._system_print(line)
 
     def request_stop(self, reason: str) -> None:
         """Begin the ordered drain (idempotent)."""
         if self._stop_at is not None:
             return
         self._stop_at = time.monotonic()
+        said = self._terminate([name for name in self._members if name in DRAIN_FIRST])
         self._system_print(f"{reason}; draining (up to {self.drain_timeout_sec:g} s)\n")
-        self._terminate([name for name in self._members if name in DRAIN_FIRST])
+        self._say(said)
 
     def force(self, reason: str) -> None:
         """Kill every process now, with everything it started."""
@@ -376,13 +413,15 @@ class ProcessGroup:
         now = time.monotonic()
         deadline = self._stop_at + self.drain_timeout_sec
         if not self._second_stage:
+            # again each pass: one that started as the stop came gets its signal too
+            self._say(self._terminate([name for name in self._members if name in DRAIN_FIRST]))
             first_done = all(m.done for n, m in self._members.items() if n in DRAIN_FIRST)
             if (first_done and self._flushed(now)) or now > deadline:
                 self._second_stage = True
-                self._terminate(list(self._members))
+                self._say(self._terminate(list(self._members)))
         else:
             # a process that was restarting when its stage came gets its signal now
-            self._terminate(list(self._members))
+            self._say(self._terminate(list(self._members)))
         if now > deadline + KILL_MARGIN_SEC:
             self.force(f"drain timeout of {self.drain_timeout_sec:g} s passed")
 

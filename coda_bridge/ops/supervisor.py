@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -44,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from ..identity.credentials import StatePaths, connected_since, read_private
+from ..identity.credentials import StatePaths, connected_since, read_private, token_was_used
 from .daemon import claim_pid_file
 from .forking import preload
 from .group import FLUSH_CHECK_TIMEOUT_SEC, QPU_SLOT, READY_PATH, WEB_WORKERS, ProcessGroup
@@ -160,6 +161,8 @@ def run_start(
     token = token or settings.node_token_value
     check_credentials(settings, token)
     paths = ensure_state_dir(settings.state_dir)
+    if token and settings.has_identity and token_was_used(paths, token):
+        token = None  # spent at an earlier start: no process of this one gets a copy
     if one_process:
         from .oneprocess import run_one_process
 
@@ -225,6 +228,7 @@ def main(args: list[str] | None = None) -> int:
     finally:
         plan_path.unlink(missing_ok=True)
     state_dir = Path(plan["state_dir"])
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # ignored by whoever started us, children reap themselves
     group = ProcessGroup(
         drain_timeout_sec=plan["drain_timeout_sec"],
         results_flushed=_ResultsQueueEmpty(

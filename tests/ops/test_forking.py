@@ -10,14 +10,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from coda_bridge.dev.stack import wait_until
-from coda_bridge.ops.forking import can_fork
 from coda_bridge.ops.group import MAX_LINE_BYTES
 from coda_bridge.ops.proctree import alive, process_tree
 
@@ -40,6 +38,8 @@ def main():
         "env_part": os.environ.get("PART_ONLY"),
         "env_driver": os.environ.get("DRIVER_ONLY"),
         "sigterm_default": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+        "sigint_python": signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+        "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
         "preloaded_imports": preloaded_marker.IMPORTS,
         "cmdline": open("/proc/self/cmdline", "rb").read().replace(b"\\0", b" ").decode().strip(),
     }
@@ -149,11 +149,13 @@ def test_a_forked_part_runs_its_command_line_in_its_own_group_and_environment(tm
 
     # Then each part ran as `python -m forkpart NAME ...` would, forked, not started anew
     for name, part in seen.items():
-        assert part["argv"] == ["forkpart", name, "run", str(driver.report)]
+        assert part["argv"] == [str(tmp_path / "forkpart.py"), name, "run", str(driver.report)]
         assert part["ppid"] == driver.process.pid, "a child of the supervisor"
         assert part["pgid"] == part["pid"], "a process group of its own"
         assert part["env_part"] == name and part["env_driver"] is None, "its own environment only"
         assert part["sigterm_default"], "the supervisor's signal handlers are not inherited"
+        assert part["sigint_python"], "Ctrl-C raises KeyboardInterrupt, as in any Python"
+        assert len([fd for fd in part["fds"] if fd > 2]) <= 1, f"only listdir's own: {part['fds']}"
         assert part["preloaded_imports"] == 1, "the supervisor's import was inherited, not repeated"
         assert part["cmdline"] == f"{sys.executable} -m forkpart {name} run {driver.report}"
     # And their output came through the supervisor with its prefix, and the drain ended cleanly
@@ -246,21 +248,29 @@ def test_without_forking_the_same_parts_run_their_command_lines(tmp_path: Path) 
     finally:
         driver.kill()
     part = driver.seen()[0]
-    assert part["argv"][1:] == ["alpha", "run", str(driver.report)]
+    assert part["argv"] == [str(tmp_path / "forkpart.py"), "alpha", "run", str(driver.report)]
     assert part["preloaded_imports"] == 2, "a fresh interpreter imports the module again"
     assert part["env_driver"] is None and part["env_part"] == "alpha"
     assert driver.process.returncode == 0, out
 
 
 def test_a_process_with_a_second_thread_does_not_fork() -> None:
-    # Given a second thread (a lock it holds at a fork would stay held in the child)
-    stop = threading.Event()
-    thread = threading.Thread(target=stop.wait)
-    thread.start()
-    try:
-        # Then forking is refused
-        assert not can_fork()
-    finally:
+    # Given a fresh interpreter, which may fork, that then starts a second thread
+    check = textwrap.dedent(
+        """
+        import threading
+        from coda_bridge.ops.forking import can_fork
+        alone = can_fork()
+        stop = threading.Event()
+        thread = threading.Thread(target=stop.wait)
+        thread.start()
+        print(alone, can_fork())
         stop.set()
         thread.join()
-    assert can_fork()
+        """
+    )
+    # Then forking is refused while the thread runs (a lock it held would stay held in the child)
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["True", "False"]
