@@ -56,6 +56,7 @@ def test_a_stop_that_comes_while_a_process_is_forked_still_reaches_it(
         return sleeper.pid
 
     monkeypatch.setattr("coda_bridge.ops.group.fork_part", fork_with_a_signal)
+    monkeypatch.setattr("coda_bridge.ops.group.can_fork", lambda: True)  # whatever else pytest runs
     previous = signal.signal(signal.SIGTERM, group._on_signal)
     try:
         # When the process is started
@@ -114,6 +115,7 @@ def test_out_of_processes_or_memory_is_tried_again_not_a_configuration_error(
         raise OSError(error, os.strerror(error))
 
     monkeypatch.setattr("coda_bridge.ops.group.fork_part", fork_fails)
+    monkeypatch.setattr("coda_bridge.ops.group.can_fork", lambda: True)  # whatever else pytest runs
     group._spawn(group._members["jobs"])
 
     member = group._members["jobs"]
