@@ -172,3 +172,38 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+@pytest.mark.e2e
+def test_ctrl_c_in_a_terminal_drains_once_and_no_part_sees_the_sigint(
+    cloud_stack: LocalStack, tmp_path: Path
+) -> None:
+    # Given a node started in a terminal (its own session and foreground process group)
+    env = node_env(cloud_stack)
+    output = tmp_path / "start.out"
+    with output.open("wb") as out:
+        node = subprocess.Popen(
+            [sys.executable, "-m", "coda_bridge", "start"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until(lambda: "web started" in output.read_text() or node.poll() is not None, 60, "every part")
+        wait_until(lambda: output.read_text().count("Worker process is ready") >= 4, 30, "the workers")
+        # When Ctrl-C is pressed: the terminal sends SIGINT to the whole foreground process group
+        os.killpg(node.pid, signal.SIGINT)
+        node.wait(DRAIN_TIMEOUT_SEC + 10)
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+    text = output.read_text()
+    # Then only the supervisor got it: it drained, each part got one SIGTERM and stopped cleanly
+    assert node.returncode == 0, text[-3000:]
+    assert "SIGINT received; draining" in text
+    for name in ("bridge", "jobs", "results.1", "results.2", "control", "web"):
+        assert text.count(f"sending SIGTERM to {name} (pid") == 1, name
+        assert f"{name} stopped (rc=0)" in text, name
+    assert "KeyboardInterrupt" not in text
