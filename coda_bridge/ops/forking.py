@@ -158,15 +158,17 @@ def _run_part(
 
 
 def _reset_signals() -> None:
-    """Signals as a fresh interpreter has them, and none the supervisor was sent while forking.
+    """Signals as a fresh interpreter has them, and no terminal signal meant for the supervisor.
 
-    Still blocked here: one sent to the supervisor's process group before
-    ``setpgid`` may be pending; ignoring it before unblocking discards it.
+    Still blocked here.  A SIGINT or SIGHUP sent to the supervisor's process
+    group before ``setpgid`` may be pending: ignoring it before unblocking
+    discards it.  A pending SIGTERM is the supervisor's own (a stop that
+    came as this part started): it is kept, and ends the part at once.
     """
-    for signum in _SUPERVISOR_SIGNALS:
+    for signum in (signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SUPERVISOR_SIGNALS)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SUPERVISOR_SIGNALS)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt, as in any Python
 

@@ -5,7 +5,9 @@ SIGTERM; output goes through honcho's printer with ``name |`` prefixes.
 A process with an entry point is forked from this one (which preloaded
 what they all import, :mod:`~coda_bridge.ops.forking`); any other is an
 ``exec`` of its command line.  The group runs in one thread (its output
-is read in its loop), so it can fork safely.
+is read in its loop), so it can fork safely; what it prints waits for a
+slow reader in a bounded buffer (:mod:`~coda_bridge.ops.output`), so a
+paused terminal never stops supervising.
 :mod:`~coda_bridge.ops.supervisor` builds the plan and runs the group.
 """
 
@@ -18,6 +20,7 @@ import os
 import selectors
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +40,7 @@ from .exits import (
     exit_status,
 )
 from .forking import can_fork, exec_setup, fork_part, signals_held
+from .output import PacedOutput
 from .processes import ProcessSpec
 from .proctree import kill_tree, process_tree
 
@@ -73,6 +77,15 @@ MAX_LINE_BYTES = 65536
 QPU_SLOT = "\0"
 #: Name of the supervisor's own lines.
 SYSTEM_NAME = "system"
+
+
+def _paced_stdout() -> PacedOutput | None:
+    """Our standard output, paced to its reader; None when it is no descriptor (tests capture it)."""
+    try:
+        sys.stdout.flush()
+        return PacedOutput(sys.stdout.fileno())
+    except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is an OSError
+        return None
 
 
 class ForkedProcess:
@@ -150,7 +163,10 @@ class ProcessGroup:
         self.stable_sec = stable_sec
         self.returncode: int | None = None
         # NO_COLOR (https://no-color.org): any value turns the coloured name prefixes off
-        self._printer = printer or Printer(colour=not os.environ.get("NO_COLOR"))
+        self._output = None if printer else _paced_stdout()
+        self._printer = printer or Printer(
+            output=self._output or sys.stdout, colour=not os.environ.get("NO_COLOR")
+        )
         self._printer.width = max(self._printer.width, len(SYSTEM_NAME))
         self._fork = fork
         self._selector = selectors.DefaultSelector()
@@ -454,6 +470,8 @@ class ProcessGroup:
             if not self._deferred and all(m.done for m in self._members.values()):
                 break
             self._relay(LOOP_POLL_SEC)
+            if self._output is not None:
+                self._output.pump()  # what waited for a slow reader
         flush_until = time.monotonic() + OUTPUT_FLUSH_SEC
         while self._selector.get_map() and time.monotonic() < flush_until:  # the last lines, then the summary
             self._relay(max(flush_until - time.monotonic(), 0))
@@ -469,3 +487,5 @@ class ProcessGroup:
         else:
             self.returncode = next((c for c in codes if c), 0)
         self._system_print(f"all processes stopped (rc={self.returncode})\n")
+        if self._output is not None:
+            self._output.drain(OUTPUT_FLUSH_SEC)

@@ -49,6 +49,12 @@ def main():
     with open(report, "a") as handle:
         handle.write(json.dumps(seen) + "\\n")
     print(f"hello from {name}")
+    if mode == "loud":  # a line of 2,000 characters after another, counting them in a file
+        for count in range(1, 100_000):
+            print("y" * 2000)
+            if count % 100 == 0:
+                with open(report + ".lines", "w") as handle:
+                    handle.write(str(count))
     if mode == "config":
         raise SystemExit(78)
     if mode == "crash":
@@ -88,7 +94,9 @@ sys.exit(group.returncode)
 class Driver:
     """A supervisor process running a group of forked parts; each part appends what it saw to a report."""
 
-    def __init__(self, tmp_path: Path, parts: dict[str, str], *, fork: bool = True) -> None:
+    def __init__(
+        self, tmp_path: Path, parts: dict[str, str], *, fork: bool = True, unread: bool = False
+    ) -> None:
         (tmp_path / "forkpart.py").write_text(textwrap.dedent(PART))
         (tmp_path / "preloaded_marker.py").write_text(textwrap.dedent(MARKER))
         (tmp_path / "driver.py").write_text(textwrap.dedent(DRIVER))
@@ -109,7 +117,7 @@ class Driver:
         with self.output.open("wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, str(tmp_path / "driver.py"), str(tmp_path / "config.json")],
-                stdout=out,
+                stdout=subprocess.PIPE if unread else out,  # a pipe nobody reads: a paused terminal
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=tmp_path,
@@ -218,6 +226,24 @@ def test_a_line_longer_than_the_limit_is_passed_on_in_pieces(tmp_path: Path) -> 
     assert len(pieces) >= 300000 // MAX_LINE_BYTES
 
 
+def test_a_reader_that_stopped_reading_does_not_stop_the_supervisor(tmp_path: Path) -> None:
+    # Given a supervisor whose output nobody reads (a terminal paused with Ctrl-S), and a loud part
+    driver = Driver(tmp_path, {"alpha": "loud"}, unread=True)
+    lines = Path(f"{driver.report}.lines")
+    try:
+        # far more than the pipe and the supervisor's buffer hold
+        wait_until(lambda: lines.exists() and int(lines.read_text() or 0) >= 3000, 60, "6 MB of output")
+        # When it is told to stop, while still nobody reads
+        driver.process.send_signal(signal.SIGTERM)
+        # Then it drains and exits all the same
+        driver.process.wait(timeout=30)
+    finally:
+        driver.kill()
+        assert driver.process.stdout is not None
+        driver.process.stdout.close()
+    assert driver.process.returncode == 0
+
+
 def test_a_forked_part_that_exits_78_stops_the_group_with_78(tmp_path: Path) -> None:
     driver = Driver(tmp_path, {"alpha": "config", "beta": "run"})
     try:
@@ -226,6 +252,8 @@ def test_a_forked_part_that_exits_78_stops_the_group_with_78(tmp_path: Path) -> 
         driver.kill()
     assert driver.process.returncode == 78, out
     assert "alpha exited with a configuration error (code 78); not restarting it." in out
+    # and beta, told to stop maybe before it even ran a line, stopped on that SIGTERM, not by force
+    assert "beta stopped (rc=0)" in out and "killing every process now" not in out
 
 
 def test_a_forked_part_that_raises_shows_its_traceback_and_is_restarted(tmp_path: Path) -> None:
