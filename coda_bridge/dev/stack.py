@@ -24,6 +24,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+import psutil
+
 from ..devcloud.client import DevCloudClient
 from ..devcloud.server import DevCloudProcess, start_devcloud_process
 from ..errors import CodaError
@@ -64,14 +66,6 @@ def wait_until(condition: Callable[[], Any], timeout_sec: float, what: str) -> A
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout_sec:g} s waiting for {what}")
         time.sleep(POLL_SEC)
-
-
-def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def _command_line(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
 
 
 class _Child:
@@ -301,10 +295,11 @@ class LocalStack:
         if supervisor is None or not supervisor.alive():
             return None
         needle = START_PARTS[name]
-        for pid in process_tree(supervisor.pid)[1:]:
-            with contextlib.suppress(OSError):
-                if _parent(pid) == supervisor.pid and needle in _command_line(pid) and alive(pid):
-                    return pid
+        with contextlib.suppress(psutil.Error):
+            for part in psutil.Process(supervisor.pid).children():
+                with contextlib.suppress(psutil.Error):
+                    if needle in " ".join(part.cmdline()) and alive(part.pid):
+                        return part.pid
         return None
 
     def running(self, name: str) -> bool:

@@ -36,6 +36,7 @@ __all__ = [
     "SIGNING_ROLES",
     "RoleError",
     "check_role",
+    "exiting_on_sigterm",
     "identity_or_exit",
     "missing_for_role",
     "wait_for_identity",
@@ -139,7 +140,7 @@ def wait_for_identity(
     raises :class:`RoleError` at once.
     """
     deadline = None if timeout_sec is None else time.monotonic() + timeout_sec
-    with _exit_on_sigterm():
+    with exiting_on_sigterm():
         return _for_role(_poll_identity(overrides, deadline, role), role)
 
 
@@ -157,8 +158,8 @@ def identity_or_exit(role: str) -> Settings:
 
 
 @contextlib.contextmanager
-def _exit_on_sigterm() -> Iterator[None]:
-    """While waiting, SIGTERM exits at once (a dramatiq worker's own handler only sets a flag)."""
+def exiting_on_sigterm() -> Iterator[None]:
+    """While waiting, SIGTERM exits at once (a dramatiq worker's or gunicorn's handler only sets a flag)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -10,30 +10,11 @@ the wait ends the worker at once.
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
 import threading
-from collections.abc import Iterator
-from types import FrameType
 from typing import Any
 
 __all__ = ["create_app_after_connect", "web_argv"]
-
-
-@contextlib.contextmanager
-def _exit_on_sigterm(stop: threading.Event) -> Iterator[None]:
-    """While waiting, SIGTERM ends the worker (gunicorn's own handler would only set a flag)."""
-
-    def _exit(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-        raise SystemExit(0)
-
-    previous = signal.signal(signal.SIGTERM, _exit)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def create_app_after_connect(since: float | None = None) -> Any:
@@ -41,11 +22,11 @@ def create_app_after_connect(since: float | None = None) -> Any:
     from ..web.app import create_app  # the imports first: they overlap the bridge's connect
 
     if since is not None:
+        from ..identity.waiting import exiting_on_sigterm
         from .runners import wait_connected
 
-        stop = threading.Event()
-        with _exit_on_sigterm(stop):
-            wait_connected(since, stop)
+        with exiting_on_sigterm():
+            wait_connected(since, threading.Event())
     return create_app()
 
 
