@@ -47,7 +47,19 @@ def test_two_qpus_never_share_a_key() -> None:
     assert not {m("qpu-a") for m in makers} & {m("qpu-b") for m in makers}
 
 
-ODD_IDS = ["K", "K:delivering", "a{b}", "*", "50%", "%25", "line\nbreak", "nul\x00", "é", "\ufffd", "x" * 1000]
+ODD_IDS = [
+    "K",
+    "K:delivering",
+    "a{b}",
+    "*",
+    "50%",
+    "%25",
+    "line\nbreak",
+    "nul\x00",
+    "é",
+    "\ufffd",
+    "x" * 1000,
+]
 
 
 def test_a_job_id_never_names_another_ids_key_or_another_family() -> None:
