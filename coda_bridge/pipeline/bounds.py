@@ -66,6 +66,8 @@ class Screened:
 
 
 def _utf8(text: str) -> bool:
+    if text.isascii():
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -78,9 +80,20 @@ def _raw(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
+def _cleaned(text: str) -> tuple[str, int]:
+    """``text`` with bytes that are not UTF-8 replaced by U+FFFD, and its size as sent, in one pass."""
+    if text.isascii():
+        return text, len(text)
+    raw = _raw(text)
+    try:
+        return raw.decode("utf-8"), len(raw)
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace"), len(raw)
+
+
 def field_bytes(fields: Mapping[str, str]) -> int:
     """The size of an entry's fields as the cloud sent them, names included, in bytes."""
-    return sum(len(_raw(name)) + len(_raw(value)) for name, value in fields.items())
+    return sum(_cleaned(name)[1] + _cleaned(value)[1] for name, value in fields.items())
 
 
 def _mib(size: int) -> str:
@@ -96,8 +109,9 @@ def stand_in(fields: Mapping[str, str], reason: str) -> dict[str, str]:
 def screen(entries: Iterable[tuple[dict[str, str], str]], limit_bytes: int) -> Screened:
     """Sort entries: refuse ids that are not UTF-8, stand in for jobs over ``limit_bytes``, forward the rest.
 
-    A field other than the job id that is not UTF-8 is decoded with
-    replacement characters, so its job fails validation like any bad field.
+    Other fields that are not UTF-8 are decoded with replacement
+    characters (U+FFFD), as before: an ``ir_json`` that then does not parse
+    fails validation like any bad field.
     """
     screened = Screened()
     for fields, entry_id in entries:
@@ -107,8 +121,12 @@ def screen(entries: Iterable[tuple[dict[str, str], str]], limit_bytes: int) -> S
             error = f"Job id {shown(repr(_raw(job_id)))} is not valid UTF-8; the job was refused"
             screened.refused.append((job_id, entry_id, error))
             continue
-        clean = {_clean(name): _clean(value) for name, value in fields.items()}
-        size = field_bytes(clean)
+        clean: dict[str, str] = {}
+        size = 0
+        for name, value in fields.items():
+            (clean_name, name_bytes), (clean_value, value_bytes) = _cleaned(name), _cleaned(value)
+            clean[clean_name] = clean_value
+            size += name_bytes + value_bytes
         if size <= limit_bytes:
             screened.forward.append(Job(clean, entry_id, size))
             continue
@@ -119,10 +137,6 @@ def screen(entries: Iterable[tuple[dict[str, str], str]], limit_bytes: int) -> S
         else:
             screened.forward.append(Job(small, entry_id, field_bytes(small)))
     return screened
-
-
-def _clean(text: str) -> str:
-    return text if _utf8(text) else _raw(text).decode("utf-8", "replace")
 
 
 def pack(jobs: Sequence[Job], batch_size: int, budget_bytes: int) -> list[list[Job]]:

@@ -313,7 +313,7 @@ class StreamBridge:
                 self.settings.max_job_bytes,
             )
             self.status.ack(screened.dropped)
-            self.state.count("jobs_skipped")
+            self.state.count("jobs_skipped", len(screened.dropped))
 
     def _send(self, groups: list[list[Job]]) -> None:
         """Enqueue one message per group in one round trip; a message the broker refuses stalls nothing.
