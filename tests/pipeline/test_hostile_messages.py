@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 import redis
@@ -170,4 +171,27 @@ def test_two_ids_differing_only_in_invalid_utf8_bytes_each_fail_naming_themselve
         assert repr(job_id).encode() in error and b"not valid UTF-8" in error
     assert executor_runs(node, tag) == 0
     assert not [w for w in node.cloud.webhooks() if tag in str(w.get("job_id"))]
+    wait_until(lambda: _nothing_pending(node), 20, "every entry to be acknowledged")
+
+
+def test_odd_ids_still_complete_once_each_and_stay_one_key_segment(node: LocalStack) -> None:
+    # Given ids made of key syntax and a long one (the local cloud puts each id in its callback URL,
+    # so ids a URL cannot carry fail there, before the node's keys matter)
+    tag = uuid.uuid4().hex[:8]
+    odd = [f"{tag}:a*b", f"{{{tag}}}", f"{tag}:claim:x", f"*{tag}*", tag * 180]
+    node.children["bridge"].stop()
+    for job_id in odd:
+        node.cloud.submit(node.qpu_id, circuit(), 10, job_id=job_id)
+    node.start_process("bridge")
+
+    # When the node runs them
+    results = node.cloud.wait_for_results(odd, timeout_sec=60)
+
+    # Then each completes with one result of its own, and each record is one key of its own family
+    assert [results[job_id]["status"] for job_id in odd] == ["completed"] * len(odd)
+    assert [len(deliveries(node, job_id)) for job_id in odd] == [1] * len(odd)
+    keys: Any = node.broker_redis.client().keys(f"coda-bridge:{node.qpu_id}:job:*{tag}*")
+    records = [str(key) for key in keys if not str(key).endswith(":delivering")]  # leases expire later
+    assert sorted(unquote(key.split(":")[3]) for key in records) == sorted(odd)
+    assert all(key.count(":") == 3 for key in records), records[:3]
     wait_until(lambda: _nothing_pending(node), 20, "every entry to be acknowledged")
