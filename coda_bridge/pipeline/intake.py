@@ -346,7 +346,10 @@ class StreamBridge:
 
     def _refused_by_broker(self, job: Job, error: redis.RedisError) -> None:
         size, why = job.size, shown(str(error), 200)
-        reason = f"The local broker refused the job's message ({size} bytes of fields): {why}"
+        reason = (
+            f"The local broker refused the job's message ({size} bytes of fields): {why}; "
+            "lower max_job_bytes or raise the broker's proto-max-bulk-len"
+        )
         logger.error("Job %s failed at intake: %s", shown(job.fields.get("job_id")), reason)
         self.broker.enqueue_many([job_message(stand_in(job.fields, reason), job.entry_id)])
 
