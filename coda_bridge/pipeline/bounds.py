@@ -27,6 +27,7 @@ __all__ = [
     "broker_refusal",
     "field_bytes",
     "pack",
+    "round_trips",
     "screen",
     "stand_in",
 ]
@@ -153,6 +154,20 @@ def pack(jobs: Sequence[Job], batch_size: int, budget_bytes: int) -> list[list[J
     if current:
         groups.append(current)
     return groups
+
+
+def round_trips(groups: Sequence[list[Job]], budget_bytes: int) -> list[list[list[Job]]]:
+    """Consecutive runs of message groups that one enqueue round trip carries: at most ``budget_bytes``."""
+    runs: list[list[list[Job]]] = []
+    used = 0
+    for group in groups:
+        size = sum(job.size for job in group)
+        if not runs or used + size > budget_bytes:
+            runs.append([])
+            used = 0
+        runs[-1].append(group)
+        used += size
+    return runs
 
 
 def broker_refusal(exc: redis.RedisError, broker_answers: bool) -> bool:

@@ -33,7 +33,7 @@ from ..cloud.keys import group_name, stream_key
 from ..cloud.redis_client import cloud_redis_client
 from ..failpoints import failpoint
 from ..settings import Settings
-from .bounds import Job, Screened, broker_refusal, pack, screen, stand_in
+from .bounds import Job, Screened, broker_refusal, pack, round_trips, screen, stand_in
 from .checks import shown
 from .claims import ClaimBook
 from .reconcile import Reconciler
@@ -287,17 +287,8 @@ class StreamBridge:
             groups = pack(ready, self.settings.batch_size, budget)
         else:
             groups = [[job] for job in ready]
-        chunks: list[list[list[Job]]] = []
-        used = 0
-        for group in groups:
-            size = sum(job.size for job in group)
-            if not chunks or used + size > budget:
-                chunks.append([])
-                used = 0
-            chunks[-1].append(group)
-            used += size
-        for chunk in chunks:
-            self._send(chunk)
+        for round_trip in round_trips(groups, budget):
+            self._send(round_trip)
 
     def _refuse(self, screened: Screened) -> None:
         """End the entries refused at intake: ``failed`` at the job's own status hash, and acknowledged."""

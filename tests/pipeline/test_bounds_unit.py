@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from coda_bridge.pipeline.bounds import Job, broker_refusal, field_bytes, pack, screen
+from coda_bridge.pipeline.bounds import Job, broker_refusal, field_bytes, pack, round_trips, screen
 from coda_bridge.pipeline.checks import REFUSAL_FIELD
 
 
@@ -61,6 +61,19 @@ def test_packing_keeps_order_and_both_the_count_and_the_byte_budget() -> None:
         ["3-0"],
         ["4-0", "5-0"],
         ["6-0"],
+    ]
+
+
+def test_round_trips_carry_whole_messages_up_to_the_budget() -> None:
+    groups = [[Job({}, f"{n}-0", size)] for n, size in enumerate([600, 300, 200, 1500, 10])]
+
+    trips = round_trips(groups, budget_bytes=1000)
+
+    assert [[group[0].entry_id for group in trip] for trip in trips] == [
+        ["0-0", "1-0"],
+        ["2-0"],
+        ["3-0"],
+        ["4-0"],
     ]
 
 
