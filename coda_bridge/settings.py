@@ -134,6 +134,8 @@ class Settings(BaseModel):
     executor_concurrency: int = Field(1, ge=1)
     batch_size: int = Field(10, ge=1)
     max_shots: int = Field(1_000_000, ge=1)
+    #: A job whose stream fields are larger fails at intake; also the most one broker message carries.
+    max_job_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     job_time_limit_sec: float = Field(3600, gt=0)
     cancel_poll_interval_sec: float = Field(0.2, gt=0)
     simulator_seed: int | None = None

@@ -33,6 +33,7 @@ from dramatiq.middleware import (
 
 from ..settings import Settings
 from .entries import EntryIndex
+from .failure_logs import SmallFailureLogs
 from .middleware import IsolateWorkerProcess
 from .observations import DramatiqMetrics
 from .queues import QUEUES
@@ -232,6 +233,8 @@ def create_broker(settings: Settings, *, qpu_id: str | None = None) -> CodaBroke
     - DramatiqMetrics: dramatiq's Prometheus middleware, writing to this
       Redis so the probes app's ``/metrics`` serves ``dramatiq_*`` for every
       worker (no exposition server per worker process).
+    - SmallFailureLogs: a failing message is logged cut, and its retries
+      in one line each (never the whole message again).
     """
     qpu = qpu_id or settings.qpu_id or "unprovisioned"
     middleware = [
@@ -242,6 +245,7 @@ def create_broker(settings: Settings, *, qpu_id: str | None = None) -> CodaBroke
         CurrentMessage(),
         IsolateWorkerProcess(),
         DramatiqMetrics(qpu),
+        SmallFailureLogs(),
     ]
     broker = CodaBroker(
         url=settings.broker_url,

@@ -17,7 +17,9 @@ def cloud_redis_client(url: str, *, block_sec: float = 0.0) -> redis.Redis:
     return redis.Redis.from_url(
         url,
         decode_responses=True,
-        encoding_errors="replace",  # a stray non-UTF-8 entry becomes a failed job, not a dead bridge
+        # bytes that are not UTF-8 survive as surrogates: keys stay byte-exact, and the bridge
+        # refuses such a job id (pipeline/bounds.py) instead of merging it with another
+        encoding_errors="surrogateescape",
         socket_connect_timeout=REDIS_SOCKET_TIMEOUT_SEC,
         socket_timeout=REDIS_SOCKET_TIMEOUT_SEC + block_sec,
         health_check_interval=30,

@@ -9,13 +9,16 @@ from typing import Any
 from ..errors import JobError
 from ..settings import Settings
 
-__all__ = ["SHOWN_MAX_CHARS", "parse_shots", "shown", "validate_job"]
+__all__ = ["REFUSAL_FIELD", "SHOWN_MAX_CHARS", "parse_shots", "shown", "validate_job"]
 
 #: How much of a field a log line or an error quotes.
 SHOWN_MAX_CHARS = 120
 #: ``shots`` as the cloud sends it: ASCII decimal digits, no sign, at most this many.
 SHOTS_MAX_DIGITS = 12
 _SHOTS = re.compile(rf"[0-9]{{1,{SHOTS_MAX_DIGITS}}}")
+#: Set by the bridge on the stand-in of a job it refused at intake (too large): why the job fails.
+#: The bridge drops this field from whatever the cloud sends, so only the node sets it.
+REFUSAL_FIELD = "coda-bridge:refused"
 
 
 def shown(value: Any, limit: int = SHOWN_MAX_CHARS) -> str:
@@ -45,6 +48,9 @@ def validate_job(settings: Settings, fields: Mapping[str, str]) -> tuple[Any, in
     """The circuit and shots of a job message, checked against this QPU; else :class:`JobError`."""
     from ..circuits.ir import parse_ir
 
+    refusal = fields.get(REFUSAL_FIELD)
+    if refusal:
+        raise JobError(refusal)
     shots = parse_shots(fields.get("shots"), settings.max_shots)
     raw_ir = fields.get("ir_json")
     if raw_ir is None:

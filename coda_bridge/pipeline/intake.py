@@ -25,7 +25,7 @@ import dramatiq
 import redis
 
 from ..backoff import Backoff
-from ..broker.entries import EntryIndex
+from ..broker.entries import GONE, EntryIndex
 from ..broker.queues import EXECUTE_ACTOR, EXECUTE_BATCH_ACTOR, JOBS_QUEUE
 from ..broker.redis_broker import CodaBroker
 from ..broker.shared_state import NodeState
@@ -33,9 +33,12 @@ from ..cloud.keys import group_name, stream_key
 from ..cloud.redis_client import cloud_redis_client
 from ..failpoints import failpoint
 from ..settings import Settings
+from .bounds import Job, Screened, broker_refusal, pack, round_trips, screen, stand_in
+from .checks import shown
 from .claims import ClaimBook
 from .reconcile import Reconciler
 from .records import RecordStore
+from .status import CloudStatus
 
 __all__ = ["StreamBridge", "batch_message", "job_message"]
 
@@ -68,6 +71,12 @@ def job_message(fields: dict[str, str], entry_id: str) -> dramatiq.Message[Any]:
     return dramatiq.Message(
         queue_name=JOBS_QUEUE, actor_name=EXECUTE_ACTOR, args=(fields, entry_id), kwargs={}, options={}
     )
+
+
+def _message(group: Sequence[Job]) -> dramatiq.Message[Any]:
+    if len(group) == 1:
+        return job_message(group[0].fields, group[0].entry_id)
+    return batch_message([(job.fields, job.entry_id) for job in group])
 
 
 def batch_message(entries: list[tuple[dict[str, str], str]]) -> dramatiq.Message[Any]:
@@ -109,12 +118,14 @@ class StreamBridge:
         self._last_reconcile = 0.0
         self.reconcile_interval_sec = min(RECONCILE_INTERVAL_SEC, settings.claim_idle_sec / 3)
         records = RecordStore(broker.client, settings.qpu_id)
+        self.entries = EntryIndex(broker.client, settings.qpu_id, broker.namespace)
+        self.status = CloudStatus(self.cloud, settings.qpu_id)
         self.reconciler = Reconciler(
             self.cloud,
             self.stream,
             self.group,
             self.consumer,
-            entries=EntryIndex(broker.client, settings.qpu_id, broker.namespace),
+            entries=self.entries,
             records=records,
             claims=ClaimBook(broker.client, settings.qpu_id, records, state),
             enqueue_many=broker.enqueue_many,
@@ -259,16 +270,85 @@ class StreamBridge:
         return len(jobs) + len(deleted)
 
     def _enqueue_jobs(self, jobs: list[tuple[dict[str, str], str]]) -> None:
-        """One ``execute`` message per entry, or ``execute_batch`` groups when the executor batches."""
+        """One ``execute`` message per entry, or ``execute_batch`` groups when the executor batches.
+
+        Entries are screened first (:mod:`~coda_bridge.pipeline.bounds`): an id
+        that is not UTF-8 fails here, a job over ``max_job_bytes`` goes on as a
+        stand-in that fails, and no message or round trip carries more than
+        ``max_job_bytes`` of fields.
+        """
         if not jobs:
             return
-        size = self.settings.batch_size
-        if len(jobs) > 1 and self._executor_batches():
-            groups = [jobs[start : start + size] for start in range(0, len(jobs), size)]
-            messages = [batch_message(g) if len(g) > 1 else job_message(*g[0]) for g in groups]
+        budget = self.settings.max_job_bytes
+        screened = screen(jobs, budget)
+        self._refuse(screened)
+        ready = screened.forward
+        if len(ready) > 1 and self._executor_batches():
+            groups = pack(ready, self.settings.batch_size, budget)
         else:
-            messages = [job_message(fields, entry_id) for fields, entry_id in jobs]
-        self.broker.enqueue_many(messages)
+            groups = [[job] for job in ready]
+        for round_trip in round_trips(groups, budget):
+            self._send(round_trip)
+
+    def _refuse(self, screened: Screened) -> None:
+        """End the entries refused at intake: ``failed`` at the job's own status hash, and acknowledged."""
+        for job_id, entry_id, error in screened.refused:
+            logger.error("Stream entry %s failed at intake: %s", entry_id, error)
+            self.status.failed(job_id, error, entry_id)
+            self.state.count("jobs_failed")
+        if screened.dropped:
+            logger.error(
+                "Stream entries %s: the job id or callback_url alone exceeds max_job_bytes (%d); "
+                "acknowledged without a result.",
+                ", ".join(screened.dropped),
+                self.settings.max_job_bytes,
+            )
+            self.status.ack(screened.dropped)
+            self.state.count("jobs_skipped", len(screened.dropped))
+
+    def _send(self, groups: list[list[Job]]) -> None:
+        """Enqueue one message per group in one round trip; a message the broker refuses stalls nothing.
+
+        After a refusal the messages go one by one (those that got in are
+        not sent again), a batch splits into its jobs, and a job the broker
+        refuses on its own fails, naming the broker's error.  An outage
+        propagates (the bridge backs off and reconciles later).
+        """
+        try:
+            self.broker.enqueue_many([_message(group) for group in groups])
+            return
+        except redis.RedisError as exc:
+            if not broker_refusal(exc, self._broker_answers()):
+                raise
+            error = exc
+        if len(groups) == 1 and len(groups[0]) == 1:
+            self._refused_by_broker(groups[0][0], error)
+            return
+        parts = groups if len(groups) > 1 else [[job] for job in groups[0]]
+        entry_ids = [job.entry_id for part in parts for job in part]
+        gone = {
+            e
+            for e, (state, _) in zip(entry_ids, self.entries.liveness(entry_ids), strict=True)
+            if state == GONE
+        }
+        for part in parts:
+            if any(job.entry_id in gone for job in part):
+                self._send([part])
+
+    def _refused_by_broker(self, job: Job, error: redis.RedisError) -> None:
+        size, why = job.size, shown(str(error), 200)
+        reason = (
+            f"The local broker refused the job's message ({size} bytes of fields): {why}; "
+            "lower max_job_bytes or raise the broker's proto-max-bulk-len"
+        )
+        logger.error("Job %s failed at intake: %s", shown(job.fields.get("job_id")), reason)
+        self.broker.enqueue_many([job_message(stand_in(job.fields, reason), job.entry_id)])
+
+    def _broker_answers(self) -> bool:
+        try:
+            return bool(self.broker.client.ping())
+        except redis.RedisError:
+            return False
 
     def _executor_batches(self) -> bool:
         capable, read_at = self._batch_flag

@@ -1,10 +1,11 @@
 """The node's record of each job in the broker Redis: its one result, the delivery lease and mark.
 
-This module is the one owner of ``coda-bridge:{qpu_id}:job:{job_id}``.  A
-result is recorded once (first writer wins), so a rerun after a crash
-delivers the recorded one instead of running again.  A delivery takes a
-lease first, so one POST of a job is in flight at a time across every
-delivery thread and process; a delivered mark absorbs duplicates.
+This module is the one owner of ``coda-bridge:{qpu_id}:job:{job_id}`` (the
+id encoded by :mod:`~coda_bridge.broker.keys`).  A result is recorded once
+(first writer wins), so a rerun after a crash delivers the recorded one
+instead of running again.  A delivery takes a lease first, so one POST of a
+job is in flight at a time across every delivery thread and process; a
+delivered mark absorbs duplicates.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import redis
 
 from ..backoff import Backoff
-from ..broker.keys import job_key
+from ..broker.keys import delivery_lease_key, job_key
 from ..replies import as_text
 
 __all__ = ["RECORD_PATIENCE_SEC", "RESULT_TTL_SEC", "RecordStore"]
@@ -57,7 +58,7 @@ class RecordStore:
         return job_key(self.qpu_id, job_id)
 
     def lease_key(self, job_id: str) -> str:
-        return f"{self.key(job_id)}:delivering"
+        return delivery_lease_key(self.qpu_id, job_id)
 
     # -- the result --
 

@@ -1,0 +1,111 @@
+"""The bridge's forwarding under a byte budget, against a real broker Redis that refuses large values."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from dramatiq.message import Message
+
+from coda_bridge.broker.queues import EXECUTE_BATCH_ACTOR, JOBS_QUEUE
+from coda_bridge.broker.redis_broker import CodaBroker, create_broker
+from coda_bridge.broker.shared_state import NodeState
+from coda_bridge.dev.localredis import LocalRedis
+from coda_bridge.pipeline.checks import REFUSAL_FIELD
+from coda_bridge.pipeline.intake import StreamBridge
+from coda_bridge.settings import load_settings
+
+QPU = "qpu-bounds-test"
+STREAM, GROUP = f"qpu:{QPU}:jobs", f"qpu:{QPU}:workers"
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def strict_broker() -> Iterator[LocalRedis]:
+    """A broker Redis of its own that refuses any value over 1 MiB (its proto-max-bulk-len)."""
+    with LocalRedis() as server:
+        server.client().config_set("proto-max-bulk-len", str(MIB))
+        yield server
+
+
+@pytest.fixture
+def bridge(
+    clean_env: pytest.MonkeyPatch, redis_url: str, strict_broker: LocalRedis
+) -> Iterator[StreamBridge]:
+    settings = load_settings(
+        overrides={
+            "qpu_id": QPU,
+            "redis_url": redis_url,
+            "broker_url": strict_broker.url,
+            "consumer_name": "bridge-a",
+            "stream_block_ms": 50,
+            "max_job_bytes": 4 * MIB,
+        }
+    )
+    broker = create_broker(settings)
+    state = NodeState(broker.client, QPU)
+    state.set_executor_batch(True)
+    made = StreamBridge(settings, broker, state)
+    made.ensure_group()
+    yield made
+    broker.close()
+
+
+def _queued(broker: CodaBroker) -> list[Message[Any]]:
+    ids = broker.client.lrange(f"{broker.namespace}:{JOBS_QUEUE}", 0, -1)
+    return [Message.decode(broker.client.hget(f"{broker.namespace}:{JOBS_QUEUE}.msgs", i)) for i in ids]
+
+
+def _carried(messages: list[Message[Any]]) -> list[tuple[dict[str, str], str]]:
+    out: list[tuple[dict[str, str], str]] = []
+    for message in messages:
+        if message.actor_name == EXECUTE_BATCH_ACTOR:
+            out += [(fields, entry_id) for fields, entry_id in message.args[0]]
+        else:
+            out.append((message.args[0], message.args[1]))
+    return out
+
+
+def _job(name: str, pad: int = 0) -> dict[str, str]:
+    return {"job_id": name, "callback_url": "http://cloud/cb", "ir_json": "x" * pad, "shots": "1"}
+
+
+def test_a_batch_the_broker_refuses_splits_and_only_the_refused_job_fails(bridge: StreamBridge) -> None:
+    # Given a small job, a 1.5 MB one (under max_job_bytes, over what the broker takes) and another small one
+    cloud = redis.Redis.from_url(bridge.settings.redis_url or "", decode_responses=True)
+    ids = [cloud.xadd(STREAM, _job(n, pad)) for n, pad in (("a", 0), ("big", 1_500_000), ("c", 0))]
+
+    # When the bridge reads them (one batch at first)
+    bridge.cycle()
+
+    # Then each entry is carried exactly once; the big one as a stand-in naming the broker's refusal
+    carried = _carried(_queued(bridge.broker))
+    assert sorted(entry_id for _, entry_id in carried) == sorted(ids)
+    by_job = {fields["job_id"]: fields for fields, _ in carried}
+    assert REFUSAL_FIELD not in by_job["a"] and REFUSAL_FIELD not in by_job["c"]
+    assert by_job["big"][REFUSAL_FIELD].startswith("The local broker refused the job's message (15000")
+    assert "ir_json" not in by_job["big"]
+    assert bridge.broker.client.ping()
+
+
+def test_a_broker_that_goes_away_mid_forward_is_an_outage_not_a_refusal(
+    bridge: StreamBridge, strict_broker: LocalRedis
+) -> None:
+    # Given a bridge that has reconciled, a new entry, and a broker that stops just as it is written to
+    cloud = redis.Redis.from_url(bridge.settings.redis_url or "", decode_responses=True)
+    bridge.cycle()
+    cloud.xadd(STREAM, _job("a", 2_000_000))
+    enqueue = bridge.broker.enqueue_many
+
+    def broker_gone(messages: list[Message[Any]]) -> Any:
+        strict_broker.stop()
+        return enqueue(messages)
+
+    bridge.broker.enqueue_many = broker_gone  # type: ignore[method-assign]
+
+    # When the bridge forwards it, then the outage propagates (the bridge backs off; no job fails)
+    with pytest.raises(redis.ConnectionError):
+        bridge.cycle()
+    assert cloud.xpending(STREAM, GROUP)["pending"] == 1
