@@ -115,7 +115,7 @@ class Settings(BaseModel):
     node_connect_retries: int = Field(3, ge=1)
     node_machine_fingerprint: str | None = None
     use_env_proxies: bool = False
-    #: The first runtime's ``CODA_ADVERTISED_PROVIDER``: accepted so its environment files load; unused there too.
+    #: coda-node 0.1.1's ``CODA_ADVERTISED_PROVIDER``: accepted so its environment files load; unused there.
     advertised_provider: str = "coda"
 
     # -- web probes --

@@ -115,7 +115,7 @@ def wait_until() -> Callable[..., Any]:
 
 @dataclass
 class ProbeServer:
-    """A loopback HTTP server that answers HEAD with ``status`` and records the paths and headers asked with."""
+    """A loopback HTTP server that answers HEAD with ``status`` and records the paths and headers it got."""
 
     server: http.server.ThreadingHTTPServer
     status: int = 200

@@ -139,7 +139,9 @@ def test_without_a_required_vpn_there_is_no_default_probe_target(
 
 
 @pytest.mark.parametrize("status", [200, 204, 301, 401, 404, 405, 499])
-def test_an_answer_below_500_passes(make_settings: Callable[..., Settings], probe_server: Any, status: int) -> None:
+def test_an_answer_below_500_passes(
+    make_settings: Callable[..., Settings], probe_server: Any, status: int
+) -> None:
     # given a probe target answering with a status below 500 (a 4xx still proves the path through the tunnel)
     probe_server.status = status
     settings = make_settings(vpn_interface_hint="lo", vpn_probe_targets=[probe_server.url])
@@ -149,7 +151,9 @@ def test_an_answer_below_500_passes(make_settings: Callable[..., Settings], prob
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
-def test_a_5xx_answer_fails_the_check(make_settings: Callable[..., Settings], probe_server: Any, status: int) -> None:
+def test_a_5xx_answer_fails_the_check(
+    make_settings: Callable[..., Settings], probe_server: Any, status: int
+) -> None:
     # given a probe target behind a broken gateway
     probe_server.status = status
     settings = make_settings(vpn_interface_hint="lo", vpn_probe_targets=[probe_server.url + "/health"])
