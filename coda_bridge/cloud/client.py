@@ -38,6 +38,7 @@ __all__ = [
     "WebhookRedirected",
     "cloud_message",
     "connect_headers",
+    "connect_headers_for",
     "redirect_target",
 ]
 
@@ -124,6 +125,15 @@ def connect_headers(settings: Settings) -> dict[str, str]:
     One named ``Authorization`` (in any case) is left out: the node's bearer always wins.
     """
     return {k: v for k, v in settings.node_connect_headers.items() if k.lower() != "authorization"}
+
+
+def connect_headers_for(settings: Settings, url: str) -> dict[str, str]:
+    """:func:`connect_headers` when ``url`` goes to ``webapp_url``'s own origin, else none: secrets."""
+    try:
+        own = sent_origin(url) == base_origin(settings.webapp_url)
+    except OriginError:
+        return {}
+    return connect_headers(settings) if own else {}
 
 
 def cloud_message(response: requests.Response) -> str:

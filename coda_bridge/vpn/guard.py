@@ -33,8 +33,7 @@ import redis
 import requests
 
 from ..broker.shared_state import NodeState
-from ..cloud.client import connect_headers
-from ..cloud.origins import OriginError, base_origin, sent_origin
+from ..cloud.client import connect_headers_for
 from ..errors import VPNError
 from ..settings import Settings
 from .states import BOOTING, DEGRADED, READY, VPN_UNAVAILABLE
@@ -273,14 +272,6 @@ class VpnGuard:
             return []
         return [self.settings.url(HEALTH_PATH)]
 
-    def _headers_for(self, url: str) -> dict[str, str] | None:
-        """The connect headers when ``url`` is on ``webapp_url``'s origin, else none: they are secrets."""
-        try:
-            own = sent_origin(url) == base_origin(self.settings.webapp_url)
-        except OriginError:
-            return None
-        return connect_headers(self.settings) if own else None
-
     def run_checks(self) -> tuple[bool, str]:
         """Run the checks in order, stopping at the first failure: (passed, one-line detail)."""
         if not self.settings.vpn_required:
@@ -294,7 +285,7 @@ class VpnGuard:
             return False, f"interface {hint} is missing or down" if hint else "no tun interface"
         targets = self.probe_targets()
         for url in targets:
-            reason = probe_failure(url, self.probe_timeout_sec, self._headers_for(url))
+            reason = probe_failure(url, self.probe_timeout_sec, connect_headers_for(self.settings, url))
             if reason is not None:
                 return False, reason
         return True, f"tunnel up on {present[0]}; {len(targets)} probe target(s) answered"
