@@ -302,7 +302,10 @@ def connect_node(
     vpn: VpnControl | None = None,
     client: CloudClient | None = None,
 ) -> Settings:
-    """Provision (token) or reconnect (JWT), apply the bundle, bring up the VPN, persist; return settings."""
+    """Provision (token) or reconnect (JWT), apply the bundle, bring up the VPN, persist; return settings.
+
+    A reconnect of a node with persisted credentials first brings its saved tunnel up (``vpn.restore``).
+    """
     paths = ensure_state_dir(settings.state_dir)
     token = token or settings.node_token_value
     has_key = settings.has_identity
