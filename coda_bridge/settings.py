@@ -115,6 +115,8 @@ class Settings(BaseModel):
     node_connect_retries: int = Field(3, ge=1)
     node_machine_fingerprint: str | None = None
     use_env_proxies: bool = False
+    #: coda-node 0.1.1's ``CODA_ADVERTISED_PROVIDER``: accepted so its environment files load; unused there.
+    advertised_provider: str = "coda"
 
     # -- web probes --
     host: str = "0.0.0.0"

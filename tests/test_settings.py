@@ -208,6 +208,23 @@ def test_an_unknown_variable_is_logged_not_fatal(
     assert "CODA_PROT" in caplog.text
 
 
+def test_the_first_runtimes_advertised_provider_is_accepted_without_a_warning(
+    clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a coda-node 0.1.1 environment file that sets CODA_ADVERTISED_PROVIDER
+    clean_env.setenv("CODA_ADVERTISED_PROVIDER", "lab-provider")
+
+    # when the settings load
+    with caplog.at_level(logging.WARNING):
+        settings = load_settings()
+
+    # then it is a known setting (default "coda", as in 0.1.1), not an ignored one
+    assert settings.advertised_provider == "lab-provider"
+    assert "Ignoring unknown setting" not in caplog.text
+    clean_env.delenv("CODA_ADVERTISED_PROVIDER")
+    assert load_settings().advertised_provider == "coda"
+
+
 def test_replace_validates(clean_env: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert settings.replace(port=1234).port == 1234

@@ -37,18 +37,41 @@ class _NodeGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
-@click.group(cls=_NodeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=_NodeGroup,
+    invoke_without_command=True,  # for `--reset` alone
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="coda-bridge")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-def cli(debug: bool) -> None:
+@click.option(
+    "--reset",
+    "reset_state",
+    is_flag=True,
+    help="Without a command: `reset --yes` (coda-node 0.1.1's `coda --reset`, which does not ask).",
+)
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, reset_state: bool) -> None:
     """coda-bridge: connect a quantum execution backend to the Coda cloud.
 
     \b
     Examples:
       coda-bridge demo                      # a whole node on this machine
       coda-bridge start --token "$TOKEN"    # run a real node
+      coda-bridge --reset                   # forget the node (as coda-node's `coda --reset`)
     """
     # --debug is read by main() before click runs: it shows tracebacks instead of one line.
+    if reset_state:
+        if ctx.invoked_subcommand is not None:
+            # coda-node 0.1.1 reset and then ignored the command; doing half of what was typed is worse
+            raise click.UsageError(
+                f"--reset takes no command; nothing was done: run `coda-bridge --reset`, "
+                f"then `coda-bridge {ctx.invoked_subcommand} ...`"
+            )
+        ctx.invoke(node.reset, yes=True)
+    elif ctx.invoked_subcommand is None:
+        raise click.UsageError("Missing command.")
 
 
 for _command in (

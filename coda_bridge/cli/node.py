@@ -218,13 +218,15 @@ def _stop_vpn(settings: Any) -> None:
 def reset(yes: bool) -> None:
     """Stop the node and the VPN, and delete every persisted file (credentials included).
 
-    The next start needs a fresh node token.
+    The first runtime's credentials and VPN profile in the temporary
+    directory (coda-node 0.1.1's) go too.  The next start needs a fresh node token.
 
     \b
     Example:
       coda-bridge reset --yes
     """
-    from ..identity.credentials import StatePaths, reset_state
+    from ..identity.connect import legacy_dir
+    from ..identity.credentials import StatePaths, reset_legacy, reset_state
 
     settings = plain_settings()
     paths = StatePaths(settings.state_dir)
@@ -238,7 +240,7 @@ def reset(yes: bool) -> None:
     except CodaError as exc:
         click.echo(f"warning: {mask(str(exc))}", err=True)
     try:
-        removed = reset_state(settings.state_dir)
+        removed = reset_state(settings.state_dir) + reset_legacy(legacy_dir())
     except OSError as exc:
         raise ConfigError(f"cannot delete {exc.filename or paths.root}: {exc.strerror or exc}") from None
     for path in removed:

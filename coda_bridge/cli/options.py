@@ -164,8 +164,8 @@ def redis_errors(what: str, url: str, fix: str = "") -> Iterator[None]:
         raise CodaError(f"{what} at {safe_url(url)} failed: {_reason(exc)}") from None
 
 
-host_option = click.option("--host", help="Address of the probes app (overrides CODA_HOST).")
-port_option = click.option("--port", type=int, help="Port of the probes app (overrides CODA_PORT).")
+host_option = click.option("--host", "-H", help="Address of the probes app (overrides CODA_HOST).")
+port_option = click.option("--port", "-p", type=int, help="Port of the probes app (overrides CODA_PORT).")
 site_option = click.option(
     "--site", help="Site table of the settings file to use (sets CODA_ENV); an unknown site exits 78."
 )
@@ -189,6 +189,7 @@ def token_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
     return click.option(
         "--token",
+        "-t",
         envvar="CODA_NODE_TOKEN",
         show_envvar=True,
         callback=_token_value,
@@ -197,13 +198,55 @@ def token_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _token_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """The token, from --token-file when given; a token typed as --token leaves this process's argv."""
+    """The token, from --token-file when given; a token typed as --token or -t leaves this process's argv."""
     path = ctx.meta.get("coda_token_file")
     if path is not None:
         value = read_token_file(path)
-    if value and any(arg == "--token" or arg.startswith("--token=") for arg in sys.argv[1:]):
-        hide_token(value)
+    if value:
+        rest = without_token(sys.argv[1:], _flag_letters(ctx))
+        if rest is not None:
+            hide_token(value, rest)
     return value
+
+
+def _flag_letters(ctx: click.Context) -> frozenset[str]:
+    """The command's one-letter options without a value (``-d``, ``-h``): they may share a ``-t`` cluster."""
+    letters: set[str] = set()
+    for param in ctx.command.get_params(ctx):
+        if isinstance(param, click.Option) and param.is_flag:
+            letters.update(o[1] for o in param.opts + param.secondary_opts if len(o) == 2 and o[1] != "-")
+    return frozenset(letters)
+
+
+def without_token(args: list[str], flags: frozenset[str] = frozenset()) -> list[str] | None:
+    """``args`` without a typed token (``--token X``, ``--token=X``, ``-t X``, ``-tX``, ``-dt X``), or None.
+
+    ``flags`` are the one-letter options that take no value, which may come before ``t`` in a
+    cluster of short options; ``None`` means no token was typed.
+    """
+    kept: list[str] = []
+    typed = skip = False
+    for index, arg in enumerate(args):
+        if skip:
+            skip = False
+        elif arg == "--":
+            kept.extend(args[index:])
+            break
+        elif arg == "--token":
+            typed = skip = True
+        elif arg.startswith("--token="):
+            typed = True
+        elif arg.startswith("-") and not arg.startswith("--") and "t" in arg:
+            head, _, value = arg[1:].partition("t")
+            if not set(head) <= flags:
+                kept.append(arg)  # a "t" inside another option's value, such as -Hlocalhost
+                continue
+            typed, skip = True, not value
+            if head:
+                kept.append(f"-{head}")
+        else:
+            kept.append(arg)
+    return kept if typed else None
 
 
 def read_token_file(path: Path) -> str:
@@ -221,19 +264,11 @@ def read_token_file(path: Path) -> str:
     return text.splitlines()[0].strip()
 
 
-def hide_token(token: str) -> None:
-    """Start this command again with the token in its environment: ``/proc/<pid>/cmdline`` is world-readable.
+def hide_token(token: str, args: list[str]) -> None:
+    """Start this command again as ``args``, the token in its environment: ``/proc/<pid>/cmdline`` is public.
 
     Every process of the node descends from this one, so none of them shows
     the token either.
     """
-    args, skip = [], False
-    for arg in sys.argv[1:]:
-        if skip:
-            skip = False
-        elif arg == "--token":
-            skip = True
-        elif not arg.startswith("--token="):
-            args.append(arg)
     env = {**os.environ, "CODA_NODE_TOKEN": token}
     os.execve(sys.executable, [sys.executable, "-m", "coda_bridge", *args], env)

@@ -8,7 +8,10 @@ Each request is prepared first and its prepared URL checked: connect and
 heartbeat go only to ``webapp_url``'s origin, results only to an origin
 :mod:`.origins` allows.  Redirects are never followed (a 3xx is a failed
 attempt, named with its Location), and the bearer is set as the request's
-auth, so neither ``.netrc`` nor userinfo in a URL can replace it.
+auth, so neither ``.netrc`` nor userinfo in a URL can replace it.  The
+operator's ``node_connect_headers`` go with every request to ``webapp_url``'s
+origin (as the first runtime sends them: a protected staging cloud refuses
+requests without its bypass header), and with none to any other origin.
 """
 
 from __future__ import annotations
@@ -29,7 +32,15 @@ from ..settings import Settings
 from .origins import Origin, OriginError, allowed_callback_origins, base_origin, origin_of, sent_origin
 from .signing import Signer
 
-__all__ = ["CallbackRefused", "CloudClient", "WebhookRedirected", "cloud_message", "redirect_target"]
+__all__ = [
+    "CallbackRefused",
+    "CloudClient",
+    "WebhookRedirected",
+    "cloud_message",
+    "connect_headers",
+    "connect_headers_for",
+    "redirect_target",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +117,23 @@ def _sent_bearer(response: requests.Response) -> str | None:
     header = str(request.headers.get("Authorization") or "") if request is not None else ""
     scheme, _, value = header.partition(" ")
     return value.strip() if scheme.lower() == "bearer" and len(value.strip()) >= 8 else None
+
+
+def connect_headers(settings: Settings) -> dict[str, str]:
+    """The operator's ``node_connect_headers``, for requests to the cloud's own origin only.
+
+    One named ``Authorization`` (in any case) is left out: the node's bearer always wins.
+    """
+    return {k: v for k, v in settings.node_connect_headers.items() if k.lower() != "authorization"}
+
+
+def connect_headers_for(settings: Settings, url: str) -> dict[str, str]:
+    """:func:`connect_headers` when ``url`` goes to ``webapp_url``'s own origin, else none: secrets."""
+    try:
+        own = sent_origin(url) == base_origin(settings.webapp_url)
+    except OriginError:
+        return {}
+    return connect_headers(settings) if own else {}
 
 
 def cloud_message(response: requests.Response) -> str:
@@ -196,8 +224,7 @@ class CloudClient:
         settings = self.settings
         url = settings.url(settings.connect_path)
         own = self._own_origin()
-        # the operator's headers go with connect requests only, and only to webapp_url's origin
-        headers = {k: v for k, v in settings.node_connect_headers.items() if k.lower() != "authorization"}
+        headers = connect_headers(settings)  # only to webapp_url's origin, which _post checks
         attempts = settings.node_connect_retries
         for attempt in range(1, attempts + 1):
             try:
@@ -267,6 +294,7 @@ class CloudClient:
                 allowed=self._own_origin(),
                 refused=NOT_OWN,
                 timeout_sec=self.settings.node_timeout_sec,
+                headers=connect_headers(self.settings),
             )
         except OriginError as exc:
             raise NodeError(f"heartbeat not sent: {exc}") from None
@@ -291,11 +319,14 @@ class CloudClient:
 
         The URL must be on an origin :func:`.origins.allowed_callback_origins`
         allows (else :class:`CallbackRefused`, before any connection); a 3xx
-        is :class:`WebhookRedirected`, and its Location is not followed.
+        is :class:`WebhookRedirected`, and its Location is not followed.  The
+        connect headers go only when the URL is on ``webapp_url``'s own origin,
+        never to another origin ``allowed_callback_hosts`` lists.
         """
         settings = self.settings
         try:
             allowed = allowed_callback_origins(settings.webapp_url, settings.allowed_callback_hosts)
+            own = base_origin(settings.webapp_url)
             response, origin = self._post(
                 url,
                 payload,
@@ -303,6 +334,7 @@ class CloudClient:
                 allowed=allowed,
                 refused=NOT_ALLOWED_CALLBACK,
                 timeout_sec=settings.webhook_timeout_sec,
+                headers=connect_headers(settings) if sent_origin(url) == own else None,
             )
         except OriginError as exc:
             raise CallbackRefused(f"result not posted: {exc}") from None

@@ -134,6 +134,7 @@ class LocalStack:
         env: Mapping[str, str] | None = None,
         web: bool = False,
         mode: str = "procfile",
+        required_headers: Mapping[str, str] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -145,6 +146,8 @@ class LocalStack:
         self.extra_env = dict(env or {})
         self.web = web
         self.mode = mode
+        #: Headers the simulator's node API demands (a protected staging cloud); none by default.
+        self.required_headers = dict(required_headers or {})
         self._killed: dict[str, int] = {}  # in start mode: the pid of the part killed last
         self.web_port = free_port()
         self.cloud_redis = LocalRedis()
@@ -171,7 +174,9 @@ class LocalStack:
         self.cloud_redis.start()
         self.broker_redis.start()
         self.devcloud = start_devcloud_process(
-            redis_url=self.cloud_redis.url, log_path=self.workdir / "devcloud.log"
+            redis_url=self.cloud_redis.url,
+            log_path=self.workdir / "devcloud.log",
+            required_headers=self.required_headers,
         )
         self.cloud.create_qpu(
             self.qpu_id,

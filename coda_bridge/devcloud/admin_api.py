@@ -174,6 +174,12 @@ def list_webhooks() -> Reply:
     return reply({"webhooks": _events("webhook", **where)})
 
 
+@admin.get("/refused")
+def list_refused() -> Reply:
+    """Node API requests the deployment protection (``--required-headers``) refused."""
+    return reply({"refused": current_cloud().store.list_events("protection")})
+
+
 @admin.get("/connects")
 def list_connects() -> Reply:
     where = {"qpu_id": request.args.get("qpu_id"), "mode": request.args.get("mode")}

@@ -7,6 +7,7 @@ The node API (:mod:`.node_api`) is checked as strictly as the real cloud checks 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import redis
 from flask import Flask, request
@@ -59,6 +60,7 @@ def create_app(
     public_base_url: str | None = None,
     api_prefix: str = DEFAULT_API_PREFIX,
     accept_unknown_jobs: bool = False,
+    required_headers: Mapping[str, str] | None = None,
 ) -> Flask:
     """The simulator as a Flask app.
 
@@ -66,7 +68,9 @@ def create_app(
     keys) and the URL handed out in bundles; ``public_base_url`` replaces
     the request's own host as ``cloud_base_url`` and in callback URLs;
     ``accept_unknown_jobs`` records results for jobs the simulator did not
-    submit instead of answering 404.
+    submit instead of answering 404; with ``required_headers`` the node API
+    refuses (401) every request that lacks one of them, as a staging cloud
+    behind deployment protection does (the admin API stays open).
     """
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -77,6 +81,7 @@ def create_app(
         public_base_url=public_base_url,
         api_prefix="/" + api_prefix.strip("/"),
         accept_unknown_jobs=accept_unknown_jobs,
+        required_headers=required_headers,
     )
     app.register_blueprint(node_blueprint("/" + api_prefix.strip("/")))
     app.register_blueprint(admin)

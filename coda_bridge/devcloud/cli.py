@@ -17,7 +17,7 @@ import click
 
 from .app import DEFAULT_API_PREFIX
 from .client import DevCloudClient
-from .server import DEFAULT_HOST, DEFAULT_PORT, serve
+from .server import DEFAULT_HOST, DEFAULT_PORT, REQUIRED_HEADERS_VARIABLE, serve
 from .transport import DevCloudError
 
 __all__ = ["devcloud"]
@@ -28,6 +28,21 @@ DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _header_map(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, str]:
+    """``--required-headers`` as a mapping of header names to values."""
+    if not value:
+        return {}
+    try:
+        headers = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON ({exc.msg})") from None
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise click.BadParameter("expected a JSON object of header names to text values")
+    return headers
 
 
 def _serve_options(func: F) -> F:
@@ -56,6 +71,15 @@ def _serve_options(func: F) -> F:
         click.option(
             "--access-log/--no-access-log", default=True, show_default=True, help="Log each request."
         ),
+        click.option(
+            "--required-headers",
+            envvar=REQUIRED_HEADERS_VARIABLE,
+            callback=_header_map,
+            help=(
+                "JSON object of headers every node API request must carry, else 401, as a staging cloud "
+                f"behind deployment protection (better in {REQUIRED_HEADERS_VARIABLE}: argv is public)."
+            ),
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -72,6 +96,7 @@ def _serve(
     api_prefix: str,
     accept_unknown_jobs: bool,
     access_log: bool,
+    required_headers: dict[str, str],
 ) -> None:
     serve(
         host,
@@ -82,6 +107,7 @@ def _serve(
         api_prefix=api_prefix,
         accept_unknown_jobs=accept_unknown_jobs,
         access_log=access_log,
+        required_headers=required_headers,
     )
 
 

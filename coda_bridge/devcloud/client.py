@@ -260,6 +260,11 @@ class DevCloudClient(AdminTransport):
         )["connects"]
         return result
 
+    def refused(self) -> list[dict[str, Any]]:
+        """Node API requests the deployment protection refused: method, path, names of missing headers."""
+        result: list[dict[str, Any]] = self.get("/devcloud/refused")["refused"]
+        return result
+
     # -- faults ---------------------------------------------------------------------------------
 
     def set_fault(

@@ -52,12 +52,15 @@ class DevCloud:
         public_base_url: str | None,
         api_prefix: str,
         accept_unknown_jobs: bool,
+        required_headers: Mapping[str, str] | None = None,
     ) -> None:
         self.store = store
         self.redis_url = redis_url
         self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
         self.api_prefix = api_prefix
         self.accept_unknown_jobs = accept_unknown_jobs
+        #: Headers every node API request must carry, as a staging deployment behind protection demands.
+        self.required_headers = dict(required_headers or {})
         self._redis = redis_client
         self._redis_lock = threading.Lock()
 

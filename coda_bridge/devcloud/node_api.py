@@ -6,6 +6,7 @@ Each request goes through the injected fault windows first, then is recorded for
 from __future__ import annotations
 
 import functools
+import hmac
 import time
 import uuid
 from collections.abc import Callable
@@ -230,8 +231,29 @@ def _webhook(event: JsonMap, job_id: str) -> tuple[int, JsonMap]:
     return 200, {"ok": True, "job_id": job_id, "duplicate": delivery["duplicate"]}
 
 
+def _protection() -> Reply | None:
+    """A 401 for a request without every required header (as deployment protection answers), else None.
+
+    The refusal is recorded with the names of the headers missing or wrong, never a value.
+    """
+    cloud = current_cloud()
+    wrong = sorted(
+        name
+        for name, value in cloud.required_headers.items()
+        if not hmac.compare_digest(request.headers.get(name, "").encode(), value.encode())
+    )
+    if not wrong:
+        return None
+    cloud.store.record(
+        "protection",
+        {"received_at": time.time(), "method": request.method, "path": request.path, "missing": wrong},
+    )
+    return reply({"error": "this deployment is protected: authentication required"}, 401)
+
+
 def node_blueprint(prefix: str) -> Blueprint:
     bp = Blueprint("devcloud_node", __name__, url_prefix=prefix)
+    bp.before_request(_protection)
 
     @bp.post("/connect")
     def connect() -> Reply:

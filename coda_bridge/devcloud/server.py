@@ -11,6 +11,7 @@ endpoint answers, so tests and the demo talk to a real process.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import re
@@ -37,6 +38,7 @@ from .store import Store
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "REQUIRED_HEADERS_VARIABLE",
     "DevCloudProcess",
     "DevCloudStartError",
     "serve",
@@ -45,6 +47,8 @@ __all__ = [
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+#: The variable holding ``--required-headers`` (a JSON object), so header values stay out of argv.
+REQUIRED_HEADERS_VARIABLE = "CODA_DEVCLOUD_REQUIRED_HEADERS"
 #: How long :func:`start_devcloud_process` waits for the health endpoint.
 STARTUP_TIMEOUT_SEC = 15.0
 #: How long :meth:`DevCloudProcess.stop` waits after SIGTERM before SIGKILL.
@@ -152,6 +156,7 @@ def serve(
     api_prefix: str = DEFAULT_API_PREFIX,
     accept_unknown_jobs: bool = False,
     access_log: bool = True,
+    required_headers: Mapping[str, str] | None = None,
 ) -> None:
     """Serve the simulator until SIGTERM or Ctrl-C (port 0 picks a free port)."""
     store = Store()
@@ -163,6 +168,7 @@ def serve(
         public_base_url=public_base_url,
         api_prefix=api_prefix,
         accept_unknown_jobs=accept_unknown_jobs,
+        required_headers=required_headers,
     )
     # "Task queue depth is N" on every request of a burst that outnumbers the threads.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
@@ -299,12 +305,15 @@ def start_devcloud_process(
     env: Mapping[str, str] | None = None,
     log_path: str | os.PathLike[str] | None = None,
     startup_timeout_sec: float = STARTUP_TIMEOUT_SEC,
+    required_headers: Mapping[str, str] | None = None,
 ) -> DevCloudProcess:
     """Launch the simulator in a subprocess and wait until its health endpoint answers.
 
     Port 0 (the default) lets the server pick a free port, read back from
     its ``listening on`` line, so parallel tests never race for one.  Output
     goes to ``log_path`` (by default a temporary file, removed by ``stop``).
+    ``required_headers`` protect the node API (see :func:`.app.create_app`);
+    they reach the subprocess through its environment, never its argv.
     """
     own_log = log_path is None
     if log_path is None:
@@ -328,6 +337,8 @@ def start_devcloud_process(
     child_env = dict(os.environ if env is None else env)
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), child_env.get("PYTHONPATH")]))
     child_env["PYTHONUNBUFFERED"] = "1"
+    if required_headers:
+        child_env[REQUIRED_HEADERS_VARIABLE] = json.dumps(dict(required_headers))
     with log_file.open("wb") as sink:
         process = subprocess.Popen(
             command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env
@@ -335,14 +346,20 @@ def start_devcloud_process(
     started = DevCloudProcess(process, "", log_file, own_log=own_log)
     _LIVE.add(started)
     try:
-        _wait_until_up(started, host, "/" + api_prefix.strip("/"), startup_timeout_sec)
+        _wait_until_up(started, host, "/" + api_prefix.strip("/"), startup_timeout_sec, required_headers)
     except BaseException:
         started.stop(timeout_sec=1.0)
         raise
     return started
 
 
-def _wait_until_up(proc: DevCloudProcess, host: str, api_prefix: str, timeout_sec: float) -> None:
+def _wait_until_up(
+    proc: DevCloudProcess,
+    host: str,
+    api_prefix: str,
+    timeout_sec: float,
+    headers: Mapping[str, str] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout_sec
     while time.monotonic() < deadline:
         if not proc.alive():
@@ -357,7 +374,8 @@ def _wait_until_up(proc: DevCloudProcess, host: str, api_prefix: str, timeout_se
                 proc.base_url = f"http://{_client_host(host)}:{port}"
         if proc.base_url:
             try:
-                if requests.get(f"{proc.base_url}{api_prefix}/health", timeout=1.0).ok:
+                health = f"{proc.base_url}{api_prefix}/health"
+                if requests.get(health, headers=dict(headers or {}), timeout=1.0).ok:
                     return
             except requests.RequestException:
                 pass

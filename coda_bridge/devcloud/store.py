@@ -70,7 +70,12 @@ class Store(JobLedger, FaultWindows):
         self.tokens: dict[str, NodeToken] = {}
         self.jobs: dict[str, Job] = {}
         self.faults: list[Fault] = []
-        self.events: dict[str, list[dict[str, Any]]] = {"connect": [], "heartbeat": [], "webhook": []}
+        self.events: dict[str, list[dict[str, Any]]] = {
+            "connect": [],
+            "heartbeat": [],
+            "webhook": [],
+            "protection": [],  # node API requests the deployment protection refused
+        }
 
     # -- QPUs -------------------------------------------------------------
 
@@ -216,7 +221,7 @@ class Store(JobLedger, FaultWindows):
     # -- recorded requests -----------------------------------------------
 
     def record(self, kind: str, event: dict[str, Any]) -> dict[str, Any]:
-        """Append one request of ``kind`` (connect, heartbeat, webhook) to its log."""
+        """Append one request of ``kind`` (connect, heartbeat, webhook, protection) to its log."""
         with self.lock:
             event = dict(event, seq=next(self.seq))
             self.events[kind].append(event)

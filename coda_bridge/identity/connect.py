@@ -75,6 +75,12 @@ MAX_PROBE_URL_CHARS = 2048
 _PATH = re.compile(r"/?[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
 _INTERFACE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # a Linux interface name (IFNAMSIZ 16 with its NUL)
 
+NO_VPN_PROFILE = (
+    "the cloud requires the VPN but its connect answer has no VPN profile: check the VPN "
+    "infrastructure's status in the Coda admin panel, "
+    "or run the tunnel yourself with CODA_NODE_AUTO_VPN=false"
+)
+
 NO_CREDENTIALS = (
     "no credentials: pass --token (or set CODA_NODE_TOKEN) with a node token from the Coda cloud, "
     "or set CODA_JWT_PRIVATE_KEY, CODA_JWT_KEY_ID and CODA_QPU_ID"
@@ -83,6 +89,12 @@ NO_CREDENTIALS = (
 
 class VpnControl(Protocol):
     """What the connect step needs from the VPN manager."""
+
+    def restore(self, settings: Settings) -> bool:
+        """Before a reconnect: start the saved profile unless a tunnel is up; True if it started one.
+
+        Raises :class:`ConfigError` when the VPN is required and no profile was saved.
+        """
 
     def bring_up(self, settings: Settings, profile: str) -> bool:
         """Validate and write ``profile``, start OpenVPN unless a tunnel is up; True if it started one."""
@@ -290,7 +302,10 @@ def connect_node(
     vpn: VpnControl | None = None,
     client: CloudClient | None = None,
 ) -> Settings:
-    """Provision (token) or reconnect (JWT), apply the bundle, bring up the VPN, persist; return settings."""
+    """Provision (token) or reconnect (JWT), apply the bundle, bring up the VPN, persist; return settings.
+
+    A reconnect of a node with persisted credentials first brings its saved tunnel up (``vpn.restore``).
+    """
     paths = ensure_state_dir(settings.state_dir)
     token = token or settings.node_token_value
     has_key = settings.has_identity
@@ -303,25 +318,29 @@ def connect_node(
     if connectivity:
         body["connectivity"] = [list(edge) for edge in connectivity]
 
-    if token:
-        bearer, mode = token, "provisioning"
-    else:
-        bearer, mode = node_signer(settings).sign(), "reconnect"
-    client = client or CloudClient(settings)
-    logger.info("Connecting to %s (%s).", settings.url(settings.connect_path), mode)
-    bundle = client.connect(bearer, body)
-    if mode == "provisioning" and not bundle.get("jwt_private_key"):
-        raise NodeError("cloud bundle is missing the required field 'jwt_private_key' after provisioning")
-    applied = apply_bundle(settings, bundle, fingerprint=fingerprint)
-    _ = node_signer(applied)  # a garbled key from the cloud fails here, before anything is written
-
-    vpn_block = bundle.get("vpn") if isinstance(bundle.get("vpn"), Mapping) else {}
-    profile = vpn_block.get("client_profile_ovpn") if isinstance(vpn_block, Mapping) else None
+    mode = "provisioning" if token else "reconnect"
+    signer = None if token else node_signer(settings)  # a missing key fails before any tunnel starts
     started_vpn = False
+    applied = settings
+    if signer is not None and vpn is not None and paths.config.exists():
+        # as the first runtime: the saved tunnel first, the cloud may be reachable only through it
+        started_vpn = vpn.restore(settings)
     try:
+        client = client or CloudClient(settings)
+        logger.info("Connecting to %s (%s).", settings.url(settings.connect_path), mode)
+        bundle = client.connect(signer.sign() if signer is not None else str(token), body)
+        if mode == "provisioning" and not bundle.get("jwt_private_key"):
+            raise NodeError("cloud bundle is missing the required field 'jwt_private_key' after provisioning")
+        applied = apply_bundle(settings, bundle, fingerprint=fingerprint)
+        _ = node_signer(applied)  # a garbled key from the cloud fails here, before anything is written
+
+        vpn_block = bundle.get("vpn") if isinstance(bundle.get("vpn"), Mapping) else {}
+        profile = vpn_block.get("client_profile_ovpn") if isinstance(vpn_block, Mapping) else None
+        if applied.vpn_required and applied.node_auto_vpn and not profile:
+            raise NodeError(NO_VPN_PROFILE)
         if applied.vpn_required and applied.node_auto_vpn and profile and vpn is not None:
             applied = applied.replace(node_vpn_profile_path=str(paths.vpn_profile))
-            started_vpn = vpn.bring_up(applied, str(profile))
+            started_vpn = vpn.bring_up(applied, str(profile)) or started_vpn
         persist(paths, _persisted_values(applied))
         if token:
             remember_token(paths, token)

@@ -32,6 +32,7 @@ __all__ = [
     "persist",
     "read_private",
     "remember_token",
+    "reset_legacy",
     "reset_state",
     "token_was_used",
     "write_private",
@@ -68,6 +69,8 @@ DIR_MODE = 0o700
 #: The first runtime's file names, in the system temporary directory.
 LEGACY_CONFIG_NAME = "coda.config"
 LEGACY_KEY_NAME = "coda-private-key"
+#: The first runtime's default VPN profile (it holds the VPN client's key), in the same directory.
+LEGACY_VPN_PROFILE_NAME = "coda-node.ovpn"
 
 
 @dataclass(frozen=True)
@@ -307,4 +310,25 @@ def reset_state(root: Path) -> list[Path]:
         except FileNotFoundError:
             continue
         removed.append(path)
+    return removed
+
+
+def reset_legacy(legacy_dir: Path) -> list[Path]:
+    """Remove the first runtime's credentials and VPN profile from ``legacy_dir``; return what was removed.
+
+    Else the next start without a token would import them again.  Only this user's regular files
+    with the first runtime's fixed names go: never a symlink, another user's file, or a path
+    named inside one of them (anyone can write the temporary directory).
+    """
+    removed = []
+    for name in (LEGACY_CONFIG_NAME, LEGACY_KEY_NAME, LEGACY_VPN_PROFILE_NAME):
+        path = legacy_dir / name
+        why = _foreign(path)
+        if why is not None:
+            if why != "missing":
+                logger.warning("Leaving the first runtime's file %s: it is %s, not this user's.", path, why)
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
     return removed

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import requests
 
+from ..cloud.client import connect_headers_for
 from ..errors import CodaError, ConfigError
 from ..settings import Settings
 
@@ -164,10 +165,18 @@ def check_credential_files(settings: Settings) -> Iterator[Check]:
 # -- network --
 
 
-def check_endpoint(name: str, url: str, probe: Callable[..., Any] = requests.head) -> Check:
-    """Reachable means any HTTP answer at all (401 and 405 included): DNS, route and TLS work."""
+def check_endpoint(
+    name: str,
+    url: str,
+    probe: Callable[..., Any] = requests.head,
+    headers: dict[str, str] | None = None,
+) -> Check:
+    """Reachable means any HTTP answer at all (401 and 405 included): DNS, route and TLS work.
+
+    ``headers`` are the connect headers, for URLs on the cloud's own origin (a protected staging cloud).
+    """
     try:
-        response = probe(url, timeout=PROBE_TIMEOUT_SEC, allow_redirects=False)
+        response = probe(url, timeout=PROBE_TIMEOUT_SEC, allow_redirects=False, headers=headers or {})
     except requests.RequestException as exc:
         return Check(
             name,
@@ -379,9 +388,12 @@ def run_checks(overrides: dict[str, Any] | None = None, site: str | None = None)
     if settings is None:
         return checks
     checks.extend(check_credential_files(settings))
-    checks.append(check_endpoint("webapp", settings.webapp_url))
-    checks.append(check_endpoint("connect endpoint", settings.url(settings.connect_path)))
-    checks.append(check_endpoint("heartbeat endpoint", settings.url(settings.heartbeat_path)))
+    for name, url in (
+        ("webapp", settings.webapp_url),
+        ("connect endpoint", settings.url(settings.connect_path)),
+        ("heartbeat endpoint", settings.url(settings.heartbeat_path)),
+    ):
+        checks.append(check_endpoint(name, url, headers=connect_headers_for(settings, url)))
     checks.append(check_executor(settings))
     checks.extend(check for check in (check_executor_boot(settings), check_coda_command()) if check)
     checks.append(check_redis("broker", settings.broker_url, "start the local Redis or set CODA_BROKER_URL"))

@@ -49,6 +49,9 @@ class _LazyVpn:
             self._manager = OpenVPNManager()
         return self._manager
 
+    def restore(self, settings: Settings) -> bool:
+        return bool(self._get().restore(settings))
+
     def bring_up(self, settings: Settings, profile: str) -> bool:
         return bool(self._get().bring_up(settings, profile))
 

@@ -2,11 +2,13 @@
 
 A check passes when a tun interface is up (or the hinted interface only),
 each probe target's host resolves and each target answers an HTTP ``HEAD``
-within :data:`PROBE_TIMEOUT_SEC`.  Any HTTP status counts as an answer: the
-probe tests the path through the tunnel, not the cloud's health, and the
-default targets (the connect and heartbeat endpoints) only take an
-authenticated ``POST``, so they answer ``HEAD`` with 401 or 405.  A
-transport error, a TLS failure or a timeout fails the probe.
+within :data:`PROBE_TIMEOUT_SEC` with a status below 500, as in the first
+runtime: a 4xx still proves the path through the tunnel, a 5xx from a
+broken gateway does not.  A transport error, a TLS failure or a timeout
+fails the probe.  Without configured targets, a required VPN probes
+``{webapp_url}/api/internal/qpu/health`` (the first runtime's default).
+Probes to ``webapp_url``'s own origin carry the operator's
+``node_connect_headers``; probes elsewhere carry none.
 
 The state is shared through :class:`~coda_bridge.broker.shared_state.NodeState` with
 an expiry, so every process reads the last check and a dead checker reads
@@ -31,11 +33,13 @@ import redis
 import requests
 
 from ..broker.shared_state import NodeState
+from ..cloud.client import connect_headers_for
 from ..errors import VPNError
 from ..settings import Settings
 from .states import BOOTING, DEGRADED, READY, VPN_UNAVAILABLE
 
 __all__ = [
+    "HEALTH_PATH",
     "PROBE_TIMEOUT_SEC",
     "VpnCheck",
     "VpnGuard",
@@ -49,6 +53,10 @@ logger = logging.getLogger(__name__)
 
 #: How long one probe target may take to answer its ``HEAD``.
 PROBE_TIMEOUT_SEC = 5.0
+#: The default probe target's path under ``webapp_url`` (it answers without auth).
+HEALTH_PATH = "/api/internal/qpu/health"
+#: The lowest HTTP status that fails a probe: the gateway or the cloud behind the tunnel is broken.
+PROBE_FAILING_STATUS = 500
 #: How long one ``ip`` command may run.
 IP_TIMEOUT_SEC = 5.0
 #: The stored state lives this many check intervals, so one late check does not read as a dead checker.
@@ -168,8 +176,13 @@ def _ca_bundle() -> str | bool:
     return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
 
 
-def probe_failure(url: str, timeout_sec: float = PROBE_TIMEOUT_SEC) -> str | None:
-    """Why ``url`` fails as a probe target (no such host, no answer in time), or ``None`` when it answers."""
+def probe_failure(
+    url: str, timeout_sec: float = PROBE_TIMEOUT_SEC, headers: dict[str, str] | None = None
+) -> str | None:
+    """Why ``url`` fails as a probe target (no such host, no answer in time, a 5xx), or ``None``.
+
+    ``headers`` go with the ``HEAD``; the caller passes them only for the cloud's own origin.
+    """
     parts = urlsplit(url)
     shown = _shown(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -191,7 +204,7 @@ def probe_failure(url: str, timeout_sec: float = PROBE_TIMEOUT_SEC) -> str | Non
                 timeout=timeout_sec,
                 verify=_ca_bundle(),
                 allow_redirects=False,
-                headers={"Connection": "close", "User-Agent": "coda-bridge-vpn-probe"},
+                headers={**(headers or {}), "Connection": "close", "User-Agent": "coda-bridge-vpn-probe"},
             )
             response.close()
     except requests.Timeout:
@@ -201,6 +214,8 @@ def probe_failure(url: str, timeout_sec: float = PROBE_TIMEOUT_SEC) -> str | Non
     elapsed = time.monotonic() - started
     if elapsed > timeout_sec:
         return f"probe {shown} answered after {elapsed:.1f} s, over the {timeout_sec:g} s limit"
+    if response.status_code >= PROBE_FAILING_STATUS:
+        return f"probe {shown} answered {response.status_code}: the cloud or a gateway before it is failing"
     return None
 
 
@@ -250,13 +265,12 @@ class VpnGuard:
         return self._state
 
     def probe_targets(self) -> list[str]:
-        """The configured probe targets, else the connect and heartbeat URLs."""
+        """The configured probe targets, else the cloud's health URL when the VPN is required, else none."""
         if self.settings.vpn_probe_targets:
             return list(self.settings.vpn_probe_targets)
-        return [
-            self.settings.url(self.settings.connect_path),
-            self.settings.url(self.settings.heartbeat_path),
-        ]
+        if not self.settings.vpn_required:
+            return []
+        return [self.settings.url(HEALTH_PATH)]
 
     def run_checks(self) -> tuple[bool, str]:
         """Run the checks in order, stopping at the first failure: (passed, one-line detail)."""
@@ -271,7 +285,7 @@ class VpnGuard:
             return False, f"interface {hint} is missing or down" if hint else "no tun interface"
         targets = self.probe_targets()
         for url in targets:
-            reason = probe_failure(url, self.probe_timeout_sec)
+            reason = probe_failure(url, self.probe_timeout_sec, connect_headers_for(self.settings, url))
             if reason is not None:
                 return False, reason
         return True, f"tunnel up on {present[0]}; {len(targets)} probe target(s) answered"

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TypedDict
 
-from ..errors import VPNError
+from ..errors import ConfigError, VPNError
 from ..identity.credentials import StatePaths, ensure_state_dir, read_private, write_private
 from ..ops.proctree import alive
 from ..settings import Settings
@@ -338,6 +338,21 @@ class OpenVPNManager:
             return False
         logger.info("No tunnel is up; starting OpenVPN again from %s.", path)
         return self.bring_up(settings, text)
+
+    def restore(self, settings: Settings) -> bool:
+        """Before a reconnect, start the saved profile unless a tunnel is up; True if it started one.
+
+        A required VPN without a saved profile is a :class:`ConfigError`: only a new token brings one.
+        """
+        if not (settings.vpn_required and settings.node_auto_vpn):
+            return False
+        path = self.profile_path(settings)
+        if read_private(path) is None:
+            raise ConfigError(
+                f"the VPN is required but no VPN profile was saved at {path}: provision again with a new "
+                "node token (coda-bridge reset, then coda-bridge start --token ...)"
+            )
+        return self.ensure_running(settings)
 
     def status(self, settings: Settings) -> VpnStatus:
         """Pid, liveness, interface and profile of the node's tunnel, for ``status`` and ``doctor``."""

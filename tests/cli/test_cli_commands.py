@@ -90,7 +90,8 @@ def test_status_of_a_node_that_never_ran(tmp_path: Path) -> None:
     assert "not provisioned yet" in done.stdout
 
 
-def test_reset_removes_every_persisted_file(clean_env: pytest.MonkeyPatch) -> None:
+def test_reset_removes_every_persisted_file(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setattr("coda_bridge.identity.connect.legacy_dir", lambda: tmp_path)  # never the real /tmp
     state = Path(os.environ["CODA_STATE_DIR"])
     paths = ensure_state_dir(state)
     for path in (paths.config, paths.private_key, paths.token_marker, paths.daemon_log):

@@ -94,7 +94,7 @@ def test_a_callback_on_an_allowed_origin_is_posted(
     # when a result goes there
     client.deliver(url, signer, RESULT)
 
-    # then it was posted, with the node's bearer and no connect header
+    # then it was posted, with the node's bearer and no connect header (they are for the cloud's origin)
     assert requests_mock.call_count == 1
     assert requests_mock.last_request.headers["Authorization"].startswith("Bearer eyJ")
     assert "X-Site-Key" not in requests_mock.last_request.headers

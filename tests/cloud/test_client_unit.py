@@ -410,7 +410,7 @@ def test_heartbeat_posts_the_body_with_a_fresh_jwt(
     assert sent.json() == HEARTBEAT_BODY
     assert sent.timeout == 7
     verify_token(bearer_of(sent), public_key_pem(key_pem), expected_kid=KID, expected_sub=QPU)
-    assert "X-Site-Key" not in sent.headers  # connect headers are for connect requests only
+    assert sent.headers["X-Site-Key"] == "site-key-42"  # connect headers go with every request to the cloud
 
 
 def test_heartbeat_goes_to_the_configured_path(requests_mock: rm.Mocker, signer: Signer) -> None:
@@ -496,7 +496,24 @@ def test_deliver_posts_the_result_with_a_jwt_and_the_webhook_timeout(
     assert sent.headers["Content-Type"] == "application/json"
     assert sent.timeout == 3
     verify_token(bearer_of(sent), public_key_pem(key_pem), expected_kid=KID, expected_sub=QPU)
-    assert "X-Site-Key" not in sent.headers  # a callback URL never gets the operator's connect headers
+    assert sent.headers["X-Site-Key"] == "site-key-42"  # a callback on the cloud's own origin gets them
+
+
+def test_a_header_named_authorization_never_replaces_the_bearer_of_a_heartbeat_or_result(
+    requests_mock: rm.Mocker, signer: Signer
+) -> None:
+    # given an operator header that collides with the bearer
+    requests_mock.post(HEARTBEAT_URL, json={})
+    requests_mock.post(CALLBACK_URL, json={})
+    client = CloudClient(make_settings(node_connect_headers={"AUTHORIZATION": "Basic b3A6cHc="}))
+
+    # when the node beats and delivers
+    client.heartbeat(signer, HEARTBEAT_BODY)
+    client.deliver(CALLBACK_URL, signer, RESULT)
+
+    # then both carried the node's JWT
+    for sent in requests_mock.request_history:
+        assert sent.headers["Authorization"].startswith("Bearer eyJ")
 
 
 def test_a_failed_result_is_posted_as_is(

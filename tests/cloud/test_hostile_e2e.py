@@ -551,8 +551,9 @@ def test_a_move_the_operator_allowed_is_applied_and_heartbeats_follow_it(
     finally:
         new_home.close()
 
-    # then the heartbeat went to the new home, without the operator's connect header
+    # then the heartbeat went to the new home, now the cloud's own origin (the operator listed it), with the
+    # operator's connect header as every request to the cloud has it
     assert applied.webapp_url == new_home.origin
     assert [s.path for s in new_home.seen] == ["/api/internal/qpu/heartbeat"]
-    assert "X-Site-Key" not in new_home.seen[0].headers
+    assert new_home.seen[0].headers["X-Site-Key"] == SITE_HEADER["X-Site-Key"]
     assert clean_attackers.hits() == []

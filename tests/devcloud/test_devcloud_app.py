@@ -561,3 +561,43 @@ def test_state_file_round_trip(tmp_path: Path) -> None:
     assert again.load(str(path)) is True
     assert again.check_token(token) == "q-saved"
     assert Store().load(str(tmp_path / "missing.json")) is False
+
+
+# -- deployment protection (a staging cloud that demands a bypass header) --
+
+BYPASS = {"x-vercel-protection-bypass": "bypass-unit-5f1c"}
+
+
+def test_a_protected_node_api_refuses_requests_without_the_header_and_records_only_names() -> None:
+    # given a simulator whose node API demands a bypass header, with a QPU and a token
+    client = create_app(Store(), required_headers=BYPASS).test_client()
+    token = _register(client, "qpu-prot")
+    body = {"machine_fingerprint": "host-1"}
+
+    # when a node connects without the header, with a wrong one, then with it
+    bare = client.post(CONNECT, json=body, headers=_bearer(token))
+    wrong = client.post(CONNECT, json=body, headers={**_bearer(token), "x-vercel-protection-bypass": "nope"})
+    probe = client.head("/api/internal/qpu/health")
+    good = client.post(CONNECT, json=body, headers={**_bearer(token), **BYPASS})
+
+    # then the first three were refused with 401 before any check (the token is still unused), the last
+    # provisioned; the refusals are listed with the header's name, never a value
+    assert [bare.status_code, wrong.status_code, probe.status_code] == [401, 401, 401]
+    assert bare.get_json() == {"error": "this deployment is protected: authentication required"}
+    assert good.status_code == 200, good.get_json()
+    refused = client.get("/devcloud/refused").get_json()["refused"]
+    assert [(r["method"], r["path"], r["missing"]) for r in refused] == [
+        ("POST", CONNECT, ["x-vercel-protection-bypass"]),
+        ("POST", CONNECT, ["x-vercel-protection-bypass"]),
+        ("HEAD", "/api/internal/qpu/health", ["x-vercel-protection-bypass"]),
+    ]
+    assert "nope" not in json.dumps(refused) and "bypass-unit-5f1c" not in json.dumps(refused)
+
+
+def test_without_protection_nothing_is_refused() -> None:
+    # given a simulator started as before (no required headers)
+    client = create_app(Store()).test_client()
+
+    # then its health answers and nothing is recorded as refused
+    assert client.get("/api/internal/qpu/health").status_code == 200
+    assert client.get("/devcloud/refused").get_json() == {"refused": []}

@@ -17,7 +17,7 @@ import requests_mock as rm
 
 from coda_bridge.cloud.client import CloudClient
 from coda_bridge.cloud.signing import generate_private_key_pem, public_key_pem, verify_token
-from coda_bridge.errors import AuthError, NodeError
+from coda_bridge.errors import AuthError, ConfigError, NodeError
 from coda_bridge.identity.connect import apply_bundle, connect_node
 from coda_bridge.identity.credentials import StatePaths
 from coda_bridge.settings import Settings
@@ -331,3 +331,151 @@ def test_a_garbled_key_from_the_cloud_fails_before_anything_is_written(
     # then the key is refused without being shown, and nothing was persisted
     assert "not a key" not in str(caught.value)
     assert not StatePaths(settings.state_dir).config.exists()
+
+
+# -- the VPN around a connect (PROTOCOL.md 1.1: reconnect with a saved profile) --
+
+PROFILE = "client\ndev tun\nremote vpn.cloud.test 1194\n"
+
+
+class FakeVpn:
+    """The VPN manager, faked: records each call in order, and what the connect request saw of them."""
+
+    def __init__(self, *, restores: bool = True, refuse: Exception | None = None) -> None:
+        self.calls: list[str] = []
+        self.restores = restores
+        self.refuse = refuse
+
+    def restore(self, settings: Settings) -> bool:
+        self.calls.append("restore")
+        if self.refuse is not None:
+            raise self.refuse
+        return self.restores
+
+    def bring_up(self, settings: Settings, profile: str) -> bool:
+        self.calls.append("bring_up")
+        return False  # the tunnel restore started is already up
+
+    def stop(self, settings: Settings) -> None:
+        self.calls.append("stop")
+
+
+def _provisioned(tmp_path: Path, requests_mock: rm.Mocker, key_pem: str, **vpn: Any) -> Settings:
+    """A node that provisioned in VPN mode (its credentials persisted); the mock is then cleared."""
+    block = {"required": True, "probe_targets": [], "client_profile_ovpn": PROFILE, **vpn}
+    requests_mock.post(CONNECT_URL, json=bundle(key_pem, connection_mode="vpn", vpn=block))
+    settings = Settings(webapp_url=BASE, state_dir=tmp_path / "state", node_machine_fingerprint=FINGERPRINT)
+    provisioned = connect(settings, [], token=TOKEN, vpn=FakeVpn())
+    requests_mock.reset_mock()
+    return provisioned
+
+
+def test_a_reconnect_with_a_saved_profile_brings_the_vpn_up_before_the_request(
+    tmp_path: Path, requests_mock: rm.Mocker, sleeps: list[float], key_pem: str
+) -> None:
+    # given a provisioned VPN-mode node, and a cloud that notes what the VPN manager had done by then
+    node = _provisioned(tmp_path, requests_mock, key_pem)
+    vpn = FakeVpn()
+    seen_at_request: list[list[str]] = []
+
+    def answer(request: Any, context: Any) -> dict[str, Any]:
+        seen_at_request.append(list(vpn.calls))
+        block = {"required": True, "probe_targets": [], "client_profile_ovpn": PROFILE}
+        return bundle(None, connection_mode="vpn", vpn=block)
+
+    requests_mock.post(CONNECT_URL, json=answer)
+
+    # when it starts again (a reconnect)
+    connect(node, sleeps, vpn=vpn)
+
+    # then the saved tunnel was restored before the reconnect request went out, then the profile applied
+    assert seen_at_request == [["restore"]]
+    assert vpn.calls == ["restore", "bring_up"]
+
+
+def test_a_required_vpn_without_a_saved_profile_stops_the_reconnect_before_any_request(
+    tmp_path: Path, requests_mock: rm.Mocker, sleeps: list[float], key_pem: str
+) -> None:
+    # given a provisioned VPN-mode node whose saved profile is gone (the manager refuses)
+    node = _provisioned(tmp_path, requests_mock, key_pem)
+    refusal = ConfigError("the VPN is required but no VPN profile was saved at x: provision again")
+
+    # when it starts again
+    with pytest.raises(ConfigError, match="provision again"):
+        connect(node, sleeps, vpn=FakeVpn(refuse=refusal))
+
+    # then nothing was sent to the cloud
+    assert requests_mock.call_count == 0
+
+
+def test_a_failed_reconnect_stops_the_tunnel_it_restored(
+    tmp_path: Path, requests_mock: rm.Mocker, sleeps: list[float], key_pem: str
+) -> None:
+    # given a provisioned VPN-mode node and a cloud that refuses the reconnect
+    node = _provisioned(tmp_path, requests_mock, key_pem)
+    requests_mock.post(CONNECT_URL, status_code=401, json={"error": "machine fingerprint does not match"})
+    vpn = FakeVpn()
+
+    # when it starts again
+    with pytest.raises(NodeError, match="fingerprint"):
+        connect(node, sleeps, vpn=vpn)
+
+    # then the tunnel restored for the request was stopped again
+    assert vpn.calls == ["restore", "stop"]
+
+
+def test_a_start_with_a_token_or_without_saved_credentials_restores_nothing(
+    tmp_path: Path, requests_mock: rm.Mocker, sleeps: list[float], key_pem: str
+) -> None:
+    # given a direct JWT start (a key configured, nothing persisted) and a cloud in https mode
+    requests_mock.post(CONNECT_URL, json=bundle(None))
+    direct = Settings(
+        webapp_url=BASE,
+        state_dir=tmp_path / "state",
+        node_machine_fingerprint=FINGERPRINT,
+        jwt_private_key=key_pem,
+        jwt_key_id=KID,
+        qpu_id=QPU,
+    )
+    vpn = FakeVpn()
+
+    # when it connects
+    connect(direct, sleeps, vpn=vpn)
+
+    # then no saved tunnel was looked for
+    assert vpn.calls == []
+
+
+@pytest.mark.parametrize("profile", [None, ""])
+def test_a_vpn_required_answer_without_a_profile_is_an_error(
+    settings: Settings, requests_mock: rm.Mocker, sleeps: list[float], key_pem: str, profile: str | None
+) -> None:
+    # given a cloud that requires the VPN but hands over no profile
+    block = {"required": True, "interface_hint": None, "probe_targets": [], "client_profile_ovpn": profile}
+    requests_mock.post(CONNECT_URL, json=bundle(key_pem, connection_mode="vpn", vpn=block))
+    vpn = FakeVpn()
+
+    # when the node provisions with auto-VPN on
+    with pytest.raises(NodeError, match=r"^the cloud requires the VPN but its connect answer has no VPN"):
+        connect(settings, sleeps, token=TOKEN, vpn=vpn)
+
+    # then nothing was persisted and no tunnel touched
+    assert not StatePaths(settings.state_dir).config.exists()
+    assert vpn.calls == []
+
+
+def test_without_auto_vpn_a_profile_is_not_needed(
+    tmp_path: Path, requests_mock: rm.Mocker, sleeps: list[float], key_pem: str
+) -> None:
+    # given a site that runs its tunnel itself, and a VPN-required answer without a profile
+    block = {"required": True, "interface_hint": None, "probe_targets": [], "client_profile_ovpn": None}
+    requests_mock.post(CONNECT_URL, json=bundle(key_pem, connection_mode="vpn", vpn=block))
+    settings = Settings(
+        webapp_url=BASE,
+        state_dir=tmp_path / "state",
+        node_machine_fingerprint=FINGERPRINT,
+        node_auto_vpn=False,
+    )
+
+    # when it provisions, then it is connected with the VPN required
+    assert connect(settings, sleeps, token=TOKEN).vpn_required is True

@@ -115,11 +115,12 @@ def wait_until() -> Callable[..., Any]:
 
 @dataclass
 class ProbeServer:
-    """A loopback HTTP server that answers HEAD with ``status`` and records the paths asked for."""
+    """A loopback HTTP server that answers HEAD with ``status`` and records the paths and headers it got."""
 
     server: http.server.ThreadingHTTPServer
     status: int = 200
     paths: list[str] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -135,6 +136,7 @@ def probe_server() -> Iterator[ProbeServer]:
         def do_HEAD(self) -> None:
             probe = holder["probe"]
             probe.paths.append(self.path)
+            probe.headers.append(dict(self.headers))
             self.send_response(probe.status)
             self.send_header("Content-Length", "0")
             self.end_headers()

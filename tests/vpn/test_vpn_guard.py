@@ -112,21 +112,83 @@ def test_ready_with_an_up_interface_and_an_answering_probe(
     assert probe_server.paths == ["/api/health"]
 
 
-def test_default_probe_targets_are_the_connect_and_heartbeat_urls(
+def test_the_default_probe_target_is_the_clouds_health_url_as_in_the_first_runtime(
     make_settings: Callable[..., Settings], probe_server: Any
 ) -> None:
+    # given a required VPN and no configured probe targets
     settings = make_settings(vpn_interface_hint="lo", webapp_url=probe_server.url)
-    assert VpnGuard(settings).check().ready
-    assert probe_server.paths == [settings.connect_path, settings.heartbeat_path]
+
+    # when the guard checks
+    check = VpnGuard(settings).check()
+
+    # then it probed {webapp_url}/api/internal/qpu/health, and only that
+    assert check.ready, check.detail
+    assert probe_server.paths == ["/api/internal/qpu/health"]
 
 
-@pytest.mark.parametrize("status", [200, 401, 405, 503])
-def test_any_http_answer_counts(
+def test_without_a_required_vpn_there_is_no_default_probe_target(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # given a VPN that is not required and no configured targets
+    settings = make_settings(vpn_required=False, webapp_url="https://cloud.test")
+
+    # then nothing is probed (the first runtime probes nothing in https mode), and configured targets stay
+    assert VpnGuard(settings).probe_targets() == []
+    configured = settings.replace(vpn_probe_targets=["https://cloud.test/x"])
+    assert VpnGuard(configured).probe_targets() == ["https://cloud.test/x"]
+
+
+@pytest.mark.parametrize("status", [200, 204, 301, 401, 404, 405, 499])
+def test_an_answer_below_500_passes(
     make_settings: Callable[..., Settings], probe_server: Any, status: int
 ) -> None:
+    # given a probe target answering with a status below 500 (a 4xx still proves the path through the tunnel)
     probe_server.status = status
     settings = make_settings(vpn_interface_hint="lo", vpn_probe_targets=[probe_server.url])
+
+    # then the check passes
     assert VpnGuard(settings).check().ready
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_a_5xx_answer_fails_the_check(
+    make_settings: Callable[..., Settings], probe_server: Any, status: int
+) -> None:
+    # given a probe target behind a broken gateway
+    probe_server.status = status
+    settings = make_settings(vpn_interface_hint="lo", vpn_probe_targets=[probe_server.url + "/health"])
+
+    # when the guard checks
+    check = VpnGuard(settings).check()
+
+    # then the VPN is not ready, and the detail names the target and the status
+    assert check.state == VPN_UNAVAILABLE
+    assert check.detail == (
+        f"probe {probe_server.url}/health answered {status}: the cloud or a gateway before it is failing"
+    )
+
+
+def test_connect_headers_go_only_with_probes_to_the_clouds_own_origin(
+    make_settings: Callable[..., Settings], probe_server: Any
+) -> None:
+    # given connect headers, and probe targets on the cloud's origin and on another port (another origin)
+    other = probe_server.url.replace("127.0.0.1", "localhost")
+    settings = make_settings(
+        vpn_interface_hint="lo",
+        webapp_url=probe_server.url,
+        node_connect_headers={"X-Bypass": "bypass-secret-9", "Authorization": "Basic b3A6cHc="},
+        vpn_probe_targets=[probe_server.url + "/own", other + "/foreign"],
+    )
+
+    # when the guard checks
+    assert VpnGuard(settings).check().ready
+
+    # then the probe to the cloud's origin carried the header (never an Authorization), the other none
+    own, foreign = probe_server.headers
+    assert probe_server.paths == ["/own", "/foreign"]
+    assert own["X-Bypass"] == "bypass-secret-9"
+    assert "Authorization" not in own
+    assert "X-Bypass" not in foreign
 
 
 def test_a_missing_hinted_interface_fails(make_settings: Callable[..., Settings], probe_server: Any) -> None:

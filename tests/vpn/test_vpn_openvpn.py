@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from coda_bridge.errors import VPNError
+from coda_bridge.errors import ConfigError, VPNError
 from coda_bridge.identity.credentials import StatePaths, write_private
 from coda_bridge.settings import Settings
 from coda_bridge.vpn.openvpn import OpenVPNManager
@@ -250,5 +250,29 @@ def test_ensure_running_uses_node_vpn_profile_path(
         assert manager.ensure_running(settings) is True
         assert StatePaths(settings.state_dir).vpn_profile.read_text().endswith("reneg-sec 0\n")
         assert manager.status(settings)["profile_path"] == str(profile)
+    finally:
+        manager.stop(settings)
+
+
+def test_restore_starts_the_saved_profile_and_refuses_a_required_vpn_without_one(
+    make_settings: Callable[..., Settings], fake_openvpn: Callable[..., str], alive: Callable[[int], bool]
+) -> None:
+    # given a node whose VPN is required and that saved no profile
+    settings = make_settings(vpn_required=True)
+    manager = _manager(fake_openvpn(), TunnelWhenDaemonRuns(settings, alive))
+
+    # when it restores the tunnel before a reconnect, then it is told to provision again
+    with pytest.raises(ConfigError, match=r"no VPN profile was saved at .*coda\.ovpn: provision again"):
+        manager.restore(settings)
+    assert manager.restore(settings.replace(vpn_required=False)) is False  # nothing needed
+    assert manager.restore(settings.replace(node_auto_vpn=False)) is False  # the site runs its own tunnel
+
+    # and once a profile is saved and its daemon stopped, restore starts it again (and only once)
+    try:
+        assert manager.bring_up(settings, PROFILE) is True
+        manager.stop(settings)
+        assert manager.restore(settings) is True
+        assert manager.status(settings)["running"] is True
+        assert manager.restore(settings) is False  # the tunnel is up
     finally:
         manager.stop(settings)

@@ -377,3 +377,80 @@ def test_cloud_profile_brings_the_node_up_ready_and_its_loss_makes_ready_503(
     wait_until(lambda: not tun_interfaces(lab.client_dev), timeout=5)
     assert not OpenVPNManager().status(settings)["running"]
     assert time.monotonic() - started_at < 40
+
+
+class _TunnelAtEachStep:
+    """The real OpenVPN manager, noting whether the tunnel was up when each of its steps ended."""
+
+    def __init__(self, device: str) -> None:
+        self.manager = OpenVPNManager(start_timeout_sec=20, poll_interval_sec=0.2)
+        self.device = device
+        self.steps: list[tuple[str, float, bool]] = []
+
+    def _note(self, step: str) -> None:
+        self.steps.append((step, time.time(), bool(tun_interfaces(self.device))))
+
+    def restore(self, settings: Settings) -> bool:
+        started = self.manager.restore(settings)
+        self._note("restore")
+        return started
+
+    def bring_up(self, settings: Settings, profile: str) -> bool:
+        started = self.manager.bring_up(settings, profile)
+        self._note("bring_up")
+        return started
+
+    def stop(self, settings: Settings) -> None:
+        self.manager.stop(settings)
+        self._note("stop")
+
+    def ensure_running(self, settings: Settings) -> bool:
+        return self.manager.ensure_running(settings)
+
+
+def test_a_reconnect_brings_the_saved_tunnel_up_before_its_request(
+    lab: TunnelLab,
+    pki: Any,
+    clean_env: pytest.MonkeyPatch,
+    devcloud: DevCloudClient,
+    redis_url: str,
+    tmp_path: Path,
+    wait_until: Callable[..., Any],
+) -> None:
+    # given a node provisioned in vpn mode whose OpenVPN is then stopped (a reboot, say)
+    lab.start_server(_server_conf(pki))
+    lab.start_probe_server()
+    qpu_id = f"qpu-vpn-re-{lab.suffix}"
+    devcloud.create_qpu(
+        qpu_id,
+        connection_mode="vpn",
+        client_profile_ovpn=_client_profile(pki, lab.client_dev),
+        vpn={"interface_hint": None, "check_interval_sec": 1, "probe_targets": [lab.probe_url]},
+        redis_url=redis_url,
+        replace=True,
+    )
+    clean_env.setenv("CODA_WEBAPP_URL", devcloud.base_url)
+    clean_env.setenv("CODA_BROKER_URL", redis_url)
+    clean_env.setattr("coda_bridge.identity.connect.legacy_dir", lambda: tmp_path / "no-legacy")
+    before = load_settings()
+    vpn = _TunnelAtEachStep(lab.client_dev)
+    try:
+        provisioned = node.connect(token=devcloud.mint_token(qpu_id))
+        vpn.manager.stop(provisioned)
+        wait_until(lambda: not tun_interfaces(lab.client_dev), timeout=5)
+
+        # when the node starts again, without a token
+        reconnected = node.connect(vpn=vpn)
+
+        # then the saved tunnel came up first, and the reconnect request reached the cloud after it
+        (reconnect,) = devcloud.connects(qpu_id, mode="reconnect")
+        assert reconnect["accepted"] is True
+        assert [(step, up) for step, _, up in vpn.steps] == [("restore", True), ("bring_up", True)]
+        restored_at = vpn.steps[0][1]
+        assert reconnect["received_at"] >= restored_at
+        assert reconnected.qpu_id == qpu_id and lab.client_dev in tun_interfaces()
+    finally:
+        vpn.manager.stop(before)
+        with contextlib.suppress(Exception):
+            devcloud.delete_qpu(qpu_id)
+    wait_until(lambda: not tun_interfaces(lab.client_dev), timeout=5)
