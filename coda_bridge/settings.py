@@ -172,6 +172,8 @@ class Settings(BaseModel):
     #: ``text`` (one line per record) or ``json`` (one JSON object per line), for every process.
     log_format: str = "text"
     shutdown_drain_timeout_sec: float = Field(30, gt=0)
+    #: How long ``start --daemon`` waits for the node to be ready before it calls the start failed.
+    start_timeout_sec: float = Field(60, gt=0)
 
     @field_validator("native_gate_set")
     @classmethod

@@ -1,50 +1,72 @@
 """The running node seen from outside: its pid file, the detached start, stop, and its log.
 
-``coda-bridge start`` (foreground or not) claims ``coda-bridge.pid`` in the
-state directory for as long as it runs, so ``stop``, ``status`` and a
-second ``start`` find it; a pid file whose process is gone (or is not
-coda-bridge any more) is stale and replaced.  ``start --daemon`` runs
-``coda-bridge start`` in a new session with its output appended to
-``coda-bridge.log`` and returns once that process has claimed the pid file.
+``coda-bridge start`` (foreground or not) claims a pid file for as long as
+it runs, so ``stop``, ``status`` and a second ``start`` find it.  The file
+lives in a runtime directory the system empties at boot (:func:`runtime_dir`)
+and names the process by pid and start time (:func:`process_identity`), so a
+stale file never names another process.  ``start --daemon`` runs ``coda-bridge
+start`` in a new session with its output appended to ``coda-bridge.log`` in
+the state directory and returns once the node is ready, or says why not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..errors import CodaError
-from ..identity.credentials import FILE_MODE, StatePaths
+import psutil
+
+from ..errors import CodaError, ConfigError
+from ..identity.credentials import FILE_MODE
+from .exits import exit_status
+from .outcome import last_exit, one_line, record_exit
 from .proctree import alive, kill_tree, process_tree
 
 __all__ = [
     "DaemonRunning",
+    "Launch",
+    "StartFailed",
     "StopOutcome",
     "claim_pid_file",
     "detach",
     "follow",
+    "pid_file_for",
+    "probe_ready",
+    "process_identity",
+    "ready_url",
+    "release_pid_file",
     "running_pid",
+    "runtime_dir",
     "stop_node",
     "tail",
 ]
 
-#: How long ``start --daemon`` waits for the detached process to claim the pid file.
-START_CONFIRM_TIMEOUT_SEC = 20.0
+#: How long one look at ``/ready`` may take while ``start --daemon`` waits for the node.
+READY_PROBE_TIMEOUT_SEC = 2.0
+#: Exit status of ``start --daemon`` when the node was not ready in time.
+START_TIMEOUT_EXIT = 1
+#: Where root's runtime directory goes (emptied at boot).
+ROOT_RUNTIME_PARENT = "/run"
 #: Time past the drain timeout before ``stop`` asks for a kill.
 STOP_MARGIN_SEC = 15.0
 #: How long ``stop`` waits after the second signal before it SIGKILLs the whole tree.
 FORCE_WAIT_SEC = 5.0
 #: How often waits look again.
 POLL_SEC = 0.1
-#: Lines of the log quoted when the detached process dies at start.
-LOG_TAIL_LINES = 15
 #: How often ``logs -f`` looks for new lines.
 FOLLOW_POLL_SEC = 0.25
 
@@ -60,37 +82,98 @@ class DaemonRunning(CodaError):
         self.pid = pid
 
 
-def _read_pid(path: Path) -> int | None:
+def runtime_dir() -> Path:
+    """Where the pid files live: a directory the system empties at boot.
+
+    ``/run/coda-bridge`` for root, ``$XDG_RUNTIME_DIR/coda-bridge`` for
+    another user, else a private ``coda-bridge-<uid>`` in the temporary
+    directory.  One that another user owns or can write to is refused.
+    """
+    uid = os.geteuid()
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if uid == 0 and Path(ROOT_RUNTIME_PARENT).is_dir():
+        path = Path(ROOT_RUNTIME_PARENT) / "coda-bridge"
+    elif xdg and Path(xdg).is_dir():
+        path = Path(xdg) / "coda-bridge"
+    else:
+        path = Path(tempfile.gettempdir()) / f"coda-bridge-{uid}"
     try:
-        text = path.read_text().strip()
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = path.lstat()
+    except OSError as exc:
+        raise ConfigError(f"runtime directory {path} cannot be used: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or info.st_mode & 0o022:
+        raise ConfigError(
+            f"runtime directory {path} is not a directory of this user that only it can write to; "
+            "remove it, or set XDG_RUNTIME_DIR"
+        )
+    return path
+
+
+def pid_file_for(state_dir: Path) -> Path:
+    """The pid file of the node of ``state_dir``, in :func:`runtime_dir` (named by the state directory)."""
+    digest = hashlib.sha256(str(Path(state_dir).absolute()).encode()).hexdigest()[:16]
+    return runtime_dir() / f"node-{digest}.pid"
+
+
+def process_identity(pid: int) -> str | None:
+    """What names ``pid`` and no other process, ever: the boot and the process's start time in ticks.
+
+    ``None`` when it does not run (a zombie does not).
+    """
+    if not alive(pid):
+        return None
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat_line = Path(f"/proc/{pid}/stat").read_bytes()
+        start_ticks = stat_line.rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):  # no procfs: psutil's start time, to the second
+        try:
+            return f"created-{psutil.Process(pid).create_time():.0f}"
+        except psutil.Error:
+            return None
+    return f"{boot}-{start_ticks}"
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        text = path.read_text()
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
         raise CodaError(f"pid file {path} cannot be read: {exc.strerror}") from None
-    return int(text) if text.isdigit() else None
-
-
-def _is_ours(pid: int) -> bool:
-    """Whether ``pid`` is a coda-bridge process (a reused pid after a reboot is not)."""
-    if not alive(pid):
-        return False
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True  # cannot tell: assume it is
-    return b"coda" in cmdline
+        record = json.loads(text)
+        int(record["pid"])
+    except (ValueError, TypeError, KeyError):
+        return None  # not ours (an older bare pid, a half-written file): names no node
+    return record if isinstance(record, dict) else None
+
+
+def _read_pid(path: Path) -> int | None:
+    record = _read_record(path)
+    return int(record["pid"]) if record is not None else None
 
 
 def running_pid(pid_file: Path) -> int | None:
-    """The pid of the node that holds ``pid_file``, or ``None`` (absent or stale)."""
-    pid = _read_pid(pid_file)
-    return pid if pid is not None and _is_ours(pid) else None
+    """The pid of the node that holds ``pid_file``, or ``None`` (absent, stale, or naming another process).
+
+    The file names a process by pid and :func:`process_identity`: a pid reused
+    by any other process (after a reboot, or a wrap-around) does not match.
+    """
+    record = _read_record(pid_file)
+    if record is None:
+        return None
+    pid = int(record["pid"])
+    identity = record.get("identity")
+    return pid if identity and process_identity(pid) == identity else None
 
 
 @contextlib.contextmanager
 def claim_pid_file(pid_file: Path) -> Iterator[int]:
     """Hold ``pid_file`` with this process's pid; refuse with :class:`DaemonRunning` if one runs."""
     pid = os.getpid()
+    record = json.dumps({"pid": pid, "identity": process_identity(pid)})
     for _ in range(3):
         try:
             fd = os.open(pid_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
@@ -98,33 +181,86 @@ def claim_pid_file(pid_file: Path) -> Iterator[int]:
             other = running_pid(pid_file)
             if other is not None and other != pid:
                 raise DaemonRunning(other, pid_file) from None
-            pid_file.unlink(missing_ok=True)  # stale: its process is gone
+            pid_file.unlink(missing_ok=True)  # stale: its process is gone, or it never was ours
             continue
         with os.fdopen(fd, "w") as handle:
-            handle.write(f"{pid}\n")
+            handle.write(record + "\n")
         break
     else:
         raise CodaError(f"pid file {pid_file} keeps reappearing; is another start racing this one?")
     try:
         yield pid
     finally:
+        release_pid_file(pid_file, pid)
+
+
+def release_pid_file(pid_file: Path, pid: int) -> None:
+    """Remove ``pid_file`` if it still names ``pid`` (never another node's)."""
+    with contextlib.suppress(OSError, CodaError):
         if _read_pid(pid_file) == pid:
             pid_file.unlink(missing_ok=True)
 
 
-def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    return "\n".join(tail(path, lines))
+class StartFailed(CodaError):
+    """``start --daemon``: the node stopped at start, or was not ready in time (exits with its code)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code or 1
 
 
-def detach(args: Sequence[str], env: Mapping[str, str], paths: StatePaths) -> int:
-    """Run ``coda-bridge start ARGS`` in a new session, output to the log; its pid once it runs.
+@dataclass(frozen=True)
+class Launch:
+    """Where a detached node logs and claims its pid file, how to ask it whether it is ready, how long."""
 
+    state_dir: Path
+    log: Path
+    pid_file: Path
+    ready_url: str
+    timeout_sec: float
+    drain_timeout_sec: float
+
+
+def ready_url(host: str, port: int) -> str:
+    """The probes app's ``/ready`` as this host reaches it (a wildcard bind through the loopback)."""
+    if host in ("", "0.0.0.0", "*"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}/ready" if ":" in host else f"http://{host}:{port}/ready"
+
+
+def probe_ready(url: str) -> tuple[bool, str | None]:
+    """Whether ``/ready`` says ready, and its reason when it does not (``None``: no answer)."""
+    try:
+        with urllib.request.urlopen(url, timeout=READY_PROBE_TIMEOUT_SEC) as response:  # noqa: S310 (http)
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+    except (OSError, ValueError):
+        return False, None
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return False, None
+    if not isinstance(answer, dict):
+        return False, None
+    return bool(answer.get("ready")), str(answer.get("reason") or "") or None
+
+
+def detach(args: Sequence[str], env: Mapping[str, str], launch: Launch) -> int:
+    """Run ``coda-bridge start ARGS`` in a new session, output to the log; its pid once it is ready.
+
+    Ready is the pid file naming it and its ``/ready`` answering 200.  If it
+    stops first, :class:`StartFailed` carries its exit code and why; if it is
+    not ready within ``launch.timeout_sec``, it is stopped and that is the
+    failure.  Either way the reason is kept for ``status``.
     Secrets travel in ``env`` only, never in ``args``.
     """
-    other = running_pid(paths.daemon_pid)
+    other = running_pid(launch.pid_file)
     if other is not None:
-        raise DaemonRunning(other, paths.daemon_pid)
-    log_fd = os.open(paths.daemon_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+        raise DaemonRunning(other, launch.pid_file)
+    log_fd = os.open(launch.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
     offset = os.lseek(log_fd, 0, os.SEEK_END)
     try:
         process = subprocess.Popen(
@@ -137,18 +273,54 @@ def detach(args: Sequence[str], env: Mapping[str, str], paths: StatePaths) -> in
         )
     finally:
         os.close(log_fd)
-    deadline = time.monotonic() + START_CONFIRM_TIMEOUT_SEC
-    while _read_pid(paths.daemon_pid) != process.pid:
+    deadline = time.monotonic() + launch.timeout_sec
+    waiting_for = "its pid file"
+    while True:
         if process.poll() is not None:
-            output = _read_from(paths.daemon_log, offset).strip() or "(no output)"
-            raise CodaError(f"coda-bridge exited at start (code {process.returncode}): {output[-2000:]}")
+            raise _stopped_at_start(process.pid, exit_status(process.returncode), launch, offset)
+        if running_pid(launch.pid_file) == process.pid:
+            ready, reason = probe_ready(launch.ready_url)
+            if ready:
+                return process.pid
+            waiting_for = reason or f"an answer from {launch.ready_url}"
         if time.monotonic() > deadline:
-            raise CodaError(
-                f"coda-bridge (pid {process.pid}) did not claim {paths.daemon_pid} within "
-                f"{START_CONFIRM_TIMEOUT_SEC:g} s; see {paths.daemon_log}"
-            )
+            raise _not_ready(process, waiting_for, launch, offset)
         time.sleep(POLL_SEC)
-    return process.pid
+
+
+def _stopped_at_start(pid: int, code: int, launch: Launch, offset: int) -> StartFailed:
+    """Why the node of ``pid`` stopped: what its supervisor kept, else its last words in the log."""
+    record = last_exit(launch.state_dir)
+    if record is not None and record.pid == pid and record.code == code:
+        reason = record.reason
+    else:
+        reason = _last_words(_read_from(launch.log, offset))
+        record_exit(launch.state_dir, pid, code, reason)
+    return StartFailed(f"coda-bridge stopped at start (code {code}): {one_line(reason)}", code)
+
+
+def _not_ready(
+    process: subprocess.Popen[bytes], waiting_for: str, launch: Launch, offset: int
+) -> StartFailed:
+    """Stop a node that did not become ready in time; the failure, kept for ``status``."""
+    if running_pid(launch.pid_file) == process.pid:
+        stop_node(launch.pid_file, launch.drain_timeout_sec)
+    else:  # not even its pid file yet: nothing of the node runs but this process and what it forked
+        kill_tree(process_tree(process.pid))
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(FORCE_WAIT_SEC)
+    if waiting_for == "its pid file":
+        waiting_for = _last_words(_read_from(launch.log, offset))
+    reason = f"not ready within {launch.timeout_sec:g} s (CODA_START_TIMEOUT_SEC), stopped: {waiting_for}"
+    record_exit(launch.state_dir, process.pid, START_TIMEOUT_EXIT, reason)
+    return StartFailed(f"coda-bridge {one_line(reason)}; log: {launch.log}", START_TIMEOUT_EXIT)
+
+
+def _last_words(output: str) -> str:
+    """The line of ``output`` that best says why it stopped: its last error, else its last line."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower() or "critical" in line.lower()]
+    return (errors or lines or ["(no output)"])[-1]
 
 
 def _read_from(path: Path, offset: int) -> str:

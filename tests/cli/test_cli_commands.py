@@ -96,7 +96,8 @@ def test_reset_removes_every_persisted_file(clean_env: pytest.MonkeyPatch) -> No
     for path in (paths.config, paths.private_key, paths.token_marker, paths.daemon_log):
         write_private(path, "x\n")
     refused = CliRunner().invoke(cli, ["reset"], input="n\n")
-    assert refused.exit_code != 0
+    assert refused.exit_code == 1  # a declined confirmation, as click's own abort: not 130 (Ctrl-C)
+    assert "Aborted: nothing changed." in refused.output
     assert paths.config.exists()
     result = CliRunner().invoke(cli, ["reset", "--yes"])
     assert result.exit_code == 0, result.output

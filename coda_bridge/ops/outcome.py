@@ -1,0 +1,82 @@
+"""Why the node last stopped: its exit code and one line saying why, kept in the state directory.
+
+``start``'s supervisor writes it as the node stops, and ``start --daemon``
+when the node it started failed or was not ready in time; ``status``
+reads it, so a stopped node says why it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..logs import mask
+
+__all__ = ["LAST_EXIT_FILE", "LastExit", "forget_exit", "last_exit", "one_line", "record_exit"]
+
+#: The record's file name in the state directory.
+LAST_EXIT_FILE = "last-exit.json"
+#: Longest reason kept (a line a terminal shows whole).
+MAX_REASON_CHARS = 500
+
+
+@dataclass(frozen=True)
+class LastExit:
+    """How a node's run ended: the supervisor's pid, its exit code, why, and when (Unix time)."""
+
+    pid: int
+    code: int
+    reason: str
+    stopped_at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["stopped_at_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.stopped_at))
+        return record
+
+
+def one_line(text: str) -> str:
+    """``text`` as one short line with any secret masked; a JSON log line gives its message."""
+    text = text.strip()
+    if text.startswith("{"):
+        with contextlib.suppress(ValueError, AttributeError):
+            record = json.loads(text)
+            text = str(record.get("message") or record.get("msg") or text)
+    text = mask(" ".join(text.split()))
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
+
+
+def record_exit(state_dir: Path, pid: int, code: int, reason: str) -> None:
+    """Keep why the node of ``pid`` stopped (replacing the last record; never raises)."""
+    record = LastExit(pid, code, one_line(reason), time.time())
+    path = Path(state_dir) / LAST_EXIT_FILE
+    temporary = path.with_name(f".{LAST_EXIT_FILE}.{os.getpid()}")
+    with contextlib.suppress(OSError):
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(asdict(record), handle)
+        temporary.replace(path)
+
+
+def last_exit(state_dir: Path) -> LastExit | None:
+    """The last record, or ``None`` (none yet, or unreadable)."""
+    try:
+        data = json.loads((Path(state_dir) / LAST_EXIT_FILE).read_text())
+        return LastExit(int(data["pid"]), int(data["code"]), str(data["reason"]), float(data["stopped_at"]))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def forget_exit(state_dir: Path) -> Path | None:
+    """Remove the record (``reset``); the path removed, or ``None``."""
+    path = Path(state_dir) / LAST_EXIT_FILE
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    return path
