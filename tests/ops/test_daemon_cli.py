@@ -18,6 +18,7 @@ from coda_bridge.ops.proctree import alive, process_tree
 @pytest.mark.e2e
 def test_daemon_start_status_logs_second_start_and_stop(cloud_stack: LocalStack, tmp_path: Path) -> None:
     env = node_env(cloud_stack, CODA_EXECUTOR_FACTORY="coda_bridge.executors.simulator:create_executor")
+    env["CODA_DEVCLOUD_URL"] = cloud_stack.env()["CODA_WEBAPP_URL"]  # this project's own: no warning
     paths = StatePaths(cloud_stack.state_dir)
     pid_file = pid_file_for(cloud_stack.state_dir)
 
@@ -66,6 +67,7 @@ def test_daemon_start_status_logs_second_start_and_stop(cloud_stack: LocalStack,
         log_text = paths.daemon_log.read_text()
         assert "bridge started" in log_text
         assert env["CODA_NODE_TOKEN"] not in log_text
+        assert "Ignoring unknown setting" not in log_text
 
         tree = process_tree(pid)
         assert len(tree) >= 6  # the supervisor and its processes (one per part, gunicorn's worker too)
