@@ -98,6 +98,20 @@ def test_replay_with_the_broker_down_names_the_broker(
     assert "CODA_BROKER_URL" in err
 
 
+def test_replay_of_a_job_that_is_not_dead_lettered_fails_with_one_line(
+    node_env: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    # Given a broker that holds no dead letter
+    node_env.setenv("CODA_BROKER_URL", redis_url)
+    # When a job is named for replay, in a child process as an operator runs it
+    done = run_cli("replay", "j-not-there")
+    # Then it exits 1 with one line naming the job, and re-queues nothing
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert_one_line(done.stderr, contains="no dead-lettered message for job(s) j-not-there")
+    assert "replay --list" in done.stderr
+
+
 def test_status_with_the_broker_down_still_says_stopped(
     node_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
