@@ -88,6 +88,9 @@ def test_status_of_a_node_that_never_ran(tmp_path: Path) -> None:
     assert done.returncode == 3
     assert "coda-bridge: stopped" in done.stdout
     assert "not provisioned yet" in done.stdout
+    # no log file is named that does not exist
+    assert "log file:    none (the node has not been started with --daemon here)" in done.stdout
+    assert "coda-bridge.log" not in done.stdout
 
 
 def test_reset_removes_every_persisted_file(clean_env: pytest.MonkeyPatch) -> None:
