@@ -291,7 +291,7 @@ def detach(args: Sequence[str], env: Mapping[str, str], launch: Launch) -> int:
 def _stopped_at_start(pid: int, code: int, launch: Launch, offset: int) -> StartFailed:
     """Why the node of ``pid`` stopped: what its supervisor kept, else its last words in the log."""
     record = last_exit(launch.state_dir)
-    if record is not None and record.pid == pid and record.code == code:
+    if record is not None and record.pid == pid and record.code == code and record.explained:
         reason = record.reason
     else:
         reason = _last_words(_read_from(launch.log, offset))

@@ -17,12 +17,14 @@ from typing import Any
 
 from ..logs import mask
 
-__all__ = ["LAST_EXIT_FILE", "LastExit", "forget_exit", "last_exit", "one_line", "record_exit"]
+__all__ = ["LAST_EXIT_FILE", "UNEXPLAINED", "LastExit", "forget_exit", "last_exit", "one_line", "record_exit"]
 
 #: The record's file name in the state directory.
 LAST_EXIT_FILE = "last-exit.json"
 #: Longest reason kept (a line a terminal shows whole).
 MAX_REASON_CHARS = 500
+#: Ends the reason of a record written by a process that knows its code but not why (its output does).
+UNEXPLAINED = "(its output says why)"
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,11 @@ class LastExit:
     code: int
     reason: str
     stopped_at: float
+
+    @property
+    def explained(self) -> bool:
+        """Whether the reason says why, not only that it stopped."""
+        return not self.reason.endswith(UNEXPLAINED)
 
     def as_dict(self) -> dict[str, Any]:
         record = asdict(self)

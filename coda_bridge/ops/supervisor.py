@@ -166,7 +166,7 @@ def run_start(
     pid_file = pid_file_for(paths.root)
     if one_process:
         from .oneprocess import run_one_process
-        from .outcome import record_exit
+        from .outcome import UNEXPLAINED, record_exit
 
         with claim_pid_file(pid_file) as pid:
             code: Any = 1
@@ -176,7 +176,8 @@ def run_start(
                 code = exc.code if isinstance(exc.code, int) else 1
                 raise
             finally:
-                record_exit(paths.root, pid, code, "stopped" if code == 0 else f"exited with code {code}")
+                reason = "stopped" if code == 0 else f"exited with code {code} {UNEXPLAINED}"
+                record_exit(paths.root, pid, code, reason)
             return int(code)
     env = child_env(host=host, port=port, site=site)
     since = time.time()

@@ -25,10 +25,10 @@ STOP_SLACK_SEC = 25
 SIMULATOR = "coda_bridge.executors.simulator:create_executor"
 
 
-def _start_and_status(env: dict[str, str]) -> tuple[int, str, float, dict[str, object], int]:
+def _start_and_status(env: dict[str, str], *mode: str) -> tuple[int, str, float, dict[str, object], int]:
     """``start -d``'s exit code, its stderr, how long it took; then ``status --json`` and its exit code."""
     began = time.monotonic()
-    started = run_cli("start", "-d", env=env, timeout=START_TIMEOUT_SEC + STOP_SLACK_SEC + 30)
+    started = run_cli("start", "-d", *mode, env=env, timeout=START_TIMEOUT_SEC + STOP_SLACK_SEC + 30)
     took = time.monotonic() - began
     assert started.stdout == ""
     status = run_cli("status", "--json", env=env)
@@ -49,19 +49,23 @@ def env(cloud_stack: LocalStack) -> dict[str, str]:
     return node_env(cloud_stack, CODA_START_TIMEOUT_SEC=timeout, CODA_EXECUTOR_FACTORY=SIMULATOR)
 
 
+MODES = pytest.mark.parametrize("mode", [(), ("--one-process",)], ids=["processes", "one-process"])
+
+
 @pytest.mark.e2e
+@MODES
 def test_a_refused_token_fails_the_background_start_with_78_and_says_why(
-    cloud_stack: LocalStack, env: dict[str, str]
+    cloud_stack: LocalStack, env: dict[str, str], mode: tuple[str, ...]
 ) -> None:
     # Given a node token the cloud does not know
     env["CODA_NODE_TOKEN"] = "cnt_bogus_token_never_minted"
     # When the node is started in the background
-    code, err, took, report, status_code = _start_and_status(env)
+    code, err, took, report, status_code = _start_and_status(env, *mode)
     # Then start fails at once with the configuration exit code and the cloud's answer, on one line
     line = _one_line(err)
     assert code == EX_CONFIG
     assert took < START_TIMEOUT_SEC
-    assert "bridge exited with code 78" in line
+    assert "bridge exited with code 78" in line or mode
     assert "token is invalid" in line
     assert "cnt_bogus_token_never_minted" not in err
     # And status says the node is stopped, and why
@@ -73,18 +77,19 @@ def test_a_refused_token_fails_the_background_start_with_78_and_says_why(
 
 
 @pytest.mark.e2e
+@MODES
 def test_an_executor_that_cannot_be_built_fails_the_background_start_with_78(
-    cloud_stack: LocalStack, env: dict[str, str]
+    cloud_stack: LocalStack, env: dict[str, str], mode: tuple[str, ...]
 ) -> None:
     # Given an executor factory whose module does not exist (a typo)
     env["CODA_EXECUTOR_FACTORY"] = "no_such_backend_module:create_executor"
     # When the node is started in the background
-    code, err, took, report, status_code = _start_and_status(env)
+    code, err, took, report, status_code = _start_and_status(env, *mode)
     # Then start fails with 78 and names the factory that cannot be imported, on one line
     line = _one_line(err)
     assert code == EX_CONFIG
     assert took < START_TIMEOUT_SEC
-    assert "jobs exited with code 78" in line
+    assert "jobs exited with code 78" in line or mode
     assert "no_such_backend_module" in line
     # And status --json names it, and the executor
     assert status_code == 3
