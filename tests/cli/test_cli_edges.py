@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from coda_bridge.cli.main import main
 from coda_bridge.cli.options import safe_url
 from coda_bridge.dev.localredis import free_port
+from coda_bridge.ops.daemon import pid_file_for
 from coda_bridge.ops.exits import EX_CONFIG
 
 PASSWORD = "s3cr3t-pw"
@@ -167,7 +168,7 @@ def test_processes_refuse_a_malformed_broker_url_before_starting(
 ) -> None:
     url = MALFORMED["bad port"]
     node_env.setenv("CODA_BROKER_URL", url)
-    pid_file = Path(os.environ["CODA_STATE_DIR"]) / "coda-bridge.pid"
+    pid_file = pid_file_for(Path(os.environ["CODA_STATE_DIR"]))
     try:
         done = run_cli(*args)
     finally:
