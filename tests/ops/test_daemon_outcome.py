@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ops_support import node_env, run_cli
+from ops_support import DRAIN_TIMEOUT_SEC, node_env, run_cli
 
 from coda_bridge.dev.localredis import free_port
 from coda_bridge.dev.stack import LocalStack
@@ -20,8 +20,9 @@ from coda_bridge.ops.exits import EX_CONFIG
 
 #: The start timeout of these nodes: short, so the broker-down case ends soon.
 START_TIMEOUT_SEC = 20
-#: What the stop of a node that never became ready may add to the start timeout (a busy machine).
-STOP_SLACK_SEC = 25
+#: What the stop of a node that never became ready may add to the start timeout: its drain timeout,
+#: stop's margin and a kill (usually a few seconds; the bound holds on a busy machine).
+STOP_SLACK_SEC = DRAIN_TIMEOUT_SEC + 30
 SIMULATOR = "coda_bridge.executors.simulator:create_executor"
 
 
