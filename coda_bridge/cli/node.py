@@ -82,7 +82,7 @@ def stop(site: str | None) -> None:
     Example:
       coda-bridge stop
     """
-    from ..ops.daemon import pid_file_for, running_pid
+    from ..ops.pidfile import pid_file_for, running_pid
 
     settings = plain_settings(site)
     pid_file = pid_file_for(settings.state_dir)
@@ -207,8 +207,8 @@ def reset(yes: bool) -> None:
       coda-bridge reset --yes
     """
     from ..identity.credentials import StatePaths, reset_state
-    from ..ops.daemon import pid_file_for
     from ..ops.outcome import forget_exit
+    from ..ops.pidfile import pid_file_for
 
     settings = plain_settings()
     paths = StatePaths(settings.state_dir)

@@ -1,56 +1,41 @@
-"""The running node seen from outside: its pid file, the detached start, stop, and its log.
+"""The running node seen from outside: the background start, stop, and the log.
 
-``coda-bridge start`` (foreground or not) claims a pid file for as long as
-it runs, so ``stop``, ``status`` and a second ``start`` find it.  The file
-lives in a runtime directory the system empties at boot (:func:`runtime_dir`)
-and names the process by pid and start time (:func:`process_identity`), so a
-stale file never names another process.  ``start --daemon`` runs ``coda-bridge
-start`` in a new session with its output appended to ``coda-bridge.log`` in
-the state directory and returns once the node is ready, or says why not.
+``start --daemon`` runs ``coda-bridge start`` in a new session with its
+output appended to ``coda-bridge.log`` in the state directory and returns
+once the node is ready, or says why it is not (:func:`detach`).  ``stop``
+stops the process the pid file (:mod:`~coda_bridge.ops.pidfile`) names.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import signal
-import stat
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import psutil
-
-from ..errors import CodaError, ConfigError
+from ..errors import CodaError
 from ..identity.credentials import FILE_MODE
 from .exits import exit_status
 from .outcome import last_exit, one_line, record_exit
+from .pidfile import DaemonRunning, release_pid_file, running_pid
 from .proctree import alive, kill_tree, process_tree
 
 __all__ = [
-    "DaemonRunning",
     "Launch",
     "StartFailed",
     "StopOutcome",
-    "claim_pid_file",
     "detach",
     "follow",
-    "pid_file_for",
     "probe_ready",
-    "process_identity",
     "ready_url",
-    "release_pid_file",
-    "running_pid",
-    "runtime_dir",
     "stop_node",
     "tail",
 ]
@@ -59,8 +44,6 @@ __all__ = [
 READY_PROBE_TIMEOUT_SEC = 2.0
 #: Exit status of ``start --daemon`` when the node was not ready in time.
 START_TIMEOUT_EXIT = 1
-#: Where root's runtime directory goes (emptied at boot).
-ROOT_RUNTIME_PARENT = "/run"
 #: Time past the drain timeout before ``stop`` asks for a kill.
 STOP_MARGIN_SEC = 15.0
 #: How long ``stop`` waits after the second signal before it SIGKILLs the whole tree.
@@ -69,136 +52,6 @@ FORCE_WAIT_SEC = 5.0
 POLL_SEC = 0.1
 #: How often ``logs -f`` looks for new lines.
 FOLLOW_POLL_SEC = 0.25
-
-
-class DaemonRunning(CodaError):
-    """A node already runs with this state directory."""
-
-    def __init__(self, pid: int, pid_file: Path) -> None:
-        super().__init__(
-            f"coda-bridge is already running (pid {pid}, pid file {pid_file}); "
-            f"stop it first with `coda-bridge stop`"
-        )
-        self.pid = pid
-
-
-def runtime_dir() -> Path:
-    """Where the pid files live: a directory the system empties at boot.
-
-    ``/run/coda-bridge`` for root, ``$XDG_RUNTIME_DIR/coda-bridge`` for
-    another user, else a private ``coda-bridge-<uid>`` in the temporary
-    directory.  One that another user owns or can write to is refused.
-    """
-    uid = os.geteuid()
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if uid == 0 and Path(ROOT_RUNTIME_PARENT).is_dir():
-        path = Path(ROOT_RUNTIME_PARENT) / "coda-bridge"
-    elif xdg and Path(xdg).is_dir():
-        path = Path(xdg) / "coda-bridge"
-    else:
-        path = Path(tempfile.gettempdir()) / f"coda-bridge-{uid}"
-    try:
-        path.mkdir(mode=0o700, exist_ok=True)
-        info = path.lstat()
-    except OSError as exc:
-        raise ConfigError(f"runtime directory {path} cannot be used: {exc.strerror or exc}") from None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or info.st_mode & 0o022:
-        raise ConfigError(
-            f"runtime directory {path} is not a directory of this user that only it can write to; "
-            "remove it, or set XDG_RUNTIME_DIR"
-        )
-    return path
-
-
-def pid_file_for(state_dir: Path) -> Path:
-    """The pid file of the node of ``state_dir``, in :func:`runtime_dir` (named by the state directory)."""
-    digest = hashlib.sha256(str(Path(state_dir).absolute()).encode()).hexdigest()[:16]
-    return runtime_dir() / f"node-{digest}.pid"
-
-
-def process_identity(pid: int) -> str | None:
-    """What names ``pid`` and no other process, ever: the boot and the process's start time in ticks.
-
-    ``None`` when it does not run (a zombie does not).
-    """
-    if not alive(pid):
-        return None
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        stat_line = Path(f"/proc/{pid}/stat").read_bytes()
-        start_ticks = stat_line.rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):  # no procfs: psutil's start time, to the second
-        try:
-            return f"created-{psutil.Process(pid).create_time():.0f}"
-        except psutil.Error:
-            return None
-    return f"{boot}-{start_ticks}"
-
-
-def _read_record(path: Path) -> dict[str, Any] | None:
-    try:
-        text = path.read_text()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        raise CodaError(f"pid file {path} cannot be read: {exc.strerror}") from None
-    try:
-        record = json.loads(text)
-        int(record["pid"])
-    except (ValueError, TypeError, KeyError):
-        return None  # not ours (an older bare pid, a half-written file): names no node
-    return record if isinstance(record, dict) else None
-
-
-def _read_pid(path: Path) -> int | None:
-    record = _read_record(path)
-    return int(record["pid"]) if record is not None else None
-
-
-def running_pid(pid_file: Path) -> int | None:
-    """The pid of the node that holds ``pid_file``, or ``None`` (absent, stale, or naming another process).
-
-    The file names a process by pid and :func:`process_identity`: a pid reused
-    by any other process (after a reboot, or a wrap-around) does not match.
-    """
-    record = _read_record(pid_file)
-    if record is None:
-        return None
-    pid = int(record["pid"])
-    identity = record.get("identity")
-    return pid if identity and process_identity(pid) == identity else None
-
-
-@contextlib.contextmanager
-def claim_pid_file(pid_file: Path) -> Iterator[int]:
-    """Hold ``pid_file`` with this process's pid; refuse with :class:`DaemonRunning` if one runs."""
-    pid = os.getpid()
-    record = json.dumps({"pid": pid, "identity": process_identity(pid)})
-    for _ in range(3):
-        try:
-            fd = os.open(pid_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        except FileExistsError:
-            other = running_pid(pid_file)
-            if other is not None and other != pid:
-                raise DaemonRunning(other, pid_file) from None
-            pid_file.unlink(missing_ok=True)  # stale: its process is gone, or it never was ours
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(record + "\n")
-        break
-    else:
-        raise CodaError(f"pid file {pid_file} keeps reappearing; is another start racing this one?")
-    try:
-        yield pid
-    finally:
-        release_pid_file(pid_file, pid)
-
-
-def release_pid_file(pid_file: Path, pid: int) -> None:
-    """Remove ``pid_file`` if it still names ``pid`` (never another node's)."""
-    with contextlib.suppress(OSError, CodaError):
-        if _read_pid(pid_file) == pid:
-            pid_file.unlink(missing_ok=True)
 
 
 class StartFailed(CodaError):
@@ -370,8 +223,7 @@ def stop_node(pid_file: Path, drain_timeout_sec: float) -> StopOutcome:
     if leftovers and not _wait_gone(leftovers, FORCE_WAIT_SEC):
         forced = True
         kill_tree(leftovers)
-    if _read_pid(pid_file) == pid:
-        pid_file.unlink(missing_ok=True)
+    release_pid_file(pid_file, pid)
     return StopOutcome(pid, forced, time.monotonic() - started)
 
 

@@ -15,9 +15,10 @@ import redis
 
 from ..identity.credentials import StatePaths
 from ..settings import Settings
-from .daemon import pid_file_for, probe_ready, ready_url, running_pid
+from .daemon import probe_ready, ready_url
 from .doctor import process_lines, vpn_summary
 from .outcome import last_exit
+from .pidfile import pid_file_for, running_pid
 
 __all__ = ["node_status", "status_lines"]
 

@@ -45,10 +45,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..identity.credentials import StatePaths, connected_since, read_private, token_was_used
-from .daemon import claim_pid_file, pid_file_for, release_pid_file
 from .forking import preload
 from .group import FLUSH_CHECK_TIMEOUT_SEC, QPU_SLOT, READY_PATH, WEB_WORKERS, ProcessGroup
 from .outcome import record_exit
+from .pidfile import claim_pid_file, pid_file_for, release_pid_file
 from .processes import ProcessSpec
 
 if TYPE_CHECKING:  # the group's interpreter preloads only what its processes share (see run_start)

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from coda_bridge.cli.main import main
 from coda_bridge.cli.options import safe_url
 from coda_bridge.dev.localredis import free_port
-from coda_bridge.ops.daemon import pid_file_for
 from coda_bridge.ops.exits import EX_CONFIG
+from coda_bridge.ops.pidfile import pid_file_for
 
 PASSWORD = "s3cr3t-pw"
 MALFORMED = {

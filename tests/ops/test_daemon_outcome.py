@@ -15,8 +15,8 @@ from ops_support import DRAIN_TIMEOUT_SEC, node_env, run_cli
 
 from coda_bridge.dev.localredis import free_port
 from coda_bridge.dev.stack import LocalStack
-from coda_bridge.ops.daemon import pid_file_for
 from coda_bridge.ops.exits import EX_CONFIG
+from coda_bridge.ops.pidfile import pid_file_for
 
 #: The start timeout of these nodes: short, so the broker-down case ends soon.
 START_TIMEOUT_SEC = 20

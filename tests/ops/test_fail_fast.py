@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from coda_bridge.cli.main import cli
-from coda_bridge.ops.daemon import pid_file_for
+from coda_bridge.ops.pidfile import pid_file_for
 from coda_bridge.settings import load_settings
 
 PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"

@@ -14,7 +14,7 @@ import requests
 from ops_support import DRAIN_TIMEOUT_SEC, circuit, executor_runs, node_env, run_cli, write_slow_executor
 
 from coda_bridge.dev.stack import LocalStack, wait_until
-from coda_bridge.ops.daemon import pid_file_for, running_pid
+from coda_bridge.ops.pidfile import pid_file_for, running_pid
 from coda_bridge.ops.proctree import alive, process_tree
 
 #: A generous bound on an idle stop (the real figure, well under a second, comes from bench/footprint.py).

@@ -14,15 +14,13 @@ from ops_support import node_env, run_cli
 
 from coda_bridge.dev.stack import LocalStack, wait_until
 from coda_bridge.identity.credentials import ensure_state_dir
-from coda_bridge.ops.daemon import (
+from coda_bridge.ops.daemon import follow, stop_node, tail
+from coda_bridge.ops.pidfile import (
     DaemonRunning,
     claim_pid_file,
-    follow,
     pid_file_for,
     running_pid,
     runtime_dir,
-    stop_node,
-    tail,
 )
 from coda_bridge.ops.proctree import alive, descendants, kill_tree, process_tree
 
@@ -56,7 +54,7 @@ def test_the_pid_file_lives_in_a_private_runtime_directory_one_per_state_directo
 def test_a_runtime_directory_others_can_write_to_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("coda_bridge.ops.daemon.ROOT_RUNTIME_PARENT", str(tmp_path / "run"))
+    monkeypatch.setattr("coda_bridge.ops.pidfile.ROOT_RUNTIME_PARENT", str(tmp_path / "run"))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     (tmp_path / "run" / "coda-bridge").mkdir(parents=True)
     (tmp_path / "run" / "coda-bridge").chmod(0o777)
@@ -81,7 +79,7 @@ def test_a_running_node_is_refused_by_pid(tmp_path: Path) -> None:
         f"""
         import time
         from pathlib import Path
-        from coda_bridge.ops.daemon import claim_pid_file
+        from coda_bridge.ops.pidfile import claim_pid_file
         with claim_pid_file(Path({str(pid_file)!r})):
             print("held", flush=True)
             time.sleep(30)
