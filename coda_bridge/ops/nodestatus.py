@@ -139,4 +139,7 @@ def _state(report: dict[str, Any]) -> str:
     record = report["last_exit"]
     if record is None:
         return "stopped"
-    return f"stopped (last exit: code {record['code']} at {record['stopped_at_utc']}: {record['reason']})"
+    when, why = record["stopped_at_utc"], record["reason"]
+    if record["code"] is None:
+        return f"stopped (the run of pid {record['pid']} started at {when}: {why})"
+    return f"stopped (last exit: code {record['code']} at {when}: {why})"

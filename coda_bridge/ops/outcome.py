@@ -17,7 +17,16 @@ from typing import Any
 
 from ..logs import mask
 
-__all__ = ["LAST_EXIT_FILE", "UNEXPLAINED", "LastExit", "forget_exit", "last_exit", "one_line", "record_exit"]
+__all__ = [
+    "LAST_EXIT_FILE",
+    "UNEXPLAINED",
+    "LastExit",
+    "forget_exit",
+    "last_exit",
+    "one_line",
+    "record_exit",
+    "record_start",
+]
 
 #: The record's file name in the state directory.
 LAST_EXIT_FILE = "last-exit.json"
@@ -25,14 +34,19 @@ LAST_EXIT_FILE = "last-exit.json"
 MAX_REASON_CHARS = 500
 #: Ends the reason of a record written by a process that knows its code but not why (its output does).
 UNEXPLAINED = "(its output says why)"
+#: The reason of a run that started and recorded no exit (shown once it does not run any more).
+NO_EXIT_RECORDED = "no exit recorded: killed with SIGKILL, or the host went down"
 
 
 @dataclass(frozen=True)
 class LastExit:
-    """How a node's run ended: the supervisor's pid, its exit code, why, and when (Unix time)."""
+    """How a node's run ended: the supervisor's pid, its exit code, why, and when (Unix time).
+
+    ``code`` is ``None`` for a run that started and recorded no exit (``stopped_at`` is its start).
+    """
 
     pid: int
-    code: int
+    code: int | None
     reason: str
     stopped_at: float
 
@@ -58,7 +72,12 @@ def one_line(text: str) -> str:
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
 
 
-def record_exit(state_dir: Path, pid: int, code: int, reason: str) -> None:
+def record_start(state_dir: Path, pid: int) -> None:
+    """Replace the last record with this run's start: a run that dies without a word then says so."""
+    record_exit(state_dir, pid, None, NO_EXIT_RECORDED)
+
+
+def record_exit(state_dir: Path, pid: int, code: int | None, reason: str) -> None:
     """Keep why the node of ``pid`` stopped (replacing the last record; never raises)."""
     record = LastExit(pid, code, one_line(reason), time.time())
     path = Path(state_dir) / LAST_EXIT_FILE
@@ -74,7 +93,8 @@ def last_exit(state_dir: Path) -> LastExit | None:
     """The last record, or ``None`` (none yet, or unreadable)."""
     try:
         data = json.loads((Path(state_dir) / LAST_EXIT_FILE).read_text())
-        return LastExit(int(data["pid"]), int(data["code"]), str(data["reason"]), float(data["stopped_at"]))
+        code = None if data["code"] is None else int(data["code"])
+        return LastExit(int(data["pid"]), code, str(data["reason"]), float(data["stopped_at"]))
     except (OSError, ValueError, TypeError, KeyError):
         return None
 

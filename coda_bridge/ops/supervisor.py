@@ -47,7 +47,7 @@ from ..errors import ConfigError
 from ..identity.credentials import StatePaths, connected_since, read_private, token_was_used
 from .forking import preload
 from .group import FLUSH_CHECK_TIMEOUT_SEC, QPU_SLOT, READY_PATH, WEB_WORKERS, ProcessGroup
-from .outcome import record_exit
+from .outcome import record_exit, record_start
 from .pidfile import claim_pid_file, pid_file_for, release_pid_file
 from .processes import ProcessSpec
 
@@ -169,6 +169,7 @@ def run_start(
         from .outcome import UNEXPLAINED, record_exit
 
         with claim_pid_file(pid_file) as pid:
+            record_start(paths.root, pid)
             code: Any = 1
             try:
                 code = run_one_process(settings, token=token, host=host, port=port, site=site)
@@ -208,7 +209,8 @@ def run_start(
         "qpu_id": settings.qpu_id,
         "members": members,
     }
-    with claim_pid_file(pid_file):
+    with claim_pid_file(pid_file) as pid:
+        record_start(paths.root, pid)
         _exec_group(plan, paths, env)
     return 1  # not reached: exec replaced this process
 

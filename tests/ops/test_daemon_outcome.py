@@ -14,9 +14,10 @@ import pytest
 from ops_support import DRAIN_TIMEOUT_SEC, node_env, run_cli
 
 from coda_bridge.dev.localredis import free_port
-from coda_bridge.dev.stack import LocalStack
+from coda_bridge.dev.stack import LocalStack, wait_until
 from coda_bridge.ops.exits import EX_CONFIG
-from coda_bridge.ops.pidfile import pid_file_for
+from coda_bridge.ops.pidfile import pid_file_for, running_pid
+from coda_bridge.ops.proctree import alive, kill_tree, process_tree
 
 #: The start timeout of these nodes: short, so the broker-down case ends soon.
 START_TIMEOUT_SEC = 20
@@ -118,3 +119,28 @@ def test_a_node_that_is_not_ready_in_time_is_stopped_and_the_start_fails(
     assert report["state"] == "stopped"
     assert "the local broker Redis does not answer" in report["last_exit"]["reason"]  # type: ignore[index]
     assert not pid_file_for(cloud_stack.state_dir).exists()
+
+
+@pytest.mark.e2e
+def test_a_node_killed_without_a_word_is_not_explained_by_an_older_exit(
+    cloud_stack: LocalStack, env: dict[str, str]
+) -> None:
+    # Given a start that failed (its exit is recorded), then a node that started fine
+    failed = run_cli("start", "-d", env={**env, "CODA_NODE_TOKEN": "cnt_bogus_token_never_minted"})
+    assert failed.returncode == EX_CONFIG, failed.stderr
+    started = run_cli("start", "-d", env=env)
+    assert started.returncode == 0, started.stderr
+    pid = running_pid(pid_file_for(cloud_stack.state_dir))
+    assert pid is not None
+    # When the node is killed with SIGKILL, every process of it at once (as a power cut would)
+    kill_tree(process_tree(pid))
+    wait_until(lambda: not alive(pid), 10, "the node to be gone")
+    # Then status says it stopped with no exit recorded, not the older failure
+    status = run_cli("status", env=env)
+    assert status.returncode == 3
+    assert f"stopped (the run of pid {pid} started at " in status.stdout
+    assert "no exit recorded: killed with SIGKILL, or the host went down" in status.stdout
+    assert "token is invalid" not in status.stdout
+    report = json.loads(run_cli("status", "--json", env=env).stdout)
+    assert report["last_exit"]["code"] is None
+    assert report["last_exit"]["pid"] == pid
