@@ -55,6 +55,9 @@ logger = logging.getLogger(__name__)
 
 #: Every environment variable of ours starts with this.
 ENV_PREFIX = "CODA"
+#: ``CODA_`` variables of this project that are no node setting (the simulator's CLI, fault tests):
+#: known, so never reported as unknown.
+NOT_NODE_SETTINGS = frozenset({"devcloud_url", "devcloud_redis_url", "failpoints", "bridge_keep_pgrp"})
 #: The settings file and its git-ignored companion, looked for in each directory of the search path.
 SETTINGS_FILE_NAME = "settings.toml"
 SECRETS_FILE_NAME = ".secrets.toml"
@@ -176,6 +179,8 @@ class Settings(BaseModel):
     #: ``text`` (one line per record) or ``json`` (one JSON object per line), for every process.
     log_format: str = "text"
     shutdown_drain_timeout_sec: float = Field(30, gt=0)
+    #: How long ``start --daemon`` waits for the node to be ready before it calls the start failed.
+    start_timeout_sec: float = Field(60, gt=0)
 
     @field_validator("native_gate_set")
     @classmethod
@@ -444,7 +449,7 @@ def load_settings(
     """
     known = set(Settings.model_fields)
     layered = _layered(site)
-    for key in sorted(set(layered) - known):
+    for key in sorted(set(layered) - known - NOT_NODE_SETTINGS):
         logger.warning("Ignoring unknown setting %s_%s.", ENV_PREFIX, key.upper())
     operator = {k: v for k, v in layered.items() if k in known}
     operator.update({k: v for k, v in (overrides or {}).items() if v is not None})

@@ -225,6 +225,20 @@ def test_the_first_runtimes_advertised_provider_is_accepted_without_a_warning(
     assert load_settings().advertised_provider == "coda"
 
 
+@pytest.mark.parametrize("name", ["CODA_DEVCLOUD_URL", "CODA_DEVCLOUD_REDIS_URL", "CODA_FAILPOINTS"])
+def test_the_projects_own_variables_are_not_unknown_settings(
+    clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    # Given a variable the simulator's CLI or the fault tests read, beside a typo
+    clean_env.setenv(name, "http://127.0.0.1:8765" if "URL" in name else "")
+    clean_env.setenv("CODA_EXECUTER_FACTORY", "x:y")
+    # When the settings load, then only the typo is reported
+    with caplog.at_level(logging.WARNING):
+        load_settings()
+    assert name not in caplog.text
+    assert "Ignoring unknown setting CODA_EXECUTER_FACTORY." in caplog.text
+
+
 def test_replace_validates(clean_env: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert settings.replace(port=1234).port == 1234

@@ -77,9 +77,9 @@ return 0
 """
 
 
-def process_key(qpu_id: str, host: str, pid: int | str) -> str:
-    """The registration of one process."""
-    return f"coda-bridge:{qpu_id}:process:{host}:{pid}"
+def process_key(qpu_id: str, host: str, pid: int | str, role: str) -> str:
+    """The registration of one role of a process (``start --one-process`` runs every role in one)."""
+    return f"coda-bridge:{qpu_id}:process:{host}:{pid}:{role}"
 
 
 def bridge_key(qpu_id: str, consumer: str) -> str:
@@ -196,7 +196,7 @@ class Registration:
         self.info = ProcessInfo.here(role, consumer)
         self.ttl_ms = int(ttl_sec * 1000)
         self.refresh_sec = refresh_sec
-        self.key = process_key(qpu_id, self.info.host, self.info.pid)
+        self.key = process_key(qpu_id, self.info.host, self.info.pid, role)
         self.bridge_key = bridge_key(qpu_id, consumer) if consumer else None
         self._value = self.info.dumps()
         self._stop = threading.Event()
@@ -287,7 +287,7 @@ def _shown(info: ProcessInfo | None) -> str:
 
 def live_processes(client: redis.Redis, qpu_id: str) -> list[ProcessInfo]:
     """Every registered process of the QPU, by role, host and pid."""
-    keys = list(client.scan_iter(match=process_key(qpu_id, "*", "*"), count=SCAN_COUNT))
+    keys = list(client.scan_iter(match=process_key(qpu_id, "*", "*", "*"), count=SCAN_COUNT))
     found: list[ProcessInfo] = []
     if keys:
         values: list[Any] = client.mget(keys)

@@ -6,6 +6,7 @@ Each is a thin layer: ``start`` over :mod:`~coda_bridge.ops.supervisor`,
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -69,7 +70,7 @@ def start(
     if not daemon:
         sys.exit(run_start(token=token, host=host, port=port, site=site, one_process=one_process))
     pid, log = start_detached(token=token, host=host, port=port, site=site, one_process=one_process)
-    click.echo(f"coda-bridge started in the background (pid {pid}); log: {log}")
+    click.echo(f"coda-bridge started in the background and is ready (pid {pid}); log: {log}")
 
 
 @click.command()
@@ -81,87 +82,68 @@ def stop(site: str | None) -> None:
     Example:
       coda-bridge stop
     """
-    from ..identity.credentials import StatePaths
-    from ..ops.daemon import running_pid
+    from ..ops.pidfile import pid_file_for, running_pid
 
     settings = plain_settings(site)
-    paths = StatePaths(settings.state_dir)
-    pid = running_pid(paths.daemon_pid)
+    pid_file = pid_file_for(settings.state_dir)
+    pid = running_pid(pid_file)
     if pid is None:
-        _stop_node(paths, settings.shutdown_drain_timeout_sec)  # clears a stale pid file
+        _stop_node(pid_file, settings.shutdown_drain_timeout_sec)  # clears a stale pid file
         click.echo("coda-bridge is not running")
         return
     click.echo(
         f"stopping coda-bridge (pid {pid}); draining for up to {settings.shutdown_drain_timeout_sec:g} s"
     )
-    outcome = _stop_node(paths, settings.shutdown_drain_timeout_sec)
+    outcome = _stop_node(pid_file, settings.shutdown_drain_timeout_sec)
     how = "killed after the drain timeout" if outcome.forced else "stopped"
     click.echo(f"coda-bridge (pid {outcome.pid}) {how} in {outcome.seconds:.1f} s")
 
 
-def _stop_node(paths: Any, drain_timeout_sec: float) -> Any:
-    """``stop_node``, with a pid file that cannot be used (the state directory is a file...) as one line."""
+def _stop_node(pid_file: Any, drain_timeout_sec: float) -> Any:
+    """``stop_node``, with a pid file that cannot be used (a directory in its place...) as one line."""
     from ..ops.daemon import stop_node
 
     try:
-        return stop_node(paths.daemon_pid, drain_timeout_sec)
+        return stop_node(pid_file, drain_timeout_sec)
     except OSError as exc:
-        raise ConfigError(f"cannot use the pid file {paths.daemon_pid}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot use the pid file {pid_file}: {exc.strerror or exc}") from None
 
 
 @click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of lines.")
 @site_option
-def status(site: str | None) -> None:
-    """Show whether the node runs, its processes, QPU, queue depths and VPN interface (exit 3 when stopped).
+def status(as_json: bool, site: str | None) -> None:
+    """Show whether the node runs or why it stopped, readiness, executor, heartbeat, queues (exit 3: stopped).
 
     Every process of the node registers itself in the broker, so the list
     is the same however it was started: `start`, honcho, systemd, or on
     several hosts.
 
     \b
-    Example:
+    Examples:
       coda-bridge status
+      coda-bridge status --json
     """
-    from ..identity.credentials import StatePaths
-    from ..ops.daemon import running_pid
-    from ..ops.doctor import process_lines, queue_summary, vpn_summary
+    from ..ops.nodestatus import node_status, status_lines
 
-    settings = plain_settings(site)
-    paths = StatePaths(settings.state_dir)
-    pid = running_pid(paths.daemon_pid)
-    details: list[str] = []
-    processes: list[str] = []
+    plain = plain_settings(site)
+    node, problem, broker_problem = None, None, None
     try:
-        settings = node_settings(site)
+        node = node_settings(site)
     except ConfigError as exc:
-        details.append(f"qpu:         unknown ({exc})")
+        problem = str(exc)
     else:
-        qpu = settings.qpu_id or "not provisioned yet"
-        if settings.qpu_id and settings.qpu_display_name:
-            qpu += f" ({settings.qpu_display_name})"
-        details.append(f"qpu:         {qpu}")
         try:
-            check_redis_urls(settings, ("broker_url",))
+            check_redis_urls(node, ("broker_url",))
         except ConfigError as exc:
-            queues = f"unknown ({exc})"
-        else:
-            queues = queue_summary(settings)
-            processes, problem = process_lines(settings)
-            details.append(f"processes:   {problem or (processes[0] if processes else 'none registered')}")
-            details.extend(f"             {line}" for line in processes[1:])
-        details.append(f"queues:      {queues}")
-        details.append(f"vpn:         {vpn_summary(settings)}")
-    if pid:
-        state = f"running (pid {pid})"
-    elif processes:
-        state = f"running ({len(processes)} registered process(es), not started by `coda-bridge start` here)"
+            broker_problem = str(exc)
+    report = node_status(plain, node, problem, broker_problem)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
     else:
-        state = "stopped"
-    click.echo(f"coda-bridge: {state}")
-    click.echo(f"log file:    {paths.daemon_log}")
-    for line in details:
-        click.echo(line)
-    sys.exit(0 if pid or processes else 3)
+        for line in status_lines(report):
+            click.echo(line)
+    sys.exit(3 if report["state"] == "stopped" else 0)
 
 
 @click.command()
@@ -227,12 +209,17 @@ def reset(yes: bool) -> None:
     """
     from ..identity.connect import legacy_dir
     from ..identity.credentials import StatePaths, reset_legacy, reset_state
+    from ..ops.outcome import forget_exit
+    from ..ops.pidfile import pid_file_for
 
     settings = plain_settings()
     paths = StatePaths(settings.state_dir)
-    if not yes:
-        click.confirm(f"Delete the node's credentials and state in {paths.root}?", abort=True)
-    outcome = _stop_node(paths, settings.shutdown_drain_timeout_sec)
+    if paths.root.exists() and not paths.root.is_dir():
+        raise ConfigError(f"cannot reset {paths.root}: it is not a directory (see CODA_STATE_DIR)")
+    if not yes and not click.confirm(f"Delete the node's credentials and state in {paths.root}?"):
+        click.echo("Aborted: nothing changed.", err=True)  # a declined confirmation exits 1, as click's does
+        sys.exit(1)
+    outcome = _stop_node(pid_file_for(settings.state_dir), settings.shutdown_drain_timeout_sec)
     if outcome.pid:
         click.echo(f"stopped coda-bridge (pid {outcome.pid})")
     try:
@@ -243,6 +230,7 @@ def reset(yes: bool) -> None:
         removed = reset_state(settings.state_dir) + reset_legacy(legacy_dir())
     except OSError as exc:
         raise ConfigError(f"cannot delete {exc.filename or paths.root}: {exc.strerror or exc}") from None
+    removed += [path for path in (forget_exit(paths.root),) if path is not None]
     for path in removed:
         click.echo(f"removed {path}")
     click.echo(f"reset: {len(removed)} file(s) removed; start again with a new node token")

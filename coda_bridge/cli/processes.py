@@ -11,7 +11,7 @@ import os
 
 import click
 
-from ..errors import AuthError, ConfigError, NodeError
+from ..errors import AuthError, CodaError, ConfigError, NodeError
 from ..logs import configure_logging
 from .options import (
     Unrecoverable,
@@ -141,4 +141,12 @@ def replay(list_only: bool, job_ids: tuple[str, ...]) -> None:
             replayed = replay_dead_letters(broker, set(job_ids) if job_ids else None)
         finally:
             broker.close()
-    click.echo(f"re-queued {len(replayed)} dead-lettered message(s)")
+    if replayed or not job_ids:
+        click.echo(f"re-queued {len(replayed)} dead-lettered message(s)")
+    found = {job_id for letter in replayed for job_id in letter.job_id.split(",")}
+    missing = [job_id for job_id in job_ids if job_id not in found]
+    if missing:
+        raise CodaError(
+            f"no dead-lettered message for job(s) {', '.join(missing)}; "
+            "`coda-bridge replay --list` lists them"
+        )

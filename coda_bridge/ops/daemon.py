@@ -1,130 +1,119 @@
-"""The running node seen from outside: its pid file, the detached start, stop, and its log.
+"""The running node seen from outside: the background start, stop, and the log.
 
-``coda-bridge start`` (foreground or not) claims ``coda-bridge.pid`` in the
-state directory for as long as it runs, so ``stop``, ``status`` and a
-second ``start`` find it; a pid file whose process is gone (or is not
-coda-bridge any more) is stale and replaced.  ``start --daemon`` runs
-``coda-bridge start`` in a new session with its output appended to
-``coda-bridge.log`` and returns once that process has claimed the pid file.
+``start --daemon`` runs ``coda-bridge start`` in a new session with its
+output appended to ``coda-bridge.log`` in the state directory and returns
+once the node is ready, or says why it is not (:func:`detach`).  ``stop``
+stops the process the pid file (:mod:`~coda_bridge.ops.pidfile`) names.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CodaError
-from ..identity.credentials import FILE_MODE, StatePaths
+from ..identity.credentials import FILE_MODE
+from .exits import exit_status
+from .outcome import last_exit, one_line, record_exit
+from .pidfile import DaemonRunning, release_pid_file, running_pid
 from .proctree import alive, kill_tree, process_tree
 
 __all__ = [
-    "DaemonRunning",
+    "Launch",
+    "StartFailed",
     "StopOutcome",
-    "claim_pid_file",
     "detach",
     "follow",
-    "running_pid",
+    "probe_ready",
+    "ready_url",
     "stop_node",
     "tail",
 ]
 
-#: How long ``start --daemon`` waits for the detached process to claim the pid file.
-START_CONFIRM_TIMEOUT_SEC = 20.0
+#: How long one look at ``/ready`` may take while ``start --daemon`` waits for the node.
+READY_PROBE_TIMEOUT_SEC = 2.0
+#: Exit status of ``start --daemon`` when the node was not ready in time.
+START_TIMEOUT_EXIT = 1
 #: Time past the drain timeout before ``stop`` asks for a kill.
 STOP_MARGIN_SEC = 15.0
 #: How long ``stop`` waits after the second signal before it SIGKILLs the whole tree.
 FORCE_WAIT_SEC = 5.0
 #: How often waits look again.
 POLL_SEC = 0.1
-#: Lines of the log quoted when the detached process dies at start.
-LOG_TAIL_LINES = 15
 #: How often ``logs -f`` looks for new lines.
 FOLLOW_POLL_SEC = 0.25
 
 
-class DaemonRunning(CodaError):
-    """A node already runs with this state directory."""
+class StartFailed(CodaError):
+    """``start --daemon``: the node stopped at start, or was not ready in time (exits with its code)."""
 
-    def __init__(self, pid: int, pid_file: Path) -> None:
-        super().__init__(
-            f"coda-bridge is already running (pid {pid}, pid file {pid_file}); "
-            f"stop it first with `coda-bridge stop`"
-        )
-        self.pid = pid
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code or 1
 
 
-def _read_pid(path: Path) -> int | None:
+@dataclass(frozen=True)
+class Launch:
+    """Where a detached node logs and claims its pid file, how to ask it whether it is ready, how long."""
+
+    state_dir: Path
+    log: Path
+    pid_file: Path
+    ready_url: str
+    timeout_sec: float
+    drain_timeout_sec: float
+
+
+def ready_url(host: str, port: int) -> str:
+    """The probes app's ``/ready`` as this host reaches it (a wildcard bind through the loopback)."""
+    if host in ("", "0.0.0.0", "*"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}/ready" if ":" in host else f"http://{host}:{port}/ready"
+
+
+def probe_ready(url: str) -> tuple[bool, str | None]:
+    """Whether ``/ready`` says ready, and its reason when it does not (``None``: no answer)."""
     try:
-        text = path.read_text().strip()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        raise CodaError(f"pid file {path} cannot be read: {exc.strerror}") from None
-    return int(text) if text.isdigit() else None
-
-
-def _is_ours(pid: int) -> bool:
-    """Whether ``pid`` is a coda-bridge process (a reused pid after a reboot is not)."""
-    if not alive(pid):
-        return False
+        with urllib.request.urlopen(url, timeout=READY_PROBE_TIMEOUT_SEC) as response:  # noqa: S310 (http)
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+    except (OSError, ValueError):
+        return False, None
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True  # cannot tell: assume it is
-    return b"coda" in cmdline
+        answer = json.loads(body)
+    except ValueError:
+        return False, None
+    if not isinstance(answer, dict):
+        return False, None
+    return bool(answer.get("ready")), str(answer.get("reason") or "") or None
 
 
-def running_pid(pid_file: Path) -> int | None:
-    """The pid of the node that holds ``pid_file``, or ``None`` (absent or stale)."""
-    pid = _read_pid(pid_file)
-    return pid if pid is not None and _is_ours(pid) else None
+def detach(args: Sequence[str], env: Mapping[str, str], launch: Launch) -> int:
+    """Run ``coda-bridge start ARGS`` in a new session, output to the log; its pid once it is ready.
 
-
-@contextlib.contextmanager
-def claim_pid_file(pid_file: Path) -> Iterator[int]:
-    """Hold ``pid_file`` with this process's pid; refuse with :class:`DaemonRunning` if one runs."""
-    pid = os.getpid()
-    for _ in range(3):
-        try:
-            fd = os.open(pid_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        except FileExistsError:
-            other = running_pid(pid_file)
-            if other is not None and other != pid:
-                raise DaemonRunning(other, pid_file) from None
-            pid_file.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"{pid}\n")
-        break
-    else:
-        raise CodaError(f"pid file {pid_file} keeps reappearing; is another start racing this one?")
-    try:
-        yield pid
-    finally:
-        if _read_pid(pid_file) == pid:
-            pid_file.unlink(missing_ok=True)
-
-
-def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    return "\n".join(tail(path, lines))
-
-
-def detach(args: Sequence[str], env: Mapping[str, str], paths: StatePaths) -> int:
-    """Run ``coda-bridge start ARGS`` in a new session, output to the log; its pid once it runs.
-
+    Ready is the pid file naming it and its ``/ready`` answering 200.  If it
+    stops first, :class:`StartFailed` carries its exit code and why; if it is
+    not ready within ``launch.timeout_sec``, it is stopped and that is the
+    failure.  Either way the reason is kept for ``status``.
     Secrets travel in ``env`` only, never in ``args``.
     """
-    other = running_pid(paths.daemon_pid)
+    other = running_pid(launch.pid_file)
     if other is not None:
-        raise DaemonRunning(other, paths.daemon_pid)
-    log_fd = os.open(paths.daemon_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+        raise DaemonRunning(other, launch.pid_file)
+    log_fd = os.open(launch.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
     offset = os.lseek(log_fd, 0, os.SEEK_END)
     try:
         process = subprocess.Popen(
@@ -137,18 +126,54 @@ def detach(args: Sequence[str], env: Mapping[str, str], paths: StatePaths) -> in
         )
     finally:
         os.close(log_fd)
-    deadline = time.monotonic() + START_CONFIRM_TIMEOUT_SEC
-    while _read_pid(paths.daemon_pid) != process.pid:
+    deadline = time.monotonic() + launch.timeout_sec
+    waiting_for = "its pid file"
+    while True:
         if process.poll() is not None:
-            output = _read_from(paths.daemon_log, offset).strip() or "(no output)"
-            raise CodaError(f"coda-bridge exited at start (code {process.returncode}): {output[-2000:]}")
+            raise _stopped_at_start(process.pid, exit_status(process.returncode), launch, offset)
+        if running_pid(launch.pid_file) == process.pid:
+            ready, reason = probe_ready(launch.ready_url)
+            if ready:
+                return process.pid
+            waiting_for = reason or f"an answer from {launch.ready_url}"
         if time.monotonic() > deadline:
-            raise CodaError(
-                f"coda-bridge (pid {process.pid}) did not claim {paths.daemon_pid} within "
-                f"{START_CONFIRM_TIMEOUT_SEC:g} s; see {paths.daemon_log}"
-            )
+            raise _not_ready(process, waiting_for, launch, offset)
         time.sleep(POLL_SEC)
-    return process.pid
+
+
+def _stopped_at_start(pid: int, code: int, launch: Launch, offset: int) -> StartFailed:
+    """Why the node of ``pid`` stopped: what its supervisor kept, else its last words in the log."""
+    record = last_exit(launch.state_dir)
+    if record is not None and record.pid == pid and record.code == code and record.explained:
+        reason = record.reason
+    else:
+        reason = _last_words(_read_from(launch.log, offset))
+        record_exit(launch.state_dir, pid, code, reason)
+    return StartFailed(f"coda-bridge stopped at start (code {code}): {one_line(reason)}", code)
+
+
+def _not_ready(
+    process: subprocess.Popen[bytes], waiting_for: str, launch: Launch, offset: int
+) -> StartFailed:
+    """Stop a node that did not become ready in time; the failure, kept for ``status``."""
+    if running_pid(launch.pid_file) == process.pid:
+        stop_node(launch.pid_file, launch.drain_timeout_sec)
+    else:  # not even its pid file yet: nothing of the node runs but this process and what it forked
+        kill_tree(process_tree(process.pid))
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(FORCE_WAIT_SEC)
+    if waiting_for == "its pid file":
+        waiting_for = _last_words(_read_from(launch.log, offset))
+    reason = f"not ready within {launch.timeout_sec:g} s (CODA_START_TIMEOUT_SEC), stopped: {waiting_for}"
+    record_exit(launch.state_dir, process.pid, START_TIMEOUT_EXIT, reason)
+    return StartFailed(f"coda-bridge {one_line(reason)}; log: {launch.log}", START_TIMEOUT_EXIT)
+
+
+def _last_words(output: str) -> str:
+    """The line of ``output`` that best says why it stopped: its last error, else its last line."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower() or "critical" in line.lower()]
+    return (errors or lines or ["(no output)"])[-1]
 
 
 def _read_from(path: Path, offset: int) -> str:
@@ -198,8 +223,7 @@ def stop_node(pid_file: Path, drain_timeout_sec: float) -> StopOutcome:
     if leftovers and not _wait_gone(leftovers, FORCE_WAIT_SEC):
         forced = True
         kill_tree(leftovers)
-    if _read_pid(pid_file) == pid:
-        pid_file.unlink(missing_ok=True)
+    release_pid_file(pid_file, pid)
     return StopOutcome(pid, forced, time.monotonic() - started)
 
 

@@ -126,6 +126,7 @@ class _Member:
     done: bool = False
     returncode: int | None = None
     outputs: set[int] = field(default_factory=set)  # read ends of its runs' output still open
+    last_line: bytes = b""  # what it said last (why it gave up, when it does)
 
     @property
     def pid(self) -> int | None:
@@ -162,6 +163,8 @@ class ProcessGroup:
         self.backoff_max_sec = backoff_max_sec
         self.stable_sec = stable_sec
         self.returncode: int | None = None
+        #: Why the group stopped, in one line (the first cause: a signal, or a process that gave up).
+        self.reason: str | None = None
         # NO_COLOR (https://no-color.org): any value turns the coloured name prefixes off
         self._output = None if printer else _paced_stdout()
         self._printer = printer or Printer(
@@ -227,6 +230,7 @@ class ProcessGroup:
                 lines.append(rest[:MAX_LINE_BYTES])
                 rest = rest[MAX_LINE_BYTES:]
             self._partial[fd] = rest
+            member.last_line = next((line for line in reversed(lines) if line.strip()), member.last_line)
             for line in lines:
                 for start in range(0, len(line) or 1, MAX_LINE_BYTES):
                     self._write(member.name, line[start : start + MAX_LINE_BYTES] + b"\n", member.colour)
@@ -287,6 +291,7 @@ class ProcessGroup:
             self._system_print(f"{member.name}: cannot start now ({reason}); trying again in {delay:g} s\n")
             return
         self._system_print(f"{member.name}: cannot start {member.argv[0]}: {reason}\n")
+        member.last_line = f"cannot start {member.argv[0]}: {reason}".encode()
         self._finish(member, EX_CONFIG)
         self._give_up(member, EX_CONFIG)
 
@@ -327,6 +332,9 @@ class ProcessGroup:
     def _give_up(self, member: _Member, returncode: int) -> None:
         if self._stop_at is None:
             self._fatal = returncode or 1
+            self._relay(0)  # its last words may still wait in the pipe
+            said = member.last_line.decode(errors="replace").strip()
+            self.reason = f"{member.name} exited with code {returncode}" + (f": {said}" if said else "")
             self.request_stop(f"{member.name} gave up")
 
     def _reap(self) -> None:
@@ -401,6 +409,7 @@ class ProcessGroup:
         if self._stop_at is not None:
             return
         self._stop_at = time.monotonic()
+        self.reason = self.reason or reason
         said = self._terminate([name for name in self._members if name in DRAIN_FIRST])
         self._system_print(f"{reason}; draining (up to {self.drain_timeout_sec:g} s)\n")
         self._say(said)

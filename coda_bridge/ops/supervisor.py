@@ -34,7 +34,6 @@ parts in threads of one process instead.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -46,9 +45,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..identity.credentials import StatePaths, connected_since, read_private, token_was_used
-from .daemon import claim_pid_file
 from .forking import preload
 from .group import FLUSH_CHECK_TIMEOUT_SEC, QPU_SLOT, READY_PATH, WEB_WORKERS, ProcessGroup
+from .outcome import record_exit, record_start
+from .pidfile import claim_pid_file, pid_file_for, release_pid_file
 from .processes import ProcessSpec
 
 if TYPE_CHECKING:  # the group's interpreter preloads only what its processes share (see run_start)
@@ -163,11 +163,23 @@ def run_start(
     paths = ensure_state_dir(settings.state_dir)
     if token and settings.has_identity and token_was_used(paths, token):
         token = None  # spent at an earlier start: no process of this one gets a copy
+    pid_file = pid_file_for(paths.root)
     if one_process:
         from .oneprocess import run_one_process
+        from .outcome import UNEXPLAINED, record_exit
 
-        with claim_pid_file(paths.daemon_pid):
-            return run_one_process(settings, token=token, host=host, port=port, site=site)
+        with claim_pid_file(pid_file) as pid:
+            record_start(paths.root, pid)
+            code: Any = 1
+            try:
+                code = run_one_process(settings, token=token, host=host, port=port, site=site)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+                raise
+            finally:
+                reason = "stopped" if code == 0 else f"exited with code {code} {UNEXPLAINED}"
+                record_exit(paths.root, pid, code, reason)
+            return int(code)
     env = child_env(host=host, port=port, site=site)
     since = time.time()
     # a later start: what /ready needs starts with the bridge and waits for its connect itself
@@ -191,12 +203,14 @@ def run_start(
         "drain_timeout_sec": settings.shutdown_drain_timeout_sec,
         "since": since,
         "state_dir": str(paths.root),
+        "pid_file": str(pid_file),
         "broker_url": settings.broker_url,
         "results_key": f"{broker_namespace(QPU_SLOT)}:{RESULTS_QUEUE}",
         "qpu_id": settings.qpu_id,
         "members": members,
     }
-    with claim_pid_file(paths.daemon_pid):
+    with claim_pid_file(pid_file) as pid:
+        record_start(paths.root, pid)
         _exec_group(plan, paths, env)
     return 1  # not reached: exec replaced this process
 
@@ -239,14 +253,14 @@ def main(args: list[str] | None = None) -> int:
         fork=_preloaded(),
     )
     _add_members(group, plan.pop("members"))
+    pid_file = Path(plan["pid_file"])
     del plan  # the group holds the one copy of each environment (and drops a spent token)
-    pid_file = StatePaths(state_dir).daemon_pid
     try:
         group.loop()
     finally:
-        with contextlib.suppress(OSError):
-            if pid_file.read_text().strip() == str(os.getpid()):
-                pid_file.unlink()
+        code = int(group.returncode if group.returncode is not None else 1)
+        record_exit(state_dir, os.getpid(), code, group.reason or "every process of the node exited")
+        release_pid_file(pid_file, os.getpid())
     return int(group.returncode or 0)
 
 
@@ -285,10 +299,14 @@ def start_detached(
     site: str | None = None,
     one_process: bool = False,
 ) -> tuple[int, Path]:
-    """Run ``coda-bridge start`` in the background; its pid and log file once it holds the pid file."""
+    """Run ``coda-bridge start`` in the background; its pid and log file once the node is ready.
+
+    Raises :class:`~coda_bridge.ops.daemon.StartFailed` (its exit code, and why in one line)
+    when it stops first or is not ready within ``start_timeout_sec``.
+    """
     from ..identity.connect import load_node_settings
     from ..identity.credentials import ensure_state_dir
-    from .daemon import detach
+    from .daemon import Launch, detach, ready_url
 
     settings = load_node_settings(overrides={"host": host, "port": port}, site=site)
     token = token or settings.node_token_value
@@ -300,7 +318,15 @@ def start_detached(
     env = dict(os.environ)
     if token:
         env["CODA_NODE_TOKEN"] = token  # the environment, never the command line
-    return detach(args, env, paths), paths.daemon_log
+    launch = Launch(
+        state_dir=paths.root,
+        log=paths.daemon_log,
+        pid_file=pid_file_for(paths.root),
+        ready_url=ready_url(settings.host, settings.port),
+        timeout_sec=settings.start_timeout_sec,
+        drain_timeout_sec=settings.shutdown_drain_timeout_sec,
+    )
+    return detach(args, env, launch), paths.daemon_log
 
 
 if __name__ == "__main__":

@@ -119,12 +119,14 @@ class _BasicAuth:
 
     def __init__(self, app: Any, username: str, password: str) -> None:
         self.app = app
-        self.expected = base64.b64encode(f"{username}:{password}".encode()).decode()
+        self.expected = base64.b64encode(f"{username}:{password}".encode())
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         given = environ.get("HTTP_AUTHORIZATION", "")
         scheme, _, credentials = given.partition(" ")
-        if scheme.lower() == "basic" and hmac.compare_digest(credentials.strip(), self.expected):
+        # WSGI headers are latin-1 text: compared as the bytes they came as (a non-ASCII one just fails)
+        given_bytes = credentials.strip().encode("latin-1", errors="replace")
+        if scheme.lower() == "basic" and hmac.compare_digest(given_bytes, self.expected):
             return self.app(environ, start_response)
         start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="coda-bridge dashboard"')])
         return [b"authentication required\n"]

@@ -46,6 +46,25 @@ def test_a_registered_process_is_listed_until_it_stops(client: redis.Redis) -> N
     assert live_processes(client, "q-reg") == []
 
 
+def test_every_role_of_one_process_is_listed(client: redis.Redis) -> None:
+    # given one process running the bridge, the workers and the probes (start --one-process)
+    registrations = [Registration(client, "q-one", role).start() for role in ("bridge", "node", "web")]
+    try:
+        # when the processes of the QPU are listed, then each role is there, all with this pid
+        found = live_processes(client, "q-one")
+        assert [(info.role, info.pid) for info in found] == [
+            ("bridge", os.getpid()),
+            ("node", os.getpid()),
+            ("web", os.getpid()),
+        ]
+        # and one role stopping leaves the others listed
+        registrations.pop().stop()
+        assert [info.role for info in live_processes(client, "q-one")] == ["bridge", "node"]
+    finally:
+        for registration in registrations:
+            registration.stop()
+
+
 def _dead_pid() -> int:
     done = subprocess.Popen([sys.executable, "-c", "pass"])
     done.wait()
@@ -121,7 +140,7 @@ def test_a_zombie_or_a_reused_pid_does_not_hold_the_name(client: redis.Redis) ->
 def test_a_process_of_this_host_that_is_gone_is_not_listed_while_its_key_lives(client: redis.Redis) -> None:
     # given the registration a worker killed -9 left behind (its key lives on for its time to live)
     gone = ProcessInfo(**{**ProcessInfo.here("web").__dict__, "pid": _dead_pid()})
-    client.set(process_key("q-gone", gone.host, gone.pid), gone.dumps(), px=15_000)
+    client.set(process_key("q-gone", gone.host, gone.pid, gone.role), gone.dumps(), px=15_000)
 
     # when the processes of the QPU are listed, then it is not among them
     assert live_processes(client, "q-gone") == []

@@ -88,6 +88,9 @@ def test_status_of_a_node_that_never_ran(tmp_path: Path) -> None:
     assert done.returncode == 3
     assert "coda-bridge: stopped" in done.stdout
     assert "not provisioned yet" in done.stdout
+    # no log file is named that does not exist
+    assert "log file:    none (the node has not been started with --daemon here)" in done.stdout
+    assert "coda-bridge.log" not in done.stdout
 
 
 def test_reset_removes_every_persisted_file(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -97,7 +100,8 @@ def test_reset_removes_every_persisted_file(clean_env: pytest.MonkeyPatch, tmp_p
     for path in (paths.config, paths.private_key, paths.token_marker, paths.daemon_log):
         write_private(path, "x\n")
     refused = CliRunner().invoke(cli, ["reset"], input="n\n")
-    assert refused.exit_code != 0
+    assert refused.exit_code == 1  # a declined confirmation, as click's own abort: not 130 (Ctrl-C)
+    assert "Aborted: nothing changed." in refused.output
     assert paths.config.exists()
     result = CliRunner().invoke(cli, ["reset", "--yes"])
     assert result.exit_code == 0, result.output

@@ -22,6 +22,7 @@ from coda_bridge.cli.main import main
 from coda_bridge.cli.options import safe_url
 from coda_bridge.dev.localredis import free_port
 from coda_bridge.ops.exits import EX_CONFIG
+from coda_bridge.ops.pidfile import pid_file_for
 
 PASSWORD = "s3cr3t-pw"
 MALFORMED = {
@@ -98,6 +99,20 @@ def test_replay_with_the_broker_down_names_the_broker(
     assert "CODA_BROKER_URL" in err
 
 
+def test_replay_of_a_job_that_is_not_dead_lettered_fails_with_one_line(
+    node_env: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    # Given a broker that holds no dead letter
+    node_env.setenv("CODA_BROKER_URL", redis_url)
+    # When a job is named for replay, in a child process as an operator runs it
+    done = run_cli("replay", "j-not-there")
+    # Then it exits 1 with one line naming the job, and re-queues nothing
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert_one_line(done.stderr, contains="no dead-lettered message for job(s) j-not-there")
+    assert "replay --list" in done.stderr
+
+
 def test_status_with_the_broker_down_still_says_stopped(
     node_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -153,7 +168,7 @@ def test_processes_refuse_a_malformed_broker_url_before_starting(
 ) -> None:
     url = MALFORMED["bad port"]
     node_env.setenv("CODA_BROKER_URL", url)
-    pid_file = Path(os.environ["CODA_STATE_DIR"]) / "coda-bridge.pid"
+    pid_file = pid_file_for(Path(os.environ["CODA_STATE_DIR"]))
     try:
         done = run_cli(*args)
     finally:
@@ -167,16 +182,18 @@ def test_processes_refuse_a_malformed_broker_url_before_starting(
 # -- the state directory is unusable --
 
 
-@pytest.mark.parametrize("args", [["stop"], ["reset", "--yes"]])
 def test_stop_and_reset_with_a_state_dir_that_is_a_file(
-    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str]
+    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     not_a_dir = tmp_path / "state"
     not_a_dir.write_text("")
     clean_env.setenv("CODA_STATE_DIR", str(not_a_dir))
-    code, _, err = run_main(capsys, *args)
+    # the pid file is in the runtime directory: no node of this state directory runs
+    code, out, err = run_main(capsys, "stop")
+    assert (code, out, err) == (0, "coda-bridge is not running\n", "")
+    code, _, err = run_main(capsys, "reset", "--yes")
     assert code == 1
-    assert_one_line(err, contains=f"cannot use the pid file {not_a_dir / 'coda-bridge.pid'}: Not a directory")
+    assert_one_line(err, contains=f"cannot reset {not_a_dir}: it is not a directory")
 
 
 def test_worker_with_a_state_dir_that_cannot_be_created(

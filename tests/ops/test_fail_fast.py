@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from coda_bridge.cli.main import cli
+from coda_bridge.ops.pidfile import pid_file_for
 from coda_bridge.settings import load_settings
 
 PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"
@@ -71,7 +72,7 @@ def test_a_misspelt_site_stops_every_process_in_one_line_naming_the_known_sites(
     assert done.stderr.startswith("error: site 'lab-fridge-22'")
     assert "known sites: lab-fridge-2, lab-fridge-3" in done.stderr
     assert "t0k3n-secret" not in done.stderr
-    assert not (tmp_path / "state" / "coda-bridge.pid").exists()
+    assert not pid_file_for(tmp_path / "state").exists()
     assert _left_running(env["CODA_STATE_DIR"]) == []
 
 

@@ -14,6 +14,7 @@ import requests
 from ops_support import DRAIN_TIMEOUT_SEC, circuit, executor_runs, node_env, run_cli, write_slow_executor
 
 from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.ops.pidfile import pid_file_for, running_pid
 from coda_bridge.ops.proctree import alive, process_tree
 
 #: A generous bound on an idle stop (the real figure, well under a second, comes from bench/footprint.py).
@@ -161,7 +162,8 @@ def test_one_process_in_the_background_runs_jobs_and_stop_drains_it(
     env = node_env(cloud_stack, CODA_EXECUTOR_FACTORY="coda_bridge.executors.simulator:create_executor")
     started = run_cli("start", "--daemon", "--one-process", env=env)
     assert started.returncode == 0, started.stderr
-    pid = int((cloud_stack.state_dir / "coda-bridge.pid").read_text())
+    pid = running_pid(pid_file_for(cloud_stack.state_dir))
+    assert pid is not None
     try:
         # When a job comes
         job = cloud_stack.cloud.submit(cloud_stack.qpu_id, circuit(2), 100)
@@ -169,11 +171,17 @@ def test_one_process_in_the_background_runs_jobs_and_stop_drains_it(
         # Then it is run, and the whole node is that one process
         assert cloud_stack.cloud.wait_for_result(job, timeout_sec=60)["status"] == "completed"
         assert process_tree(pid) == [pid]
+        # and `status` lists every part of it, not only the bridge
+        status = run_cli("status", env=env)
+        assert status.returncode == 0, status.stderr
+        assert f"bridge  pid {pid} " in status.stdout
+        assert f"node    pid {pid} " in status.stdout  # the three queues' workers
+        assert f"web     pid {pid} " in status.stdout
     finally:
         stopped = run_cli("stop", env=env, timeout=90)
 
     # And `stop` drains it and removes the pid file
     assert stopped.returncode == 0, stopped.stderr
     assert f"(pid {pid}) stopped" in stopped.stdout
-    assert not (cloud_stack.state_dir / "coda-bridge.pid").exists()
+    assert not pid_file_for(cloud_stack.state_dir).exists()
     assert not alive(pid)

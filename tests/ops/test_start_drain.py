@@ -15,6 +15,7 @@ import pytest
 from ops_support import DRAIN_TIMEOUT_SEC, circuit, executor_runs, node_env, write_slow_executor
 
 from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.ops.pidfile import pid_file_for
 from coda_bridge.ops.proctree import alive, process_tree
 
 
@@ -87,7 +88,7 @@ def test_start_without_a_token_or_credentials_is_one_line(tmp_path: Path) -> Non
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert done.stderr.startswith("error: ")
     assert "CODA_NODE_TOKEN" in done.stderr
-    assert not (tmp_path / "state" / "coda-bridge.pid").exists()
+    assert not pid_file_for(tmp_path / "state").exists()
 
 
 @pytest.mark.e2e
