@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..errors import CodaError
 from ..identity.credentials import FILE_MODE, StatePaths
+from ..trust import python_argv
 from .proctree import alive, kill_tree, process_tree
 
 __all__ = [
@@ -128,7 +129,7 @@ def detach(args: Sequence[str], env: Mapping[str, str], paths: StatePaths) -> in
     offset = os.lseek(log_fd, 0, os.SEEK_END)
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "coda_bridge", "start", *args],
+            list(python_argv(sys.executable, "-m", "coda_bridge", "start", *args)),
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=log_fd,

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..identity.credentials import StatePaths, connected_since, read_private, token_was_used
+from ..trust import SAFE_PATH_ENV, python_argv
 from .daemon import claim_pid_file
 from .forking import preload
 from .group import FLUSH_CHECK_TIMEOUT_SEC, QPU_SLOT, READY_PATH, WEB_WORKERS, ProcessGroup
@@ -74,6 +75,7 @@ def child_env(*, host: str | None = None, port: int | None = None, site: str | N
     """The environment of every process of the group: ours, with the CLI's overrides and no token."""
     env = {k: v for k, v in os.environ.items() if k != "CODA_NODE_TOKEN"}
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(SAFE_PATH_ENV)  # no process imports from the working directory
     if host:
         env["CODA_HOST"] = host
     if port:
@@ -215,7 +217,8 @@ def _exec_group(plan: Mapping[str, Any], paths: StatePaths, env: Mapping[str, st
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(sys.executable, [sys.executable, "-m", "coda_bridge.ops.supervisor", str(plan_path)], env)
+        argv = python_argv(sys.executable, "-m", "coda_bridge.ops.supervisor", str(plan_path))
+        os.execve(sys.executable, argv, env)  # -P: the parts it forks share its import path
     finally:  # only when exec failed
         plan_path.unlink(missing_ok=True)
 

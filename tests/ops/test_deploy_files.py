@@ -176,11 +176,11 @@ def test_the_procfile_runs_the_same_processes_as_start() -> None:
     for spec in node_processes(Settings(), web=True):
         argv = list(spec.argv)
         command = procfile[spec.name]
-        if argv[1:3] == ["-m", "coda_bridge"]:
-            assert command == ["coda-bridge", *argv[3:]]
+        if argv[1:4] == ["-P", "-m", "coda_bridge"]:
+            assert command == ["coda-bridge", *argv[4:]]
         else:
-            assert argv[1:3] == ["-m", "dramatiq"]
-            assert command == ["dramatiq", *argv[3:]]
+            assert argv[1:4] == ["-P", "-m", "dramatiq"]
+            assert command == ["dramatiq", *argv[4:]]
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
