@@ -12,8 +12,12 @@ _settings = load_settings()
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.web_workers
-#: Threads per worker: one worker answers /health while a /ready waits on its Redis checks.
-threads = 4
+#: Threads per worker: one worker answers /health while a /ready waits on its Redis checks, and while
+#: slow clients hold threads: a gthread worker gives a connection a thread once its first bytes come,
+#: for as long as its request takes to arrive, so up to ``threads - 1`` connections trickling headers
+#: at once leave the probes answering (threads start only when needed).  More than that is an attack:
+#: keep the probes port off open networks (CODA_HOST) or put a proxy in front.
+threads = 32
 #: Threaded workers (sync workers would answer one probe at a time per process).
 worker_class = "gthread"
 #: /ready waits at most 5 s for its checks; a worker stuck far longer is replaced.
