@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..identity.credentials import StatePaths, connected_since, read_private, token_was_used
+from ..logs import LOG_FORMAT_VARIABLE
 from ..trust import SAFE_PATH_ENV, python_argv
 from .daemon import claim_pid_file
 from .forking import preload
@@ -171,6 +172,7 @@ def run_start(
         with claim_pid_file(paths.daemon_pid):
             return run_one_process(settings, token=token, host=host, port=port, site=site)
     env = child_env(host=host, port=port, site=site)
+    env.setdefault(LOG_FORMAT_VARIABLE, settings.log_format)  # a settings file's choice reaches every part
     since = time.time()
     # a later start: what /ready needs starts with the bridge and waits for its connect itself
     early = settings.has_identity
@@ -196,6 +198,7 @@ def run_start(
         "broker_url": settings.broker_url,
         "results_key": f"{broker_namespace(QPU_SLOT)}:{RESULTS_QUEUE}",
         "qpu_id": settings.qpu_id,
+        "log_format": settings.log_format,
         "members": members,
     }
     with claim_pid_file(paths.daemon_pid):
@@ -240,6 +243,7 @@ def main(args: list[str] | None = None) -> int:
         identity_ready=_IdentityReady(state_dir, plan["since"]),
         spent_env=("CODA_NODE_TOKEN",),
         fork=_preloaded(),
+        json_lines=plan.get("log_format") == "json",
     )
     _add_members(group, plan.pop("members"))
     del plan  # the group holds the one copy of each environment (and drops a spent token)

@@ -16,9 +16,24 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 from gunicorn.util import import_app
 
-__all__ = ["ProbesServer", "main"]
+from ..logs import JsonFormatter, SecretFilter
+
+__all__ = ["JsonLogger", "ProbesServer", "main"]
+
+
+class JsonLogger(Logger):
+    """gunicorn's logger writing the node's JSON lines (``CODA_LOG_FORMAT=json``; see gunicorn_config)."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        formatter = JsonFormatter()
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(formatter)
+                handler.addFilter(SecretFilter())
 
 
 class ProbesServer(BaseApplication):

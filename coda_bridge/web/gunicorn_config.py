@@ -35,4 +35,7 @@ control_socket_disable = True
 accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level.lower()
+#: gunicorn's own lines in the node's format: JSON lines with CODA_LOG_FORMAT=json.
+_JSON_LOGGER = "coda_bridge.web.gunicorn_app.JsonLogger"
+logger_class = _JSON_LOGGER if _settings.log_format == "json" else "gunicorn.glogging.Logger"
 proc_name = "coda-bridge-web"

@@ -47,7 +47,8 @@ def _marker_module(marker: Path) -> str:
 
         class Executor:
             def run(self, ir, shots):
-                return {{"counts": {{"0" * len(ir.measurements): shots}}, "execution_time_ms": 1}}
+                counts = {{"0" * len(ir.measurements): shots}}
+                return {{"counts": counts, "execution_time_ms": 1, "shots_completed": shots}}
 
         def create_executor():
             return Executor()
