@@ -20,8 +20,17 @@ from gunicorn.glogging import Logger
 from gunicorn.util import import_app
 
 from ..logs import JsonFormatter, SecretFilter
+from ..sdnotify import WatchdogPinger, watchdog_interval_sec
 
-__all__ = ["JsonLogger", "ProbesServer", "main"]
+__all__ = ["JsonLogger", "ProbesServer", "main", "start_watchdog"]
+
+
+def start_watchdog(server: Any) -> None:
+    """gunicorn's ``when_ready`` hook: under a unit with ``WatchdogSec=``, the arbiter pings while it has
+    workers (gunicorn itself sends READY=1 once it listens); a hung arbiter stops pinging."""
+    interval = watchdog_interval_sec()
+    if interval is not None:
+        WatchdogPinger(lambda: bool(server.WORKERS), interval).start()
 
 
 class JsonLogger(Logger):

@@ -7,6 +7,7 @@ is ``coda_bridge.web.app:create_app()``.
 from __future__ import annotations
 
 from coda_bridge.settings import load_settings
+from coda_bridge.web.gunicorn_app import start_watchdog
 
 _settings = load_settings()
 
@@ -39,3 +40,5 @@ loglevel = _settings.log_level.lower()
 _JSON_LOGGER = "coda_bridge.web.gunicorn_app.JsonLogger"
 logger_class = _JSON_LOGGER if _settings.log_format == "json" else "gunicorn.glogging.Logger"
 proc_name = "coda-bridge-web"
+#: Under systemd (Type=notify, WatchdogSec=): watchdog pings from the arbiter.
+when_ready = start_watchdog

@@ -74,6 +74,15 @@ def test_each_unit_restarts_on_failure_and_stops_with_one_sigterm(path: Path) ->
     assert unit["Install"]["WantedBy"]
 
 
+@pytest.mark.parametrize("path", UNITS, ids=lambda p: p.name)
+def test_each_unit_tells_systemd_when_it_is_ready_and_has_a_watchdog(path: Path) -> None:
+    service = _unit(path)["Service"]
+    assert service["Type"] == "notify"
+    assert int(service["WatchdogSec"]) >= 30
+    # the worker's READY=1 and pings come from dramatiq's worker processes, not its master
+    assert (service.get("NotifyAccess") == "all") == (path.name == "coda-bridge-worker@.service")
+
+
 def test_the_worker_template_runs_the_instance_queue_and_executors_stop_before_delivery() -> None:
     unit = _unit(DEPLOY / "systemd" / "coda-bridge-worker@.service")
     assert unit["Service"]["ExecStart"].endswith("coda-bridge worker %i")
