@@ -70,7 +70,7 @@ def run_one_process(
     site: str | None = None,
 ) -> int:
     """Run every part of the node in this process until stopped; the exit status."""
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     _export(host, port, site)
     stop = StopSignal().install()
     preload = threading.Thread(target=_preload, name="coda-preload", daemon=True)

@@ -50,7 +50,8 @@ from ..logs import LOG_FORMAT_VARIABLE
 from ..trust import SAFE_PATH_ENV, python_argv
 from .daemon import claim_pid_file
 from .forking import preload
-from .group import FLUSH_CHECK_TIMEOUT_SEC, QPU_SLOT, READY_PATH, WEB_WORKERS, ProcessGroup
+from .group import FLUSH_CHECK_TIMEOUT_SEC, QPU_SLOT, READY_PATH, SYSTEM_NAME, WEB_WORKERS, ProcessGroup
+from .jsonlines import json_line
 from .processes import ProcessSpec
 
 if TYPE_CHECKING:  # the group's interpreter preloads only what its processes share (see run_start)
@@ -234,6 +235,7 @@ def main(args: list[str] | None = None) -> int:
     finally:
         plan_path.unlink(missing_ok=True)
     state_dir = Path(plan["state_dir"])
+    json_lines = plan.get("log_format") == "json"
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # ignored by whoever started us, children reap themselves
     group = ProcessGroup(
         drain_timeout_sec=plan["drain_timeout_sec"],
@@ -242,8 +244,8 @@ def main(args: list[str] | None = None) -> int:
         ),
         identity_ready=_IdentityReady(state_dir, plan["since"]),
         spent_env=("CODA_NODE_TOKEN",),
-        fork=_preloaded(),
-        json_lines=plan.get("log_format") == "json",
+        fork=_preloaded(json_lines),
+        json_lines=json_lines,
     )
     _add_members(group, plan.pop("members"))
     del plan  # the group holds the one copy of each environment (and drops a spent token)
@@ -266,12 +268,14 @@ def _add_members(group: ProcessGroup, members: list[dict[str, Any]]) -> None:
         )
 
 
-def _preloaded() -> bool:
+def _preloaded(json_lines: bool = False) -> bool:
     """Preload what the processes share; False (each starts its own interpreter) if that failed."""
     try:
         preload()
     except Exception as exc:  # a broken install: the processes will say what is wrong themselves
-        print(f"system | cannot preload ({type(exc).__name__}: {exc}); each process imports anew", flush=True)
+        said = f"cannot preload ({type(exc).__name__}: {exc}); each process imports anew"
+        line = json_line(SYSTEM_NAME, said, system=True) if json_lines else f"{SYSTEM_NAME} | {said}"
+        print(line, flush=True)
         return False
     return True
 

@@ -546,3 +546,18 @@ def test_the_healthcheck_judges_the_process_that_is_pid_1(
     )  # fmt: skip
 
     assert done.stdout.strip() == expected, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs root and unshare (a PID namespace with its own /proc)")
+def test_the_healthcheck_knows_a_dramatiq_master_run_with_the_safe_path_flag(tmp_path: Path) -> None:
+    # given PID 1 running `python -P -m dramatiq ...`, as `coda-bridge worker` execs it, with its worker
+    (tmp_path / "dramatiq.py").write_text(_FAKE_MAIN)
+    namespace = ["unshare", "--pid", "--fork", "--mount-proc"]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    # when the healthcheck judges it
+    done = subprocess.run(
+        [*namespace, sys.executable, "-P", "-m", "dramatiq", "worker", str(DEPLOY / "healthcheck.py")],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+    # then it is the dramatiq master with its worker process
+    assert done.stdout.strip() == "0 dramatiq master 1 with 1 worker process(es)", done.stdout + done.stderr
