@@ -90,13 +90,19 @@ def test_a_check_that_raises_is_not_ready(systemd) -> None:
 
 def test_the_pinger_pings_while_healthy_and_is_silent_when_not(systemd) -> None:
     sock, env = systemd
-    healthy = threading.Event()
+    healthy, refused = threading.Event(), threading.Event()
     healthy.set()
-    pinger = WatchdogPinger(healthy.is_set, 0.05, env).start()
+
+    def check() -> bool:
+        if not healthy.is_set():
+            refused.set()
+        return healthy.is_set()
+
+    pinger = WatchdogPinger(check, 0.05, env).start()
     try:
         assert sock.recv(4096) == b"WATCHDOG=1"
         healthy.clear()
-        time.sleep(0.1)  # a ping already on its way may still arrive
+        assert refused.wait(2)  # the pinger has looked since: what it sent before is all there is
         _pending(sock)
         sock.settimeout(0.5)
         with pytest.raises(TimeoutError):

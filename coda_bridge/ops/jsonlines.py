@@ -10,7 +10,9 @@ JSON object with an ISO 8601 UTC ``time``.
 
 from __future__ import annotations
 
+import io
 import json
+import threading
 import time
 from typing import Any, Protocol
 
@@ -18,7 +20,7 @@ from honcho.printer import Message
 
 from ..logs import iso_time, mask
 
-__all__ = ["PART_FIELD", "JsonPrinter", "json_line"]
+__all__ = ["PART_FIELD", "JsonLinesStream", "JsonPrinter", "json_line"]
 
 #: The field naming which part of the group wrote the line.
 PART_FIELD = "part"
@@ -72,3 +74,28 @@ class JsonPrinter:
             if line.strip():
                 self.output.write(json_line(message.name, line, system=system) + "\n")
         self.output.flush()
+
+
+class JsonLinesStream(io.TextIOBase):
+    """``sys.stdout`` or ``sys.stderr`` of a process that is the whole node (``start --one-process``):
+    what is written raw (a print, a thread's traceback) goes out as JSON lines of ``part``."""
+
+    def __init__(self, part: str, output: TextOutput) -> None:
+        super().__init__()
+        self.part = part
+        self.output = output
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            *lines, self._partial = (self._partial + text).split("\n")
+            for line in lines:
+                if line.strip():
+                    self.output.write(json_line(self.part, line) + "\n")
+            if lines:
+                self.output.flush()
+        return len(text)

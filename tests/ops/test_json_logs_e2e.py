@@ -45,13 +45,14 @@ def _utc(text: str) -> datetime.datetime:
     return moment
 
 
+@pytest.mark.parametrize("one_process", [False, True], ids=["start", "one-process"])
 def test_every_line_of_a_json_daemon_log_is_a_json_object_with_an_iso_utc_time(
-    cloud_stack: LocalStack, tmp_path: Path
+    cloud_stack: LocalStack, tmp_path: Path, one_process: bool
 ) -> None:
     # given a node started in the background with JSON logs, whose executor prints a raw line
     env = node_env(cloud_stack, CODA_LOG_FORMAT="json", **_printing_executor(tmp_path / "executor"))
     paths = StatePaths(cloud_stack.state_dir)
-    started = run_cli("start", "-d", env=env)
+    started = run_cli("start", "-d", *(["--one-process"] if one_process else []), env=env)
     assert started.returncode == 0, started.stdout + started.stderr
     try:
         # when a job runs and the node is stopped
@@ -74,9 +75,12 @@ def test_every_line_of_a_json_daemon_log_is_a_json_object_with_an_iso_utc_time(
         assert isinstance(entry, dict), line
         _utc(entry["time"])
         entries.append(entry)
+    raw = [e for e in entries if e["message"] == RAW_LINE]
+    assert raw and raw[0]["part"] == ("node" if one_process else "jobs")
+    if one_process:
+        assert any("coda-bridge running in one process" in e["message"] for e in entries), entries
+        return
     parts = {entry.get("part") for entry in entries}
     assert {"system", "bridge", "jobs", "control", "web"} <= parts, parts
     assert any(e["part"] == "system" and e["message"].startswith("all processes stopped") for e in entries)
     assert any(e["part"] == "web" and e.get("logger", "").startswith("gunicorn") for e in entries), parts
-    raw = [e for e in entries if e["message"] == RAW_LINE]
-    assert raw and raw[0]["part"] == "jobs"

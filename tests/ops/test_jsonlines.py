@@ -8,7 +8,7 @@ import json
 
 from honcho.printer import Message
 
-from coda_bridge.ops.jsonlines import JsonPrinter, json_line
+from coda_bridge.ops.jsonlines import JsonLinesStream, JsonPrinter, json_line
 
 
 def test_a_json_record_passes_through_with_the_part_added() -> None:
@@ -43,3 +43,20 @@ def test_the_printer_writes_one_object_per_line_and_names_the_supervisor() -> No
         ("system", "bridge started (pid=1)"),
     ]
     assert entries[2]["logger"] == "coda_bridge.ops.group"
+
+
+def test_a_raw_stream_writes_whole_lines_as_json_only_once_they_end() -> None:
+    # given the standard output of a one-process node in JSON mode
+    out = io.StringIO()
+    stream = JsonLinesStream("node", out)
+    # when a print comes in pieces, then a traceback of two lines
+    stream.write("half a ")
+    assert out.getvalue() == ""
+    stream.write("line\nTraceback (most recent call last):\n  File 'x.py'\n")
+    # then each ended line is one object of the part
+    entries = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(e["part"], e["message"]) for e in entries] == [
+        ("node", "half a line"),
+        ("node", "Traceback (most recent call last):"),
+        ("node", "  File 'x.py'"),
+    ]
