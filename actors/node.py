@@ -6,7 +6,7 @@ import sys
 
 import dramatiq
 
-from coda_bridge.broker.middleware import BuildAtBoot, StaleTicks, StoppingFlag
+from coda_bridge.broker.middleware import BuildAtBoot, StaleTicks, StoppingFlag, SystemdNotify
 from coda_bridge.broker.queues import JOBS_QUEUE
 from coda_bridge.broker.redis_broker import create_broker
 from coda_bridge.broker.registry import Deregister, Registration
@@ -27,6 +27,7 @@ broker.add_middleware(BuildAtBoot(JOBS_QUEUE, parts.host.executor, "Executor"))
 broker.add_middleware(StaleTicks())
 broker.add_middleware(stopping)
 broker.add_middleware(Deregister(registration))
+broker.add_middleware(SystemdNotify())  # last: READY=1 once every other boot step is done
 dramatiq.set_broker(broker)
 
 __all__ = ["broker", "parts", "registration", "role", "settings", "stopping"]

@@ -8,13 +8,23 @@ process) get the same formatter, so a node's log reads as one.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
 import re
 from typing import Any
 
-__all__ = ["LOG_FORMATS", "JsonFormatter", "SecretFilter", "configure_logging", "log_formatter", "mask"]
+__all__ = [
+    "LOG_FORMATS",
+    "JsonFormatter",
+    "SecretFilter",
+    "configure_logging",
+    "iso_time",
+    "json_logging",
+    "log_formatter",
+    "mask",
+]
 
 FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
 #: What ``CODA_LOG_FORMAT`` (the ``log_format`` setting) may be.
@@ -26,6 +36,12 @@ _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVAT
 _JWT = re.compile(r"\beyJ[\w-]{6,}\.[\w-]{6,}\.[\w-]{6,}")
 _BEARER = re.compile(r"(Bearer\s+)\S+", re.I)
 _TRACEBACKS = logging.Formatter()
+
+
+def iso_time(timestamp: float) -> str:
+    """``timestamp`` (epoch seconds) as ISO 8601 in UTC, to the millisecond: ``...T20:53:30.513Z``."""
+    moment = datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def mask(text: str) -> str:
@@ -51,7 +67,10 @@ class SecretFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, process, pid, logger, message, and any traceback."""
+    """One JSON object per line: time (ISO 8601, UTC), level, process, pid, logger, message, any traceback."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return iso_time(record.created)
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -72,10 +91,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+def json_logging(log_format: str | None = None) -> bool:
+    """Whether ``log_format`` (default: ``CODA_LOG_FORMAT``, else text) asks for JSON lines."""
+    return (log_format or os.environ.get(LOG_FORMAT_VARIABLE) or "text").strip().lower() == "json"
+
+
 def log_formatter(log_format: str | None = None) -> logging.Formatter:
     """The formatter of ``log_format`` (default: ``CODA_LOG_FORMAT``, else text); unknown values mean text."""
-    chosen = (log_format or os.environ.get(LOG_FORMAT_VARIABLE) or "text").strip().lower()
-    return JsonFormatter() if chosen == "json" else logging.Formatter(FORMAT)
+    return JsonFormatter() if json_logging(log_format) else logging.Formatter(FORMAT)
 
 
 def configure_logging(level: str = "INFO", log_format: str | None = None) -> None:

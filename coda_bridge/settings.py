@@ -38,6 +38,7 @@ from pydantic import (
 
 from .cloud.origins import OriginError, base_origin, origins_of
 from .errors import ConfigError
+from .trust import UntrustedFile, check_trusted
 
 __all__ = [
     "ENV_PREFIX",
@@ -330,6 +331,14 @@ def _tables(files: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
     return found
 
 
+def _check_file(path: Path) -> None:
+    """Refuse a settings file another user can change: it chooses the cloud and the code the node runs."""
+    try:
+        check_trusted(path, "settings file")
+    except UntrustedFile as exc:
+        raise SettingsError(str(exc)) from None
+
+
 def selected_site(site: str | None = None) -> str | None:
     """The site asked for: ``site`` (``--site``), else ``CODA_ENV``; None for ``[default]`` only."""
     chosen = site if site is not None else os.environ.get(f"{ENV_PREFIX}_ENV")
@@ -358,6 +367,9 @@ def _check_site(site: str | None, files: list[Path]) -> None:
 def _layered(site: str | None) -> dict[str, Any]:
     """Values set by the site file or the environment (lower-cased keys), nothing else."""
     files = settings_files()
+    for path in files:
+        if path.is_file():
+            _check_file(path)
     site = selected_site(site)
     _check_site(site, files)
     extra: dict[str, Any] = {"env": site} if site else {}

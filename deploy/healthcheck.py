@@ -39,14 +39,19 @@ def _stat(pid: int) -> tuple[str, int]:
     return fields[0], int(fields[1])
 
 
+#: The probes' gunicorn as `coda-bridge web` runs it (before gunicorn names its processes).
+GUNICORN_APP = "coda_bridge.web.gunicorn_app"
+
+
 def _argv(pid: int) -> list[str]:
     raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 def _runs(argv: list[str], program: str) -> bool:
-    """``program`` is the command: ``program ...``, ``python -m program ...``, ``python .../program ...``."""
-    return any(Path(part).name == program for part in argv[:3])
+    """``program`` is the command: ``program ...``, ``python [-P] -m program ...``, ``python .../program``."""
+    words = [part for part in argv[:4] if not part.startswith("-")][:2]
+    return any(Path(part).name == program for part in words)
 
 
 def _children(pid: int) -> list[int]:
@@ -89,7 +94,11 @@ def check() -> str:
         if not workers:
             raise RuntimeError("the dramatiq master has no live worker process")
         return f"dramatiq master {pid} with {len(workers)} worker process(es)"
-    if _runs(argv, "gunicorn") or (_runs(argv, "coda-bridge") and {"start", "web"} & set(argv[1:])):
+    if (
+        _runs(argv, "gunicorn")
+        or _runs(argv, GUNICORN_APP)
+        or (_runs(argv, "coda-bridge") and {"start", "web"} & set(argv[1:]))
+    ):
         url = f"http://127.0.0.1:{os.environ.get('CODA_PORT', '8080')}/health"
         try:
             with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT_SEC) as response:  # loopback only

@@ -20,8 +20,9 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 
 from ..errors import CodaError
+from ..sdnotify import READY, WatchdogPinger, notify, watchdog_interval_sec
 
-__all__ = ["BuildAtBoot", "IsolateWorkerProcess", "StaleTicks", "StoppingFlag"]
+__all__ = ["BuildAtBoot", "IsolateWorkerProcess", "StaleTicks", "StoppingFlag", "SystemdNotify"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,3 +126,30 @@ class StoppingFlag(Middleware):
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self.stopping.set()
+
+
+class SystemdNotify(Middleware):
+    """Under a ``Type=notify`` unit: READY=1 once this worker consumes (its executor built), then
+    watchdog pings while every consumer and worker thread of it lives; a hung process stops them.
+
+    The unit's main process is dramatiq's master; its worker processes speak
+    for it (``NotifyAccess=all``).  Nothing happens outside systemd.
+    """
+
+    def __init__(self) -> None:
+        self.pinger: WatchdogPinger | None = None
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        notify(READY)
+        interval = watchdog_interval_sec(main_only=False)
+        if interval is not None:
+            self.pinger = WatchdogPinger(lambda: _threads_alive(worker), interval).start()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if self.pinger is not None:
+            self.pinger.stop()
+
+
+def _threads_alive(worker: dramatiq.Worker) -> bool:
+    threads = [*worker.consumers.values(), *worker.workers]
+    return bool(threads) and all(thread.is_alive() for thread in threads)

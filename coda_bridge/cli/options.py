@@ -15,6 +15,7 @@ import click
 
 from ..errors import CodaError, ConfigError
 from ..ops.exits import EX_CONFIG
+from ..trust import SAFE_PATH_FLAG
 
 logger = logging.getLogger(__name__)
 
@@ -271,4 +272,4 @@ def hide_token(token: str, args: list[str]) -> None:
     the token either.
     """
     env = {**os.environ, "CODA_NODE_TOKEN": token}
-    os.execve(sys.executable, [sys.executable, "-m", "coda_bridge", *args], env)
+    os.execve(sys.executable, [sys.executable, SAFE_PATH_FLAG, "-m", "coda_bridge", *args], env)

@@ -13,6 +13,7 @@ import importlib.machinery
 import inspect
 import logging
 import pkgutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import yaml
 
 from ..errors import ExecutorError
 from ..settings import DEFAULT_DEVICE_CONFIG as SETTINGS_DEVICE_CONFIG
+from ..trust import UntrustedFile, check_trusted, untrusted
 from .base import resolve_awaitable
 from .noop import NoopExecutor
 
@@ -122,7 +124,11 @@ def _device_config_path(settings: Any) -> Path | None:
 
 
 def _device_config_factory(path: Path) -> str | None:
-    """The top-level ``executor_factory`` of the device YAML, if it names one."""
+    """The top-level ``executor_factory`` of the device YAML, if it names one (never another user's file)."""
+    try:
+        check_trusted(path, "device config")
+    except UntrustedFile as exc:
+        raise ExecutorError(str(exc)) from None
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
@@ -177,10 +183,45 @@ def discover_backends() -> list[str]:
 
 def _import(module_name: str, spec: str) -> Any:
     """Import ``module_name`` for ``spec``; any failure is an :class:`ExecutorError` naming it."""
+    reason = _untrusted_module(module_name)
+    if reason is not None:
+        raise ExecutorError(f"executor factory {spec}: refusing to import {module_name}: {reason}")
     try:
         return importlib.import_module(module_name)
     except Exception as exc:
         raise ExecutorError(f"executor factory {spec}: cannot import {module_name} ({_brief(exc)})") from exc
+
+
+def _untrusted_module(module_name: str) -> str | None:
+    """Why a file of ``module_name`` or of a package above it, not imported yet, may not be trusted.
+
+    Found as the import would find them, without running any of them.
+    """
+    parts = module_name.split(".")
+    search: list[str] | None = None
+    for index in range(len(parts)):
+        name = ".".join(parts[: index + 1])
+        module = sys.modules.get(name)
+        if module is not None:  # imported already: nothing of it runs again
+            locations = getattr(module, "__path__", None)
+            if locations is None:
+                return None  # not a package: the import says what is wrong
+            search = list(locations)
+            continue
+        try:
+            found = importlib.machinery.PathFinder.find_spec(name, search)
+        except (ImportError, ValueError):
+            return None  # the import says what is wrong
+        if found is None:
+            return None
+        if found.has_location and found.origin:
+            reason = untrusted(Path(found.origin))
+            if reason is not None:
+                return reason
+        if found.submodule_search_locations is None:
+            return None
+        search = list(found.submodule_search_locations)
+    return None
 
 
 def load_executor(spec: Any, settings: Any = None) -> object:

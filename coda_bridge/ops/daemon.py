@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import CodaError
 from ..identity.credentials import FILE_MODE
+from ..trust import python_argv
 from .exits import exit_status
 from .outcome import last_exit, one_line, record_exit
 from .pidfile import DaemonRunning, release_pid_file, running_pid
@@ -117,7 +118,7 @@ def detach(args: Sequence[str], env: Mapping[str, str], launch: Launch) -> int:
     offset = os.lseek(log_fd, 0, os.SEEK_END)
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "coda_bridge", "start", *args],
+            list(python_argv(sys.executable, "-m", "coda_bridge", "start", *args)),
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=log_fd,

@@ -27,6 +27,7 @@ import threading
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 
+from ..trust import SAFE_PATH_FLAG
 from .exits import die_with_parent
 
 __all__ = ["PRELOAD", "can_fork", "exec_setup", "fork_part", "preload", "signals_held"]
@@ -174,15 +175,18 @@ def _reset_signals() -> None:
 
 
 def _main_argv(command: list[str]) -> list[str]:
-    """``sys.argv`` as ``python -m MODULE ARGS`` sets it: the path of the file it runs, then ARGS."""
-    if command[1:2] != ["-m"] or len(command) < 3:
-        return command[1:]
-    module = command[2]
+    """``sys.argv`` as ``python [-P] -m MODULE ARGS`` sets it: the path of the file it runs, then ARGS."""
+    flags = 1
+    while command[flags : flags + 1] == [SAFE_PATH_FLAG]:
+        flags += 1
+    if command[flags : flags + 1] != ["-m"] or len(command) < flags + 2:
+        return command[flags:]
+    module = command[flags + 1]
     spec = importlib.util.find_spec(module)
     if spec is not None and spec.submodule_search_locations is not None:  # a package runs its __main__
         spec = importlib.util.find_spec(f"{module}.__main__")
     origin = spec.origin if spec is not None and spec.origin else module
-    return [origin, *command[3:]]
+    return [origin, *command[flags + 2 :]]
 
 
 def _exit_code(exc: SystemExit) -> int:

@@ -1,7 +1,8 @@
 """The node's processes as one group: started, watched, restarted with backoff, and drained in order.
 
 Each process runs in a process group of its own and gets exactly one
-SIGTERM; output goes through honcho's printer with ``name |`` prefixes.
+SIGTERM; output goes through honcho's printer with ``name |`` prefixes
+(or, for JSON logs, :mod:`~coda_bridge.ops.jsonlines`).
 A process with an entry point is forked from this one (which preloaded
 what they all import, :mod:`~coda_bridge.ops.forking`); any other is an
 ``exec`` of its command line.  The group runs in one thread (its output
@@ -40,6 +41,7 @@ from .exits import (
     exit_status,
 )
 from .forking import can_fork, exec_setup, fork_part, signals_held
+from .jsonlines import JsonPrinter
 from .output import PacedOutput
 from .processes import ProcessSpec
 from .proctree import kill_tree, process_tree
@@ -152,6 +154,7 @@ class ProcessGroup:
         backoff_max_sec: float = RESTART_BACKOFF_MAX_SEC,
         stable_sec: float = STABLE_RUN_SEC,
         fork: bool = True,
+        json_lines: bool = False,
     ) -> None:
         self.drain_timeout_sec = drain_timeout_sec
         self.results_flushed = results_flushed or (lambda: True)
@@ -167,6 +170,8 @@ class ProcessGroup:
         self.reason: str | None = None
         # NO_COLOR (https://no-color.org): any value turns the coloured name prefixes off
         self._output = None if printer else _paced_stdout()
+        if printer is None and json_lines:  # CODA_LOG_FORMAT=json: every line one JSON object
+            printer = JsonPrinter(self._output or sys.stdout, system_name=SYSTEM_NAME)
         self._printer = printer or Printer(
             output=self._output or sys.stdout, colour=not os.environ.get("NO_COLOR")
         )

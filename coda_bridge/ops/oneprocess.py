@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any
 
 from ..broker.queues import RESULTS_QUEUE
 from ..broker.redis_broker import broker_namespace
-from ..logs import configure_logging
+from ..logs import configure_logging, json_logging
 from ..settings import Settings
 from .exits import EX_CONFIG, FORCED_EXIT
+from .jsonlines import JsonLinesStream
 from .processes import CONTROL_THREADS, RESULT_PROCESSES, RESULT_THREADS
 from .runners import BridgeRunner, QueueWorkers, StopSignal, boot_process, connect_or_exit, stop_all
 
@@ -35,6 +37,8 @@ logger = logging.getLogger("coda_bridge.ops.oneprocess")
 
 #: Threads of the probes server (a /ready waiting on its checks never holds up /health).
 WEB_THREADS = 4
+#: The ``part`` of this process's raw lines in JSON logs (the whole node is one process).
+ONE_PROCESS_PART = "node"
 #: Time past the drain timeout before the process ends with whatever still runs.
 KILL_MARGIN_SEC = 10.0
 #: How often the drain looks whether the results of drained jobs were picked up.
@@ -70,7 +74,10 @@ def run_one_process(
     site: str | None = None,
 ) -> int:
     """Run every part of the node in this process until stopped; the exit status."""
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    if json_logging(settings.log_format):  # the handlers keep the real streams; raw writes become JSON
+        sys.stdout = JsonLinesStream(ONE_PROCESS_PART, sys.__stdout__ or sys.stdout)
+        sys.stderr = JsonLinesStream(ONE_PROCESS_PART, sys.__stderr__ or sys.stderr)
     _export(host, port, site)
     stop = StopSignal().install()
     preload = threading.Thread(target=_preload, name="coda-preload", daemon=True)

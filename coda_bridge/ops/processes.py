@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..trust import python_argv
 from .runners import worker_argv
 from .webentry import web_argv
 
@@ -42,6 +43,9 @@ CONTROL_THREADS = 2
 #: How long the dramatiq master waits for each worker process to finish booting before it
 #: watches them all (dramatiq's 30 s default would hide a worker that died while booting).
 WORKER_FORK_TIMEOUT_MS = 1000
+#: dramatiq's ``--path`` with no folder: it puts none on the import path (its default, ``.``, is the
+#: working directory, where an ``actors.py`` would shadow the node's actors).
+NO_IMPORT_PATH = "--path"
 
 
 @dataclass(frozen=True)
@@ -63,13 +67,14 @@ class ProcessSpec:
 
 
 def _worker(queue: str, threads: int, drain_ms: int, python: str, processes: int = 1) -> tuple[str, ...]:
-    return (
+    return python_argv(
         python, "-m", "dramatiq", "actors",
         "--processes", str(processes),
         "--threads", str(threads),
         "--queues", queue,
         "--worker-shutdown-timeout", str(drain_ms),
         "--worker-fork-timeout", str(WORKER_FORK_TIMEOUT_MS),
+        NO_IMPORT_PATH,
     )  # fmt: skip
 
 
@@ -77,7 +82,7 @@ def node_processes(settings: Settings, *, web: bool = True, python: str | None =
     """bridge, jobs, results and control workers, and (unless ``web`` is false) the probes app."""
     py = python or sys.executable
     drain_ms = int(settings.shutdown_drain_timeout_sec * 1000)
-    bridge = (py, "-m", "coda_bridge", "bridge")  # a token reaches it through CODA_NODE_TOKEN, never argv
+    bridge = python_argv(py, "-m", "coda_bridge", "bridge")  # a token comes in CODA_NODE_TOKEN, never argv
     specs = [
         ProcessSpec("bridge", bridge),
         ProcessSpec("jobs", _worker("jobs", settings.executor_concurrency, drain_ms, py)),
@@ -85,7 +90,7 @@ def node_processes(settings: Settings, *, web: bool = True, python: str | None =
         ProcessSpec("control", _worker("control", CONTROL_THREADS, drain_ms, py)),
     ]
     if web:
-        specs.append(ProcessSpec("web", (py, "-m", "coda_bridge", "web")))
+        specs.append(ProcessSpec("web", python_argv(py, "-m", "coda_bridge", "web")))
     return specs
 
 
@@ -107,7 +112,7 @@ def start_processes(
         return worker_argv(queue, threads, consumers=consumers, drain_ms=drain_ms, since=since, python=py)
 
     runner = "coda_bridge.ops.runners:main"
-    bridge = (py, "-m", "coda_bridge.ops.runners", "bridge")  # a token in the environment
+    bridge = python_argv(py, "-m", "coda_bridge.ops.runners", "bridge")  # a token in the environment
     results = [
         ProcessSpec(f"results.{index}", worker("results", RESULT_THREADS), runner)
         for index in range(1, RESULT_PROCESSES + 1)
@@ -125,5 +130,6 @@ def _web(settings: Settings, since: float | None, python: str) -> ProcessSpec:
     """gunicorn on the probes app, built after the connect; ``coda-bridge web`` (it checks the
     dashboard's credentials first) when the dashboard is on."""
     if settings.dashboard_enabled:
-        return ProcessSpec("web", (python, "-m", "coda_bridge", "web"), "coda_bridge.cli.main:main")
-    return ProcessSpec("web", web_argv(since, python), "gunicorn.app.wsgiapp:run")
+        argv = python_argv(python, "-m", "coda_bridge", "web")
+        return ProcessSpec("web", argv, "coda_bridge.cli.main:main")
+    return ProcessSpec("web", web_argv(since, python), "coda_bridge.web.gunicorn_app:main")

@@ -34,6 +34,7 @@ from typing import Any
 
 from ..errors import AuthError, ConfigError, NodeError
 from ..logs import configure_logging, mask
+from ..trust import python_argv
 from .exits import EX_CONFIG, FORCED_EXIT
 
 __all__ = [
@@ -330,7 +331,8 @@ def worker_argv(
 ) -> tuple[str, ...]:
     """The command line of one worker process of ``start``."""
     # ``--queues``, as on the dramatiq command line: ``actors`` reads its role from it
-    argv = [python, "-m", "coda_bridge.ops.runners", "worker", "--queues", queue, "--threads", str(threads)]
+    argv = [*python_argv(python, "-m", "coda_bridge.ops.runners"), "worker", "--queues", queue]
+    argv += ["--threads", str(threads)]
     argv += ["--consumers", str(consumers), "--drain-ms", str(drain_ms)]
     if since is not None:
         argv += ["--connected-since", f"{since:.6f}"]

@@ -45,8 +45,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..identity.credentials import StatePaths, connected_since, read_private, token_was_used
+from ..logs import LOG_FORMAT_VARIABLE
+from ..trust import SAFE_PATH_ENV, python_argv
 from .forking import preload
-from .group import FLUSH_CHECK_TIMEOUT_SEC, QPU_SLOT, READY_PATH, WEB_WORKERS, ProcessGroup
+from .group import FLUSH_CHECK_TIMEOUT_SEC, QPU_SLOT, READY_PATH, SYSTEM_NAME, WEB_WORKERS, ProcessGroup
+from .jsonlines import json_line
 from .outcome import record_exit, record_start
 from .pidfile import claim_pid_file, pid_file_for, release_pid_file
 from .processes import ProcessSpec
@@ -74,6 +77,7 @@ def child_env(*, host: str | None = None, port: int | None = None, site: str | N
     """The environment of every process of the group: ours, with the CLI's overrides and no token."""
     env = {k: v for k, v in os.environ.items() if k != "CODA_NODE_TOKEN"}
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(SAFE_PATH_ENV)  # no process imports from the working directory
     if host:
         env["CODA_HOST"] = host
     if port:
@@ -181,6 +185,7 @@ def run_start(
                 record_exit(paths.root, pid, code, reason)
             return int(code)
     env = child_env(host=host, port=port, site=site)
+    env.setdefault(LOG_FORMAT_VARIABLE, settings.log_format)  # a settings file's choice reaches every part
     since = time.time()
     # a later start: what /ready needs starts with the bridge and waits for its connect itself
     early = settings.has_identity
@@ -207,6 +212,7 @@ def run_start(
         "broker_url": settings.broker_url,
         "results_key": f"{broker_namespace(QPU_SLOT)}:{RESULTS_QUEUE}",
         "qpu_id": settings.qpu_id,
+        "log_format": settings.log_format,
         "members": members,
     }
     with claim_pid_file(pid_file) as pid:
@@ -229,7 +235,8 @@ def _exec_group(plan: Mapping[str, Any], paths: StatePaths, env: Mapping[str, st
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(sys.executable, [sys.executable, "-m", "coda_bridge.ops.supervisor", str(plan_path)], env)
+        argv = python_argv(sys.executable, "-m", "coda_bridge.ops.supervisor", str(plan_path))
+        os.execve(sys.executable, argv, env)  # -P: the parts it forks share its import path
     finally:  # only when exec failed
         plan_path.unlink(missing_ok=True)
 
@@ -242,6 +249,7 @@ def main(args: list[str] | None = None) -> int:
     finally:
         plan_path.unlink(missing_ok=True)
     state_dir = Path(plan["state_dir"])
+    json_lines = plan.get("log_format") == "json"
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # ignored by whoever started us, children reap themselves
     group = ProcessGroup(
         drain_timeout_sec=plan["drain_timeout_sec"],
@@ -250,7 +258,8 @@ def main(args: list[str] | None = None) -> int:
         ),
         identity_ready=_IdentityReady(state_dir, plan["since"]),
         spent_env=("CODA_NODE_TOKEN",),
-        fork=_preloaded(),
+        fork=_preloaded(json_lines),
+        json_lines=json_lines,
     )
     _add_members(group, plan.pop("members"))
     pid_file = Path(plan["pid_file"])
@@ -273,12 +282,14 @@ def _add_members(group: ProcessGroup, members: list[dict[str, Any]]) -> None:
         )
 
 
-def _preloaded() -> bool:
+def _preloaded(json_lines: bool = False) -> bool:
     """Preload what the processes share; False (each starts its own interpreter) if that failed."""
     try:
         preload()
     except Exception as exc:  # a broken install: the processes will say what is wrong themselves
-        print(f"system | cannot preload ({type(exc).__name__}: {exc}); each process imports anew", flush=True)
+        said = f"cannot preload ({type(exc).__name__}: {exc}); each process imports anew"
+        line = json_line(SYSTEM_NAME, said, system=True) if json_lines else f"{SYSTEM_NAME} | {said}"
+        print(line, flush=True)
         return False
     return True
 

@@ -1,6 +1,6 @@
 """The probes app as ``start`` serves it: gunicorn boots with the bridge, the app once the bridge connected.
 
-``python -m gunicorn --config python:coda_bridge.web.gunicorn_config
+``python -P -m coda_bridge.web.gunicorn_app
 "coda_bridge.ops.webentry:create_app_after_connect(T)"``: the gunicorn
 worker imports the app's modules at once, then waits for a connect at or
 after ``T`` (this start's bridge), so the app is built from the fresh
@@ -13,6 +13,8 @@ from __future__ import annotations
 import sys
 import threading
 from typing import Any
+
+from ..trust import python_argv
 
 __all__ = ["create_app_after_connect", "web_argv"]
 
@@ -33,5 +35,4 @@ def create_app_after_connect(since: float | None = None) -> Any:
 def web_argv(since: float | None, python: str | None = None) -> tuple[str, ...]:
     """gunicorn on the probes app, with the package's config (bind, workers and threads from settings)."""
     app = f"coda_bridge.ops.webentry:create_app_after_connect({since!r})"
-    config = "python:coda_bridge.web.gunicorn_config"
-    return (python or sys.executable, "-m", "gunicorn", "--config", config, app)
+    return python_argv(python or sys.executable, "-m", "coda_bridge.web.gunicorn_app", app)

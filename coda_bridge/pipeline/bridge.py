@@ -22,6 +22,7 @@ from ..broker.shared_state import NodeState
 from ..control.ticker import Tick, Ticker
 from ..errors import ConfigError, VPNError
 from ..identity.connect import connect_node, load_node_settings
+from ..sdnotify import CycleNotifier
 from ..settings import Settings
 from .intake import StreamBridge
 
@@ -156,7 +157,9 @@ def _run_connected(settings: Settings) -> None:
             Tick(VPN_CHECK_ACTOR, settings.vpn_check_interval_sec),
         ],
     )
-    bridge = StreamBridge(settings, broker, state)
+    # under a Type=notify unit: READY=1 once the cloud's stream is read, then a watchdog ping per round
+    notifier = CycleNotifier(ready=state.cloud_redis_healthy)
+    bridge = StreamBridge(settings, broker, state, on_cycle=notifier.cycle)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         logger.info("Bridge received %s; stopping.", signal.Signals(signum).name)

@@ -36,6 +36,7 @@ from ..logs import configure_logging
 from ..parts import NodeParts
 from ..replies import as_text
 from ..settings import Settings
+from ..trust import SAFE_PATH_FLAG
 from .metrics import NodeCollector
 
 __all__ = ["create_app", "readiness", "serve"]
@@ -228,8 +229,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 def serve(settings: Settings) -> None:
     """Replace this process with gunicorn serving :func:`create_app` (config in the package)."""
     argv = [
-        sys.executable, "-m", "gunicorn",
-        "--config", "python:coda_bridge.web.gunicorn_config",
+        sys.executable, SAFE_PATH_FLAG, "-m", "coda_bridge.web.gunicorn_app",
         "--bind", f"{settings.host}:{settings.port}",
         "--workers", str(settings.web_workers),
         "coda_bridge.web.app:create_app()",

@@ -403,3 +403,43 @@ def test_factory_calling_conventions(factory: Any, expected: Any) -> None:
     executor = load_executor(factory, SETTINGS)
     assert isinstance(executor, _Got)
     assert executor.got is expected or executor.got == expected
+
+
+# --------------------------------------------------------------------------- files others can change
+
+
+@pytest.mark.skipif(sys.platform != "linux" or __import__("os").geteuid() != 0, reason="chown needs root")
+def test_a_package_another_user_owns_is_refused_before_any_of_it_runs(
+    modules: Writer, tmp_path: Path
+) -> None:
+    import os
+
+    # given a discoverable backend package on the import path that belongs to another user
+    ran = tmp_path / "ran"
+    init = modules("strangerpkg/__init__.py", f"open({str(ran)!r}, 'w').close()\n")
+    factory = modules("strangerpkg/executor_factory.py", EXECUTOR_SOURCE + "\ncreate_executor = Exec\n")
+    for path in (init, factory, init.parent):
+        os.chown(path, 65534, 65534)
+    refresh()
+
+    # when the executor is resolved (discovered, or named)
+    with pytest.raises(ExecutorError, match=r"refusing to import strangerpkg\.executor_factory: .*uid 65534"):
+        resolve_executor(settings())
+    with pytest.raises(ExecutorError, match=r"refusing to import strangerpkg: .*uid 65534"):
+        load_executor("strangerpkg:Exec")
+
+    # then none of its code ran
+    assert not ran.exists()
+    assert "strangerpkg" not in sys.modules
+
+
+def test_a_device_config_anyone_can_write_is_refused(modules: Writer, tmp_path: Path) -> None:
+    # given a device YAML that every user may change, naming a real executor
+    modules("labexec.py", EXECUTOR_SOURCE)
+    device = tmp_path / "device.yaml"
+    device.write_text("executor_factory: labexec:Exec\n")
+    device.chmod(0o666)
+
+    # when the executor is resolved, then the file is refused, saying why
+    with pytest.raises(ExecutorError, match=f"refusing device config {device}: file {device} has mode 0666"):
+        resolve_executor(settings(device_config=str(device)))

@@ -74,6 +74,15 @@ def test_each_unit_restarts_on_failure_and_stops_with_one_sigterm(path: Path) ->
     assert unit["Install"]["WantedBy"]
 
 
+@pytest.mark.parametrize("path", UNITS, ids=lambda p: p.name)
+def test_each_unit_tells_systemd_when_it_is_ready_and_has_a_watchdog(path: Path) -> None:
+    service = _unit(path)["Service"]
+    assert service["Type"] == "notify"
+    assert int(service["WatchdogSec"]) >= 30
+    # the worker's READY=1 and pings come from dramatiq's worker processes, not its master
+    assert (service.get("NotifyAccess") == "all") == (path.name == "coda-bridge-worker@.service")
+
+
 def test_the_worker_template_runs_the_instance_queue_and_executors_stop_before_delivery() -> None:
     unit = _unit(DEPLOY / "systemd" / "coda-bridge-worker@.service")
     assert unit["Service"]["ExecStart"].endswith("coda-bridge worker %i")
@@ -176,11 +185,11 @@ def test_the_procfile_runs_the_same_processes_as_start() -> None:
     for spec in node_processes(Settings(), web=True):
         argv = list(spec.argv)
         command = procfile[spec.name]
-        if argv[1:3] == ["-m", "coda_bridge"]:
-            assert command == ["coda-bridge", *argv[3:]]
+        if argv[1:4] == ["-P", "-m", "coda_bridge"]:
+            assert command == ["coda-bridge", *argv[4:]]
         else:
-            assert argv[1:3] == ["-m", "dramatiq"]
-            assert command == ["dramatiq", *argv[3:]]
+            assert argv[1:4] == ["-P", "-m", "dramatiq"]
+            assert command == ["dramatiq", *argv[4:]]
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
@@ -537,3 +546,18 @@ def test_the_healthcheck_judges_the_process_that_is_pid_1(
     )  # fmt: skip
 
     assert done.stdout.strip() == expected, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs root and unshare (a PID namespace with its own /proc)")
+def test_the_healthcheck_knows_a_dramatiq_master_run_with_the_safe_path_flag(tmp_path: Path) -> None:
+    # given PID 1 running `python -P -m dramatiq ...`, as `coda-bridge worker` execs it, with its worker
+    (tmp_path / "dramatiq.py").write_text(_FAKE_MAIN)
+    namespace = ["unshare", "--pid", "--fork", "--mount-proc"]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    # when the healthcheck judges it
+    done = subprocess.run(
+        [*namespace, sys.executable, "-P", "-m", "dramatiq", "worker", str(DEPLOY / "healthcheck.py")],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+    # then it is the dramatiq master with its worker process
+    assert done.stdout.strip() == "0 dramatiq master 1 with 1 worker process(es)", done.stdout + done.stderr
