@@ -36,6 +36,7 @@ from ..settings import Settings
 from .claims import ClaimBook
 from .reconcile import Reconciler
 from .records import RecordStore
+from .status import CloudStatus
 
 __all__ = ["StreamBridge", "batch_message", "job_message"]
 
@@ -102,6 +103,7 @@ class StreamBridge:
         self.consumer = settings.resolved_consumer_name
         block_sec = settings.stream_block_ms / 1000
         self.cloud = cloud or cloud_redis_client(settings.redis_url, block_sec=block_sec)
+        self.status = CloudStatus(self.cloud, settings.qpu_id)
         self.on_cycle = on_cycle
         self._stopping = threading.Event()
         self._pending_first = True
@@ -114,6 +116,7 @@ class StreamBridge:
             self.stream,
             self.group,
             self.consumer,
+            status=self.status,
             entries=EntryIndex(broker.client, settings.qpu_id, broker.namespace),
             records=records,
             claims=ClaimBook(broker.client, settings.qpu_id, records, state),
@@ -253,7 +256,7 @@ class StreamBridge:
         self._enqueue_jobs(jobs)
         failpoint("bridge.before_ack")  # just after the hand-over, where entries used to be acknowledged
         if deleted:
-            self.cloud.xack(self.stream, self.group, *deleted)
+            self.status.ack(deleted)
         self.forwarded += len(jobs) + len(deleted)
         self.state.stream_read()
         return len(jobs) + len(deleted)
