@@ -110,6 +110,8 @@ class StreamBridge:
         self._last_claim = 0.0
         self._last_reconcile = 0.0
         self.reconcile_interval_sec = min(RECONCILE_INTERVAL_SEC, settings.claim_idle_sec / 3)
+        # A blocked read holds the next pass back: never longer than the pass interval.
+        self.block_ms = max(1, min(settings.stream_block_ms, round(self.reconcile_interval_sec * 1000)))
         records = RecordStore(broker.client, settings.qpu_id)
         self.reconciler = Reconciler(
             self.cloud,
@@ -206,7 +208,7 @@ class StreamBridge:
                 self.consumer,
                 {self.stream: ">"},
                 count=READ_COUNT,
-                block=self.settings.stream_block_ms,
+                block=self.block_ms,
             )
         except redis.ResponseError as exc:
             if "NOGROUP" in str(exc):
