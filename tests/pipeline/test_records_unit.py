@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import fakeredis
 import pytest
@@ -124,6 +126,11 @@ def test_a_dead_lettered_result_is_kept_without_expiry(store: RecordStore, clien
     assert client.ttl(store.key("j-1")) == -1
 
 
+def _clock(sleep: Callable[[float], None], monotonic: Callable[[], float]) -> SimpleNamespace:
+    """The records module's own view of time (not the ``time`` module every other thread shares)."""
+    return SimpleNamespace(sleep=sleep, monotonic=monotonic, time=time.time)
+
+
 def test_a_result_is_recorded_once_the_local_redis_is_back(
     store: RecordStore, server: fakeredis.FakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -133,7 +140,7 @@ def test_a_result_is_recorded_once_the_local_redis_is_back(
         pauses.append(seconds)
         server.connected = len(pauses) >= 2
 
-    monkeypatch.setattr(records_module.time, "sleep", pause)
+    monkeypatch.setattr(records_module, "time", _clock(pause, time.monotonic))
     server.connected = False
 
     store.record_patiently([("j-1", _result("j-1"))])
@@ -150,8 +157,7 @@ def test_a_result_gives_up_once_its_patience_is_spent(
     def pause(seconds: float) -> None:
         now[0] += seconds
 
-    monkeypatch.setattr(records_module.time, "sleep", pause)
-    monkeypatch.setattr(records_module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(records_module, "time", _clock(pause, lambda: now[0]))
     server.connected = False
 
     with pytest.raises(redis.ConnectionError):
