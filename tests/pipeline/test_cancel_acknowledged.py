@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from dramatiq.broker import MessageProxy
+from dramatiq.broker import Consumer, MessageProxy
 from pipeline_support import circuit
 
 from coda_bridge.broker.queues import JOBS_QUEUE
@@ -90,7 +90,7 @@ def _forward(bridge: StreamBridge) -> None:
     wait_until(lambda: bridge.cycle() > 0, STEP_TIMEOUT_SEC, "the bridge to forward the entry")
 
 
-def _take(broker: CodaBroker) -> tuple[MessageProxy, Iterator[MessageProxy | None]]:
+def _take(broker: CodaBroker) -> tuple[MessageProxy, Consumer]:
     """The next message of the jobs queue, taken as the jobs worker takes it (dramatiq's consumer)."""
     consumer = broker.consume(JOBS_QUEUE, prefetch=1, timeout=100)
     message = wait_until(lambda: next(consumer), STEP_TIMEOUT_SEC, "a message on the jobs queue")
@@ -125,7 +125,8 @@ def test_a_job_cancelled_before_its_run_leaves_nothing_pending_and_is_not_forwar
 
     # when: the jobs worker runs its message
     outcome = execute_job(parts.execution, *message.args, calls.enqueue, calls.look_later)
-    consumer.ack(message)  # type: ignore[attr-defined]
+    consumer.ack(message)
+    consumer.close()
 
     # then: the job is cancelled, its entry acknowledged, and a reconcile pass forwards nothing
     assert (outcome.outcome, outcome.detail) == ("cancelled", "before start")
@@ -167,7 +168,8 @@ def test_a_job_cancelled_during_its_run_leaves_nothing_pending_and_is_not_forwar
     finally:
         cloud.set(cancel_key("cancel-late"), "1")  # a failed wait still ends the run
         worker.join(STEP_TIMEOUT_SEC)
-    consumer.ack(message)  # type: ignore[attr-defined]
+    consumer.ack(message)
+    consumer.close()
 
     # then: the job is cancelled, its entry acknowledged, and a reconcile pass forwards nothing
     [outcome] = outcomes
