@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Test processes (pytest-xdist).  Most tests wait on real servers and processes rather than the CPU,
-# so 3 beat 2 on a 2-core machine; tests that share a module's node stay on one worker (loadgroup).
+# Test processes (pytest-xdist).  The end-to-end and fault tests mostly wait on real servers and
+# processes, so 3 overlap those waits on a 2-core machine; a file whose tests share a module's node
+# stays on one process (loadgroup, see tests/conftest.py).
 TEST_WORKERS ?= 3
 PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
