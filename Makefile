@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Test processes (pytest-xdist).  The end-to-end and fault tests mostly wait on real servers and
+# processes, so 3 overlap those waits on a 2-core machine; a file whose tests share a module's node
+# stays on one process (loadgroup, see tests/conftest.py).
+TEST_WORKERS ?= 3
+PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: demo test lint unit e2e fault bench clean
 
@@ -20,16 +25,16 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint  ## lint, types, then every test (end-to-end and fault tests included)
-	$(BIN)/pytest
+	$(PYTEST)
 
 unit: $(STAMP)  ## the fast tests only
-	$(BIN)/pytest -m "not e2e and not fault"
+	$(PYTEST) -m "not e2e and not fault"
 
 e2e: $(STAMP)
-	$(BIN)/pytest -m e2e
+	$(PYTEST) -m e2e
 
 fault: $(STAMP)
-	$(BIN)/pytest -m fault
+	$(PYTEST) -m fault
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -2,17 +2,52 @@
 
 from __future__ import annotations
 
+import functools
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from coda_bridge.dev.localredis import LocalRedis
 from coda_bridge.devcloud import DevCloudClient, DevCloudProcess, start_devcloud_process
 
+TESTS = Path(__file__).resolve().parent
 # Helpers and the test executor live beside the tests, importable by name.
-sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+sys.path.insert(0, str(TESTS / "support"))
+
+#: A fixture declared with one of these scopes serves many tests of a module (a node, a key pair).
+_SHARED_SCOPE = re.compile(r"""scope=["'](?:module|class|package)["']""")
+
+
+@functools.cache
+def _shares_fixtures(path: Path) -> bool:
+    """Whether the test file, or a ``conftest.py`` above it in ``tests/``, declares a shared-scope fixture."""
+    sources = [
+        path,
+        *(folder / "conftest.py" for folder in path.parents if TESTS in (folder, *folder.parents)),
+    ]
+    return any(source.is_file() and _SHARED_SCOPE.search(source.read_text()) for source in sources)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist's ``--dist loadgroup`` (the Makefile's): a file whose tests may share a module's
+    fixture is one unit of work, so one worker starts its node once; every other test goes alone to
+    whichever worker is free.  (The ``xdist_group`` mark is not used: pytest-xdist 3.8 cannot apply
+    it on pytest 9, whose nodes keep their id elsewhere.)"""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class SharedFixtureScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if _shares_fixtures(config.rootpath / path) else super()._split_scope(nodeid)
+
+    return SharedFixtureScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -111,20 +111,23 @@ class StreamBridge:
         self.consumer = settings.resolved_consumer_name
         block_sec = settings.stream_block_ms / 1000
         self.cloud = cloud or cloud_redis_client(settings.redis_url, block_sec=block_sec)
+        self.status = CloudStatus(self.cloud, settings.qpu_id)
         self.on_cycle = on_cycle
         self._stopping = threading.Event()
         self._pending_first = True
         self._last_claim = 0.0
         self._last_reconcile = 0.0
         self.reconcile_interval_sec = min(RECONCILE_INTERVAL_SEC, settings.claim_idle_sec / 3)
+        # A blocked read holds the next pass back: never longer than the pass interval.
+        self.block_ms = max(1, min(settings.stream_block_ms, round(self.reconcile_interval_sec * 1000)))
         records = RecordStore(broker.client, settings.qpu_id)
         self.entries = EntryIndex(broker.client, settings.qpu_id, broker.namespace)
-        self.status = CloudStatus(self.cloud, settings.qpu_id)
         self.reconciler = Reconciler(
             self.cloud,
             self.stream,
             self.group,
             self.consumer,
+            status=self.status,
             entries=self.entries,
             records=records,
             claims=ClaimBook(broker.client, settings.qpu_id, records, state),
@@ -214,7 +217,7 @@ class StreamBridge:
                 self.consumer,
                 {self.stream: ">"},
                 count=READ_COUNT,
-                block=self.settings.stream_block_ms,
+                block=self.block_ms,
             )
         except redis.ResponseError as exc:
             if "NOGROUP" in str(exc):
@@ -264,7 +267,7 @@ class StreamBridge:
         self._enqueue_jobs(jobs)
         failpoint("bridge.before_ack")  # just after the hand-over, where entries used to be acknowledged
         if deleted:
-            self.cloud.xack(self.stream, self.group, *deleted)
+            self.status.ack(deleted)
         self.forwarded += len(jobs) + len(deleted)
         self.state.stream_read()
         return len(jobs) + len(deleted)

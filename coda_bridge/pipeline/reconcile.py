@@ -34,6 +34,7 @@ from ..broker.queues import DELIVER_ACTOR, RESULTS_QUEUE
 from ..replies import as_text
 from .claims import ClaimBook
 from .records import RecordStore
+from .status import CloudStatus
 
 __all__ = ["PAGE_ENTRIES", "Reconciler", "ReconcileReport", "delivery_message"]
 
@@ -81,6 +82,7 @@ class Reconciler:
         group: str,
         consumer: str,
         *,
+        status: CloudStatus,
         entries: EntryIndex,
         records: RecordStore,
         claims: ClaimBook,
@@ -89,6 +91,7 @@ class Reconciler:
     ) -> None:
         self.cloud = cloud
         self.stream, self.group, self.consumer = stream, group, consumer
+        self.status = status
         self.entries = entries
         self.records = records
         self.claims = claims
@@ -156,7 +159,7 @@ class Reconciler:
             self.forward(forward)
             report.forwarded += [entry_id for _, entry_id in forward]
         if acks:
-            self.cloud.xack(self.stream, self.group, *acks)
+            self.status.ack(acks)
             report.acknowledged += acks
 
     def _fields(self, entry_ids: Sequence[str]) -> dict[str, dict[str, str]]:

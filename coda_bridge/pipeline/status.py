@@ -1,9 +1,9 @@
 """The cloud's per-job keys (PROTOCOL.md section 4): the status hash it writes, the cancel key it reads.
 
 This module is the one writer of ``qpu:job:{job_id}:status``, and the one
-place a stream entry is acknowledged once its job is over: a terminal
-state and the entry's ``XACK`` go out in one round trip, so the cloud's
-stream stays the ledger until the outcome is at the cloud.  Writes of a
+place a stream entry is acknowledged (``XACK``) once its job is over: a
+terminal state and the entry's acknowledgement go out in one round trip,
+so the cloud's stream stays the ledger until the outcome is at the cloud.  Writes of a
 batch go out in one round trip.  ``executing`` rides out a blip (the result
 matters more); a terminal state must land, so its failure propagates and
 the message is retried.
@@ -42,7 +42,7 @@ class CloudStatus:
         self.group = group_name(qpu_id)
 
     def ack(self, entry_ids: Sequence[str]) -> None:
-        """Acknowledge stream entries whose job needs nothing more (a skip of what names no job)."""
+        """Acknowledge stream entries that need nothing more: skipped, deleted, or their result delivered."""
         entry_ids = [entry_id for entry_id in entry_ids if entry_id]
         if entry_ids:
             self.client.xack(self.stream, self.group, *entry_ids)
@@ -111,13 +111,14 @@ class CloudStatus:
         )
 
     def cancelled(self, job_id: str, entry_id: str) -> None:
+        """The job ends cancelled: its state and its entry's acknowledgement (nothing is left pending)."""
         fields = {
             "state": "cancelled",
             "cancelled_at": utc_iso(),
             "message_id": entry_id,
             "qpu_id": self.qpu_id,
         }
-        self.write([(job_id, fields)], terminal=True)
+        self.write([(job_id, fields)], terminal=True, acks=[entry_id])
 
     def failed(self, job_id: str, error: str, entry_id: str | None) -> None:
         fields = {"state": "failed", "error": error[:ERROR_MAX_CHARS], "failed_at": utc_iso()}

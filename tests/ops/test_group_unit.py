@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import pytest
@@ -52,7 +53,9 @@ def test_a_stop_that_comes_while_a_process_is_forked_still_reaches_it(
     sleeper = subprocess.Popen(["sleep", "30"])
 
     def fork_with_a_signal(*args: Any) -> int:
-        os.kill(os.getpid(), signal.SIGTERM)  # as `systemctl stop` would, at the worst moment
+        # as `systemctl stop` would, at the worst moment; sent to this thread, as the supervisor runs
+        # one thread, so no thread another test left running here can take it while it is held
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
         return sleeper.pid
 
     monkeypatch.setattr("coda_bridge.ops.group.fork_part", fork_with_a_signal)

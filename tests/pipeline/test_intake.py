@@ -107,6 +107,29 @@ def test_the_bridge_counts_as_reading_before_its_first_blocking_read_returns(
     assert seen_at_read and seen_at_read[0] is not None
 
 
+def test_a_blocked_read_never_holds_the_next_reconcile_pass_back(
+    settings: Settings, broker: CodaBroker
+) -> None:
+    # Given a bridge whose reads may block 3 s, and entries that look idle to others after 0.6 s
+    slow = settings.model_copy(update={"stream_block_ms": 3000, "claim_idle_sec": 0.6})
+    bridge = _bridge(slow, broker)
+    blocks: list[int] = []
+    read = bridge.cloud.xreadgroup
+
+    def record(*args: Any, **kwargs: Any) -> Any:
+        blocks.append(kwargs["block"])
+        return read(*args, **kwargs)
+
+    bridge.cloud.xreadgroup = record  # type: ignore[method-assign]
+
+    # When it reads an idle stream
+    bridge.cycle()
+
+    # Then the read blocks no longer than the pass interval (a third of claim_idle_sec), so the pass
+    # that keeps this bridge's long jobs from looking idle comes in time
+    assert blocks == [200]
+
+
 def test_a_restart_does_not_forward_entries_the_broker_still_holds(
     settings: Settings, broker: CodaBroker, cloud: redis.Redis
 ) -> None:

@@ -67,8 +67,9 @@ def test_a_killed_bridge_s_jobs_are_finished_by_the_other_each_delivered_once(tm
 
 
 def test_a_job_longer_than_claim_idle_is_not_claimed_by_a_live_second_bridge(tmp_path: Path) -> None:
-    # Given two live bridges, and entries that count as idle after 2 s
-    with LocalStack(tmp_path, env=_env(tmp_path, executor_sec=8.0, claim_idle_sec=2)) as stack:
+    # Given two live bridges, and entries that count as idle after 3 s (each bridge's pass resets its
+    # entries' idle time every second: a stalled second of a busy machine is no claim)
+    with LocalStack(tmp_path, env=_env(tmp_path, executor_sec=12.0, claim_idle_sec=3)) as stack:
         stack.start_process("bridge#b", env={"CODA_CONSUMER_NAME": "bridge-b"})
         cloud = stack.cloud
 

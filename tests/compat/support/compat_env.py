@@ -6,13 +6,17 @@ plain venv whose ``.pth`` file adds this venv's site-packages behind its own.
 So the node's processes run with both coda-bridge and coda-qubic importable,
 while every other test keeps discovering exactly what it did (coda-qubic's
 ``executor_factory`` module never lands in the test venv).  The environment
-is built once per set of inputs and kept under ``~/.cache/coda-bridge``.
+is built once per set of inputs and kept under ``~/.cache/coda-bridge``; a
+file lock makes a second builder (another pytest-xdist worker, another
+session) wait for the first and use what it built.
 :func:`compat_environment` gives its interpreter, or raises
 :class:`CompatUnavailable` saying why the packages cannot be installed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -20,6 +24,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
@@ -92,6 +97,18 @@ def _build(target: Path) -> None:
         shutil.rmtree(building, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _building(target: Path) -> Iterator[None]:
+    """Hold the build lock of ``target`` (an exclusive ``flock``, released if the holder dies)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f"{target.name}.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class CompatUnavailable(Exception):
     """The compat packages cannot be installed here; the message says why."""
 
@@ -104,9 +121,12 @@ def compat_environment() -> Path:
         )
     target = CACHE_DIR / f"compat-{_cache_key()}"
     python = target / "bin" / "python"
-    if not python.exists():
-        try:
-            _build(target)
-        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-            raise CompatUnavailable(f"the compat packages cannot be installed: {exc}") from exc
+    if python.exists():
+        return python
+    try:
+        with _building(target):
+            if not python.exists():  # not built by whoever held the lock before
+                _build(target)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        raise CompatUnavailable(f"the compat packages cannot be installed: {exc}") from exc
     return python

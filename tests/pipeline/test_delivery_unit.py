@@ -1,0 +1,228 @@
+"""Deliverer on fakeredis and requests-mock: one POST per result, retries, refusals, duplicates, leases.
+
+The cloud's Redis and the broker's are two fake servers, the cloud's HTTP
+answers come from requests-mock; no network and no real sleep.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import dramatiq
+import fakeredis
+import pytest
+import redis
+import requests_mock as rm
+
+from coda_bridge.broker.entries import EntryIndex
+from coda_bridge.broker.redis_broker import broker_namespace
+from coda_bridge.broker.shared_state import NodeState
+from coda_bridge.cloud.client import CloudClient
+from coda_bridge.cloud.keys import group_name, status_key, stream_key
+from coda_bridge.cloud.signing import Signer, generate_private_key_pem, public_key_pem, verify_token
+from coda_bridge.errors import WebhookError
+from coda_bridge.pipeline.delivery import Deliverer, should_retry
+from coda_bridge.pipeline.records import RecordStore
+from coda_bridge.pipeline.status import CloudStatus
+from coda_bridge.settings import Settings
+
+QPU = "qpu-delivery-unit"
+KID = "qpu-delivery-unit-1710000000000"
+BASE = "https://cloud.test"
+CALLBACK = f"{BASE}/api/internal/qpu/webhook"
+RESULT = {"job_id": "j-1", "status": "completed", "counts": {"00": 10}}
+
+
+@pytest.fixture(scope="module")
+def key_pem() -> str:
+    return generate_private_key_pem()
+
+
+@pytest.fixture
+def cloud_redis() -> Iterator[redis.Redis]:
+    made = fakeredis.FakeRedis(decode_responses=True)
+    made.xgroup_create(stream_key(QPU), group_name(QPU), id="0", mkstream=True)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def local() -> Iterator[redis.Redis]:
+    made = fakeredis.FakeRedis()
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def http() -> Iterator[CloudClient]:
+    made = CloudClient(Settings(qpu_id=QPU, webapp_url=BASE, webhook_timeout_sec=3), sleep=lambda _: None)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def deliverer(key_pem: str, cloud_redis: redis.Redis, local: redis.Redis, http: CloudClient) -> Deliverer:
+    settings = Settings(qpu_id=QPU, webapp_url=BASE, webhook_timeout_sec=3)
+    return Deliverer(
+        settings,
+        RecordStore(local, QPU),
+        CloudStatus(cloud_redis, QPU),
+        cloud=http,
+        signer=Signer(key_pem, KID, QPU),
+        state=NodeState(local, QPU),
+        entries=EntryIndex(local, QPU, broker_namespace(QPU)),
+    )
+
+
+def _recorded_and_pending(deliverer: Deliverer, cloud_redis: redis.Redis) -> str:
+    """Record RESULT for j-1 and leave its stream entry pending at the bridge; the entry id."""
+    deliverer.records.record([("j-1", RESULT)])
+    entry_id = str(cloud_redis.xadd(stream_key(QPU), {"job_id": "j-1"}))
+    cloud_redis.xreadgroup(group_name(QPU), "bridge-a", {stream_key(QPU): ">"})
+    return entry_id
+
+
+def _pending(cloud_redis: redis.Redis) -> int:
+    return int(cloud_redis.xpending(stream_key(QPU), group_name(QPU))["pending"])
+
+
+def test_a_result_is_posted_signed_then_its_state_written_and_entry_acknowledged(
+    deliverer: Deliverer, cloud_redis: redis.Redis, key_pem: str, requests_mock: rm.Mocker
+) -> None:
+    entry_id = _recorded_and_pending(deliverer, cloud_redis)
+    requests_mock.post(CALLBACK, status_code=200, json={"ok": True})
+
+    outcome = deliverer.deliver("j-1", CALLBACK, entry_id)
+
+    assert outcome == "delivered"
+    [request] = requests_mock.request_history
+    assert request.json() == RESULT
+    bearer = request.headers["Authorization"].removeprefix("Bearer ")
+    assert verify_token(bearer, public_key_pem(key_pem))["sub"] == QPU
+    assert cloud_redis.hget(status_key("j-1"), "state") == "completed"
+    assert _pending(cloud_redis) == 0
+    counters = deliverer.state.counters()
+    assert (counters["jobs_completed"], counters["webhook_attempts"]) == (1, 1)
+
+
+def test_a_duplicate_message_writes_the_state_again_and_never_posts_twice(
+    deliverer: Deliverer, cloud_redis: redis.Redis, requests_mock: rm.Mocker
+) -> None:
+    entry_id = _recorded_and_pending(deliverer, cloud_redis)
+    requests_mock.post(CALLBACK, status_code=200, json={"ok": True})
+    deliverer.deliver("j-1", CALLBACK, entry_id)
+
+    again = deliverer.deliver("j-1", CALLBACK, entry_id)
+
+    assert again == "duplicate"
+    assert requests_mock.call_count == 1
+    assert cloud_redis.hget(status_key("j-1"), "state") == "completed"
+
+
+def test_a_5xx_raises_a_retryable_error_frees_the_lease_and_writes_no_state(
+    deliverer: Deliverer, cloud_redis: redis.Redis, local: redis.Redis, requests_mock: rm.Mocker
+) -> None:
+    entry_id = _recorded_and_pending(deliverer, cloud_redis)
+    requests_mock.post(CALLBACK, status_code=503, json={"error": "busy"})
+
+    with pytest.raises(WebhookError) as raised:
+        deliverer.deliver("j-1", CALLBACK, entry_id)
+
+    assert raised.value.retryable
+    assert should_retry(3)(0, raised.value)
+    assert not local.exists(deliverer.records.lease_key("j-1"))
+    assert cloud_redis.hget(status_key("j-1"), "state") is None
+    assert _pending(cloud_redis) == 1
+    assert deliverer.state.counters()["webhook_failures"] == 1
+
+
+def test_a_4xx_is_final_the_job_fails_and_its_entry_is_acknowledged(
+    deliverer: Deliverer, cloud_redis: redis.Redis, requests_mock: rm.Mocker
+) -> None:
+    entry_id = _recorded_and_pending(deliverer, cloud_redis)
+    requests_mock.post(CALLBACK, status_code=400, json={"error": "bad result"})
+
+    outcome = deliverer.deliver("j-1", CALLBACK, entry_id)
+    again = deliverer.deliver("j-1", CALLBACK, entry_id)
+
+    assert (outcome, again) == ("refused", "duplicate")
+    assert requests_mock.call_count == 1
+    fields = cloud_redis.hgetall(status_key("j-1"))
+    assert fields["state"] == "failed"
+    assert fields["error"].startswith("Result delivery refused: cloud answered webhook with 400")
+    assert _pending(cloud_redis) == 0
+    assert deliverer.state.counters()["jobs_failed"] == 1
+
+
+def test_a_4xx_for_a_result_the_cloud_already_has_counts_as_a_duplicate(
+    deliverer: Deliverer, cloud_redis: redis.Redis, requests_mock: rm.Mocker
+) -> None:
+    entry_id = _recorded_and_pending(deliverer, cloud_redis)
+    cloud_redis.hset(status_key("j-1"), "state", "completed")
+    requests_mock.post(CALLBACK, status_code=409, json={"error": "already have it"})
+
+    assert deliverer.deliver("j-1", CALLBACK, entry_id) == "duplicate"
+
+    assert cloud_redis.hget(status_key("j-1"), "state") == "completed"
+    assert _pending(cloud_redis) == 0
+
+
+def test_a_delivery_in_flight_elsewhere_is_looked_at_again_later(
+    deliverer: Deliverer, cloud_redis: redis.Redis, requests_mock: rm.Mocker
+) -> None:
+    entry_id = _recorded_and_pending(deliverer, cloud_redis)
+    deliverer.records.read_and_lease("j-1", 10.0)  # another delivery holds the lease
+
+    with pytest.raises(dramatiq.Retry) as raised:
+        deliverer.deliver("j-1", CALLBACK, entry_id)
+
+    assert 10_000 <= raised.value.delay <= 10_500
+    assert should_retry(0)(99, raised.value)
+    assert requests_mock.call_count == 0
+
+
+def test_a_callback_off_the_clouds_origin_is_refused_without_a_request(
+    deliverer: Deliverer, cloud_redis: redis.Redis, requests_mock: rm.Mocker
+) -> None:
+    entry_id = _recorded_and_pending(deliverer, cloud_redis)
+
+    outcome = deliverer.deliver("j-1", "https://elsewhere.test/cb", entry_id)
+
+    assert outcome == "refused"
+    assert requests_mock.call_count == 0
+    assert "not the cloud's" in cloud_redis.hget(status_key("j-1"), "error")
+    assert _pending(cloud_redis) == 0
+
+
+def test_nothing_recorded_is_nothing_to_deliver(
+    deliverer: Deliverer, cloud_redis: redis.Redis, requests_mock: rm.Mocker
+) -> None:
+    assert deliverer.deliver("j-unknown", CALLBACK, "1-0") == "missing"
+    assert requests_mock.call_count == 0
+    assert cloud_redis.hget(status_key("j-unknown"), "state") is None
+
+
+def test_retries_stop_at_the_limit_and_never_follow_a_4xx() -> None:
+    retry_when = should_retry(3)
+
+    assert retry_when(2, WebhookError("down", status=None))
+    assert not retry_when(3, WebhookError("down", status=502))
+    assert not retry_when(0, WebhookError("refused", status=400))
+    assert retry_when(0, redis.ConnectionError("local Redis away"))
+    assert not retry_when(0, ValueError("a bug"))
+
+
+def test_no_secret_of_the_delivery_reaches_the_error(
+    deliverer: Deliverer, cloud_redis: redis.Redis, requests_mock: rm.Mocker
+) -> None:
+    entry_id = _recorded_and_pending(deliverer, cloud_redis)
+    requests_mock.post(CALLBACK, status_code=500, text="internal")
+
+    with pytest.raises(WebhookError) as raised:
+        deliverer.deliver("j-1", CALLBACK, entry_id)
+
+    bearer = requests_mock.request_history[0].headers["Authorization"].removeprefix("Bearer ")
+    assert bearer not in str(raised.value) and "eyJ" not in str(raised.value)
+    assert "BEGIN" not in str(raised.value)
+    json.dumps(deliverer.state.counters())  # metrics stay plain numbers
