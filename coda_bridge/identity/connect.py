@@ -30,11 +30,14 @@ from ..cloud.signing import Signer, public_key_pem
 from ..errors import AuthError, ConfigError, NodeError
 from ..settings import Settings, load_settings
 from .credentials import (
+    StatePaths,
+    check_room,
     ensure_state_dir,
     load_persisted,
     mark_connected,
     persist,
     remember_token,
+    save_patiently,
     token_was_used,
 )
 
@@ -304,6 +307,7 @@ def connect_node(
         body["connectivity"] = [list(edge) for edge in connectivity]
 
     if token:
+        check_room(paths)  # before the token is spent: the identity it buys must fit on disk
         bearer, mode = token, "provisioning"
     else:
         bearer, mode = node_signer(settings).sign(), "reconnect"
@@ -322,10 +326,7 @@ def connect_node(
         if applied.vpn_required and applied.node_auto_vpn and profile and vpn is not None:
             applied = applied.replace(node_vpn_profile_path=str(paths.vpn_profile))
             started_vpn = vpn.bring_up(applied, str(profile))
-        persist(paths, _persisted_values(applied))
-        if token:
-            remember_token(paths, token)
-        mark_connected(paths)
+        save_patiently(paths, lambda: _save(paths, applied, token))
     except BaseException:
         if started_vpn and vpn is not None:
             vpn.stop(applied)
@@ -338,6 +339,14 @@ def connect_node(
         applied.native_gate_set,
     )
     return applied
+
+
+def _save(paths: StatePaths, applied: Settings, token: str | None) -> None:
+    """Persist the identity, the token's mark and the connect's time."""
+    persist(paths, _persisted_values(applied))
+    if token:
+        remember_token(paths, token)
+    mark_connected(paths)
 
 
 def legacy_dir() -> Path:
