@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -134,6 +134,7 @@ class LocalStack:
         env: Mapping[str, str] | None = None,
         web: bool = False,
         mode: str = "procfile",
+        devcloud_args: Sequence[str] = (),
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -143,6 +144,7 @@ class LocalStack:
         self.num_qubits = num_qubits
         self.native_gate_set = native_gate_set
         self.extra_env = dict(env or {})
+        self.devcloud_args = list(devcloud_args)
         self.web = web
         self.mode = mode
         self._killed: dict[str, int] = {}  # in start mode: the pid of the part killed last
@@ -171,7 +173,9 @@ class LocalStack:
         self.cloud_redis.start()
         self.broker_redis.start()
         self.devcloud = start_devcloud_process(
-            redis_url=self.cloud_redis.url, log_path=self.workdir / "devcloud.log"
+            redis_url=self.cloud_redis.url,
+            log_path=self.workdir / "devcloud.log",
+            extra_args=self.devcloud_args,
         )
         self.cloud.create_qpu(
             self.qpu_id,

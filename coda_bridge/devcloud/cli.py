@@ -56,6 +56,11 @@ def _serve_options(func: F) -> F:
         click.option(
             "--access-log/--no-access-log", default=True, show_default=True, help="Log each request."
         ),
+        click.option(
+            "--no-date",
+            is_flag=True,
+            help="Answer with no usable Date header (a cloud whose clock a node cannot learn).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -72,6 +77,7 @@ def _serve(
     api_prefix: str,
     accept_unknown_jobs: bool,
     access_log: bool,
+    no_date: bool,
 ) -> None:
     serve(
         host,
@@ -82,6 +88,7 @@ def _serve(
         api_prefix=api_prefix,
         accept_unknown_jobs=accept_unknown_jobs,
         access_log=access_log,
+        no_date=no_date,
     )
 
 

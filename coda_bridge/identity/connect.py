@@ -16,7 +16,7 @@ import re
 import socket
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -99,12 +99,15 @@ def machine_fingerprint(settings: Settings) -> str:
     return settings.node_machine_fingerprint or f"{socket.gethostname()}-{uuid.getnode()}"
 
 
-def node_signer(settings: Settings) -> Signer:
-    """The signer for this node's identity, or :class:`ConfigError` saying what is missing."""
+def node_signer(settings: Settings, *, clock: Callable[[], float] | None = None) -> Signer:
+    """The signer for this node's identity, or :class:`ConfigError` saying what is missing.
+
+    ``clock`` is the time tokens are signed on (the cloud's, see :class:`~..cloud.clock.CloudClock`).
+    """
     key, kid, qpu_id = settings.jwt_private_key_value, settings.jwt_key_id, settings.qpu_id
     if not (key and kid and qpu_id):
         raise ConfigError(NO_CREDENTIALS)
-    return Signer(key, kid, qpu_id)
+    return Signer(key, kid, qpu_id) if clock is None else Signer(key, kid, qpu_id, clock=clock)
 
 
 def _required(bundle: Mapping[str, Any], field: str) -> Any:
@@ -306,12 +309,13 @@ def connect_node(
     if connectivity:
         body["connectivity"] = [list(edge) for edge in connectivity]
 
+    client = client or CloudClient(settings)
+    bearer: str | Callable[[], str]
     if token:
         check_room(paths)  # before the token is spent: the identity it buys must fit on disk
         bearer, mode = token, "provisioning"
-    else:
-        bearer, mode = node_signer(settings).sign(), "reconnect"
-    client = client or CloudClient(settings)
+    else:  # signed per attempt, on the cloud's time as the last answer told it
+        bearer, mode = node_signer(settings, clock=client.clock.now).sign, "reconnect"
     logger.info("Connecting to %s (%s).", settings.url(settings.connect_path), mode)
     bundle = client.connect(bearer, body)
     if mode == "provisioning" and not bundle.get("jwt_private_key"):
