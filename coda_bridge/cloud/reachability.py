@@ -1,8 +1,10 @@
 """Whether the cloud's API answers, as this process's requests find it, kept in the node's shared state.
 
 A transport error or a 5xx marks the API down (``/ready`` says so); the
-next answer clears the mark and notes when the cloud came back.  The marks
-are bookkeeping: a broker that does not take them costs nothing else.
+next answer clears the mark and notes when the cloud came back, which the
+results workers watch to send the deliveries waiting on their backoff at
+once (:class:`~coda_bridge.broker.middleware.PromptAfterOutage`).  The
+marks are bookkeeping: a broker that does not take them costs nothing else.
 """
 
 from __future__ import annotations
