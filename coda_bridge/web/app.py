@@ -94,7 +94,7 @@ def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[
     elif cloud_down is not None:
         since, error = cloud_down
         body["reason"] = (
-            f"the cloud's API at {settings.webapp_url} does not answer ({error}) since {utc_iso(since)}; "
+            f"the cloud's API does not answer ({error}) since {utc_iso(since)}; "
             "results wait and go out when it answers"
         )
     elif last_read is None or time.time() - last_read > stale_after:

@@ -96,7 +96,11 @@ def test_with_no_usable_date_a_refused_result_is_dead_lettered_kept_pending_and_
         "the refused result to reach the dead-letter queue",
     )
 
-    # then: it was refused for the clock, not dropped: no failed status, the stream entry still pending
+    # then: it was refused for the clock, not dropped: kept with the cloud's reason, no failed status,
+    # the stream entry still pending
+    listed = subprocess.run(listing, env=env, capture_output=True, text=True, check=True).stdout
+    (line,) = [x for x in listed.splitlines() if x.startswith(job_id)]
+    assert line.endswith("cloud answered webhook with 401: token is not yet valid (iat)"), line
     refused = stack.cloud.webhooks(job_id, accepted=False)
     assert len(refused) >= 2 and stack.cloud.result(job_id) is None
     assert status(stack, job_id).get("state") != "failed"
