@@ -75,6 +75,8 @@ class CloudClock:
         self._refreshed_at = -math.inf
         self._shared_sec: float | None = None
         self._warned = False
+        #: Whether an answer of the cloud told this process its time.
+        self.measured = False
 
     @property
     def offset_sec(self) -> float:
@@ -100,6 +102,7 @@ class CloudClock:
         cloud = parse_http_date(date_header)
         if cloud is None:
             return
+        self.measured = True
         self._set(cloud + DATE_RESOLUTION_SEC / 2 - (sent_at + received_at) / 2, share=True)
 
     def _set(self, offset: float, *, share: bool) -> None:
