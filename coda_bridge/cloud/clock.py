@@ -71,6 +71,7 @@ class CloudClock:
         self.state = state
         self.local = local
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
         self._offset_sec = 0.0
         self._refreshed_at = -math.inf
         self._shared_sec: float | None = None
@@ -107,16 +108,18 @@ class CloudClock:
 
     def _set(self, offset: float, *, share: bool) -> None:
         """Take ``offset``; one measured here is logged when it crosses the warning line, and shared."""
+        size = abs(offset)
         with self._lock:
             self._offset_sec = offset
-            warn = share and not self._warned and abs(offset) > SKEW_WARNING_SEC
-            settled = share and self._warned and abs(offset) <= CORRECT_ABOVE_SEC
-            self._warned = (self._warned or warn) and not settled
+            warn = share and not self._warned and size > SKEW_WARNING_SEC
+            settled = share and self._warned and size <= CORRECT_ABOVE_SEC
+            # an offset another process measured was logged there: this one only remembers it
+            self._warned = (self._warned or size > SKEW_WARNING_SEC) and size > CORRECT_ABOVE_SEC
         if warn:
             logger.warning(
                 "This host's clock is %.0f s %s the cloud's (its Date header); tokens are signed on the "
                 "cloud's time meanwhile. Fix the host's time (NTP: `timedatectl set-ntp true`).",
-                abs(offset),
+                size,
                 "ahead of" if offset < 0 else "behind",
             )
         elif settled:
@@ -135,14 +138,20 @@ class CloudClock:
             logger.debug("Clock offset not shared (%s).", exc)
 
     def _refresh(self) -> None:
-        """Read the shared offset every :data:`SHARED_REFRESH_SEC`; a silent broker leaves ours."""
+        """Read the shared offset every :data:`SHARED_REFRESH_SEC`; a silent broker leaves ours.
+
+        Threads that need it meanwhile wait for the read rather than sign on an offset not read yet.
+        """
         if self.state is None or time.monotonic() - self._refreshed_at < SHARED_REFRESH_SEC:
             return
-        self._refreshed_at = time.monotonic()
-        try:
-            shared = self.state.clock_offset()
-        except redis.RedisError:
-            return
-        if shared is not None and shared[0] != self._shared_sec:
-            self._shared_sec = shared[0]
-            self._set(shared[0], share=False)
+        with self._refreshing:
+            if time.monotonic() - self._refreshed_at < SHARED_REFRESH_SEC:
+                return  # another thread just read it
+            try:
+                shared = self.state.clock_offset()
+            except redis.RedisError:
+                shared = None
+            self._refreshed_at = time.monotonic()
+            if shared is not None and shared[0] != self._shared_sec:
+                self._shared_sec = shared[0]
+                self._set(shared[0], share=False)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from email.utils import formatdate
 
@@ -82,3 +84,46 @@ def test_the_offset_is_logged_once_when_it_passes_the_line_and_once_when_it_is_b
     assert messages[0][0] == logging.WARNING and "600 s ahead of the cloud's" in messages[0][1]
     assert messages[1][0] == logging.INFO and "agrees with the cloud's again" in messages[1][1]
     assert clock.now() == CLOUD_NOW
+
+
+class _SlowState(NodeState):
+    """The node's state, its clock offset read slowly (a busy broker)."""
+
+    def clock_offset(self) -> tuple[float, float] | None:
+        time.sleep(0.05)
+        return super().clock_offset()
+
+
+def test_threads_signing_at_once_all_wait_for_the_shared_offset(state: NodeState) -> None:
+    # given: the offset another process measured, and a fresh process whose broker answers slowly
+    state.set_clock_offset(-600.0)
+    clock = CloudClock(_SlowState(state.client, QPU), local=lambda: HOST_NOW)
+    start = threading.Barrier(8)
+    seen: list[float] = []
+
+    def sign() -> None:
+        start.wait()
+        seen.append(clock.now())
+
+    # when: eight delivery threads sign their first tokens at once
+    threads = [threading.Thread(target=sign) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    # then: every one signs on the cloud's time
+    assert seen == [CLOUD_NOW] * 8
+
+
+def test_an_offset_read_from_another_process_is_not_logged_again(
+    state: NodeState, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="coda_bridge.cloud.clock")
+    state.set_clock_offset(-600.0)
+    clock = CloudClock(state, local=lambda: HOST_NOW)
+
+    clock.now()
+    clock.observe(_date(CLOUD_NOW), HOST_NOW, HOST_NOW)
+
+    assert caplog.records == []
