@@ -6,8 +6,14 @@ import sys
 
 import dramatiq
 
-from coda_bridge.broker.middleware import BuildAtBoot, StaleTicks, StoppingFlag, SystemdNotify
-from coda_bridge.broker.queues import JOBS_QUEUE
+from coda_bridge.broker.middleware import (
+    BuildAtBoot,
+    PromptAfterOutage,
+    StaleTicks,
+    StoppingFlag,
+    SystemdNotify,
+)
+from coda_bridge.broker.queues import DELIVER_ACTOR, JOBS_QUEUE, RESULTS_QUEUE
 from coda_bridge.broker.redis_broker import create_broker
 from coda_bridge.broker.registry import Deregister, Registration
 from coda_bridge.identity.waiting import identity_or_exit, worker_role
@@ -27,6 +33,8 @@ broker.add_middleware(BuildAtBoot(JOBS_QUEUE, parts.host.executor, "Executor"))
 broker.add_middleware(StaleTicks())
 broker.add_middleware(stopping)
 broker.add_middleware(Deregister(registration))
+# after an outage, the deliveries waiting on their retry backoff go as soon as the cloud answers again
+broker.add_middleware(PromptAfterOutage(parts.state.cloud_back_at, DELIVER_ACTOR, RESULTS_QUEUE))
 broker.add_middleware(SystemdNotify())  # last: READY=1 once every other boot step is done
 dramatiq.set_broker(broker)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthError",
+    "ClockRefused",
     "CodaError",
     "ConfigError",
     "ExecutorError",
@@ -48,6 +49,10 @@ class NodeError(CodaError):
         self.status = status
 
 
+class ClockRefused(NodeError):
+    """The cloud refused the node's JWT for its time claims (``iat``, ``nbf``, ``exp``): worth retrying."""
+
+
 class HeartbeatRejected(NodeError):
     """The cloud answered a heartbeat with a non-2xx status."""
 
@@ -76,5 +81,11 @@ class WebhookError(CodaError):
 
     @property
     def retryable(self) -> bool:
-        """Transport errors and 5xx answers are worth another attempt; 4xx is final."""
-        return self.status is None or self.status >= 500
+        """Transport errors, 5xx, and 401/403 are worth another attempt; any other 4xx is final.
+
+        A 401/403 refuses the JWT the node signed, not the result: a clock
+        the refusal's ``Date`` corrects, or a key the cloud restores, lets a
+        later attempt through, and one that never gets through is
+        dead-lettered for ``replay``, never dropped.
+        """
+        return self.status is None or self.status >= 500 or self.status in (401, 403)

@@ -1,7 +1,9 @@
 """Named failpoints for crash tests: make a process die or stall at an exact step.
 
 Off unless ``CODA_FAILPOINTS`` is set, e.g. ``bridge.before_ack=exit@3``
-(exit as if killed -9 on the third pass) or ``delivery.after_post=sleep:5``.
+(exit as if killed -9 on the third pass) or ``delivery.after_post=sleep:5``;
+``clock.skew_sec=600`` sets this host's clock 10 minutes fast as the node
+reads it (:func:`clock_skew_sec`).
 Production code marks the steps where a crash matters; the fault tests
 choose which one fires.
 """
@@ -13,7 +15,7 @@ import os
 import threading
 import time
 
-__all__ = ["failpoint"]
+__all__ = ["clock_skew_sec", "failpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,12 @@ def _parse(spec: str) -> dict[str, tuple[str, int]]:
 
 
 _POINTS = _parse(os.environ.get("CODA_FAILPOINTS", ""))
+
+
+def clock_skew_sec() -> float:
+    """Seconds the ``clock.skew_sec`` failpoint adds to this host's clock (0 unless set)."""
+    action, _ = _POINTS.get("clock.skew_sec", ("0", 1))
+    return float(action)
 
 
 def failpoint(name: str) -> None:

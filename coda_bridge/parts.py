@@ -19,6 +19,8 @@ from .broker.entries import EntryIndex
 from .broker.redis_broker import broker_namespace
 from .broker.shared_state import NodeState
 from .cloud.client import CloudClient
+from .cloud.clock import CloudClock
+from .cloud.reachability import Reachability
 from .cloud.redis_client import REDIS_SOCKET_TIMEOUT_SEC, cloud_redis_client
 from .cloud.signing import Signer
 from .errors import ConfigError
@@ -72,8 +74,13 @@ class NodeParts:
         return cloud_redis_client(self.settings.redis_url)
 
     @cached_property
+    def clock(self) -> CloudClock:
+        """The cloud clock's offset, shared with the node's other processes."""
+        return CloudClock(self.state)
+
+    @cached_property
     def cloud(self) -> CloudClient:
-        return CloudClient(self.settings)
+        return CloudClient(self.settings, clock=self.clock, reachability=Reachability(self.state))
 
     @cached_property
     def signer(self) -> Signer:
@@ -83,7 +90,7 @@ class NodeParts:
                 "this process holds no private key (it does not sign); results are delivered by the "
                 "results worker"
             )
-        return node_signer(self.settings)
+        return node_signer(self.settings, clock=self.clock.now)
 
     # -- what the steps take --
 

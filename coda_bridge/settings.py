@@ -156,7 +156,8 @@ class Settings(BaseModel):
     worker_heartbeat_timeout_sec: float = Field(10, gt=0)
 
     # -- result delivery --
-    webhook_timeout_sec: float = Field(10, gt=0)
+    #: The first runtime's timeout: a slow cloud that takes 13 s still gets each result once.
+    webhook_timeout_sec: float = Field(30, gt=0)
     webhook_max_retries: int = Field(20, ge=0)
     webhook_max_backoff_sec: float = Field(300, gt=0)
     #: Origins besides webapp_url's that results may go to: scheme://host[:port], or a bare host (https, 443).

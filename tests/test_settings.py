@@ -244,3 +244,14 @@ def test_replace_validates(clean_env: pytest.MonkeyPatch) -> None:
     assert settings.replace(port=1234).port == 1234
     with pytest.raises(ConfigError, match="CODA_PORT"):
         settings.replace(port="x")
+
+
+def test_the_webhook_timeout_is_the_first_runtimes_30_s_and_readme_says_so(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+    settings = load_settings()
+
+    assert settings.webhook_timeout_sec == 30
+    assert "| `CODA_WEBHOOK_TIMEOUT_SEC` | `30` |" in readme

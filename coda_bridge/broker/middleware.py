@@ -1,4 +1,5 @@
-"""The node's dramatiq middleware: process isolation, stale-tick skips, build-at-boot, the stopping flag.
+"""The node's dramatiq middleware: process isolation, stale-tick skips, build-at-boot, the stopping flag,
+prompt retries after a cloud outage.
 
 Policy lives here as middleware, the dramatiq way, rather than as code
 around the actors.
@@ -8,25 +9,38 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.broker import MessageProxy
+from dramatiq.common import current_millis, dq_name, iter_queue
 from dramatiq.middleware import Middleware, SkipMessage
 
 from ..errors import CodaError
 from ..sdnotify import READY, WatchdogPinger, notify, watchdog_interval_sec
 
-__all__ = ["BuildAtBoot", "IsolateWorkerProcess", "StaleTicks", "StoppingFlag", "SystemdNotify"]
+__all__ = [
+    "BuildAtBoot",
+    "IsolateWorkerProcess",
+    "PromptAfterOutage",
+    "StaleTicks",
+    "StoppingFlag",
+    "SystemdNotify",
+]
 
 logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+#: How often a worker process looks whether the cloud came back.
+CLOUD_BACK_POLL_SEC = 1.0
 
 
 class IsolateWorkerProcess(Middleware):
@@ -153,3 +167,76 @@ class SystemdNotify(Middleware):
 def _threads_alive(worker: dramatiq.Worker) -> bool:
     threads = [*worker.consumers.values(), *worker.workers]
     return bool(threads) and all(thread.is_alive() for thread in threads)
+
+
+class PromptAfterOutage(Middleware):
+    """Once the cloud answers again after an outage, the retries of ``actor`` waiting on their backoff go now.
+
+    dramatiq keeps a message that waits for its retry in the delay queue of
+    the worker process that took it, until its eta; after an outage each
+    would wait out its own backoff (up to ``webhook_max_backoff_sec``).  A
+    thread of each worker process of ``queue`` watches ``back_at`` (when the
+    cloud last came back, from the node's shared state) and, when it moves,
+    brings those etas forward to now.  The retry count stays as it was.
+    """
+
+    def __init__(
+        self,
+        back_at: Callable[[], float | None],
+        actor: str,
+        queue: str,
+        poll_sec: float = CLOUD_BACK_POLL_SEC,
+    ) -> None:
+        self.back_at = back_at
+        self.actor = actor
+        self.delay_queue = dq_name(queue)
+        self.poll_sec = poll_sec
+        self._lock = threading.Lock()
+        self._consumers: list[Any] = []
+        self._watcher: threading.Thread | None = None
+
+    def after_consumer_thread_boot(self, broker: dramatiq.Broker, thread: Any) -> None:
+        if thread.queue_name != self.delay_queue:
+            return
+        with self._lock:
+            self._consumers.append(thread)
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._watch, name="coda-cloud-back", daemon=True)
+                self._watcher.start()
+
+    def before_consumer_thread_shutdown(self, broker: dramatiq.Broker, thread: Any) -> None:
+        with self._lock:
+            if thread in self._consumers:
+                self._consumers.remove(thread)
+
+    def _read(self) -> float | None:
+        try:
+            return self.back_at()
+        except redis.RedisError:
+            return None
+
+    def _watch(self) -> None:
+        seen = self._read()
+        while True:
+            time.sleep(self.poll_sec)
+            back = self._read()
+            if back is not None and back != seen:
+                seen = back
+                moved = self.bring_forward()
+                if moved:
+                    logger.info("The cloud answers again: %d waiting deliveries go now.", moved)
+
+    def bring_forward(self) -> int:
+        """Set the eta of every waiting message of the actor to now; return how many moved."""
+        now = current_millis()
+        moved = 0
+        with self._lock:
+            consumers = list(self._consumers)
+        for consumer in consumers:
+            waiting = consumer.delay_queue
+            for item in list(iter_queue(waiting)):  # taken out first: each goes back once
+                due = item.message.actor_name == self.actor and item.priority > now
+                waiting.put(dataclasses.replace(item, priority=now) if due else item)
+                waiting.task_done()
+                moved += due
+        return moved

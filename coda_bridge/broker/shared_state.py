@@ -2,7 +2,8 @@
 
 Bridge, workers and web processes share it: the jobs running now, the
 time of the last job, cloud-Redis health, the last stream read, VPN state,
-connectivity and the counters behind ``/metrics``.  Values that a living
+connectivity, whether the cloud's API answers, the cloud clock's offset and
+the counters behind ``/metrics``.  Values that a living
 process must keep fresh carry an expiry, so a dead process reads as
 unhealthy rather than frozen in its last good state.
 """
@@ -23,6 +24,19 @@ __all__ = ["COUNTERS", "NodeState", "utc_iso"]
 
 #: How long a running-job mark lives without a refresh (the executor refreshes it while it runs).
 RUNNING_TTL_SEC = 30.0
+#: How long an "unreachable" mark of the cloud's API lives unless a failed request renews it.
+CLOUD_DOWN_TTL_SEC = 600.0
+
+#: Clear the "unreachable" mark; when there was one, note the time the cloud answered again.
+_CLOUD_ANSWERED = """
+if redis.call('DEL', KEYS[1]) == 1 then
+  redis.call('DEL', KEYS[2])
+  redis.call('SET', KEYS[3], ARGV[1])
+  return 1
+end
+return 0
+"""
+
 #: The counters kept for ``/metrics``, by name.
 COUNTERS = (
     "jobs_completed",
@@ -191,6 +205,53 @@ class NodeState:
     def last_heartbeat_accepted(self) -> float | None:
         value = self.client.get(self.key("heartbeat_ok_at"))
         return float(str(as_text(value))) if value is not None else None
+
+    # -- the cloud's API: unreachable since when, back since when --
+
+    def cloud_unreachable(
+        self, error: str, ttl_sec: float = CLOUD_DOWN_TTL_SEC, ts: float | None = None
+    ) -> None:
+        """A request to the cloud's API failed in transport or with a 5xx: mark it down (first time kept)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.key("cloud_down_since"), repr(time.time() if ts is None else ts), nx=True)
+        pipe.pexpire(self.key("cloud_down_since"), int(ttl_sec * 1000))
+        pipe.set(self.key("cloud_down_error"), error, px=int(ttl_sec * 1000))
+        pipe.execute()
+
+    def cloud_answered(self, ts: float | None = None) -> bool:
+        """The cloud's API answered: clear the down mark; True when it was down (the cloud is back now)."""
+        keys = (self.key("cloud_down_since"), self.key("cloud_down_error"), self.key("cloud_back_at"))
+        return bool(self.client.eval(_CLOUD_ANSWERED, 3, *keys, repr(time.time() if ts is None else ts)))
+
+    def cloud_down(self) -> tuple[float, str] | None:
+        """Since when the cloud's API has not answered, and the last error; ``None`` while it answers."""
+        since, error = self.client.mget(self.key("cloud_down_since"), self.key("cloud_down_error"))
+        if since is None:
+            return None
+        return float(str(as_text(since))), str(as_text(error) or "")
+
+    def cloud_back_at(self) -> float | None:
+        """When the cloud's API last answered after being down."""
+        value = self.client.get(self.key("cloud_back_at"))
+        return float(str(as_text(value))) if value is not None else None
+
+    # -- the cloud's clock --
+
+    def set_clock_offset(self, offset_sec: float, ts: float | None = None) -> None:
+        """The cloud's clock minus this host's, as measured from the cloud's ``Date`` header."""
+        record = {"offset_sec": offset_sec, "at": time.time() if ts is None else ts}
+        self.client.set(self.key("clock_offset"), json.dumps(record))
+
+    def clock_offset(self) -> tuple[float, float] | None:
+        """The last measured offset and when it was measured (Unix seconds, this host's clock)."""
+        value = self.client.get(self.key("clock_offset"))
+        if value is None:
+            return None
+        try:
+            record = json.loads(value)
+            return float(record["offset_sec"]), float(record["at"])
+        except (ValueError, KeyError, TypeError):
+            return None
 
     # -- counters for /metrics --
 

@@ -132,6 +132,7 @@ def replay(list_only: bool, job_ids: tuple[str, ...]) -> None:
             if list_only:
                 for letter in letters:
                     line = f"{letter.job_id}\tretries={letter.retries}\t{letter.callback_url}"
+                    line += f"\t{letter.reason}" if letter.reason else ""
                     click.echo(line if letter.queue == "results" else f"{line}\t({letter.queue} queue)")
                 results = sum(1 for letter in letters if letter.queue == "results")
                 click.echo(f"{results} dead-lettered result(s)")

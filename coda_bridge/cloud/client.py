@@ -26,10 +26,12 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
-from ..errors import HeartbeatRejected, NodeError, WebhookError
+from ..errors import ClockRefused, HeartbeatRejected, NodeError, WebhookError
 from ..logs import mask
 from ..settings import Settings
+from .clock import CloudClock
 from .origins import Origin, OriginError, allowed_callback_origins, base_origin, origin_of, sent_origin
+from .reachability import Reachability
 from .signing import Signer
 
 __all__ = [
@@ -58,6 +60,8 @@ NOT_OWN = "is not webapp_url's origin"
 #: Why a callback URL is not posted to.
 NOT_ALLOWED_CALLBACK = "is not the cloud's host and not listed in allowed_callback_hosts"
 
+#: A refusal of the node's JWT that names its time claims: the clock, not the key (retried, not final).
+_CLOCK_REASON = re.compile(r"\b(iat|nbf|exp)\b|not yet valid|expired|clock", re.IGNORECASE)
 _TAGS = re.compile(r"<[^>]+>")
 _SPACE = re.compile(r"\s+")
 _UNPRINTABLE = re.compile(r"[^\x21-\x7e]+")
@@ -162,11 +166,24 @@ def cloud_message(response: requests.Response) -> str:
 
 
 class CloudClient:
-    """Talks to ``webapp_url`` with pooled connections; thread-safe for concurrent posts."""
+    """Talks to ``webapp_url`` with pooled connections; thread-safe for concurrent posts.
 
-    def __init__(self, settings: Settings, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    Every answer's ``Date`` goes to ``clock`` (the cloud clock's offset), and
+    every outcome to ``reachability`` (whether the cloud's API answers).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: CloudClock | None = None,
+        reachability: Reachability | None = None,
+    ) -> None:
         self.settings = settings
         self._sleep = sleep
+        self.clock = clock or CloudClock()
+        self.reachability = reachability or Reachability()
         self.session = requests.Session()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
         self.session.mount("http://", adapter)
@@ -207,7 +224,17 @@ class CloudClient:
         if not isinstance(prepared.url, str) or origin_of(prepared.url) != origin:
             raise OriginError("the prepared URL is not the one checked")  # what is sent is what was checked
         options = self.session.merge_environment_settings(prepared.url, {}, None, None, None)
-        response = self.session.send(prepared, timeout=timeout_sec, allow_redirects=False, **options)
+        sent_at = self.clock.local()
+        try:
+            response = self.session.send(prepared, timeout=timeout_sec, allow_redirects=False, **options)
+        except requests.RequestException as exc:
+            self.reachability.failed(f"{type(exc).__name__} from {origin}")
+            raise
+        self.clock.observe(response.headers.get("Date"), sent_at, self.clock.local())
+        if response.status_code >= 500:
+            self.reachability.failed(f"{response.status_code} from {origin}")
+        else:
+            self.reachability.answered()
         return response, origin
 
     def _own_origin(self) -> frozenset[Origin]:
@@ -219,8 +246,13 @@ class CloudClient:
 
     # -- connect (PROTOCOL.md 1.1) --
 
-    def connect(self, bearer: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """POST the connect request; retry 5xx and transport errors with backoff; 4xx fails at once."""
+    def connect(self, bearer: str | Callable[[], str], body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST the connect request; retry 5xx and transport errors with backoff; 4xx fails at once.
+
+        ``bearer`` is a token, or what signs one for each attempt: a JWT refused
+        for its time claims (:class:`ClockRefused`) is signed again on the
+        cloud's time, which the refusal's ``Date`` told, and retried.
+        """
         settings = self.settings
         url = settings.url(settings.connect_path)
         own = self._own_origin()
@@ -231,7 +263,7 @@ class CloudClient:
                 response, _ = self._post(
                     url,
                     body,
-                    bearer=bearer,
+                    bearer=bearer() if callable(bearer) else bearer,
                     allowed=own,
                     refused=NOT_OWN,
                     timeout_sec=settings.node_timeout_sec,
@@ -252,10 +284,15 @@ class CloudClient:
                         status=status,
                     )
                 else:
-                    error = NodeError(
-                        f"cloud refused connect ({status}): {cloud_message(response)}", status=status
-                    )
-                    if status < 500:
+                    message = cloud_message(response)
+                    error = NodeError(f"cloud refused connect ({status}): {message}", status=status)
+                    if callable(bearer) and status == 401 and _CLOCK_REASON.search(message):
+                        error = ClockRefused(
+                            f"cloud refused connect ({status}) for the token's time: {message}; "
+                            f"{self.clock.describe()}",
+                            status=status,
+                        )
+                    elif status < 500:
                         raise error
             if attempt < attempts:
                 delay = CONNECT_BACKOFF_BASE_SEC * 2 ** (attempt - 1)
@@ -263,7 +300,7 @@ class CloudClient:
                     "Connect attempt %d/%d failed (%s); retrying in %.0f s.", attempt, attempts, error, delay
                 )
                 self._sleep(delay)
-        raise NodeError(f"{error} (gave up after {attempts} attempts)", status=error.status)
+        raise type(error)(f"{error} (gave up after {attempts} attempts)", status=error.status)
 
     @staticmethod
     def _bundle(response: requests.Response, url: str) -> dict[str, Any]:

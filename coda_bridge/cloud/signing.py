@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..errors import AuthError
+from .clock import host_time
 
 __all__ = [
     "JWT_ISSUER",
@@ -94,12 +96,16 @@ class Signer:
     """Signs a fresh RS256 token per request for one node identity.
 
     The key is parsed on construction, so a garbled key fails early with
-    an :class:`AuthError`, not in the middle of a job.
+    an :class:`AuthError`, not in the middle of a job.  ``clock`` is the
+    time tokens are signed on: the cloud's, as a :class:`~.clock.CloudClock`
+    knows it, or this host's.
     """
 
-    __slots__ = ("_key", "_last", "key_id", "qpu_id")
+    __slots__ = ("_clock", "_key", "_last", "key_id", "qpu_id")
 
-    def __init__(self, private_key_pem: str, key_id: str, qpu_id: str) -> None:
+    def __init__(
+        self, private_key_pem: str, key_id: str, qpu_id: str, *, clock: Callable[[], float] = host_time
+    ) -> None:
         if not key_id:
             raise AuthError("jwt_key_id is empty; the cloud needs it as the token's kid")
         if not qpu_id:
@@ -108,6 +114,7 @@ class Signer:
         self.key_id = key_id
         self.qpu_id = qpu_id
         self._last: tuple[int, str] = (-1, "")
+        self._clock = clock
 
     def __repr__(self) -> str:
         return f"Signer(key_id={self.key_id!r}, qpu_id={self.qpu_id!r})"
@@ -119,7 +126,7 @@ class Signer:
         seconds, so every token signed within one second is the same bytes:
         the last one is reused instead of being signed again.
         """
-        issued = int(time.time() if now is None else now)
+        issued = int(self._clock() if now is None else now)
         last_issued, last_token = self._last
         if issued == last_issued:
             return last_token
@@ -160,6 +167,8 @@ def _checked_claims(token: str, public_pem: str, leeway_sec: float) -> dict[str,
         )
     except jwt.ExpiredSignatureError:
         raise AuthError("token has expired") from None
+    except jwt.ImmatureSignatureError:
+        raise AuthError("token is not yet valid (iat)") from None
     except jwt.InvalidIssuerError:
         raise AuthError(f"token issuer is not {JWT_ISSUER!r}") from None
     except jwt.PyJWTError as exc:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -135,6 +135,7 @@ class LocalStack:
         web: bool = False,
         mode: str = "procfile",
         required_headers: Mapping[str, str] | None = None,
+        devcloud_args: Sequence[str] = (),
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -144,6 +145,7 @@ class LocalStack:
         self.num_qubits = num_qubits
         self.native_gate_set = native_gate_set
         self.extra_env = dict(env or {})
+        self.devcloud_args = list(devcloud_args)
         self.web = web
         self.mode = mode
         #: Headers the simulator's node API demands (a protected staging cloud); none by default.
@@ -177,6 +179,7 @@ class LocalStack:
             redis_url=self.cloud_redis.url,
             log_path=self.workdir / "devcloud.log",
             required_headers=self.required_headers,
+            extra_args=self.devcloud_args,
         )
         self.cloud.create_qpu(
             self.qpu_id,

@@ -80,6 +80,11 @@ def _serve_options(func: F) -> F:
                 f"behind deployment protection (better in {REQUIRED_HEADERS_VARIABLE}: argv is public)."
             ),
         ),
+        click.option(
+            "--no-date",
+            is_flag=True,
+            help="Answer with no usable Date header (a cloud whose clock a node cannot learn).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -97,6 +102,7 @@ def _serve(
     accept_unknown_jobs: bool,
     access_log: bool,
     required_headers: dict[str, str],
+    no_date: bool,
 ) -> None:
     serve(
         host,
@@ -108,6 +114,7 @@ def _serve(
         accept_unknown_jobs=accept_unknown_jobs,
         access_log=access_log,
         required_headers=required_headers,
+        no_date=no_date,
     )
 
 

@@ -146,6 +146,23 @@ def _access_logged(app: _WsgiApp) -> _WsgiApp:
     return logged
 
 
+#: What ``--no-date`` answers in place of a date (waitress adds a real one when there is no header).
+NO_DATE = "unknown"
+
+
+def _without_date(app: _WsgiApp) -> _WsgiApp:
+    """``app``, its answers carrying :data:`NO_DATE` as their ``Date``."""
+
+    def dateless(environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
+        def replace_date(status: str, headers: Any, exc_info: Any = None) -> Any:
+            kept = [(name, value) for name, value in headers if name.lower() != "date"]
+            return start_response(status, [*kept, ("Date", NO_DATE)], exc_info)
+
+        return app(environ, replace_date)
+
+    return dateless
+
+
 def serve(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
@@ -157,8 +174,9 @@ def serve(
     accept_unknown_jobs: bool = False,
     access_log: bool = True,
     required_headers: Mapping[str, str] | None = None,
+    no_date: bool = False,
 ) -> None:
-    """Serve the simulator until SIGTERM or Ctrl-C (port 0 picks a free port)."""
+    """Serve the simulator until SIGTERM or Ctrl-C (port 0 picks a free port; ``no_date``: ``--no-date``)."""
     store = Store()
     if state_file and store.load(state_file):
         print(f"coda-bridge devcloud loaded state from {state_file}", flush=True)
@@ -175,8 +193,9 @@ def serve(
     dispatcher = _TaskDispatcher()
     dispatcher.set_thread_count(SERVER_THREADS)
     ipv6 = ":" in host
+    wsgi: _WsgiApp = _without_date(app) if no_date else app
     server = create_server(
-        _access_logged(app) if access_log else app,
+        _access_logged(wsgi) if access_log else wsgi,
         _dispatcher=dispatcher,
         host=host or "0.0.0.0",
         port=port,

@@ -16,7 +16,7 @@ import re
 import socket
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -30,11 +30,14 @@ from ..cloud.signing import Signer, public_key_pem
 from ..errors import AuthError, ConfigError, NodeError
 from ..settings import Settings, load_settings
 from .credentials import (
+    StatePaths,
+    check_room,
     ensure_state_dir,
     load_persisted,
     mark_connected,
     persist,
     remember_token,
+    save_patiently,
     token_was_used,
 )
 
@@ -108,12 +111,15 @@ def machine_fingerprint(settings: Settings) -> str:
     return settings.node_machine_fingerprint or f"{socket.gethostname()}-{uuid.getnode()}"
 
 
-def node_signer(settings: Settings) -> Signer:
-    """The signer for this node's identity, or :class:`ConfigError` saying what is missing."""
+def node_signer(settings: Settings, *, clock: Callable[[], float] | None = None) -> Signer:
+    """The signer for this node's identity, or :class:`ConfigError` saying what is missing.
+
+    ``clock`` is the time tokens are signed on (the cloud's, see :class:`~..cloud.clock.CloudClock`).
+    """
     key, kid, qpu_id = settings.jwt_private_key_value, settings.jwt_key_id, settings.qpu_id
     if not (key and kid and qpu_id):
         raise ConfigError(NO_CREDENTIALS)
-    return Signer(key, kid, qpu_id)
+    return Signer(key, kid, qpu_id) if clock is None else Signer(key, kid, qpu_id, clock=clock)
 
 
 def _required(bundle: Mapping[str, Any], field: str) -> Any:
@@ -318,17 +324,21 @@ def connect_node(
     if connectivity:
         body["connectivity"] = [list(edge) for edge in connectivity]
 
-    mode = "provisioning" if token else "reconnect"
-    signer = None if token else node_signer(settings)  # a missing key fails before any tunnel starts
+    client = client or CloudClient(settings)
+    bearer: str | Callable[[], str]
+    if token:
+        check_room(paths)  # before the token is spent: the identity it buys must fit on disk
+        bearer, mode = token, "provisioning"
+    else:  # signed per attempt, on the cloud's time as the last answer told it (a missing key fails here)
+        bearer, mode = node_signer(settings, clock=client.clock.now).sign, "reconnect"
     started_vpn = False
     applied = settings
-    if signer is not None and vpn is not None and paths.config.exists():
+    if not token and vpn is not None and paths.config.exists():
         # as the first runtime: the saved tunnel first, the cloud may be reachable only through it
         started_vpn = vpn.restore(settings)
     try:
-        client = client or CloudClient(settings)
         logger.info("Connecting to %s (%s).", settings.url(settings.connect_path), mode)
-        bundle = client.connect(signer.sign() if signer is not None else str(token), body)
+        bundle = client.connect(bearer, body)
         if mode == "provisioning" and not bundle.get("jwt_private_key"):
             raise NodeError("cloud bundle is missing the required field 'jwt_private_key' after provisioning")
         applied = apply_bundle(settings, bundle, fingerprint=fingerprint)
@@ -341,10 +351,7 @@ def connect_node(
         if applied.vpn_required and applied.node_auto_vpn and profile and vpn is not None:
             applied = applied.replace(node_vpn_profile_path=str(paths.vpn_profile))
             started_vpn = vpn.bring_up(applied, str(profile)) or started_vpn
-        persist(paths, _persisted_values(applied))
-        if token:
-            remember_token(paths, token)
-        mark_connected(paths)
+        save_patiently(paths, lambda: _save(paths, applied, token))
     except BaseException:
         if started_vpn and vpn is not None:
             vpn.stop(applied)
@@ -357,6 +364,14 @@ def connect_node(
         applied.native_gate_set,
     )
     return applied
+
+
+def _save(paths: StatePaths, applied: Settings, token: str | None) -> None:
+    """Persist the identity, the token's mark and the connect's time."""
+    persist(paths, _persisted_values(applied))
+    if token:
+        remember_token(paths, token)
+    mark_connected(paths)
 
 
 def legacy_dir() -> Path:

@@ -16,15 +16,19 @@ import os
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..backoff import Backoff
 from ..errors import ConfigError
 
 __all__ = [
+    "IDENTITY_ROOM_BYTES",
     "PERSISTED_FIELDS",
     "StatePaths",
+    "check_room",
     "connected_since",
     "ensure_state_dir",
     "load_persisted",
@@ -34,6 +38,7 @@ __all__ = [
     "remember_token",
     "reset_legacy",
     "reset_state",
+    "save_patiently",
     "token_was_used",
     "write_private",
 ]
@@ -71,6 +76,14 @@ LEGACY_CONFIG_NAME = "coda.config"
 LEGACY_KEY_NAME = "coda-private-key"
 #: The first runtime's default VPN profile (it holds the VPN client's key), in the same directory.
 LEGACY_VPN_PROFILE_NAME = "coda-node.ovpn"
+#: Room the identity takes in the state directory: the largest key a bundle may carry (16 KiB), the
+#: config and the marks, each written beside its old copy before the rename.
+IDENTITY_ROOM_BYTES = 48 * 1024
+#: First and longest pause between attempts to save an identity the disk did not take.
+SAVE_RETRY_START_SEC = 1.0
+SAVE_RETRY_MAX_SEC = 30.0
+#: Name of the probe file :func:`check_room` writes (and removes).
+ROOM_PROBE_NAME = ".room-probe"
 
 
 @dataclass(frozen=True)
@@ -145,6 +158,64 @@ def ensure_state_dir(root: Path) -> StatePaths:
             f"run `chmod 700 {root}` (credentials live there)"
         )
     return StatePaths(root)
+
+
+def check_room(paths: StatePaths, size_bytes: int = IDENTITY_ROOM_BYTES) -> None:
+    """Write and fsync a probe file of ``size_bytes``: :class:`ConfigError` when the disk does not take it.
+
+    Run before a one-time token is sent: once the cloud answers, the token
+    is spent, and an identity the disk cannot take would be lost with it.
+    """
+    probe = paths.root / ROOM_PROBE_NAME
+    block = b"\0" * min(size_bytes, 8192)
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        try:
+            left = size_bytes
+            while left > 0:
+                left -= os.write(fd, block[:left])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise ConfigError(
+            f"state directory {paths.root} cannot take the node's identity ({size_bytes} bytes): "
+            f"{exc.strerror}; free space on its filesystem (or set CODA_STATE_DIR) before starting "
+            "with the token, which the cloud spends on the first answer"
+        ) from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
+def save_patiently(
+    paths: StatePaths, save: Callable[[], None], *, sleep: Callable[[float], None] = time.sleep
+) -> None:
+    """Run ``save`` until the disk takes it: an identity the cloud handed out is never dropped.
+
+    The first failure is one WARNING naming the directory to free; the
+    identity stays in memory and the attempts go on with backoff.
+    """
+    backoff = Backoff(SAVE_RETRY_START_SEC, SAVE_RETRY_MAX_SEC)
+    failed = False
+    while True:
+        try:
+            save()
+        except OSError as exc:
+            if not failed:
+                logger.warning(
+                    "The node's identity from the cloud cannot be saved in %s (%s); it is kept in memory "
+                    "and saved as soon as there is room: free space on the filesystem of %s.",
+                    paths.root,
+                    exc.strerror or exc,
+                    paths.root,
+                )
+                failed = True
+            sleep(backoff.next_delay())
+            continue
+        if failed:
+            logger.info("The node's identity is saved in %s.", paths.root)
+        return
 
 
 def write_private(path: Path, data: str) -> None:

@@ -203,6 +203,33 @@ def check_redis(name: str, url: str | None, fix: str) -> Check:
     return Check(name, True, f"{shown_url(url)} answers PING")
 
 
+def check_clock(settings: Settings, probe: Callable[..., Any] = requests.head) -> Check | None:
+    """This host's clock against the cloud's ``Date`` (tokens are signed on its time); None: unreachable."""
+    from ..cloud.clock import SKEW_WARNING_SEC, CloudClock, parse_http_date
+
+    clock = CloudClock()
+    sent = clock.local()
+    try:
+        response = probe(settings.webapp_url, timeout=PROBE_TIMEOUT_SEC, allow_redirects=False)
+    except requests.RequestException:  # the webapp check says so
+        return None
+    date = response.headers.get("Date")
+    clock.observe(date, sent, clock.local())
+    offset = clock.offset_sec
+    if parse_http_date(date) is None:
+        return Check("clock", True, "the cloud sends no usable Date header; keep NTP on", warning=True)
+    if abs(offset) <= SKEW_WARNING_SEC:
+        return Check("clock", True, f"within {abs(offset):.0f} s of the cloud's (Date header)")
+    side = "ahead of" if offset < 0 else "behind"
+    return Check(
+        "clock",
+        True,
+        f"{abs(offset):.0f} s {side} the cloud's; the node signs its tokens on the cloud's time, "
+        "but fix the host's time (NTP: `timedatectl set-ntp true`)",
+        warning=True,
+    )
+
+
 # -- executor and VPN --
 
 
@@ -394,6 +421,7 @@ def run_checks(overrides: dict[str, Any] | None = None, site: str | None = None)
         ("heartbeat endpoint", settings.url(settings.heartbeat_path)),
     ):
         checks.append(check_endpoint(name, url, headers=connect_headers_for(settings, url)))
+    checks.extend(check for check in (check_clock(settings),) if check)
     checks.append(check_executor(settings))
     checks.extend(check for check in (check_executor_boot(settings), check_coda_command()) if check)
     checks.append(check_redis("broker", settings.broker_url, "start the local Redis or set CODA_BROKER_URL"))

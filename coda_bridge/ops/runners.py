@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
 from typing import Any
 
-from ..errors import AuthError, ConfigError, NodeError
+from ..errors import AuthError, ClockRefused, ConfigError, NodeError
 from ..logs import configure_logging, mask
 from ..trust import python_argv
 from .exits import EX_CONFIG, FORCED_EXIT
@@ -251,7 +251,8 @@ def connect_or_exit(overrides: dict[str, Any] | None = None, token: str | None =
     except (ConfigError, AuthError) as exc:
         _fatal(exc)
     except NodeError as exc:
-        if exc.status is not None and 400 <= exc.status < 500:
+        # a token refused for its time is the clock's fault, not the identity's: a restart retries it
+        if exc.status is not None and 400 <= exc.status < 500 and not isinstance(exc, ClockRefused):
             _fatal(exc)
         raise
 

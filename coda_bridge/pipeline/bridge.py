@@ -19,6 +19,8 @@ from ..broker.queues import HEARTBEAT_ACTOR, VPN_CHECK_ACTOR
 from ..broker.redis_broker import create_broker
 from ..broker.registry import Registration
 from ..broker.shared_state import NodeState
+from ..cloud.client import CloudClient
+from ..cloud.clock import CloudClock
 from ..control.ticker import Tick, Ticker
 from ..errors import ConfigError, VPNError
 from ..identity.connect import connect_node, load_node_settings
@@ -70,7 +72,12 @@ def connect(
     settings = load_node_settings(overrides=overrides)
     vpn = vpn if vpn is not None else _LazyVpn()
     connectivity = _known_connectivity(settings)
-    settings = connect_node(settings, token=token, connectivity=connectivity, vpn=vpn)
+    client = CloudClient(settings)
+    try:
+        settings = connect_node(settings, token=token, connectivity=connectivity, vpn=vpn, client=client)
+    finally:
+        client.close()
+    _share_clock(settings, client.clock)
     if settings.vpn_required:
         from ..vpn.guard import preflight
 
@@ -91,6 +98,20 @@ def _settled_preflight(settings: Settings, preflight: Any) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(VPN_SETTLE_POLL_SEC)
+
+
+def _share_clock(settings: Settings, clock: CloudClock) -> None:
+    """The cloud clock's offset the connect measured, for the first tokens of the node's other processes."""
+    if not settings.qpu_id or not clock.measured:
+        return
+    try:
+        client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            NodeState(client, settings.qpu_id).set_clock_offset(clock.offset_sec)
+        finally:
+            client.close()
+    except redis.RedisError as exc:  # each process measures its own from its first answer
+        logger.debug("Clock offset not shared (%s).", exc)
 
 
 def _known_connectivity(settings: Settings) -> list[list[int]] | None:

@@ -39,6 +39,8 @@ class DeadLetter:
     callback_url: str
     retries: int
     dead_since: float
+    #: The error of its last attempt (the cloud's words for a refused result), one line.
+    reason: str = ""
 
 
 def _xq(broker: CodaBroker, queue: str) -> tuple[str, str]:
@@ -63,7 +65,17 @@ def _letter(queue: str, redis_id: str, score: float, message: Message[Any]) -> D
         callback_url=str(callback),
         retries=int(message.options.get("retries", 0)),
         dead_since=float(score) / 1000,
+        reason=_last_error(message.options.get("traceback")),
     )
+
+
+def _last_error(traceback: object) -> str:
+    """The last line of a dead message's traceback, without the exception's module path."""
+    lines = [line.strip() for line in str(traceback or "").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    name, sep, text = lines[-1].partition(": ")
+    return text if sep and " " not in name else lines[-1]
 
 
 def dead_letters(broker: CodaBroker, queues: Sequence[str] = QUEUES) -> list[DeadLetter]:

@@ -5,8 +5,10 @@ so no two workers run it at once, validated, run on the executor while the
 actor watches the cancel key and the time limit, and its result is
 recorded once (first writer wins) before it is queued for delivery.  A
 rerun after a crash finds the recorded result and delivers that one, so a
-job never gets two different results.  The entries of a batch go through
-each step together, one round trip per step; a single entry is a batch of one.
+job never gets two different results.  The run's observations (executor
+time, durations) are written last and best effort: they never cost a run.
+The entries of a batch go through each step together, one round trip per
+step; a single entry is a batch of one.
 """
 
 from __future__ import annotations
@@ -252,7 +254,9 @@ def execute_batch(
         if running is not None:
             running += batch.running
         batch.start()
-        batch.finish(ex.runner.run_all(batch.ready))
+        timings: list[tuple[float, int]] = []
+        batch.finish(ex.runner.run_all(batch.ready, timings))
+        ex.runner.observe(timings)  # after the results are recorded: observations never cost a run
     finally:
         batch.close()
     return batch.outcomes

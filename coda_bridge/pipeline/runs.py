@@ -10,6 +10,7 @@ job cancelled mid-run.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ __all__ = [
     "Payload",
     "ReadyJob",
     "Runner",
+    "Timings",
     "batch_time_limit_sec",
     "failure_payload",
 ]
@@ -37,6 +39,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Payload = dict[str, Any]
+#: The executor calls of a batch, as (seconds, jobs) each, written after the results are recorded.
+Timings = list[tuple[float, int]]
+
+#: A failed write of the run's observations is logged at most once per this many seconds.
+OBSERVATION_WARNING_INTERVAL_SEC = 60.0
 
 
 @dataclass
@@ -136,14 +143,32 @@ class Runner:
         self.job_time_limit_sec = job_time_limit_sec
         self.cancel_poll_sec = cancel_poll_sec
         self.histograms = Histograms(state.client, state.qpu_id)
+        self._warned_at = -math.inf
 
-    def _ran(self, seconds: float, jobs: int) -> None:
-        """Count the executor's time, and each job's share of it in the job-duration histogram (one trip)."""
-        pipe = self.state.client.pipeline(transaction=False)
-        self.state.count("executor_seconds", seconds, pipe=pipe)
-        for _ in range(jobs):
-            self.histograms.observe(JOB_DURATION.name, seconds / jobs, pipe=pipe)
-        pipe.execute()
+    def observe(self, timings: Timings) -> None:
+        """Count the executor's time, and each job's share in the job-duration histogram: best effort.
+
+        Called once the results are recorded: a broker that refuses these
+        writes costs a log line (at most one a minute), never a run.
+        """
+        if not timings:
+            return
+        try:
+            pipe = self.state.client.pipeline(transaction=False)
+            for seconds, jobs in timings:
+                self.state.count("executor_seconds", seconds, pipe=pipe)
+                for _ in range(jobs):
+                    self.histograms.observe(JOB_DURATION.name, seconds / jobs, pipe=pipe)
+            pipe.execute()
+        except redis.RedisError as exc:
+            now = time.monotonic()
+            if now - self._warned_at >= OBSERVATION_WARNING_INTERVAL_SEC:
+                self._warned_at = now
+                logger.warning(
+                    "Executor time not written to the broker Redis (%s); the results are recorded, "
+                    "only /metrics misses it.",
+                    exc,
+                )
 
     def _watch(self, run: _Run, watched: list[ReadyJob], limit: float, *, stop_on_cancel: bool) -> set[str]:
         """Wait for ``run`` while polling cancel keys and keeping claims alive; Redis blips are ridden out.
@@ -172,10 +197,13 @@ class Runner:
                 except redis.RedisError as exc:
                     logger.warning("Job %s: claim not refreshed (%s).", ready.job_id, exc)
 
-    def _run_watched(self, ready: ReadyJob, keep_alive: list[ReadyJob] | None = None) -> Payload | None:
+    def _run_watched(
+        self, ready: ReadyJob, timings: Timings, keep_alive: list[ReadyJob] | None = None
+    ) -> Payload | None:
         """Run one job on the executor; ``None`` when it was cancelled mid-run.
 
-        ``keep_alive`` are claims of jobs waiting their turn behind this one.
+        ``keep_alive`` are claims of jobs waiting their turn behind this one;
+        the call's time goes to ``timings``.
         """
         from ..executors.base import call_run, cancel, coerce_result
 
@@ -194,7 +222,7 @@ class Runner:
             run.abandoned.set()
             cancel(executor)
             return _time_limit_failure(ready.job_id, limit)
-        self._ran(float(time.monotonic() - started), 1)
+        timings.append((float(time.monotonic() - started), 1))
         if run.error is not None:
             return _executor_failure(ready.job_id, run.error)
         try:
@@ -202,7 +230,7 @@ class Runner:
         except Exception as exc:  # a result of a shape nobody expected is this job's failure
             return _executor_failure(ready.job_id, exc)
 
-    def _run_batch_watched(self, batch: list[ReadyJob]) -> list[Payload | None] | None:
+    def _run_batch_watched(self, batch: list[ReadyJob], timings: Timings) -> list[Payload | None] | None:
         """Run jobs through ``batch_run``; ``None`` when the batch call failed (run them one by one)."""
         from ..executors.base import call_batch_run, cancel, coerce_result
 
@@ -217,7 +245,7 @@ class Runner:
             run.abandoned.set()
             cancel(executor)
             return [_time_limit_failure(r.job_id, limit) for r in batch]
-        self._ran(float(time.monotonic() - started), len(batch))
+        timings.append((float(time.monotonic() - started), len(batch)))
         if run.error is not None:
             logger.warning(
                 "batch_run of %d jobs failed (%s); running them one by one.", len(batch), run.error
@@ -241,9 +269,13 @@ class Runner:
                 payloads.append(_executor_failure(ready.job_id, exc))
         return payloads
 
-    def run_all(self, batch: list[ReadyJob]) -> list[Payload | None]:
-        """Run the jobs through ``batch_run`` when there are several, else (or on failure) in turn."""
-        payloads = self._run_batch_watched(batch) if len(batch) > 1 else None
+    def run_all(self, batch: list[ReadyJob], timings: Timings | None = None) -> list[Payload | None]:
+        """Run the jobs through ``batch_run`` when there are several, else (or on failure) in turn.
+
+        The executor calls' times go to ``timings``, for :meth:`observe` once the results are recorded.
+        """
+        timings = [] if timings is None else timings
+        payloads = self._run_batch_watched(batch, timings) if len(batch) > 1 else None
         if payloads is None:
-            payloads = [self._run_watched(ready, batch[i + 1 :]) for i, ready in enumerate(batch)]
+            payloads = [self._run_watched(ready, timings, batch[i + 1 :]) for i, ready in enumerate(batch)]
         return payloads

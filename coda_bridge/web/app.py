@@ -2,7 +2,8 @@
 
 ``/health`` says the process runs.  ``/ready`` says the node can take
 jobs: no executor that failed to build, VPN state ``ready``, the cloud's
-Redis answering, and the bridge having read the stream recently.
+Redis and API answering, and the bridge having read the stream recently;
+it also shows the cloud clock's offset from this host's.
 ``/metrics`` reads the node's shared counters from the broker Redis at
 scrape time, so it is right under any number of gunicorn workers.  No body ever carries a secret.
 """
@@ -28,7 +29,7 @@ from redis.retry import Retry
 
 from ..broker.redis_broker import create_broker
 from ..broker.registry import Registration
-from ..broker.shared_state import NodeState
+from ..broker.shared_state import NodeState, utc_iso
 from ..cloud.keys import group_name, stream_key
 from ..errors import ConfigError
 from ..identity.waiting import wait_for_identity
@@ -52,6 +53,9 @@ PING_TIMEOUT_SEC = 2.0
 def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[str, Any]:
     """The ``/ready`` body: ``ready``, ``vpn_state``, ``redis_healthy``, ``current_job`` (+ ``reason``).
 
+    ``cloud_api_reachable`` and ``clock_offset_sec`` (the cloud's clock minus
+    this host's, ``null`` until measured) come along.
+
     Every field is there even when the local broker Redis does not answer
     (``booting`` and ``null`` then: nothing is known).
     """
@@ -64,6 +68,8 @@ def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[
         "vpn_state": "booting",
         "redis_healthy": redis_healthy,
         "current_job": None,
+        "cloud_api_reachable": None,
+        "clock_offset_sec": None,
     }
     try:
         vpn_state = state.vpn_state()
@@ -71,9 +77,13 @@ def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[
         body["current_job"] = state.current_job()
         last_read = state.last_stream_read()
         executor_failure = state.executor_failure()
+        cloud_down = state.cloud_down()
+        clock = state.clock_offset()
     except redis.RedisError:
         body["reason"] = "the local broker Redis does not answer"
         return body
+    body["cloud_api_reachable"] = cloud_down is None
+    body["clock_offset_sec"] = round(clock[0], 1) if clock is not None else None
     stale_after = settings.ready_stream_stale_sec
     if executor_failure is not None:
         # the executor worker stopped at boot: no job can run until the factory or device file is fixed
@@ -82,6 +92,12 @@ def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[
         body["reason"] = f"VPN state is {vpn_state}"
     elif not redis_healthy:
         body["reason"] = "the cloud's Redis does not answer"
+    elif cloud_down is not None:
+        since, error = cloud_down
+        body["reason"] = (
+            f"the cloud's API does not answer ({error}) since {utc_iso(since)}; "
+            "results wait and go out when it answers"
+        )
     elif last_read is None or time.time() - last_read > stale_after:
         body["reason"] = f"the bridge has not read the job stream in the last {stale_after:g} s"
     elif not _group_exists(cloud, state.qpu_id):

@@ -5,8 +5,9 @@ Redis) when Prometheus scrapes, so any gunicorn worker answers the same.
 The families:
 
 - the node's counters and gauges (jobs by outcome, deliveries, heartbeats,
-  queue and dead-letter depths, VPN state, running jobs), and the times of
-  the last accepted heartbeat and the last stream read;
+  queue and dead-letter depths, VPN state, running jobs, the cloud clock's
+  offset, whether the cloud's API answers), and the times of the last
+  accepted heartbeat and the last stream read;
 - the node's histograms (:mod:`coda_bridge.broker.observations`): job
   duration, one delivery request, XADD to accepted result, delivery attempts;
 - dramatiq's own metrics under dramatiq's names (``dramatiq_messages_total``,
@@ -156,6 +157,17 @@ class NodeCollector:
         yield vpn
         yield GaugeMetricFamily(
             "coda_bridge_running_jobs", "Jobs running now.", value=len(state.current_jobs())
+        )
+        clock = state.clock_offset()
+        yield GaugeMetricFamily(
+            "coda_bridge_clock_offset_seconds",
+            "The cloud's clock minus this host's, from the cloud's Date header (NaN: not measured yet).",
+            value=clock[0] if clock is not None else float("nan"),
+        )
+        yield GaugeMetricFamily(
+            "coda_bridge_cloud_api_up",
+            "1 while the cloud's API answers the node's requests, 0 since one met a transport error or 5xx.",
+            value=0.0 if state.cloud_down() is not None else 1.0,
         )
 
     def _stream(self) -> Iterator[Any]:

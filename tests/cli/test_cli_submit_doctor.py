@@ -124,6 +124,7 @@ def test_doctor_is_all_ok_on_a_provisioned_node_and_names_a_bad_file_mode(
         "identity",
         "connect endpoint",
         "heartbeat endpoint",
+        "clock",
         "executor",
         "broker",
         "cloud redis",
@@ -139,6 +140,25 @@ def test_doctor_is_all_ok_on_a_provisioned_node_and_names_a_bad_file_mode(
     assert broken.exit_code == 1
     assert f"FIX: credentials: {config} has mode 0644" in broken.output
     assert "chmod 600" in broken.output
+
+
+@pytest.mark.e2e
+def test_doctor_names_a_host_clock_10_minutes_ahead_of_the_clouds(
+    devcloud: DevCloudProcess, clean_env: pytest.MonkeyPatch
+) -> None:
+    # given: this host's clock, as the node reads it, 10 minutes ahead of the cloud's
+    from coda_bridge.cloud import clock
+
+    clean_env.setenv("CODA_WEBAPP_URL", devcloud.base_url)
+    clean_env.setattr(clock, "clock_skew_sec", lambda: 600.0)
+
+    # when: doctor runs
+    result = CliRunner().invoke(cli, ["doctor"])
+
+    # then: one warning line with the offset and the fix, measured from the cloud's Date header
+    (line,) = [x for x in result.output.splitlines() if " clock: " in x]
+    assert line.startswith("warn clock: 600 s ahead of the cloud's"), line
+    assert "timedatectl set-ntp true" in line
 
 
 def test_doctor_on_an_unconfigured_machine_says_what_to_fix(clean_env: pytest.MonkeyPatch) -> None:

@@ -535,7 +535,8 @@ def test_a_failed_result_is_posted_as_is(
 
 
 @pytest.mark.parametrize(
-    ("status", "retryable"), [(500, True), (502, True), (503, True), (400, False), (401, False), (404, False)]
+    ("status", "retryable"),
+    [(500, True), (502, True), (503, True), (400, False), (401, True), (403, True), (404, False)],
 )
 def test_a_non_2xx_delivery_is_a_webhook_error_that_says_whether_to_retry(
     client: CloudClient, requests_mock: rm.Mocker, signer: Signer, status: int, retryable: bool

@@ -71,8 +71,9 @@ def test_webhook_worker_killed_mid_delivery(fresh_stack: LocalStack) -> None:
 
     _one_result_each(stack, ids)
     assert all(executor_runs(stack, f"hook-{i}") == 1 for i in range(5))
+    # the killed worker's delivery lease (the webhook timeout, 30 s, plus 5 s) lapses before the status write
     wait_until(
-        lambda: {status(stack, j).get("state") for j in ids} == {"completed"}, 20, "every status completed"
+        lambda: {status(stack, j).get("state") for j in ids} == {"completed"}, 60, "every status completed"
     )
 
 

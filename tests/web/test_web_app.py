@@ -80,9 +80,43 @@ def test_ready_200_with_every_field_and_the_running_job(app: Flask, state: NodeS
         "vpn_state": "ready",
         "redis_healthy": True,
         "current_job": None,
+        "cloud_api_reachable": True,
+        "clock_offset_sec": None,
     }
     assert busy.status_code == 200
     assert busy.get_json()["current_job"] == "job-7"
+
+
+def test_ready_503_naming_the_clouds_api_while_it_does_not_answer_and_200_once_it_does(
+    app: Flask, state: NodeState
+) -> None:
+    # given: a healthy node whose last request to the cloud's API met a refused connection
+    ready_node(state)
+    state.cloud_unreachable("ConnectionError from http://cloud.example:80")
+    client = app.test_client()
+
+    # when: /ready is asked, then asked again after the cloud answered a request
+    down = client.get("/ready")
+    back = state.cloud_answered()
+    up = client.get("/ready")
+
+    # then: 503 with the reason and the error, then 200; the cloud-back mark was noted
+    assert down.status_code == 503
+    body = down.get_json()
+    assert body["cloud_api_reachable"] is False
+    assert "the cloud's API" in body["reason"] and "ConnectionError" in body["reason"]
+    assert back is True and state.cloud_back_at() is not None
+    assert up.status_code == 200
+    assert up.get_json()["cloud_api_reachable"] is True
+
+
+def test_ready_shows_the_cloud_clocks_offset(app: Flask, state: NodeState) -> None:
+    ready_node(state)
+    state.set_clock_offset(-600.04)
+
+    body = app.test_client().get("/ready").get_json()
+
+    assert body["clock_offset_sec"] == -600.0
 
 
 @pytest.mark.parametrize("vpn_state", ["booting", "vpn_unavailable", "degraded"])
