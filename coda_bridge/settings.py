@@ -144,6 +144,8 @@ class Settings(BaseModel):
     max_job_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     job_time_limit_sec: float = Field(3600, gt=0)
     cancel_poll_interval_sec: float = Field(0.2, gt=0)
+    #: How often a jobs worker asks its executor's ``status()`` while no job starts (also before each job).
+    device_poll_interval_sec: float = Field(5, gt=0)
     simulator_seed: int | None = None
     simulator_max_qubits: int = Field(24, ge=1, le=30)
 

@@ -30,6 +30,7 @@ from ..broker.redis_broker import create_broker
 from ..broker.registry import Registration
 from ..broker.shared_state import NodeState
 from ..cloud.keys import group_name, stream_key
+from ..control.pause import PauseBook
 from ..errors import ConfigError
 from ..identity.waiting import wait_for_identity
 from ..logs import configure_logging
@@ -50,7 +51,11 @@ PING_TIMEOUT_SEC = 2.0
 
 
 def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[str, Any]:
-    """The ``/ready`` body: ``ready``, ``vpn_state``, ``redis_healthy``, ``current_job`` (+ ``reason``).
+    """The ``/ready`` body: ``ready``, ``vpn_state``, ``redis_healthy``, ``current_job``, ``paused``
+    (with ``pause``: its note and end), ``device_state`` (+ ``reason``).
+
+    A paused node, or one whose device is not ready, is alive but not ready
+    for work: ``ready`` false, and ``reason`` says which.
 
     Every field is there even when the local broker Redis does not answer
     (``booting`` and ``null`` then: nothing is known).
@@ -64,6 +69,9 @@ def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[
         "vpn_state": "booting",
         "redis_healthy": redis_healthy,
         "current_job": None,
+        "paused": None,
+        "pause": None,
+        "device_state": None,
     }
     try:
         vpn_state = state.vpn_state()
@@ -71,9 +79,13 @@ def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[
         body["current_job"] = state.current_job()
         last_read = state.last_stream_read()
         executor_failure = state.executor_failure()
+        hold = PauseBook(state.client, state.qpu_id).hold()
     except redis.RedisError:
         body["reason"] = "the local broker Redis does not answer"
         return body
+    body["paused"] = hold.pause is not None
+    body["pause"] = hold.pause.as_dict() if hold.pause is not None else None
+    body["device_state"] = hold.device.value if hold.device is not None else None
     stale_after = settings.ready_stream_stale_sec
     if executor_failure is not None:
         # the executor worker stopped at boot: no job can run until the factory or device file is fixed
@@ -88,6 +100,8 @@ def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[
         # a cloud Redis that restarted empty: reads succeeded before, none can now until the bridge
         # recreates its group, however fresh its last read looks
         body["reason"] = "the job stream has no consumer group yet (the bridge recreates it)"
+    elif hold.reason is not None:
+        body["reason"] = hold.reason  # paused, or the device not ready: alive, but takes no job
     else:
         body["ready"] = True
     return body
