@@ -63,7 +63,13 @@ def pause(duration: str, note: str, site: str | None) -> None:
 @click.command()
 @site_option
 def resume(site: str | None) -> None:
-    """End a pause now: the node takes jobs again."""
+    """End a pause now: the node takes jobs again.
+
+    \b
+    Examples:
+      coda-bridge resume
+      coda-bridge resume --site lab-fridge-2
+    """
     book, settings = _book(site)
     with redis_errors("the broker", settings.broker_url):
         ended = book.resume()
