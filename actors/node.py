@@ -12,6 +12,7 @@ from coda_bridge.broker.queues import JOBS_QUEUE
 from coda_bridge.broker.redis_broker import create_broker
 from coda_bridge.broker.registry import Deregister, Registration
 from coda_bridge.control.hold import DeviceWatch, HoldJobs
+from coda_bridge.control.maintenance import MaintenanceWindows
 from coda_bridge.control.pause import PauseBook
 from coda_bridge.identity.waiting import identity_or_exit, worker_role
 from coda_bridge.logs import configure_logging
@@ -32,6 +33,18 @@ broker.add_middleware(StaleTicks())
 pauses = PauseBook(parts.local_redis, parts.qpu_id)
 device = DeviceWatch(parts.host.executor, pauses, settings.device_poll_interval_sec)
 broker.add_middleware(HoldJobs(pauses, device), before=TimeLimit)
+broker.add_middleware(
+    MaintenanceWindows(
+        settings.maintenance_windows,
+        pauses,
+        parts.host.executor,
+        lambda: parts.host.run_slots,
+        concurrency=settings.executor_concurrency,
+        command=settings.calibration_command,
+        timeout_sec=settings.calibration_timeout_sec,
+        resume_after_hook=settings.maintenance_resume == "hook_end",
+    )
+)
 broker.add_middleware(stopping)
 broker.add_middleware(Deregister(registration))
 broker.add_middleware(SystemdNotify())  # last: READY=1 once every other boot step is done

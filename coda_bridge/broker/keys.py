@@ -20,6 +20,7 @@ __all__ = [
     "key_part",
     "pause_key",
     "tick_key",
+    "window_key",
 ]
 
 
@@ -64,3 +65,8 @@ def pause_key(qpu_id: str) -> str:
 def device_key(qpu_id: str) -> str:
     """The device state its executor last reported, expiring unless a jobs worker keeps it fresh."""
     return f"coda-bridge:{qpu_id}:node:device"
+
+
+def window_key(qpu_id: str, start: int) -> str:
+    """Taken by the one jobs worker that opens the maintenance window starting at ``start`` (Unix seconds)."""
+    return f"coda-bridge:{qpu_id}:node:window:{start}"

@@ -2,7 +2,8 @@
 
 ``metadata.source_hash`` is ``sleep:<sec>:<tag>``.  Every start and end is
 appended to ``$PAUSE_TEST_EXECUTOR_LOG`` as ``start|end <unix time> <pid> <tag>``;
-``status()`` answers the text of ``$PAUSE_TEST_DEVICE_STATE`` (``idle`` when the file is absent).
+``status()`` answers the text of ``$PAUSE_TEST_DEVICE_STATE`` (``idle`` when the file is absent);
+``calibrate()`` stamps its start and end and takes ``$PAUSE_TEST_CALIBRATE_SEC`` (1 s).
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ class StampingExecutor:
             "execution_time_ms": 1.0,
             "shots_completed": shots,
         }
+
+    def calibrate(self) -> None:
+        _log("calibrate-start", "-")
+        time.sleep(float(os.environ.get("PAUSE_TEST_CALIBRATE_SEC", "1")))
+        _log("calibrate-end", "-")
 
     def status(self) -> str:
         try:
