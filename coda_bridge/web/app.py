@@ -2,7 +2,8 @@
 
 ``/health`` says the process runs.  ``/ready`` says the node can take
 jobs: no executor that failed to build, VPN state ``ready``, the cloud's
-Redis answering, and the bridge having read the stream recently.
+Redis answering, the bridge having read the stream recently, and neither a
+pause nor a device state holding the node.
 ``/metrics`` reads the node's shared counters from the broker Redis at
 scrape time, so it is right under any number of gunicorn workers.  No body ever carries a secret.
 """

@@ -228,3 +228,30 @@ def test_a_device_in_calibration_holds_every_job_until_it_is_idle_again(pause_st
     assert [at - began for at in starts if began + START_GRACE_SEC <= at < ended] == []
     assert any(at >= ended for at in starts)
     assert ready(stack)[1]["device_state"] == "idle"
+
+
+def test_jobs_held_by_a_pause_survive_a_jobs_worker_restart_and_each_runs_once(
+    pause_stack: LocalStack,
+) -> None:
+    stack = pause_stack
+    # given jobs in the local queue, held by a pause
+    ids = submit(stack, "restart", 10)
+    wait_until(lambda: any(t.endswith(":restart") for _, _, t in stamps(stack)), 60, "the first job")
+    book(stack).pause(3600, "restart test")
+    wait_until(lambda: len(stamps(stack, "end")) == len(stamps(stack)), 30, "the running job to end")
+
+    # when the jobs worker stops (and puts back what it held) and starts again, still paused
+    stack.children["jobs"].stop()
+    stack.start_process("jobs")
+    assert book(stack).current() is not None
+    log = stack.workdir / "jobs.log"
+    wait_until(lambda: "Jobs held: the node is paused" in log.read_text(errors="replace"), 30, "a held job")
+    book(stack).resume()
+
+    # then it put back what it held, every job completes, and none ran twice
+    assert "was skipped" in log.read_text(errors="replace")  # dramatiq's line for a message put back
+    results = stack.cloud.wait_for_results(ids, timeout_sec=120)
+    assert all(r["status"] == "completed" for r in results.values())
+    tags = [tag for _, _, tag in stamps(stack) if tag.endswith(":restart")]
+    assert len(tags) == 10
+    assert all(len(stack.cloud.webhooks(job_id, accepted=True)) == 1 for job_id in ids)
