@@ -14,11 +14,11 @@ from typing import Any
 
 from .logs import mask
 
-__all__ = ["DeviceState", "read_device_state"]
+__all__ = ["STATUS_TIMEOUT_SEC", "DeviceState", "read_device_state"]
 
 logger = logging.getLogger(__name__)
 
-#: Longest wait for an ``async def status()`` (a plain one that hangs holds only the thread that asked).
+#: Longest wait for an executor's ``status()``; one that takes longer reads as ``error``.
 STATUS_TIMEOUT_SEC = 10.0
 
 

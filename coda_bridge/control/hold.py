@@ -24,7 +24,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 
 from ..broker.queues import JOBS_QUEUE
-from ..device import DeviceState, read_device_state
+from ..device import STATUS_TIMEOUT_SEC, DeviceState, read_device_state
 from ..errors import CodaError
 from .pause import NodeHold, PauseBook
 
@@ -41,11 +41,20 @@ DEVICE_TTL_FACTOR = 3
 class DeviceWatch:
     """Asks the executor's ``status()`` on a clock and before jobs, and writes the answer to node state."""
 
-    def __init__(self, executor: Callable[[], Any], book: PauseBook, interval_sec: float) -> None:
+    def __init__(
+        self,
+        executor: Callable[[], Any],
+        book: PauseBook,
+        interval_sec: float,
+        *,
+        timeout_sec: float = STATUS_TIMEOUT_SEC,
+    ) -> None:
         self.executor = executor
         self.book = book
         self.interval_sec = interval_sec
+        self.timeout_sec = timeout_sec
         self.last: DeviceState | None = None
+        self._asking: threading.Thread | None = None
         self._polled_at = float("-inf")
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -55,7 +64,7 @@ class DeviceWatch:
         with self._lock:
             self._polled_at = time.monotonic()
             try:
-                state = read_device_state(self.executor())
+                state = self._ask(self.executor())
             except CodaError:  # the executor cannot be built: BuildAtBoot has said so
                 return None
             if state != self.last:
@@ -65,6 +74,26 @@ class DeviceWatch:
             if state is not None:
                 self.book.set_device_state(state, self.interval_sec * DEVICE_TTL_FACTOR + 1)
             return state
+
+    def _ask(self, executor: Any) -> DeviceState | None:
+        """``status()`` on a thread of its own, for at most ``timeout_sec``: one that hangs reads as error.
+
+        While a call that hung has not returned, no other is made (hung threads do not pile up).
+        """
+        if self._asking is not None and self._asking.is_alive():
+            return DeviceState.ERROR
+        answer: list[DeviceState | None] = []
+        self._asking = threading.Thread(
+            target=lambda: answer.append(read_device_state(executor)), name="coda-device-status", daemon=True
+        )
+        self._asking.start()
+        self._asking.join(self.timeout_sec)
+        if not answer:
+            logger.warning(
+                "Executor status() did not answer within %g s; device state is error.", self.timeout_sec
+            )
+            return DeviceState.ERROR
+        return answer[0]
 
     def poll_if_due(self) -> None:
         if time.monotonic() - self._polled_at >= self.interval_sec:

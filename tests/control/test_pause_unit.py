@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 import redis
 
 from coda_bridge.cli.main import main
+from coda_bridge.control.hold import DeviceWatch
 from coda_bridge.control.pause import MAX_PAUSE_SEC, NodeHold, PauseBook, parse_duration
 from coda_bridge.dev.localredis import free_port
 from coda_bridge.device import DeviceState, read_device_state
@@ -163,3 +165,31 @@ def test_pause_with_the_broker_down_is_one_line_naming_it(
     code, _, err = run_main(capsys, "pause", "--for", "1m")
     assert code == 1 and err.count("\n") == 1 and err.startswith("error: the broker at redis://127.0.0.1")
     assert "does not answer" in err and "s3cr3t" not in err
+
+
+class _HangingDevice:
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def status(self) -> str:
+        self.calls += 1
+        self.release.wait(30)
+        return "idle"
+
+
+def test_a_status_that_hangs_reads_as_error_and_is_not_asked_again_meanwhile(book: PauseBook) -> None:
+    # given an executor whose status() never answers
+    device = _HangingDevice()
+    watch = DeviceWatch(lambda: device, book, 5.0, timeout_sec=0.2)
+    try:
+        # when the worker asks twice
+        started = time.monotonic()
+        first, second = watch.poll(), watch.poll()
+        # then both read as error within the bound, and the hung call was not repeated
+        assert first is second is DeviceState.ERROR
+        assert time.monotonic() - started < 2
+        assert device.calls == 1
+        assert book.device_state() is DeviceState.ERROR
+    finally:
+        device.release.set()
