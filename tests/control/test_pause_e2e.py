@@ -46,7 +46,15 @@ def pause_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
         CODA_READY_STREAM_STALE_SEC="3",
     )
     with LocalStack(workdir, env=env, web=True) as node:
+        wait_until(lambda: probes_answer(node), 60, "the probes app to answer")
         yield node
+
+
+def probes_answer(stack: LocalStack) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{stack.web_port}/health", timeout=5).ok
+    except requests.RequestException:
+        return False
 
 
 def stamps(stack: LocalStack, event: str = "start") -> list[tuple[float, int, str]]:
