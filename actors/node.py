@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import dramatiq
+from dramatiq.middleware import TimeLimit
 
 from coda_bridge.broker.middleware import (
     BuildAtBoot,
@@ -16,6 +17,9 @@ from coda_bridge.broker.middleware import (
 from coda_bridge.broker.queues import DELIVER_ACTOR, JOBS_QUEUE, RESULTS_QUEUE
 from coda_bridge.broker.redis_broker import create_broker
 from coda_bridge.broker.registry import Deregister, Registration
+from coda_bridge.control.hold import DeviceWatch, HoldJobs
+from coda_bridge.control.maintenance import MaintenanceWindows
+from coda_bridge.control.pause import PauseBook
 from coda_bridge.identity.waiting import identity_or_exit, worker_role
 from coda_bridge.logs import configure_logging
 from coda_bridge.parts import NodeParts
@@ -31,6 +35,22 @@ stopping = StoppingFlag()
 broker = create_broker(settings)
 broker.add_middleware(BuildAtBoot(JOBS_QUEUE, parts.host.executor, "Executor"))
 broker.add_middleware(StaleTicks())
+# before TimeLimit: a job held by a pause or the device's state is not yet running
+pauses = PauseBook(parts.local_redis, parts.qpu_id)
+device = DeviceWatch(parts.host.executor, pauses, settings.device_poll_interval_sec)
+broker.add_middleware(HoldJobs(pauses, device), before=TimeLimit)
+broker.add_middleware(
+    MaintenanceWindows(
+        settings.maintenance_windows,
+        pauses,
+        parts.host.executor,
+        lambda: parts.host.run_slots,
+        concurrency=settings.executor_concurrency,
+        command=settings.calibration_command,
+        timeout_sec=settings.calibration_timeout_sec,
+        resume_after_hook=settings.maintenance_resume == "hook_end",
+    )
+)
 broker.add_middleware(stopping)
 broker.add_middleware(Deregister(registration))
 # after an outage, the deliveries waiting on their retry backoff go as soon as the cloud answers again

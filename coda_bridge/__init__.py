@@ -1,8 +1,8 @@
 """coda-bridge: the node runtime that connects an execution backend to the Coda cloud.
 
 A backend author needs only what is exported here: the circuit types an
-executor receives, the result it returns, the built-in executors, and
-the errors.
+executor receives, the result it returns, the device states its optional
+``status()`` reports, the built-in executors, and the errors.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .circuits.ir import Circuit, Gate, Metadata, parse_ir
+    from .device import DeviceState
     from .executors import ExecutionResult, Executor, NoopExecutor, StateVectorExecutor, resolve_executor
     from .settings import Settings, load_settings
 
@@ -36,6 +37,7 @@ _LAZY = {
     ),
     **dict.fromkeys(("Circuit", "Gate", "Metadata", "parse_ir"), ".circuits.ir"),
     **dict.fromkeys(("Settings", "load_settings"), ".settings"),
+    "DeviceState": ".device",
 }
 
 
@@ -62,6 +64,7 @@ __all__ = [
     "NoopExecutor",
     "StateVectorExecutor",
     "resolve_executor",
+    "DeviceState",
     # settings
     "Settings",
     "load_settings",

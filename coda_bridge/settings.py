@@ -144,6 +144,15 @@ class Settings(BaseModel):
     max_job_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     job_time_limit_sec: float = Field(3600, gt=0)
     cancel_poll_interval_sec: float = Field(0.2, gt=0)
+    #: How often a jobs worker asks its executor's ``status()`` while no job starts (also before each job).
+    device_poll_interval_sec: float = Field(5, gt=0)
+    #: Recurring UTC windows in which the node is paused, e.g. ``["sun 02:00-04:00", "mon-fri 12:00-12:30"]``.
+    maintenance_windows: list[str] = []
+    #: Run at a window's start when the executor has no ``calibrate()``; bounded by the timeout below.
+    calibration_command: str | None = None
+    calibration_timeout_sec: float = Field(600, gt=0)
+    #: ``window_end``, or ``hook_end``: resume once the calibration hook succeeded.
+    maintenance_resume: str = "window_end"
     simulator_seed: int | None = None
     simulator_max_qubits: int = Field(24, ge=1, le=30)
 
@@ -198,6 +207,36 @@ class Settings(BaseModel):
         if not value and Path(DEFAULT_DEVICE_CONFIG).is_file():
             return DEFAULT_DEVICE_CONFIG
         return value or None
+
+    @field_validator("maintenance_windows", mode="before")
+    @classmethod
+    def _window_list(cls, value: Any) -> Any:
+        """From the environment: JSON, or windows separated by ``;`` (a window's days hold commas)."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc.msg})") from None
+        return [part.strip() for part in text.split(";") if part.strip()]
+
+    @field_validator("maintenance_windows")
+    @classmethod
+    def _windows(cls, value: list[str]) -> list[str]:
+        from .control.windows import parse_window
+
+        for text in value:
+            parse_window(text)
+        return value
+
+    @field_validator("maintenance_resume")
+    @classmethod
+    def _resume_when(cls, value: str) -> str:
+        if value not in ("window_end", "hook_end"):
+            raise ValueError("expected window_end or hook_end")
+        return value
 
     @field_validator("executor_ir")
     @classmethod

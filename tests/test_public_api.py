@@ -27,3 +27,12 @@ def test_the_bridge_process_imports_no_executor_and_no_simulator() -> None:
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_device_states_are_the_qdmi_strings_and_only_idle_and_busy_take_jobs() -> None:
+    # given the enum a backend's status() may return (or its strings)
+    states = {state.value: state.takes_jobs for state in coda_bridge.DeviceState}
+    # then it names QDMI's five states, and only idle and busy let a job start
+    assert states == {"idle": True, "busy": True, "error": False, "maintenance": False, "calibration": False}
+    assert coda_bridge.DeviceState("calibration") == "calibration"
+    assert "DeviceState" in coda_bridge.__all__

@@ -11,7 +11,17 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-__all__ = ["claim_key", "delivery_lease_key", "entry_key", "job_key", "key_part", "tick_key"]
+__all__ = [
+    "claim_key",
+    "delivery_lease_key",
+    "device_key",
+    "entry_key",
+    "job_key",
+    "key_part",
+    "pause_key",
+    "tick_key",
+    "window_key",
+]
 
 
 def key_part(value: str) -> str:
@@ -45,3 +55,18 @@ def tick_key(qpu_id: str, name: str, slot: int) -> str:
 def entry_key(qpu_id: str, entry_id: str) -> str:
     """Which broker message carries a cloud stream entry now (see :mod:`~coda_bridge.broker.entries`)."""
     return f"coda-bridge:{qpu_id}:entry:{key_part(entry_id)}"
+
+
+def pause_key(qpu_id: str) -> str:
+    """The node's pause (note, start, end), expiring at its end (see :mod:`~coda_bridge.control.pause`)."""
+    return f"coda-bridge:{qpu_id}:node:pause"
+
+
+def device_key(qpu_id: str) -> str:
+    """The device state its executor last reported, expiring unless a jobs worker keeps it fresh."""
+    return f"coda-bridge:{qpu_id}:node:device"
+
+
+def window_key(qpu_id: str, start: int) -> str:
+    """Taken by the one jobs worker that opens the maintenance window starting at ``start`` (Unix seconds)."""
+    return f"coda-bridge:{qpu_id}:node:window:{start}"

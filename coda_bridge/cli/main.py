@@ -13,7 +13,7 @@ import click
 from .. import __version__
 from ..errors import CodaError
 from ..logs import mask
-from . import node, processes, tools
+from . import node, pause, processes, tools
 
 __all__ = ["cli", "main"]
 
@@ -80,6 +80,8 @@ for _command in (
     node.status,
     node.logs,
     node.stop_vpn,
+    pause.pause,
+    pause.resume,
     node.reset,
     processes.bridge,
     processes.worker,

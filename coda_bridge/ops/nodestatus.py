@@ -2,7 +2,7 @@
 
 Whether it runs (and, when it does not, why it last stopped), whether it is
 ready (its ``/ready``), the QPU, the executor, the age of the last accepted
-heartbeat, the registered processes, the queues and dead letters, the VPN.
+heartbeat, the pause and the device state, the registered processes, the queues and dead letters, the VPN.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def _broker_view(settings: Settings) -> dict[str, Any]:
     """Queue depths, dead letters, the executor's boot failure and the heartbeat age, from the broker."""
     from ..broker.redis_broker import create_broker
     from ..broker.shared_state import NodeState
+    from ..control.pause import PauseBook
 
     broker = create_broker(settings)
     try:
@@ -79,6 +80,7 @@ def _broker_view(settings: Settings) -> dict[str, Any]:
         state = NodeState(broker.client, str(settings.qpu_id))
         failure = state.executor_failure()
         heartbeat = state.last_heartbeat_accepted()
+        hold = PauseBook(broker.client, str(settings.qpu_id)).hold()
     except redis.RedisError as exc:
         return {"broker": f"error: {' '.join(str(exc).split())}"}
     finally:
@@ -88,6 +90,8 @@ def _broker_view(settings: Settings) -> dict[str, Any]:
         "dead_letters": {q[:-5]: n for q, n in sizes.items() if q.endswith(".dead")},
         "heartbeat_age_sec": round(time.time() - heartbeat, 1) if heartbeat is not None else None,
         "executor_failure": failure["error"] if failure else None,
+        "pause": hold.pause.as_dict() if hold.pause is not None else None,
+        "device_state": hold.device.value if hold.device is not None else None,
     }
 
 
@@ -110,6 +114,11 @@ def status_lines(report: dict[str, Any]) -> list[str]:
     if "heartbeat_age_sec" in report:
         age = report["heartbeat_age_sec"]
         lines.append(f"heartbeat:   {'none accepted yet' if age is None else f'accepted {age:g} s ago'}")
+    if "pause" in report:
+        pause = report["pause"]
+        note = f" ({pause['note']})" if pause and pause["note"] else ""
+        lines.append(f"paused:      {'no' if pause is None else 'until ' + pause['until'] + note}")
+        lines.append(f"device:      {report['device_state'] or 'no state reported'}")
     if "processes" in report:
         processes = report["processes"] or ["none registered"]
         if report["broker"] != "ok":

@@ -31,6 +31,7 @@ from ..broker.redis_broker import CodaBroker
 from ..broker.shared_state import NodeState
 from ..cloud.keys import group_name, stream_key
 from ..cloud.redis_client import cloud_redis_client
+from ..control.pause import PauseBook
 from ..failpoints import failpoint
 from ..settings import Settings
 from .bounds import Job, Screened, broker_refusal, pack, round_trips, screen, stand_in
@@ -136,6 +137,8 @@ class StreamBridge:
         )
         self._batch_flag = (False, 0.0)
         self.forwarded = 0
+        self.pauses = PauseBook(broker.client, settings.qpu_id)
+        self._held: str | None = None
 
     # -- lifecycle --
 
@@ -179,7 +182,7 @@ class StreamBridge:
                 raise
             self._group_vanished()
             return 0
-        if self._queue_too_deep():
+        if self._queue_too_deep() or self._on_hold():
             self.state.stream_read()
             self._stopping.wait(BACKPRESSURE_PAUSE_SEC)
             return 0
@@ -370,6 +373,17 @@ class StreamBridge:
                 self.state.stream_read()
         except redis.RedisError:
             logger.debug("Local Redis unavailable; health not recorded.")
+
+    def _on_hold(self) -> bool:
+        """Paused, or the device not ready: new entries wait in the cloud's stream (logged once a change)."""
+        reason = self.pauses.hold().reason
+        if reason != self._held:
+            if reason is not None:
+                logger.info("Not reading new stream entries: %s.", reason)
+            else:
+                logger.info("Reading new stream entries again.")
+            self._held = reason
+        return reason is not None
 
     def _queue_too_deep(self) -> bool:
         depth = int(self.broker.client.llen(f"{self.broker.namespace}:{JOBS_QUEUE}"))

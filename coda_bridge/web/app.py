@@ -2,8 +2,8 @@
 
 ``/health`` says the process runs.  ``/ready`` says the node can take
 jobs: no executor that failed to build, VPN state ``ready``, the cloud's
-Redis and API answering, and the bridge having read the stream recently;
-it also shows the cloud clock's offset from this host's.
+Redis and API answering, the bridge having read the stream recently, and neither a
+pause nor a device state holding the node; it also shows the cloud clock's offset from this host's.
 ``/metrics`` reads the node's shared counters from the broker Redis at
 scrape time, so it is right under any number of gunicorn workers.  No body ever carries a secret.
 """
@@ -31,6 +31,7 @@ from ..broker.redis_broker import create_broker
 from ..broker.registry import Registration
 from ..broker.shared_state import NodeState, utc_iso
 from ..cloud.keys import group_name, stream_key
+from ..control.pause import PauseBook
 from ..errors import ConfigError
 from ..identity.waiting import wait_for_identity
 from ..logs import configure_logging
@@ -51,7 +52,11 @@ PING_TIMEOUT_SEC = 2.0
 
 
 def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[str, Any]:
-    """The ``/ready`` body: ``ready``, ``vpn_state``, ``redis_healthy``, ``current_job`` (+ ``reason``).
+    """The ``/ready`` body: ``ready``, ``vpn_state``, ``redis_healthy``, ``current_job``, ``paused``
+    (with ``pause``: its note and end), ``device_state`` (+ ``reason``).
+
+    A paused node, or one whose device is not ready, is alive but not ready
+    for work: ``ready`` false, and ``reason`` says which.
 
     ``cloud_api_reachable`` and ``clock_offset_sec`` (the cloud's clock minus
     this host's, ``null`` until measured) come along.
@@ -70,6 +75,9 @@ def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[
         "current_job": None,
         "cloud_api_reachable": None,
         "clock_offset_sec": None,
+        "paused": None,
+        "pause": None,
+        "device_state": None,
     }
     try:
         vpn_state = state.vpn_state()
@@ -79,11 +87,15 @@ def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[
         executor_failure = state.executor_failure()
         cloud_down = state.cloud_down()
         clock = state.clock_offset()
+        hold = PauseBook(state.client, state.qpu_id).hold()
     except redis.RedisError:
         body["reason"] = "the local broker Redis does not answer"
         return body
     body["cloud_api_reachable"] = cloud_down is None
     body["clock_offset_sec"] = round(clock[0], 1) if clock is not None else None
+    body["paused"] = hold.pause is not None
+    body["pause"] = hold.pause.as_dict() if hold.pause is not None else None
+    body["device_state"] = hold.device.value if hold.device is not None else None
     stale_after = settings.ready_stream_stale_sec
     if executor_failure is not None:
         # the executor worker stopped at boot: no job can run until the factory or device file is fixed
@@ -104,6 +116,8 @@ def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[
         # a cloud Redis that restarted empty: reads succeeded before, none can now until the bridge
         # recreates its group, however fresh its last read looks
         body["reason"] = "the job stream has no consumer group yet (the bridge recreates it)"
+    elif hold.reason is not None:
+        body["reason"] = hold.reason  # paused, or the device not ready: alive, but takes no job
     else:
         body["ready"] = True
     return body

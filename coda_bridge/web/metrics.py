@@ -6,8 +6,9 @@ The families:
 
 - the node's counters and gauges (jobs by outcome, deliveries, heartbeats,
   queue and dead-letter depths, VPN state, running jobs, the cloud clock's
-  offset, whether the cloud's API answers), and the times of the last
-  accepted heartbeat and the last stream read;
+  offset, whether the cloud's API answers, the pause with its note and end,
+  the device state), and the times of the last accepted heartbeat and the
+  last stream read;
 - the node's histograms (:mod:`coda_bridge.broker.observations`): job
   duration, one delivery request, XADD to accepted result, delivery attempts;
 - dramatiq's own metrics under dramatiq's names (``dramatiq_messages_total``,
@@ -17,7 +18,8 @@ The families:
   pending entries, the age of the oldest pending entry);
 - ``coda_bridge_build_info`` and the probes app's process metrics.
 
-No family or label carries a secret: names, queues, actors, outcomes and versions only.
+No family or label carries a secret: names, queues, actors, outcomes, versions and the
+operator's pause note only.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from ..broker.queues import QUEUES
 from ..broker.redis_broker import create_broker
 from ..broker.shared_state import NodeState
 from ..cloud.keys import group_name, stream_key
+from ..control.pause import NodeHold, PauseBook
+from ..device import DeviceState
 from ..replies import as_text
 from ..settings import Settings
 from ..vpn.states import VPN_STATES
@@ -51,6 +55,32 @@ logger = logging.getLogger(__name__)
 _JOB_OUTCOMES = ("completed", "failed", "cancelled", "skipped")
 #: On a cloud Redis before 7 (no ``lag`` in XINFO GROUPS) the unread entries are counted up to this many.
 STREAM_LAG_COUNT_MAX = 100
+
+
+def _hold_families(hold: NodeHold) -> Iterator[Any]:
+    """The pause (and its end) and the device state the executor reported."""
+    yield GaugeMetricFamily(
+        "coda_bridge_paused",
+        "1 while the node is paused (it takes no new job).",
+        value=float(hold.pause is not None),
+    )
+    yield GaugeMetricFamily(
+        "coda_bridge_pause_end_timestamp_seconds",
+        "Unix time the pause in force ends (0: not paused).",
+        value=hold.pause.until if hold.pause is not None else 0.0,
+    )
+    if hold.pause is not None:
+        info = GaugeMetricFamily("coda_bridge_pause_info", "The pause in force: its note.", labels=["note"])
+        info.add_metric([hold.pause.note], 1.0)
+        yield info
+    device = GaugeMetricFamily(
+        "coda_bridge_device_state",
+        "1 for the state the executor's status() reported (all 0: no fresh report).",
+        labels=["state"],
+    )
+    for state in DeviceState:
+        device.add_metric([state.value], 1.0 if hold.device is state else 0.0)
+    yield device
 
 
 def _package_version(name: str) -> str:
@@ -169,6 +199,7 @@ class NodeCollector:
             "1 while the cloud's API answers the node's requests, 0 since one met a transport error or 5xx.",
             value=0.0 if state.cloud_down() is not None else 1.0,
         )
+        yield from _hold_families(PauseBook(state.client, state.qpu_id).hold())
 
     def _stream(self) -> Iterator[Any]:
         """The consumer group on the cloud's job stream; only ``cloud_redis_up 0`` when it does not answer."""

@@ -17,9 +17,11 @@ from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
 from coda_bridge.broker.redis_broker import create_broker
-from coda_bridge.broker.shared_state import NodeState
+from coda_bridge.broker.shared_state import NodeState, utc_iso
 from coda_bridge.cloud.keys import group_name, stream_key
+from coda_bridge.control.pause import PauseBook
 from coda_bridge.dev.localredis import LocalRedis, free_port
+from coda_bridge.device import DeviceState
 from coda_bridge.errors import ConfigError
 from coda_bridge.settings import Settings
 from coda_bridge.web import app as web
@@ -82,6 +84,9 @@ def test_ready_200_with_every_field_and_the_running_job(app: Flask, state: NodeS
         "current_job": None,
         "cloud_api_reachable": True,
         "clock_offset_sec": None,
+        "paused": False,
+        "pause": None,
+        "device_state": None,
     }
     assert busy.status_code == 200
     assert busy.get_json()["current_job"] == "job-7"
@@ -117,6 +122,44 @@ def test_ready_shows_the_cloud_clocks_offset(app: Flask, state: NodeState) -> No
     body = app.test_client().get("/ready").get_json()
 
     assert body["clock_offset_sec"] == -600.0
+
+
+def test_ready_503_while_paused_says_so_with_the_note_and_the_end(app: Flask, state: NodeState) -> None:
+    # given a healthy node, paused with a note
+    ready_node(state)
+    pause = PauseBook(state.client, QPU).pause(60, "weekly calibration")
+
+    # when /ready is asked
+    response = app.test_client().get("/ready")
+
+    # then it is alive but not ready for work, and says it is paused, why and until when
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["paused"] is True and body["vpn_state"] == "ready"
+    assert body["pause"] == {
+        "since": utc_iso(pause.since),
+        "until": utc_iso(pause.until),
+        "note": "weekly calibration",
+    }
+    assert body["reason"] == f"the node is paused until {utc_iso(pause.until)}: weekly calibration"
+    PauseBook(state.client, QPU).resume()
+    assert app.test_client().get("/ready").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("device", "code"), [("idle", 200), ("busy", 200), ("maintenance", 503), ("error", 503)]
+)
+def test_ready_names_the_device_state_and_is_503_unless_it_takes_jobs(
+    app: Flask, state: NodeState, device: str, code: int
+) -> None:
+    ready_node(state)
+    PauseBook(state.client, QPU).set_device_state(DeviceState(device), 30)
+
+    response = app.test_client().get("/ready")
+
+    assert response.status_code == code
+    assert response.get_json()["device_state"] == device
+    assert response.get_json()["paused"] is False
 
 
 @pytest.mark.parametrize("vpn_state", ["booting", "vpn_unavailable", "degraded"])
