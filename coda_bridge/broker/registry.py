@@ -6,6 +6,10 @@ heartbeat thread refreshes; a process that dies disappears within the TTL.
 However the node was started (``coda-bridge start``, honcho, systemd,
 Kubernetes, several hosts), :func:`live_processes` lists what runs.
 
+A jobs worker marks its registration once its executor is built
+(:meth:`Registration.executor_built`); :func:`ready_jobs_workers` lists the
+live ones so marked, which is how the node knows it can run jobs.
+
 A bridge also holds ``coda-bridge:{qpu_id}:bridge:{consumer}``: a second
 bridge for the same QPU and consumer name refuses to start
 (:class:`BridgeTaken`, exit 78), naming the live one.  A holder that died
@@ -22,7 +26,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,7 @@ __all__ = [
     "bridge_key",
     "live_processes",
     "process_key",
+    "ready_jobs_workers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -106,6 +111,8 @@ class ProcessInfo:
     since: float
     pid_namespace: str = ""
     consumer: str | None = None
+    #: A worker whose executor is built (it can run jobs now).
+    executor_ready: bool = False
 
     @classmethod
     def here(cls, role: str, consumer: str | None = None) -> ProcessInfo:
@@ -135,6 +142,7 @@ class ProcessInfo:
                 since=float(data["since"]),
                 pid_namespace=str(data.get("pid_namespace") or ""),
                 consumer=data.get("consumer"),
+                executor_ready=data.get("executor_ready") is True,
             )
         except (ValueError, TypeError, KeyError):
             return None
@@ -216,6 +224,17 @@ class Registration:
         self._thread.start()
         return self
 
+    def executor_built(self) -> None:
+        """Mark this worker able to run jobs: its executor is built (never called by a bridge)."""
+        if self.bridge_key is not None:
+            raise ValueError("a bridge registration has no executor")
+        self.info = replace(self.info, executor_ready=True)
+        self._value = self.info.dumps()
+        try:
+            self.client.set(self.key, self._value, px=self.ttl_ms)
+        except redis.RedisError as exc:  # the refresh thread writes it once the broker answers
+            logger.warning("Cannot mark %s ready in the broker yet (%s); retrying.", self.info.role, exc)
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -295,3 +314,8 @@ def live_processes(client: redis.Redis, qpu_id: str) -> list[ProcessInfo]:
     # a process of this host that is gone is not live, whatever its key's time to live says
     found = [info for info in found if not info.dead_here()]
     return sorted(found, key=lambda info: (info.role, info.host, info.pid))
+
+
+def ready_jobs_workers(client: redis.Redis, qpu_id: str) -> list[ProcessInfo]:
+    """The live workers of the QPU whose executor is built: none means the node cannot run a job."""
+    return [info for info in live_processes(client, qpu_id) if info.executor_ready]

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -134,6 +134,7 @@ class LocalStack:
         env: Mapping[str, str] | None = None,
         web: bool = False,
         mode: str = "procfile",
+        devcloud_args: Sequence[str] = (),
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -145,6 +146,7 @@ class LocalStack:
         self.extra_env = dict(env or {})
         self.web = web
         self.mode = mode
+        self.devcloud_args = list(devcloud_args)
         self._killed: dict[str, int] = {}  # in start mode: the pid of the part killed last
         self.web_port = free_port()
         self.cloud_redis = LocalRedis()
@@ -171,7 +173,9 @@ class LocalStack:
         self.cloud_redis.start()
         self.broker_redis.start()
         self.devcloud = start_devcloud_process(
-            redis_url=self.cloud_redis.url, log_path=self.workdir / "devcloud.log"
+            redis_url=self.cloud_redis.url,
+            log_path=self.workdir / "devcloud.log",
+            extra_args=self.devcloud_args,
         )
         self.cloud.create_qpu(
             self.qpu_id,

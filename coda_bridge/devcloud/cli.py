@@ -17,6 +17,7 @@ import click
 
 from .app import DEFAULT_API_PREFIX
 from .client import DevCloudClient
+from .records import OFFLINE_AFTER_SEC
 from .server import DEFAULT_HOST, DEFAULT_PORT, serve
 from .transport import DevCloudError
 
@@ -56,6 +57,13 @@ def _serve_options(func: F) -> F:
         click.option(
             "--access-log/--no-access-log", default=True, show_default=True, help="Log each request."
         ),
+        click.option(
+            "--offline-after-sec",
+            type=click.FloatRange(min=0, min_open=True),
+            default=OFFLINE_AFTER_SEC,
+            show_default=True,
+            help="A QPU shows offline this long after its last accepted heartbeat.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -72,6 +80,7 @@ def _serve(
     api_prefix: str,
     accept_unknown_jobs: bool,
     access_log: bool,
+    offline_after_sec: float,
 ) -> None:
     serve(
         host,
@@ -82,6 +91,7 @@ def _serve(
         api_prefix=api_prefix,
         accept_unknown_jobs=accept_unknown_jobs,
         access_log=access_log,
+        offline_after_sec=offline_after_sec,
     )
 
 

@@ -32,7 +32,7 @@ from waitress.task import ThreadedTaskDispatcher
 from ..errors import CodaError
 from .app import DEFAULT_API_PREFIX, create_app
 from .client import DevCloudClient
-from .store import Store
+from .store import OFFLINE_AFTER_SEC, Store
 
 __all__ = [
     "DEFAULT_HOST",
@@ -152,9 +152,10 @@ def serve(
     api_prefix: str = DEFAULT_API_PREFIX,
     accept_unknown_jobs: bool = False,
     access_log: bool = True,
+    offline_after_sec: float = OFFLINE_AFTER_SEC,
 ) -> None:
     """Serve the simulator until SIGTERM or Ctrl-C (port 0 picks a free port)."""
-    store = Store()
+    store = Store(offline_after_sec)
     if state_file and store.load(state_file):
         print(f"coda-bridge devcloud loaded state from {state_file}", flush=True)
     app = create_app(

@@ -19,6 +19,7 @@ from coda_bridge.broker.registry import (
     bridge_key,
     live_processes,
     process_key,
+    ready_jobs_workers,
 )
 from coda_bridge.dev.stack import wait_until
 
@@ -125,3 +126,36 @@ def test_a_process_of_this_host_that_is_gone_is_not_listed_while_its_key_lives(c
 
     # when the processes of the QPU are listed, then it is not among them
     assert live_processes(client, "q-gone") == []
+
+
+def test_only_a_worker_whose_executor_is_built_counts_as_ready(client: redis.Redis) -> None:
+    # given a jobs worker registered but still building its executor, and a results worker
+    jobs = Registration(client, "q-ready", "jobs").start()
+    results = Registration(client, "q-ready", "results").start()
+    try:
+        # then no jobs worker is ready yet
+        assert ready_jobs_workers(client, "q-ready") == []
+        # when the jobs worker's executor is built
+        jobs.executor_built()
+        # then it is listed as ready, the results worker is not, and the mark survives a refresh
+        assert [(i.role, i.pid) for i in ready_jobs_workers(client, "q-ready")] == [("jobs", os.getpid())]
+        assert ProcessInfo.loads(client.get(jobs.key) or b"") == jobs.info
+    finally:
+        jobs.stop()
+        results.stop()
+    # and once it stopped, none is ready
+    assert ready_jobs_workers(client, "q-ready") == []
+
+
+def test_a_ready_worker_of_this_host_that_died_is_not_ready(client: redis.Redis) -> None:
+    # given the registration of a ready jobs worker of this host that was killed (its key still lives)
+    dead = ProcessInfo(**{**ProcessInfo.here("jobs").__dict__, "pid": _dead_pid(), "executor_ready": True})
+    client.set(process_key("q-ready2", dead.host, dead.pid), dead.dumps(), px=15_000)
+    # then it does not count as ready
+    assert ready_jobs_workers(client, "q-ready2") == []
+
+
+def test_a_bridge_registration_has_no_executor(client: redis.Redis) -> None:
+    registration = Registration(client, "q-ready3", "bridge", consumer="c-1")
+    with pytest.raises(ValueError, match="no executor"):
+        registration.executor_built()
