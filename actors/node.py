@@ -7,6 +7,7 @@ import sys
 import dramatiq
 
 from coda_bridge.broker.middleware import BuildAtBoot, StaleTicks, StoppingFlag
+from coda_bridge.broker.outage import install_outage_log, shown_broker
 from coda_bridge.broker.queues import JOBS_QUEUE
 from coda_bridge.broker.redis_broker import create_broker
 from coda_bridge.broker.registry import Deregister, Registration
@@ -20,6 +21,7 @@ settings = identity_or_exit(role)
 configure_logging(settings.log_level, settings.log_format)
 # a jobs worker signs only for an inline delivery during a drain, and only with a key it was given
 parts = NodeParts(settings)
+install_outage_log(shown_broker(parts.local_redis))  # dramatiq's CRITICAL every 3 s: one WARNING a minute
 registration = Registration(parts.local_redis, parts.qpu_id, role).start()
 stopping = StoppingFlag()
 broker = create_broker(settings)

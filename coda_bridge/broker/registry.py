@@ -36,6 +36,7 @@ import redis
 
 from .. import __version__
 from ..errors import ConfigError
+from .outage import broker_unavailable
 
 __all__ = [
     "REFRESH_SEC",
@@ -213,13 +214,21 @@ class Registration:
         self._delete = client.register_script(_DELETE_IF_HELD_BY)
 
     def start(self) -> Registration:
-        """Claim the bridge key (errors go on), then register; a broker that is down now is retried later."""
+        """Claim the bridge key (errors go on), then register; a broker that is down now is retried later.
+
+        A bridge cannot claim its key from a broker that does not answer: :class:`BrokerUnavailable`.
+        """
         if self.bridge_key is not None:
-            self._claim_bridge(self.bridge_key)
+            try:
+                self._claim_bridge(self.bridge_key)
+            except redis.RedisError as exc:
+                raise broker_unavailable(self.client, exc) from None
         try:
             self.client.set(self.key, self._value, px=self.ttl_ms)
         except redis.RedisError as exc:
-            logger.warning("Cannot register %s in the broker yet (%s); retrying.", self.info.role, exc)
+            logger.warning(
+                "Cannot register %s yet, retrying: %s", self.info.role, broker_unavailable(self.client, exc)
+            )
         self._thread = threading.Thread(target=self._beat, name=f"registry-{self.info.role}", daemon=True)
         self._thread.start()
         return self
@@ -233,7 +242,9 @@ class Registration:
         try:
             self.client.set(self.key, self._value, px=self.ttl_ms)
         except redis.RedisError as exc:  # the refresh thread writes it once the broker answers
-            logger.warning("Cannot mark %s ready in the broker yet (%s); retrying.", self.info.role, exc)
+            logger.warning(
+                "Cannot mark %s ready yet, retrying: %s", self.info.role, broker_unavailable(self.client, exc)
+            )
 
     def stop(self) -> None:
         self._stop.set()
