@@ -374,7 +374,7 @@ def main(args: Sequence[str] | None = None) -> int:
             values.queue, values.threads, values.consumers, values.drain_ms, values.connected_since
         )
     except CodaError as exc:  # an expected condition (the broker or the cloud does not answer): one line
-        logger.warning("%s", _what_to_do(exc))
+        logger.warning("%s", _what_to_do(exc), exc_info=logger.isEnabledFor(logging.DEBUG))  # CODA_LOG_LEVEL
         return 1
     logger.debug("worker ran %.1f s", time.monotonic() - started)
     return code
