@@ -6,9 +6,12 @@ heartbeat thread refreshes; a process that dies disappears within the TTL.
 However the node was started (``coda-bridge start``, honcho, systemd,
 Kubernetes, several hosts), :func:`live_processes` lists what runs.
 
-A jobs worker marks its registration once its executor is built
-(:meth:`Registration.executor_built`); :func:`ready_jobs_workers` lists the
-live ones so marked, which is how the node knows it can run jobs.
+A jobs worker also holds ``coda-bridge:{qpu_id}:ready:{host}:{pid}`` once
+its executor is built (:meth:`Registration.executor_built`), refreshed and
+removed with its registration; :func:`ready_jobs_workers` lists the live
+ones, which is how the node knows it can run jobs.  A key of its own: in
+one process, the bridge's, the web app's and the workers' registrations
+share the process key.
 
 A bridge also holds ``coda-bridge:{qpu_id}:bridge:{consumer}``: a second
 bridge for the same QPU and consumer name refuses to start
@@ -49,6 +52,7 @@ __all__ = [
     "live_processes",
     "process_key",
     "ready_jobs_workers",
+    "ready_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -86,6 +90,11 @@ return 0
 def process_key(qpu_id: str, host: str, pid: int | str) -> str:
     """The registration of one process."""
     return f"coda-bridge:{qpu_id}:process:{host}:{pid}"
+
+
+def ready_key(qpu_id: str, host: str, pid: int | str) -> str:
+    """Held by one process whose executor is built (a jobs worker, or a one-process node)."""
+    return f"coda-bridge:{qpu_id}:ready:{host}:{pid}"
 
 
 def bridge_key(qpu_id: str, consumer: str) -> str:
@@ -208,6 +217,8 @@ class Registration:
         self.key = process_key(qpu_id, self.info.host, self.info.pid)
         self.bridge_key = bridge_key(qpu_id, consumer) if consumer else None
         self._value = self.info.dumps()
+        #: The ready key and its value, once the executor is built.
+        self._ready: tuple[str, str] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._refresh = client.register_script(_REFRESH_IF_OURS)
@@ -237,10 +248,10 @@ class Registration:
         """Mark this worker able to run jobs: its executor is built (never called by a bridge)."""
         if self.bridge_key is not None:
             raise ValueError("a bridge registration has no executor")
-        self.info = replace(self.info, executor_ready=True)
-        self._value = self.info.dumps()
+        ready = replace(self.info, executor_ready=True)
+        self._ready = (ready_key(self.qpu_id, ready.host, ready.pid), ready.dumps())
         try:
-            self.client.set(self.key, self._value, px=self.ttl_ms)
+            self.client.set(*self._ready, px=self.ttl_ms)
         except redis.RedisError as exc:  # the refresh thread writes it once the broker answers
             logger.warning(
                 "Cannot mark %s ready yet, retrying: %s", self.info.role, broker_unavailable(self.client, exc)
@@ -252,6 +263,8 @@ class Registration:
             self._thread.join(timeout=self.refresh_sec + 1)
         with contextlib.suppress(redis.RedisError):
             self.client.delete(self.key)
+            if self._ready is not None:
+                self.client.delete(self._ready[0])
             if self.bridge_key is not None:
                 self._delete(keys=[self.bridge_key], args=[self._value])
 
@@ -259,6 +272,8 @@ class Registration:
         while not self._stop.wait(self.refresh_sec):
             try:
                 self.client.set(self.key, self._value, px=self.ttl_ms)
+                if self._ready is not None:
+                    self.client.set(*self._ready, px=self.ttl_ms)
                 if self.bridge_key is not None and not self._refresh(
                     keys=[self.bridge_key], args=[self._value, self.ttl_ms]
                 ):
@@ -317,7 +332,16 @@ def _shown(info: ProcessInfo | None) -> str:
 
 def live_processes(client: redis.Redis, qpu_id: str) -> list[ProcessInfo]:
     """Every registered process of the QPU, by role, host and pid."""
-    keys = list(client.scan_iter(match=process_key(qpu_id, "*", "*"), count=SCAN_COUNT))
+    return _live(client, process_key(qpu_id, "*", "*"))
+
+
+def ready_jobs_workers(client: redis.Redis, qpu_id: str) -> list[ProcessInfo]:
+    """The live workers of the QPU whose executor is built: none means the node cannot run a job."""
+    return [info for info in _live(client, ready_key(qpu_id, "*", "*")) if info.executor_ready]
+
+
+def _live(client: redis.Redis, pattern: str) -> list[ProcessInfo]:
+    keys = list(client.scan_iter(match=pattern, count=SCAN_COUNT))
     found: list[ProcessInfo] = []
     if keys:
         values: list[Any] = client.mget(keys)
@@ -325,8 +349,3 @@ def live_processes(client: redis.Redis, qpu_id: str) -> list[ProcessInfo]:
     # a process of this host that is gone is not live, whatever its key's time to live says
     found = [info for info in found if not info.dead_here()]
     return sorted(found, key=lambda info: (info.role, info.host, info.pid))
-
-
-def ready_jobs_workers(client: redis.Redis, qpu_id: str) -> list[ProcessInfo]:
-    """The live workers of the QPU whose executor is built: none means the node cannot run a job."""
-    return [info for info in live_processes(client, qpu_id) if info.executor_ready]

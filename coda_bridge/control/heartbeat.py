@@ -31,8 +31,11 @@ logger = logging.getLogger(__name__)
 
 #: How long a cloud-Redis health mark from a heartbeat stays valid.
 HEALTH_TTL_SEC = 90.0
-#: The absence of a ready jobs worker is forgotten this many heartbeat intervals after the last tick saw it.
+#: The absence of a ready jobs worker is forgotten this long after the last tick saw it (beyond the grace):
+#: this many heartbeat intervals, and at least the seconds below, so a few ticks dropped on a busy
+#: machine do not restart the grace, while a node started again later does not inherit the absence.
 ABSENCE_MEMORY_INTERVALS = 3
+ABSENCE_MEMORY_MIN_SEC = 60.0
 #: One PING, no retries: an unreachable cloud Redis must not hold the heartbeat back.
 PING_TIMEOUT_SEC = 2.0
 
@@ -87,7 +90,7 @@ def can_run_jobs(state: NodeState, grace_sec: float, interval_sec: float, now: f
         if state.jobs_worker_ready():
             logger.info("A jobs worker is ready again (%s); heartbeats resume.", ready[0].describe())
         return True
-    memory_sec = grace_sec + ABSENCE_MEMORY_INTERVALS * interval_sec
+    memory_sec = grace_sec + max(ABSENCE_MEMORY_INTERVALS * interval_sec, ABSENCE_MEMORY_MIN_SEC)
     absent_sec = now - state.no_jobs_worker_since(memory_sec, now)
     if absent_sec < grace_sec:
         return True

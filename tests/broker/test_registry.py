@@ -20,6 +20,7 @@ from coda_bridge.broker.registry import (
     live_processes,
     process_key,
     ready_jobs_workers,
+    ready_key,
 )
 from coda_bridge.dev.stack import wait_until
 
@@ -137,9 +138,9 @@ def test_only_a_worker_whose_executor_is_built_counts_as_ready(client: redis.Red
         assert ready_jobs_workers(client, "q-ready") == []
         # when the jobs worker's executor is built
         jobs.executor_built()
-        # then it is listed as ready, the results worker is not, and the mark survives a refresh
+        # then it is listed as ready, the results worker is not
         assert [(i.role, i.pid) for i in ready_jobs_workers(client, "q-ready")] == [("jobs", os.getpid())]
-        assert ProcessInfo.loads(client.get(jobs.key) or b"") == jobs.info
+        assert 0 < client.pttl(ready_key("q-ready", socket.gethostname(), os.getpid())) <= 15_000
     finally:
         jobs.stop()
         results.stop()
@@ -150,7 +151,7 @@ def test_only_a_worker_whose_executor_is_built_counts_as_ready(client: redis.Red
 def test_a_ready_worker_of_this_host_that_died_is_not_ready(client: redis.Redis) -> None:
     # given the registration of a ready jobs worker of this host that was killed (its key still lives)
     dead = ProcessInfo(**{**ProcessInfo.here("jobs").__dict__, "pid": _dead_pid(), "executor_ready": True})
-    client.set(process_key("q-ready2", dead.host, dead.pid), dead.dumps(), px=15_000)
+    client.set(ready_key("q-ready2", dead.host, dead.pid), dead.dumps(), px=15_000)
     # then it does not count as ready
     assert ready_jobs_workers(client, "q-ready2") == []
 
@@ -159,3 +160,25 @@ def test_a_bridge_registration_has_no_executor(client: redis.Redis) -> None:
     registration = Registration(client, "q-ready3", "bridge", consumer="c-1")
     with pytest.raises(ValueError, match="no executor"):
         registration.executor_built()
+
+
+def test_in_one_process_the_other_registrations_leave_the_ready_mark_alone(client: redis.Redis) -> None:
+    # given one process holding a node registration whose executor is built, a web one and a bridge one
+    node = Registration(client, "q-one", "node", refresh_sec=0.05).start()
+    node.executor_built()
+    web = Registration(client, "q-one", "web", refresh_sec=0.05).start()
+    bridge = Registration(client, "q-one", "bridge", consumer="c-1", refresh_sec=0.05).start()
+    try:
+        # when their refreshes have rewritten the process key many times over
+        seen = client.get(process_key("q-one", socket.gethostname(), os.getpid()))
+        wait_until(
+            lambda: client.get(process_key("q-one", socket.gethostname(), os.getpid())) != seen,
+            10,
+            "a refresh",
+        )
+        # then the process still counts as ready
+        assert [i.role for i in ready_jobs_workers(client, "q-one")] == ["node"]
+    finally:
+        for registration in (bridge, web, node):
+            registration.stop()
+    assert ready_jobs_workers(client, "q-one") == []
