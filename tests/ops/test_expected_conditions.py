@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -123,3 +124,43 @@ def test_a_cloud_answering_503_at_connect_is_one_line_per_bridge_run(
     gave_up = [line for line in _part_lines(text, "bridge") if "gave up after" in line]
     assert len(gave_up) >= 2, text[-3000:]
     assert all("WARNING" in line and "CODA_WEBAPP_URL" in line for line in gave_up), gave_up
+
+
+#: Long enough for dramatiq's consumers to lose the broker at least twice (they retry every 3 s).
+OBSERVE_SEC = 8
+
+
+def test_a_procfile_worker_with_the_broker_down_says_so_once_not_critical_every_3_s(
+    cloud_stack: LocalStack, tmp_path: Path
+) -> None:
+    # given a jobs worker run as the Procfile's line, its broker Redis not answering
+    env = _down_broker(node_env(cloud_stack))
+    env.update(CODA_QPU_ID=cloud_stack.qpu_id, CODA_REDIS_URL=cloud_stack.cloud_redis.url)
+    dramatiq = str(Path(sys.executable).with_name("dramatiq"))
+    output = tmp_path / "jobs.out"
+    with output.open("wb") as out:
+        worker = subprocess.Popen(
+            [dramatiq, "actors", "--processes", "1", "--threads", "1", "--queues", "jobs"],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        # when its consumers have met the outage for a few of their 3 s retries
+        said = "ConsumerThread(jobs): The broker Redis at"
+        wait_until(lambda: said in output.read_text(), RESTARTS_SEC, "the outage line")
+        deadline = time.monotonic() + OBSERVE_SEC
+        wait_until(
+            lambda: time.monotonic() > deadline or worker.poll() is not None, OBSERVE_SEC + 5, "a while"
+        )
+        assert worker.poll() is None, output.read_text()
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(DRAIN_TIMEOUT_SEC + 30)
+    text = output.read_text()
+    # then the consumer said it once, as a WARNING naming the fix; no CRITICAL line, no traceback
+    lines = [line for line in text.splitlines() if said in line]
+    assert len(lines) == 1 and " WARNING " in lines[0] and BROKER_FIX in lines[0], text
+    assert " CRITICAL " not in text and "Traceback" not in text, text
