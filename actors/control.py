@@ -5,7 +5,7 @@ from __future__ import annotations
 import dramatiq
 
 from coda_bridge.broker.queues import CONTROL_QUEUE, HEARTBEAT_ACTOR, VPN_CHECK_ACTOR
-from coda_bridge.control.heartbeat import send_heartbeat
+from coda_bridge.control.heartbeat import can_run_jobs, send_heartbeat
 from coda_bridge.control.ticker import one_at_a_time
 
 from .node import parts, settings
@@ -19,8 +19,9 @@ TICK_LIMIT_MS = 60_000
     actor_name=HEARTBEAT_ACTOR, queue_name=CONTROL_QUEUE, max_retries=0, time_limit=TICK_LIMIT_MS, tick=True
 )
 def heartbeat(slot_ts: float, expires_at: float | None = None) -> None:
-    """Tell the cloud the node is alive."""
-    send_heartbeat(parts.state, parts.cloud, parts.signer, settings.redis_url)
+    """Tell the cloud the node is alive, while it can run jobs."""
+    if can_run_jobs(parts.state, settings.jobs_worker_grace_sec, settings.heartbeat_interval_sec):
+        send_heartbeat(parts.state, parts.cloud, parts.signer, settings.redis_url)
 
 
 @dramatiq.actor(

@@ -14,6 +14,7 @@ from coda_bridge.broker.middleware import (
     StoppingFlag,
     SystemdNotify,
 )
+from coda_bridge.broker.outage import install_outage_log, shown_broker
 from coda_bridge.broker.queues import DELIVER_ACTOR, JOBS_QUEUE, RESULTS_QUEUE
 from coda_bridge.broker.redis_broker import create_broker
 from coda_bridge.broker.registry import Deregister, Registration
@@ -30,10 +31,11 @@ settings = identity_or_exit(role)
 configure_logging(settings.log_level, settings.log_format)
 # a jobs worker signs only for an inline delivery during a drain, and only with a key it was given
 parts = NodeParts(settings)
+install_outage_log(shown_broker(parts.local_redis))  # dramatiq's CRITICAL every 3 s: one WARNING a minute
 registration = Registration(parts.local_redis, parts.qpu_id, role).start()
 stopping = StoppingFlag()
 broker = create_broker(settings)
-broker.add_middleware(BuildAtBoot(JOBS_QUEUE, parts.host.executor, "Executor"))
+broker.add_middleware(BuildAtBoot(JOBS_QUEUE, parts.host.executor, "Executor", registration.executor_built))
 broker.add_middleware(StaleTicks())
 # before TimeLimit: a job held by a pause or the device's state is not yet running
 pauses = PauseBook(parts.local_redis, parts.qpu_id)

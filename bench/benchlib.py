@@ -239,13 +239,17 @@ def cmdline(pid: int) -> str:
 
 # -- stacks ---------------------------------------------------------------------------------------
 
+#: The no-op executor, named (a node with no executor refuses to start).
+NOOP_ENV = {"CODA_EXECUTOR_FACTORY": "noop"}
+
 
 def python_path(*extra: Path) -> str:
     return os.pathsep.join(filter(None, [*(str(p) for p in extra), os.environ.get("PYTHONPATH")]))
 
 
 def start_stack(env: Mapping[str, str] | None = None, *, web: bool = False, **kwargs: Any) -> LocalStack:
-    stack = LocalStack(env=dict(env or {}), web=web, **kwargs)
+    """A started stack whose node runs the no-op executor unless ``env`` names another."""
+    stack = LocalStack(env={**NOOP_ENV, **(env or {})}, web=web, **kwargs)
     try:
         stack.start()
     except BaseException:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import (
+    NOOP_ENV,
     CodaNodeProcess,
     append_results,
     cmdline,
@@ -280,7 +281,7 @@ def main() -> None:
 
     results: dict[str, dict[str, Any]] = {}
     for label, extra in (("start", ()), ("start --one-process", ("--one-process",))):
-        stack = LocalStack(web=True)
+        stack = LocalStack(env=NOOP_ENV, web=True)
         stack.start(processes=False)
         try:
             results[label] = _measure(BridgeStart(label, stack, *extra), args, load=not extra)

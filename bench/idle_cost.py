@@ -18,6 +18,7 @@ import time
 
 from benchlib import (
     CLK_TCK,
+    NOOP_ENV,
     StartedNode,
     append_results,
     cpu_ticks,
@@ -44,7 +45,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
-    stack = LocalStack(web=True)
+    stack = LocalStack(env=NOOP_ENV, web=True)
     stack.start(processes=False)
     node = StartedNode(stack)
     try:

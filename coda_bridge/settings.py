@@ -176,6 +176,7 @@ class Settings(BaseModel):
 
     # -- heartbeat and VPN --
     heartbeat_interval_sec: float = Field(30, gt=0)
+    jobs_worker_grace_sec: float = Field(60, gt=0)
     vpn_required: bool = True
     vpn_check_interval_sec: float = Field(10, ge=1, le=3600)
     vpn_probe_targets: list[str] = []

@@ -101,12 +101,21 @@ class BuildAtBoot(Middleware):
     exit and exits with the same status, ``coda-bridge start`` does not
     restart it, and stops with it.  Other errors are
     left to dramatiq, which logs them; the first job builds again then.
+    ``built`` is called once the build succeeded (the worker's registration
+    says it can run jobs).
     """
 
-    def __init__(self, queue: str, build: Callable[[], object], what: str) -> None:
+    def __init__(
+        self,
+        queue: str,
+        build: Callable[[], object],
+        what: str,
+        built: Callable[[], None] | None = None,
+    ) -> None:
         self.queue = queue
         self.build = build
         self.what = what
+        self.built = built
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         only = worker.consumer_whitelist
@@ -126,6 +135,8 @@ class BuildAtBoot(Middleware):
                 reason,
             )
             raise SystemExit(EX_CONFIG) from exc
+        if self.built is not None:
+            self.built()
 
 
 class StoppingFlag(Middleware):

@@ -6,6 +6,13 @@ heartbeat thread refreshes; a process that dies disappears within the TTL.
 However the node was started (``coda-bridge start``, honcho, systemd,
 Kubernetes, several hosts), :func:`live_processes` lists what runs.
 
+A jobs worker also holds ``coda-bridge:{qpu_id}:ready:{host}:{pid}`` once
+its executor is built (:meth:`Registration.executor_built`), refreshed and
+removed with its registration; :func:`ready_jobs_workers` lists the live
+ones, which is how the node knows it can run jobs.  A key of its own: in
+one process, the bridge's, the web app's and the workers' registrations
+share the process key.
+
 A bridge also holds ``coda-bridge:{qpu_id}:bridge:{consumer}``: a second
 bridge for the same QPU and consumer name refuses to start
 (:class:`BridgeTaken`, exit 78), naming the live one.  A holder that died
@@ -22,7 +29,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +39,7 @@ import redis
 
 from .. import __version__
 from ..errors import ConfigError
+from .outage import broker_unavailable
 
 __all__ = [
     "REFRESH_SEC",
@@ -43,6 +51,8 @@ __all__ = [
     "bridge_key",
     "live_processes",
     "process_key",
+    "ready_jobs_workers",
+    "ready_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -82,6 +92,11 @@ def process_key(qpu_id: str, host: str, pid: int | str, role: str) -> str:
     return f"coda-bridge:{qpu_id}:process:{host}:{pid}:{role}"
 
 
+def ready_key(qpu_id: str, host: str, pid: int | str) -> str:
+    """Held by one process whose executor is built (a jobs worker, or a one-process node)."""
+    return f"coda-bridge:{qpu_id}:ready:{host}:{pid}"
+
+
 def bridge_key(qpu_id: str, consumer: str) -> str:
     """Held by the one live bridge of a QPU with a given stream consumer name."""
     return f"coda-bridge:{qpu_id}:bridge:{consumer}"
@@ -106,6 +121,8 @@ class ProcessInfo:
     since: float
     pid_namespace: str = ""
     consumer: str | None = None
+    #: A worker whose executor is built (it can run jobs now).
+    executor_ready: bool = False
 
     @classmethod
     def here(cls, role: str, consumer: str | None = None) -> ProcessInfo:
@@ -135,6 +152,7 @@ class ProcessInfo:
                 since=float(data["since"]),
                 pid_namespace=str(data.get("pid_namespace") or ""),
                 consumer=data.get("consumer"),
+                executor_ready=data.get("executor_ready") is True,
             )
         except (ValueError, TypeError, KeyError):
             return None
@@ -199,22 +217,45 @@ class Registration:
         self.key = process_key(qpu_id, self.info.host, self.info.pid, role)
         self.bridge_key = bridge_key(qpu_id, consumer) if consumer else None
         self._value = self.info.dumps()
+        #: The ready key and its value, once the executor is built.
+        self._ready: tuple[str, str] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._refresh = client.register_script(_REFRESH_IF_OURS)
         self._delete = client.register_script(_DELETE_IF_HELD_BY)
 
     def start(self) -> Registration:
-        """Claim the bridge key (errors go on), then register; a broker that is down now is retried later."""
+        """Claim the bridge key (errors go on), then register; a broker that is down now is retried later.
+
+        A bridge cannot claim its key from a broker that does not answer: :class:`BrokerUnavailable`.
+        """
         if self.bridge_key is not None:
-            self._claim_bridge(self.bridge_key)
+            try:
+                self._claim_bridge(self.bridge_key)
+            except redis.RedisError as exc:
+                raise broker_unavailable(self.client, exc) from None
         try:
             self.client.set(self.key, self._value, px=self.ttl_ms)
         except redis.RedisError as exc:
-            logger.warning("Cannot register %s in the broker yet (%s); retrying.", self.info.role, exc)
+            logger.warning(
+                "Cannot register %s yet, retrying: %s", self.info.role, broker_unavailable(self.client, exc)
+            )
         self._thread = threading.Thread(target=self._beat, name=f"registry-{self.info.role}", daemon=True)
         self._thread.start()
         return self
+
+    def executor_built(self) -> None:
+        """Mark this worker able to run jobs: its executor is built (never called by a bridge)."""
+        if self.bridge_key is not None:
+            raise ValueError("a bridge registration has no executor")
+        ready = replace(self.info, executor_ready=True)
+        self._ready = (ready_key(self.qpu_id, ready.host, ready.pid), ready.dumps())
+        try:
+            self.client.set(*self._ready, px=self.ttl_ms)
+        except redis.RedisError as exc:  # the refresh thread writes it once the broker answers
+            logger.warning(
+                "Cannot mark %s ready yet, retrying: %s", self.info.role, broker_unavailable(self.client, exc)
+            )
 
     def stop(self) -> None:
         self._stop.set()
@@ -222,6 +263,8 @@ class Registration:
             self._thread.join(timeout=self.refresh_sec + 1)
         with contextlib.suppress(redis.RedisError):
             self.client.delete(self.key)
+            if self._ready is not None:
+                self.client.delete(self._ready[0])
             if self.bridge_key is not None:
                 self._delete(keys=[self.bridge_key], args=[self._value])
 
@@ -229,6 +272,8 @@ class Registration:
         while not self._stop.wait(self.refresh_sec):
             try:
                 self.client.set(self.key, self._value, px=self.ttl_ms)
+                if self._ready is not None:
+                    self.client.set(*self._ready, px=self.ttl_ms)
                 if self.bridge_key is not None and not self._refresh(
                     keys=[self.bridge_key], args=[self._value, self.ttl_ms]
                 ):
@@ -287,7 +332,16 @@ def _shown(info: ProcessInfo | None) -> str:
 
 def live_processes(client: redis.Redis, qpu_id: str) -> list[ProcessInfo]:
     """Every registered process of the QPU, by role, host and pid."""
-    keys = list(client.scan_iter(match=process_key(qpu_id, "*", "*", "*"), count=SCAN_COUNT))
+    return _live(client, process_key(qpu_id, "*", "*", "*"))
+
+
+def ready_jobs_workers(client: redis.Redis, qpu_id: str) -> list[ProcessInfo]:
+    """The live workers of the QPU whose executor is built: none means the node cannot run a job."""
+    return [info for info in _live(client, ready_key(qpu_id, "*", "*")) if info.executor_ready]
+
+
+def _live(client: redis.Redis, pattern: str) -> list[ProcessInfo]:
+    keys = list(client.scan_iter(match=pattern, count=SCAN_COUNT))
     found: list[ProcessInfo] = []
     if keys:
         values: list[Any] = client.mget(keys)

@@ -49,6 +49,7 @@ COUNTERS = (
     "webhook_dead_letters",
     "heartbeats_sent",
     "heartbeats_rejected",
+    "heartbeats_withheld",
 )
 
 
@@ -252,6 +253,38 @@ class NodeState:
             return float(record["offset_sec"]), float(record["at"])
         except (ValueError, KeyError, TypeError):
             return None
+
+    # -- no jobs worker ready: since when, and whether heartbeats are withheld for it --
+
+    def no_jobs_worker_since(self, ttl_sec: float, now: float | None = None) -> float:
+        """When the node was first seen without a ready jobs worker (now, if this is the first time).
+
+        The mark lapses ``ttl_sec`` after the last look, so a node stopped and started later
+        does not inherit the absence of its previous run.
+        """
+        now = time.time() if now is None else now
+        key, ttl_ms = self.key("no_jobs_worker_since"), int(ttl_sec * 1000)
+        pipe = self.client.pipeline()
+        pipe.set(key, repr(now), nx=True, px=ttl_ms)
+        pipe.pexpire(key, ttl_ms)
+        pipe.get(key)
+        value = pipe.execute()[2]
+        return float(str(as_text(value))) if value is not None else now
+
+    def withhold_heartbeats(self, ttl_sec: float) -> bool:
+        """Mark heartbeats withheld (lapsing like the absence); True when they were not already."""
+        key, ttl_ms = self.key("heartbeats_withheld"), int(ttl_sec * 1000)
+        pipe = self.client.pipeline()
+        pipe.set(key, "1", nx=True, px=ttl_ms)
+        pipe.pexpire(key, ttl_ms)
+        return bool(pipe.execute()[0])
+
+    def jobs_worker_ready(self) -> bool:
+        """Forget the absence; True when heartbeats had been withheld for it (they resume now)."""
+        pipe = self.client.pipeline()
+        pipe.delete(self.key("no_jobs_worker_since"))
+        pipe.delete(self.key("heartbeats_withheld"))
+        return bool(pipe.execute()[1])
 
     # -- counters for /metrics --
 

@@ -21,6 +21,7 @@ from .options import (
     plain_settings,
     port_option,
     require_credentials,
+    require_executor,
     site_option,
     token_option,
 )
@@ -67,6 +68,7 @@ def start(
     settings = node_settings(site, host=host, port=port)
     check_redis_urls(settings)
     require_credentials(settings, token)  # exit 78, like `bridge`: restarting cannot help
+    require_executor(settings)  # exit 78: never the no-op executor's fake results by default
     if not daemon:
         sys.exit(run_start(token=token, host=host, port=port, site=site, one_process=one_process))
     pid, log = start_detached(token=token, host=host, port=port, site=site, one_process=one_process)

@@ -31,6 +31,7 @@ __all__ = [
     "port_option",
     "redis_errors",
     "require_credentials",
+    "require_executor",
     "safe_url",
     "site_option",
     "token_option",
@@ -113,6 +114,17 @@ def check_redis_urls(settings: Any, fields: tuple[str, ...] = ("broker_url", "re
             raise BadSetting(
                 f"{_setting_name(settings, field)}={shown!r} is not a valid Redis URL: {exc}"
             ) from None
+
+
+def require_executor(settings: Any) -> None:
+    """Refuse (exit 78) a start with no executor configured or discovered: it would answer no job."""
+    from ..errors import ExecutorError
+    from ..executors.resolve import executor_spec
+
+    try:
+        executor_spec(settings)
+    except ExecutorError as exc:
+        raise BadSetting(str(exc)) from None
 
 
 def require_credentials(settings: Any, token: str | None) -> None:

@@ -113,17 +113,19 @@ def create_qpu() -> Reply:
         redis_url=opt(data, "redis_url", str),
     )
     current_cloud().store.add_qpu(qpu, replace=bool(opt(data, "replace", bool, False)))
-    return reply(qpu.view(), 201)
+    return reply(qpu.view(current_cloud().store.offline_after_sec), 201)
 
 
 @admin.get("/qpus")
 def list_qpus() -> Reply:
-    return reply({"qpus": [q.view() for q in current_cloud().store.list_qpus()]})
+    store = current_cloud().store
+    return reply({"qpus": [q.view(store.offline_after_sec) for q in store.list_qpus()]})
 
 
 @admin.get("/qpus/<qpu_id>")
 def show_qpu(qpu_id: str) -> Reply:
-    return reply(current_cloud().store.require_qpu(qpu_id).view())
+    store = current_cloud().store
+    return reply(store.require_qpu(qpu_id).view(store.offline_after_sec))
 
 
 @admin.delete("/qpus/<qpu_id>")

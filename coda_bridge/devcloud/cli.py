@@ -17,6 +17,7 @@ import click
 
 from .app import DEFAULT_API_PREFIX
 from .client import DevCloudClient
+from .records import OFFLINE_AFTER_SEC
 from .server import DEFAULT_HOST, DEFAULT_PORT, REQUIRED_HEADERS_VARIABLE, serve
 from .transport import DevCloudError
 
@@ -85,6 +86,13 @@ def _serve_options(func: F) -> F:
             is_flag=True,
             help="Answer with no usable Date header (a cloud whose clock a node cannot learn).",
         ),
+        click.option(
+            "--offline-after-sec",
+            type=click.FloatRange(min=0, min_open=True),
+            default=OFFLINE_AFTER_SEC,
+            show_default=True,
+            help="A QPU shows offline this long after its last accepted heartbeat.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -103,6 +111,7 @@ def _serve(
     access_log: bool,
     required_headers: dict[str, str],
     no_date: bool,
+    offline_after_sec: float,
 ) -> None:
     serve(
         host,
@@ -115,6 +124,7 @@ def _serve(
         access_log=access_log,
         required_headers=required_headers,
         no_date=no_date,
+        offline_after_sec=offline_after_sec,
     )
 
 

@@ -64,12 +64,12 @@ class Qpu:
     connectivity: list[list[int]] | None = None
     last_heartbeat_at: float | None = None
 
-    def view(self) -> dict[str, Any]:
-        """The admin API's JSON view."""
+    def view(self, offline_after_sec: float = OFFLINE_AFTER_SEC) -> dict[str, Any]:
+        """The admin API's JSON view; ``online`` while the last heartbeat is younger than the threshold."""
         data = dataclasses.asdict(self)
         data["provisioned"] = self.public_key_pem is not None
         data["online"] = (
-            self.last_heartbeat_at is not None and time.time() - self.last_heartbeat_at < OFFLINE_AFTER_SEC
+            self.last_heartbeat_at is not None and time.time() - self.last_heartbeat_at < offline_after_sec
         )
         return data
 

@@ -33,7 +33,7 @@ from waitress.task import ThreadedTaskDispatcher
 from ..errors import CodaError
 from .app import DEFAULT_API_PREFIX, create_app
 from .client import DevCloudClient
-from .store import Store
+from .store import OFFLINE_AFTER_SEC, Store
 
 __all__ = [
     "DEFAULT_HOST",
@@ -175,9 +175,10 @@ def serve(
     access_log: bool = True,
     required_headers: Mapping[str, str] | None = None,
     no_date: bool = False,
+    offline_after_sec: float = OFFLINE_AFTER_SEC,
 ) -> None:
     """Serve the simulator until SIGTERM or Ctrl-C (port 0 picks a free port; ``no_date``: ``--no-date``)."""
-    store = Store()
+    store = Store(offline_after_sec)
     if state_file and store.load(state_file):
         print(f"coda-bridge devcloud loaded state from {state_file}", flush=True)
     app = create_app(

@@ -58,7 +58,9 @@ STATE_FORMAT_VERSION = 1
 class Store(JobLedger, FaultWindows):
     """Thread-safe in-memory state of one simulated cloud."""
 
-    def __init__(self) -> None:
+    def __init__(self, offline_after_sec: float = OFFLINE_AFTER_SEC) -> None:
+        #: A QPU shows offline this long after its last accepted heartbeat.
+        self.offline_after_sec = offline_after_sec
         #: Guards all of it, the job and fault parts included.
         self.lock = threading.RLock()
         #: One sequence for recorded requests and deliveries, so their order can be compared.

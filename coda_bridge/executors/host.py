@@ -71,6 +71,7 @@ class ExecutorHost:
         self.state = state
         self._lock = threading.Lock()
         self._executor: Any = None
+        self._noted = False
         self.origin: str | None = None
         #: Runs on the device at once (an abandoned run keeps its slot until it really ends).
         self.run_slots = threading.BoundedSemaphore(settings.executor_concurrency)
@@ -84,11 +85,11 @@ class ExecutorHost:
         """The executor, resolved once; a :class:`~coda_bridge.errors.CodaError` when it cannot be built.
 
         A failure is recorded in the shared state (``/ready`` and ``doctor`` name it)
-        until a build succeeds.
+        until a build succeeds; what a built one can do is recorded there too, once
+        the broker answers.
         """
         with self._lock:
             if self._executor is None:
-                from .base import has_batch
                 from .first_runtime import adapt_executor
                 from .resolve import resolve_executor
 
@@ -100,10 +101,24 @@ class ExecutorHost:
                     raise
                 self._executor, self.origin = built, origin
                 logger.info("Executor: %s.", self.origin)
-                self.state.clear_executor_failure()
-                self.state.set_executor_batch(has_batch(built) and self.settings.batch_size > 1)
-                self._record_connectivity(built)
+            if not self._noted:
+                self._note_built(self._executor)
             return self._executor
+
+    def _note_built(self, built: Any) -> None:
+        """Clear the failure record, note batching and the coupling edges; a broker that is down is
+        one WARNING line, and the next call notes them again."""
+        from ..broker.outage import broker_unavailable
+        from .base import has_batch
+
+        try:
+            self.state.clear_executor_failure()
+            self.state.set_executor_batch(has_batch(built) and self.settings.batch_size > 1)
+            self._record_connectivity(built)
+        except redis.RedisError as exc:
+            logger.warning("Executor built but not recorded: %s", broker_unavailable(self.state.client, exc))
+            return
+        self._noted = True
 
     def _note_failure(self, exc: CodaError) -> None:
         """Put the build failure in the shared state; a Redis outage only loses the note, never the error."""

@@ -1,4 +1,4 @@
-"""The no-op executor: the last resort of resolution (PROTOCOL.md 4.4), useful for wiring tests."""
+"""The no-op executor: all-zero counts, only when named (``CODA_EXECUTOR_FACTORY=noop``), for wiring tests."""
 
 from __future__ import annotations
 

@@ -2,8 +2,11 @@
 
 1. the ``executor_factory`` setting (``module:attribute``);
 2. the top-level ``executor_factory`` key of the device YAML;
-3. the one importable top-level package with ``<package>.executor_factory:create_executor``;
-4. the no-op executor.
+3. the one importable top-level package with ``<package>.executor_factory:create_executor``.
+
+With none of them the node refuses to run (:class:`~coda_bridge.errors.ExecutorError`, exit 78):
+unlike the first runtime, it never falls back to the no-op executor, whose all-zero counts a
+real QPU would report as results.  The no-op executor runs only when named: ``executor_factory = "noop"``.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from .noop import NoopExecutor
 
 __all__ = [
     "DEFAULT_DEVICE_CONFIG",
+    "NOOP_SPEC",
     "DISCOVERY_ATTRIBUTE",
     "DISCOVERY_MODULE",
     "discover_backends",
+    "executor_spec",
     "load_executor",
     "resolve_executor",
 ]
@@ -44,6 +49,13 @@ DEFAULT_DEVICE_CONFIG = Path(SETTINGS_DEVICE_CONFIG)
 DISCOVERY_MODULE = "executor_factory"
 #: Factory attribute of that submodule.
 DISCOVERY_ATTRIBUTE = "create_executor"
+#: The ``executor_factory`` value that names the no-op executor (it is never picked otherwise).
+NOOP_SPEC = "noop"
+#: What to do when no executor is configured, at the end of the refusal.
+HOW_TO_SET = (
+    "set CODA_EXECUTOR_FACTORY=module:create_executor (or CODA_EXECUTOR_FACTORY=noop for the "
+    "all-zeros test executor)"
+)
 #: Longest excerpt of a foreign error text quoted in a message.
 QUOTE_MAX_CHARS = 200
 
@@ -66,47 +78,42 @@ def _brief(exc: BaseException) -> str:
 
 
 def resolve_executor(settings: Any) -> tuple[object, str]:
-    """The executor to use and a human description of where it came from."""
+    """The executor to use and a human description of where it came from.
+
+    :class:`~coda_bridge.errors.ExecutorError` when none is configured or discovered.
+    """
+    spec, origin = executor_spec(settings)
+    return load_executor(spec, settings), origin
+
+
+def executor_spec(settings: Any) -> tuple[Any, str]:
+    """Which executor the settings name and where that came from, without importing it.
+
+    ``start`` asks before starting any process: with nothing configured or discovered it is
+    an :class:`~coda_bridge.errors.ExecutorError` saying how to set one.
+    """
     spec = _setting(settings, "executor_factory")
     if spec:
-        origin = f"setting executor_factory={spec}"
-        return load_executor(spec, settings), origin
+        return spec, f"setting executor_factory={spec}"
 
     config_path = _device_config_path(settings)
     if config_path is not None:
         spec = _device_config_factory(config_path)
         if spec:
-            return load_executor(spec, settings), f"device config {config_path} executor_factory={spec}"
+            return spec, f"device config {config_path} executor_factory={spec}"
 
     backends = discover_backends()
     if len(backends) == 1:
-        package = backends[0]
-        spec = f"{package}.{DISCOVERY_MODULE}:{DISCOVERY_ATTRIBUTE}"
-        module = _import(f"{package}.{DISCOVERY_MODULE}", spec)
-        if hasattr(module, DISCOVERY_ATTRIBUTE):
-            return load_executor(spec, settings), f"discovered package {package} ({spec})"
-        logger.warning(
-            "package %s has a %s module without %s(); using the no-op executor",
-            package,
-            DISCOVERY_MODULE,
-            DISCOVERY_ATTRIBUTE,
-        )
-    elif backends:
-        logger.warning(
-            "several packages provide %s.%s (%s); set executor_factory to choose one; "
-            "using the no-op executor",
-            DISCOVERY_MODULE,
-            DISCOVERY_ATTRIBUTE,
-            ", ".join(backends),
-        )
+        spec = f"{backends[0]}.{DISCOVERY_MODULE}:{DISCOVERY_ATTRIBUTE}"
+        return spec, f"discovered package {backends[0]} ({spec})"
+    if backends:
+        found = f"several packages provide {DISCOVERY_MODULE}.{DISCOVERY_ATTRIBUTE} ({', '.join(backends)})"
     else:
-        logger.warning(
-            "no executor_factory setting, device config entry or package with %s.%s; "
-            "using the no-op executor",
-            DISCOVERY_MODULE,
-            DISCOVERY_ATTRIBUTE,
+        found = (
+            f"no executor_factory setting, device config entry or package with "
+            f"{DISCOVERY_MODULE}.{DISCOVERY_ATTRIBUTE}"
         )
-    return NoopExecutor(), "no-op executor (no executor factory configured or discovered)"
+    raise ExecutorError(f"no executor is configured: {found}; {HOW_TO_SET}")
 
 
 # --------------------------------------------------------------------------- device config
@@ -227,11 +234,14 @@ def _untrusted_module(module_name: str) -> str | None:
 def load_executor(spec: Any, settings: Any = None) -> object:
     """The executor named by ``spec`` (``module:attribute``), instantiated when it is a factory.
 
-    ``spec`` may also be the executor or the factory itself, for settings built in code.
+    ``spec`` may also be the executor or the factory itself, for settings built in code;
+    :data:`NOOP_SPEC` names the no-op executor.
     """
     if not isinstance(spec, str):
         return _instantiate(spec, _show_target(spec), settings)
     spec = spec.strip()
+    if spec == NOOP_SPEC:
+        return NoopExecutor()
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise ExecutorError(f"executor factory {spec!r} must look like 'module:attribute'")

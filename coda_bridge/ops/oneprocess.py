@@ -114,7 +114,7 @@ class _Node:
         return server, thread
 
     def run(self, stop: StopSignal) -> int:
-        from ..errors import ConfigError
+        from ..errors import CodaError, ConfigError
 
         boot_process(self.broker)
         try:
@@ -134,11 +134,11 @@ class _Node:
         bridge = BridgeRunner(self.settings, self.broker)
         try:
             bridge.start()
-        except ConfigError as exc:  # another bridge holds this QPU and consumer name
-            logger.error("%s", exc)
+        except CodaError as exc:  # another bridge holds this QPU and consumer name (78), or no broker
+            (logger.error if isinstance(exc, ConfigError) else logger.warning)("%s", exc)
             stop_all(started, 0)
             server.close()
-            return EX_CONFIG
+            return EX_CONFIG if isinstance(exc, ConfigError) else 1
         web.start()
         stop.running()
         logger.info(

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
 from typing import Any
 
-from ..errors import AuthError, ClockRefused, ConfigError, NodeError
+from ..errors import AuthError, ClockRefused, CodaError, ConfigError, NodeError
 from ..logs import configure_logging, mask
 from ..trust import python_argv
 from .exits import EX_CONFIG, FORCED_EXIT
@@ -369,14 +369,26 @@ def main(args: Sequence[str] | None = None) -> int:
     worker.add_argument("--drain-ms", type=int, default=30_000)
     worker.add_argument("--connected-since", type=float, default=None)
     values = parser.parse_args(args)
-    if values.part == "bridge":
-        return run_bridge_process()
-    started = time.monotonic()
-    code = run_worker_process(
-        values.queue, values.threads, values.consumers, values.drain_ms, values.connected_since
-    )
+    try:
+        if values.part == "bridge":
+            return run_bridge_process()
+        started = time.monotonic()
+        code = run_worker_process(
+            values.queue, values.threads, values.consumers, values.drain_ms, values.connected_since
+        )
+    except CodaError as exc:  # an expected condition (the broker or the cloud does not answer): one line
+        logger.warning("%s", _what_to_do(exc), exc_info=logger.isEnabledFor(logging.DEBUG))  # CODA_LOG_LEVEL
+        return 1
     logger.debug("worker ran %.1f s", time.monotonic() - started)
     return code
+
+
+def _what_to_do(exc: CodaError) -> str:
+    """The error's one line, with what to do when the error does not already say it."""
+    text = mask(" ".join(str(exc).split()))
+    if isinstance(exc, NodeError):  # a 5xx or no answer at connect (a 4xx ended the process with 78)
+        return f"{text}; this part restarts and connects again (check the network and CODA_WEBAPP_URL)"
+    return text
 
 
 if __name__ == "__main__":

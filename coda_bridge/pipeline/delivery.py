@@ -1,7 +1,8 @@
 """The result-webhook actor's work: post a job's one recorded result, then write its terminal status.
 
 A delivery posts the recorded result with a fresh JWT.  5xx and transport
-errors raise a retryable :class:`WebhookError`, and dramatiq's Retries
+errors are one WARNING line and a :class:`DeliveryRetry` (dramatiq's
+``Retry``, which its worker never logs as an error), and dramatiq's Retries
 middleware tries again with backoff; 4xx is final.  Once the cloud
 accepted the result, the delivery is marked so a retry (or a duplicate
 message) only finishes the status write and never posts again.
@@ -29,7 +30,7 @@ from ..settings import Settings
 from .records import RecordStore
 from .status import CloudStatus
 
-__all__ = ["Deliverer", "should_retry"]
+__all__ = ["Deliverer", "DeliveryRetry", "should_retry"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +38,19 @@ logger = logging.getLogger(__name__)
 LEASE_MARGIN_SEC = 5.0
 
 
+class DeliveryRetry(dramatiq.Retry):
+    """An attempt failed in a way a later one may not (5xx, transport, the status write).
+
+    Logged as one WARNING line where it happens; it counts against the delivery retries.
+    """
+
+
 def should_retry(max_retries: int) -> Any:
     """dramatiq ``retry_when``: transport errors, 5xx and Redis outages, up to ``max_retries``; never 4xx."""
 
     def retry_when(retries: int, exc: BaseException) -> bool:
+        if isinstance(exc, DeliveryRetry):
+            return retries < max_retries
         if isinstance(exc, dramatiq.Retry):  # another delivery of the job is in flight: always look again
             return True
         retryable = isinstance(exc, redis.RedisError) or (isinstance(exc, WebhookError) and exc.retryable)
@@ -95,7 +105,7 @@ class Deliverer:
         attempted = callback_allowed(callback_url, settings.webapp_url, settings.allowed_callback_hosts)
         post_sec = 0.0
         if attempted:
-            outcome, refused, post_sec = self._post(job_id, callback_url, payload)
+            outcome, refused, post_sec = self._post(job_id, callback_url, payload, attempt)
             failpoint("delivery.after_post")
         else:
             outcome = "refused"
@@ -120,13 +130,27 @@ class Deliverer:
         elif outcome != "duplicate":
             self.state.count("jobs_failed", pipe=pipe)
         pipe.execute()
-        self.status.delivered(job_id, payload, refused, entry_id)
+        try:
+            self.status.delivered(job_id, payload, refused, entry_id)
+        except WebhookError as exc:  # the status write met a cloud Redis outage; the next attempt writes it
+            raise self._retry(job_id, attempt, exc) from exc
         return outcome
 
-    def _post(self, job_id: str, callback_url: str, payload: dict[str, Any]) -> tuple[str, str | None, float]:
+    def _retry(self, job_id: str, attempt: int, exc: WebhookError) -> DeliveryRetry:
+        """One WARNING line for a failed attempt (no traceback: the condition is expected), and the retry."""
+        attempts = self.settings.webhook_max_retries + 1
+        then = "retrying with backoff" if attempt < attempts else "the last one: dead-lettered for `replay`"
+        logger.warning(
+            "Delivery of job %s failed (attempt %d of %d, %s): %s", job_id, attempt, attempts, then, exc
+        )
+        return DeliveryRetry(str(exc))
+
+    def _post(
+        self, job_id: str, callback_url: str, payload: dict[str, Any], attempt: int
+    ) -> tuple[str, str | None, float]:
         """POST the result; returns the outcome, why the cloud refused it (if it did) and the seconds it took.
 
-        A retryable failure is counted, frees the lease and propagates.
+        A retryable failure is counted, frees the lease and raises :class:`DeliveryRetry`.
         """
         started = time.monotonic()
         try:
@@ -134,14 +158,13 @@ class Deliverer:
         except WebhookError as exc:
             took = time.monotonic() - started
             if exc.retryable:
-                logger.warning("Delivery of job %s failed, will retry: %s", job_id, exc)
                 pipe = self.records.client.pipeline(transaction=False)
                 self.state.count("webhook_attempts", pipe=pipe)
                 self.state.count("webhook_failures", pipe=pipe)
                 self.histograms.observe(WEBHOOK_DURATION.name, took, {"outcome": "retryable"}, pipe=pipe)
                 self.records.release_lease(job_id, pipe)
                 pipe.execute()
-                raise
+                raise self._retry(job_id, attempt, exc) from exc
             if self.status.state_of(job_id) == "completed":
                 logger.info("Job %s: cloud refused a repeat delivery it had already accepted.", job_id)
                 return "duplicate", None, took

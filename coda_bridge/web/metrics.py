@@ -40,6 +40,7 @@ from ..broker.histograms import Histograms, entry_time_sec
 from ..broker.observations import DramatiqReader
 from ..broker.queues import QUEUES
 from ..broker.redis_broker import create_broker
+from ..broker.registry import ready_jobs_workers
 from ..broker.shared_state import NodeState
 from ..cloud.keys import group_name, stream_key
 from ..control.pause import NodeHold, PauseBook
@@ -153,6 +154,16 @@ class NodeCollector:
             "coda_bridge_heartbeats_rejected",
             "Heartbeats refused or not delivered.",
             value=counters["heartbeats_rejected"],
+        )
+        yield CounterMetricFamily(
+            "coda_bridge_heartbeats_withheld",
+            "Heartbeats not sent because no jobs worker had a built executor for longer than the grace.",
+            value=counters["heartbeats_withheld"],
+        )
+        yield GaugeMetricFamily(
+            "coda_bridge_jobs_workers_ready",
+            "Live jobs workers whose executor is built (0: the node cannot run a job).",
+            value=float(len(ready_jobs_workers(state.client, state.qpu_id))),
         )
         depth = GaugeMetricFamily("coda_bridge_queue_depth", "Messages waiting, by queue.", labels=["queue"])
         dead = GaugeMetricFamily(

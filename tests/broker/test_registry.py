@@ -19,6 +19,8 @@ from coda_bridge.broker.registry import (
     bridge_key,
     live_processes,
     process_key,
+    ready_jobs_workers,
+    ready_key,
 )
 from coda_bridge.dev.stack import wait_until
 
@@ -144,3 +146,58 @@ def test_a_process_of_this_host_that_is_gone_is_not_listed_while_its_key_lives(c
 
     # when the processes of the QPU are listed, then it is not among them
     assert live_processes(client, "q-gone") == []
+
+
+def test_only_a_worker_whose_executor_is_built_counts_as_ready(client: redis.Redis) -> None:
+    # given a jobs worker registered but still building its executor, and a results worker
+    jobs = Registration(client, "q-ready", "jobs").start()
+    results = Registration(client, "q-ready", "results").start()
+    try:
+        # then no jobs worker is ready yet
+        assert ready_jobs_workers(client, "q-ready") == []
+        # when the jobs worker's executor is built
+        jobs.executor_built()
+        # then it is listed as ready, the results worker is not
+        assert [(i.role, i.pid) for i in ready_jobs_workers(client, "q-ready")] == [("jobs", os.getpid())]
+        assert 0 < client.pttl(ready_key("q-ready", socket.gethostname(), os.getpid())) <= 15_000
+    finally:
+        jobs.stop()
+        results.stop()
+    # and once it stopped, none is ready
+    assert ready_jobs_workers(client, "q-ready") == []
+
+
+def test_a_ready_worker_of_this_host_that_died_is_not_ready(client: redis.Redis) -> None:
+    # given the registration of a ready jobs worker of this host that was killed (its key still lives)
+    dead = ProcessInfo(**{**ProcessInfo.here("jobs").__dict__, "pid": _dead_pid(), "executor_ready": True})
+    client.set(ready_key("q-ready2", dead.host, dead.pid), dead.dumps(), px=15_000)
+    # then it does not count as ready
+    assert ready_jobs_workers(client, "q-ready2") == []
+
+
+def test_a_bridge_registration_has_no_executor(client: redis.Redis) -> None:
+    registration = Registration(client, "q-ready3", "bridge", consumer="c-1")
+    with pytest.raises(ValueError, match="no executor"):
+        registration.executor_built()
+
+
+def test_in_one_process_the_other_registrations_leave_the_ready_mark_alone(client: redis.Redis) -> None:
+    # given one process holding a node registration whose executor is built, a web one and a bridge one
+    node = Registration(client, "q-one", "node", refresh_sec=0.05).start()
+    node.executor_built()
+    web = Registration(client, "q-one", "web", refresh_sec=0.05).start()
+    bridge = Registration(client, "q-one", "bridge", consumer="c-1", refresh_sec=0.05).start()
+    try:
+        # when their refreshes have rewritten the process key many times over
+        seen = client.get(process_key("q-one", socket.gethostname(), os.getpid(), "web"))
+        wait_until(
+            lambda: client.get(process_key("q-one", socket.gethostname(), os.getpid(), "web")) != seen,
+            10,
+            "a refresh",
+        )
+        # then the process still counts as ready
+        assert [i.role for i in ready_jobs_workers(client, "q-one")] == ["node"]
+    finally:
+        for registration in (bridge, web, node):
+            registration.stop()
+    assert ready_jobs_workers(client, "q-one") == []

@@ -223,10 +223,20 @@ def test_default_site_device_yaml(modules: Writer) -> None:
 
 @pytest.mark.parametrize("content", ["", "name: lab\n", "executor_factory:\n", "executor_factory: ''\n"])
 def test_device_yaml_without_factory_falls_through(modules: Writer, tmp_path: Path, content: str) -> None:
+    # given a device file that names no factory, and nothing else configured
     device = tmp_path / "device.yaml"
     device.write_text(content)
-    executor, _ = resolve_executor(settings(device_config=str(device)))
+    # when the executor is resolved, then nothing is found and the node is refused one
+    with pytest.raises(ExecutorError, match="no executor is configured"):
+        resolve_executor(settings(device_config=str(device)))
+
+
+def test_device_yaml_may_name_the_noop_executor(modules: Writer, tmp_path: Path) -> None:
+    device = tmp_path / "device.yaml"
+    device.write_text("executor_factory: noop\n")
+    executor, origin = resolve_executor(settings(device_config=str(device)))
     assert isinstance(executor, NoopExecutor)
+    assert origin.endswith("executor_factory=noop")
 
 
 @pytest.mark.parametrize(
@@ -289,35 +299,42 @@ def test_discovery_does_not_import_packages(modules: Writer) -> None:
     assert "heavy_two" not in sys.modules
 
 
-def test_several_backends_warn_and_fall_back(modules: Writer, caplog: pytest.LogCaptureFixture) -> None:
+def test_several_backends_are_refused_naming_them(modules: Writer) -> None:
+    # given two installed packages that both provide an executor factory
     for name in ("backend_a", "backend_b"):
         modules(f"{name}/__init__.py", "")
         modules(f"{name}/executor_factory.py", BACKEND_FACTORY)
     refresh()
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        executor, origin = resolve_executor(settings())
-    assert isinstance(executor, NoopExecutor)
-    assert origin.startswith("no-op executor")
-    assert "backend_a, backend_b" in caplog.text
+    # when the executor is resolved, then it is refused naming both and how to choose
+    with pytest.raises(ExecutorError) as refused:
+        resolve_executor(settings())
+    assert "backend_a, backend_b" in str(refused.value)
+    assert "set CODA_EXECUTOR_FACTORY=" in str(refused.value)
     assert "backend_a" not in sys.modules
 
 
-def test_no_backend_warns_and_falls_back(modules: Writer, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        executor, origin = resolve_executor(settings())
-    assert isinstance(executor, NoopExecutor)
-    assert origin == "no-op executor (no executor factory configured or discovered)"
-    assert "using the no-op executor" in caplog.text
+def test_no_executor_anywhere_is_refused_saying_how_to_set_one(
+    modules: Writer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given no setting, no device file and no backend package
+    # when the executor is resolved
+    with caplog.at_level(logging.WARNING, logger=LOGGER), pytest.raises(ExecutorError) as refused:
+        resolve_executor(settings())
+    # then it is one line saying how to set one, never a silent all-zeros executor
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("no executor is configured: no executor_factory setting")
+    assert "set CODA_EXECUTOR_FACTORY=module:create_executor" in message
+    assert "CODA_EXECUTOR_FACTORY=noop" in message
+    assert "no-op" not in caplog.text
 
 
-def test_backend_module_without_create_executor(modules: Writer, caplog: pytest.LogCaptureFixture) -> None:
+def test_backend_module_without_create_executor_is_refused(modules: Writer) -> None:
     modules("half_backend/__init__.py", "")
     modules("half_backend/executor_factory.py", "def something_else():\n    pass\n")
     refresh()
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        executor, _ = resolve_executor(settings())
-    assert isinstance(executor, NoopExecutor)
-    assert "half_backend" in caplog.text
+    with pytest.raises(ExecutorError, match=r"half_backend.executor_factory has no attribute"):
+        resolve_executor(settings())
 
 
 def test_broken_backend_is_an_error(modules: Writer) -> None:
@@ -341,12 +358,19 @@ def test_device_config_wins_over_discovery(modules: Writer, tmp_path: Path) -> N
     assert executor.origin == "yaml"  # type: ignore[attr-defined]
 
 
-# --------------------------------------------------------------------------- 4. the no-op executor
+# ------------------------------------------------------------------- 4. the no-op executor, by name only
 
 
-def test_no_settings_at_all(modules: Writer) -> None:
-    executor, _ = resolve_executor(None)
+def test_no_settings_at_all_is_refused(modules: Writer) -> None:
+    with pytest.raises(ExecutorError, match="no executor is configured"):
+        resolve_executor(None)
+
+
+@pytest.mark.parametrize("spec", ["noop", " noop "])
+def test_noop_runs_when_named(modules: Writer, spec: str) -> None:
+    executor, origin = resolve_executor(settings(executor_factory=spec))
     assert isinstance(executor, NoopExecutor)
+    assert origin.startswith("setting executor_factory=") and "noop" in origin
 
 
 class _Got:

@@ -20,8 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 @pytest.fixture
 def cloud_stack(tmp_path: Path) -> Iterator[LocalStack]:
-    """Both Redis servers and the simulator with the QPU registered; no node processes."""
-    stack = LocalStack(tmp_path / "stack")
+    """Both Redis servers and the simulator with the QPU registered; no node processes.
+
+    The node it is for runs the no-op executor, named: a node with none configured refuses to start.
+    """
+    stack = LocalStack(tmp_path / "stack", env={"CODA_EXECUTOR_FACTORY": "noop"})
     (tmp_path / "stack").mkdir()
     try:
         stack.start(processes=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 
 import pytest
 from pipeline_support import circuit, deliveries, status
@@ -69,3 +70,28 @@ def test_a_result_out_of_retries_is_dead_lettered_and_replay_delivers_it(stack: 
     assert job_id not in subprocess.run(listing, env=env, capture_output=True, text=True, check=True).stdout
     wait_until(lambda: status(stack, job_id).get("state") == "completed", 10, "the completed status")
     assert len([d for d in deliveries(stack, job_id) if d.get("accepted")]) == 1
+
+
+def test_each_webhook_retry_is_one_warning_line_without_a_traceback(stack: LocalStack) -> None:
+    # given the cloud answers the first 3 deliveries of a job with 503
+    log = stack.workdir / "results.log"
+    seen = log.stat().st_size if log.exists() else 0
+    job_id = f"retried-{uuid.uuid4().hex[:8]}"
+    stack.cloud.set_fault("webhook", 503, count=3, job_id=job_id)
+    try:
+        # when the job runs and its result is delivered
+        stack.cloud.submit(stack.qpu_id, circuit(), 10, job_id=job_id)
+        result = stack.cloud.wait_for_result(job_id, timeout_sec=30)
+    finally:
+        stack.cloud.clear_faults()
+    assert result["status"] == "completed"
+
+    # then the results worker logged no ERROR line nor traceback
+    with log.open("rb") as handle:
+        handle.seek(seen)
+        lines = handle.read().decode(errors="replace").splitlines()
+    assert [line for line in lines if " ERROR " in line or "Traceback" in line] == [], "\n".join(lines)
+    # and one WARNING line per failed attempt, each saying it retries
+    warnings = [line for line in lines if f"Delivery of job {job_id} failed" in line]
+    assert len(warnings) == 3, "\n".join(lines)
+    assert all(" WARNING " in line and "retrying with backoff" in line for line in warnings), warnings
