@@ -3,16 +3,21 @@
 :class:`BridgeProcess` is the one bridge every launcher runs: ``coda-bridge
 bridge`` (the Procfile, systemd, Kubernetes) and the bridge process of
 ``coda-bridge start`` run it through :func:`run_bridge`, ``start
---one-process`` in a thread.  A stop ends it after its current round (a
-blocked stream read returns within ``stream_block_ms``).
+--one-process`` in a thread.  A stop ends it after its current round; a
+stream read that waits for new entries is ended at once (``CLIENT UNBLOCK``:
+it returns empty, as at its timeout), or where the cloud's Redis refuses
+that, returns within ``stream_block_ms``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+from uuid import uuid4
 
 import redis
 
@@ -20,6 +25,7 @@ from ..broker.queues import HEARTBEAT_ACTOR, VPN_CHECK_ACTOR
 from ..broker.redis_broker import CodaBroker, create_broker
 from ..broker.registry import Registration
 from ..broker.shared_state import NodeState
+from ..cloud.redis_client import cloud_redis_client
 from ..control.ticker import Tick, Ticker
 from ..errors import ConfigError, VPNError
 from ..identity.connect import connect_node, load_node_settings
@@ -34,6 +40,8 @@ VPN_SETTLE_SEC = 10.0
 VPN_SETTLE_POLL_SEC = 1.0
 #: Socket timeouts of the broker client that holds the bridge's registration, in seconds.
 REGISTRY_TIMEOUT_SEC = 5.0
+#: Socket timeouts of the look that ends a blocked stream read on a stop, in seconds.
+UNBLOCK_TIMEOUT_SEC = 1.0
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +170,12 @@ class BridgeProcess:
         )
         # under a Type=notify unit: READY=1 once the cloud's stream is read, then a watchdog ping per round
         self.notifier = CycleNotifier(ready=state.cloud_redis_healthy)
-        self.bridge = StreamBridge(settings, broker, state, on_cycle=self.notifier.cycle)
+        #: What this process's connections to the cloud's Redis are called, so a stop finds its read.
+        self.client_name = f"coda-bridge-{os.getpid()}-{uuid4().hex[:12]}"  # no spaces (CLIENT SETNAME)
+        cloud = cloud_redis_client(
+            settings.redis_url, block_sec=settings.stream_block_ms / 1000, client_name=self.client_name
+        )
+        self.bridge = StreamBridge(settings, broker, state, cloud=cloud, on_cycle=self.notifier.cycle)
 
     def register(self) -> BridgeProcess:
         """Hold this QPU's bridge (:class:`~coda_bridge.broker.registry.BridgeTaken` while another lives)."""
@@ -188,8 +201,34 @@ class BridgeProcess:
                 self.registration.stop()
 
     def stop(self) -> None:
-        """Ask for a stop (from a signal handler or another thread): no new round starts."""
+        """Ask for a stop (from a signal handler or another thread): no new round starts.
+
+        A read that waits for new entries is ended now, from a thread of its own (never blocks the caller).
+        """
         self.bridge.stop()
+        threading.Thread(target=self._end_blocked_read, name="coda-bridge-unblock", daemon=True).start()
+
+    def _end_blocked_read(self) -> None:
+        """``CLIENT UNBLOCK`` this process's blocked read: it returns empty, as at its timeout (nothing lost).
+
+        Where the cloud's Redis refuses it (an ACL without ``CLIENT``), the read ends at its timeout.
+        """
+        try:
+            client = redis.Redis.from_url(
+                self.settings.redis_url or "",
+                socket_timeout=UNBLOCK_TIMEOUT_SEC,
+                socket_connect_timeout=UNBLOCK_TIMEOUT_SEC,
+            )
+            try:
+                for entry in client.client_list():
+                    if entry.get("name") == self.client_name and "b" in entry.get("flags", ""):
+                        client.client_unblock(int(entry["id"]))
+            finally:
+                client.close()
+        except redis.RedisError as exc:
+            logger.info(
+                "Cannot end the blocked stream read early (%s); it ends at its timeout.", type(exc).__name__
+            )
 
 
 def run_bridge(
