@@ -27,6 +27,8 @@ from coda_bridge.devcloud.client import DevCloudClient
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
+#: What ``--mode procfile`` runs: the repo Procfile's own command lines (``coda-bridge bridge``, ...).
+PROCFILE = REPO_ROOT / "Procfile"
 RESULTS_PATH = BENCH_DIR / "RESULTS.md"
 #: Clock ticks per second, for /proc/<pid>/stat utime and stime.
 CLK_TCK = os.sysconf("SC_CLK_TCK")

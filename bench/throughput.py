@@ -21,6 +21,7 @@ from typing import Any
 
 from benchlib import (
     CODA_NODE_VERSION,
+    PROCFILE,
     CodaNodeProcess,
     append_results,
     job_views,
@@ -128,7 +129,7 @@ def main() -> None:
     node_n = args.coda_node_n or args.n
     node_idle_n = args.coda_node_idle_n or args.idle_n
 
-    stack = start_stack(mode=args.mode)
+    stack = start_stack(mode=args.mode, procfile=PROCFILE if args.mode == "procfile" else None)
     try:
         wait_idle_workers(2.0)
         print(f"coda-bridge: {args.n} jobs burst, {args.idle_n} one at a time...", flush=True)

@@ -36,12 +36,13 @@ def bridge(token: str | None) -> None:
     Example:
       coda-bridge bridge --token "$NODE_TOKEN"
     """
-    from ..pipeline.bridge import run_bridge
+    from ..ops.runners import StopSignal, run_bridge_main
 
     configure_logging()
+    stop = StopSignal().install()  # as under `start`: a first SIGTERM drains, a second ends it at once
     try:
         check_redis_urls(node_settings())  # before a one-time token is spent on connecting
-        run_bridge(token=token)
+        run_bridge_main(token, stop)
     except (ConfigError, AuthError) as exc:
         raise Unrecoverable(str(exc)) from exc
     except NodeError as exc:

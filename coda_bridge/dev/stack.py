@@ -4,7 +4,8 @@
 local broker), the local cloud simulator, registers a QPU, and runs the
 node's processes as real subprocesses with their logs in a work directory:
 the Procfile's lines (``mode="procfile"``, each process can be killed,
-restarted and signalled on its own), ``coda-bridge start``
+restarted and signalled on its own; given ``procfile``, that file's own
+command lines, as ``honcho start`` runs them), ``coda-bridge start``
 (``mode="start"``: its supervisor restarts a part that was killed), or
 ``coda-bridge start --one-process`` (``mode="one-process"``: one process
 named ``node``, killed and started again like a Procfile line).
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,7 +37,7 @@ from ..ops.proctree import alive, descendants, process_tree
 from ..settings import load_settings
 from .localredis import LocalRedis, free_port
 
-__all__ = ["MODES", "START_PARTS", "LocalStack", "wait_until"]
+__all__ = ["MODES", "START_PARTS", "LocalStack", "procfile_specs", "wait_until"]
 
 #: How long a process gets between SIGTERM and SIGKILL when a stack stops.
 STOP_GRACE_SEC = 10.0
@@ -54,6 +57,27 @@ START_PARTS = {
     "control": "--queues control ",
     "web": "gunicorn",
 }
+
+
+def procfile_specs(procfile: Path, python: str = sys.executable) -> dict[str, ProcessSpec]:
+    """A Procfile's lines as written, but its ``redis`` line (a stack runs its own broker).
+
+    Each command is looked up first beside ``python`` (the virtualenv's
+    ``coda-bridge`` and ``dramatiq``), as ``honcho start`` in that
+    virtualenv finds them on its ``PATH``.
+    """
+    path = os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", os.defpath)])
+    specs = {}
+    for line in procfile.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, _, command = line.partition(":")
+        if name.strip() == "redis":
+            continue
+        argv = shlex.split(command)
+        argv[0] = shutil.which(argv[0], path=path) or argv[0]
+        specs[name.strip()] = ProcessSpec(name.strip(), tuple(argv))
+    return specs
 
 
 def wait_until(condition: Callable[[], Any], timeout_sec: float, what: str) -> Any:
@@ -134,6 +158,7 @@ class LocalStack:
         env: Mapping[str, str] | None = None,
         web: bool = False,
         mode: str = "procfile",
+        procfile: Path | None = None,
         required_headers: Mapping[str, str] | None = None,
         devcloud_args: Sequence[str] = (),
     ) -> None:
@@ -148,6 +173,8 @@ class LocalStack:
         self.devcloud_args = list(devcloud_args)
         self.web = web
         self.mode = mode
+        #: In procfile mode, the Procfile whose lines run (by default the lines ``node_processes`` builds).
+        self.procfile = procfile
         #: Headers the simulator's node API demands (a protected staging cloud); none by default.
         self.required_headers = dict(required_headers or {})
         self._killed: dict[str, int] = {}  # in start mode: the pid of the part killed last
@@ -229,6 +256,9 @@ class LocalStack:
             return {
                 "node": ProcessSpec("node", (sys.executable, "-m", "coda_bridge", "start", "--one-process"))
             }
+        if self.mode == "procfile" and self.procfile is not None:
+            specs = procfile_specs(self.procfile)
+            return specs if self.web else {name: spec for name, spec in specs.items() if name != "web"}
         settings = load_settings(overrides={"executor_concurrency": concurrency})
         return {s.name: s for s in node_processes(settings, web=self.web, python=sys.executable)}
 

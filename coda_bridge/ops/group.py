@@ -31,6 +31,7 @@ from honcho.colour import get_colours
 from honcho.printer import Message, Printer
 
 from ..backoff import Backoff
+from .drain import DRAIN_PLAN, drain_stage
 from .exits import (
     CLEAN_EXITS,
     EX_CONFIG,
@@ -46,20 +47,13 @@ from .output import PacedOutput
 from .processes import ProcessSpec
 from .proctree import kill_tree, process_tree
 
-__all__ = ["DRAIN_FIRST", "SYSTEM_NAME", "ForkedProcess", "ProcessGroup"]
+__all__ = ["SYSTEM_NAME", "ForkedProcess", "ProcessGroup"]
 
-#: Stopped first on a drain: no new jobs come in, and jobs in flight finish.
-DRAIN_FIRST = ("bridge", "jobs")
 #: Time past the drain timeout before the group kills what is still running.
 KILL_MARGIN_SEC = 10.0
-#: How long the results queue must stay empty before the delivery workers are stopped (the look
-#: comes once the executors and the bridge are gone, and nothing else fills it: one empty look).
-FLUSH_SETTLE_SEC = 0.0
 #: How often the group looks at its processes (exits, restarts due, the drain's next stage); output
 #: is passed on as it comes.
 LOOP_POLL_SEC = 0.05
-#: Socket timeout of the results-queue look-up during a drain.
-FLUSH_CHECK_TIMEOUT_SEC = 1.0
 #: How often the group looks whether the node has an identity yet (to start the deferred processes).
 IDENTITY_POLL_SEC = 0.1
 #: What a later start runs together with the bridge: what the first /ready 200 needs (the probes, and
@@ -75,8 +69,6 @@ READ_CHUNK_BYTES = 65536
 TRANSIENT_START_ERRORS = frozenset({errno.EAGAIN, errno.ENOMEM})
 #: Longest line kept whole: a process writing more without a newline has it printed in pieces.
 MAX_LINE_BYTES = 65536
-#: Stands for the QPU id in the results queue's key handed to the group.
-QPU_SLOT = "\0"
 #: Name of the supervisor's own lines.
 SYSTEM_NAME = "system"
 
@@ -186,8 +178,7 @@ class ProcessGroup:
         self._stop_at: float | None = None
         self._forced = False
         self._fatal: int | None = None
-        self._empty_since: float | None = None
-        self._second_stage = False
+        self._stage = 0  # the stage of DRAIN_PLAN a drain has reached
 
     def add(self, spec: ProcessSpec, env: Mapping[str, str], *, deferred: bool = False) -> None:
         """Run ``spec`` in the group; a ``deferred`` one once ``identity_ready()`` says so."""
@@ -415,7 +406,7 @@ class ProcessGroup:
             return
         self._stop_at = time.monotonic()
         self.reason = self.reason or reason
-        said = self._terminate([name for name in self._members if name in DRAIN_FIRST])
+        said = self._terminate(self._staged())
         self._system_print(f"{reason}; draining (up to {self.drain_timeout_sec:g} s)\n")
         self._say(said)
 
@@ -436,36 +427,28 @@ class ProcessGroup:
         else:
             self.force(f"second signal ({name})")
 
+    def _staged(self) -> list[str]:
+        """The processes of the drain's stages so far (:data:`~coda_bridge.ops.drain.DRAIN_PLAN`)."""
+        return [name for name in self._members if drain_stage(name) <= self._stage]
+
     def _advance(self) -> None:
-        """Move the drain along: second stage once the first is done and results are picked up."""
+        """Move the drain along: the next stage once this one is done (and, if it asks, results flushed)."""
         if self._stop_at is None:
             return
         now = time.monotonic()
         deadline = self._stop_at + self.drain_timeout_sec
-        if not self._second_stage:
-            # again each pass: one that started as the stop came gets its signal too
-            self._say(self._terminate([name for name in self._members if name in DRAIN_FIRST]))
-            first_done = all(m.done for n, m in self._members.items() if n in DRAIN_FIRST)
-            if (first_done and self._flushed(now)) or now > deadline:
-                self._second_stage = True
-                self._say(self._terminate(list(self._members)))
-        else:
-            # a process that was restarting when its stage came gets its signal now
-            self._say(self._terminate(list(self._members)))
+        # again each pass: one that started as the stop came, or was restarting, gets its signal too
+        self._say(self._terminate(self._staged()))
+        while self._stage < len(DRAIN_PLAN) - 1:
+            following = DRAIN_PLAN[self._stage + 1]
+            done = all(self._members[name].done for name in self._staged())
+            ready = done and (not following.after_results_flushed or self.results_flushed())
+            if not (ready or now > deadline):
+                break
+            self._stage += 1
+            self._say(self._terminate(self._staged()))
         if now > deadline + KILL_MARGIN_SEC:
             self.force(f"drain timeout of {self.drain_timeout_sec:g} s passed")
-
-    def _flushed(self, now: float) -> bool:
-        try:
-            empty = self.results_flushed()
-        except Exception:  # a broken check must never block the stop
-            empty = True
-        if not empty:
-            self._empty_since = None
-            return False
-        if self._empty_since is None:
-            self._empty_since = now
-        return now - self._empty_since >= FLUSH_SETTLE_SEC
 
     # -- the loop --
 

@@ -1,13 +1,14 @@
 """``coda-bridge start --one-process``: the whole node in threads of one process, for a small lab PC.
 
 The same parts as ``start``, on the same broker and actors: the bridge and
-the control ticker (:class:`~coda_bridge.ops.runners.BridgeRunner`), the
-three queues' dramatiq workers (dramatiq's own :class:`dramatiq.Worker`,
+the control ticker (:class:`~coda_bridge.pipeline.bridge.BridgeProcess`, in a
+thread), the three queues' dramatiq workers (dramatiq's own :class:`dramatiq.Worker`,
 on the broker ``import actors`` builds from the settings, as the worker
 processes do), and the probes app under waitress.  The guarantees are the
-same: the first SIGTERM drains in the same order as ``start`` (the bridge
-stops reading and the executor finishes its jobs, then, once their results
-are picked up, delivery, control and probes stop), bounded by
+same: the first SIGTERM drains by the same plan as ``start``
+(:data:`~coda_bridge.ops.drain.DRAIN_PLAN`: the bridge stops reading and the
+executor finishes its jobs, then, once their results are picked up,
+delivery, control and probes stop), bounded by
 ``shutdown_drain_timeout_sec``; a second signal, or a kill -9, ends the
 process at once and loses nothing (the cloud's stream is the ledger, and
 the bridge reconciles it at the next start).
@@ -20,16 +21,17 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from ..broker.queues import RESULTS_QUEUE
-from ..broker.redis_broker import broker_namespace
 from ..logs import configure_logging, json_logging
+from ..pipeline.bridge import BridgeProcess
 from ..settings import Settings
+from .drain import DRAIN_PLAN, ResultsFlushed, drain_stage, results_key_template
 from .exits import EX_CONFIG, FORCED_EXIT
 from .jsonlines import JsonLinesStream
 from .processes import CONTROL_THREADS, RESULT_PROCESSES, RESULT_THREADS
-from .runners import BridgeRunner, QueueWorkers, StopSignal, boot_process, connect_or_exit, stop_all
+from .runners import QueueWorkers, StopSignal, boot_process, connect_or_exit
 
 __all__ = ["WEB_THREADS", "run_one_process"]
 
@@ -99,7 +101,8 @@ class _Node:
             "results": QueueWorkers(broker, "results", RESULT_THREADS, RESULT_PROCESSES),
             "control": QueueWorkers(broker, "control", CONTROL_THREADS),
         }
-        self.results_key = f"{broker_namespace(settings.qpu_id or '')}:{RESULTS_QUEUE}"
+        self.results_flushed = ResultsFlushed(results_key_template(), settings.qpu_id, client=broker.client)
+        self.bridge_failed: BaseException | None = None
 
     def _web(self) -> tuple[Any, threading.Thread]:
         from waitress import create_server
@@ -128,17 +131,20 @@ class _Node:
                 group.start()  # jobs first: an executor that cannot be built ends the start with 78
                 started.append(group)
         except SystemExit as exc:
-            stop_all(started, 0)
+            _stop_together([group.stop for group in started], 0)
             server.close()
             return int(exc.code) if isinstance(exc.code, int) else 1
-        bridge = BridgeRunner(self.settings, self.broker)
         try:
-            bridge.start()
+            bridge = BridgeProcess(self.settings, self.broker).register()
         except CodaError as exc:  # another bridge holds this QPU and consumer name (78), or no broker
             (logger.error if isinstance(exc, ConfigError) else logger.warning)("%s", exc)
-            stop_all(started, 0)
+            _stop_together([group.stop for group in started], 0)
             server.close()
             return EX_CONFIG if isinstance(exc, ConfigError) else 1
+        reader = threading.Thread(
+            target=self._run_bridge, args=(bridge,), name="coda-bridge-stream", daemon=True
+        )
+        reader.start()
         web.start()
         stop.running()
         logger.info(
@@ -147,38 +153,69 @@ class _Node:
             self.settings.host,
             self.settings.port,
         )
-        healthy = stop.wait(lambda: bridge.alive() and web.is_alive())
+        healthy = stop.wait(lambda: reader.is_alive() and web.is_alive())
         reason = f"{stop.received} received" if healthy else "a part of the node stopped on an error"
-        self._drain(reason, bridge, server)
-        return 0 if healthy else 1
+        self._drain(reason, self._parts(bridge, reader, server))
+        return 0 if healthy and self.bridge_failed is None else 1
 
-    def _drain(self, reason: str, bridge: BridgeRunner, server: Any) -> None:
+    def _run_bridge(self, bridge: BridgeProcess) -> None:
+        try:
+            bridge.run()
+        except BaseException as exc:  # the process reports it and exits non-zero
+            self.bridge_failed = exc
+            logger.exception("The bridge stopped on an error.")
+
+    def _parts(self, bridge: BridgeProcess, reader: threading.Thread, server: Any) -> dict[str, _Stop]:
+        """How each part stops, within a time in milliseconds: the names of :data:`DRAIN_PLAN`."""
+
+        def stop_bridge(timeout_ms: int) -> None:
+            bridge.stop()
+            reader.join(timeout_ms / 1000)
+            if reader.is_alive():
+                logger.info("The bridge's read outlived the drain; what it held stays pending in the stream.")
+
+        return {
+            "bridge": stop_bridge,
+            **{name: group.stop for name, group in self.groups.items()},
+            "web": lambda timeout_ms: server.close(),
+        }
+
+    def _drain(self, reason: str, parts: dict[str, _Stop]) -> None:
+        """Stop ``parts`` stage by stage (:data:`DRAIN_PLAN`), all within the drain timeout."""
         started = time.monotonic()
         deadline = started + self.drain_timeout_sec
         watchdog = threading.Timer(self.drain_timeout_sec + KILL_MARGIN_SEC, self._give_up)
         watchdog.daemon = True
         watchdog.start()
         logger.info("%s; draining (up to %g s).", reason, self.drain_timeout_sec)
-        bridge.stop()
-        self.groups["jobs"].stop(int(self.drain_timeout_sec * 1000))
-        logger.info("jobs stopped after %.2f s.", time.monotonic() - started)
-        while not self._results_picked_up() and time.monotonic() < deadline:
-            time.sleep(FLUSH_POLL_SEC)
-        remaining_ms = max(int((deadline - time.monotonic()) * 1000), 0)
-        stop_all([self.groups["results"], self.groups["control"]], remaining_ms)
-        server.close()
+        for index, stage in enumerate(DRAIN_PLAN):
+            if stage.after_results_flushed:
+                while not self.results_flushed() and time.monotonic() < deadline:
+                    time.sleep(FLUSH_POLL_SEC)
+            names = [name for name in parts if drain_stage(name) == index]
+            remaining_ms = max(int((deadline - time.monotonic()) * 1000), 0)
+            _stop_together([parts[name] for name in names], remaining_ms)
+            logger.info("%s stopped after %.2f s.", ", ".join(names), time.monotonic() - started)
         watchdog.cancel()
         logger.info("all parts stopped after %.2f s.", time.monotonic() - started)
-
-    def _results_picked_up(self) -> bool:
-        import redis
-
-        try:
-            return int(self.broker.client.llen(self.results_key)) == 0
-        except redis.RedisError:  # a broken check must never block the stop
-            return True
 
     def _give_up(self) -> None:
         limit = self.drain_timeout_sec + KILL_MARGIN_SEC
         logger.error("The drain took longer than %g s; exiting now.", limit)
         os._exit(FORCED_EXIT)
+
+
+#: How a part of the one process stops, given the milliseconds it may take.
+_Stop = Callable[[int], None]
+
+
+def _stop_together(stops: list[_Stop], timeout_ms: int) -> None:
+    """Run every stop at once (each within ``timeout_ms``), and wait for them all."""
+    threads = [
+        threading.Thread(target=stop, args=(timeout_ms,), name=f"stop-{index}")
+        for index, stop in enumerate(stops)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

@@ -12,11 +12,11 @@ Two things make these parts start and stop fast:
 - a worker started with ``--connected-since T`` imports everything first
   and only then waits for this start's bridge to connect (the bundle it
   loads is the fresh one), so imports overlap the bridge's connect;
-- a stop does not wait out a blocked stream read: the bridge thread gets
-  a short grace, then the process ends; entries read but not forwarded stay
-  pending in the cloud's stream (the ledger) and the next start reconciles
-  them, as after a kill -9.  Idle dramatiq threads look at their stop flag
-  every :data:`WORKER_POLL_MS`.
+- idle dramatiq threads look at their stop flag every :data:`WORKER_POLL_MS`.
+
+Every process of the node stops the same way (:class:`StopSignal`): the
+first SIGTERM drains (the bridge, :class:`~coda_bridge.pipeline.bridge.BridgeProcess`,
+ends after its current read), a second one ends the process at once.
 """
 
 from __future__ import annotations
@@ -38,14 +38,13 @@ from ..trust import python_argv
 from .exits import EX_CONFIG, FORCED_EXIT
 
 __all__ = [
-    "BRIDGE_STOP_GRACE_SEC",
     "WORKER_POLL_MS",
-    "BridgeRunner",
     "QueueWorkers",
     "StopSignal",
     "boot_process",
     "import_dynaconf_without_flask",
     "main",
+    "run_bridge_main",
     "wait_connected",
 ]
 
@@ -56,8 +55,6 @@ logger = logging.getLogger("coda_bridge.ops.runners")
 #: worker processes, measured: 100 ms 2.3 %, 250 ms 1.7 %, dramatiq's 1000 ms 0.65 % of a core,
 #: but then a stop lasts 2 s).
 WORKER_POLL_MS = 200
-#: How long a stopping bridge waits for its current cycle (a blocked stream read is not waited out).
-BRIDGE_STOP_GRACE_SEC = 0.1
 #: How often a waiting part looks whether this start's bridge has connected.
 CONNECT_POLL_SEC = 0.05
 #: How often a main thread waiting for a stop looks at its threads.
@@ -77,13 +74,17 @@ class StopSignal:
         self.event = threading.Event()
         self.received: str | None = None
         self._running = False
+        self._on_stop: list[Callable[[], None]] = []
 
     def install(self) -> StopSignal:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         return self
 
-    def running(self) -> None:
+    def running(self, on_stop: Callable[[], None] | None = None) -> None:
+        """From now on a first signal drains; ``on_stop`` is called with it (it must not block)."""
+        if on_stop is not None:
+            self._on_stop.append(on_stop)
         self._running = True
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -96,6 +97,8 @@ class StopSignal:
         if not self._running:
             logger.info("%s received while starting; exiting.", name)
             raise SystemExit(0)
+        for on_stop in self._on_stop:
+            on_stop()
 
     def wait(self, alive: Callable[[], bool] = lambda: True) -> bool:
         """Block until a stop is asked (True) or ``alive()`` turns false (False)."""
@@ -184,62 +187,6 @@ def stop_all(groups: Iterable[QueueWorkers], timeout_ms: int) -> None:
         thread.join()
 
 
-class BridgeRunner:
-    """The stream bridge and the control ticker in threads of this process, on ``broker``."""
-
-    def __init__(self, settings: Any, broker: Any) -> None:
-        from ..broker.queues import HEARTBEAT_ACTOR, VPN_CHECK_ACTOR
-        from ..broker.shared_state import NodeState
-        from ..control.ticker import Tick, Ticker
-        from ..pipeline.intake import StreamBridge
-
-        if not settings.redis_url:
-            raise ConfigError("the cloud did not name a job Redis (redis_url); cannot read jobs")
-        self.ticker = Ticker(
-            broker,
-            settings.qpu_id,
-            [
-                Tick(HEARTBEAT_ACTOR, settings.heartbeat_interval_sec),
-                Tick(VPN_CHECK_ACTOR, settings.vpn_check_interval_sec),
-            ],
-        )
-        self.bridge = StreamBridge(settings, broker, NodeState(broker.client, settings.qpu_id))
-        self.thread = threading.Thread(target=self._run, name="coda-bridge-stream", daemon=True)
-        self.failed: BaseException | None = None
-        self.settings = settings
-        self.broker = broker
-        self.registration: Any = None
-
-    def _run(self) -> None:
-        try:
-            self.bridge.run()
-        except BaseException as exc:  # the process reports it and exits non-zero
-            self.failed = exc
-            logger.exception("The bridge stopped on an error.")
-
-    def start(self) -> None:
-        """Register as this QPU's bridge (:class:`BridgeTaken` while another one lives), then run."""
-        from ..broker.registry import Registration
-
-        qpu_id, consumer = self.settings.qpu_id, self.settings.resolved_consumer_name
-        self.registration = Registration(self.broker.client, qpu_id, "bridge", consumer=consumer)
-        self.registration.start()
-        self.ticker.start()
-        self.thread.start()
-
-    def alive(self) -> bool:
-        return self.thread.is_alive()
-
-    def stop(self) -> bool:
-        """Stop reading; True if the current cycle ended within the grace (False: a read was blocked)."""
-        self.bridge.stop()
-        self.ticker.stop()
-        self.thread.join(BRIDGE_STOP_GRACE_SEC)
-        if self.registration is not None:
-            self.registration.stop()
-        return not self.thread.is_alive()
-
-
 def connect_or_exit(overrides: dict[str, Any] | None = None, token: str | None = None) -> Any:
     """Connect as ``coda-bridge bridge`` does; a refused token or a bad setting ends the process with 78."""
     from ..cli.options import check_redis_urls, node_settings
@@ -269,30 +216,46 @@ def _preload() -> None:
     from ..pipeline import delivery, execute  # noqa: F401
 
 
+def run_bridge_main(token: str | None, stop: StopSignal) -> None:
+    """The bridge's run under ``stop``: connect, then read until the first signal (its read ends first).
+
+    ``coda-bridge bridge`` and ``start``'s bridge process both run this;
+    ``start --one-process`` runs the same :class:`~coda_bridge.pipeline.bridge.BridgeProcess`.
+    """
+    from ..pipeline.bridge import BridgeProcess, run_bridge
+
+    def started(process: BridgeProcess) -> None:
+        configure_logging(process.settings.log_level)
+
+        def on_stop() -> None:
+            logger.info("Bridge received %s; stopping after the current read.", stop.received)
+            process.stop()
+
+        stop.running(on_stop=on_stop)
+
+    run_bridge(token=token, on_start=started)
+
+
 def run_bridge_process() -> int:
     """``python -m coda_bridge.ops.runners bridge``: connect, then read the stream until SIGTERM."""
-    from ..broker.redis_broker import create_broker
+    from ..cli.options import check_redis_urls, node_settings
 
     configure_logging()
     stop = StopSignal().install()
     token = os.environ.pop("CODA_NODE_TOKEN", None) or None
-    settings = connect_or_exit(token=token)
-    configure_logging(settings.log_level)
-    broker = create_broker(settings)
-    runner = BridgeRunner(settings, broker)
     try:
-        runner.start()
-    except ConfigError as exc:  # another bridge holds this QPU and consumer name
+        check_redis_urls(node_settings())  # before a one-time token is spent
+        run_bridge_main(token, stop)
+    except (ConfigError, AuthError) as exc:  # a bad setting, a refused token, another bridge on this QPU
         _fatal(exc)
-    stop.running()
-    if not stop.wait(runner.alive):
-        return 1
-    logger.info("Bridge received %s; stopping.", stop.received)
-    if runner.stop():
-        broker.close()
-    else:
-        logger.info("Stopped during a blocked stream read; what it held stays pending in the stream.")
-    return _exit_now(1 if runner.failed else 0)
+    except NodeError as exc:
+        if exc.status is None or not 400 <= exc.status < 500:
+            raise
+        _fatal(exc)
+    except Exception:  # the process reports it and exits non-zero
+        logger.exception("The bridge stopped on an error.")
+        return _exit_now(1)
+    return _exit_now(0)
 
 
 def run_worker_process(queue: str, threads: int, consumers: int, drain_ms: int, since: float | None) -> int:

@@ -44,19 +44,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from ..identity.credentials import StatePaths, connected_since, read_private, token_was_used
+from ..identity.credentials import StatePaths, connected_since, token_was_used
 from ..logs import LOG_FORMAT_VARIABLE
 from ..trust import SAFE_PATH_ENV, python_argv
+from .drain import ResultsFlushed, results_key_template
 from .forking import preload
-from .group import FLUSH_CHECK_TIMEOUT_SEC, QPU_SLOT, READY_PATH, SYSTEM_NAME, WEB_WORKERS, ProcessGroup
+from .group import READY_PATH, SYSTEM_NAME, WEB_WORKERS, ProcessGroup
 from .jsonlines import json_line
 from .outcome import record_exit, record_start
 from .pidfile import claim_pid_file, pid_file_for, release_pid_file
 from .processes import ProcessSpec
 
 if TYPE_CHECKING:  # the group's interpreter preloads only what its processes share (see run_start)
-    import redis
-
     from ..settings import Settings
 
 __all__ = ["check_credentials", "child_env", "run_start", "start_detached"]
@@ -98,47 +97,6 @@ class _IdentityReady:
         return connected_since(self.paths, self.since)
 
 
-class _ResultsQueueEmpty:
-    """Whether no result waits for a delivery worker (read straight from the broker, short timeouts).
-
-    The QPU comes from the settings, or (a first start) from the identity the bridge persisted.
-    """
-
-    def __init__(self, broker_url: str, key_template: str, qpu_id: str | None, state_dir: Path) -> None:
-        self.broker_url = broker_url
-        self.key_template = key_template  # the queue's key with QPU_SLOT for the QPU id
-        self.qpu_id = qpu_id
-        self.paths = StatePaths(state_dir)
-        self._client: redis.Redis | None = None
-
-    def _connect(self) -> redis.Redis | None:
-        import redis
-
-        if not self.qpu_id:
-            try:
-                self.qpu_id = json.loads(read_private(self.paths.config) or "{}").get("qpu_id")
-            except (ConfigError, ValueError):
-                return None
-        if self.qpu_id and self._client is None:
-            self._client = redis.Redis.from_url(
-                self.broker_url,
-                socket_timeout=FLUSH_CHECK_TIMEOUT_SEC,
-                socket_connect_timeout=FLUSH_CHECK_TIMEOUT_SEC,
-            )
-        return self._client
-
-    def __call__(self) -> bool:
-        import redis
-
-        client = self._connect()
-        if client is None:
-            return True
-        try:
-            return int(client.llen(self.key_template.replace(QPU_SLOT, str(self.qpu_id)))) == 0
-        except redis.RedisError:
-            return True
-
-
 def run_start(
     *,
     token: str | None,
@@ -154,8 +112,6 @@ def run_start(
     ``exec`` of a fresh interpreter that imports only what its processes
     share (:func:`main`), nothing of this command's.
     """
-    from ..broker.queues import RESULTS_QUEUE
-    from ..broker.redis_broker import broker_namespace
     from ..identity.connect import load_node_settings
     from ..identity.credentials import ensure_state_dir
     from .processes import start_processes
@@ -210,7 +166,7 @@ def run_start(
         "state_dir": str(paths.root),
         "pid_file": str(pid_file),
         "broker_url": settings.broker_url,
-        "results_key": f"{broker_namespace(QPU_SLOT)}:{RESULTS_QUEUE}",
+        "results_key": results_key_template(),
         "qpu_id": settings.qpu_id,
         "log_format": settings.log_format,
         "members": members,
@@ -253,8 +209,8 @@ def main(args: list[str] | None = None) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # ignored by whoever started us, children reap themselves
     group = ProcessGroup(
         drain_timeout_sec=plan["drain_timeout_sec"],
-        results_flushed=_ResultsQueueEmpty(
-            plan["broker_url"], plan["results_key"], plan["qpu_id"], state_dir
+        results_flushed=ResultsFlushed(
+            plan["results_key"], plan["qpu_id"], broker_url=plan["broker_url"], state_dir=state_dir
         ),
         identity_ready=_IdentityReady(state_dir, plan["since"]),
         spent_env=("CODA_NODE_TOKEN",),

@@ -1,26 +1,33 @@
 """The bridge process from start to stop: connect, VPN, ticker, stream bridge, drain.
 
-``coda-bridge bridge`` runs :func:`run_bridge`; ``coda-bridge start`` runs
-it beside the workers and the web app.
+:class:`BridgeProcess` is the one bridge every launcher runs: ``coda-bridge
+bridge`` (the Procfile, systemd, Kubernetes) and the bridge process of
+``coda-bridge start`` run it through :func:`run_bridge`, ``start
+--one-process`` in a thread.  A stop ends it after its current round; a
+stream read that waits for new entries is ended at once (``CLIENT UNBLOCK``:
+it returns empty, as at its timeout), or where the cloud's Redis refuses
+that, returns within ``stream_block_ms``.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
+import os
+import threading
 import time
-from collections.abc import Mapping
-from types import FrameType
+from collections.abc import Callable, Mapping
 from typing import Any
+from uuid import uuid4
 
 import redis
 
 from ..broker.queues import HEARTBEAT_ACTOR, VPN_CHECK_ACTOR
-from ..broker.redis_broker import create_broker
+from ..broker.redis_broker import CodaBroker, create_broker
 from ..broker.registry import Registration
 from ..broker.shared_state import NodeState
 from ..cloud.client import CloudClient
 from ..cloud.clock import CloudClock
+from ..cloud.redis_client import cloud_redis_client
 from ..control.ticker import Tick, Ticker
 from ..errors import ConfigError, VPNError
 from ..identity.connect import connect_node, load_node_settings
@@ -28,13 +35,15 @@ from ..sdnotify import CycleNotifier
 from ..settings import Settings
 from .intake import StreamBridge
 
-__all__ = ["connect", "run_bridge"]
+__all__ = ["BridgeProcess", "connect", "run_bridge"]
 
 #: How long the VPN preflight may keep failing right after the tunnel came up.
 VPN_SETTLE_SEC = 10.0
 VPN_SETTLE_POLL_SEC = 1.0
 #: Socket timeouts of the broker client that holds the bridge's registration, in seconds.
 REGISTRY_TIMEOUT_SEC = 5.0
+#: Socket timeouts of the look that ends a blocked stream read on a stop, in seconds.
+UNBLOCK_TIMEOUT_SEC = 1.0
 
 logger = logging.getLogger(__name__)
 
@@ -153,44 +162,114 @@ def _unregister(registration: Registration | None) -> None:
         registration.client.close()
 
 
-def run_bridge(*, overrides: Mapping[str, Any] | None = None, token: str | None = None) -> None:
-    """Run the bridge until SIGTERM or SIGINT, then stop reading and exit."""
+class BridgeProcess:
+    """The bridge on one broker: its registration, the control ticker and the stream bridge, until stopped.
+
+    ``registration``: one the launcher already holds (it releases it);
+    otherwise :meth:`register` (or :meth:`run`) takes one on the broker and
+    :meth:`run` releases it as it ends.
+    """
+
+    def __init__(
+        self, settings: Settings, broker: CodaBroker, *, registration: Registration | None = None
+    ) -> None:
+        if not settings.redis_url:
+            raise ConfigError("the cloud did not name a job Redis (redis_url); cannot read jobs")
+        assert settings.qpu_id
+        self.settings = settings
+        self.broker = broker
+        self.registration = registration
+        self._owns_registration = False
+        state = NodeState(broker.client, settings.qpu_id)
+        self.ticker = Ticker(
+            broker,
+            settings.qpu_id,
+            [
+                Tick(HEARTBEAT_ACTOR, settings.heartbeat_interval_sec),
+                Tick(VPN_CHECK_ACTOR, settings.vpn_check_interval_sec),
+            ],
+        )
+        # under a Type=notify unit: READY=1 once the cloud's stream is read, then a watchdog ping per round
+        self.notifier = CycleNotifier(ready=state.cloud_redis_healthy)
+        #: What this process's connections to the cloud's Redis are called, so a stop finds its read.
+        self.client_name = f"coda-bridge-{os.getpid()}-{uuid4().hex[:12]}"  # no spaces (CLIENT SETNAME)
+        cloud = cloud_redis_client(
+            settings.redis_url, block_sec=settings.stream_block_ms / 1000, client_name=self.client_name
+        )
+        self.bridge = StreamBridge(settings, broker, state, cloud=cloud, on_cycle=self.notifier.cycle)
+
+    def register(self) -> BridgeProcess:
+        """Hold this QPU's bridge (:class:`~coda_bridge.broker.registry.BridgeTaken` while another lives)."""
+        if self.registration is None:
+            self.registration = Registration(
+                self.broker.client,
+                self.settings.qpu_id or "",
+                "bridge",
+                consumer=self.settings.resolved_consumer_name,
+            ).start()
+            self._owns_registration = True
+        return self
+
+    def run(self) -> None:
+        """Read and forward until :meth:`stop`; the round under way ends first, then the ticker stops."""
+        self.register()
+        self.ticker.start()
+        try:
+            self.bridge.run()
+        finally:
+            self.ticker.stop()
+            if self._owns_registration and self.registration is not None:
+                self.registration.stop()
+
+    def stop(self) -> None:
+        """Ask for a stop (from a signal handler or another thread): no new round starts.
+
+        A read that waits for new entries is ended now, from a thread of its own (never blocks the caller).
+        """
+        self.bridge.stop()
+        threading.Thread(target=self._end_blocked_read, name="coda-bridge-unblock", daemon=True).start()
+
+    def _end_blocked_read(self) -> None:
+        """``CLIENT UNBLOCK`` this process's blocked read: it returns empty, as at its timeout (nothing lost).
+
+        Where the cloud's Redis refuses it (an ACL without ``CLIENT``), the read ends at its timeout.
+        """
+        try:
+            client = redis.Redis.from_url(
+                self.settings.redis_url or "",
+                socket_timeout=UNBLOCK_TIMEOUT_SEC,
+                socket_connect_timeout=UNBLOCK_TIMEOUT_SEC,
+            )
+            try:
+                for entry in client.client_list():
+                    if entry.get("name") == self.client_name and "b" in entry.get("flags", ""):
+                        client.client_unblock(int(entry["id"]))
+            finally:
+                client.close()
+        except redis.RedisError as exc:
+            logger.info(
+                "Cannot end the blocked stream read early (%s); it ends at its timeout.", type(exc).__name__
+            )
+
+
+def run_bridge(
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    token: str | None = None,
+    on_start: Callable[[BridgeProcess], None] | None = None,
+) -> None:
+    """Connect, then run the bridge until stopped; ``on_start`` gets it before it runs (to wire its stop)."""
     registration = _register(load_node_settings(overrides=overrides))  # before connecting, when it can
     try:
         settings = connect(overrides=overrides, token=token)
         registration = registration or _register(settings)
-        _run_connected(settings)
+        broker = create_broker(settings)
+        try:
+            process = BridgeProcess(settings, broker, registration=registration)
+            if on_start is not None:
+                on_start(process)
+            process.run()
+        finally:
+            broker.close()
     finally:
         _unregister(registration)
-
-
-def _run_connected(settings: Settings) -> None:
-    if not settings.redis_url:
-        raise ConfigError("the cloud did not name a job Redis (redis_url); cannot read jobs")
-    assert settings.qpu_id
-    broker = create_broker(settings)
-    state = NodeState(broker.client, settings.qpu_id)
-    ticker = Ticker(
-        broker,
-        settings.qpu_id,
-        [
-            Tick(HEARTBEAT_ACTOR, settings.heartbeat_interval_sec),
-            Tick(VPN_CHECK_ACTOR, settings.vpn_check_interval_sec),
-        ],
-    )
-    # under a Type=notify unit: READY=1 once the cloud's stream is read, then a watchdog ping per round
-    notifier = CycleNotifier(ready=state.cloud_redis_healthy)
-    bridge = StreamBridge(settings, broker, state, on_cycle=notifier.cycle)
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        logger.info("Bridge received %s; stopping.", signal.Signals(signum).name)
-        bridge.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    ticker.start()
-    try:
-        bridge.run()
-    finally:
-        ticker.stop()
-        broker.close()

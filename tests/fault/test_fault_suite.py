@@ -10,12 +10,14 @@ none may run twice at once, and no result may be wrong.  Duplicate
 deliveries are reported, not failed.  ``bench/faults.py`` runs the same
 scenario and records its table in ``bench/RESULTS.md``.
 
-The kill scenario runs against the Procfile's lines (the scenario kills
-and starts each process), against ``coda-bridge start`` (the scenario
-kills a part, its supervisor starts it again) and against ``start
---one-process`` (the one process killed and started again); the broker
-faults against ``coda-bridge start``, the default mode (its workers run
-the same dramatiq Worker and middleware as the Procfile's).
+The kill scenario runs against the Procfile's own command lines
+(``coda-bridge bridge`` and the ``dramatiq`` workers, as honcho, systemd
+and Kubernetes run them; the scenario kills and starts each process),
+against ``coda-bridge start`` (the scenario kills a part, its supervisor
+starts it again) and against ``start --one-process`` (the one process
+killed and started again); the broker faults against the Procfile's lines
+and against ``coda-bridge start``.  Every mode runs the same bridge
+(:class:`~coda_bridge.pipeline.bridge.BridgeProcess`).
 """
 
 from __future__ import annotations
@@ -56,13 +58,14 @@ def test_no_job_lost_rerun_or_wrong_under_kills_redis_crash_and_cloud_errors(
     assert report.not_terminal_status == []
 
 
+@pytest.mark.parametrize("mode", ["procfile", "start"])
 @pytest.mark.parametrize(
     ("fault", "down_sec"),
     [("kill", 2.0), ("flush", 0.0), ("pause", 30.0)],
     ids=["broker-killed-no-persistence", "broker-flushed", "broker-unreachable-30s"],
 )
 def test_no_job_lost_rerun_or_wrong_when_the_broker_loses_its_data(
-    tmp_path: Path, fault: str, down_sec: float
+    tmp_path: Path, fault: str, down_sec: float, mode: str
 ) -> None:
     plan = FaultPlan(
         kills_per_type=0,
@@ -71,7 +74,7 @@ def test_no_job_lost_rerun_or_wrong_when_the_broker_loses_its_data(
         broker_fault=fault,
         broker_down_sec=down_sec,
         results_timeout_sec=120.0,
-        mode="start",  # the default mode; the Procfile's workers run the same Worker and middleware
+        mode=mode,
     )
 
     report = run_fault_scenario(plan, tmp_path, progress=print)

@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 SUPPORT = Path(__file__).resolve().parent
+#: What "procfile" mode runs: the repo's Procfile, its own command lines (``coda-bridge bridge``, ...).
+PROCFILE = SUPPORT.parents[1] / "Procfile"
 
 
 def _bell(tag: str) -> dict[str, Any]:
@@ -184,9 +186,10 @@ class FaultPlan:
     broker_fault: str | None = None
     broker_fault_at_sec: float = 12.0
     broker_down_sec: float = 2.0
-    #: How the node runs: "procfile" (the Procfile's lines, each killed and started again by the
-    #: scenario), "start" (``coda-bridge start``: its supervisor starts a killed part again) or
-    #: "one-process" (``start --one-process``: the one process is killed and started again).
+    #: How the node runs: "procfile" (the repo Procfile's own lines, ``coda-bridge bridge`` and the
+    #: ``dramatiq`` workers, each killed and started again by the scenario), "start" (``coda-bridge
+    #: start``: its supervisor starts a killed part again) or "one-process" (``start --one-process``:
+    #: the one process is killed and started again).
     mode: str = "procfile"
 
     @property
@@ -386,7 +389,8 @@ def run_fault_scenario(plan: FaultPlan, workdir: Path, *, progress: Any = None) 
 
     say = progress or (lambda text: None)
     report = FaultReport(plan)
-    stack = LocalStack(workdir, env=stack_env(workdir, plan), mode=plan.mode)
+    procfile = PROCFILE if plan.mode == "procfile" else None
+    stack = LocalStack(workdir, env=stack_env(workdir, plan), mode=plan.mode, procfile=procfile)
     stack.cloud_redis = _persistent_redis_class()(workdir / "cloud-redis-data")
     began = time.monotonic()
     try:
