@@ -252,6 +252,8 @@ def run_bridge_process() -> int:
         if exc.status is None or not 400 <= exc.status < 500:
             raise
         _fatal(exc)
+    except CodaError:  # an expected condition (the broker does not answer): main says it in one line
+        raise
     except Exception:  # the process reports it and exits non-zero
         logger.exception("The bridge stopped on an error.")
         return _exit_now(1)
