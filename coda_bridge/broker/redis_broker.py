@@ -37,6 +37,7 @@ from .failure_logs import SmallFailureLogs
 from .middleware import IsolateWorkerProcess
 from .observations import DramatiqMetrics
 from .queues import QUEUES
+from .refusal import refusal
 
 __all__ = [
     "CodaBroker",
@@ -210,13 +211,42 @@ class _WakingConsumer(_RedisConsumer):
                     time.sleep(self._busy_sleep)
                     self._busy_sleep = min(self._busy_sleep * 2, BUSY_BACKOFF_MAX_SEC)
                     return None
-                self.message_cache = self.broker.do_fetch(
-                    self.queue_name, self.prefetch - self.outstanding_message_count
-                )
+                try:
+                    self.message_cache = self.broker.do_fetch(
+                        self.queue_name, self.prefetch - self.outstanding_message_count
+                    )
+                except redis.ResponseError as exc:
+                    if refusal(exc) is None:
+                        raise
+                    # a broker that refuses writes cannot hand out messages: idle as on an empty queue,
+                    # keeping the delayed messages and the acknowledgements this worker still owes
+                    time.sleep(self.timeout / 1000)
+                    return None
                 if not self.message_cache:
                     self.broker.wait_for_enqueue(self.queue_name, self.timeout / 1000)
                     return None
         except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None
+
+    # dramatiq retries an acknowledgement or a hand-back after a connection error until it passes, and
+    # gives up on any other error, leaving the message with this live worker for good: a refusal of writes
+    # (OOM, READONLY, LOADING, MISCONF) passes too, so it is retried as a lost connection is.
+    def ack(self, message: MessageProxy) -> None:
+        try:
+            super().ack(message)
+        except redis.ResponseError as exc:
+            if refusal(exc) is None:
+                raise
+            self.queued_message_ids.add(message.message_id)  # still ours until the retry passes
+            raise ConnectionClosed(exc) from None
+
+    def nack(self, message: MessageProxy) -> None:
+        try:
+            super().nack(message)
+        except redis.ResponseError as exc:
+            if refusal(exc) is None:
+                raise
+            self.queued_message_ids.add(message.message_id)
             raise ConnectionClosed(exc) from None
 
 
