@@ -28,10 +28,12 @@ logger = logging.getLogger(__name__)
 REFUSAL_CODES = frozenset({"OOM", "READONLY", "LOADING", "MISCONF"})
 #: The gauge a probe exports.
 REFUSING_METRIC = "coda_broker_refusing_writes"
+#: What to do about an OOM refusal.
+OOM_ADVICE = "free memory or raise maxmemory, see docs/operations.md"
 #: How long the key written by a probe lives.
 PROBE_TTL_SEC = 60
 
-# Redis 6.2 reports a refusal inside a Lua script (dramatiq's dispatch) as "ERR Error running script ... -OOM ..."
+# Redis 6.2 reports a refusal inside a Lua script (dramatiq's dispatch) as "ERR Error running script ... -OOM"
 # redis-py names the failed command of a pipeline before the reply: the reply is what tells the cause
 _PIPELINE = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ")
 _IN_SCRIPT = re.compile(r"-(OOM|READONLY|LOADING|MISCONF) ")
@@ -80,7 +82,7 @@ class WriteProbe(Collector):
                 raise
             message = f"the local broker refuses writes: {reason}"
             if reason.startswith("OOM"):
-                message += f" ({_memory(self.client)}; free memory or raise maxmemory, see docs/operations.md)"
+                message += f" ({_memory(self.client)}; {OOM_ADVICE})"
             self._note(message)
             return message
         self._note(None)

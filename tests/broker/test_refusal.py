@@ -137,7 +137,7 @@ def test_acknowledgements_refused_at_maxmemory_pass_once_memory_returns(
     take_writes(client)
     # then every acknowledgement and hand-back passes without a restart, and no job ran twice
     wait_until(lambda: client.hlen(messages) == 0, WORKER_WAIT_SEC, "every message acknowledged")
-    acks = [key for key in client.scan_iter(f"{broker.namespace}:__acks__.*")]
+    acks = list(client.scan_iter(f"{broker.namespace}:__acks__.*"))
     assert all(client.scard(key) == 0 for key in acks)
     assert client.zcard(f"{broker.namespace}:jobs.XQ") == JOBS // 2  # the failed ones, dead-lettered
     assert sorted(ran) == list(range(JOBS))
