@@ -58,7 +58,9 @@ logger = logging.getLogger(__name__)
 ENV_PREFIX = "CODA"
 #: ``CODA_`` variables of this project that are no node setting (the simulator's CLI, fault tests):
 #: known, so never reported as unknown.
-NOT_NODE_SETTINGS = frozenset({"devcloud_url", "devcloud_redis_url", "failpoints", "bridge_keep_pgrp"})
+NOT_NODE_SETTINGS = frozenset(
+    {"devcloud_url", "devcloud_redis_url", "failpoints", "bridge_keep_pgrp", "log_file"}
+)
 #: The settings file and its git-ignored companion, looked for in each directory of the search path.
 SETTINGS_FILE_NAME = "settings.toml"
 SECRETS_FILE_NAME = ".secrets.toml"
