@@ -156,6 +156,8 @@ class Settings(BaseModel):
     claim_idle_sec: float = Field(60, gt=0)
     max_local_queue: int = Field(1000, ge=1)
     worker_heartbeat_timeout_sec: float = Field(10, gt=0)
+    #: How long a delivered job's record stays in the broker (it absorbs a duplicate of the job).
+    record_retention_sec: float = Field(7 * 86_400, gt=0)
 
     # -- result delivery --
     webhook_timeout_sec: float = Field(10, gt=0)
