@@ -50,6 +50,8 @@ __all__ = [
 WAKE_TOKENS_MAX = 64
 #: Longest pause of a consumer whose prefetch is full (waiting for its own work to finish).
 BUSY_BACKOFF_MAX_SEC = 0.05
+#: Pause between attempts to move a due delayed message onto its queue while the broker refuses writes.
+REFUSAL_RETRY_SEC = 1.0
 #: Commands that never trigger maintenance (as in dramatiq).
 _NO_MAINTENANCE = frozenset({"ack", "nack"})
 
@@ -167,6 +169,23 @@ class CodaBroker(RedisBroker):
         for message in copies:
             self.emit_after("enqueue", message, None)
         return copies
+
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        """dramatiq's enqueue; a delayed message due on its queue waits out a broker that refuses writes.
+
+        A message with a Redis id and no delay is dramatiq's worker moving a delayed message it holds
+        (unacknowledged) onto its queue: if that enqueue fails, the worker forgets the message while it
+        stays unacknowledged, lost until the worker restarts. So a refusal is retried until it passes.
+        """
+        if delay is not None or "redis_message_id" not in message.options:
+            return super().enqueue(message, delay=delay)
+        while True:
+            try:
+                return super().enqueue(message)
+            except redis.ResponseError as exc:
+                if refusal(exc) is None:
+                    raise
+                time.sleep(REFUSAL_RETRY_SEC)
 
     def wait_for_enqueue(self, queue_name: str, timeout_sec: float) -> None:
         """Block until something is enqueued on ``queue_name``, or the timeout passes."""

@@ -26,6 +26,8 @@ WORKER_WAIT_SEC = 30.0
 #: The in-process worker's idle poll.
 WORKER_POLL_MS = 50
 JOBS = 6
+#: How long the delayed message of a test waits.
+DELAY_MS = 500
 
 
 @pytest.fixture
@@ -141,3 +143,29 @@ def test_acknowledgements_refused_at_maxmemory_pass_once_memory_returns(
     assert all(client.scard(key) == 0 for key in acks)
     assert client.zcard(f"{broker.namespace}:jobs.XQ") == JOBS // 2  # the failed ones, dead-lettered
     assert sorted(ran) == list(range(JOBS))
+
+
+def test_a_delayed_message_due_while_the_broker_refuses_writes_runs_once_memory_returns(
+    client: redis.Redis, worker: tuple[Any, Any, threading.Event, list[int]]
+) -> None:
+    broker, actor, release, ran = worker
+    release.set()
+    # given a delayed message the worker holds in memory until it is due
+    actor.send_with_options(args=(7, False), delay=DELAY_MS)
+    wait_until(
+        lambda: client.llen(f"{broker.namespace}:jobs.DQ") == 0, WORKER_WAIT_SEC, "the worker to hold it"
+    )
+    # when it falls due while the broker refuses writes
+    refuse_writes(client)
+    threading.Event().wait(DELAY_MS / 1000 * 3)  # past its eta: nothing to poll while it is refused
+    assert ran == []
+    take_writes(client)
+    # then it runs, once, and nothing of it is left
+    wait_until(lambda: ran == [7], WORKER_WAIT_SEC, "the delayed job to run")
+    wait_until(
+        lambda: client.hlen(f"{broker.namespace}:jobs.msgs") == 0, WORKER_WAIT_SEC, "its message acknowledged"
+    )
+    wait_until(
+        lambda: client.hlen(f"{broker.namespace}:jobs.DQ.msgs") == 0, WORKER_WAIT_SEC, "the delayed one too"
+    )
+    assert ran == [7]
