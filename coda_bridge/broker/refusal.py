@@ -33,9 +33,9 @@ OOM_ADVICE = "free memory or raise maxmemory, see docs/operations.md"
 #: How long the key written by a probe lives.
 PROBE_TTL_SEC = 60
 
-# Redis 6.2 reports a refusal inside a Lua script (dramatiq's dispatch) as "ERR Error running script ... -OOM"
 # redis-py names the failed command of a pipeline before the reply: the reply is what tells the cause
 _PIPELINE = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ")
+# Redis 6.2 reports a refusal inside a Lua script (dramatiq's dispatch) as "ERR Error running script ... -OOM"
 _IN_SCRIPT = re.compile(r"-(OOM|READONLY|LOADING|MISCONF) ")
 
 
