@@ -82,4 +82,10 @@ def test_jobs_sent_while_the_broker_refuses_writes_all_complete_once_after_memor
     }
     assert all(executor_runs(node, t) <= 2 for t in mid_run)
     wait_until(lambda: ready_reason(node) == "", 10, "/ready to be ready again")
+    # and the logs name the cause once (one web worker), fail no job at intake and find no "bug" in dramatiq
+    logs = "".join(child.log_path.read_text(errors="replace") for child in node.children.values())
+    assert logs.count("coda_bridge.broker.refusal: the local broker refuses writes: OOM") == 1
+    assert "coda_bridge.broker.refusal: The local broker takes writes again." in logs
+    assert "failed at intake" not in logs
+    assert "You've found a bug in Dramatiq" not in logs
     print(f"every job completed {took:.1f} s after memory returned")
