@@ -16,7 +16,7 @@ import redis
 
 from coda_bridge.broker.redis_broker import create_broker
 from coda_bridge.broker.refusal import WriteProbe, refusal
-from coda_bridge.dev.localredis import LocalRedis
+from coda_bridge.dev.localredis import LocalRedis, free_port
 from coda_bridge.dev.stack import wait_until
 from coda_bridge.settings import Settings
 
@@ -169,3 +169,19 @@ def test_a_delayed_message_due_while_the_broker_refuses_writes_runs_once_memory_
         lambda: client.hlen(f"{broker.namespace}:jobs.DQ.msgs") == 0, WORKER_WAIT_SEC, "the delayed one too"
     )
     assert ran == [7]
+
+
+def test_a_read_only_replica_is_a_refusal_too(client: redis.Redis) -> None:
+    # given a broker that became a replica (a failover put another primary in its place)
+    client.replicaof("127.0.0.1", free_port())
+    try:
+        # when it is asked to take a write, directly and inside a script
+        probe = WriteProbe(client, "coda-bridge:probe")
+        reason = probe()
+        with pytest.raises(redis.ResponseError) as scripted:
+            client.eval("return redis.call('SET', 'k', 'v')", 0)
+    finally:
+        client.replicaof("NO", "ONE")
+    # then both are READONLY refusals, and the probe names it
+    assert str(reason).startswith("the local broker refuses writes: READONLY")
+    assert str(refusal(scripted.value)).startswith("READONLY")
