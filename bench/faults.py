@@ -4,7 +4,9 @@ During a run of 300 short jobs: kill -9 and restart each process type
 (bridge, jobs, results, control) at seeded random moments, crash the cloud's
 Redis (SIGKILL; it keeps an fsync-always append-only file) and restart it,
 make the simulator answer 503 to every webhook for 30 s, and 400 to one
-job's.  The scenario itself is ``tests/support/fault_support.py``; the test
+job's; with ``--broker-fault`` also kill, flush, pause the broker Redis or
+hold it at ``maxmemory`` under ``noeviction`` (``oom``: it refuses writes).
+The scenario itself is ``tests/support/fault_support.py``; the test
 ``tests/fault/test_fault_suite.py`` runs the same one and asserts on it.
 
 Faults of the host, one scenario each (``--scenario``): ``clock`` runs a
@@ -170,6 +172,10 @@ def main() -> None:
     parser.add_argument("--outage", type=float, default=30.0, help="seconds of 503 answers (default 30)")
     parser.add_argument("--kills", type=int, default=3, help="kills per process type (default 3)")
     parser.add_argument("--seed", type=int, default=FaultPlan.seed)
+    parser.add_argument("--broker-fault", choices=["kill", "flush", "pause", "oom"], default=None,
+                        help="what happens to the broker Redis once, mid-run (default: nothing)")  # fmt: skip
+    parser.add_argument("--broker-down", type=float, default=FaultPlan.broker_down_sec,
+                        help="seconds the broker fault lasts")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) and print it")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -180,7 +186,14 @@ def main() -> None:
         cloud_down_scenario(min(args.jobs, 50), args.down, not args.no_write)
         return
 
-    plan = FaultPlan(jobs=args.jobs, outage_sec=args.outage, kills_per_type=args.kills, seed=args.seed)
+    plan = FaultPlan(
+        jobs=args.jobs,
+        outage_sec=args.outage,
+        kills_per_type=args.kills,
+        seed=args.seed,
+        broker_fault=args.broker_fault,
+        broker_down_sec=args.broker_down,
+    )
     workdir = Path(tempfile.mkdtemp(prefix="coda-faults-")) if args.keep else None
     with tempfile.TemporaryDirectory(prefix="coda-faults-") as scratch:
         report = run_fault_scenario(plan, workdir or Path(scratch), progress=lambda t: print(t, flush=True))
@@ -206,8 +219,10 @@ def main() -> None:
             notes.append(f"{label}: {', '.join(items[:10])}{' ...' if len(items) > 10 else ''}")
     if workdir:
         notes.append(f"logs kept in {workdir}")
-    append_results("Fault suite (kill -9, cloud Redis crash, 503 window, one 400)", [table, events], notes,
-                   write=not args.no_write)  # fmt: skip
+    title = "Fault suite (kill -9, cloud Redis crash, 503 window, one 400)"
+    if plan.broker_fault:
+        title = f"{title[:-1]}, broker {plan.broker_fault_row()})"
+    append_results(title, [table, events], notes, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ class NodeParts:
 
     @cached_property
     def records(self) -> RecordStore:
-        return RecordStore(self.local_redis, self.qpu_id)
+        return RecordStore(self.local_redis, self.qpu_id, retention_sec=self.settings.record_retention_sec)
 
     @cached_property
     def entries(self) -> EntryIndex:

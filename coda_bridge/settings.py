@@ -58,7 +58,9 @@ logger = logging.getLogger(__name__)
 ENV_PREFIX = "CODA"
 #: ``CODA_`` variables of this project that are no node setting (the simulator's CLI, fault tests):
 #: known, so never reported as unknown.
-NOT_NODE_SETTINGS = frozenset({"devcloud_url", "devcloud_redis_url", "failpoints", "bridge_keep_pgrp"})
+NOT_NODE_SETTINGS = frozenset(
+    {"devcloud_url", "devcloud_redis_url", "failpoints", "bridge_keep_pgrp", "log_file"}
+)
 #: The settings file and its git-ignored companion, looked for in each directory of the search path.
 SETTINGS_FILE_NAME = "settings.toml"
 SECRETS_FILE_NAME = ".secrets.toml"
@@ -163,6 +165,8 @@ class Settings(BaseModel):
     claim_idle_sec: float = Field(60, gt=0)
     max_local_queue: int = Field(1000, ge=1)
     worker_heartbeat_timeout_sec: float = Field(10, gt=0)
+    #: How long a delivered job's record stays in the broker (it absorbs a duplicate of the job).
+    record_retention_sec: float = Field(7 * 86_400, gt=0)
 
     # -- result delivery --
     #: The first runtime's timeout: a slow cloud that takes 13 s still gets each result once.

@@ -37,6 +37,7 @@ from .failure_logs import SmallFailureLogs
 from .middleware import IsolateWorkerProcess
 from .observations import DramatiqMetrics
 from .queues import QUEUES
+from .refusal import refusal
 
 __all__ = [
     "CodaBroker",
@@ -49,6 +50,8 @@ __all__ = [
 WAKE_TOKENS_MAX = 64
 #: Longest pause of a consumer whose prefetch is full (waiting for its own work to finish).
 BUSY_BACKOFF_MAX_SEC = 0.05
+#: Pause between attempts to move a due delayed message onto its queue while the broker refuses writes.
+REFUSAL_RETRY_SEC = 1.0
 #: Commands that never trigger maintenance (as in dramatiq).
 _NO_MAINTENANCE = frozenset({"ack", "nack"})
 
@@ -167,6 +170,23 @@ class CodaBroker(RedisBroker):
             self.emit_after("enqueue", message, None)
         return copies
 
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        """dramatiq's enqueue; a delayed message due on its queue waits out a broker that refuses writes.
+
+        A message with a Redis id and no delay is dramatiq's worker moving a delayed message it holds
+        (unacknowledged) onto its queue: if that enqueue fails, the worker forgets the message while it
+        stays unacknowledged, lost until the worker restarts. So a refusal is retried until it passes.
+        """
+        if delay is not None or "redis_message_id" not in message.options:
+            return super().enqueue(message, delay=delay)
+        while True:
+            try:
+                return super().enqueue(message)
+            except redis.ResponseError as exc:
+                if refusal(exc) is None:
+                    raise
+                time.sleep(REFUSAL_RETRY_SEC)
+
     def wait_for_enqueue(self, queue_name: str, timeout_sec: float) -> None:
         """Block until something is enqueued on ``queue_name``, or the timeout passes."""
         self.client.blpop([self.wake_key(queue_name)], timeout=max(timeout_sec, 0.01))
@@ -210,13 +230,42 @@ class _WakingConsumer(_RedisConsumer):
                     time.sleep(self._busy_sleep)
                     self._busy_sleep = min(self._busy_sleep * 2, BUSY_BACKOFF_MAX_SEC)
                     return None
-                self.message_cache = self.broker.do_fetch(
-                    self.queue_name, self.prefetch - self.outstanding_message_count
-                )
+                try:
+                    self.message_cache = self.broker.do_fetch(
+                        self.queue_name, self.prefetch - self.outstanding_message_count
+                    )
+                except redis.ResponseError as exc:
+                    if refusal(exc) is None:
+                        raise
+                    # a broker that refuses writes cannot hand out messages: idle as on an empty queue,
+                    # keeping the delayed messages and the acknowledgements this worker still owes
+                    time.sleep(self.timeout / 1000)
+                    return None
                 if not self.message_cache:
                     self.broker.wait_for_enqueue(self.queue_name, self.timeout / 1000)
                     return None
         except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None
+
+    # dramatiq retries an acknowledgement or a hand-back after a connection error until it passes, and
+    # gives up on any other error, leaving the message with this live worker for good: a refusal of writes
+    # (OOM, READONLY, LOADING, MISCONF) passes too, so it is retried as a lost connection is.
+    def ack(self, message: MessageProxy) -> None:
+        try:
+            super().ack(message)
+        except redis.ResponseError as exc:
+            if refusal(exc) is None:
+                raise
+            self.queued_message_ids.add(message.message_id)  # still ours until the retry passes
+            raise ConnectionClosed(exc) from None
+
+    def nack(self, message: MessageProxy) -> None:
+        try:
+            super().nack(message)
+        except redis.ResponseError as exc:
+            if refusal(exc) is None:
+                raise
+            self.queued_message_ids.add(message.message_id)
             raise ConnectionClosed(exc) from None
 
 

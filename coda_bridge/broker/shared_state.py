@@ -100,10 +100,13 @@ class NodeState:
     def current_jobs(self) -> list[str]:
         """Jobs whose mark has not expired, oldest mark first."""
         now = time.time()
-        pipe = self.client.pipeline()
-        pipe.zremrangebyscore(self.key("running"), "-inf", now)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zremrangebyscore(self.key("running"), "-inf", now)  # tidying: a broker refusing writes skips it
         pipe.zrangebyscore(self.key("running"), now, "+inf")
-        return [str(as_text(j)) for j in pipe.execute()[1]]
+        _, running = pipe.execute(raise_on_error=False)
+        if isinstance(running, Exception):
+            raise running
+        return [str(as_text(j)) for j in running]
 
     def current_job(self) -> str | None:
         jobs = self.current_jobs()

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CodaError
-from ..identity.credentials import FILE_MODE
 from ..trust import python_argv
 from .exits import exit_status
+from .logfile import LOG_FILE_ENV, open_log
 from .outcome import last_exit, one_line, record_exit
 from .pidfile import DaemonRunning, release_pid_file, running_pid
 from .proctree import alive, kill_tree, process_tree
@@ -114,12 +114,12 @@ def detach(args: Sequence[str], env: Mapping[str, str], launch: Launch) -> int:
     other = running_pid(launch.pid_file)
     if other is not None:
         raise DaemonRunning(other, launch.pid_file)
-    log_fd = os.open(launch.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+    log_fd = open_log(launch.log)
     offset = os.lseek(log_fd, 0, os.SEEK_END)
     try:
         process = subprocess.Popen(
             list(python_argv(sys.executable, "-m", "coda_bridge", "start", *args)),
-            env=dict(env),
+            env={**env, LOG_FILE_ENV: str(launch.log)},  # SIGHUP reopens it (logrotate)
             stdin=subprocess.DEVNULL,
             stdout=log_fd,
             stderr=subprocess.STDOUT,

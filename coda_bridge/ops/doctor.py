@@ -230,6 +230,25 @@ def check_clock(settings: Settings, probe: Callable[..., Any] = requests.head) -
     )
 
 
+def check_broker_memory(url: str | None) -> Check | None:
+    """The broker's maxmemory and policy (``None`` when it does not answer: the PING check says so)."""
+    from ..broker.sizing import memory_finding
+
+    if not url:
+        return None
+    client = redis.Redis.from_url(
+        url, socket_timeout=PING_TIMEOUT_SEC, socket_connect_timeout=PING_TIMEOUT_SEC
+    )
+    try:
+        info = client.info("memory")
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        client.close()
+    finding = memory_finding(info)
+    return Check("broker memory", True, finding.detail, warning=finding.warning)
+
+
 # -- executor and VPN --
 
 
@@ -425,6 +444,7 @@ def run_checks(overrides: dict[str, Any] | None = None, site: str | None = None)
     checks.append(check_executor(settings))
     checks.extend(check for check in (check_executor_boot(settings), check_coda_command()) if check)
     checks.append(check_redis("broker", settings.broker_url, "start the local Redis or set CODA_BROKER_URL"))
+    checks.extend(check for check in (check_broker_memory(settings.broker_url),) if check)
     checks.append(
         check_redis(
             "cloud redis",

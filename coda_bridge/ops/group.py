@@ -8,7 +8,9 @@ what they all import, :mod:`~coda_bridge.ops.forking`); any other is an
 ``exec`` of its command line.  The group runs in one thread (its output
 is read in its loop), so it can fork safely; what it prints waits for a
 slow reader in a bounded buffer (:mod:`~coda_bridge.ops.output`), so a
-paused terminal never stops supervising.
+paused terminal never stops supervising.  SIGTERM and SIGINT drain the
+node; SIGHUP reopens the log of ``start --daemon`` (logrotate) and stops
+the node only when its output is a terminal that hung up.
 :mod:`~coda_bridge.ops.supervisor` builds the plan and runs the group.
 """
 
@@ -25,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 from honcho.colour import get_colours
@@ -43,6 +46,7 @@ from .exits import (
 )
 from .forking import can_fork, exec_setup, fork_part, signals_held
 from .jsonlines import JsonPrinter
+from .logfile import LOG_FILE_ENV, reopen_log
 from .output import PacedOutput
 from .processes import ProcessSpec
 from .proctree import kill_tree, process_tree
@@ -179,6 +183,7 @@ class ProcessGroup:
         self._forced = False
         self._fatal: int | None = None
         self._stage = 0  # the stage of DRAIN_PLAN a drain has reached
+        self._reopen = False  # a SIGHUP came: reopen the log
 
     def add(self, spec: ProcessSpec, env: Mapping[str, str], *, deferred: bool = False) -> None:
         """Run ``spec`` in the group; a ``deferred`` one once ``identity_ready()`` says so."""
@@ -422,6 +427,9 @@ class ProcessGroup:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
+        if signum == signal.SIGHUP and not os.isatty(1):
+            self._reopen = True  # logrotate's HUP (a terminal's hang-up stops the node, below)
+            return
         if self._stop_at is None:
             self.request_stop(f"{name} received")
         else:
@@ -430,6 +438,24 @@ class ProcessGroup:
     def _staged(self) -> list[str]:
         """The processes of the drain's stages so far (:data:`~coda_bridge.ops.drain.DRAIN_PLAN`)."""
         return [name for name in self._members if drain_stage(name) <= self._stage]
+
+    def _reopen_log(self) -> None:
+        """SIGHUP: the log file of ``start --daemon`` opened again at its path; the node goes on."""
+        self._reopen = False
+        path = os.environ.get(LOG_FILE_ENV)
+        if not path:
+            self._system_print("SIGHUP received: no log file to reopen (not started with -d); going on\n")
+            return
+        if self._output is not None:
+            self._output.drain(0)  # what waits goes to the old file, where it belongs
+        try:
+            reopen_log(Path(path))
+        except OSError as exc:
+            self._system_print(f"SIGHUP received: cannot reopen the log {path}: {exc}; kept the old one\n")
+            return
+        if self._output is not None:
+            self._output.reopened()
+        self._system_print(f"SIGHUP received: log reopened at {path}\n")
 
     def _advance(self) -> None:
         """Move the drain along: the next stage once this one is done (and, if it asks, results flushed)."""
@@ -467,6 +493,8 @@ class ProcessGroup:
             if not self._deferred and all(m.done for m in self._members.values()):
                 break
             self._relay(LOOP_POLL_SEC)
+            if self._reopen:
+                self._reopen_log()
             if self._output is not None:
                 self._output.pump()  # what waited for a slow reader
         flush_until = time.monotonic() + OUTPUT_FLUSH_SEC

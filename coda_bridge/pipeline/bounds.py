@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from ..broker.refusal import refusal
 from .checks import REFUSAL_FIELD, shown
 
 __all__ = [
@@ -182,6 +183,8 @@ def broker_refusal(exc: redis.RedisError, broker_answers: bool) -> bool:
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         return broker_answers
     if isinstance(exc, redis.ResponseError):
+        if refusal(exc) is not None:  # OOM & co., also inside dramatiq's Lua enqueue on Redis 6.2
+            return False
         reply = str(exc).rpartition("caused error: ")[2]  # a pipeline's error names its command first
         return not reply.upper().startswith(BROKER_STATE_ERRORS)
     return False

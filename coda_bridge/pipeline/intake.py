@@ -28,6 +28,7 @@ from ..backoff import Backoff
 from ..broker.entries import GONE, EntryIndex
 from ..broker.queues import EXECUTE_ACTOR, EXECUTE_BATCH_ACTOR, JOBS_QUEUE
 from ..broker.redis_broker import CodaBroker
+from ..broker.refusal import refusal
 from ..broker.shared_state import NodeState
 from ..cloud.keys import group_name, stream_key
 from ..cloud.redis_client import cloud_redis_client
@@ -160,6 +161,8 @@ class StreamBridge:
                 self._mark_cloud(False)
                 self._pending_first = True
                 delay = backoff.next_delay()
+                if refusal(exc) is not None:  # the broker answers: try again within a reconcile period
+                    delay = min(delay, self.reconcile_interval_sec)
                 logger.warning("Redis unavailable (%s); retrying in %.0f s.", exc, delay)
                 self._stopping.wait(delay)
             else:

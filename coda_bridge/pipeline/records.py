@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 #: How long a recorded result is kept (it is normally delivered within seconds).
 RESULT_TTL_SEC = 30 * 86_400
-#: How long a delivered mark is kept to absorb duplicate messages.
+#: How long a delivered mark is kept to absorb duplicate messages (``record_retention_sec`` by default).
 DELIVERED_TTL_SEC = 7 * 86_400
 #: How long a finished job's result may wait for the local Redis before the job is given up (and rerun).
 RECORD_PATIENCE_SEC = 300.0
@@ -50,9 +50,11 @@ return {rec[1], rec[2], rec[3], left}
 class RecordStore:
     """The job records of one QPU."""
 
-    def __init__(self, client: redis.Redis, qpu_id: str) -> None:
+    def __init__(self, client: redis.Redis, qpu_id: str, *, retention_sec: float = DELIVERED_TTL_SEC) -> None:
         self.client = client
         self.qpu_id = qpu_id
+        #: How long a delivered job's record is kept (what the broker holds per job, and for how long).
+        self.retention_sec = retention_sec
 
     def key(self, job_id: str) -> str:
         return job_key(self.qpu_id, job_id)
@@ -138,7 +140,7 @@ class RecordStore:
         """The delivery is over (accepted, or refused for ``refused``), on ``pipe``."""
         key = self.key(job_id)
         pipe.hset(key, mapping={"delivered": repr(time.time()), **({"refused": refused} if refused else {})})
-        pipe.expire(key, DELIVERED_TTL_SEC)
+        pipe.expire(key, max(int(self.retention_sec), 1))
 
     def keep(self, job_id: str) -> None:
         """A dead-lettered result stays as long as its dead letter: drop the record's expiry."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -28,6 +29,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..broker.redis_broker import create_broker
+from ..broker.refusal import WriteProbe, refusal
 from ..broker.registry import Registration
 from ..broker.shared_state import NodeState, utc_iso
 from ..cloud.keys import group_name, stream_key
@@ -49,9 +51,13 @@ logger = logging.getLogger(__name__)
 READY_TIMEOUT_SEC = 5.0
 #: The cloud Redis PING of a readiness check.
 PING_TIMEOUT_SEC = 2.0
+#: Why nothing is known, when the broker does not answer.
+NO_BROKER = "the local broker Redis does not answer"
 
 
-def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[str, Any]:
+def readiness(
+    settings: Settings, state: NodeState, cloud: redis.Redis, writes: WriteProbe | None = None
+) -> dict[str, Any]:
     """The ``/ready`` body: ``ready``, ``vpn_state``, ``redis_healthy``, ``current_job``, ``paused``
     (with ``pause``: its note and end), ``device_state`` (+ ``reason``).
 
@@ -62,7 +68,8 @@ def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[
     this host's, ``null`` until measured) come along.
 
     Every field is there even when the local broker Redis does not answer
-    (``booting`` and ``null`` then: nothing is known).
+    (``booting`` and ``null`` then: nothing is known).  ``writes`` asks the
+    broker to take a write: one that answers but refuses writes is named.
     """
     try:
         redis_healthy = bool(cloud.ping())
@@ -88,8 +95,9 @@ def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[
         cloud_down = state.cloud_down()
         clock = state.clock_offset()
         hold = PauseBook(state.client, state.qpu_id).hold()
-    except redis.RedisError:
-        body["reason"] = "the local broker Redis does not answer"
+        refused = writes() if writes is not None else None
+    except redis.RedisError as exc:
+        body["reason"] = _refused(exc, writes) or NO_BROKER
         return body
     body["cloud_api_reachable"] = cloud_down is None
     body["clock_offset_sec"] = round(clock[0], 1) if clock is not None else None
@@ -97,7 +105,9 @@ def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[
     body["pause"] = hold.pause.as_dict() if hold.pause is not None else None
     body["device_state"] = hold.device.value if hold.device is not None else None
     stale_after = settings.ready_stream_stale_sec
-    if executor_failure is not None:
+    if refused is not None:
+        body["reason"] = refused
+    elif executor_failure is not None:
         # the executor worker stopped at boot: no job can run until the factory or device file is fixed
         body["reason"] = f"the executor cannot be built: {executor_failure['error']}"
     elif vpn_state != "ready":
@@ -121,6 +131,16 @@ def readiness(settings: Settings, state: NodeState, cloud: redis.Redis) -> dict[
     else:
         body["ready"] = True
     return body
+
+
+def _refused(exc: redis.RedisError, writes: WriteProbe | None) -> str | None:
+    """Why the broker refused, when ``exc`` is a refusal of writes (the probe's words when it has one)."""
+    reason = refusal(exc)
+    if reason is None:
+        return None
+    with contextlib.suppress(redis.RedisError):
+        return (writes() if writes is not None else None) or f"the local broker refuses writes: {reason}"
+    return f"the local broker refuses writes: {reason}"
 
 
 def _group_exists(cloud: redis.Redis, qpu_id: str) -> bool:
@@ -226,6 +246,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     registry = CollectorRegistry(auto_describe=False)
     # the node's metrics, dramatiq's, the stream's (through the cloud client) and the app's processes
     registry.register(NodeCollector(settings, parts.state, cloud))
+    writes = WriteProbe(parts.local_redis, parts.state.key("write-probe"))
+    registry.register(writes)  # coda_broker_refusing_writes
 
     app = Flask("coda_bridge")
     app.config["CODA_PARTS"] = parts
@@ -236,7 +258,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get("/ready")
     def ready() -> tuple[Response, int]:
-        future = checks.submit(readiness, settings, parts.state, cloud)
+        future = checks.submit(readiness, settings, parts.state, cloud, writes)
         try:
             body = future.result(timeout=READY_TIMEOUT_SEC)
         except concurrent.futures.TimeoutError:

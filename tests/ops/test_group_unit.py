@@ -133,3 +133,25 @@ def test_a_program_that_does_not_exist_is_a_configuration_error() -> None:
     group._spawn(group._members["jobs"])
 
     assert group._members["jobs"].done and group._fatal == 78
+
+
+def test_sighup_stops_the_node_only_when_its_output_is_a_terminal_that_hung_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a group whose output is a file (start -d), and one whose output is a terminal
+    printed: list[str] = []
+    to_file = ProcessGroup(drain_timeout_sec=5, printer=Printer(output=sys.stderr))
+    monkeypatch.setattr(to_file, "_system_print", printed.append)
+    monkeypatch.setattr(os, "isatty", lambda fd: False)
+    # When a SIGHUP comes to the first
+    to_file._on_signal(signal.SIGHUP, None)
+    # Then it only asks for the log to be reopened: no stop
+    assert to_file._reopen and to_file.reason is None and to_file._stop_at is None
+    # When a SIGHUP comes to a group writing to a terminal
+    on_tty = ProcessGroup(drain_timeout_sec=5, printer=Printer(output=sys.stderr))
+    monkeypatch.setattr(on_tty, "_system_print", printed.append)
+    monkeypatch.setattr(os, "isatty", lambda fd: True)
+    on_tty._on_signal(signal.SIGHUP, None)
+    # Then the terminal hung up: it drains, as on SIGTERM
+    assert on_tty.reason == "SIGHUP received"
+    assert not on_tty._reopen

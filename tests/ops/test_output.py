@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from coda_bridge.dev.stack import wait_until
 from coda_bridge.ops.output import PacedOutput
 
 
@@ -83,3 +85,37 @@ def test_text_that_is_not_utf8_encodable_is_replaced_not_fatal(pipe: tuple[int, 
     output.flush()
 
     assert _read_all(read_fd) == b"half a surrogate: ?\n"
+
+
+def pumped(out: PacedOutput) -> int:
+    """Bytes still waiting after a pump."""
+    out.pump()
+    return out.pending
+
+
+def test_lines_written_to_a_full_filesystem_wait_and_go_out_once_there_is_space(tmp_path: Path) -> None:
+    # Given output to a device that is always full (/dev/full: every write fails with ENOSPC)
+    fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        out = PacedOutput(fd, limit_bytes=30)
+        # When lines are written, more than the buffer holds, and pumped
+        out.write("first line\n")
+        out.write("second line\n")
+        for _ in range(10):
+            out.write("a line that no longer fits\n")
+        out.pump()
+        # Then they wait (the disk is full, the reader is not gone)
+        assert out.pending == len(b"first line\nsecond line\n")
+        # When space is back (the descriptor now a file with room) and the retry is due
+        log = tmp_path / "log"
+        file_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.dup2(file_fd, fd)
+        os.close(file_fd)
+        wait_until(lambda: pumped(out) == 0, 5, "the waiting lines to be written")
+        # Then the waiting lines are there, and the dropped ones are counted with their cause
+        assert log.read_text() == (
+            "first line\nsecond line\n"
+            "... 10 line(s) of output dropped: the log's filesystem was full (No space left on device)\n"
+        )
+    finally:
+        os.close(fd)

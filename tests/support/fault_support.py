@@ -182,7 +182,8 @@ class FaultPlan:
     webhook_outage: bool = True
     #: What happens to the local broker Redis once, mid-run: None, "kill" (SIGKILL, restarted empty on
     #: the same port after ``broker_down_sec``), "flush" (FLUSHALL) or "pause" (SIGSTOP for
-    #: ``broker_down_sec``: unreachable, every connection hangs, then SIGCONT).
+    #: ``broker_down_sec``: unreachable, every connection hangs, then SIGCONT) or "oom" (``maxmemory``
+    #: under its used memory with ``noeviction`` for ``broker_down_sec``: it answers and refuses writes).
     broker_fault: str | None = None
     broker_fault_at_sec: float = 12.0
     broker_down_sec: float = 2.0
@@ -202,6 +203,8 @@ class FaultPlan:
             return f"kill -9, restarted without persistence after {self.broker_down_sec:g} s"
         if self.broker_fault == "pause":
             return f"unreachable (SIGSTOP) for {self.broker_down_sec:g} s"
+        if self.broker_fault == "oom":
+            return f"at maxmemory with noeviction (refusing writes) for {self.broker_down_sec:g} s"
         return self.broker_fault or "none"
 
 
@@ -360,6 +363,16 @@ class _Chaos(threading.Thread):
             finally:
                 broker.process.send_signal(signal.SIGCONT)
             self.note("broker Redis answers again (SIGCONT)")
+        elif kind == "oom":
+            client = broker.client()
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", "1")
+            self.note(f"broker Redis at maxmemory (noeviction) for {self.plan.broker_down_sec:g} s")
+            try:
+                time.sleep(self.plan.broker_down_sec)
+            finally:
+                client.config_set("maxmemory", "0")
+            self.note("broker Redis takes writes again")
         else:
             raise ValueError(f"unknown broker fault {kind!r}")
 
