@@ -138,6 +138,10 @@ class Settings(BaseModel):
     max_job_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     job_time_limit_sec: float = Field(3600, gt=0)
     cancel_poll_interval_sec: float = Field(0.2, gt=0)
+    #: A run past its cancel or time limit gets this long to end before its executor process is killed.
+    executor_stop_grace_sec: float = Field(5, gt=0)
+    #: Runs of one job that may end with the executor's process dying before the job fails.
+    max_executor_crashes: int = Field(3, ge=1)
     simulator_seed: int | None = None
     simulator_max_qubits: int = Field(24, ge=1, le=30)
 
