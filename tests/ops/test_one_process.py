@@ -166,9 +166,10 @@ def test_one_process_in_the_background_runs_jobs_and_stop_drains_it(
         # When a job comes
         job = cloud_stack.cloud.submit(cloud_stack.qpu_id, circuit(2), 100)
 
-        # Then it is run, and the whole node is that one process
+        # Then it is run, and the whole node is that one process and the child that runs its executor
         assert cloud_stack.cloud.wait_for_result(job, timeout_sec=60)["status"] == "completed"
-        assert process_tree(pid) == [pid]
+        tree = process_tree(pid)
+        assert tree[0] == pid and len(tree) == 2, tree
     finally:
         stopped = run_cli("stop", env=env, timeout=90)
 
@@ -177,3 +178,4 @@ def test_one_process_in_the_background_runs_jobs_and_stop_drains_it(
     assert f"(pid {pid}) stopped" in stopped.stdout
     assert not (cloud_stack.state_dir / "coda-bridge.pid").exists()
     assert not alive(pid)
+    wait_until(lambda: not any(alive(p) for p in tree), 10, "the executor's child to be gone")
