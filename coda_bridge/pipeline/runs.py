@@ -110,11 +110,30 @@ class _Run:
         self._child: ExecutorProcess | None = None
 
     def start(self) -> None:
-        self._child = self.processes.take()
-        try:
-            self._child.call(self.method, *self.args)
-        except Exception as exc:  # the call cannot reach the child (e.g. a circuit that cannot be sent)
-            self._ended(("error", f"{type(exc).__name__}: {exc}"))
+        """Send the call to a child; one that died while idle (a broken pipe) gives way to a fresh one."""
+        broken: Exception | None = None
+        for _ in range(2):
+            try:
+                child = self.processes.take()
+            except OSError as exc:  # no fork: out of memory or processes
+                self._failed(f"the executor's process could not be started: {describe_error(exc)}")
+                return
+            try:
+                child.call(self.method, *self.args)
+            except (OSError, ValueError) as exc:
+                broken = exc
+                self.processes.discard(child)
+                continue
+            except Exception as exc:  # the call cannot be pickled: this job's failure, the child is fine
+                self.processes.give_back(child)
+                self._failed(f"the job could not be sent to the executor's process: {describe_error(exc)}")
+                return
+            self._child = child
+            return
+        self._failed(f"the executor's process could not be reached: {describe_error(broken or OSError())}")
+
+    def _failed(self, error: str) -> None:
+        self.done, self.error = True, error
 
     def join(self, timeout: float) -> None:
         if self.done or self._child is None:
