@@ -147,6 +147,7 @@ class _Run:
 
     def stop(self, grace_sec: float) -> None:
         """Ask the run to stop (``cancel_current_job()``); its child is killed if it runs past the grace."""
+        self.join(0)  # an answer already waiting: the run ended, and the idle child gets no cancel
         if self.done or self._child is None:
             return
         self._child.cancel()
