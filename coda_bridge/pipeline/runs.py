@@ -145,11 +145,14 @@ class _Run:
     def is_alive(self) -> bool:
         return not self.done
 
-    def stop(self, grace_sec: float) -> None:
-        """Ask the run to stop (``cancel_current_job()``); its child is killed if it runs past the grace."""
+    def stop(self, grace_sec: float) -> bool:
+        """Ask the run to stop (``cancel_current_job()``); its child is killed if it runs past the grace.
+
+        True when it was killed.
+        """
         self.join(0)  # an answer already waiting: the run ended, and the idle child gets no cancel
         if self.done or self._child is None:
-            return
+            return False
         self._child.cancel()
         deadline = time.monotonic() + grace_sec
         while not self.done and time.monotonic() < deadline:
@@ -163,6 +166,8 @@ class _Run:
                 grace_sec,
                 how,
             )
+            return True
+        return False
 
     def _ended(self, answer: tuple[str, Any] | Died) -> None:
         child, self._child, self.done = self._child, None, True
@@ -208,6 +213,11 @@ class Runner:
         for _ in range(jobs):
             self.histograms.observe(JOB_DURATION.name, seconds / jobs, pipe=pipe)
         pipe.execute()
+
+    def _stop(self, run: _Run) -> None:
+        """Stop a run past its cancel or limit; a child killed for it is counted (``/metrics``)."""
+        if run.stop(self.stop_grace_sec):
+            self.state.count("executor_processes_killed")
 
     def _watch(self, run: _Run, watched: list[ReadyJob], limit: float, stop_for: set[str]) -> set[str]:
         """Wait for ``run`` while polling cancel keys and keeping claims alive; Redis blips are ridden out.
@@ -268,14 +278,15 @@ class Runner:
         started = time.monotonic()
         try:
             if self._watch(run, [ready, *keep_alive], limit, {ready.job_id}):
-                run.stop(self.stop_grace_sec)
+                self._stop(run)
                 logger.info("Job %s: cancel key seen mid-run; run stopped.", ready.job_id)
                 return None
         except TimeoutError:
-            run.stop(self.stop_grace_sec)
+            self._stop(run)
             return _time_limit_failure(ready.job_id, limit)
         self._ran(float(time.monotonic() - started), 1)
         if run.died is not None:
+            self.state.count("executor_processes_died")
             return Died(run.died)
         if run.error is not None:
             return _executor_failure(ready.job_id, run.error)
@@ -301,7 +312,7 @@ class Runner:
         try:
             cancelled = self._watch(run, batch, limit, {ready.job_id for ready in batch})
         except TimeoutError:
-            run.stop(self.stop_grace_sec)
+            self._stop(run)
             logger.warning(
                 "batch_run of %d jobs passed their time limit together (%g s); running them one by one.",
                 len(batch),
@@ -309,7 +320,7 @@ class Runner:
             )
             return {}
         if cancelled:
-            run.stop(self.stop_grace_sec)
+            self._stop(run)
             logger.info(
                 "Cancel seen for %d job(s) of a batch of %d; the batch was stopped, the others run again.",
                 len(cancelled),
@@ -317,6 +328,8 @@ class Runner:
             )
             return {index: None for index, ready in enumerate(batch) if ready.job_id in cancelled}
         self._ran(float(time.monotonic() - started), len(batch))
+        if run.died is not None:
+            self.state.count("executor_processes_died")
         if run.died is not None or run.error is not None:
             logger.warning(
                 "batch_run of %d jobs failed (%s); running them one by one.",

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from pipeline_support import FAST_LIMITS, circuit, deliveries, executor_runs, stack_env, status
 
+from coda_bridge.broker.shared_state import NodeState
 from coda_bridge.dev.stack import MODES, LocalStack, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
@@ -34,6 +35,10 @@ def _jobs_process(stack: LocalStack) -> int | None:
     if stack.mode == "start":
         return stack.part_pid("jobs")
     return stack.children["node" if stack.mode == "one-process" else "jobs"].pid
+
+
+def _counters(stack: LocalStack) -> dict[str, float]:
+    return NodeState(stack.broker_redis.client(), stack.qpu_id).counters()
 
 
 def _normal_job_seconds(stack: LocalStack) -> float:
@@ -70,6 +75,8 @@ def test_a_run_whose_process_dies_fails_once_after_three_attempts_and_the_next_j
         wait_until(lambda: _nothing_pending(stack), 10, "every stream entry acknowledged")
         assert _jobs_process(stack) == worker
         assert stack.running("node" if mode == "one-process" else "jobs")
+        # and /metrics counts the six lost processes
+        assert _counters(stack)["executor_processes_died"] == 6
         assert stack.cloud.stats(stack.qpu_id)["duplicate_deliveries"] == 0
 
 
@@ -93,4 +100,5 @@ def test_a_run_that_cannot_be_stopped_fails_alone_and_the_jobs_behind_it_run(tmp
         assert [executor_runs(stack, f"behind-{i}") for i in range(4)] == [1] * 4
         assert time.monotonic() - started < 3 + 1 + NORMAL_JOB_SEC + 5
         assert "its process was killed" in stack.log_tail("jobs", 200)
+        assert _counters(stack)["executor_processes_killed"] == 1
         wait_until(lambda: _nothing_pending(stack), 10, "every stream entry acknowledged")
