@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from ..errors import CodaError
@@ -38,6 +39,8 @@ REAP_WAIT_SEC = 2.0
 #: How often reaping looks at the child again.
 REAP_POLL_SEC = 0.01
 _PR_SET_PDEATHSIG = 1
+#: The child's ``oom_score_adj``: the most an unprivileged process may set, so the OOM killer picks it first.
+OOM_SCORE_ADJ = 1000
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,8 @@ def _serve(
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # a Ctrl-C or a group's SIGTERM is for the worker, which decides what the run gets
+    with contextlib.suppress(OSError):  # out of memory, the kernel kills this child, never the worker
+        Path("/proc/self/oom_score_adj").write_text(f"{OOM_SCORE_ADJ}\n")
     for signum in (signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

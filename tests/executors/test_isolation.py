@@ -6,6 +6,7 @@ import ctypes
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,6 +74,9 @@ def test_a_call_is_answered_from_a_child_that_is_kept_for_the_next_run(processes
 
     # Then it is the same child process, not the worker
     assert first[0] == "ok" and first[1]["pid"] not in (os.getpid(), None)
+    # and the OOM killer would pick it before the worker
+    oom_score_adj = Path(f"/proc/{first[1]['pid']}/oom_score_adj").read_text()
+    assert int(oom_score_adj) == 1000
     assert _answer(again) == first
     processes.discard(again)
 
