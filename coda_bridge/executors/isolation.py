@@ -43,6 +43,10 @@ _PR_SET_PDEATHSIG = 1
 OOM_SCORE_ADJ = 1000
 
 
+#: Held from a child's pipe to its fork, so two runs starting at once never share a pipe's end.
+_FORKING = threading.Lock()
+
+
 @dataclass(frozen=True)
 class Died:
     """The child running a call died before it answered; ``how`` names its exit status."""
@@ -72,17 +76,18 @@ class ExecutorProcess:
     """One forked child holding the executor; the worker sends it calls and reads one reply per call."""
 
     def __init__(self, executor: Any, calls: dict[str, Callable[..., Any]], cancel: Callable[[Any], Any]):
-        ours, theirs = multiprocessing.Pipe(duplex=True)
-        pid = os.fork()
-        if pid == 0:  # the child: serve until the worker goes away; never return into the worker's code
-            code = 1
-            try:
-                ours.close()
-                _serve(executor, theirs, calls, cancel)
-                code = 0
-            finally:
-                os._exit(code)
-        theirs.close()
+        with _FORKING:  # no other child inherits this one's end, so its death always reads as EOF here
+            ours, theirs = multiprocessing.Pipe(duplex=True)
+            pid = os.fork()
+            if pid == 0:  # the child: serve until the worker goes away; never return into the worker's code
+                code = 1
+                try:
+                    ours.close()
+                    _serve(executor, theirs, calls, cancel)
+                    code = 0
+                finally:
+                    os._exit(code)
+            theirs.close()
         self.pid = pid
         self.conn: Connection = ours
         self.died: str | None = None
