@@ -26,10 +26,19 @@ from .results import deliver
 
 logger = logging.getLogger(__name__)
 
-#: dramatiq's own time limit is only a backstop behind the executor watch, which fails the job cleanly.
-BACKSTOP_LIMIT_MS = int((settings.job_time_limit_sec * 2 + 60) * 1000)
+#: dramatiq's own time limit is only a backstop behind the executor watch, which fails the job cleanly:
+#: it allows every run a job may get (one per executor crash), each with its stop grace, plus a minute.
+_RUN_SEC = settings.job_time_limit_sec + settings.executor_stop_grace_sec
+BACKSTOP_LIMIT_MS = int((_RUN_SEC * settings.max_executor_crashes + 60) * 1000)
+#: A batch may run past the sum of its jobs' limits, then each job alone.
 BATCH_BACKSTOP_LIMIT_MS = int(
-    (batch_time_limit_sec(settings.job_time_limit_sec, settings.batch_size) * 2 + 60) * 1000
+    (
+        batch_time_limit_sec(settings.job_time_limit_sec, settings.batch_size)
+        + settings.executor_stop_grace_sec
+        + _RUN_SEC * settings.max_executor_crashes * settings.batch_size
+        + 60
+    )
+    * 1000
 )
 #: Attempts of a job that keeps meeting a Redis outage (backoff grows to the maximum below).
 REDIS_OUTAGE_RETRIES = 100
@@ -99,6 +108,9 @@ def _backstop_failure(fields: Mapping[str, str], entry_id: str) -> None:
     job_id = fields.get("job_id")
     logger.error("Job %s hit dramatiq's backstop time limit.", job_id)
     if job_id and fields.get("callback_url"):
-        error = f"Job exceeded the time limit of {BACKSTOP_LIMIT_MS // 1000} s; run abandoned"
+        error = (
+            f"Job exceeded the worker's backstop time limit of {BACKSTOP_LIMIT_MS // 1000} s "
+            f"(job_time_limit_sec = {settings.job_time_limit_sec:g} s); run abandoned"
+        )
         parts.records.record([(job_id, failure_payload(job_id, error))])
         _queue_deliveries([(job_id, fields["callback_url"], entry_id)])

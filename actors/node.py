@@ -46,7 +46,7 @@ broker.add_middleware(
         settings.maintenance_windows,
         pauses,
         parts.host.executor,
-        lambda: parts.host.run_slots,
+        lambda: parts.host.processes.slots,
         concurrency=settings.executor_concurrency,
         command=settings.calibration_command,
         timeout_sec=settings.calibration_timeout_sec,

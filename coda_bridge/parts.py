@@ -122,6 +122,8 @@ class NodeParts:
             self.state,
             job_time_limit_sec=self.settings.job_time_limit_sec,
             cancel_poll_sec=self.settings.cancel_poll_interval_sec,
+            stop_grace_sec=self.settings.executor_stop_grace_sec,
+            max_crashes=self.settings.max_executor_crashes,
         )
         claims = ClaimBook(self.local_redis, self.qpu_id, self.records, self.state)
         return Execution(

@@ -155,6 +155,10 @@ class Settings(BaseModel):
     calibration_timeout_sec: float = Field(600, gt=0)
     #: ``window_end``, or ``hook_end``: resume once the calibration hook succeeded.
     maintenance_resume: str = "window_end"
+    #: A run past its cancel or time limit gets this long to end before its executor process is killed.
+    executor_stop_grace_sec: float = Field(5, gt=0)
+    #: Runs of one job that may end with the executor's process dying before the job fails.
+    max_executor_crashes: int = Field(3, ge=1)
     simulator_seed: int | None = None
     simulator_max_qubits: int = Field(24, ge=1, le=30)
 

@@ -44,6 +44,8 @@ COUNTERS = (
     "jobs_cancelled",
     "jobs_skipped",
     "executor_seconds",
+    "executor_processes_died",
+    "executor_processes_killed",
     "webhook_attempts",
     "webhook_failures",
     "webhook_dead_letters",

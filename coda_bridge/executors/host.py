@@ -1,18 +1,17 @@
-"""The executor of one worker process: resolved once, and the threads and slots its runs take.
+"""The executor of one worker process: resolved once, and the child processes its runs take.
 
-Runs happen on daemon threads so the actor thread can watch the cancel key
-and the time limit; a run that was abandoned keeps its slot until it
-really ends, so an abandoned run that still holds the device keeps the
-next one waiting instead of running beside it.
+Runs happen in child processes (:mod:`~coda_bridge.executors.isolation`)
+so the actor thread can watch the cancel key and the time limit, and a
+crash or a run that cannot be stopped costs a child, never the worker; a
+run that was abandoned keeps its slot until its child answered or was
+killed, so it never runs beside the next one.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from functools import cached_property
 from typing import Any
 
@@ -22,45 +21,14 @@ from ..broker.shared_state import NodeState
 from ..errors import CodaError
 from ..logs import mask
 from ..settings import Settings
+from .isolation import ExecutorProcesses
 
-__all__ = ["DaemonThreads", "ExecutorHost", "reported_edges"]
+__all__ = ["ExecutorHost", "reported_edges"]
 
 logger = logging.getLogger(__name__)
 
-#: Executor threads beyond the concurrency, for runs that were abandoned but have not ended.
-EXECUTOR_SPARE_THREADS = 4
 #: Longest build-failure text kept in the shared state (the cloud's own error limit).
 FAILURE_MAX_CHARS = 500
-
-
-class DaemonThreads:
-    """A fixed set of daemon threads running submitted calls.
-
-    Unlike ``ThreadPoolExecutor``, whose threads are joined at exit, a hung
-    executor call here never keeps a stopping worker process alive.
-    """
-
-    def __init__(self, size: int, name: str) -> None:
-        self._calls: queue.SimpleQueue[tuple[Future[None], Callable[[], None]]] = queue.SimpleQueue()
-        for index in range(size):
-            threading.Thread(target=self._serve, name=f"{name}-{index}", daemon=True).start()
-
-    def submit(self, call: Callable[[], None]) -> Future[None]:
-        future: Future[None] = Future()
-        self._calls.put((future, call))
-        return future
-
-    def _serve(self) -> None:
-        while True:
-            future, call = self._calls.get()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                call()
-            except BaseException as exc:
-                future.set_exception(exc)
-            else:
-                future.set_result(None)
 
 
 class ExecutorHost:
@@ -73,13 +41,14 @@ class ExecutorHost:
         self._executor: Any = None
         self._noted = False
         self.origin: str | None = None
-        #: Runs on the device at once (an abandoned run keeps its slot until it really ends).
-        self.run_slots = threading.BoundedSemaphore(settings.executor_concurrency)
 
     @cached_property
-    def run_pool(self) -> DaemonThreads:
-        """Threads that call the executor; spares so abandoned runs never starve new ones."""
-        return DaemonThreads(self.settings.executor_concurrency + EXECUTOR_SPARE_THREADS, "coda-executor")
+    def processes(self) -> ExecutorProcesses:
+        """The children that run the executor: ``executor_concurrency`` runs on the device at once."""
+        from .base import call_batch_run, call_run, cancel
+
+        calls: dict[str, Callable[..., Any]] = {"run": call_run, "batch_run": call_batch_run}
+        return ExecutorProcesses(self.executor, calls, cancel, self.settings.executor_concurrency)
 
     def executor(self) -> Any:
         """The executor, resolved once; a :class:`~coda_bridge.errors.CodaError` when it cannot be built.

@@ -1,20 +1,19 @@
 """Executor calls watched by the actor thread, and the result payloads they end in.
 
-The executor runs on the host's executor threads while the actor thread
+The executor runs in a child process of the worker while the actor thread
 polls the cancel keys, keeps the jobs' claims alive and enforces the time
-limit; a run that is cancelled or overruns is abandoned (and the executor
-asked to stop).  Every outcome becomes a result payload, or ``None`` for a
-job cancelled mid-run.
+limit; a run that is cancelled or overruns is asked to stop, and its
+process killed if it has not stopped within ``executor_stop_grace_sec``.
+A run whose process died is run again in a fresh one, up to
+``max_executor_crashes`` runs, then fails naming how it died.  Every
+outcome becomes a result payload, or ``None`` for a job cancelled mid-run.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +21,8 @@ import redis
 
 from ..broker.histograms import JOB_DURATION, Histograms
 from ..broker.shared_state import NodeState
-from ..errors import CodaError
 from ..executors.host import ExecutorHost
+from ..executors.isolation import Died, ExecutorProcess, describe_error
 from .claims import Claim
 from .status import ERROR_MAX_CHARS, CloudStatus
 
@@ -44,6 +43,9 @@ Timings = list[tuple[float, int]]
 
 #: A failed write of the run's observations is logged at most once per this many seconds.
 OBSERVATION_WARNING_INTERVAL_SEC = 60.0
+
+#: How often a run that was asked to stop is looked at during its grace.
+STOP_POLL_SEC = 0.05
 
 
 @dataclass
@@ -73,15 +75,21 @@ def _completed(job_id: str, result: Any) -> Payload:
     }
 
 
-def _executor_failure(job_id: str, error: BaseException) -> Payload:
-    if isinstance(error, CodaError):
-        return failure_payload(job_id, f"Executor error: {error}")
-    return failure_payload(job_id, f"Executor error: {type(error).__name__}: {error}")
+def _executor_failure(job_id: str, error: str) -> Payload:
+    return failure_payload(job_id, f"Executor error: {error}")
 
 
 def _time_limit_failure(job_id: str, limit: float) -> Payload:
     return failure_payload(
         job_id, f"Job exceeded the time limit of {limit:g} s (job_time_limit_sec); run abandoned"
+    )
+
+
+def _crash_failure(job_id: str, died: str, attempts: int) -> Payload:
+    return failure_payload(
+        job_id,
+        f"The executor's process died with {died} on each of {attempts} attempts "
+        f"(max_executor_crashes = {attempts}); the job is not run again",
     )
 
 
@@ -91,38 +99,95 @@ def batch_time_limit_sec(job_limit_sec: float, jobs: int) -> float:
 
 
 class _Run:
-    """One executor call on the host's executor threads, so the actor can watch the cancel key.
+    """One executor call in a child process (:mod:`~coda_bridge.executors.isolation`), watched by the actor.
 
-    A run takes one of the host's executor slots first, so a run that
-    was abandoned (cancel, time limit) but still holds the device keeps the
-    next one waiting instead of running beside it.
+    A run takes one of the host's executor slots first, and gives it back
+    only once its child answered, died or was killed, so an abandoned run
+    never runs beside the next one.
     """
 
-    def __init__(self, host: ExecutorHost, call: Callable[..., Any], *args: Any) -> None:
-        self.host, self.call, self.args = host, call, args
-        self.abandoned = threading.Event()
+    def __init__(self, host: ExecutorHost, method: str, *args: Any) -> None:
+        self.processes = host.processes
+        self.method, self.args = method, args
+        self.done = False
         self.result: Any = None
-        self.error: BaseException | None = None
-        self._future: Future[None] | None = None
+        self.error: str | None = None
+        #: How the child died during the call (``signal 11 (SIGSEGV)``), if it did.
+        self.died: str | None = None
+        self._child: ExecutorProcess | None = None
 
     def start(self) -> None:
-        self._future = self.host.run_pool.submit(self._run)
-
-    def join(self, timeout: float) -> None:
-        assert self._future is not None
-        wait([self._future], timeout=timeout)
-
-    def is_alive(self) -> bool:
-        return self._future is not None and not self._future.done()
-
-    def _run(self) -> None:
-        with self.host.run_slots:
-            if self.abandoned.is_set():
+        """Send the call to a child; one that died while idle (a broken pipe) gives way to a fresh one."""
+        broken: Exception | None = None
+        for _ in range(2):
+            try:
+                child = self.processes.take()
+            except OSError as exc:  # no fork: out of memory or processes
+                self._failed(f"the executor's process could not be started: {describe_error(exc)}")
                 return
             try:
-                self.result = self.call(*self.args)
-            except BaseException as exc:  # reported to the actor thread, which decides
-                self.error = exc
+                child.call(self.method, *self.args)
+            except (OSError, ValueError) as exc:
+                broken = exc
+                self.processes.discard(child)
+                continue
+            except Exception as exc:  # the call cannot be pickled: this job's failure, the child is fine
+                self.processes.give_back(child)
+                self._failed(f"the job could not be sent to the executor's process: {describe_error(exc)}")
+                return
+            self._child = child
+            return
+        self._failed(f"the executor's process could not be reached: {describe_error(broken or OSError())}")
+
+    def _failed(self, error: str) -> None:
+        self.done, self.error = True, error
+
+    def join(self, timeout: float) -> None:
+        if self.done or self._child is None:
+            return
+        answer = self._child.reply(timeout)
+        if answer is not None:
+            self._ended(answer)
+
+    def is_alive(self) -> bool:
+        return not self.done
+
+    def stop(self, grace_sec: float) -> bool:
+        """Ask the run to stop (``cancel_current_job()``); its child is killed if it runs past the grace.
+
+        True when it was killed.
+        """
+        self.join(0)  # an answer already waiting: the run ended, and the idle child gets no cancel
+        if self.done or self._child is None:
+            return False
+        self._child.cancel()
+        deadline = time.monotonic() + grace_sec
+        while not self.done and time.monotonic() < deadline:
+            self.join(min(deadline - time.monotonic(), STOP_POLL_SEC))
+        if not self.done:
+            child, self._child, self.done = self._child, None, True
+            how = self.processes.discard(child)
+            logger.warning(
+                "The executor's run did not stop within %g s of its cancel; its process was killed (%s) "
+                "and the next run gets a fresh one.",
+                grace_sec,
+                how,
+            )
+            return True
+        return False
+
+    def _ended(self, answer: tuple[str, Any] | Died) -> None:
+        child, self._child, self.done = self._child, None, True
+        assert child is not None
+        if isinstance(answer, Died):
+            self.died = answer.how
+            self.processes.discard(child)
+            return
+        self.processes.give_back(child)
+        if answer[0] == "ok":
+            self.result = answer[1]
+        else:
+            self.error = str(answer[1])
 
 
 class Runner:
@@ -136,12 +201,16 @@ class Runner:
         *,
         job_time_limit_sec: float,
         cancel_poll_sec: float,
+        stop_grace_sec: float = 5.0,
+        max_crashes: int = 3,
     ) -> None:
         self.host = host
         self.status = status
         self.state = state
         self.job_time_limit_sec = job_time_limit_sec
         self.cancel_poll_sec = cancel_poll_sec
+        self.stop_grace_sec = stop_grace_sec
+        self.max_crashes = max_crashes
         self.histograms = Histograms(state.client, state.qpu_id)
         self._warned_at = -math.inf
 
@@ -170,24 +239,30 @@ class Runner:
                     exc,
                 )
 
-    def _watch(self, run: _Run, watched: list[ReadyJob], limit: float, *, stop_on_cancel: bool) -> set[str]:
+    def _stop(self, run: _Run) -> None:
+        """Stop a run past its cancel or limit; a child killed for it is counted (``/metrics``)."""
+        if run.stop(self.stop_grace_sec):
+            self.state.count("executor_processes_killed")
+
+    def _watch(self, run: _Run, watched: list[ReadyJob], limit: float, stop_for: set[str]) -> set[str]:
         """Wait for ``run`` while polling cancel keys and keeping claims alive; Redis blips are ridden out.
 
-        Returns the jobs whose cancel key was seen.  Raises :class:`TimeoutError`
-        past ``limit``; with ``stop_on_cancel``, returns at the first cancel.
+        Returns at once the jobs of ``stop_for`` whose cancel key was seen
+        (the run goes on; the caller stops it), or nothing when the run ended.
+        Raises :class:`TimeoutError` past ``limit``.
         """
         poll = self.cancel_poll_sec
         started = time.monotonic()
-        cancelled: set[str] = set()
         while True:
             run.join(poll)
             if not run.is_alive():
-                return cancelled
+                return set()
             try:
-                cancelled |= self.status.cancels_seen([ready.job_id for ready in watched])
+                cancelled = self.status.cancels_seen([ready.job_id for ready in watched]) & stop_for
             except redis.RedisError as exc:
                 logger.warning("Cancel keys unreadable (%s); the run goes on.", exc)
-            if cancelled and stop_on_cancel:
+                cancelled = set()
+            if cancelled:
                 return cancelled
             if time.monotonic() - started > limit:
                 raise TimeoutError
@@ -200,82 +275,132 @@ class Runner:
     def _run_watched(
         self, ready: ReadyJob, timings: Timings, keep_alive: list[ReadyJob] | None = None
     ) -> Payload | None:
-        """Run one job on the executor; ``None`` when it was cancelled mid-run.
+        """Run one job on the executor, again in a fresh process when its process died; ``None`` if cancelled.
 
-        ``keep_alive`` are claims of jobs waiting their turn behind this one;
-        the call's time goes to ``timings``.
+        ``keep_alive`` are claims of jobs waiting their turn behind this one.
         """
-        from ..executors.base import call_run, cancel, coerce_result
+        died = ""
+        for attempt in range(1, self.max_crashes + 1):
+            outcome = self._run_once(ready, keep_alive or [], timings)
+            if not isinstance(outcome, Died):
+                return outcome
+            died = outcome.how
+            logger.warning(
+                "Job %s: the executor's process died with %s during its run (attempt %d of %d).",
+                ready.job_id,
+                died,
+                attempt,
+                self.max_crashes,
+            )
+        logger.error("Job %s failed: the executor's process died on each of its runs.", ready.job_id)
+        return _crash_failure(ready.job_id, died, self.max_crashes)
 
-        executor = self.host.executor()
+    def _run_once(
+        self, ready: ReadyJob, keep_alive: list[ReadyJob], timings: Timings
+    ) -> Payload | Died | None:
+        """One run of one job: its result, ``None`` if it was cancelled, :class:`Died` if its process died."""
+        from ..executors.base import coerce_result
+
         limit = self.job_time_limit_sec
-        started = time.monotonic()
-        run = _Run(self.host, call_run, executor, ready.circuit, ready.shots)
+        run = _Run(self.host, "run", ready.circuit, ready.shots)
         run.start()
+        started = time.monotonic()
         try:
-            if self._watch(run, [ready, *(keep_alive or [])], limit, stop_on_cancel=True) & {ready.job_id}:
-                run.abandoned.set()
-                cancel(executor)
-                logger.info("Job %s: cancel key seen mid-run; run abandoned.", ready.job_id)
+            if self._watch(run, [ready, *keep_alive], limit, {ready.job_id}):
+                self._stop(run)
+                logger.info("Job %s: cancel key seen mid-run; run stopped.", ready.job_id)
                 return None
         except TimeoutError:
-            run.abandoned.set()
-            cancel(executor)
+            self._stop(run)
             return _time_limit_failure(ready.job_id, limit)
         timings.append((float(time.monotonic() - started), 1))
+        if run.died is not None:
+            self.state.count("executor_processes_died")
+            return Died(run.died)
         if run.error is not None:
             return _executor_failure(ready.job_id, run.error)
         try:
             return _completed(ready.job_id, coerce_result(run.result, ready.circuit, ready.shots))
         except Exception as exc:  # a result of a shape nobody expected is this job's failure
-            return _executor_failure(ready.job_id, exc)
+            return _executor_failure(ready.job_id, describe_error(exc))
 
-    def _run_batch_watched(self, batch: list[ReadyJob], timings: Timings) -> list[Payload | None] | None:
-        """Run jobs through ``batch_run``; ``None`` when the batch call failed (run them one by one)."""
-        from ..executors.base import call_batch_run, cancel, coerce_result
+    def _run_batch_watched(self, batch: list[ReadyJob], timings: Timings) -> dict[int, Payload | None]:
+        """Run jobs through ``batch_run``; the outcome of each job it ended, by index (the rest run alone).
 
-        executor = self.host.executor()
+        A cancel seen mid-batch stops the batch: the cancelled jobs end
+        ``cancelled`` and the others run again one by one.  A batch past the
+        sum of its jobs' limits, a failed call, or a dead process also hands
+        every job to a run of its own, with its own limit.
+        """
+        from ..executors.base import coerce_result
+
         limit = batch_time_limit_sec(self.job_time_limit_sec, len(batch))
-        started = time.monotonic()
-        run = _Run(self.host, call_batch_run, executor, [(r.circuit, r.shots) for r in batch])
+        run = _Run(self.host, "batch_run", [(r.circuit, r.shots) for r in batch])
         run.start()
+        started = time.monotonic()
         try:
-            cancelled = self._watch(run, batch, limit, stop_on_cancel=False)
+            cancelled = self._watch(run, batch, limit, {ready.job_id for ready in batch})
         except TimeoutError:
-            run.abandoned.set()
-            cancel(executor)
-            return [_time_limit_failure(r.job_id, limit) for r in batch]
-        timings.append((float(time.monotonic() - started), len(batch)))
-        if run.error is not None:
+            self._stop(run)
             logger.warning(
-                "batch_run of %d jobs failed (%s); running them one by one.", len(batch), run.error
+                "batch_run of %d jobs passed their time limit together (%g s); running them one by one.",
+                len(batch),
+                limit,
             )
-            return None
+            return {}
+        if cancelled:
+            self._stop(run)
+            logger.info(
+                "Cancel seen for %d job(s) of a batch of %d; the batch was stopped, the others run again.",
+                len(cancelled),
+                len(batch),
+            )
+            return {index: None for index, ready in enumerate(batch) if ready.job_id in cancelled}
+        timings.append((float(time.monotonic() - started), len(batch)))
+        if run.died is not None:
+            self.state.count("executor_processes_died")
+        if run.died is not None or run.error is not None:
+            logger.warning(
+                "batch_run of %d jobs failed (%s); running them one by one.",
+                len(batch),
+                run.error or f"the executor's process died with {run.died}",
+            )
+            return {}
         results = run.result
         if not isinstance(results, list | tuple) or len(results) != len(batch):
             count = len(results) if isinstance(results, list | tuple) else type(results).__name__
             logger.warning(
                 "batch_run gave %s results for %d jobs; running them one by one.", count, len(batch)
             )
-            return None
-        payloads: list[Payload | None] = []
-        for ready, result in zip(batch, results, strict=True):
-            if ready.job_id in cancelled:
-                payloads.append(None)
-                continue
+            return {}
+        payloads: dict[int, Payload | None] = {}
+        for index, (ready, result) in enumerate(zip(batch, results, strict=True)):
             try:
-                payloads.append(_completed(ready.job_id, coerce_result(result, ready.circuit, ready.shots)))
+                payloads[index] = _completed(ready.job_id, coerce_result(result, ready.circuit, ready.shots))
             except Exception as exc:  # one bad result fails its job, not the batch
-                payloads.append(_executor_failure(ready.job_id, exc))
+                payloads[index] = _executor_failure(ready.job_id, describe_error(exc))
         return payloads
 
     def run_all(self, batch: list[ReadyJob], timings: Timings | None = None) -> list[Payload | None]:
-        """Run the jobs through ``batch_run`` when there are several, else (or on failure) in turn.
+        """Run the jobs through ``batch_run`` when there are several; each job it did not end, in turn.
 
         The executor calls' times go to ``timings``, for :meth:`observe` once the results are recorded.
         """
         timings = [] if timings is None else timings
-        payloads = self._run_batch_watched(batch, timings) if len(batch) > 1 else None
-        if payloads is None:
-            payloads = [self._run_watched(ready, timings, batch[i + 1 :]) for i, ready in enumerate(batch)]
+        ended = self._run_batch_watched(batch, timings) if len(batch) > 1 else {}
+        payloads: list[Payload | None] = []
+        for index, ready in enumerate(batch):
+            if index in ended:
+                payloads.append(ended[index])
+            elif index and self._cancelled_before_start(ready):
+                payloads.append(None)
+            else:
+                payloads.append(self._run_watched(ready, timings, batch[index + 1 :]))
         return payloads
+
+    def _cancelled_before_start(self, ready: ReadyJob) -> bool:
+        """Whether the cloud cancelled a job while it waited its turn in this batch."""
+        try:
+            return bool(self.status.cancels_seen([ready.job_id]))
+        except redis.RedisError:
+            return False

@@ -134,6 +134,14 @@ class NodeCollector:
         yield CounterMetricFamily(
             "coda_bridge_executor_seconds", "Time spent in the executor.", value=counters["executor_seconds"]
         )
+        lost = CounterMetricFamily(
+            "coda_bridge_executor_processes_lost",
+            "Executor child processes replaced: died during a run, or killed past a cancel or time limit.",
+            labels=["reason"],
+        )
+        lost.add_metric(["died"], counters["executor_processes_died"])
+        lost.add_metric(["killed"], counters["executor_processes_killed"])
+        yield lost
         yield CounterMetricFamily(
             "coda_bridge_webhook_attempts", "Result deliveries attempted.", value=counters["webhook_attempts"]
         )

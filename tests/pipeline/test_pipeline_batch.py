@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,9 +12,11 @@ from pipeline_support import (
     FAST_LIMITS,
     circuit,
     deliveries,
+    executor_cancels,
     executor_runs,
     restart_worker_with_failpoint,
     stack_env,
+    status,
 )
 
 from coda_bridge.dev.stack import LocalStack, wait_until
@@ -44,10 +47,17 @@ def _batches(workdir: Path) -> list[int]:
 
 
 def _submit_while_bridge_is_down(stack: LocalStack, tags: list[str]) -> list[str]:
+    """Submit a job per tag (``mode:tag``, or an ``ok`` job) while the bridge is down, then start it."""
     stack.children["bridge"].stop()
-    ids = [stack.cloud.submit(stack.qpu_id, circuit("ok", tag=tag), 10) for tag in tags]
+    jobs = [_mode_tag(tag) for tag in tags]
+    ids = [stack.cloud.submit(stack.qpu_id, circuit(mode, tag=tag), 10) for mode, tag in jobs]
     stack.start_process("bridge")
     return ids
+
+
+def _mode_tag(tag: str) -> tuple[str, str]:
+    mode, _, rest = tag.partition(":")
+    return (mode, rest) if rest else ("ok", tag)
 
 
 def test_waiting_jobs_run_in_batches_of_batch_size(batch_stack: LocalStack) -> None:
@@ -92,3 +102,51 @@ def test_a_batch_recorded_before_a_kill_is_delivered_once_and_never_run_again(tm
         assert _batches(stack.workdir)[-1:] == [5]
         assert [executor_runs(stack, tag) for tag in tags] == [1] * 5
         assert [len(deliveries(stack, job_id)) for job_id in ids] == [1] * 5
+
+
+def test_a_cancel_inside_a_running_batch_ends_that_job_cancelled_at_once_and_the_others_complete(
+    batch_stack: LocalStack,
+) -> None:
+    # Given a batch whose first job runs for 20 s, followed by three quick ones
+    stack = batch_stack
+    cancels_before = executor_cancels(stack)
+    before = len(_batches(stack.workdir))
+    stack.children["bridge"].stop()
+    long = stack.cloud.submit(stack.qpu_id, circuit("sleep:20", tag="batch-long"), 10)
+    others = [stack.cloud.submit(stack.qpu_id, circuit("ok", tag=f"batch-other-{i}"), 10) for i in range(3)]
+    stack.start_process("bridge")
+    wait_until(lambda: executor_runs(stack, "batch-long") == 1, 20, "the batch to start")
+    assert _batches(stack.workdir)[before:] == [4]
+
+    # When the cloud cancels the long job mid-batch
+    cancelled_at = time.monotonic()
+    stack.cloud.cancel(long)
+
+    # Then cancel_current_job() is called within the poll interval plus a short grace
+    wait_until(lambda: executor_cancels(stack) == cancels_before + 1, 3, "cancel_current_job()")
+    assert time.monotonic() - cancelled_at < 3
+    # and the job ends cancelled (no result sent), the others with their own results
+    results = stack.cloud.wait_for_results(others, timeout_sec=30)
+    assert [results[job_id]["status"] for job_id in others] == ["completed"] * 3
+    wait_until(lambda: status(stack, long).get("state") == "cancelled", 10, "the cancelled status")
+    assert deliveries(stack, long) == []
+    assert [len(deliveries(stack, job_id)) for job_id in others] == [1] * 3
+
+
+def test_a_batch_past_its_time_limit_fails_only_the_job_that_overran_naming_the_setting(
+    batch_stack: LocalStack,
+) -> None:
+    # Given a batch of a job that never ends (until cancelled) and two quick ones; the limit is 6 s a job
+    before = len(_batches(batch_stack.workdir))
+    ids = _submit_while_bridge_is_down(batch_stack, ["hang:over-hang", "over-ok-0", "over-ok-1"])
+
+    # When the batch passes 18 s (3 jobs of 6 s), and each job then runs on its own
+    results = batch_stack.cloud.wait_for_results(ids, timeout_sec=60)
+
+    # Then the hanging job fails naming the setting's real value; the others complete
+    hang, *quick = ids
+    assert results[hang]["status"] == "failed"
+    assert "time limit of 6 s (job_time_limit_sec)" in results[hang]["error"], results[hang]["error"]
+    assert [results[job_id]["status"] for job_id in quick] == ["completed"] * 2
+    assert [len(deliveries(batch_stack, job_id)) for job_id in ids] == [1] * 3
+    assert _batches(batch_stack.workdir)[before:] == [3]

@@ -5,6 +5,9 @@
 - ``raise:<tag>``: raise an exception
 - ``wrongtype:<tag>``: return a string instead of a result
 - ``hang:<tag>``: never return (until cancelled)
+- ``exit:<tag>``: end the process at once (``os._exit(1)``)
+- ``segv:<tag>``: crash the process (a read of address 0: SIGSEGV)
+- ``stuck:<tag>``: never return, ignore the cancel, and make ``cancel_current_job()`` block too
 
 Every run and every cancel is appended to ``$PIPELINE_TEST_EXECUTOR_LOG``, so a
 test can count executions per tag.
@@ -12,8 +15,10 @@ test can count executions per tag.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
+import time
 from typing import Any
 
 
@@ -27,6 +32,7 @@ def _log(line: str) -> None:
 class PipelineTestExecutor:
     def __init__(self) -> None:
         self._cancel = threading.Event()
+        self._stuck = False
 
     def run(self, ir: Any, shots: int) -> Any:
         mode, _, rest = ir.metadata.source_hash.partition(":")
@@ -43,6 +49,14 @@ class PipelineTestExecutor:
         elif mode == "hang":
             self._cancel.wait(3600)
             raise RuntimeError("cancelled")
+        elif mode == "exit":
+            os._exit(1)
+        elif mode == "segv":
+            ctypes.string_at(0)
+        elif mode == "stuck":
+            self._stuck = True
+            while True:
+                time.sleep(1)
         return {
             "counts": {"0" * len(ir.measurements): shots},
             "execution_time_ms": 1.0,
@@ -51,6 +65,8 @@ class PipelineTestExecutor:
 
     def cancel_current_job(self) -> None:
         _log("cancel")
+        if self._stuck:
+            threading.Event().wait()
         self._cancel.set()
 
 

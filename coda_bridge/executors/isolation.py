@@ -1,0 +1,230 @@
+"""The executor's runs in child processes of the worker: a crash or a stuck run costs a child, not the worker.
+
+A child is forked from the worker once the executor is built (it inherits
+the built executor) and serves runs over a pipe, one at a time.  A run
+that is cancelled or overruns is asked to stop (``cancel_current_job()``
+runs in the child, on a thread of its own, so a blocking cancel blocks
+nothing); a run that has not ended within the grace loses its child to a
+SIGKILL.  A child that dies (``os._exit``, a signal, the OOM killer) is
+reported with its exit status, and the next run gets a fresh child.
+Like Celery's prefork pool, the worker that watches the cancel key and
+the time limit never shares a process (or a GIL) with the executor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from ..errors import CodaError
+
+__all__ = ["Died", "ExecutorProcess", "ExecutorProcesses", "describe_error", "describe_status"]
+
+logger = logging.getLogger(__name__)
+
+#: How long a child that closed its pipe gets to be reaped before it is killed.
+REAP_WAIT_SEC = 2.0
+#: How often reaping looks at the child again.
+REAP_POLL_SEC = 0.01
+_PR_SET_PDEATHSIG = 1
+#: The child's ``oom_score_adj``: the most an unprivileged process may set, so the OOM killer picks it first.
+OOM_SCORE_ADJ = 1000
+
+
+#: Held from a child's pipe to its fork, so two runs starting at once never share a pipe's end.
+_FORKING = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Died:
+    """The child running a call died before it answered; ``how`` names its exit status."""
+
+    how: str
+
+
+def describe_status(status: int) -> str:
+    """``signal 11 (SIGSEGV)`` or ``exit code 1``, from an ``os.waitpid`` status."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            return f"signal {number} ({signal.Signals(number).name})"
+        except ValueError:
+            return f"signal {number}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
+def describe_error(exc: BaseException) -> str:
+    """The text a failed call reports: a node error's own words, else ``Type: message``."""
+    if isinstance(exc, CodaError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+class ExecutorProcess:
+    """One forked child holding the executor; the worker sends it calls and reads one reply per call."""
+
+    def __init__(self, executor: Any, calls: dict[str, Callable[..., Any]], cancel: Callable[[Any], Any]):
+        with _FORKING:  # no other child inherits this one's end, so its death always reads as EOF here
+            ours, theirs = multiprocessing.Pipe(duplex=True)
+            pid = os.fork()
+            if pid == 0:  # the child: serve until the worker goes away; never return into the worker's code
+                code = 1
+                try:
+                    ours.close()
+                    _serve(executor, theirs, calls, cancel)
+                    code = 0
+                finally:
+                    os._exit(code)
+            theirs.close()
+        self.pid = pid
+        self.conn: Connection = ours
+        self.died: str | None = None
+
+    def call(self, method: str, *args: Any) -> None:
+        """Send one call; its reply is read by :meth:`reply`."""
+        self.conn.send((method, args))
+
+    def reply(self, timeout: float) -> tuple[str, Any] | Died | None:
+        """``("ok", value)`` or ``("error", text)``; :class:`Died` if the child died; ``None`` on timeout."""
+        try:
+            if not self.conn.poll(max(timeout, 0.0)):
+                return None
+            answer: tuple[str, Any] = self.conn.recv()
+        except (EOFError, OSError):
+            return Died(self._reap())
+        return answer
+
+    def cancel(self) -> None:
+        """Ask the run in progress to stop (``cancel_current_job()`` in the child); a dead child is left."""
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send(("cancel", ()))
+
+    def kill(self) -> str:
+        """End the child now (SIGKILL) and reap it; how it ended."""
+        if self.died is None:  # once reaped, its pid may be another process's
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        return self._reap()
+
+    def _reap(self) -> str:
+        if self.died is not None:
+            return self.died
+        self.conn.close()
+        deadline = time.monotonic() + REAP_WAIT_SEC
+        while True:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by someone else (SIGCHLD ignored): the status is lost
+                self.died = "an unknown exit status"
+                return self.died
+            if pid:
+                self.died = describe_status(status)
+                return self.died
+            if time.monotonic() > deadline:  # closed its pipe but lives on: it cannot be trusted
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+                deadline = time.monotonic() + REAP_WAIT_SEC
+            time.sleep(REAP_POLL_SEC)
+
+
+def _serve(
+    executor: Any, conn: Connection, calls: dict[str, Callable[..., Any]], cancel: Callable[[Any], Any]
+) -> None:
+    """The child's life: calls one at a time on this thread; each cancel on a thread of its own."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)  # a Ctrl-C or a group's SIGTERM is for the worker, which decides what the run gets
+    with contextlib.suppress(OSError):  # out of memory, the kernel kills this child, never the worker
+        Path("/proc/self/oom_score_adj").write_text(f"{OOM_SCORE_ADJ}\n")
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    pending: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | None] = queue.SimpleQueue()
+
+    def read() -> None:
+        while True:
+            try:
+                method, args = conn.recv()
+            except (EOFError, OSError):  # the worker is gone: nothing will read a reply
+                pending.put(None)
+                return
+            if method == "cancel":
+                threading.Thread(target=cancel, args=(executor,), name="coda-cancel", daemon=True).start()
+            else:
+                pending.put((method, args))
+
+    threading.Thread(target=read, name="coda-child-reader", daemon=True).start()
+    while (request := pending.get()) is not None:
+        method, args = request
+        try:
+            answer: tuple[str, Any] = ("ok", calls[method](executor, *args))
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt from a run are its failures too
+            answer = ("error", describe_error(exc))
+        try:
+            conn.send(answer)
+        except (OSError, ValueError):
+            return
+        except Exception as exc:  # the result cannot be pickled: the call failed
+            conn.send(("error", f"its result could not be sent to the worker: {describe_error(exc)}"))
+
+
+class ExecutorProcesses:
+    """The children of one worker: at most ``slots`` running at once, idle ones kept for the next run."""
+
+    def __init__(
+        self,
+        executor: Callable[[], Any],
+        calls: dict[str, Callable[..., Any]],
+        cancel: Callable[[Any], Any],
+        slots: int,
+    ) -> None:
+        self._executor = executor
+        self._calls = calls
+        self._cancel = cancel
+        self._slots = threading.BoundedSemaphore(slots)
+        self._idle: list[ExecutorProcess] = []
+        self._lock = threading.Lock()
+
+    @property
+    def slots(self) -> threading.BoundedSemaphore:
+        """The run slots: whoever holds all of them has the device to itself (a calibration)."""
+        return self._slots
+
+    def take(self) -> ExecutorProcess:
+        """An idle child, or a freshly forked one; waits while every slot runs."""
+        executor = self._executor()  # built (or failing) before a slot is taken
+        self._slots.acquire()
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        try:
+            return ExecutorProcess(executor, self._calls, self._cancel)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def give_back(self, child: ExecutorProcess) -> None:
+        """A child whose call answered: kept for the next run."""
+        with self._lock:
+            self._idle.append(child)
+        self._slots.release()
+
+    def discard(self, child: ExecutorProcess) -> str:
+        """A child that died or would not stop: killed if need be and reaped; how it ended."""
+        try:
+            return child.kill()
+        finally:
+            self._slots.release()
