@@ -113,7 +113,7 @@ class Deliverer:
             logger.error("Job %s: %s.", job_id, refused)
         pipe = self.records.client.pipeline(transaction=False)
         self.records.mark_delivered(job_id, refused, pipe)
-        if entry_id:  # the delivered mark stands for it now: the bridge acknowledges on seeing it
+        if entry_id:  # the delivered mark stands for it now; the status write below acknowledges it
             self.entries.forget([entry_id], pipe)
         if attempted:
             self.state.count("webhook_attempts", pipe=pipe)
@@ -129,7 +129,17 @@ class Deliverer:
             self.state.set_last_job_at(pipe=pipe)
         elif outcome != "duplicate":
             self.state.count("jobs_failed", pipe=pipe)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            # The cloud has its answer: its status hash (the ledger) is what keeps the job from running
+            # again, so it is written even when the broker is gone (a Ctrl-C that stopped it too).
+            logger.warning(
+                "Job %s: the cloud answered the delivery, but the broker Redis did not take its "
+                "bookkeeping (%s); writing the job's status at the cloud all the same.",
+                job_id,
+                exc,
+            )
         try:
             self.status.delivered(job_id, payload, refused, entry_id)
         except WebhookError as exc:  # the status write met a cloud Redis outage; the next attempt writes it

@@ -22,7 +22,7 @@ from coda_bridge.cloud.client import CloudClient
 from coda_bridge.cloud.keys import group_name, status_key, stream_key
 from coda_bridge.cloud.signing import Signer, generate_private_key_pem, public_key_pem, verify_token
 from coda_bridge.errors import WebhookError
-from coda_bridge.pipeline.delivery import Deliverer, should_retry
+from coda_bridge.pipeline.delivery import Deliverer, DeliveryRetry, should_retry
 from coda_bridge.pipeline.records import RecordStore
 from coda_bridge.pipeline.status import CloudStatus
 from coda_bridge.settings import Settings
@@ -106,6 +106,39 @@ def test_a_result_is_posted_signed_then_its_state_written_and_entry_acknowledged
     assert (counters["jobs_completed"], counters["webhook_attempts"]) == (1, 1)
 
 
+def test_a_broker_lost_as_the_cloud_accepts_still_ends_the_job_at_the_cloud(
+    key_pem: str, cloud_redis: redis.Redis, http: CloudClient, requests_mock: rm.Mocker
+) -> None:
+    # given a recorded result whose entry is pending, and a broker that goes away as the cloud accepts
+    server = fakeredis.FakeServer()
+    local = fakeredis.FakeRedis(server=server)
+    deliverer = Deliverer(
+        Settings(qpu_id=QPU, webapp_url=BASE, webhook_timeout_sec=3),
+        RecordStore(local, QPU),
+        CloudStatus(cloud_redis, QPU),
+        cloud=http,
+        signer=Signer(key_pem, KID, QPU),
+        state=NodeState(local, QPU),
+        entries=EntryIndex(local, QPU, broker_namespace(QPU)),
+    )
+    entry_id = _recorded_and_pending(deliverer, cloud_redis)
+
+    def accepted(request: object, context: object) -> dict[str, bool]:
+        server.connected = False  # Ctrl-C under honcho: the throw-away broker stops with everything else
+        return {"ok": True}
+
+    requests_mock.post(CALLBACK, status_code=200, json=accepted)
+
+    # when it is delivered
+    outcome = deliverer.deliver("j-1", CALLBACK, entry_id)
+
+    # then the cloud's ledger ends the job: a restart on an empty broker finds nothing to run again
+    assert outcome == "delivered"
+    assert requests_mock.call_count == 1
+    assert cloud_redis.hget(status_key("j-1"), "state") == "completed"
+    assert _pending(cloud_redis) == 0
+
+
 def test_a_duplicate_message_writes_the_state_again_and_never_posts_twice(
     deliverer: Deliverer, cloud_redis: redis.Redis, requests_mock: rm.Mocker
 ) -> None:
@@ -126,11 +159,12 @@ def test_a_5xx_raises_a_retryable_error_frees_the_lease_and_writes_no_state(
     entry_id = _recorded_and_pending(deliverer, cloud_redis)
     requests_mock.post(CALLBACK, status_code=503, json={"error": "busy"})
 
-    with pytest.raises(WebhookError) as raised:
+    with pytest.raises(DeliveryRetry) as raised:  # one WARNING line, and dramatiq retries it
         deliverer.deliver("j-1", CALLBACK, entry_id)
 
-    assert raised.value.retryable
+    assert isinstance(raised.value.__cause__, WebhookError) and raised.value.__cause__.retryable
     assert should_retry(3)(0, raised.value)
+    assert not should_retry(3)(3, raised.value)
     assert not local.exists(deliverer.records.lease_key("j-1"))
     assert cloud_redis.hget(status_key("j-1"), "state") is None
     assert _pending(cloud_redis) == 1
@@ -219,7 +253,7 @@ def test_no_secret_of_the_delivery_reaches_the_error(
     entry_id = _recorded_and_pending(deliverer, cloud_redis)
     requests_mock.post(CALLBACK, status_code=500, text="internal")
 
-    with pytest.raises(WebhookError) as raised:
+    with pytest.raises(DeliveryRetry) as raised:
         deliverer.deliver("j-1", CALLBACK, entry_id)
 
     bearer = requests_mock.request_history[0].headers["Authorization"].removeprefix("Bearer ")
