@@ -61,8 +61,7 @@ def http() -> Iterator[CloudClient]:
     made.close()
 
 
-@pytest.fixture
-def deliverer(key_pem: str, cloud_redis: redis.Redis, local: redis.Redis, http: CloudClient) -> Deliverer:
+def _deliverer(key_pem: str, cloud_redis: redis.Redis, local: redis.Redis, http: CloudClient) -> Deliverer:
     settings = Settings(qpu_id=QPU, webapp_url=BASE, webhook_timeout_sec=3)
     return Deliverer(
         settings,
@@ -73,6 +72,11 @@ def deliverer(key_pem: str, cloud_redis: redis.Redis, local: redis.Redis, http: 
         state=NodeState(local, QPU),
         entries=EntryIndex(local, QPU, broker_namespace(QPU)),
     )
+
+
+@pytest.fixture
+def deliverer(key_pem: str, cloud_redis: redis.Redis, local: redis.Redis, http: CloudClient) -> Deliverer:
+    return _deliverer(key_pem, cloud_redis, local, http)
 
 
 def _recorded_and_pending(deliverer: Deliverer, cloud_redis: redis.Redis) -> str:
@@ -111,16 +115,7 @@ def test_a_broker_lost_as_the_cloud_accepts_still_ends_the_job_at_the_cloud(
 ) -> None:
     # given a recorded result whose entry is pending, and a broker that goes away as the cloud accepts
     server = fakeredis.FakeServer()
-    local = fakeredis.FakeRedis(server=server)
-    deliverer = Deliverer(
-        Settings(qpu_id=QPU, webapp_url=BASE, webhook_timeout_sec=3),
-        RecordStore(local, QPU),
-        CloudStatus(cloud_redis, QPU),
-        cloud=http,
-        signer=Signer(key_pem, KID, QPU),
-        state=NodeState(local, QPU),
-        entries=EntryIndex(local, QPU, broker_namespace(QPU)),
-    )
+    deliverer = _deliverer(key_pem, cloud_redis, fakeredis.FakeRedis(server=server), http)
     entry_id = _recorded_and_pending(deliverer, cloud_redis)
 
     def accepted(request: object, context: object) -> dict[str, bool]:
