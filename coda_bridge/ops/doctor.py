@@ -210,7 +210,12 @@ def check_clock(settings: Settings, probe: Callable[..., Any] = requests.head) -
     clock = CloudClock()
     sent = clock.local()
     try:
-        response = probe(settings.webapp_url, timeout=PROBE_TIMEOUT_SEC, allow_redirects=False)
+        response = probe(
+            settings.webapp_url,
+            headers=connect_headers_for(settings, settings.webapp_url),
+            timeout=PROBE_TIMEOUT_SEC,
+            allow_redirects=False,
+        )
     except requests.RequestException:  # the webapp check says so
         return None
     date = response.headers.get("Date")

@@ -24,7 +24,8 @@ def test_doctor_reaches_a_protected_cloud_with_the_connect_headers(
     # when doctor checks the endpoints
     checks = {check.name: check for check in run_checks()}
 
-    # then its three HEADs (webapp, connect, heartbeat) carried the header, and they count as answers
+    # then its HEADs (webapp, connect, heartbeat, and the clock's look at the cloud's Date) carried the
+    # header, and they count as answers
     heads = [(r.netloc, r.headers.get("x-vercel-protection-bypass")) for r in requests_mock.request_history]
-    assert heads == [("staging.cloud.test", "bypass-doctor-3c")] * 3
+    assert heads == [("staging.cloud.test", "bypass-doctor-3c")] * 4
     assert checks["connect endpoint"].ok and checks["heartbeat endpoint"].ok

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -172,17 +173,23 @@ def test_a_cancel_key_with_a_recorded_result_delivers_that_result(rt: NodeParts,
 
 
 def _round_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Counts Redis round trips: one per pipeline, one per command outside a pipeline."""
+    """Counts this thread's Redis round trips: one per pipeline, one per command outside a pipeline.
+
+    Only the calling thread counts: a thread another test left running (a registration's refresh)
+    is not the step under test.
+    """
     trips: list[str] = []
     pipeline_execute = redis.client.Pipeline.execute
     command = redis.Redis.execute_command
+    counting = threading.current_thread()
 
     def counted_execute(self: Any, *args: Any, **kwargs: Any) -> Any:
-        trips.append("pipeline")
+        if threading.current_thread() is counting:
+            trips.append("pipeline")
         return pipeline_execute(self, *args, **kwargs)
 
     def counted_command(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not isinstance(self, redis.client.Pipeline):
+        if not isinstance(self, redis.client.Pipeline) and threading.current_thread() is counting:
             trips.append(str(args[0]))
         return command(self, *args, **kwargs)
 

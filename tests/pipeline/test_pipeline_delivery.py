@@ -49,7 +49,7 @@ def test_a_result_out_of_retries_is_dead_lettered_and_replay_delivers_it(stack: 
             lambda: (
                 job_id in subprocess.run(listing, env=env, capture_output=True, text=True, check=True).stdout
             ),
-            40,
+            90,  # every retry's backoff, on a busy machine, and a `replay --list` per look
             "the result to reach the dead-letter queue",
         )
     finally:
