@@ -8,6 +8,7 @@ between).  A skip writes no state: its entry is acknowledged all the same.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 import pytest
@@ -80,9 +81,9 @@ def _cancelled_while_running(stack: LocalStack) -> str:
 
 
 def _refused_with_4xx(stack: LocalStack) -> str:
-    job_id = stack.cloud.submit(stack.qpu_id, circuit("sleep:0.5"), 10)
-    stack.cloud.set_fault("webhook", 400, count=100, job_id=job_id)
-    return job_id
+    job_id = f"refused-{uuid.uuid4().hex[:8]}"
+    stack.cloud.set_fault("webhook", 400, count=100, job_id=job_id)  # before the job can be delivered
+    return str(stack.cloud.submit(stack.qpu_id, circuit("sleep:0.5"), 10, job_id=job_id))
 
 
 PATHS: dict[str, tuple[Callable[[LocalStack], str], str]] = {

@@ -29,8 +29,10 @@ def test_results_arrive_once_the_cloud_recovers_from_503(stack: LocalStack) -> N
 
 
 def test_a_4xx_is_final_and_fails_the_job(stack: LocalStack) -> None:
-    job_id = stack.cloud.submit(stack.qpu_id, circuit(), 10)
+    # the fault is in place before the job exists: a fast node could deliver before a later one
+    job_id = f"refused-{uuid.uuid4().hex[:8]}"
     stack.cloud.set_fault("webhook", 400, count=100, job_id=job_id)
+    stack.cloud.submit(stack.qpu_id, circuit(), 10, job_id=job_id)
     try:
         wait_until(lambda: status(stack, job_id).get("state") == "failed", 20, "the failed status")
     finally:
@@ -40,8 +42,9 @@ def test_a_4xx_is_final_and_fails_the_job(stack: LocalStack) -> None:
 
 
 def test_a_result_out_of_retries_is_dead_lettered_and_replay_delivers_it(stack: LocalStack) -> None:
-    job_id = stack.cloud.submit(stack.qpu_id, circuit(), 10)
-    stack.cloud.set_fault("webhook", 503, count=1000, job_id=job_id)
+    job_id = f"dead-{uuid.uuid4().hex[:8]}"
+    stack.cloud.set_fault("webhook", 503, count=1000, job_id=job_id)  # before the job: see above
+    stack.cloud.submit(stack.qpu_id, circuit(), 10, job_id=job_id)
     env = {**os.environ, **stack.env()}
     listing = [sys.executable, "-m", "coda_bridge", "replay", "--list"]
     try:
@@ -49,7 +52,7 @@ def test_a_result_out_of_retries_is_dead_lettered_and_replay_delivers_it(stack: 
             lambda: (
                 job_id in subprocess.run(listing, env=env, capture_output=True, text=True, check=True).stdout
             ),
-            90,  # every retry's backoff, on a busy machine, and a `replay --list` per look
+            60,  # every retry's backoff, on a busy machine, and a `replay --list` per look
             "the result to reach the dead-letter queue",
         )
     finally:
