@@ -44,6 +44,8 @@ VPN_SETTLE_POLL_SEC = 1.0
 REGISTRY_TIMEOUT_SEC = 5.0
 #: Socket timeouts of the look that ends a blocked stream read on a stop, in seconds.
 UNBLOCK_TIMEOUT_SEC = 1.0
+#: How often a stop looks for the read to end while the bridge's loop still runs.
+UNBLOCK_POLL_SEC = 0.05
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +195,7 @@ class BridgeProcess:
         self.notifier = CycleNotifier(ready=state.cloud_redis_healthy)
         #: What this process's connections to the cloud's Redis are called, so a stop finds its read.
         self.client_name = f"coda-bridge-{os.getpid()}-{uuid4().hex[:12]}"  # no spaces (CLIENT SETNAME)
+        self._ended = threading.Event()  # set once the reading loop has returned
         cloud = cloud_redis_client(
             settings.redis_url, block_sec=settings.stream_block_ms / 1000, client_name=self.client_name
         )
@@ -217,6 +220,7 @@ class BridgeProcess:
         try:
             self.bridge.run()
         finally:
+            self._ended.set()
             self.ticker.stop()
             if self._owns_registration and self.registration is not None:
                 self.registration.stop()
@@ -232,8 +236,11 @@ class BridgeProcess:
     def _end_blocked_read(self) -> None:
         """``CLIENT UNBLOCK`` this process's blocked read: it returns empty, as at its timeout (nothing lost).
 
-        Where the cloud's Redis refuses it (an ACL without ``CLIENT``), the read ends at its timeout.
+        A read that begins just after the stop was asked is looked for until the loop ends (at most one
+        read's block).  Where the cloud's Redis refuses it (an ACL without ``CLIENT``), the read ends at
+        its timeout.
         """
+        deadline = time.monotonic() + self.settings.stream_block_ms / 1000 + UNBLOCK_TIMEOUT_SEC
         try:
             client = redis.Redis.from_url(
                 self.settings.redis_url or "",
@@ -241,9 +248,11 @@ class BridgeProcess:
                 socket_connect_timeout=UNBLOCK_TIMEOUT_SEC,
             )
             try:
-                for entry in client.client_list():
-                    if entry.get("name") == self.client_name and "b" in entry.get("flags", ""):
-                        client.client_unblock(int(entry["id"]))
+                while not self._ended.is_set() and time.monotonic() < deadline:
+                    for entry in client.client_list():
+                        if entry.get("name") == self.client_name and "b" in entry.get("flags", ""):
+                            client.client_unblock(int(entry["id"]))
+                    self._ended.wait(UNBLOCK_POLL_SEC)
             finally:
                 client.close()
         except redis.RedisError as exc:

@@ -217,6 +217,8 @@ class StreamBridge:
                 raise
 
     def _read_new(self) -> int:
+        if self.stopping:  # a stop asked while this round began: no read that would wait for new entries
+            return 0
         try:
             reply: Any = self.cloud.xreadgroup(
                 self.group,
