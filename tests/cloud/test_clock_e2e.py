@@ -7,6 +7,7 @@ failpoint moves the one clock tokens are signed on); the cloud's clock is right.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,11 +34,12 @@ def _ready(stack: LocalStack) -> dict[str, object]:
 
 
 def _clock_warnings(stack: LocalStack) -> dict[str, int]:
+    # the Date header has 1 s resolution and the round trip blurs it: 600 s may read as 599 or 601
+    near = "|".join(str(SKEW_SEC + d) for d in (-2, -1, 0, 1, 2))
+    line = re.compile(rf"clock is ({near}) s ahead of the cloud's")
     found = {}
     for name, child in stack.children.items():
-        count = child.log_path.read_text(errors="replace").count(
-            f"clock is {SKEW_SEC} s ahead of the cloud's"
-        )
+        count = len(line.findall(child.log_path.read_text(errors="replace")))
         if count:
             found[name] = count
     return found
@@ -76,7 +78,7 @@ def test_a_node_10_minutes_fast_signs_on_the_clouds_time_and_is_accepted(fast_st
     metrics = requests.get(f"http://127.0.0.1:{stack.web_port}/metrics", timeout=5).text
     line = next(x for x in metrics.splitlines() if x.startswith("coda_bridge_clock_offset_seconds "))
     assert abs(float(line.split()[1]) + SKEW_SEC) < 3
-    warnings = _clock_warnings(stack)
+    warnings = wait_until(lambda: _clock_warnings(stack), 20, "the clock warning in the logs")
     assert warnings and set(warnings.values()) == {1}, warnings  # one line per process that measured it
 
 

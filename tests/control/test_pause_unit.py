@@ -53,6 +53,9 @@ def test_a_pause_is_kept_in_the_broker_with_its_note_and_ends_by_itself(book: Pa
     while book.current() is not None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert book.current() is None
+    # (Redis's own expiry may come a moment later than the record's end on a busy machine)
+    while book.client.exists(f"coda-bridge:{QPU}:node:pause") and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert book.client.exists(f"coda-bridge:{QPU}:node:pause") == 0
 
 
