@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["ActiveWindow", "Window", "active_window", "parse_window"]
+__all__ = ["ActiveWindow", "Window", "active_window", "next_window", "parse_window"]
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _TIME = r"(\d{1,2}):(\d{2})(?::(\d{2}))?"
@@ -91,4 +91,18 @@ def active_window(windows: Iterable[Window], now: float) -> ActiveWindow | None:
             end = start + window.length_sec
             if start <= now < end and (found is None or start > found.start):
                 found = ActiveWindow(window, start, end)
+    return found
+
+
+def next_window(windows: Iterable[Window], now: float) -> ActiveWindow | None:
+    """The window that starts next after ``now`` (within a week), for the status page; ``None``: none."""
+    midnight = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    found: ActiveWindow | None = None
+    for window in windows:
+        for ahead in range(8):  # today's may have begun already: a week and a day covers every weekday
+            day = midnight + timedelta(days=ahead)
+            start = day.timestamp() + window.start_sec
+            if day.weekday() in window.days and start > now and (found is None or start < found.start):
+                found = ActiveWindow(window, start, start + window.length_sec)
+                break
     return found

@@ -5,7 +5,9 @@ jobs: no executor that failed to build, VPN state ``ready``, the cloud's
 Redis and API answering, the bridge having read the stream recently, and neither a
 pause nor a device state holding the node; it also shows the cloud clock's offset from this host's.
 ``/metrics`` reads the node's shared counters from the broker Redis at
-scrape time, so it is right under any number of gunicorn workers.  No body ever carries a secret.
+scrape time, so it is right under any number of gunicorn workers.  ``/status``
+is the same state as one HTML page for a person (:mod:`~coda_bridge.web.statuspage`),
+behind the dashboard's authentication rules.  No body ever carries a secret.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from ..replies import as_text
 from ..settings import Settings
 from ..trust import SAFE_PATH_FLAG
 from .metrics import NodeCollector
+from .statuspage import STATUS_PREFIX, PauseBanner, status_app
 
 __all__ = ["create_app", "readiness", "serve"]
 
@@ -202,6 +205,36 @@ def check_dashboard(settings: Settings) -> None:
         )
 
 
+class _Refused:
+    """A 403 naming what to set: the status page without a password on a bind others reach."""
+
+    def __init__(self, why: str) -> None:
+        self.body = why.encode() + b"\n"
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8")])
+        return [self.body]
+
+
+def _mount_status(app: Flask, settings: Settings, page: Any) -> None:
+    """``/status`` under the dashboard's rules: its password when set, else only on a loopback bind.
+
+    The page names the hosts and pids of the node's processes and its current job: not for anyone
+    who reaches the probes port (``/ready`` and ``/metrics`` stay open for probes and Prometheus).
+    """
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    if settings.dashboard_password is not None:
+        password = settings.dashboard_password.get_secret_value()
+        page = _BasicAuth(page, settings.dashboard_username, password)
+    elif not is_loopback(settings.host):
+        page = _Refused(
+            f"the status page needs CODA_DASHBOARD_PASSWORD when the probes bind to {settings.host} "
+            "(it names hosts and jobs); set one, or bind the probes to 127.0.0.1"
+        )
+    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {STATUS_PREFIX: page})  # type: ignore[method-assign,unused-ignore]
+
+
 def _mount_dashboard(app: Flask, settings: Settings) -> None:
     check_dashboard(settings)
     try:
@@ -216,7 +249,10 @@ def _mount_dashboard(app: Flask, settings: Settings) -> None:
 
     prefix = "/" + settings.dashboard_prefix.strip("/")
     # the dashboard lists only the queues its broker declared: create_broker declares ours
-    dashboard: Any = _IndexRedirect(DashboardApp(broker=create_broker(settings), prefix=prefix))
+    broker = create_broker(settings)
+    dashboard: Any = _IndexRedirect(DashboardApp(broker=broker, prefix=prefix))
+    # the pause in force on top of its pages
+    dashboard = PauseBanner(dashboard, PauseBook(broker.client, str(settings.qpu_id)))
     if settings.dashboard_password is not None:
         password = settings.dashboard_password.get_secret_value()
         dashboard = _BasicAuth(dashboard, settings.dashboard_username, password)
@@ -273,6 +309,14 @@ def create_app(settings: Settings | None = None) -> Flask:
             return Response("# the local broker Redis does not answer\n", status=503, mimetype="text/plain")
         return Response(payload, mimetype=CONTENT_TYPE_LATEST)
 
+    def ready_body() -> dict[str, Any]:
+        future = checks.submit(readiness, settings, parts.state, cloud, writes)
+        try:
+            return future.result(timeout=READY_TIMEOUT_SEC)
+        except concurrent.futures.TimeoutError:
+            return {"ready": False, "reason": "health check timeout"}
+
+    _mount_status(app, settings, status_app(settings, parts.state, cloud, ready_body))
     if settings.dashboard_enabled:
         _mount_dashboard(app, settings)
     return app

@@ -12,7 +12,7 @@ import redis
 
 from coda_bridge.control.maintenance import MaintenanceWindows, run_hook
 from coda_bridge.control.pause import PauseBook
-from coda_bridge.control.windows import active_window, parse_window
+from coda_bridge.control.windows import active_window, next_window, parse_window
 
 QPU = "qpu-windows"
 #: Monday 7 December 2026, 12:10 UTC.
@@ -165,3 +165,25 @@ def test_a_malformed_window_in_the_settings_stops_with_exit_78(clean_env: pytest
     assert getattr(raised.value, "exit_code", None) == 78
     clean_env.setenv("CODA_MAINTENANCE_WINDOWS", '["sat,sun 23:00-01:00"]')
     assert load_settings().maintenance_windows == ["sat,sun 23:00-01:00"]
+
+
+@pytest.mark.parametrize(
+    ("texts", "moment", "start", "end"),
+    [
+        (["mon-fri 12:00-12:30"], at(7, 12, 10), at(8, 12), at(8, 12, 30)),  # inside today's: tomorrow's
+        (["mon-fri 12:00-12:30"], at(7, 11, 59), at(7, 12), at(7, 12, 30)),
+        (["mon-fri 12:00-12:30"], at(11, 13), at(14, 12), at(14, 12, 30)),  # friday afternoon: monday
+        (["sun 23:00-01:00", "daily 06:00-06:10"], at(13, 12), at(13, 23), at(14, 1)),
+        (["mon 12:00-12:30"], at(7, 12, 30), at(14, 12), at(14, 12, 30)),  # a week on
+    ],
+)
+def test_next_window_is_the_soonest_start_after_now(
+    texts: list[str], moment: float, start: float, end: float
+) -> None:
+    upcoming = next_window([parse_window(text) for text in texts], moment)
+    assert upcoming is not None
+    assert (upcoming.start, upcoming.end) == (start, end)
+
+
+def test_no_next_window_without_windows() -> None:
+    assert next_window([], MONDAY_NOON) is None
