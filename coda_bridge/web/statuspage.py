@@ -145,14 +145,15 @@ class PauseBanner:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         captured: dict[str, Any] = {}
+        written: list[bytes] = []
 
         def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             captured.update(status=status, headers=headers, exc_info=exc_info)
-            return lambda data: None  # the dashboard returns its body; it never calls write()
+            return written.append  # the legacy write(): kept, in order, before the returned body
 
         chunks = self.app(environ, capture)
         try:
-            body = b"".join(chunks)
+            body = b"".join([*written, *chunks])
         finally:
             close = getattr(chunks, "close", None)
             if close is not None:

@@ -24,6 +24,7 @@ from coda_bridge.control.windows import next_window, parse_window
 from coda_bridge.device import DeviceState
 from coda_bridge.settings import Settings
 from coda_bridge.web import app as web
+from coda_bridge.web.statuspage import PauseBanner
 
 QPU = "qpu-status"
 TOKEN = "node-token-abc123-never-shown"
@@ -122,6 +123,8 @@ def test_a_ready_node_shows_identity_queues_heartbeat_clock_and_processes(
     assert f"none in force next: sun 02:00-04:00, from {utc_iso(expected.start)}" == cell(page, "window")
     assert '<meta http-equiv="refresh" content="5">' in page
     assert "<script" not in page
+    bare = app.test_client().get("/status")
+    assert bare.status_code == 308 and bare.headers["Location"].endswith("/status/")
 
 
 def test_a_paused_node_shows_the_pause_with_its_note_and_end_and_the_same_reason_as_ready(
@@ -243,3 +246,38 @@ def test_the_dashboard_shows_a_banner_while_paused(redis_url: str, state: NodeSt
     assert response.status_code == 200
     assert 'class="coda-pause-banner"' in body and "fridge &lt;warm-up&gt;" in body
     assert int(response.headers["Content-Length"]) == len(response.get_data())
+
+
+def _wsgi_body(app: Any) -> tuple[str, dict[str, str], bytes]:
+    seen: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+        seen.update(status=status, headers=dict(headers))
+
+    body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, start_response))
+    return seen["status"], seen["headers"], body
+
+
+def test_the_banner_keeps_what_an_app_writes_and_leaves_other_bodies_alone(state: NodeState) -> None:
+    # given a paused node and two WSGI apps: one HTML page half written through write(), one JSON body
+    PauseBook(state.client, QPU).pause(60, "banner check")
+
+    def html_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        write = start_response("200 OK", [("Content-Type", "text/html"), ("Content-Length", "33")])
+        write(b"<html><body class='x'>")
+        return [b"page</body></html>"]
+
+    def json_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b'{"body": 1}']
+
+    # when each answers through the banner
+    status, headers, body = _wsgi_body(PauseBanner(html_app, PauseBook(state.client, QPU)))
+    _, _, untouched = _wsgi_body(PauseBanner(json_app, PauseBook(state.client, QPU)))
+
+    # then the page has the banner right after <body>, nothing lost, its length right; JSON is as it was
+    assert status == "200 OK"
+    assert body.startswith(b"<html><body class='x'><div class=\"coda-pause-banner\"")
+    assert body.endswith(b"banner check; it takes no new job.</div>page</body></html>")
+    assert headers["Content-Length"] == str(len(body))
+    assert untouched == b'{"body": 1}'
