@@ -110,7 +110,7 @@ def test_a_ready_node_shows_identity_queues_heartbeat_clock_and_processes(
     assert cell(page, "pause") == "not paused"
     assert cell(page, "device") == "no state reported"
     assert cell(page, "current-job") == "job-running-1"
-    assert cell(page, "stream-pending") == "0 read, result not yet at the cloud"
+    assert cell(page, "stream-pending") == "0 read, result not at the cloud yet"
     assert "Queue jobs</th><td>1 waiting" in page
     assert cell(page, "dead-letters") == "jobs 0, results 1, control 0"
     assert re.fullmatch(r"\S+Z \([01] s ago\)", cell(page, "heartbeat")), cell(page, "heartbeat")
