@@ -35,7 +35,7 @@ def _book(site: str | None) -> Any:
     show_default=True,
     help="How long: 20s, 5m, 2h, 7d (at most 7d); the node resumes by itself at the end.",
 )
-@click.option("--note", default="", help="Why, shown by status, /ready and /metrics.")
+@click.option("--note", default="", help="Why, shown by status, /ready, /metrics and the status page.")
 @site_option
 def pause(duration: str, note: str, site: str | None) -> None:
     """Take no new job: running jobs finish, new ones wait in the cloud's stream, heartbeats go on.

@@ -87,7 +87,7 @@ def worker(queue: str) -> None:
 @host_option
 @port_option
 def web(host: str | None, port: int | None) -> None:
-    """Serve the probes app (/health, /ready, /metrics) with gunicorn.
+    """Serve the probes app (/health, /ready, /metrics, the status page /status/) with gunicorn.
 
     \b
     Example:
