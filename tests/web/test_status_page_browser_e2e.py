@@ -114,6 +114,10 @@ def test_the_page_in_chromium_shows_the_pause_with_its_note_then_the_node_runnin
     assert element_text(dom, "pause-note") == "fridge warm-up"
     assert (element_text(dom, "pause") or "").startswith("until ")
     assert "<title>qpu-local: paused</title>" in dom
+    # and nothing secret: not the node's token, no JWT, no key
+    token = stack.env()["CODA_NODE_TOKEN"]
+    assert token and token not in dom
+    assert "eyJ" not in dom and "PRIVATE KEY" not in dom
     # and a screenshot of it is a PNG
     shot = tmp_path / "status-paused.png"
     chromium(profile, f"--screenshot={shot}", "--window-size=900,1300", "--hide-scrollbars", url)
