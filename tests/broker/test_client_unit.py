@@ -81,3 +81,8 @@ def test_a_sentinel_url_gives_a_client_of_the_named_service_with_the_options() -
     assert pool.connection_kwargs["socket_timeout"] == 1.5
     with pytest.raises(redis.ConnectionError):  # no sentinel listens there: no primary
         sentinel_primary(client)
+
+
+def test_tls_to_sentinels_is_refused_rather_than_taken_for_something_else() -> None:
+    with pytest.raises(ValueError):
+        check_broker_url(f"rediss+sentinel://:{SECRET}@s1:26379/coda-broker/0")
