@@ -54,6 +54,7 @@ class LocalSentinel:
         quorum: int = 2,
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 3000,
+        password: str | None = None,
     ) -> None:
         self.sentinel_binary = find_redis_sentinel()
         self.servers = [LocalRedis() for _ in range(1 + replicas)]
@@ -61,13 +62,16 @@ class LocalSentinel:
         self.quorum = quorum
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
+        #: Asked by the primary and the replicas (``requirepass``), not by the sentinels.
+        self.password = password
         self.sentinel_processes: list[subprocess.Popen[bytes]] = []
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
-        return f"redis+sentinel://{hosts}/{SERVICE}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis+sentinel://{auth}{hosts}/{SERVICE}/0"
 
     def client(self) -> redis.Redis:
         """A client of the current primary, as the node gets it."""
@@ -87,9 +91,15 @@ class LocalSentinel:
         for server in self.servers:
             server.start()
         primary = self.servers[0]
-        for replica in self.servers[1:]:
-            with replica.client() as client:
-                client.replicaof("127.0.0.1", primary.port)
+        for index, server in enumerate(self.servers):
+            with redis.Redis(port=server.port, socket_timeout=5) as client:
+                if self.password:
+                    client.config_set("masterauth", self.password)
+                if index:
+                    client.replicaof("127.0.0.1", primary.port)
+                if self.password:
+                    client.config_set("requirepass", self.password)
+        auth = f"sentinel auth-pass {SERVICE} {self.password}\n" if self.password else ""
         for index, port in enumerate(self.sentinel_ports):
             conf = Path(self._dir.name) / f"sentinel-{index}.conf"
             conf.write_text(
@@ -97,7 +107,7 @@ class LocalSentinel:
                 f"sentinel monitor {SERVICE} 127.0.0.1 {primary.port} {self.quorum}\n"
                 f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}\n"
                 f"sentinel failover-timeout {SERVICE} {self.failover_timeout_ms}\n"
-                f"sentinel parallel-syncs {SERVICE} 1\n"
+                f"sentinel parallel-syncs {SERVICE} 1\n{auth}"
             )
             self.sentinel_processes.append(
                 subprocess.Popen(
@@ -109,6 +119,9 @@ class LocalSentinel:
     def _sentinel(self, port: int) -> redis.Redis:
         return redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1, decode_responses=True)
 
+    def _server(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, password=self.password, socket_timeout=1, socket_connect_timeout=1)
+
     def _ready(self) -> bool:
         replicas = len(self.servers) - 1
         for port in self.sentinel_ports:
@@ -119,7 +132,7 @@ class LocalSentinel:
             if int(state.get("num-other-sentinels", 0)) < len(self.sentinel_ports) - 1:
                 return False
         for replica in self.servers[1:]:
-            with replica.client() as client:
+            with self._server(replica.port) as client:
                 if client.info("replication").get("master_link_status") != "up":
                     return False
         return True
@@ -169,7 +182,7 @@ class LocalSentinel:
                 ports.add(int(address[1]) if address else 0)
             if len(ports) != 1 or old_port in ports or 0 in ports:
                 return False
-            with redis.Redis(port=ports.pop(), socket_timeout=1) as client:
+            with self._server(ports.pop()) as client:
                 return bool(client.role()[0] == b"master")
 
         self._wait(promoted, f"a replica to be promoted in place of port {old_port}", timeout_sec)

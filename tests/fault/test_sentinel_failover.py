@@ -29,6 +29,8 @@ pytestmark = [
     ),
 ]
 
+#: The broker's password, in CODA_BROKER_URL: it must reach no log or file of the node.
+PASSWORD = "s3ntinel-broker-pw"
 #: Device runs repeated by one failover, at most: the jobs in flight or finished but not yet replicated.
 MAX_REPEATED_RUNS = 60
 
@@ -36,7 +38,7 @@ MAX_REPEATED_RUNS = 60
 def test_every_job_gets_one_result_when_the_broker_primary_is_killed_and_a_replica_promoted(
     tmp_path: Path,
 ) -> None:
-    # given a node started on a Sentinel broker, 300 jobs submitted over 30 s
+    # given a node started on a password-protected Sentinel broker, 300 jobs submitted over 30 s
     plan = FaultPlan(
         jobs=300,
         submit_span_sec=30.0,
@@ -47,6 +49,7 @@ def test_every_job_gets_one_result_when_the_broker_primary_is_killed_and_a_repli
         webhook_outage=False,
         broker_fault="failover",
         broker_fault_at_sec=12.0,
+        broker_password=PASSWORD,
         results_timeout_sec=150.0,
         mode="start",
     )
@@ -67,3 +70,6 @@ def test_every_job_gets_one_result_when_the_broker_primary_is_killed_and_a_repli
     assert report.runs_after_delivery == [], f"jobs run again after delivery: {report.runs_after_delivery}"
     assert report.refused_state == "failed", "the job answered 400 ends failed"
     assert report.jobs_run_more_than_once <= MAX_REPEATED_RUNS, "repeated device runs are bounded"
+    files = [path for path in tmp_path.rglob("*") if path.is_file()]
+    written = [path for path in files if PASSWORD.encode() in path.read_bytes()]
+    assert written == [], "the broker's password reached a log or a file"

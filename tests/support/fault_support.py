@@ -188,6 +188,8 @@ class FaultPlan:
     #: with SIGKILL and the sentinels promote the replica).
     broker_fault: str | None = None
     broker_fault_at_sec: float = 12.0
+    #: With "failover": the password of the Sentinel deployment's primary and replica (in the broker URL).
+    broker_password: str | None = None
     broker_down_sec: float = 2.0
     #: How the node runs: "procfile" (the repo Procfile's own lines, ``coda-bridge bridge`` and the
     #: ``dramatiq`` workers, each killed and started again by the scenario), "start" (``coda-bridge
@@ -421,7 +423,7 @@ def run_fault_scenario(plan: FaultPlan, workdir: Path, *, progress: Any = None) 
     if plan.broker_fault == "failover":
         from coda_bridge.dev.localsentinel import LocalSentinel
 
-        stack.broker_redis = LocalSentinel()
+        stack.broker_redis = LocalSentinel(password=plan.broker_password)
     began = time.monotonic()
     try:
         stack.start()
