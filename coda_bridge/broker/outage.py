@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -45,7 +46,7 @@ class BrokerUnavailable(CodaError):
 
 def shown_broker(client: redis.Redis) -> str:
     """Where ``client`` connects: ``host:port/db``, a socket path or a Sentinel service; no password."""
-    pool = client.connection_pool
+    pool: Any = client.connection_pool
     kwargs = pool.connection_kwargs
     service = getattr(pool, "service_name", None)
     if service:  # redis-py's SentinelConnectionPool: the primary changes, the service stays
