@@ -15,6 +15,7 @@ from functools import cached_property
 
 import redis
 
+from .broker.client import broker_client
 from .broker.entries import EntryIndex
 from .broker.redis_broker import broker_namespace
 from .broker.shared_state import NodeState
@@ -61,7 +62,7 @@ class NodeParts:
 
     @cached_property
     def local_redis(self) -> redis.Redis:
-        return redis.Redis.from_url(
+        return broker_client(
             self.settings.broker_url,
             socket_connect_timeout=REDIS_SOCKET_TIMEOUT_SEC,
             socket_timeout=REDIS_SOCKET_TIMEOUT_SEC,

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -44,8 +45,17 @@ class BrokerUnavailable(CodaError):
 
 
 def shown_broker(client: redis.Redis) -> str:
-    """Where ``client`` connects: ``host:port/db``, or the socket path; never a password."""
-    kwargs = client.connection_pool.connection_kwargs
+    """Where ``client`` connects: ``host:port/db``, a socket path or a Sentinel service; no password."""
+    pool: Any = client.connection_pool
+    kwargs = pool.connection_kwargs
+    service = getattr(pool, "service_name", None)
+    if service:  # redis-py's SentinelConnectionPool: the primary changes, the service stays
+        hosts = ",".join(
+            f"{s.connection_pool.connection_kwargs.get('host')}:"
+            f"{s.connection_pool.connection_kwargs.get('port')}"
+            for s in pool.sentinel_manager.sentinels
+        )
+        return f"{hosts}/{service}/{kwargs.get('db', 0)} (Sentinel)"
     if kwargs.get("path"):
         return f"unix://{kwargs['path']}"
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"

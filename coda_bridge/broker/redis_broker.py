@@ -32,6 +32,7 @@ from dramatiq.middleware import (
 )
 
 from ..settings import Settings
+from .client import broker_client
 from .entries import EntryIndex
 from .failure_logs import SmallFailureLogs
 from .middleware import IsolateWorkerProcess
@@ -297,7 +298,7 @@ def create_broker(settings: Settings, *, qpu_id: str | None = None) -> CodaBroke
         SmallFailureLogs(),
     ]
     broker = CodaBroker(
-        url=settings.broker_url,
+        client=broker_client(settings.broker_url),
         namespace=broker_namespace(qpu),
         middleware=middleware,
         heartbeat_timeout=int(settings.worker_heartbeat_timeout_sec * 1000),

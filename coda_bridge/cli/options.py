@@ -100,15 +100,20 @@ def _setting_name(settings: Any, field: str) -> str:
 
 
 def check_redis_urls(settings: Any, fields: tuple[str, ...] = ("broker_url", "redis_url")) -> None:
-    """Refuse a Redis URL redis-py cannot parse, naming its setting (:class:`BadSetting`, exit 78)."""
+    """Refuse a Redis URL redis-py cannot parse, naming its setting (:class:`BadSetting`, exit 78).
+
+    The broker's may also be a Sentinel URL (``redis+sentinel://``, see :mod:`coda_bridge.broker.client`).
+    """
     from redis.connection import parse_url
+
+    from ..broker.client import check_broker_url
 
     for field in fields:
         url = getattr(settings, field)
         if url is None:
             continue
         try:
-            parse_url(url)
+            check_broker_url(url) if field == "broker_url" else parse_url(url)
         except ValueError as exc:
             shown = safe_url(url)
             raise BadSetting(

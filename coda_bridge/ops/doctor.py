@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import requests
 
+from ..broker.client import broker_client, sentinel_primary
 from ..cloud.client import connect_headers_for
 from ..errors import CodaError, ConfigError
 from ..settings import Settings
@@ -62,8 +63,7 @@ def shown_url(url: str) -> str:
     parts = urlsplit(url)
     if not parts.username and not parts.password:
         return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    netloc = parts.netloc.rpartition("@")[2]  # as written: a Sentinel URL lists several host:port
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
@@ -188,18 +188,20 @@ def check_endpoint(
 
 
 def check_redis(name: str, url: str | None, fix: str) -> Check:
-    """PING with short timeouts."""
+    """PING with short timeouts; through Sentinel (a ``redis+sentinel://`` broker), the primary named."""
     if not url:
         return Check(name, False, fix)
-    client = redis.Redis.from_url(
-        url, socket_timeout=PING_TIMEOUT_SEC, socket_connect_timeout=PING_TIMEOUT_SEC
-    )
+    client = broker_client(url, socket_timeout=PING_TIMEOUT_SEC, socket_connect_timeout=PING_TIMEOUT_SEC)
     try:
+        primary = sentinel_primary(client)
         client.ping()
     except (redis.RedisError, OSError) as exc:
         return Check(name, False, f"{shown_url(url)} does not answer PING ({_reason(exc)}); {fix}")
     finally:
         client.close()
+    if primary is not None:
+        host, port = primary
+        return Check(name, True, f"{shown_url(url)}: sentinels name primary {host}:{port}; it answers PING")
     return Check(name, True, f"{shown_url(url)} answers PING")
 
 
@@ -241,9 +243,7 @@ def check_broker_memory(url: str | None) -> Check | None:
 
     if not url:
         return None
-    client = redis.Redis.from_url(
-        url, socket_timeout=PING_TIMEOUT_SEC, socket_connect_timeout=PING_TIMEOUT_SEC
-    )
+    client = broker_client(url, socket_timeout=PING_TIMEOUT_SEC, socket_connect_timeout=PING_TIMEOUT_SEC)
     try:
         info = client.info("memory")
     except (redis.RedisError, OSError):
@@ -293,7 +293,7 @@ def check_executor_boot(settings: Settings) -> Check | None:
     if not settings.qpu_id:
         return None
     try:
-        client = redis.Redis.from_url(
+        client = broker_client(
             settings.broker_url, socket_timeout=PING_TIMEOUT_SEC, socket_connect_timeout=PING_TIMEOUT_SEC
         )
     except ValueError:  # a malformed URL: the broker check names it
@@ -404,7 +404,7 @@ def process_lines(settings: Settings) -> tuple[list[str], str | None]:
 
     if not settings.qpu_id:
         return [], None
-    client = redis.Redis.from_url(
+    client = broker_client(
         settings.broker_url, socket_timeout=PING_TIMEOUT_SEC, socket_connect_timeout=PING_TIMEOUT_SEC
     )
     try:

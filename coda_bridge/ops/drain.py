@@ -89,7 +89,7 @@ class ResultsFlushed:
         self._client = client
 
     def _connect(self) -> redis.Redis | None:
-        import redis
+        from ..broker.client import broker_client
 
         if not self.qpu_id and self.paths is not None:
             try:
@@ -97,7 +97,7 @@ class ResultsFlushed:
             except (ConfigError, ValueError):
                 return None
         if self.qpu_id and self._client is None and self.broker_url:
-            self._client = redis.Redis.from_url(
+            self._client = broker_client(
                 self.broker_url,
                 socket_timeout=FLUSH_CHECK_TIMEOUT_SEC,
                 socket_connect_timeout=FLUSH_CHECK_TIMEOUT_SEC,

@@ -21,6 +21,7 @@ from uuid import uuid4
 
 import redis
 
+from ..broker.client import broker_client
 from ..broker.queues import HEARTBEAT_ACTOR, VPN_CHECK_ACTOR
 from ..broker.redis_broker import CodaBroker, create_broker
 from ..broker.registry import Registration
@@ -116,7 +117,7 @@ def _share_clock(settings: Settings, clock: CloudClock) -> None:
     if not settings.qpu_id or not clock.measured:
         return
     try:
-        client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=2)
+        client = broker_client(settings.broker_url, socket_connect_timeout=2, socket_timeout=2)
         try:
             NodeState(client, settings.qpu_id).set_clock_offset(clock.offset_sec)
         finally:
@@ -130,7 +131,7 @@ def _known_connectivity(settings: Settings) -> list[list[int]] | None:
     if not settings.qpu_id:
         return None
     try:
-        client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=2)
+        client = broker_client(settings.broker_url, socket_connect_timeout=2, socket_timeout=2)
         try:
             return NodeState(client, settings.qpu_id).connectivity()
         finally:
@@ -146,7 +147,7 @@ def _register(settings: Settings) -> Registration | None:
     """
     if not settings.qpu_id:
         return None
-    client = redis.Redis.from_url(
+    client = broker_client(
         settings.broker_url, socket_connect_timeout=REGISTRY_TIMEOUT_SEC, socket_timeout=REGISTRY_TIMEOUT_SEC
     )
     try:

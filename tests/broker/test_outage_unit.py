@@ -6,6 +6,7 @@ import logging
 
 import redis
 
+from coda_bridge.broker.client import broker_client
 from coda_bridge.broker.outage import FIX, BrokerOutageLog, broker_unavailable, shown_broker
 
 CONSUMER = "dramatiq.worker.ConsumerThread(jobs)"
@@ -60,3 +61,13 @@ def test_other_records_pass_untouched() -> None:
     assert outage.filter(
         _record("coda_bridge.x", logging.ERROR, "Consumer encountered a connection error: %s", 1)
     )
+
+
+def test_a_sentinel_broker_is_named_by_its_sentinels_and_service_not_a_default_address() -> None:
+    client = broker_client("redis+sentinel://:s3cret-pass@10.0.0.5:26379,10.0.0.6:26380/coda-broker/2")
+
+    error = broker_unavailable(client, redis.ConnectionError("No master found for 'coda-broker'"))
+
+    shown = "10.0.0.5:26379,10.0.0.6:26380/coda-broker/2 (Sentinel)"
+    assert str(error).startswith(f"the broker Redis at {shown} does not answer")
+    assert "localhost" not in str(error) and "s3cret" not in str(error)

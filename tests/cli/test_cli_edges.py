@@ -29,6 +29,8 @@ MALFORMED = {
     "no scheme": "localhost:6379",
     "bad port": f"redis://:{PASSWORD}@localhost:notaport/0",
     "http scheme": "http://localhost:6379/0",
+    "sentinel without service": f"redis+sentinel://:{PASSWORD}@s1:26379,s2:26379",
+    "sentinel bad port": f"redis+sentinel://:{PASSWORD}@s1:26379,s2:port/coda-broker/0",
 }
 
 
@@ -97,6 +99,18 @@ def test_replay_with_the_broker_down_names_the_broker(
     assert out == ""
     assert_one_line(err, contains=f"the broker at {safe_url(url)} does not answer")
     assert "CODA_BROKER_URL" in err
+
+
+@pytest.mark.parametrize("args", [["replay", "--list"], ["pause", "--for", "1m"]])
+def test_a_broker_whose_sentinels_do_not_answer_is_named_in_one_line(
+    node_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    url = f"redis+sentinel://:{PASSWORD}@127.0.0.1:{free_port()},127.0.0.1:{free_port()}/coda-broker/0"
+    node_env.setenv("CODA_BROKER_URL", url)
+    code, out, err = run_main(capsys, *args)
+    assert code == 1
+    assert out == ""
+    assert_one_line(err, contains=f"the broker at {safe_url(url)} does not answer")
 
 
 def test_replay_of_a_job_that_is_not_dead_lettered_fails_with_one_line(

@@ -183,9 +183,13 @@ class FaultPlan:
     #: What happens to the local broker Redis once, mid-run: None, "kill" (SIGKILL, restarted empty on
     #: the same port after ``broker_down_sec``), "flush" (FLUSHALL) or "pause" (SIGSTOP for
     #: ``broker_down_sec``: unreachable, every connection hangs, then SIGCONT) or "oom" (``maxmemory``
-    #: under its used memory with ``noeviction`` for ``broker_down_sec``: it answers and refuses writes).
+    #: under its used memory with ``noeviction`` for ``broker_down_sec``: it answers and refuses writes)
+    #: or "failover" (the broker is a Sentinel deployment, :class:`LocalSentinel`: its primary is killed
+    #: with SIGKILL and the sentinels promote the replica).
     broker_fault: str | None = None
     broker_fault_at_sec: float = 12.0
+    #: With "failover": the password of the Sentinel deployment's primary and replica (in the broker URL).
+    broker_password: str | None = None
     broker_down_sec: float = 2.0
     #: How the node runs: "procfile" (the repo Procfile's own lines, ``coda-bridge bridge`` and the
     #: ``dramatiq`` workers, each killed and started again by the scenario), "start" (``coda-bridge
@@ -203,6 +207,8 @@ class FaultPlan:
             return f"kill -9, restarted without persistence after {self.broker_down_sec:g} s"
         if self.broker_fault == "pause":
             return f"unreachable (SIGSTOP) for {self.broker_down_sec:g} s"
+        if self.broker_fault == "failover":
+            return "Sentinel: primary killed -9, the replica promoted (3 sentinels, quorum 2)"
         if self.broker_fault == "oom":
             return f"at maxmemory with noeviction (refusing writes) for {self.broker_down_sec:g} s"
         return self.broker_fault or "none"
@@ -232,6 +238,8 @@ class FaultReport:
     events: list[tuple[float, str]] = field(default_factory=list)
     seconds_to_all_results: float = 0.0
     total_seconds: float = 0.0
+    #: The longest time between two jobs' first accepted results (how long a broker failover stalled).
+    longest_delivery_gap_sec: float = 0.0
 
     def rows(self) -> list[list[Any]]:
         kills = ", ".join(f"{name} {self.kills[name]}" for name in self.plan.killed_types)
@@ -258,7 +266,8 @@ class FaultReport:
             ["status hashes not terminal", len(self.not_terminal_status)],
             ["dead-lettered messages", self.dead_letters],
             ["seconds from first submit to last result", f"{self.seconds_to_all_results:.1f}"],
-        ]  # fmt: skip
+        ] + ([["longest pause between two results, s", f"{self.longest_delivery_gap_sec:.1f}"]]
+             if self.plan.broker_fault == "failover" else [])  # fmt: skip
 
     def ok(self) -> bool:
         return (
@@ -363,6 +372,12 @@ class _Chaos(threading.Thread):
             finally:
                 broker.process.send_signal(signal.SIGCONT)
             self.note("broker Redis answers again (SIGCONT)")
+        elif kind == "failover":
+            old = broker.kill_primary()
+            killed = time.monotonic()
+            self.note(f"broker primary (port {old}) killed (SIGKILL)")
+            new = broker.wait_promoted(old)
+            self.note(f"replica (port {new}) promoted {time.monotonic() - killed:.1f} s after the kill")
         elif kind == "oom":
             client = broker.client()
             client.config_set("maxmemory-policy", "noeviction")
@@ -405,6 +420,10 @@ def run_fault_scenario(plan: FaultPlan, workdir: Path, *, progress: Any = None) 
     procfile = PROCFILE if plan.mode == "procfile" else None
     stack = LocalStack(workdir, env=stack_env(workdir, plan), mode=plan.mode, procfile=procfile)
     stack.cloud_redis = _persistent_redis_class()(workdir / "cloud-redis-data")
+    if plan.broker_fault == "failover":
+        from coda_bridge.dev.localsentinel import LocalSentinel
+
+        stack.broker_redis = LocalSentinel(password=plan.broker_password)
     began = time.monotonic()
     try:
         stack.start()
@@ -482,6 +501,8 @@ def _account(report: FaultReport, stack: Any, chaos: _Chaos, workdir: Path, name
     runs = executor_runs(workdir / "fault-executor.log")
     report.runs = sum(len(r) for r in runs.values())
     report.jobs_run_more_than_once = sum(1 for r in runs.values() if len(r) > 1)
+    firsts = sorted(float(v["first_delivery_at"]) for v in views.values() if v.get("first_delivery_at"))
+    report.longest_delivery_gap_sec = max((b - a for a, b in itertools.pairwise(firsts)), default=0.0)
     for job_id in report.submitted:
         view = views.get(job_id) or {}
         tag = job_id.removeprefix("job-")
