@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from coda_bridge.broker.entries import ALIVE, GONE, PARKED, EntryIndex
 from coda_bridge.broker.keys import (
     broker_namespace,
     dead_messages_key,
@@ -57,3 +58,18 @@ def test_a_dead_message_and_a_worker_heartbeat_sit_where_the_keys_module_looks(b
     assert broker.client.zscore(dead_queue_key(namespace, RESULTS_QUEUE), redis_id) is not None
     assert broker.client.hexists(dead_messages_key(namespace, RESULTS_QUEUE), redis_id)
     assert not broker.client.hexists(messages_key(namespace, RESULTS_QUEUE), redis_id)
+
+
+def test_the_entry_index_reads_dramatiqs_keys_through_the_keys_module(broker: CodaBroker) -> None:
+    # Given the entry index as the broker's enqueue hook, for a QPU id that needs escaping
+    index = EntryIndex(broker.client, QPU, broker.namespace)
+    broker.enqueue_hooks.append(index.record)
+
+    # When one delivery is fetched and dead-lettered, another queued, and one entry was never seen
+    (dead,) = broker.enqueue_many([delivery_message("j-2", "https://cloud/cb", "2-0")])
+    assert len(broker.do_fetch(RESULTS_QUEUE, 1)) == 1
+    broker.do_nack(RESULTS_QUEUE, dead.options["redis_message_id"])
+    broker.enqueue_many([delivery_message("j-1", "https://cloud/cb", "1-0")])
+
+    # Then its Lua finds each message where dramatiq keeps it
+    assert index.liveness(["1-0", "2-0", "3-0"]) == [(ALIVE, "j-1"), (PARKED, "j-2"), (GONE, None)]
