@@ -17,12 +17,12 @@ import dramatiq
 import redis
 from dramatiq.middleware import TimeLimitExceeded
 
+from coda_bridge.broker.messages import delivery_message, job_message
 from coda_bridge.broker.queues import EXECUTE_ACTOR, EXECUTE_BATCH_ACTOR, JOBS_QUEUE
 from coda_bridge.pipeline.execute import Delivery, execute_batch, execute_job
 from coda_bridge.pipeline.runs import batch_time_limit_sec, failure_payload
 
 from .node import broker, parts, settings, stopping
-from .results import deliver
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def _queue_deliveries(deliveries: Sequence[Delivery]) -> None:
     """Queue results for the webhook actor at once; while this worker drains, try each inline first."""
     if stopping.stopping.is_set() and parts.can_sign:  # without the key, the results worker delivers
         deliveries = [delivery for delivery in deliveries if not _delivered_inline(*delivery)]
-    broker.enqueue_many([deliver.message(*delivery) for delivery in deliveries])
+    broker.enqueue_many([delivery_message(*delivery) for delivery in deliveries])
 
 
 def _delivered_inline(job_id: str, callback_url: str, entry_id: str) -> bool:
@@ -86,7 +86,7 @@ def execute(fields: dict[str, str], entry_id: str) -> None:
 
 
 def _run_later(fields: Mapping[str, str], entry_id: str, delay_sec: float) -> None:
-    execute.send_with_options(args=(dict(fields), entry_id), delay=int(delay_sec * 1000))
+    broker.enqueue(job_message(fields, entry_id), delay=int(delay_sec * 1000))
 
 
 @dramatiq.actor(

@@ -9,6 +9,7 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from coda_bridge.broker.histograms import DELIVERY_ATTEMPTS
+from coda_bridge.broker.messages import delivery_of
 from coda_bridge.broker.queues import DEAD_LETTERED_ACTOR, DELIVER_ACTOR, RESULTS_QUEUE
 from coda_bridge.pipeline.delivery import should_retry
 
@@ -25,7 +26,7 @@ ATTEMPT_LIMIT_MS = int((settings.webhook_timeout_sec * 2 + 30) * 1000)
 @dramatiq.actor(actor_name=DEAD_LETTERED_ACTOR, queue_name=RESULTS_QUEUE, max_retries=0)
 def dead_lettered(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
     """Called once a result ran out of retries: it stays in the dead-letter queue for ``replay``."""
-    job_id = (message.get("args") or [None])[0]
+    job_id, _ = delivery_of(message)
     if job_id:
         parts.records.keep(str(job_id))
     parts.state.count("webhook_dead_letters")

@@ -25,6 +25,8 @@ from benchlib import (
     wait_idle_workers,
 )
 
+from coda_bridge.broker.keys import node_pattern
+
 SHOTS = 10
 #: Jobs XADDed per round: the bridge paces itself (max_local_queue), the simulator's lists stay small.
 CHUNK = 2000
@@ -34,7 +36,7 @@ POLL_SEC = 1.0
 
 def _memory(client: redis.Redis, qpu_id: str) -> dict[str, Any]:
     info: Any = client.info("memory")
-    keys = sum(1 for _ in client.scan_iter(match=f"coda-bridge:{qpu_id}:*", count=1000))
+    keys = sum(1 for _ in client.scan_iter(match=node_pattern(qpu_id), count=1000))
     return {"used_mib": info["used_memory"] / 2**20, "keys": keys, "total_keys": client.dbsize()}
 
 

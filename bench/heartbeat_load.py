@@ -23,8 +23,8 @@ from benchlib import (
     wait_idle_workers,
 )
 
+from coda_bridge.broker.keys import broker_namespace, queue_key
 from coda_bridge.broker.queues import JOBS_QUEUE
-from coda_bridge.broker.redis_broker import broker_namespace
 from coda_bridge.cloud.keys import group_name, stream_key
 
 
@@ -67,7 +67,9 @@ def main() -> None:
         last_read = str(group.get("last-delivered-id", "0-0"))
         unread_entries: Any = cloud.xrange(stream_key(stack.qpu_id), f"({last_read}", "+")
         unread = len(unread_entries)
-        local_queue = int(stack.broker_redis.client().llen(f"{broker_namespace(stack.qpu_id)}:{JOBS_QUEUE}"))
+        local_queue = int(
+            stack.broker_redis.client().llen(queue_key(broker_namespace(stack.qpu_id), JOBS_QUEUE))
+        )
         stats = stack.cloud.stats(stack.qpu_id)
     finally:
         stack.stop()

@@ -20,27 +20,30 @@ import redis
 from dramatiq.message import Message
 
 from ..replies import as_text
-from .keys import entry_key
-from .queues import DELIVER_ACTOR, EXECUTE_ACTOR, EXECUTE_BATCH_ACTOR, RESULTS_QUEUE
+from .keys import DEAD_MESSAGES_SUFFIX, MESSAGES_SUFFIX, entry_key, queue_key_prefix
+from .messages import carried_entries
+from .queues import RESULTS_QUEUE
 
-__all__ = ["ALIVE", "GONE", "PARKED", "ENTRY_TTL_SEC", "EntryIndex", "carried_entries"]
+__all__ = ["ALIVE", "GONE", "PARKED", "ENTRY_TTL_SEC", "EntryIndex"]
 
 #: How long an entry's record is kept when nothing forgets it (results are kept as long).
 ENTRY_TTL_SEC = 30 * 86_400
 #: What the broker holds of an entry.
 GONE, ALIVE, PARKED = 0, 1, 2
 
-#: For each entry key: its message's state (GONE, ALIVE, PARKED) and the job id it names.
+#: For each entry key: its message's state (GONE, ALIVE, PARKED) and the job id it names.  ARGV: the
+#: queues' key prefix, the results queue, and dramatiq's suffixes of a queue's messages and dead messages
+#: (from :mod:`~coda_bridge.broker.keys`).
 _LIVENESS = """
 local out = {}
 for i, key in ipairs(KEYS) do
   local rec = redis.call('HMGET', key, 'q', 'm', 'j')
   local state = 0
   if rec[1] then
-    local base = ARGV[1] .. ':' .. rec[1]
-    if redis.call('HEXISTS', base .. '.msgs', rec[2]) == 1 then
+    local base = ARGV[1] .. rec[1]
+    if redis.call('HEXISTS', base .. ARGV[3], rec[2]) == 1 then
       state = 1
-    elseif rec[1] == ARGV[2] and redis.call('HEXISTS', base .. '.XQ.msgs', rec[2]) == 1 then
+    elseif rec[1] == ARGV[2] and redis.call('HEXISTS', base .. ARGV[4], rec[2]) == 1 then
       state = 2
     end
   end
@@ -48,21 +51,6 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
-
-
-def carried_entries(message: Message[Any]) -> list[tuple[str, str]]:
-    """The ``(entry_id, job_id)`` pairs a message carries, by the shape of its actor's arguments."""
-    args = message.args
-    try:
-        if message.actor_name == EXECUTE_ACTOR:
-            return [(str(args[1]), str(args[0].get("job_id") or ""))]
-        if message.actor_name == EXECUTE_BATCH_ACTOR:
-            return [(str(entry_id), str(fields.get("job_id") or "")) for fields, entry_id in args[0]]
-        if message.actor_name == DELIVER_ACTOR and len(args) > 2 and args[2]:
-            return [(str(args[2]), str(args[0]))]
-    except (IndexError, TypeError, ValueError, AttributeError):
-        return []
-    return []
 
 
 class EntryIndex:
@@ -89,7 +77,8 @@ class EntryIndex:
         if not entry_ids:
             return []
         keys = [entry_key(self.qpu_id, entry_id) for entry_id in entry_ids]
-        replies: Any = self._liveness(keys=keys, args=[self.namespace, RESULTS_QUEUE])
+        args = [queue_key_prefix(self.namespace), RESULTS_QUEUE, MESSAGES_SUFFIX, DEAD_MESSAGES_SUFFIX]
+        replies: Any = self._liveness(keys=keys, args=args)
         return [(int(state), as_text(job_id) or None) for state, job_id in replies]
 
     def forget(self, entry_ids: Sequence[str], pipe: redis.client.Pipeline | None = None) -> None:

@@ -22,6 +22,7 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 from ..replies import as_text
+from .keys import histogram_key
 
 __all__ = [
     "DELIVERY_ATTEMPTS",
@@ -34,7 +35,6 @@ __all__ = [
     "HistogramSpec",
     "Histograms",
     "entry_time_sec",
-    "node_key",
 ]
 
 #: Separates label values (and the bucket index) inside a hash field; label values never contain it.
@@ -103,10 +103,6 @@ def entry_time_sec(entry_id: str) -> float | None:
     return int(millis) / 1000
 
 
-def node_key(qpu_id: str, name: str) -> str:
-    return f"coda-bridge:{qpu_id}:node:{name}"
-
-
 class Histograms:
     """Histograms of one QPU in the broker Redis: :meth:`observe` anywhere, :meth:`families` at scrape."""
 
@@ -118,7 +114,7 @@ class Histograms:
         self.specs = dict(specs)
 
     def key(self, name: str) -> str:
-        return node_key(self.qpu_id, f"histogram:{name}")
+        return histogram_key(self.qpu_id, name)
 
     def observe(
         self,

@@ -26,6 +26,7 @@ from dramatiq.middleware import Middleware, SkipMessage
 
 from ..errors import CodaError
 from ..sdnotify import READY, WatchdogPinger, notify, watchdog_interval_sec
+from .messages import tick_slot
 
 __all__ = [
     "BuildAtBoot",
@@ -78,10 +79,9 @@ class StaleTicks(Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         if not broker.get_actor(message.actor_name).options.get("tick"):
             return
-        expires_at = message.kwargs.get("expires_at")
+        slot_ts, expires_at = tick_slot(message)
         now = self.clock()
         if expires_at is not None and now >= expires_at:
-            slot_ts = message.args[0] if message.args else 0.0
             logger.info(
                 "Dropped a stale %s tick (slot of %.0f, %.1f s past its interval).",
                 message.actor_name,

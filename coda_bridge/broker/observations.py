@@ -29,7 +29,8 @@ from dramatiq.middleware.prometheus import Prometheus
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..replies import as_text
-from .histograms import DRAMATIQ_DURATION, FIELD_SEP, Histograms, node_key
+from .histograms import DRAMATIQ_DURATION, FIELD_SEP, Histograms
+from .keys import dramatiq_counters_key, dramatiq_live_key, heartbeats_key
 
 __all__ = [
     "DramatiqMetrics",
@@ -108,10 +109,10 @@ class _Sink:
 
     @property
     def counters_key(self) -> str:
-        return node_key(self.qpu_id, "dramatiq:counters")
+        return dramatiq_counters_key(self.qpu_id)
 
     def live_key(self, process_id: str | None = None) -> str:
-        return node_key(self.qpu_id, f"dramatiq:inprogress:{process_id or self.process_id}")
+        return dramatiq_live_key(self.qpu_id, process_id or self.process_id)
 
     def add(self, key: str, field: str, amount: int = 1, *, sum_field: str = "", total: float = 0.0) -> None:
         """Add ``amount`` to ``field`` of hash ``key``, ``total`` to ``sum_field``; nothing before a bind."""
@@ -278,20 +279,20 @@ class DramatiqReader:
     def __init__(self, client: redis.Redis, qpu_id: str, namespace: str, heartbeat_timeout_ms: int) -> None:
         self.client = client
         self.qpu_id = qpu_id
-        self.heartbeats_key = f"{namespace}:__heartbeats__"
+        self.heartbeats_key = heartbeats_key(namespace)
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
         self.histograms = Histograms(client, qpu_id, {DRAMATIQ_DURATION.name: DRAMATIQ_DURATION})
 
     def families(self) -> list[Any]:
         """dramatiq's counters, its in-progress gauges summed over live worker processes, its durations."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.hgetall(node_key(self.qpu_id, "dramatiq:counters"))
+        pipe.hgetall(dramatiq_counters_key(self.qpu_id))
         # dramatiq's own heartbeats: a process whose broker has not talked to Redis lately is gone
         pipe.zrangebyscore(self.heartbeats_key, current_millis() - self.heartbeat_timeout_ms, "+inf")
         raw_counters, live_ids = pipe.execute()
         pipe = self.client.pipeline(transaction=False)
         for process_id in live_ids:
-            pipe.hgetall(node_key(self.qpu_id, f"dramatiq:inprogress:{as_text(process_id)}"))
+            pipe.hgetall(dramatiq_live_key(self.qpu_id, str(as_text(process_id))))
         live = pipe.execute() if live_ids else []
         values: dict[str, dict[tuple[str, ...], float]] = {}
         for field, value in raw_counters.items():

@@ -35,6 +35,7 @@ from ..settings import Settings
 from .client import broker_client
 from .entries import EntryIndex
 from .failure_logs import SmallFailureLogs
+from .keys import broker_namespace, dead_queue_key, queue_key, wake_key
 from .middleware import IsolateWorkerProcess
 from .observations import DramatiqMetrics
 from .queues import QUEUES
@@ -55,11 +56,6 @@ BUSY_BACKOFF_MAX_SEC = 0.05
 REFUSAL_RETRY_SEC = 1.0
 #: Commands that never trigger maintenance (as in dramatiq).
 _NO_MAINTENANCE = frozenset({"ack", "nack"})
-
-
-def broker_namespace(qpu_id: str) -> str:
-    """Every dramatiq key of one QPU lives under this prefix, so QPUs can share a Redis."""
-    return f"coda-bridge:{qpu_id}:dq"
 
 
 class CodaBroker(RedisBroker):
@@ -86,7 +82,7 @@ class CodaBroker(RedisBroker):
         return _WakingConsumer
 
     def wake_key(self, queue_name: str) -> str:
-        return f"{self.namespace}:{queue_name}.wake"
+        return wake_key(self.namespace, queue_name)
 
     def _maintenance_due(self, command: str, queue_name: str) -> int:
         """1 when ``queue_name`` had no maintenance from this process for an interval (it is per queue)."""
@@ -197,8 +193,8 @@ class CodaBroker(RedisBroker):
         pipe = self.client.pipeline(transaction=False)
         names = sorted(self.queues)
         for name in names:
-            pipe.llen(f"{self.namespace}:{name}")
-            pipe.zcard(f"{self.namespace}:{name}.XQ")
+            pipe.llen(queue_key(self.namespace, name))
+            pipe.zcard(dead_queue_key(self.namespace, name))
         counts = pipe.execute()
         sizes = {}
         for index, name in enumerate(names):

@@ -1,6 +1,6 @@
 """Every process of a node registers itself in the broker, so ``status`` sees the whole node.
 
-A process writes one key, ``coda-bridge:{qpu_id}:process:{host}:{pid}``,
+A process writes one key, ``coda-bridge:{qpu_id}:process:{host}:{pid}:{role}``,
 holding its role, host, pid, version and start time, with a TTL that a
 heartbeat thread refreshes; a process that dies disappears within the TTL.
 However the node was started (``coda-bridge start``, honcho, systemd,
@@ -39,6 +39,7 @@ import redis
 
 from .. import __version__
 from ..errors import ConfigError
+from .keys import bridge_key, process_key, process_pattern, ready_key, ready_pattern
 from .outage import broker_unavailable
 
 __all__ = [
@@ -85,21 +86,6 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-
-def process_key(qpu_id: str, host: str, pid: int | str, role: str) -> str:
-    """The registration of one role of a process (``start --one-process`` runs every role in one)."""
-    return f"coda-bridge:{qpu_id}:process:{host}:{pid}:{role}"
-
-
-def ready_key(qpu_id: str, host: str, pid: int | str) -> str:
-    """Held by one process whose executor is built (a jobs worker, or a one-process node)."""
-    return f"coda-bridge:{qpu_id}:ready:{host}:{pid}"
-
-
-def bridge_key(qpu_id: str, consumer: str) -> str:
-    """Held by the one live bridge of a QPU with a given stream consumer name."""
-    return f"coda-bridge:{qpu_id}:bridge:{consumer}"
 
 
 def _pid_namespace() -> str:
@@ -332,12 +318,12 @@ def _shown(info: ProcessInfo | None) -> str:
 
 def live_processes(client: redis.Redis, qpu_id: str) -> list[ProcessInfo]:
     """Every registered process of the QPU, by role, host and pid."""
-    return _live(client, process_key(qpu_id, "*", "*", "*"))
+    return _live(client, process_pattern(qpu_id))
 
 
 def ready_jobs_workers(client: redis.Redis, qpu_id: str) -> list[ProcessInfo]:
     """The live workers of the QPU whose executor is built: none means the node cannot run a job."""
-    return [info for info in _live(client, ready_key(qpu_id, "*", "*")) if info.executor_ready]
+    return [info for info in _live(client, ready_pattern(qpu_id)) if info.executor_ready]
 
 
 def _live(client: redis.Redis, pattern: str) -> list[ProcessInfo]:

@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from ..replies import as_text
+from .keys import node_key
 
 __all__ = ["COUNTERS", "NodeState", "utc_iso"]
 
@@ -67,10 +68,9 @@ class NodeState:
     def __init__(self, client: redis.Redis, qpu_id: str) -> None:
         self.client = client
         self.qpu_id = qpu_id
-        self.prefix = f"coda-bridge:{qpu_id}:node"
 
     def key(self, name: str) -> str:
-        return f"{self.prefix}:{name}"
+        return node_key(self.qpu_id, name)
 
     # -- jobs running now --
 

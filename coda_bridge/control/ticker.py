@@ -22,8 +22,8 @@ from typing import Any
 import dramatiq
 import redis
 
+from ..broker import messages
 from ..broker.keys import tick_key
-from ..broker.queues import CONTROL_QUEUE
 from ..broker.redis_broker import CodaBroker
 
 __all__ = ["Tick", "Ticker", "one_at_a_time", "tick_message"]
@@ -45,13 +45,7 @@ class Tick:
 def tick_message(tick: Tick, slot: int) -> dramatiq.Message[Any]:
     """The control message of ``slot``: it carries the slot's start and the moment it goes stale."""
     slot_ts = slot * tick.interval_sec
-    return dramatiq.Message(
-        queue_name=CONTROL_QUEUE,
-        actor_name=tick.actor_name,
-        args=(slot_ts,),
-        kwargs={"expires_at": slot_ts + tick.interval_sec},
-        options={},
-    )
+    return messages.tick_message(tick.actor_name, slot_ts, slot_ts + tick.interval_sec)
 
 
 def one_at_a_time(func: Callable[..., None]) -> Callable[..., None]:

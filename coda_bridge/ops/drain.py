@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..broker.keys import broker_namespace, key_part, queue_key
+from ..broker.queues import RESULTS_QUEUE
 from ..errors import ConfigError
 from ..identity.credentials import StatePaths, read_private
 
@@ -58,11 +60,8 @@ def drain_stage(part: str, plan: tuple[DrainStage, ...] = DRAIN_PLAN) -> int:
 
 
 def results_key_template() -> str:
-    """The results queue's key in the broker, with :data:`QPU_SLOT` for the QPU id."""
-    from ..broker.queues import RESULTS_QUEUE
-    from ..broker.redis_broker import broker_namespace
-
-    return f"{broker_namespace(QPU_SLOT)}:{RESULTS_QUEUE}"
+    """The results queue's key in the broker, with :data:`QPU_SLOT` for the QPU id (escaped as a key part)."""
+    return queue_key(broker_namespace(QPU_SLOT), RESULTS_QUEUE).replace(key_part(QPU_SLOT), QPU_SLOT)
 
 
 class ResultsFlushed:
@@ -109,6 +108,7 @@ class ResultsFlushed:
             client = self._connect()
             if client is None:
                 return True
-            return int(client.llen(self.key_template.replace(QPU_SLOT, str(self.qpu_id)))) == 0
+            key = self.key_template.replace(QPU_SLOT, key_part(str(self.qpu_id)))
+            return int(client.llen(key)) == 0
         except Exception:  # a broken look (Redis down, a bad URL) must never block the stop
             return True

@@ -13,18 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import dramatiq
 from dramatiq.message import Message
 
-from ..broker.entries import carried_entries
+from ..broker.keys import dead_messages_key, dead_queue_key
+from ..broker.messages import delivery_of, jobs_of, replay_message
 from ..broker.queues import JOBS_QUEUE, QUEUES, RESULTS_QUEUE
 from ..broker.redis_broker import CodaBroker
 from ..replies import as_text
 
 __all__ = ["DeadLetter", "dead_letters", "replay_dead_letters"]
-
-#: Options of a dead message that must not travel with its replay.
-_SPENT_OPTIONS = ("retries", "traceback", "redis_message_id")
 
 
 @dataclass(frozen=True)
@@ -44,18 +41,11 @@ class DeadLetter:
 
 
 def _xq(broker: CodaBroker, queue: str) -> tuple[str, str]:
-    base = f"{broker.namespace}:{queue}.XQ"
-    return base, f"{base}.msgs"
+    return dead_queue_key(broker.namespace, queue), dead_messages_key(broker.namespace, queue)
 
 
 def _letter(queue: str, redis_id: str, score: float, message: Message[Any]) -> DeadLetter:
-    if queue == RESULTS_QUEUE:
-        job_id, callback = [*message.args, None, None][:2]
-    else:
-        jobs = carried_entries(message)
-        job_id = ",".join(job for _, job in jobs) or None
-        fields = message.args[0] if message.args and isinstance(message.args[0], dict) else {}
-        callback = fields.get("callback_url")
+    job_id, callback = delivery_of(message) if queue == RESULTS_QUEUE else jobs_of(message)
     return DeadLetter(
         queue=queue,
         actor=message.actor_name,
@@ -105,16 +95,7 @@ def replay_dead_letters(
         data: Any = broker.client.hget(msgs, letter.redis_message_id)
         if data is None:
             continue
-        message = Message.decode(data)
-        options = {k: v for k, v in message.options.items() if k not in _SPENT_OPTIONS}
-        fresh: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=letter.queue,
-            actor_name=message.actor_name,
-            args=message.args,
-            kwargs=message.kwargs,
-            options=options,
-        )
-        broker.enqueue(fresh)
+        broker.enqueue(replay_message(Message.decode(data), letter.queue))
         pipe = broker.client.pipeline(transaction=False)
         pipe.zrem(zset, letter.redis_message_id)
         pipe.hdel(msgs, letter.redis_message_id)

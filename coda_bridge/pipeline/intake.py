@@ -26,7 +26,9 @@ import redis
 
 from ..backoff import Backoff
 from ..broker.entries import GONE, EntryIndex
-from ..broker.queues import EXECUTE_ACTOR, EXECUTE_BATCH_ACTOR, JOBS_QUEUE
+from ..broker.keys import queue_key
+from ..broker.messages import batch_message, job_message
+from ..broker.queues import JOBS_QUEUE
 from ..broker.redis_broker import CodaBroker
 from ..broker.refusal import refusal
 from ..broker.shared_state import NodeState
@@ -42,7 +44,7 @@ from .reconcile import Reconciler
 from .records import RecordStore
 from .status import CloudStatus
 
-__all__ = ["StreamBridge", "batch_message", "job_message"]
+__all__ = ["StreamBridge"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,28 +70,10 @@ Entry = tuple[str, dict[str, str] | None]
 BATCH_FLAG_TTL_SEC = 5.0
 
 
-def job_message(fields: dict[str, str], entry_id: str) -> dramatiq.Message[Any]:
-    """The ``execute`` message for one stream entry (built here so the bridge never imports executors)."""
-    return dramatiq.Message(
-        queue_name=JOBS_QUEUE, actor_name=EXECUTE_ACTOR, args=(fields, entry_id), kwargs={}, options={}
-    )
-
-
 def _message(group: Sequence[Job]) -> dramatiq.Message[Any]:
     if len(group) == 1:
         return job_message(group[0].fields, group[0].entry_id)
     return batch_message([(job.fields, job.entry_id) for job in group])
-
-
-def batch_message(entries: list[tuple[dict[str, str], str]]) -> dramatiq.Message[Any]:
-    """One ``execute_batch`` message for several waiting entries (the executor has ``batch_run``)."""
-    return dramatiq.Message(
-        queue_name=JOBS_QUEUE,
-        actor_name=EXECUTE_BATCH_ACTOR,
-        args=([[fields, entry_id] for fields, entry_id in entries],),
-        kwargs={},
-        options={},
-    )
 
 
 class StreamBridge:
@@ -391,5 +375,5 @@ class StreamBridge:
         return reason is not None
 
     def _queue_too_deep(self) -> bool:
-        depth = int(self.broker.client.llen(f"{self.broker.namespace}:{JOBS_QUEUE}"))
+        depth = int(self.broker.client.llen(queue_key(self.broker.namespace, JOBS_QUEUE)))
         return depth > self.settings.max_local_queue

@@ -30,13 +30,13 @@ import dramatiq
 import redis
 
 from ..broker.entries import GONE, EntryIndex
-from ..broker.queues import DELIVER_ACTOR, RESULTS_QUEUE
+from ..broker.messages import delivery_message
 from ..replies import as_text
 from .claims import ClaimBook
 from .records import RecordStore
 from .status import CloudStatus
 
-__all__ = ["PAGE_ENTRIES", "Reconciler", "ReconcileReport", "delivery_message"]
+__all__ = ["PAGE_ENTRIES", "Reconciler", "ReconcileReport"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,17 +45,6 @@ PAGE_ENTRIES = 200
 
 #: Forwards stream entries (fields and id) to the broker again.
 Forward = Callable[[list[tuple[dict[str, str], str]]], None]
-
-
-def delivery_message(job_id: str, callback_url: str, entry_id: str) -> dramatiq.Message[Any]:
-    """The ``deliver`` message of a recorded result."""
-    return dramatiq.Message(
-        queue_name=RESULTS_QUEUE,
-        actor_name=DELIVER_ACTOR,
-        args=(job_id, callback_url, entry_id),
-        kwargs={},
-        options={},
-    )
 
 
 @dataclass

@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Callable
 from urllib.parse import unquote
 
 import pytest
 
-from coda_bridge.broker.keys import claim_key, delivery_lease_key, job_key, key_part, tick_key
+from coda_bridge.broker.keys import (
+    bridge_key,
+    claim_key,
+    dead_messages_key,
+    dead_queue_key,
+    delivery_lease_key,
+    device_key,
+    dramatiq_counters_key,
+    dramatiq_live_key,
+    entry_key,
+    heartbeats_key,
+    histogram_key,
+    job_key,
+    key_part,
+    messages_key,
+    node_key,
+    node_pattern,
+    pause_key,
+    process_key,
+    process_pattern,
+    queue_key,
+    ready_key,
+    ready_pattern,
+    tick_key,
+    wake_key,
+    window_key,
+)
 from coda_bridge.broker.redis_broker import broker_namespace
 from coda_bridge.cloud.keys import cancel_key, group_name, status_key, stream_key
 
@@ -80,3 +108,119 @@ def test_an_id_in_a_key_is_one_segment_and_decodes_back(job_id: str) -> None:
 
 def test_readable_ids_stay_readable() -> None:
     assert job_key("q", "j-1_2.3~uuid") == "coda-bridge:q:job:j-1_2.3~uuid"
+
+
+# -- every family, hostile ids (issue 20.3) --
+
+#: Ids chosen to look like key structure: another family's name, separators, hash tags, globs, controls.
+HOSTILE_IDS = [
+    "K",
+    "K:delivering",
+    "a}b",
+    "{a}",
+    "*",
+    "?",
+    "[ab]",
+    "line\nbreak",
+    "job:x",
+    "x:node:pause",
+    "%2A",
+]
+
+#: Every builder of the node's own namespace that takes an id, by family.
+ID_FAMILIES: dict[str, Callable[[str, str], str]] = {
+    "claim": claim_key,
+    "job": job_key,
+    "delivering": delivery_lease_key,
+    "entry": entry_key,
+    "tick": lambda q, i: tick_key(q, i, 1),
+    "node": node_key,
+    "histogram": histogram_key,
+    "inprogress": dramatiq_live_key,
+    "process": lambda q, i: process_key(q, i, i, i),
+    "ready": lambda q, i: ready_key(q, i, i),
+    "bridge": bridge_key,
+}
+#: The fixed keys of a QPU (no id of their own).
+FIXED: list[Callable[[str], str]] = [
+    pause_key,
+    device_key,
+    lambda q: window_key(q, 1_800_000_000),
+    dramatiq_counters_key,
+    broker_namespace,
+]
+
+
+def _all_keys(qpu_id: str) -> dict[str, tuple[str, str]]:
+    """Every key the builders make for ``qpu_id`` and the hostile ids, with the (family, id) that made it."""
+    made: dict[str, tuple[str, str]] = {}
+    for family, maker in ID_FAMILIES.items():
+        for job_id in HOSTILE_IDS:
+            key = maker(qpu_id, job_id)
+            assert key not in made, f"{family}/{job_id!r} and {made.get(key)} share {key!r}"
+            made[key] = (family, job_id)
+    for index, fixed in enumerate(FIXED):
+        key = fixed(qpu_id)
+        assert key not in made, f"a fixed key {key!r} is also {made.get(key)}"
+        made[key] = ("fixed", str(index))
+    return made
+
+
+@pytest.mark.parametrize("qpu_id", ["qpu-1", *HOSTILE_IDS])
+def test_no_hostile_id_makes_another_ids_key_or_another_familys(qpu_id: str) -> None:
+    # Given every key family built for hostile ids
+    made = _all_keys(qpu_id)
+
+    # Then each (family, id) pair has its own key, with no separator, brace, glob or control from an id
+    assert len(made) == len(ID_FAMILIES) * len(HOSTILE_IDS) + len(FIXED)
+    for key in made:
+        assert not set(key) & set("{}*?[]\n"), key
+        assert key.startswith(f"coda-bridge:{key_part(qpu_id)}:")
+
+
+def test_two_hostile_qpus_never_share_a_key() -> None:
+    # Given QPU ids where one spells another's key structure ("K" and "K:job:x")
+    keys = {qpu: set(_all_keys(qpu)) for qpu in ["K", "K:delivering", "K:job:x", "K:node", "a}b", "*"]}
+
+    # Then no two QPUs share any key
+    for qpu, own in keys.items():
+        for other, theirs in keys.items():
+            assert other == qpu or not own & theirs, (qpu, other, own & theirs)
+
+
+@pytest.mark.parametrize("qpu_id", ["qpu-1", "*", "q[1]", "a}b"])
+def test_a_scan_pattern_matches_its_own_family_of_its_own_qpu_only(qpu_id: str) -> None:
+    # Given every key of this QPU and of a QPU whose id a glob in ours would match
+    own, other = _all_keys(qpu_id), _all_keys(f"{qpu_id}x")
+
+    # Then the registry's patterns match exactly this QPU's process and ready keys
+    for pattern, family in ((process_pattern(qpu_id), "process"), (ready_pattern(qpu_id), "ready")):
+        matched = {key for key in [*own, *other] if fnmatch.fnmatchcase(key, pattern)}
+        assert matched == {key for key, (fam, _) in own.items() if fam == family}
+    assert all(fnmatch.fnmatchcase(key, node_pattern(qpu_id)) for key in own)
+    assert not any(fnmatch.fnmatchcase(key, node_pattern(qpu_id)) for key in other)
+
+
+def test_the_nodes_namespace_keeps_the_names_it_had() -> None:
+    # Then a deployed broker's records are found again after the upgrade (readable ids are unchanged)
+    assert pause_key("q") == "coda-bridge:q:node:pause"
+    assert device_key("q") == "coda-bridge:q:node:device"
+    assert window_key("q", 7) == "coda-bridge:q:node:window:7"
+    assert node_key("q", "running") == "coda-bridge:q:node:running"
+    assert histogram_key("q", "coda_job_seconds") == "coda-bridge:q:node:histogram:coda_job_seconds"
+    assert dramatiq_counters_key("q") == "coda-bridge:q:node:dramatiq:counters"
+    assert dramatiq_live_key("q", "b-1") == "coda-bridge:q:node:dramatiq:inprogress:b-1"
+    assert process_key("q", "host", 12, "jobs") == "coda-bridge:q:process:host:12:jobs"
+    assert ready_key("q", "host", 12) == "coda-bridge:q:ready:host:12"
+    assert bridge_key("q", "host-1") == "coda-bridge:q:bridge:host-1"
+    assert entry_key("q", "1-0") == "coda-bridge:q:entry:1-0"
+
+
+def test_dramatiqs_keys_are_spelled_as_dramatiq_spells_them() -> None:
+    namespace = broker_namespace("q")
+    assert queue_key(namespace, "jobs") == "coda-bridge:q:dq:jobs"
+    assert messages_key(namespace, "jobs") == "coda-bridge:q:dq:jobs.msgs"
+    assert dead_queue_key(namespace, "results") == "coda-bridge:q:dq:results.XQ"
+    assert dead_messages_key(namespace, "results") == "coda-bridge:q:dq:results.XQ.msgs"
+    assert wake_key(namespace, "jobs") == "coda-bridge:q:dq:jobs.wake"
+    assert heartbeats_key(namespace) == "coda-bridge:q:dq:__heartbeats__"

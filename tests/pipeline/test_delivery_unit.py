@@ -7,7 +7,7 @@ answers come from requests-mock; no network and no real sleep.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import dramatiq
 import fakeredis
@@ -16,13 +16,15 @@ import redis
 import requests_mock as rm
 
 from coda_bridge.broker.entries import EntryIndex
+from coda_bridge.broker.keys import entry_key
+from coda_bridge.broker.messages import delivery_message
 from coda_bridge.broker.redis_broker import broker_namespace
 from coda_bridge.broker.shared_state import NodeState
 from coda_bridge.cloud.client import CloudClient
 from coda_bridge.cloud.keys import group_name, status_key, stream_key
 from coda_bridge.cloud.signing import Signer, generate_private_key_pem, public_key_pem, verify_token
 from coda_bridge.errors import WebhookError
-from coda_bridge.pipeline.delivery import Deliverer, DeliveryRetry, should_retry
+from coda_bridge.pipeline.delivery import LEASE_MARGIN_SEC, Deliverer, DeliveryRetry, should_retry
 from coda_bridge.pipeline.records import RecordStore
 from coda_bridge.pipeline.status import CloudStatus
 from coda_bridge.settings import Settings
@@ -255,3 +257,78 @@ def test_no_secret_of_the_delivery_reaches_the_error(
     assert bearer not in str(raised.value) and "eyJ" not in str(raised.value)
     assert "BEGIN" not in str(raised.value)
     json.dumps(deliverer.state.counters())  # metrics stay plain numbers
+
+
+def _carried_by_a_delivery(deliverer: Deliverer, local: redis.Redis, entry_id: str) -> None:
+    """Record that a queued ``deliver`` message carries the entry, as the broker's enqueue hook does."""
+    message = delivery_message("j-1", CALLBACK, entry_id).copy(options={"redis_message_id": "r-1"})
+    pipe = local.pipeline(transaction=False)
+    deliverer.entries.record(pipe, message)
+    pipe.execute()
+
+
+def _ok(requests_mock: rm.Mocker) -> None:
+    requests_mock.post(CALLBACK, status_code=200, json={"ok": True})
+
+
+def _refused(requests_mock: rm.Mocker) -> None:
+    requests_mock.post(CALLBACK, status_code=422, json={"error": "bad result"})
+
+
+def _already_had(requests_mock: rm.Mocker) -> None:
+    requests_mock.post(CALLBACK, status_code=409, json={"error": "already have it"})
+
+
+@pytest.mark.parametrize(
+    ("result", "answer", "callback", "outcome", "state"),
+    [
+        (RESULT, _ok, CALLBACK, "delivered", "completed"),
+        (
+            {"job_id": "j-1", "status": "failed", "error": "device on fire"},
+            _ok,
+            CALLBACK,
+            "delivered",
+            "failed",
+        ),
+        (RESULT, _refused, CALLBACK, "refused", "failed"),
+        (RESULT, _already_had, CALLBACK, "duplicate", "completed"),
+        (RESULT, _ok, "https://elsewhere.test/cb", "refused", "failed"),
+    ],
+    ids=["completed", "failed-result", "4xx", "4xx-already-had", "off-origin"],
+)
+def test_each_terminal_delivery_leaves_nothing_pending_at_the_cloud_or_in_the_broker(
+    deliverer: Deliverer,
+    cloud_redis: redis.Redis,
+    local: redis.Redis,
+    requests_mock: rm.Mocker,
+    result: dict[str, object],
+    answer: Callable[[rm.Mocker], None],
+    callback: str,
+    outcome: str,
+    state: str,
+) -> None:
+    # Given a recorded result whose entry is pending at the cloud and carried by a queued delivery
+    deliverer.records.record([("j-1", result)])
+    entry_id = _recorded_and_pending(deliverer, cloud_redis)
+    _carried_by_a_delivery(deliverer, local, entry_id)
+    answer(requests_mock)
+    if outcome == "duplicate":
+        cloud_redis.hset(status_key("j-1"), "state", "completed")
+
+    # When it is delivered, and the same message comes again (a redelivery after a crash)
+    first = deliverer.deliver("j-1", callback, entry_id)
+    again = deliverer.deliver("j-1", callback, entry_id)
+
+    # Then the job ends once, in its state, its entry acknowledged and its entry record gone; the result is
+    # marked delivered, and the lease of the one POST lapses by itself (the mark stands for it)
+    assert (first, again) == (outcome, "duplicate")
+    assert requests_mock.call_count == (0 if callback != CALLBACK else 1)
+    assert cloud_redis.hget(status_key("j-1"), "state") == state
+    assert _pending(cloud_redis) == 0
+    assert not local.exists(entry_key(QPU, entry_id))
+    pipe = local.pipeline(transaction=False)
+    deliverer.records.read_progress(pipe, ["j-1"])
+    [(_, recorded, delivered)] = deliverer.records.progress(pipe.execute())
+    assert recorded and delivered
+    lease_ms = local.pttl(deliverer.records.lease_key("j-1"))
+    assert lease_ms == -2 or 0 < lease_ms <= (3 + LEASE_MARGIN_SEC) * 1000  # gone, or lapsing (never kept)

@@ -17,11 +17,11 @@ from dramatiq.message import Message
 
 from coda_bridge.broker.entries import ALIVE, GONE, PARKED, EntryIndex
 from coda_bridge.broker.keys import claim_key, job_key
+from coda_bridge.broker.messages import delivery_message, job_message
 from coda_bridge.broker.queues import JOBS_QUEUE, RESULTS_QUEUE
 from coda_bridge.broker.redis_broker import CodaBroker, create_broker
 from coda_bridge.broker.shared_state import NodeState
-from coda_bridge.pipeline.intake import StreamBridge, job_message
-from coda_bridge.pipeline.reconcile import delivery_message
+from coda_bridge.pipeline.intake import StreamBridge
 from coda_bridge.settings import Settings, load_settings
 
 QPU = "qpu-reconcile-test"
