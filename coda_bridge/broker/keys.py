@@ -20,6 +20,7 @@ __all__ = [
     "key_part",
     "pause_key",
     "tick_key",
+    "timeline_key",
     "window_key",
 ]
 
@@ -45,6 +46,11 @@ def job_key(qpu_id: str, job_id: str) -> str:
 def delivery_lease_key(qpu_id: str, job_id: str) -> str:
     """Held while one delivery of the job's result is in flight."""
     return f"{job_key(qpu_id, job_id)}:delivering"
+
+
+def timeline_key(qpu_id: str, job_id: str) -> str:
+    """What each step did to the job, when and where (see :mod:`~coda_bridge.pipeline.timeline`)."""
+    return f"coda-bridge:{qpu_id}:timeline:{key_part(job_id)}"
 
 
 def tick_key(qpu_id: str, name: str, slot: int) -> str:
