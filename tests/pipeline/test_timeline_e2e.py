@@ -165,3 +165,28 @@ def test_an_unknown_job_is_one_line_and_exit_1(stack: LocalStack) -> None:
     assert done.returncode == 1, done
     assert done.stdout == ""
     assert len(done.stderr.splitlines()) == 1 and "no timeline for job never-" in done.stderr
+
+
+def test_a_dead_lettered_then_replayed_result_shows_both_and_the_delivery_after(stack: LocalStack) -> None:
+    # Given the cloud answers every delivery of a job with 503 until its result is dead-lettered
+    job_id = f"tl-dead-{uuid.uuid4().hex[:8]}"
+    stack.cloud.set_fault("webhook", 503, count=1000, job_id=job_id)
+    try:
+        stack.cloud.submit(stack.qpu_id, circuit("ok"), 10, job_id=job_id)
+        wait_until(lambda: "dead_lettered" in kinds(stack, job_id), JOB_SEC, "the result dead-lettered")
+    finally:
+        stack.cloud.clear_faults()
+
+    # When the operator replays it
+    replay = coda_bridge(stack, "replay", job_id)
+    assert replay.returncode == 0, replay.stderr
+    assert stack.cloud.wait_for_result(job_id, timeout_sec=JOB_SEC)["status"] == "completed"
+    acknowledged(stack, job_id)
+
+    # Then the timeline shows every refused attempt, the dead letter, the replay, and the accepted one
+    events = timeline(stack, job_id)["events"]
+    steps = [e["event"] for e in events if e["event"] in ("delivery", "dead_lettered", "replayed")]
+    assert steps == ["delivery"] * 4 + ["dead_lettered", "replayed", "delivery"], steps  # 1 + 3 retries
+    dead = next(e for e in events if e["event"] == "dead_lettered")
+    assert dead["attempts"] == 4
+    assert events[-2]["event"] == "delivery" and events[-2]["outcome"] == "accepted"
