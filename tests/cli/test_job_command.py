@@ -59,7 +59,8 @@ def test_a_recorded_job_shows_in_words_and_in_stable_json(
     # and the words give one line per event
     assert code == 0
     lines = out.splitlines()
-    assert re.fullmatch(rf"Job j-1 on QPU {QPU} \(3 events, kept 3[56]\d\d more seconds\)", lines[0]), lines[0]
+    header = rf"Job j-1 on QPU {QPU} \(3 events, kept 3[56]\d\d more seconds\)"
+    assert re.fullmatch(header, lines[0]), lines[0]
     assert "read from the cloud's stream (entry 1700000000000-0)" in lines[1]
     assert "run 1 started on qubic:create_executor" in lines[2]
     assert "webhook attempt 1: accepted (HTTP 200 after 0.05 s)" in lines[3]
