@@ -133,7 +133,7 @@ def main() -> int:
             "each delivered once": duplicates == 0,
             "both workers ran jobs": len(pids) == 2,
         }
-        rows = [
+        rows: list[list[Any]] = [
             ["jobs queued / completed", f"{args.n} / {completed}"],
             ["pause (s)", fmt(pause.until - pause.since)],
             ["runs started before it / running when it began", f"{len(before)} / {running}"],
