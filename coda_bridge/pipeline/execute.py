@@ -104,10 +104,13 @@ class _Batch:
         if job_id and self.ex.timeline is not None:
             self._events.append(self.ex.timeline.event(job_id, kind, **detail))
 
-    def _write_events(self, *, with_device: bool = False) -> None:
+    def _run_with_events(self, pipe: redis.client.Pipeline, *, with_device: bool = False) -> None:
+        """Run a step's pipeline with the events noted so far riding on it (best effort for them)."""
         events, self._events = self._events, []
-        if self.ex.timeline is not None:
-            self.ex.timeline.write(events, with_device=with_device)
+        if self.ex.timeline is None:
+            pipe.execute()
+        else:
+            self.ex.timeline.execute(pipe, events, with_device=with_device)
 
     def admit(self, entries: Sequence[Entry]) -> None:
         """Everything before the run: skip, cancel, claim, validate; a bad job ends here, failed."""
@@ -198,12 +201,13 @@ class _Batch:
 
     def start(self) -> None:
         """Show the admitted jobs as running, locally and at the cloud."""
-        self.ex.state.jobs_started([job.job_id for job in self.ready], CLAIM_LEASE_SEC)
-        self.ex.status.executing([(job.job_id, job.entry_id) for job in self.ready])
         executor = self.ex.host.origin
         for job in self.ready:
             self._event(job.job_id, "started", executor=executor, batch=len(self.ready))
-        self._write_events(with_device=True)
+        pipe = self.ex.state.client.pipeline(transaction=False)
+        self.ex.state.jobs_started([job.job_id for job in self.ready], CLAIM_LEASE_SEC, pipe=pipe)
+        self._run_with_events(pipe, with_device=True)
+        self.ex.status.executing([(job.job_id, job.entry_id) for job in self.ready])
 
     def finish(self, payloads: Sequence[Payload | None]) -> None:
         """Record and queue the results of the run, then mark the jobs cancelled mid-run."""
@@ -223,9 +227,10 @@ class _Batch:
 
     def close(self) -> None:
         """Give back the claims still held, and forget the entries acknowledged here."""
-        self._write_events()
         claims, self.held = self.held, []
-        self.ex.claims.release(claims)
+        pipe = self.ex.claims.client.pipeline(transaction=False)
+        self.ex.claims.release(claims, pipe=pipe)
+        self._run_with_events(pipe)
         ended, self._ended_entries = self._ended_entries, []
         try:
             self.ex.entries.forget(ended)

@@ -129,13 +129,30 @@ class Timeline:
 
     # -- writes --
 
-    def add(self, events: Sequence[Event], pipe: redis.client.Pipeline, *, keep: bool = False) -> None:
+    def add(
+        self,
+        events: Sequence[Event],
+        pipe: redis.client.Pipeline,
+        *,
+        keep: bool = False,
+        with_device: bool = False,
+    ) -> None:
         """Queue ``events`` on a step's own pipeline (no round trip of their own).
 
         ``keep`` drops the expiry instead of renewing it: a dead-lettered job's
         timeline stays as long as its dead letter (a later event renews it).
+        ``with_device`` adds the device state the executor last reported to
+        each ``started`` event (read by the broker in the same round trip).
         """
+        if not events:
+            return
         ttl = max(int(self.retention_sec), 1)
+        if with_device:
+            keys = [device_key(self.qpu_id), *(self.key(job_id) for job_id, _ in events)]
+            pipe.eval(
+                _APPEND_WITH_DEVICE, len(keys), *keys, self.max_events, ttl, *(_encoded(f) for _, f in events)
+            )
+            return
         for job_id, fields in events:
             key = self.key(job_id)
             pipe.rpush(key, _encoded(fields))
@@ -145,7 +162,14 @@ class Timeline:
             else:
                 pipe.expire(key, ttl)
 
-    def execute(self, pipe: redis.client.Pipeline, events: Sequence[Event]) -> list[Any]:
+    def execute(
+        self,
+        pipe: redis.client.Pipeline,
+        events: Sequence[Event],
+        *,
+        keep: bool = False,
+        with_device: bool = False,
+    ) -> list[Any]:
         """Run a step's pipeline with ``events`` added last, and return the step's own replies.
 
         A step's own failed command raises as it would without the events;
@@ -153,7 +177,7 @@ class Timeline:
         logged once and costs the step nothing.
         """
         own = len(pipe)
-        self.add(events, pipe)
+        self.add(events, pipe, keep=keep, with_device=with_device)
         replies: list[Any] = pipe.execute(raise_on_error=False)
         for reply in replies[:own]:
             if isinstance(reply, Exception):
@@ -166,27 +190,13 @@ class Timeline:
         return replies[:own]
 
     def write(self, events: Sequence[Event], *, with_device: bool = False, keep: bool = False) -> None:
-        """Write ``events`` in one round trip, best effort: a failure is logged once, never retried.
-
-        ``with_device`` adds the device state the executor last reported to each ``started`` event.
-        """
+        """Write ``events`` in one round trip, best effort: a failure is logged once, never retried."""
         if not events:
             return
         try:
-            if with_device:
-                keys = [device_key(self.qpu_id), *(self.key(job_id) for job_id, _ in events)]
-                args = [self.max_events, max(int(self.retention_sec), 1)]
-                self.client.eval(
-                    _APPEND_WITH_DEVICE, len(keys), *keys, *args, *(_encoded(f) for _, f in events)
-                )
-            else:
-                pipe = self.client.pipeline(transaction=False)
-                self.add(events, pipe, keep=keep)
-                pipe.execute()
+            self.execute(self.client.pipeline(transaction=False), events, keep=keep, with_device=with_device)
         except (redis.RedisError, OSError) as exc:
             self.failed(exc)
-            return
-        self._failing = False
 
     def failed(self, exc: BaseException) -> None:
         """A timeline write failed: one WARNING line until a write succeeds again."""
