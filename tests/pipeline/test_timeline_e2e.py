@@ -190,3 +190,20 @@ def test_a_dead_lettered_then_replayed_result_shows_both_and_the_delivery_after(
     dead = next(e for e in events if e["event"] == "dead_lettered")
     assert dead["attempts"] == 4
     assert events[-2]["event"] == "delivery" and events[-2]["outcome"] == "accepted"
+
+
+def test_a_job_cancelled_during_its_run_shows_the_cancel_and_no_delivery(stack: LocalStack) -> None:
+    # Given a job whose run never ends by itself
+    job_id = stack.cloud.submit(stack.qpu_id, circuit("hang"), 10)
+    wait_until(lambda: "started" in kinds(stack, job_id), JOB_SEC, "the run to start")
+
+    # When the cloud cancels it
+    stack.cloud.cancel(job_id)
+    acknowledged(stack, job_id)
+
+    # Then the timeline shows the cancel during the run, the run ended cancelled, and no result or delivery
+    events = timeline(stack, job_id)["events"]
+    steps = [e["event"] for e in events]
+    assert steps[steps.index("started") :] == ["started", "cancel_asked", "finished", "acknowledged"], steps
+    assert events[-3]["during"] == "the run"
+    assert events[-2]["outcome"] == events[-1]["outcome"] == "cancelled"
