@@ -107,7 +107,8 @@ def _what(kind: str, event: Mapping[str, Any], runs: int) -> str:
     if kind == "started":
         device = f", device {get('device')}" if get("device") else ""
         again = f", again {get('rerun')}" if get("rerun") else ""
-        return f"run {runs} started on {get('executor') or 'the executor'}{device}{again}"
+        version = f" {get('version')}" if get("version") else ""
+        return f"run {runs} started on {get('executor') or 'the executor'}{version}{device}{again}"
     if kind == "crashed":
         return f"run {runs} lost{reason}"
     if kind == "finished":

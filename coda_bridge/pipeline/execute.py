@@ -201,9 +201,11 @@ class _Batch:
 
     def start(self) -> None:
         """Show the admitted jobs as running, locally and at the cloud."""
-        executor = self.ex.host.origin
+        host = self.ex.host
         for job in self.ready:
-            self._event(job.job_id, "started", executor=executor, batch=len(self.ready))
+            self._event(
+                job.job_id, "started", executor=host.origin, version=host.version, batch=len(self.ready)
+            )
         pipe = self.ex.state.client.pipeline(transaction=False)
         self.ex.state.jobs_started([job.job_id for job in self.ready], CLAIM_LEASE_SEC, pipe=pipe)
         self._run_with_events(pipe, with_device=True)

@@ -306,7 +306,13 @@ class Runner:
         events = [self.timeline.event(job_id, "crashed", reason=f"the executor's process died with {died}")]
         if again:
             events.append(
-                self.timeline.event(job_id, "started", executor=self.host.origin, rerun="after a crash")
+                self.timeline.event(
+                    job_id,
+                    "started",
+                    executor=self.host.origin,
+                    version=self.host.version,
+                    rerun="after a crash",
+                )
             )
         self.timeline.write(events, with_device=True)
 
