@@ -317,6 +317,7 @@ class StreamBridge:
             logger.error("Stream entry %s failed at intake: %s", entry_id, error)
             self._events.append(self.timeline.event(job_id, "refused", reason=short_reason(error)))
             self.status.failed(job_id, error, entry_id)
+            self._events.append(self.timeline.event(job_id, "acknowledged", outcome="failed"))
             self.state.count("jobs_failed")
         if screened.dropped:
             logger.error(
@@ -374,7 +375,7 @@ class StreamBridge:
         self.broker.enqueue_many([job_message(stand_in(job.fields, reason), job.entry_id)])
         if job.fields.get("job_id"):
             self._events.append(
-                self.timeline.event(job.fields["job_id"], "refused", reason=short_reason(why))
+                self.timeline.event(job.fields["job_id"], "refused", reason=short_reason(reason))
             )
 
     def _broker_answers(self) -> bool:
