@@ -8,6 +8,7 @@ import re
 import pytest
 import redis
 
+from coda_bridge.cli.job import describe
 from coda_bridge.cli.main import main
 from coda_bridge.dev.localredis import free_port
 from coda_bridge.pipeline.timeline import JOB_ID_MAX_CHARS, Timeline
@@ -103,3 +104,50 @@ def test_the_broker_down_is_one_line_naming_it_without_its_password(
     code, _, err = run_main(capsys, "job", "j-1")
     assert code == 1 and err.count("\n") == 1 and err.startswith("error: the broker at redis://127.0.0.1")
     assert "s3cr3t" not in err
+
+
+def test_each_kind_of_event_reads_as_one_line_in_words() -> None:
+    # Given the events of a job that had a hard life, as the steps write them
+    def at(second: float, kind: str, **fields: object) -> dict[str, object]:
+        return {"at": 1_800_000_000 + second, "event": kind, "host": "lab-1", "pid": 42, **fields}
+
+    events = [
+        at(0, "received", entry="1-0"),
+        at(0.1, "queued", entry="1-0", batch=3),
+        at(1, "started", executor="qubic", version="2.4.1", device="idle", batch=3),
+        at(2, "crashed", reason="the executor's process died with signal 11 (SIGSEGV)"),
+        at(2, "started", executor="qubic", rerun="after a crash"),
+        at(3, "finished", outcome="completed"),
+        at(3, "recorded", outcome="completed", bytes=120),
+        at(
+            4,
+            "delivery",
+            attempt=1,
+            outcome="retry",
+            reason="webhook to https://cloud/cb failed: ConnectTimeout",
+        ),
+        at(5, "dead_lettered", attempts=4),
+        at(6, "replayed", queue="results"),
+        at(7, "delivery", attempt=1, outcome="accepted", status=200, took_sec=0.01),
+        at(7, "acknowledged", outcome="completed"),
+        at(8, "from_a_newer_node", detail="kept"),
+    ]
+
+    # When they are described
+    lines = describe(events)
+
+    # Then each is one line: UTC time with milliseconds, the event, what happened, where
+    assert len(lines) == len(events)
+    assert lines[0] == (
+        "  2027-01-15 08:00:00.000Z  received       read from the cloud's stream (entry 1-0)  [lab-1 pid 42]"
+    )
+    assert "forwarded into the jobs queue, in a batch of 3" in lines[1]
+    assert "run 1 started on qubic 2.4.1, device idle" in lines[2]
+    assert "run 1 lost: the executor's process died with signal 11 (SIGSEGV)" in lines[3]
+    assert "run 2 started on qubic, again after a crash" in lines[4]
+    assert "run 2 ended completed" in lines[5] and "result recorded: completed, 120 bytes" in lines[6]
+    assert "webhook attempt 1: retry (no answer): webhook to https://cloud/cb failed" in lines[7]
+    assert "gave up after 4 attempts; `coda-bridge replay` sends it again" in lines[8]
+    assert "queued again by `coda-bridge replay`" in lines[9]
+    assert "outcome at the cloud (completed), stream entry acknowledged" in lines[11]
+    assert '{"detail": "kept"}' in lines[12]  # an event this version does not know is shown, not dropped
