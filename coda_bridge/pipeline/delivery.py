@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 #: A delivery lease outlives one attempt (the HTTP timeout) by this much.
 LEASE_MARGIN_SEC = 5.0
+#: A delivery's outcome as the job's timeline names the cloud's answer.
+_ANSWERED = {"delivered": "accepted", "duplicate": "already_accepted"}
 
 
 class DeliveryRetry(dramatiq.Retry):
@@ -139,7 +141,7 @@ class Deliverer:
                 pipe,
                 job_id,
                 attempt,
-                outcome="accepted" if outcome in ("delivered", "duplicate") else "refused",
+                outcome=_ANSWERED.get(outcome, "refused"),
                 status=answered,
                 reason=refused,
                 took_sec=round(post_sec, 3) if attempted else None,
