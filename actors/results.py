@@ -27,10 +27,12 @@ ATTEMPT_LIMIT_MS = int((settings.webhook_timeout_sec * 2 + 30) * 1000)
 def dead_lettered(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
     """Called once a result ran out of retries: it stays in the dead-letter queue for ``replay``."""
     job_id, _ = delivery_of(message)
+    attempts = retry_info.get("retries", 0) + 1
     if job_id:
         parts.records.keep(str(job_id))
+        dead = parts.timeline.event(str(job_id), "dead_lettered", attempts=attempts)
+        parts.timeline.write([dead], keep=True)
     parts.state.count("webhook_dead_letters")
-    attempts = retry_info.get("retries", 0) + 1
     parts.deliverer.histograms.observe(DELIVERY_ATTEMPTS.name, attempts, {"outcome": "dead_lettered"})
     logger.error(
         "Result of job %s dead-lettered after %s attempts; `coda-bridge replay` delivers it.",

@@ -109,7 +109,8 @@ def main() -> None:
             f"{args.n} jobs in {took:.0f} s; duplicates {stats['duplicate_deliveries']}, "
             f"undelivered {stats['undelivered']}.",
             "- What the node keeps per job for the retention: its record and delivered mark, "
-            "its entry in the entry index and its histogram samples (see docs/operations.md, "
+            "its timeline (`coda-bridge job`), its entry in the entry index and its histogram samples "
+            "(see docs/operations.md, "
             "'Sizing the broker').",
         ],
         write=not args.no_write,

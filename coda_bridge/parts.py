@@ -33,6 +33,7 @@ from .pipeline.execute import Execution
 from .pipeline.records import RecordStore
 from .pipeline.runs import Runner
 from .pipeline.status import CloudStatus
+from .pipeline.timeline import Timeline
 from .settings import Settings
 
 __all__ = ["NodeParts", "settings_have_key"]
@@ -108,6 +109,11 @@ class NodeParts:
         return RecordStore(self.local_redis, self.qpu_id, retention_sec=self.settings.record_retention_sec)
 
     @cached_property
+    def timeline(self) -> Timeline:
+        """Each job's steps, for ``coda-bridge job``."""
+        return Timeline(self.local_redis, self.qpu_id, retention_sec=self.settings.record_retention_sec)
+
+    @cached_property
     def entries(self) -> EntryIndex:
         return EntryIndex(self.local_redis, self.qpu_id, broker_namespace(self.qpu_id))
 
@@ -125,10 +131,19 @@ class NodeParts:
             cancel_poll_sec=self.settings.cancel_poll_interval_sec,
             stop_grace_sec=self.settings.executor_stop_grace_sec,
             max_crashes=self.settings.max_executor_crashes,
+            timeline=self.timeline,
         )
         claims = ClaimBook(self.local_redis, self.qpu_id, self.records, self.state)
         return Execution(
-            self.settings, self.status, self.records, claims, self.host, runner, self.state, self.entries
+            self.settings,
+            self.status,
+            self.records,
+            claims,
+            self.host,
+            runner,
+            self.state,
+            self.entries,
+            self.timeline,
         )
 
     @cached_property
@@ -141,6 +156,7 @@ class NodeParts:
             signer=self.signer,
             state=self.state,
             entries=self.entries,
+            timeline=self.timeline,
         )
 
     def close(self) -> None:

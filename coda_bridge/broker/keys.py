@@ -46,6 +46,7 @@ __all__ = [
     "ready_key",
     "ready_pattern",
     "tick_key",
+    "timeline_key",
     "wake_key",
     "window_key",
 ]
@@ -96,6 +97,11 @@ def job_key(qpu_id: str, job_id: str) -> str:
 def delivery_lease_key(qpu_id: str, job_id: str) -> str:
     """Held while one delivery of the job's result is in flight."""
     return f"{job_key(qpu_id, job_id)}:delivering"
+
+
+def timeline_key(qpu_id: str, job_id: str) -> str:
+    """What each step did to the job, when and where (see :mod:`~coda_bridge.pipeline.timeline`)."""
+    return _key(qpu_id, "timeline", job_id)
 
 
 def entry_key(qpu_id: str, entry_id: str) -> str:

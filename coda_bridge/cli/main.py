@@ -13,7 +13,7 @@ import click
 from .. import __version__
 from ..errors import CodaError
 from ..logs import mask
-from . import node, pause, processes, tools
+from . import job, node, pause, processes, tools
 
 __all__ = ["cli", "main"]
 
@@ -82,6 +82,7 @@ for _command in (
     node.stop_vpn,
     pause.pause,
     pause.resume,
+    job.job,
     node.reset,
     processes.bridge,
     processes.worker,

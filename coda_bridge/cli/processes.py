@@ -123,6 +123,7 @@ def replay(list_only: bool, job_ids: tuple[str, ...]) -> None:
     from ..broker.redis_broker import create_broker
     from ..identity.waiting import wait_for_identity
     from ..pipeline.deadletters import dead_letters, replay_dead_letters
+    from ..pipeline.timeline import Timeline
 
     settings = wait_for_identity(timeout_sec=0)
     check_redis_urls(settings, ("broker_url",))
@@ -140,7 +141,10 @@ def replay(list_only: bool, job_ids: tuple[str, ...]) -> None:
                 if len(letters) > results:
                     click.echo(f"{len(letters) - results} dead-lettered job message(s)")
                 return
-            replayed = replay_dead_letters(broker, set(job_ids) if job_ids else None)
+            timeline = Timeline(
+                broker.client, str(settings.qpu_id), retention_sec=settings.record_retention_sec
+            )
+            replayed = replay_dead_letters(broker, set(job_ids) if job_ids else None, timeline=timeline)
         finally:
             broker.close()
     if replayed or not job_ids:

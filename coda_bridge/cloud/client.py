@@ -351,8 +351,8 @@ class CloudClient:
 
     # -- results (PROTOCOL.md 5) --
 
-    def deliver(self, url: str, signer: Signer, payload: Mapping[str, Any]) -> None:
-        """POST one result with a fresh JWT; :class:`WebhookError` says whether to retry.
+    def deliver(self, url: str, signer: Signer, payload: Mapping[str, Any]) -> int:
+        """POST one result with a fresh JWT; the cloud's HTTP status, or :class:`WebhookError` (retry?).
 
         The URL must be on an origin :func:`.origins.allowed_callback_origins`
         allows (else :class:`CallbackRefused`, before any connection); a 3xx
@@ -388,3 +388,4 @@ class CloudClient:
                 f"cloud answered webhook with {response.status_code}: {cloud_message(response)}",
                 status=response.status_code,
             )
+        return int(response.status_code)

@@ -10,6 +10,7 @@ killed, so it never runs beside the next one.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from functools import cached_property
@@ -23,7 +24,7 @@ from ..logs import mask
 from ..settings import Settings
 from .isolation import ExecutorProcesses
 
-__all__ = ["ExecutorHost", "reported_edges"]
+__all__ = ["ExecutorHost", "executor_version", "reported_edges"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class ExecutorHost:
         self._executor: Any = None
         self._noted = False
         self.origin: str | None = None
+        #: The executor's version where it says one (a job's timeline shows it).
+        self.version: str | None = None
 
     @cached_property
     def processes(self) -> ExecutorProcesses:
@@ -69,6 +72,7 @@ class ExecutorHost:
                     self._note_failure(exc)
                     raise
                 self._executor, self.origin = built, origin
+                self.version = executor_version(built)
                 logger.info("Executor: %s.", self.origin)
             if not self._noted:
                 self._note_built(self._executor)
@@ -100,6 +104,29 @@ class ExecutorHost:
     def _record_connectivity(self, executor: Any) -> None:
         """The executor's coupling edges go to shared state, where the bridge and heartbeats read them."""
         self.state.set_connectivity(reported_edges(executor))
+
+
+#: The longest executor version kept.
+VERSION_MAX_CHARS = 40
+
+
+def executor_version(executor: Any) -> str | None:
+    """The executor's ``version`` (or ``__version__``), else its top package's ``__version__``; ``None``.
+
+    Read once, when the executor is built; an attribute that raises reads as no version.
+    """
+    try:
+        package = sys.modules.get(type(executor).__module__.partition(".")[0])
+        for value in (
+            getattr(executor, "version", None),
+            getattr(executor, "__version__", None),
+            getattr(package, "__version__", None),
+        ):
+            if isinstance(value, str) and value.strip():
+                return mask(" ".join(value.split()))[:VERSION_MAX_CHARS]
+    except Exception:  # the backend's own code: no version rather than no executor
+        return None
+    return None
 
 
 def _edges_of(holder: Any, name: str) -> list[list[int]] | None:

@@ -87,12 +87,17 @@ class ClaimBook:
         for job_id in job_ids:
             pipe.exists(claim_key(self.qpu_id, job_id))
 
-    def release(self, claims: Sequence[Claim]) -> None:
-        """Give the claims back, each unless it lapsed and another worker holds it now (one round trip)."""
+    def release(self, claims: Sequence[Claim], *, pipe: redis.client.Pipeline | None = None) -> None:
+        """Give the claims back, each unless it lapsed and another worker holds it now (one round trip).
+
+        On ``pipe`` when given (the caller runs it), else on a pipeline of its own.
+        """
         if not claims:
             return
-        pipe = self.client.pipeline(transaction=False)
+        own = pipe is None
+        pipe = self.client.pipeline(transaction=False) if pipe is None else pipe
         for claim in claims:
             pipe.eval(_RELEASE_IF_OURS, 1, claim.key, claim.token)
         self.state.jobs_ended([claim.job_id for claim in claims], pipe=pipe)
-        pipe.execute()
+        if own:
+            pipe.execute()

@@ -20,6 +20,7 @@ from ..broker.messages import delivery_of, jobs_of, replay_message
 from ..broker.queues import JOBS_QUEUE, QUEUES, RESULTS_QUEUE
 from ..broker.redis_broker import CodaBroker
 from ..replies import as_text
+from .timeline import Timeline
 
 __all__ = ["DeadLetter", "dead_letters", "replay_dead_letters"]
 
@@ -84,9 +85,15 @@ def dead_letters(broker: CodaBroker, queues: Sequence[str] = QUEUES) -> list[Dea
 
 
 def replay_dead_letters(
-    broker: CodaBroker, job_ids: set[str] | None = None, queues: Sequence[str] = (RESULTS_QUEUE, JOBS_QUEUE)
+    broker: CodaBroker,
+    job_ids: set[str] | None = None,
+    queues: Sequence[str] = (RESULTS_QUEUE, JOBS_QUEUE),
+    timeline: Timeline | None = None,
 ) -> list[DeadLetter]:
-    """Queue dead-lettered messages again (all, or those of ``job_ids``); return them."""
+    """Queue dead-lettered messages again (all, or those of ``job_ids``); return them.
+
+    Each replayed job's ``timeline`` (when given) says so, in the same round trip.
+    """
     replayed = []
     for letter in dead_letters(broker, queues):
         if job_ids is not None and not job_ids & set(letter.job_id.split(",")):
@@ -99,6 +106,10 @@ def replay_dead_letters(
         pipe = broker.client.pipeline(transaction=False)
         pipe.zrem(zset, letter.redis_message_id)
         pipe.hdel(msgs, letter.redis_message_id)
-        pipe.execute()
+        if timeline is None:
+            pipe.execute()
+        else:
+            jobs = [job for job in letter.job_id.split(",") if job and job != "None"]
+            timeline.execute(pipe, [timeline.event(job, "replayed", queue=letter.queue) for job in jobs])
         replayed.append(letter)
     return replayed

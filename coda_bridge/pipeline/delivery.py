@@ -29,6 +29,7 @@ from ..failpoints import failpoint
 from ..settings import Settings
 from .records import RecordStore
 from .status import CloudStatus
+from .timeline import Event, Timeline, short_reason
 
 __all__ = ["Deliverer", "DeliveryRetry", "should_retry"]
 
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 #: A delivery lease outlives one attempt (the HTTP timeout) by this much.
 LEASE_MARGIN_SEC = 5.0
+#: A delivery's outcome as the job's timeline names the cloud's answer.
+_ANSWERED = {"delivered": "accepted", "duplicate": "already_accepted"}
 
 
 class DeliveryRetry(dramatiq.Retry):
@@ -72,6 +75,7 @@ class Deliverer:
         signer: Signer,
         state: NodeState,
         entries: EntryIndex,
+        timeline: Timeline | None = None,
     ) -> None:
         self.settings = settings
         self.records = records
@@ -80,6 +84,7 @@ class Deliverer:
         self.signer = signer
         self.state = state
         self.entries = entries
+        self.timeline = timeline
         self.histograms = Histograms(state.client, state.qpu_id)
 
     def deliver(self, job_id: str, callback_url: str, entry_id: str | None = None, attempt: int = 1) -> str:
@@ -95,6 +100,7 @@ class Deliverer:
         payload = json.loads(recorded)
         if delivered:
             self.status.delivered(job_id, payload, refused, entry_id)
+            self._acknowledged(job_id, payload, refused)
             return "duplicate"
         if busy_sec:
             logger.info(
@@ -104,8 +110,9 @@ class Deliverer:
         settings = self.settings
         attempted = callback_allowed(callback_url, settings.webapp_url, settings.allowed_callback_hosts)
         post_sec = 0.0
+        answered: int | None = None
         if attempted:
-            outcome, refused, post_sec = self._post(job_id, callback_url, payload, attempt)
+            outcome, refused, post_sec, answered = self._post(job_id, callback_url, payload, attempt)
             failpoint("delivery.after_post")
         else:
             outcome = "refused"
@@ -130,7 +137,15 @@ class Deliverer:
         elif outcome != "duplicate":
             self.state.count("jobs_failed", pipe=pipe)
         try:
-            pipe.execute()
+            self._execute(
+                pipe,
+                job_id,
+                attempt,
+                outcome=_ANSWERED.get(outcome, "refused"),
+                status=answered,
+                reason=refused,
+                took_sec=round(post_sec, 3) if attempted else None,
+            )
         except redis.RedisError as exc:
             # The cloud has its answer: its status hash (the ledger) is what keeps the job from running
             # again, so it is written even when the broker is gone (a Ctrl-C that stopped it too).
@@ -144,7 +159,24 @@ class Deliverer:
             self.status.delivered(job_id, payload, refused, entry_id)
         except WebhookError as exc:  # the status write met a cloud Redis outage; the next attempt writes it
             raise self._retry(job_id, attempt, exc) from exc
+        self._acknowledged(job_id, payload, refused)
         return outcome
+
+    def _execute(self, pipe: redis.client.Pipeline, job_id: str, attempt: int, **detail: Any) -> None:
+        """Run the step's pipeline with the delivery attempt added to the job's timeline (best effort)."""
+        if self.timeline is None:
+            pipe.execute()
+            return
+        if detail.get("reason"):
+            detail["reason"] = short_reason(detail["reason"])
+        self.timeline.execute(pipe, [self.timeline.event(job_id, "delivery", attempt=attempt, **detail)])
+
+    def _acknowledged(self, job_id: str, payload: dict[str, Any], refused: str | None) -> None:
+        """The job's terminal state is at the cloud and its entry acknowledged (one best-effort write)."""
+        if self.timeline is not None:
+            state = "completed" if payload.get("status") == "completed" and refused is None else "failed"
+            events: list[Event] = [self.timeline.event(job_id, "acknowledged", outcome=state)]
+            self.timeline.write(events)
 
     def _retry(self, job_id: str, attempt: int, exc: WebhookError) -> DeliveryRetry:
         """One WARNING line for a failed attempt (no traceback: the condition is expected), and the retry."""
@@ -157,14 +189,15 @@ class Deliverer:
 
     def _post(
         self, job_id: str, callback_url: str, payload: dict[str, Any], attempt: int
-    ) -> tuple[str, str | None, float]:
-        """POST the result; returns the outcome, why the cloud refused it (if it did) and the seconds it took.
+    ) -> tuple[str, str | None, float, int | None]:
+        """POST the result; returns the outcome, why the cloud refused it (if it did), the seconds it took
+        and the HTTP status the cloud answered.
 
         A retryable failure is counted, frees the lease and raises :class:`DeliveryRetry`.
         """
         started = time.monotonic()
         try:
-            self.cloud.deliver(callback_url, self.signer, payload)
+            answered = self.cloud.deliver(callback_url, self.signer, payload)
         except WebhookError as exc:
             took = time.monotonic() - started
             if exc.retryable:
@@ -173,11 +206,19 @@ class Deliverer:
                 self.state.count("webhook_failures", pipe=pipe)
                 self.histograms.observe(WEBHOOK_DURATION.name, took, {"outcome": "retryable"}, pipe=pipe)
                 self.records.release_lease(job_id, pipe)
-                pipe.execute()
+                self._execute(
+                    pipe,
+                    job_id,
+                    attempt,
+                    outcome="retry",
+                    status=exc.status,
+                    reason=exc,
+                    took_sec=round(took, 3),
+                )
                 raise self._retry(job_id, attempt, exc) from exc
             if self.status.state_of(job_id) == "completed":
                 logger.info("Job %s: cloud refused a repeat delivery it had already accepted.", job_id)
-                return "duplicate", None, took
+                return "duplicate", None, took, exc.status
             logger.error("Delivery of job %s refused by the cloud: %s", job_id, exc)
-            return "refused", f"Result delivery refused: {exc}", took
-        return "delivered", None, time.monotonic() - started
+            return "refused", f"Result delivery refused: {exc}", took, exc.status
+        return "delivered", None, time.monotonic() - started, answered

@@ -31,6 +31,7 @@ from .claims import CLAIM_LEASE_SEC, Claim, ClaimBook
 from .records import RecordStore
 from .runs import Payload, ReadyJob, Runner, failure_payload
 from .status import TERMINAL_STATES, CloudStatus
+from .timeline import Event, Timeline, result_summary, short_reason
 
 __all__ = [
     "Delivery",
@@ -78,6 +79,8 @@ class Execution:
     runner: Runner
     state: NodeState
     entries: EntryIndex
+    #: Where each job's steps are written for ``coda-bridge job`` (best effort).
+    timeline: Timeline | None = None
 
 
 class _Batch:
@@ -94,6 +97,20 @@ class _Batch:
         self.running: list[Entry] = []
         self._settled: list[tuple[Delivery, Payload | None]] = []
         self._ended_entries: list[str] = []
+        self._events: list[Event] = []
+
+    def _event(self, job_id: str | None, kind: str, **detail: object) -> None:
+        """Note a step of the job, written with the batch's next timeline write."""
+        if job_id and self.ex.timeline is not None:
+            self._events.append(self.ex.timeline.event(job_id, kind, **detail))
+
+    def _run_with_events(self, pipe: redis.client.Pipeline, *, with_device: bool = False) -> None:
+        """Run a step's pipeline with the events noted so far riding on it (best effort for them)."""
+        events, self._events = self._events, []
+        if self.ex.timeline is None:
+            pipe.execute()
+        else:
+            self.ex.timeline.execute(pipe, events, with_device=with_device)
 
     def admit(self, entries: Sequence[Entry]) -> None:
         """Everything before the run: skip, cancel, claim, validate; a bad job ends here, failed."""
@@ -120,6 +137,7 @@ class _Batch:
         self.ex.state.count("jobs_skipped")
         self.outcomes.append(JobOutcome(job_id or None, "skipped", f"no {missing}"))
         self._ended(entry_id, ack=True)
+        self._event(job_id, "acknowledged", outcome="skipped", reason=f"no {missing}")
         return False
 
     def _open(self, fields: Mapping[str, str], entry_id: str, state: str | None, cancel_seen: bool) -> bool:
@@ -129,8 +147,10 @@ class _Batch:
             logger.info("Skipping job %s: already %s.", shown(job_id), state)
             self.outcomes.append(JobOutcome(job_id, "skipped", f"already {state}"))
             self._ended(entry_id, ack=True)
+            self._event(job_id, "acknowledged", outcome="skipped", reason=f"already {state}")
             return False
         if cancel_seen and not self.ex.records.has_result(job_id):
+            self._event(job_id, "cancel_asked", during="the wait")
             self._cancelled(job_id, entry_id)
             self.outcomes.append(JobOutcome(job_id, "cancelled", "before start"))
             return False
@@ -160,6 +180,7 @@ class _Batch:
             self._ended(entry_id, ack=False)
             self.ex.state.count("jobs_failed")
             self.outcomes.append(JobOutcome(job_id, "skipped", refusal))
+            self._event(job_id, "acknowledged", outcome="failed", reason=short_reason(refusal))
             return
         try:
             circuit, shots = validate_job(settings, fields)
@@ -180,7 +201,14 @@ class _Batch:
 
     def start(self) -> None:
         """Show the admitted jobs as running, locally and at the cloud."""
-        self.ex.state.jobs_started([job.job_id for job in self.ready], CLAIM_LEASE_SEC)
+        host = self.ex.host
+        for job in self.ready:
+            self._event(
+                job.job_id, "started", executor=host.origin, version=host.version, batch=len(self.ready)
+            )
+        pipe = self.ex.state.client.pipeline(transaction=False)
+        self.ex.state.jobs_started([job.job_id for job in self.ready], CLAIM_LEASE_SEC, pipe=pipe)
+        self._run_with_events(pipe, with_device=True)
         self.ex.status.executing([(job.job_id, job.entry_id) for job in self.ready])
 
     def finish(self, payloads: Sequence[Payload | None]) -> None:
@@ -189,6 +217,10 @@ class _Batch:
             ((job.job_id, job.callback, job.entry_id), payload)
             for job, payload in zip(self.ready, payloads, strict=True)
         ]
+        for (job_id, _, _), payload in results:
+            if payload is None:
+                self._event(job_id, "cancel_asked", during="the run")
+            self._event(job_id, "finished", outcome="cancelled" if payload is None else payload.get("status"))
         self.outcomes += self._deliver([(d, p) for d, p in results if p is not None])
         for (job_id, _, entry_id), payload in results:
             if payload is None:
@@ -198,7 +230,9 @@ class _Batch:
     def close(self) -> None:
         """Give back the claims still held, and forget the entries acknowledged here."""
         claims, self.held = self.held, []
-        self.ex.claims.release(claims)
+        pipe = self.ex.claims.client.pipeline(transaction=False)
+        self.ex.claims.release(claims, pipe=pipe)
+        self._run_with_events(pipe)
         ended, self._ended_entries = self._ended_entries, []
         try:
             self.ex.entries.forget(ended)
@@ -214,6 +248,7 @@ class _Batch:
     def _cancelled(self, job_id: str, entry_id: str) -> None:
         self.ex.status.cancelled(job_id, entry_id)
         self._ended(entry_id, ack=False)
+        self._event(job_id, "acknowledged", outcome="cancelled")
         self.ex.state.count("jobs_cancelled")
         logger.info("Job %s cancelled.", job_id)
 
@@ -224,8 +259,10 @@ class _Batch:
         """
         new = [(delivery[0], payload) for delivery, payload in results if payload is not None]
         if new:
-            self.ex.records.record_patiently(new)
+            recorded = self.ex.records.record_patiently(new)
             failpoint("jobs.after_record")
+            for (job_id, _), kept in zip(new, recorded, strict=True):
+                self._event(job_id, "recorded", **result_summary(kept))
         if results:
             self.enqueue([delivery for delivery, _ in results])
         return [

@@ -43,6 +43,7 @@ from .claims import ClaimBook
 from .reconcile import Reconciler
 from .records import RecordStore
 from .status import CloudStatus
+from .timeline import Event, Timeline, short_reason
 
 __all__ = ["StreamBridge"]
 
@@ -124,6 +125,8 @@ class StreamBridge:
         self.forwarded = 0
         self.pauses = PauseBook(broker.client, settings.qpu_id)
         self._held: str | None = None
+        self.timeline = Timeline(broker.client, settings.qpu_id, retention_sec=settings.record_retention_sec)
+        self._events: list[Event] = []
 
     # -- lifecycle --
 
@@ -256,6 +259,9 @@ class StreamBridge:
             else:
                 logger.warning("Stream entry %s was deleted before it was read; acknowledging it.", entry_id)
                 deleted.append(entry_id)
+        for fields, entry_id in jobs:
+            if fields.get("job_id"):
+                self._events.append(self.timeline.event(fields["job_id"], "received", entry=entry_id))
         self._enqueue_jobs(jobs)
         failpoint("bridge.before_ack")  # just after the hand-over, where entries used to be acknowledged
         if deleted:
@@ -276,20 +282,26 @@ class StreamBridge:
             return
         budget = self.settings.max_job_bytes
         screened = screen(jobs, budget)
-        self._refuse(screened)
-        ready = screened.forward
-        if len(ready) > 1 and self._executor_batches():
-            groups = pack(ready, self.settings.batch_size, budget)
-        else:
-            groups = [[job] for job in ready]
-        for round_trip in round_trips(groups, budget):
-            self._send(round_trip)
+        try:
+            self._refuse(screened)
+            ready = screened.forward
+            if len(ready) > 1 and self._executor_batches():
+                groups = pack(ready, self.settings.batch_size, budget)
+            else:
+                groups = [[job] for job in ready]
+            for round_trip in round_trips(groups, budget):
+                self._send(round_trip)
+        finally:
+            events, self._events = self._events, []
+            self.timeline.write(events)
 
     def _refuse(self, screened: Screened) -> None:
         """End the entries refused at intake: ``failed`` at the job's own status hash, and acknowledged."""
         for job_id, entry_id, error in screened.refused:
             logger.error("Stream entry %s failed at intake: %s", entry_id, error)
+            self._events.append(self.timeline.event(job_id, "refused", reason=short_reason(error)))
             self.status.failed(job_id, error, entry_id)
+            self._events.append(self.timeline.event(job_id, "acknowledged", outcome="failed"))
             self.state.count("jobs_failed")
         if screened.dropped:
             logger.error(
@@ -311,11 +323,18 @@ class StreamBridge:
         """
         try:
             self.broker.enqueue_many([_message(group) for group in groups])
-            return
         except redis.RedisError as exc:
             if not broker_refusal(exc, self._broker_answers()):
                 raise
             error = exc
+        else:
+            self._events += [
+                self.timeline.event(job.fields["job_id"], "queued", entry=job.entry_id, batch=len(group))
+                for group in groups
+                for job in group
+                if job.fields.get("job_id")
+            ]
+            return
         if len(groups) == 1 and len(groups[0]) == 1:
             self._refused_by_broker(groups[0][0], error)
             return
@@ -338,6 +357,10 @@ class StreamBridge:
         )
         logger.error("Job %s failed at intake: %s", shown(job.fields.get("job_id")), reason)
         self.broker.enqueue_many([job_message(stand_in(job.fields, reason), job.entry_id)])
+        if job.fields.get("job_id"):
+            self._events.append(
+                self.timeline.event(job.fields["job_id"], "refused", reason=short_reason(reason))
+            )
 
     def _broker_answers(self) -> bool:
         try:

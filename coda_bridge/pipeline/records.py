@@ -84,19 +84,18 @@ class RecordStore:
             pipe.hget(key, "result")
         return [str(as_text(recorded)) for recorded in pipe.execute()[2::3]]
 
-    def record_patiently(self, results: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    def record_patiently(self, results: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
         """Record results that so far exist only in memory, riding out a local Redis outage.
 
         Giving up here would mean running the jobs again, so it tries for a
         while; a retry records the same results again, which first-writer-wins
-        makes harmless.
+        makes harmless.  Returns the result recorded for each job (see :meth:`record`).
         """
         backoff = Backoff(RECORD_RETRY_START_SEC, RECORD_RETRY_MAX_SEC)
         deadline = time.monotonic() + RECORD_PATIENCE_SEC
         while True:
             try:
-                self.record(results)
-                return
+                return self.record(results)
             except redis.RedisError as exc:
                 delay = backoff.next_delay()
                 if time.monotonic() + delay > deadline:

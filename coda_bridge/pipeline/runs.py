@@ -25,6 +25,7 @@ from ..executors.host import ExecutorHost
 from ..executors.isolation import Died, ExecutorProcess, describe_error
 from .claims import Claim
 from .status import ERROR_MAX_CHARS, CloudStatus
+from .timeline import Timeline
 
 __all__ = [
     "Payload",
@@ -203,8 +204,10 @@ class Runner:
         cancel_poll_sec: float,
         stop_grace_sec: float = 5.0,
         max_crashes: int = 3,
+        timeline: Timeline | None = None,
     ) -> None:
         self.host = host
+        self.timeline = timeline
         self.status = status
         self.state = state
         self.job_time_limit_sec = job_time_limit_sec
@@ -292,8 +295,26 @@ class Runner:
                 attempt,
                 self.max_crashes,
             )
+            self._note_crash(ready.job_id, died, again=attempt < self.max_crashes)
         logger.error("Job %s failed: the executor's process died on each of its runs.", ready.job_id)
         return _crash_failure(ready.job_id, died, self.max_crashes)
+
+    def _note_crash(self, job_id: str, died: str, *, again: bool) -> None:
+        """The job's timeline: the attempt's process died, and (``again``) the next attempt starts now."""
+        if self.timeline is None:
+            return
+        events = [self.timeline.event(job_id, "crashed", reason=f"the executor's process died with {died}")]
+        if again:
+            events.append(
+                self.timeline.event(
+                    job_id,
+                    "started",
+                    executor=self.host.origin,
+                    version=self.host.version,
+                    rerun="after a crash",
+                )
+            )
+        self.timeline.write(events, with_device=True)
 
     def _run_once(
         self, ready: ReadyJob, keep_alive: list[ReadyJob], timings: Timings

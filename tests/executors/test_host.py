@@ -17,7 +17,7 @@ import redis
 from coda_bridge.broker.shared_state import NodeState
 from coda_bridge.control.heartbeat import heartbeat_body
 from coda_bridge.errors import ExecutorError
-from coda_bridge.executors.host import ExecutorHost, reported_edges
+from coda_bridge.executors.host import ExecutorHost, executor_version, reported_edges
 from coda_bridge.settings import Settings
 
 QPU = "qpu-host"
@@ -217,3 +217,25 @@ def test_the_origin_of_a_plain_executor_is_unchanged(state: NodeState) -> None:
 
     assert host.origin is not None
     assert "coda-node" not in host.origin
+
+
+class _RaisingVersion:
+    @property
+    def version(self) -> str:
+        raise RuntimeError("device not reachable")
+
+
+@pytest.mark.parametrize(
+    ("executor", "version"),
+    [
+        (Exec(version="2.4.1"), "2.4.1"),
+        (Exec(__version__="0.9"), "0.9"),
+        (Exec(version=3), None),  # not a string: no version
+        (Exec(), None),  # tests' module has no __version__
+        (Exec(version="token eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"), "token [jwt]"),
+        (Exec(version="v" * 200), "v" * 40),
+        (_RaisingVersion(), None),
+    ],
+)
+def test_an_executor_s_version_is_what_it_says_short_and_masked(executor: Any, version: str | None) -> None:
+    assert executor_version(executor) == version

@@ -27,6 +27,7 @@ from coda_bridge.errors import WebhookError
 from coda_bridge.pipeline.delivery import LEASE_MARGIN_SEC, Deliverer, DeliveryRetry, should_retry
 from coda_bridge.pipeline.records import RecordStore
 from coda_bridge.pipeline.status import CloudStatus
+from coda_bridge.pipeline.timeline import Timeline
 from coda_bridge.settings import Settings
 
 QPU = "qpu-delivery-unit"
@@ -332,3 +333,45 @@ def test_each_terminal_delivery_leaves_nothing_pending_at_the_cloud_or_in_the_br
     assert recorded and delivered
     lease_ms = local.pttl(deliverer.records.lease_key("j-1"))
     assert lease_ms == -2 or 0 < lease_ms <= (3 + LEASE_MARGIN_SEC) * 1000  # gone, or lapsing (never kept)
+
+
+@pytest.mark.parametrize(
+    ("status", "state", "outcome", "ended"),
+    [
+        (200, None, "accepted", "completed"),
+        (400, None, "refused", "failed"),
+        (409, "completed", "already_accepted", "completed"),
+    ],
+)
+def test_each_attempt_and_the_cloud_s_answer_go_to_the_job_s_timeline(
+    key_pem: str,
+    cloud_redis: redis.Redis,
+    local: redis.Redis,
+    http: CloudClient,
+    requests_mock: rm.Mocker,
+    status: int,
+    state: str | None,
+    outcome: str,
+    ended: str,
+) -> None:
+    # Given a deliverer that keeps timelines, and a cloud that answers `status`
+    deliverer = _deliverer(key_pem, cloud_redis, local, http)
+    deliverer.timeline = Timeline(local, QPU, retention_sec=60)
+    entry_id = _recorded_and_pending(deliverer, cloud_redis)
+    if state:
+        cloud_redis.hset(status_key("j-1"), "state", state)
+    requests_mock.post(CALLBACK, status_code=status, json={"error": "no"})
+
+    # When the result is delivered
+    deliverer.deliver("j-1", CALLBACK, entry_id, attempt=2)
+
+    # Then the timeline has the attempt with the cloud's answer, then the outcome at the cloud
+    attempt, acked = deliverer.timeline.read("j-1")
+    assert (attempt["event"], attempt["attempt"], attempt["outcome"], attempt["status"]) == (
+        "delivery",
+        2,
+        outcome,
+        status,
+    )
+    assert (acked["event"], acked["outcome"]) == ("acknowledged", ended)
+    assert "counts" not in json.dumps([attempt, acked])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from coda_bridge.broker.shared_state import NodeState
 from coda_bridge.dev.localredis import LocalRedis
 from coda_bridge.pipeline.checks import REFUSAL_FIELD
 from coda_bridge.pipeline.intake import StreamBridge
+from coda_bridge.pipeline.timeline import Timeline
 from coda_bridge.settings import load_settings
 
 QPU = "qpu-bounds-test"
@@ -109,3 +111,24 @@ def test_a_broker_that_goes_away_mid_forward_is_an_outage_not_a_refusal(
     with pytest.raises(redis.ConnectionError):
         bridge.cycle()
     assert cloud.xpending(STREAM, GROUP)["pending"] == 1
+
+
+def test_the_timeline_shows_what_intake_did_to_each_entry(bridge: StreamBridge) -> None:
+    # Given a small job, one the broker refuses (1.5 MB) and one whose id is not UTF-8
+    cloud = redis.Redis.from_url(bridge.settings.redis_url or "")
+    for name, pad in ((b"small", 0), (b"huge", 1_500_000), (b"bad-\xff", 0)):
+        cloud.xadd(STREAM, {**_job("x", pad), "job_id": name})
+
+    # When the bridge reads them
+    bridge.cycle()
+
+    # Then each job's timeline says what happened to it, from this process
+    timeline = Timeline(bridge.broker.client, QPU, retention_sec=60)
+    small, huge = timeline.read("small"), timeline.read("huge")
+    bad = timeline.read(b"bad-\xff".decode("utf-8", "surrogateescape"))
+    assert [e["event"] for e in small] == ["received", "queued"]
+    assert [e["event"] for e in huge] == ["received", "refused"]
+    assert huge[1]["reason"].startswith("The local broker refused the job's message (15000")
+    assert [e["event"] for e in bad] == ["received", "refused", "acknowledged"]
+    assert "not valid UTF-8" in bad[1]["reason"] and bad[2]["outcome"] == "failed"
+    assert small[0]["entry"] == small[1]["entry"] and small[0]["pid"] == os.getpid()

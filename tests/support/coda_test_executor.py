@@ -6,6 +6,7 @@
 - ``wrongtype:<tag>``: return a string instead of a result
 - ``hang:<tag>``: never return (until cancelled)
 - ``exit:<tag>``: end the process at once (``os._exit(1)``)
+- ``exitonce:<tag>``: end the process on the tag's first run only; answer as ``ok`` on the next
 - ``segv:<tag>``: crash the process (a read of address 0: SIGSEGV)
 - ``stuck:<tag>``: never return, ignore the cancel, and make ``cancel_current_job()`` block too
 
@@ -51,6 +52,8 @@ class PipelineTestExecutor:
             raise RuntimeError("cancelled")
         elif mode == "exit":
             os._exit(1)
+        elif mode == "exitonce":
+            _crash_once(rest)
         elif mode == "segv":
             ctypes.string_at(0)
         elif mode == "stuck":
@@ -68,6 +71,17 @@ class PipelineTestExecutor:
         if self._stuck:
             threading.Event().wait()
         self._cancel.set()
+
+
+def _crash_once(tag: str) -> None:
+    """End the process unless a run of ``tag`` did already (a marker file beside the log says so)."""
+    log = os.environ.get("PIPELINE_TEST_EXECUTOR_LOG")
+    if not log:
+        return
+    marker = f"{log}.crashed-{tag}"
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
 
 
 def create_executor() -> PipelineTestExecutor:
