@@ -3,8 +3,11 @@
 Every enqueue of a message that carries stream entries (``execute``,
 ``execute_batch``, ``deliver``) also records, in the same round trip, the
 entry's queue and the message's Redis id.  An entry is *alive* while that
-message is still in the broker (queued, delayed or being processed), and
-*parked* while it sits in the results dead-letter queue.  A broker that
+message is queued (on its queue's list, delayed ones included) or held
+unacknowledged by a worker whose heartbeat is fresh, and *parked* while it
+sits in the results dead-letter queue.  A message still in its queue's hash
+but held by no live worker (a dead worker's, or one left over after a
+refused acknowledgement) is progressed by nobody: it reads as gone.  A broker that
 restarted empty, was flushed or failed over loses the records with the
 messages, so the entries read as neither, and the bridge forwards them
 again.  A record is overwritten whenever a newer message carries the
@@ -27,11 +30,21 @@ __all__ = ["ALIVE", "GONE", "PARKED", "ENTRY_TTL_SEC", "EntryIndex", "carried_en
 
 #: How long an entry's record is kept when nothing forgets it (results are kept as long).
 ENTRY_TTL_SEC = 30 * 86_400
+#: A worker whose dramatiq heartbeat is this much older than the newest is dead (dramatiq's default).
+DEFAULT_HEARTBEAT_TIMEOUT_SEC = 60.0
 #: What the broker holds of an entry.
 GONE, ALIVE, PARKED = 0, 1, 2
 
-#: For each entry key: its message's state (GONE, ALIVE, PARKED) and the job id it names.
+#: For each entry key: its message's state (GONE, ALIVE, PARKED) and the job id it names.  A worker is
+#: live when its dramatiq heartbeat is within the timeout (ARGV[3], ms) of the newest one: a broker that
+#: refused writes for a while (heartbeats too) makes no live worker look dead.
 _LIVENESS = """
+local heartbeats = ARGV[1] .. ':__heartbeats__'
+local newest = redis.call('ZREVRANGE', heartbeats, 0, 0, 'WITHSCORES')
+local live = {}
+if newest[2] then
+  live = redis.call('ZRANGEBYSCORE', heartbeats, tonumber(newest[2]) - tonumber(ARGV[3]), '+inf')
+end
 local out = {}
 for i, key in ipairs(KEYS) do
   local rec = redis.call('HMGET', key, 'q', 'm', 'j')
@@ -39,7 +52,15 @@ for i, key in ipairs(KEYS) do
   if rec[1] then
     local base = ARGV[1] .. ':' .. rec[1]
     if redis.call('HEXISTS', base .. '.msgs', rec[2]) == 1 then
-      state = 1
+      for _, worker in ipairs(live) do
+        if redis.call('SISMEMBER', ARGV[1] .. ':__acks__.' .. worker .. '.' .. rec[1], rec[2]) == 1 then
+          state = 1
+          break
+        end
+      end
+      if state == 0 and redis.call('LPOS', base, rec[2]) then
+        state = 1
+      end
     elseif rec[1] == ARGV[2] and redis.call('HEXISTS', base .. '.XQ.msgs', rec[2]) == 1 then
       state = 2
     end
@@ -68,10 +89,18 @@ def carried_entries(message: Message[Any]) -> list[tuple[str, str]]:
 class EntryIndex:
     """The entry records of one QPU's broker namespace."""
 
-    def __init__(self, client: redis.Redis, qpu_id: str, namespace: str) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        qpu_id: str,
+        namespace: str,
+        *,
+        heartbeat_timeout_sec: float = DEFAULT_HEARTBEAT_TIMEOUT_SEC,
+    ) -> None:
         self.client = client
         self.qpu_id = qpu_id
         self.namespace = namespace
+        self.heartbeat_timeout_sec = heartbeat_timeout_sec
         self._liveness = client.register_script(_LIVENESS)
 
     def record(self, pipe: redis.client.Pipeline, message: Message[Any]) -> None:
@@ -89,7 +118,8 @@ class EntryIndex:
         if not entry_ids:
             return []
         keys = [entry_key(self.qpu_id, entry_id) for entry_id in entry_ids]
-        replies: Any = self._liveness(keys=keys, args=[self.namespace, RESULTS_QUEUE])
+        timeout_ms = int(self.heartbeat_timeout_sec * 1000)
+        replies: Any = self._liveness(keys=keys, args=[self.namespace, RESULTS_QUEUE, timeout_ms])
         return [(int(state), as_text(job_id) or None) for state, job_id in replies]
 
     def forget(self, entry_ids: Sequence[str], pipe: redis.client.Pipeline | None = None) -> None:
