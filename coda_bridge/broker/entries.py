@@ -7,10 +7,10 @@ message is queued (on its queue's list, delayed ones included) or held
 unacknowledged by a worker whose heartbeat is fresh, and *parked* while it
 sits in the results dead-letter queue.  A message still in its queue's hash
 but held by no live worker (a dead worker's, or one left over after a
-refused acknowledgement) is progressed by nobody: it reads as gone.  A broker that
-restarted empty, was flushed or failed over loses the records with the
-messages, so the entries read as neither, and the bridge forwards them
-again.  A record is overwritten whenever a newer message carries the
+refused acknowledgement) is progressed by nobody: it reads as gone.  A
+broker that restarted empty, was flushed or failed over loses the records
+with the messages, so the entries read as neither, and the bridge forwards
+them again.  A record is overwritten whenever a newer message carries the
 entry, and forgotten once the entry is acknowledged.
 """
 

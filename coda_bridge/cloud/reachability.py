@@ -3,10 +3,11 @@
 A connect or heartbeat that meets a transport error or a 5xx marks the API
 down (``/ready`` says so), and so do :data:`DOWN_AFTER_FAILURES` failed
 requests in a row of any kind; one job's webhook answered 5xx is that job's
-retry, not an outage.  The next answer clears the mark and notes when the cloud came back, which the
-results workers watch to send the deliveries waiting on their backoff at
-once (:class:`~coda_bridge.broker.middleware.PromptAfterOutage`).  The
-marks are bookkeeping: a broker that does not take them costs nothing else.
+retry, not an outage.  The next answer clears the mark and notes when the
+cloud came back, which the results workers watch to send the deliveries
+waiting on their backoff at once
+(:class:`~coda_bridge.broker.middleware.PromptAfterOutage`).  The marks are
+bookkeeping: a broker that does not take them costs nothing else.
 """
 
 from __future__ import annotations
