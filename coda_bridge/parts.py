@@ -115,7 +115,12 @@ class NodeParts:
 
     @cached_property
     def entries(self) -> EntryIndex:
-        return EntryIndex(self.local_redis, self.qpu_id, broker_namespace(self.qpu_id))
+        return EntryIndex(
+            self.local_redis,
+            self.qpu_id,
+            broker_namespace(self.qpu_id),
+            heartbeat_timeout_sec=self.settings.worker_heartbeat_timeout_sec,
+        )
 
     @cached_property
     def host(self) -> ExecutorHost:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 __all__ = [
+    "acks_key_prefix",
     "DEAD_MESSAGES_SUFFIX",
     "MESSAGES_SUFFIX",
     "bridge_key",
@@ -61,6 +62,8 @@ DEAD_MESSAGES_SUFFIX = f"{_DEAD_SUFFIX}{MESSAGES_SUFFIX}"
 _WAKE_SUFFIX = ".wake"
 #: dramatiq's sorted set of live worker heartbeats, per namespace.
 _HEARTBEATS = "__heartbeats__"
+#: dramatiq's set of one worker's unacknowledged messages of one queue: ``__acks__.{worker}.{queue}``.
+_ACKS = "__acks__."
 
 
 def key_part(value: str | int) -> str:
@@ -221,3 +224,8 @@ def wake_key(namespace: str, queue: str) -> str:
 def heartbeats_key(namespace: str) -> str:
     """dramatiq's sorted set of worker heartbeats (broker id, scored by last beat in ms)."""
     return f"{queue_key_prefix(namespace)}{_HEARTBEATS}"
+
+
+def acks_key_prefix(namespace: str) -> str:
+    """What a worker's unacked set starts with; dramatiq appends ``{worker id}.{queue}``."""
+    return f"{queue_key_prefix(namespace)}{_ACKS}"

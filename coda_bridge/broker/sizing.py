@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MemoryFinding", "NEAR_FULL_FRACTION", "memory_finding"]
+__all__ = ["MemoryFinding", "NEAR_FULL_FRACTION", "SAFE_POLICY", "memory_finding"]
 
 #: Used memory past this fraction of ``maxmemory`` is worth a warning.
 NEAR_FULL_FRACTION = 0.8
@@ -24,10 +24,11 @@ SAFE_POLICY = "noeviction"
 
 @dataclass(frozen=True)
 class MemoryFinding:
-    """One line about the broker's memory: ``warning`` when it needs a look."""
+    """One line about the broker's memory: ``warning`` when it needs a look, ``evicting`` when it must."""
 
     warning: bool
     detail: str
+    evicting: bool = False
 
 
 def memory_finding(info: Mapping[str, Any]) -> MemoryFinding:
@@ -36,11 +37,16 @@ def memory_finding(info: Mapping[str, Any]) -> MemoryFinding:
     limit = int(info.get("maxmemory", 0) or 0)
     used = int(info.get("used_memory", 0) or 0)
     usage = f"{info.get('used_memory_human', used)} used"
+    if policy == "?":
+        return MemoryFinding(
+            True, f"the broker does not say its maxmemory-policy ({usage}); make it {SAFE_POLICY}"
+        )
     if policy != SAFE_POLICY:
         return MemoryFinding(
             True,
             f"maxmemory-policy is {policy}: evicting drops the node's claims and records, so jobs can run "
             f"twice; set maxmemory-policy {SAFE_POLICY} ({usage})",
+            evicting=True,
         )
     if limit == 0:
         return MemoryFinding(

@@ -207,8 +207,12 @@ class CloudClient:
         refused: str,
         timeout_sec: float,
         headers: Mapping[str, str] | None = None,
+        node_api: bool = False,
     ) -> tuple[requests.Response, Origin]:
         """POST exactly the prepared request whose URL was checked, redirects off.
+
+        ``node_api`` (connect, heartbeat): a failure alone reads as the API down
+        (see :class:`~.reachability.Reachability`).
 
         Raises :class:`OriginError` before any connection when the prepared
         URL cannot be read unambiguously or its origin is not in ``allowed``
@@ -228,11 +232,11 @@ class CloudClient:
         try:
             response = self.session.send(prepared, timeout=timeout_sec, allow_redirects=False, **options)
         except requests.RequestException as exc:
-            self.reachability.failed(f"{type(exc).__name__} from {origin}")
+            self.reachability.failed(f"{type(exc).__name__} from {origin}", node_api=node_api)
             raise
         self.clock.observe(response.headers.get("Date"), sent_at, self.clock.local())
         if response.status_code >= 500:
-            self.reachability.failed(f"{response.status_code} from {origin}")
+            self.reachability.failed(f"{response.status_code} from {origin}", node_api=node_api)
         else:
             self.reachability.answered()
         return response, origin
@@ -268,6 +272,7 @@ class CloudClient:
                     refused=NOT_OWN,
                     timeout_sec=settings.node_timeout_sec,
                     headers=headers,
+                    node_api=True,
                 )
             except OriginError as exc:
                 raise NodeError(f"connect not sent: {exc}") from None
@@ -332,6 +337,7 @@ class CloudClient:
                 refused=NOT_OWN,
                 timeout_sec=self.settings.node_timeout_sec,
                 headers=connect_headers(self.settings),
+                node_api=True,
             )
         except OriginError as exc:
             raise NodeError(f"heartbeat not sent: {exc}") from None

@@ -251,7 +251,7 @@ def check_broker_memory(url: str | None) -> Check | None:
     finally:
         client.close()
     finding = memory_finding(info)
-    return Check("broker memory", True, finding.detail, warning=finding.warning)
+    return Check("broker memory", not finding.evicting, finding.detail, warning=finding.warning)
 
 
 # -- executor and VPN --

@@ -36,6 +36,7 @@ from ..errors import AuthError, ClockRefused, CodaError, ConfigError, NodeError
 from ..logs import configure_logging, mask
 from ..trust import python_argv
 from .exits import EX_CONFIG, FORCED_EXIT
+from .logfile import hangup_reopen
 
 __all__ = [
     "WORKER_POLL_MS",
@@ -64,10 +65,12 @@ READY_LINE = "Worker process is ready for action."
 
 
 class StopSignal:
-    """The first SIGTERM/SIGINT/SIGHUP asks for a drain; a second one ends the process at once.
+    """The first SIGTERM/SIGINT asks for a drain; a second one ends the process at once.
 
     Before :meth:`running` is called (still connecting or booting), the
     first signal ends the process at once too: nothing has been taken yet.
+    SIGHUP is logrotate's: it reopens the log (:func:`.logfile.hangup_reopen`)
+    and never stops the process, unless its output is a terminal, which hung up.
     """
 
     def __init__(self) -> None:
@@ -89,6 +92,10 @@ class StopSignal:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
+        if signum == signal.SIGHUP and not os.isatty(1):
+            # off the signal handler: the main thread may be inside a log handler's lock
+            threading.Thread(target=_reopen_after_hangup, name="coda-hangup", daemon=True).start()
+            return
         if self.event.is_set():
             logger.warning("Second signal (%s); exiting now.", name)
             os._exit(FORCED_EXIT)
@@ -106,6 +113,10 @@ class StopSignal:
             if not alive():
                 return False
         return True
+
+
+def _reopen_after_hangup() -> None:
+    logger.info("%s", hangup_reopen())
 
 
 def wait_connected(since: float, stop: threading.Event) -> bool:

@@ -22,6 +22,7 @@ from uuid import uuid4
 import redis
 
 from ..broker.client import broker_client
+from ..broker.eviction import EvictionWatch
 from ..broker.queues import HEARTBEAT_ACTOR, VPN_CHECK_ACTOR
 from ..broker.redis_broker import CodaBroker, create_broker
 from ..broker.registry import Registration
@@ -215,9 +216,20 @@ class BridgeProcess:
         return self
 
     def run(self) -> None:
-        """Read and forward until :meth:`stop`; the round under way ends first, then the ticker stops."""
+        """Read and forward until :meth:`stop`; the round under way ends first, then the ticker stops.
+
+        Meanwhile a thread names a broker that evicts keys
+        (:class:`~coda_bridge.broker.eviction.EvictionWatch`).
+        """
         self.register()
         self.ticker.start()
+        eviction = threading.Thread(
+            target=EvictionWatch(self.broker.client).watch,
+            args=(self._ended,),
+            name="coda-eviction",
+            daemon=True,
+        )
+        eviction.start()
         try:
             self.bridge.run()
         finally:

@@ -108,7 +108,12 @@ class StreamBridge:
         # A blocked read holds the next pass back: never longer than the pass interval.
         self.block_ms = max(1, min(settings.stream_block_ms, round(self.reconcile_interval_sec * 1000)))
         records = RecordStore(broker.client, settings.qpu_id)
-        self.entries = EntryIndex(broker.client, settings.qpu_id, broker.namespace)
+        self.entries = EntryIndex(
+            broker.client,
+            settings.qpu_id,
+            broker.namespace,
+            heartbeat_timeout_sec=settings.worker_heartbeat_timeout_sec,
+        )
         self.reconciler = Reconciler(
             self.cloud,
             self.stream,

@@ -30,6 +30,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..broker.eviction import EvictionWatch
 from ..broker.redis_broker import create_broker
 from ..broker.refusal import WriteProbe, refusal
 from ..broker.registry import Registration
@@ -59,7 +60,11 @@ NO_BROKER = "the local broker Redis does not answer"
 
 
 def readiness(
-    settings: Settings, state: NodeState, cloud: redis.Redis, writes: WriteProbe | None = None
+    settings: Settings,
+    state: NodeState,
+    cloud: redis.Redis,
+    writes: WriteProbe | None = None,
+    eviction: EvictionWatch | None = None,
 ) -> dict[str, Any]:
     """The ``/ready`` body: ``ready``, ``vpn_state``, ``redis_healthy``, ``current_job``, ``paused``
     (with ``pause``: its note and end), ``device_state`` (+ ``reason``).
@@ -73,6 +78,8 @@ def readiness(
     Every field is there even when the local broker Redis does not answer
     (``booting`` and ``null`` then: nothing is known).  ``writes`` asks the
     broker to take a write: one that answers but refuses writes is named.
+    ``broker_eviction_policy`` is the broker's ``maxmemory-policy`` when it
+    evicts keys (jobs can run twice; ``eviction`` reads it), else ``null``.
     """
     try:
         redis_healthy = bool(cloud.ping())
@@ -88,6 +95,7 @@ def readiness(
         "paused": None,
         "pause": None,
         "device_state": None,
+        "broker_eviction_policy": None,
     }
     try:
         vpn_state = state.vpn_state()
@@ -99,6 +107,7 @@ def readiness(
         clock = state.clock_offset()
         hold = PauseBook(state.client, state.qpu_id).hold()
         refused = writes() if writes is not None else None
+        evicts = eviction() if eviction is not None else None
     except redis.RedisError as exc:
         body["reason"] = _refused(exc, writes) or NO_BROKER
         return body
@@ -107,6 +116,7 @@ def readiness(
     body["paused"] = hold.pause is not None
     body["pause"] = hold.pause.as_dict() if hold.pause is not None else None
     body["device_state"] = hold.device.value if hold.device is not None else None
+    body["broker_eviction_policy"] = evicts.policy if evicts is not None and evicts.evicting else None
     stale_after = settings.ready_stream_stale_sec
     if refused is not None:
         body["reason"] = refused
@@ -284,6 +294,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     registry.register(NodeCollector(settings, parts.state, cloud))
     writes = WriteProbe(parts.local_redis, parts.state.key("write-probe"))
     registry.register(writes)  # coda_broker_refusing_writes
+    eviction = EvictionWatch(parts.local_redis, log=False)  # the bridge logs it
+    registry.register(eviction)  # coda_broker_evicting, coda_broker_evicted_keys_total
 
     app = Flask("coda_bridge")
     app.config["CODA_PARTS"] = parts
@@ -294,7 +306,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get("/ready")
     def ready() -> tuple[Response, int]:
-        future = checks.submit(readiness, settings, parts.state, cloud, writes)
+        future = checks.submit(readiness, settings, parts.state, cloud, writes, eviction)
         try:
             body = future.result(timeout=READY_TIMEOUT_SEC)
         except concurrent.futures.TimeoutError:

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from ops_support import node_env
+from ops_support import circuit, node_env
 
+from coda_bridge.cloud.keys import group_name, stream_key
 from coda_bridge.dev.stack import LocalStack, wait_until
 from coda_bridge.ops.exits import FORCED_EXIT
 
@@ -107,6 +108,33 @@ def test_a_second_sigterm_ends_the_bridge_at_once(
     assert returncode == FORCED_EXIT, text[-3000:]
     assert took < PROMPT_STOP_SEC, f"took {took:.1f} s"
     assert LOOP_ENDED not in text
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_a_sighup_never_stops_the_bridge(cloud_stack: LocalStack, tmp_path: Path, launcher: str) -> None:
+    # Given a bridge reading the stream, its output not a terminal (honcho, systemd, `start`)
+    log = tmp_path / "bridge.log"
+    bridge = _bridge(cloud_stack, LAUNCHERS[launcher], log)
+    try:
+        # When it gets a SIGHUP (logrotate's postrotate, or a reload)
+        bridge.send_signal(signal.SIGHUP)
+        wait_until(lambda: "SIGHUP received" in log.read_text() or bridge.poll() is not None, 10, "a line")
+        # Then it says it goes on, and it does: a job sent after it is forwarded
+        cloud_stack.cloud.submit(cloud_stack.qpu_id, circuit(), 10)
+        cloud = cloud_stack.cloud_redis.client()
+        qpu = cloud_stack.qpu_id
+        wait_until(
+            lambda: cloud.xpending(stream_key(qpu), group_name(qpu))["pending"] or bridge.poll() is not None,
+            30,
+            "the job read by the bridge",
+        )
+        running = bridge.poll() is None
+    finally:
+        _kill(bridge)
+    text = log.read_text()
+    assert running, text[-3000:]
+    assert "SIGHUP received: no log file of this process to reopen; going on" in text
+    assert "stopping" not in text and LOOP_ENDED not in text
 
 
 def _constructed(name: str) -> list[str]:

@@ -26,7 +26,7 @@ def client(server: LocalRedis) -> Iterator[redis.Redis]:
 
 
 @pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl", "allkeys-random"])
-def test_an_evicting_policy_is_a_warning_that_says_jobs_can_run_twice(
+def test_an_evicting_policy_fails_the_check_saying_jobs_can_run_twice(
     server: LocalRedis, client: redis.Redis, policy: str
 ) -> None:
     # given a broker that evicts keys under memory pressure
@@ -34,9 +34,9 @@ def test_an_evicting_policy_is_a_warning_that_says_jobs_can_run_twice(
     client.config_set("maxmemory-policy", policy)
     # when doctor looks at it
     check = check_broker_memory(server.url)
-    # then it warns, naming the policy, the consequence and the fix
-    assert check is not None and check.warning
-    assert check.line().startswith(f"warn broker memory: maxmemory-policy is {policy}")
+    # then it fails, naming the policy, the consequence and the fix
+    assert check is not None and not check.ok
+    assert check.line().startswith(f"FIX: broker memory: maxmemory-policy is {policy}")
     assert "jobs can run twice" in check.detail
     assert "set maxmemory-policy noeviction" in check.detail
 

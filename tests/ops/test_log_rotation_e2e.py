@@ -203,3 +203,41 @@ def test_logging_resumes_once_the_full_filesystem_of_the_log_has_space_again(
     finally:
         stopped = run_cli("stop", env=env, timeout=90)
         assert stopped.returncode == 0, stopped.stderr
+
+
+@pytest.fixture
+def one_process_daemon(cloud_stack: LocalStack) -> Iterator[tuple[dict[str, str], int]]:
+    """A node started with `start -d --one-process`: its environment and its pid; stopped at the end."""
+    env = node_env(cloud_stack, CODA_EXECUTOR_FACTORY="coda_bridge.executors.simulator:create_executor")
+    started = run_cli("start", "-d", "--one-process", env=env)
+    assert started.returncode == 0, started.stderr
+    pid = running_pid(pid_file_for(cloud_stack.state_dir))
+    assert pid is not None
+    try:
+        yield env, pid
+    finally:
+        stopped = run_cli("stop", env=env, timeout=90)
+        assert stopped.returncode == 0, stopped.stderr
+
+
+@pytest.mark.e2e
+def test_sighup_under_one_process_reopens_the_log_and_never_stops_the_node(
+    cloud_stack: LocalStack, one_process_daemon: tuple[dict[str, str], int]
+) -> None:
+    env, pid = one_process_daemon
+    log = StatePaths(cloud_stack.state_dir).daemon_log
+    # given a node started with -d --one-process, ready
+    wait_until(lambda: ready(env), 60, "the node to be ready")
+    # when its log is renamed (logrotate's create) and it gets a SIGHUP
+    rotated = log.with_name(log.name + ".1")
+    log.rename(rotated)
+    os.kill(pid, signal.SIGHUP)
+    # then it writes a new file at the log's path, owner-only, and goes on: same pid, ready, jobs run
+    wait_until(lambda: log.exists() and "SIGHUP received: log reopened" in log.read_text(), 10, "a new log")
+    assert log.stat().st_mode & 0o777 == 0o600
+    size = rotated.stat().st_size
+    run_a_job(cloud_stack)
+    assert "draining" not in log.read_text() + rotated.read_text()
+    assert running_pid(pid_file_for(cloud_stack.state_dir)) == pid
+    assert ready(env)
+    assert rotated.stat().st_size == size, "the renamed file gets no more lines"

@@ -87,6 +87,7 @@ def test_ready_200_with_every_field_and_the_running_job(app: Flask, state: NodeS
         "paused": False,
         "pause": None,
         "device_state": None,
+        "broker_eviction_policy": None,
     }
     assert busy.status_code == 200
     assert busy.get_json()["current_job"] == "job-7"
