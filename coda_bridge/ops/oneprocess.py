@@ -31,7 +31,8 @@ from .drain import DRAIN_PLAN, ResultsFlushed, drain_stage, results_key_template
 from .exits import EX_CONFIG, FORCED_EXIT
 from .jsonlines import JsonLinesStream
 from .processes import CONTROL_THREADS, RESULT_PROCESSES, RESULT_THREADS
-from .runners import QueueWorkers, StopSignal, boot_process, connect_or_exit
+from .runners import QueueWorkers, StopSignal, connect_or_exit
+from .webentry import registered
 
 __all__ = ["WEB_THREADS", "run_one_process"]
 
@@ -88,6 +89,8 @@ def run_one_process(
     preload.join()
     import actors
 
+    # in the terminal's process group, so a Ctrl-C reaches every part
+    actors.boot(actors.broker, actors.node, isolate=False)
     return _Node(settings, actors.broker).run(stop)
 
 
@@ -110,16 +113,17 @@ class _Node:
         from ..web.app import check_dashboard, create_app
 
         check_dashboard(self.settings)
+        app = create_app(self.settings)
         server: Any = create_server(
-            create_app(self.settings), host=self.settings.host, port=self.settings.port, threads=WEB_THREADS
+            app, host=self.settings.host, port=self.settings.port, threads=WEB_THREADS
         )
+        self.web_registration = registered(app)  # `status` lists the web role of this process too
         thread = threading.Thread(target=server.run, name="coda-probes", daemon=True)
         return server, thread
 
     def run(self, stop: StopSignal) -> int:
         from ..errors import CodaError, ConfigError
 
-        boot_process(self.broker)
         try:
             server, web = self._web()
         except ConfigError as exc:
@@ -177,8 +181,12 @@ class _Node:
         return {
             "bridge": stop_bridge,
             **{name: group.stop for name, group in self.groups.items()},
-            "web": lambda timeout_ms: server.close(),
+            "web": lambda timeout_ms: self._stop_web(server),
         }
+
+    def _stop_web(self, server: Any) -> None:
+        server.close()
+        self.web_registration.stop()
 
     def _drain(self, reason: str, parts: dict[str, _Stop]) -> None:
         """Stop ``parts`` stage by stage (:data:`DRAIN_PLAN`), all within the drain timeout."""

@@ -41,7 +41,6 @@ __all__ = [
     "WORKER_POLL_MS",
     "QueueWorkers",
     "StopSignal",
-    "boot_process",
     "import_dynaconf_without_flask",
     "main",
     "run_bridge_main",
@@ -123,20 +122,6 @@ def wait_connected(since: float, stop: threading.Event) -> bool:
             announced = True
         stop.wait(CONNECT_POLL_SEC)
     return False
-
-
-def boot_process(broker: Any) -> None:
-    """What dramatiq's worker process does once per process: the middleware's ``after_process_boot``.
-
-    Without :class:`~coda_bridge.broker.middleware.IsolateWorkerProcess`: these
-    processes already have a group of their own, or (one process) must keep
-    the terminal's, so a Ctrl-C reaches them.
-    """
-    from ..broker.middleware import IsolateWorkerProcess
-
-    for middleware in broker.middleware:
-        if not isinstance(middleware, IsolateWorkerProcess):
-            middleware.after_process_boot(broker)
 
 
 class _SeveralWorkers(logging.Filter):
@@ -269,7 +254,8 @@ def run_worker_process(queue: str, threads: int, consumers: int, drain_ms: int, 
         return 0
     import actors
 
-    boot_process(actors.broker)
+    # without leaving the process group: these processes already have one of their own
+    actors.boot(actors.broker, actors.node, isolate=False)
     group = QueueWorkers(actors.broker, queue, threads, consumers)
     group.start()  # the executor's BuildAtBoot may end the process here with EX_CONFIG
     stop.running()
