@@ -22,6 +22,7 @@ from .errors import (
     VPNError,
     WebhookError,
 )
+from .version import __version__
 
 if TYPE_CHECKING:
     from .circuits.ir import Circuit, Gate, Metadata, parse_ir
@@ -49,8 +50,6 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
-
-__version__ = "0.1.0"
 
 __all__ = [
     # circuits an executor receives

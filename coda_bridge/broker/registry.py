@@ -37,8 +37,8 @@ import dramatiq
 import psutil
 import redis
 
-from .. import __version__
 from ..errors import ConfigError
+from ..version import __version__
 from .outage import broker_unavailable
 
 __all__ = [

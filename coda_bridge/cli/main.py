@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
-from .. import __version__
 from ..errors import CodaError
 from ..logs import mask
+from ..version import __version__
 from . import node, pause, processes, tools
 
 __all__ = ["cli", "main"]
