@@ -22,13 +22,13 @@ from .errors import (
     VPNError,
     WebhookError,
 )
-from .version import __version__
 
 if TYPE_CHECKING:
     from .circuits.ir import Circuit, Gate, Metadata, parse_ir
     from .device import DeviceState
     from .executors import ExecutionResult, Executor, NoopExecutor, StateVectorExecutor, resolve_executor
     from .settings import Settings, load_settings
+    from .version import __version__
 
 #: Imported on first use, so ``python -m coda_bridge.<module>`` loads only what that module needs.
 _LAZY = {
@@ -39,6 +39,7 @@ _LAZY = {
     **dict.fromkeys(("Circuit", "Gate", "Metadata", "parse_ir"), ".circuits.ir"),
     **dict.fromkeys(("Settings", "load_settings"), ".settings"),
     "DeviceState": ".device",
+    "__version__": ".version",
 }
 
 

@@ -14,6 +14,7 @@ from ..errors import CodaError
 from ..logs import mask
 from ..version import __version__
 from . import node, pause, processes, tools
+from .options import safe_url
 
 __all__ = ["cli", "main"]
 
@@ -125,8 +126,6 @@ def _library_error(exc: Exception) -> str | None:
 
     Looked up in ``sys.modules``: a library that was never imported cannot have raised.
     """
-    from .options import safe_url
-
     redis = sys.modules.get("redis")
     if redis is not None and isinstance(exc, redis.RedisError):
         text = " ".join(str(exc).split()) or type(exc).__name__

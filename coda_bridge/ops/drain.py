@@ -59,8 +59,8 @@ def drain_stage(part: str, plan: tuple[DrainStage, ...] = DRAIN_PLAN) -> int:
 
 def results_key_template() -> str:
     """The results queue's key in the broker, with :data:`QPU_SLOT` for the QPU id."""
-    from ..broker.queues import RESULTS_QUEUE
-    from ..broker.redis_broker import broker_namespace
+    from ..broker.queues import RESULTS_QUEUE  # noqa: PLC0415 - start's group process loads these only when used
+    from ..broker.redis_broker import broker_namespace  # noqa: PLC0415 - start's group process loads these only when used
 
     return f"{broker_namespace(QPU_SLOT)}:{RESULTS_QUEUE}"
 
@@ -89,7 +89,7 @@ class ResultsFlushed:
         self._client = client
 
     def _connect(self) -> redis.Redis | None:
-        import redis
+        import redis  # noqa: PLC0415 - start's group process loads these only when used
 
         if not self.qpu_id and self.paths is not None:
             try:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import CodaError, ConfigError
 from ..logs import configure_logging, json_logging
 from ..pipeline.bridge import BridgeProcess
 from ..settings import Settings
@@ -50,11 +51,11 @@ FLUSH_POLL_SEC = 0.05
 
 def _preload() -> None:
     """Import what the parts need while the bridge connects (imports are most of a start)."""
-    import dramatiq  # noqa: F401
-    import waitress  # noqa: F401
+    import dramatiq  # noqa: F401, PLC0415 - loaded in the preload thread, while the bridge connects
+    import waitress  # noqa: F401, PLC0415 - loaded in the preload thread, while the bridge connects
 
-    from ..pipeline import delivery, execute, intake  # noqa: F401
-    from ..web import app  # noqa: F401
+    from ..pipeline import delivery, execute, intake  # noqa: F401, PLC0415 - loaded in the preload thread, while the bridge connects
+    from ..web import app  # noqa: F401, PLC0415 - loaded in the preload thread, while the bridge connects
 
 
 def _export(host: str | None, port: int | None, site: str | None) -> None:
@@ -87,7 +88,7 @@ def run_one_process(
     preload.start()
     settings = connect_or_exit(overrides={"host": host, "port": port}, token=token)
     preload.join()
-    import actors
+    import actors  # noqa: PLC0415 - after the connect; the preload thread loaded its modules meanwhile
 
     # in the terminal's process group, so a Ctrl-C reaches every part
     actors.boot(actors.broker, actors.node, isolate=False)
@@ -108,9 +109,9 @@ class _Node:
         self.bridge_failed: BaseException | None = None
 
     def _web(self) -> tuple[Any, threading.Thread]:
-        from waitress import create_server
+        from waitress import create_server  # noqa: PLC0415 - start-up: the preload thread loads it while the bridge connects
 
-        from ..web.app import check_dashboard, create_app
+        from ..web.app import check_dashboard, create_app  # noqa: PLC0415 - start-up: the preload thread loads it while the bridge connects
 
         check_dashboard(self.settings)
         app = create_app(self.settings)
@@ -122,8 +123,6 @@ class _Node:
         return server, thread
 
     def run(self, stop: StopSignal) -> int:
-        from ..errors import CodaError, ConfigError
-
         try:
             server, web = self._web()
         except ConfigError as exc:

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from ..broker.redis_broker import create_broker
 from ..broker.refusal import WriteProbe, refusal
@@ -204,14 +205,13 @@ def check_dashboard(settings: Settings) -> None:
 def _mount_dashboard(app: Flask, settings: Settings) -> None:
     check_dashboard(settings)
     try:
-        from dramatiq_dashboard import DashboardApp  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        from dramatiq_dashboard import DashboardApp  # type: ignore[import-not-found,import-untyped,unused-ignore]  # noqa: PLC0415 - optional dependency
     except ImportError:
         logger.error(
             "dashboard_enabled is set but dramatiq-dashboard is not installed: "
             "pip install --no-deps dramatiq-dashboard==0.4.0"
         )
         return
-    from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
     prefix = "/" + settings.dashboard_prefix.strip("/")
     # the dashboard lists only the queues its broker declared: create_broker declares ours

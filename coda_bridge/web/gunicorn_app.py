@@ -63,7 +63,7 @@ class ProbesServer(BaseApplication):
         super().__init__()
 
     def load_config(self) -> None:
-        from . import gunicorn_config
+        from . import gunicorn_config  # noqa: PLC0415 - gunicorn_config loads the settings when imported
 
         for name, value in vars(gunicorn_config).items():
             if name in self.cfg.settings:
