@@ -4,15 +4,18 @@
     dramatiq actors --queues results --processes 2 --threads 8
     dramatiq actors --queues control --threads 2
 
-Importing this package loads the node's settings (waiting for the bridge
-to provision the node if needed), builds the broker for this QPU and the
-process's parts, and declares every actor.  The actors hold no logic:
-each calls one step of :mod:`coda_bridge.pipeline` or :mod:`coda_bridge.control`.
+Importing this package declares every actor on :data:`broker` and does
+nothing else: no settings, no connection, no registration.  At process boot
+(dramatiq's ``after_process_boot``, or :func:`boot` from the node's own
+runners) the worker waits for the identity its role needs (the bridge
+provisions it), then the node's parts, the broker's connection and
+middleware are built (:mod:`actors.node`).  Each actor calls one step of
+:mod:`coda_bridge.pipeline` or :mod:`coda_bridge.control`.
 """
 
 from __future__ import annotations
 
 from . import control, jobs, results
-from .node import broker, parts, settings, stopping
+from .node import Node, NodeBoot, boot, broker, node
 
-__all__ = ["broker", "control", "jobs", "parts", "results", "settings", "stopping"]
+__all__ = ["Node", "NodeBoot", "boot", "broker", "control", "jobs", "node", "results"]

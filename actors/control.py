@@ -7,8 +7,9 @@ import dramatiq
 from coda_bridge.broker.queues import CONTROL_QUEUE, HEARTBEAT_ACTOR, VPN_CHECK_ACTOR
 from coda_bridge.control.heartbeat import can_run_jobs, send_heartbeat
 from coda_bridge.control.ticker import one_at_a_time
+from coda_bridge.vpn.guard import VpnGuard
 
-from .node import parts, settings
+from .node import node
 
 #: A control tick never needs longer than this.
 TICK_LIMIT_MS = 60_000
@@ -20,6 +21,7 @@ TICK_LIMIT_MS = 60_000
 )
 def heartbeat(slot_ts: float, expires_at: float | None = None) -> None:
     """Tell the cloud the node is alive, while it can run jobs."""
+    settings, parts = node.settings, node.parts
     if can_run_jobs(parts.state, settings.jobs_worker_grace_sec, settings.heartbeat_interval_sec):
         send_heartbeat(parts.state, parts.cloud, parts.signer, settings.redis_url)
 
@@ -30,6 +32,4 @@ def heartbeat(slot_ts: float, expires_at: float | None = None) -> None:
 @one_at_a_time
 def vpn_check(slot_ts: float, expires_at: float | None = None) -> None:
     """Check the tunnel and probe targets; store the VPN state with an expiry (one check at a time)."""
-    from coda_bridge.vpn.guard import VpnGuard
-
-    VpnGuard(settings, parts.state).check()
+    VpnGuard(node.settings, node.parts.state).check()

@@ -19,48 +19,56 @@ from dramatiq.middleware import TimeLimitExceeded
 
 from coda_bridge.broker.messages import delivery_message, job_message
 from coda_bridge.broker.queues import EXECUTE_ACTOR, EXECUTE_BATCH_ACTOR, JOBS_QUEUE
+from coda_bridge.broker.redis_broker import CodaBroker
 from coda_bridge.pipeline.execute import Delivery, execute_batch, execute_job
-from coda_bridge.pipeline.runs import batch_time_limit_sec, failure_payload
+from coda_bridge.pipeline.handoff import Handoff
 
-from .node import broker, parts, settings, stopping
+from .node import node
+from .options import backstop_limit_ms
+from .results import deliver
 
 logger = logging.getLogger(__name__)
 
-#: dramatiq's own time limit is only a backstop behind the executor watch, which fails the job cleanly:
-#: it allows every run a job may get (one per executor crash), each with its stop grace, plus a minute.
-_RUN_SEC = settings.job_time_limit_sec + settings.executor_stop_grace_sec
-BACKSTOP_LIMIT_MS = int((_RUN_SEC * settings.max_executor_crashes + 60) * 1000)
-#: A batch may run past the sum of its jobs' limits, then each job alone.
-BATCH_BACKSTOP_LIMIT_MS = int(
-    (
-        batch_time_limit_sec(settings.job_time_limit_sec, settings.batch_size)
-        + settings.executor_stop_grace_sec
-        + _RUN_SEC * settings.max_executor_crashes * settings.batch_size
-        + 60
-    )
-    * 1000
-)
+# dramatiq's time limit of each job actor is only a backstop behind the executor watch, which fails the
+# job cleanly: it comes from the settings at process boot (actors/options.py).
 #: Attempts of a job that keeps meeting a Redis outage (backoff grows to the maximum below).
 REDIS_OUTAGE_RETRIES = 100
 OUTAGE_MIN_BACKOFF_MS = 1_000
 OUTAGE_MAX_BACKOFF_MS = 60_000
 
 
+def _handoff() -> Handoff:
+    """Results go to the webhook actor; while this worker drains, each is tried inline first (with a key)."""
+    parts = node.parts
+    return Handoff(
+        _deliver_inline,
+        _record,
+        _send_deliveries,
+        lambda: node.stopping.stopping.is_set() and parts.can_sign,
+    )
+
+
+def _deliver_inline(job_id: str, callback_url: str, entry_id: str) -> None:
+    """One attempt in this process (the deliverer is built only then: it needs the key)."""
+    node.parts.deliverer.deliver(job_id, callback_url, entry_id)
+
+
+def _record(results: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    node.parts.records.record(results)
+
+
+def _send_deliveries(deliveries: Sequence[Delivery]) -> None:
+    """To the broker the webhook actor is declared on: the node's in one round trip."""
+    messages = [delivery_message(*delivery) for delivery in deliveries]
+    if isinstance(deliver.broker, CodaBroker):
+        deliver.broker.enqueue_many(messages)
+    else:
+        for message in messages:
+            deliver.broker.enqueue(message)
+
+
 def _queue_deliveries(deliveries: Sequence[Delivery]) -> None:
-    """Queue results for the webhook actor at once; while this worker drains, try each inline first."""
-    if stopping.stopping.is_set() and parts.can_sign:  # without the key, the results worker delivers
-        deliveries = [delivery for delivery in deliveries if not _delivered_inline(*delivery)]
-    broker.enqueue_many([delivery_message(*delivery) for delivery in deliveries])
-
-
-def _delivered_inline(job_id: str, callback_url: str, entry_id: str) -> bool:
-    """One delivery attempt in this process (the results worker may be stopping too); False if it failed."""
-    try:
-        parts.deliverer.deliver(job_id, callback_url, entry_id)
-    except Exception as exc:  # the queued delivery retries it properly
-        logger.warning("Inline delivery of job %s during shutdown failed (%s); queued instead.", job_id, exc)
-        return False
-    return True
+    _handoff().queue(deliveries)
 
 
 def _retry_when(retries: int, exc: BaseException) -> bool:
@@ -76,41 +84,31 @@ _RETRIES: dict[str, Any] = {
 }
 
 
-@dramatiq.actor(actor_name=EXECUTE_ACTOR, queue_name=JOBS_QUEUE, time_limit=BACKSTOP_LIMIT_MS, **_RETRIES)
+@dramatiq.actor(actor_name=EXECUTE_ACTOR, queue_name=JOBS_QUEUE, **_RETRIES)
 def execute(fields: dict[str, str], entry_id: str) -> None:
     """Run one stream entry's job on the executor and queue its result for delivery."""
     try:
-        execute_job(parts.execution, fields, entry_id, _queue_deliveries, _run_later)
+        execute_job(node.parts.execution, fields, entry_id, _queue_deliveries, _run_later)
     except TimeLimitExceeded:
         _backstop_failure(fields, entry_id)
 
 
 def _run_later(fields: Mapping[str, str], entry_id: str, delay_sec: float) -> None:
-    broker.enqueue(job_message(fields, entry_id), delay=int(delay_sec * 1000))
+    execute.broker.enqueue(job_message(fields, entry_id), delay=int(delay_sec * 1000))
 
 
-@dramatiq.actor(
-    actor_name=EXECUTE_BATCH_ACTOR, queue_name=JOBS_QUEUE, time_limit=BATCH_BACKSTOP_LIMIT_MS, **_RETRIES
-)
+@dramatiq.actor(actor_name=EXECUTE_BATCH_ACTOR, queue_name=JOBS_QUEUE, **_RETRIES)
 def execute_batch_actor(entries: list[list[Any]]) -> None:
     """Run several waiting jobs through the executor's ``batch_run``, one result per job."""
     pairs = [(dict(fields), str(entry_id)) for fields, entry_id in entries]
     running: list[tuple[Mapping[str, str], str]] = []
     try:
-        execute_batch(parts.execution, pairs, _queue_deliveries, _run_later, running)
+        execute_batch(node.parts.execution, pairs, _queue_deliveries, _run_later, running)
     except TimeLimitExceeded:
         for fields, entry_id in running:
             _backstop_failure(fields, entry_id)
 
 
 def _backstop_failure(fields: Mapping[str, str], entry_id: str) -> None:
-    """dramatiq's time limit fired: the job ends as a failed result naming the limit."""
-    job_id = fields.get("job_id")
-    logger.error("Job %s hit dramatiq's backstop time limit.", job_id)
-    if job_id and fields.get("callback_url"):
-        error = (
-            f"Job exceeded the worker's backstop time limit of {BACKSTOP_LIMIT_MS // 1000} s "
-            f"(job_time_limit_sec = {settings.job_time_limit_sec:g} s); run abandoned"
-        )
-        parts.records.record([(job_id, failure_payload(job_id, error))])
-        _queue_deliveries([(job_id, fields["callback_url"], entry_id)])
+    settings = node.settings
+    _handoff().backstop_failure(fields, entry_id, backstop_limit_ms(settings), settings.job_time_limit_sec)

@@ -11,16 +11,14 @@ from dramatiq.middleware import CurrentMessage
 from coda_bridge.broker.histograms import DELIVERY_ATTEMPTS
 from coda_bridge.broker.messages import delivery_of
 from coda_bridge.broker.queues import DEAD_LETTERED_ACTOR, DELIVER_ACTOR, RESULTS_QUEUE
-from coda_bridge.pipeline.delivery import should_retry
 
-from .node import parts, settings
+from .node import node
 
 logger = logging.getLogger(__name__)
 
-#: First pause before a second delivery attempt.
+#: First pause before a second delivery attempt (the retry policy, maximum backoff and time limit of an
+#: attempt come from the settings at process boot: actors/options.py).
 MIN_BACKOFF_MS = 1000
-#: One attempt may take the HTTP timeout plus the status write.
-ATTEMPT_LIMIT_MS = int((settings.webhook_timeout_sec * 2 + 30) * 1000)
 
 
 @dramatiq.actor(actor_name=DEAD_LETTERED_ACTOR, queue_name=RESULTS_QUEUE, max_retries=0)
@@ -28,6 +26,7 @@ def dead_lettered(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
     """Called once a result ran out of retries: it stays in the dead-letter queue for ``replay``."""
     job_id, _ = delivery_of(message)
     attempts = retry_info.get("retries", 0) + 1
+    parts = node.parts
     if job_id:
         parts.records.keep(str(job_id))
         dead = parts.timeline.event(str(job_id), "dead_lettered", attempts=attempts)
@@ -44,14 +43,11 @@ def dead_lettered(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
 @dramatiq.actor(
     actor_name=DELIVER_ACTOR,
     queue_name=RESULTS_QUEUE,
-    retry_when=should_retry(settings.webhook_max_retries),
     min_backoff=MIN_BACKOFF_MS,
-    max_backoff=int(settings.webhook_max_backoff_sec * 1000),
     on_retry_exhausted=DEAD_LETTERED_ACTOR,
-    time_limit=ATTEMPT_LIMIT_MS,
 )
 def deliver(job_id: str, callback_url: str, entry_id: str | None = None) -> None:
     """Post the job's recorded result to its callback URL."""
     message = CurrentMessage.get_current_message()
     attempt = int(message.options.get("retries", 0)) + 1 if message is not None else 1
-    parts.deliverer.deliver(job_id, callback_url, entry_id, attempt)
+    node.parts.deliverer.deliver(job_id, callback_url, entry_id, attempt)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .device import DeviceState
     from .executors import ExecutionResult, Executor, NoopExecutor, StateVectorExecutor, resolve_executor
     from .settings import Settings, load_settings
+    from .version import __version__
 
 #: Imported on first use, so ``python -m coda_bridge.<module>`` loads only what that module needs.
 _LAZY = {
@@ -38,6 +39,7 @@ _LAZY = {
     **dict.fromkeys(("Circuit", "Gate", "Metadata", "parse_ir"), ".circuits.ir"),
     **dict.fromkeys(("Settings", "load_settings"), ".settings"),
     "DeviceState": ".device",
+    "__version__": ".version",
 }
 
 
@@ -49,8 +51,6 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
-
-__version__ = "0.1.0"
 
 __all__ = [
     # circuits an executor receives

@@ -44,7 +44,7 @@ def read_device_state(executor: Any) -> DeviceState | None:
     states, reads as ``error`` (logged): a device that cannot say it is
     ready is not given jobs.
     """
-    from .executors.base import resolve_awaitable
+    from .executors.base import resolve_awaitable  # noqa: PLC0415 - the bridge process loads no executor code
 
     status = getattr(executor, "status", None)
     if not callable(status):

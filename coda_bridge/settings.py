@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dynaconf import Dynaconf
+from dynaconf.utils.inspect import KeyNotFoundError, get_history
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -35,10 +36,13 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from redis.connection import parse_url
 
 from .cloud.origins import OriginError, base_origin, origins_of
+from .control.windows import parse_window
 from .errors import ConfigError
 from .trust import UntrustedFile, check_trusted
+from .urls import check_broker_url, safe_url
 
 __all__ = [
     "ENV_PREFIX",
@@ -234,8 +238,6 @@ class Settings(BaseModel):
     @field_validator("maintenance_windows")
     @classmethod
     def _windows(cls, value: list[str]) -> list[str]:
-        from .control.windows import parse_window
-
         for text in value:
             parse_window(text)
         return value
@@ -330,6 +332,31 @@ class Settings(BaseModel):
         """The stream consumer name: stable per host, so a restart finds its own pending entries."""
         return self.consumer_name or f"{socket.gethostname()}-bridge"
 
+    # -- checks every entry point makes before using a value --
+
+    def check_redis_urls(self, fields: tuple[str, ...] = ("broker_url", "redis_url")) -> None:
+        """Refuse a Redis URL redis-py cannot parse, naming its setting (:class:`SettingsError`, exit 78).
+
+        The broker's may also be a Sentinel URL (``redis+sentinel://``, see :mod:`coda_bridge.broker.client`).
+        """
+        for field in fields:
+            url = getattr(self, field)
+            if url is None:
+                continue
+            try:
+                check_broker_url(url) if field == "broker_url" else parse_url(url)
+            except ValueError as exc:
+                raise SettingsError(
+                    f"{self._setting_name(field)}={safe_url(url)!r} is not a valid Redis URL: {exc}"
+                ) from None
+
+    def _setting_name(self, field: str) -> str:
+        """The variable that sets ``field``, or where its value came from when no variable did."""
+        variable = f"{ENV_PREFIX}_{field.upper()}"
+        if field in self.model_fields_set:
+            return variable
+        return f"{field} (persisted in the state directory; {variable} overrides it)"
+
     def url(self, path: str) -> str:
         """``webapp_url`` joined with an API path."""
         return self.webapp_url.rstrip("/") + "/" + path.lstrip("/")
@@ -413,8 +440,8 @@ def _check_site(site: str | None, files: list[Path]) -> None:
     raise SettingsError(f"site {site!r} (CODA_ENV or --site) has no table in {where}; known sites: {sites}")
 
 
-def _layered(site: str | None) -> dict[str, Any]:
-    """Values set by the site file or the environment (lower-cased keys), nothing else."""
+def _dynaconf(site: str | None) -> Dynaconf:
+    """The settings files and the environment, as dynaconf loads them (it records each value's origin)."""
     files = settings_files()
     for path in files:
         if path.is_file():
@@ -422,15 +449,20 @@ def _layered(site: str | None) -> dict[str, Any]:
     site = selected_site(site)
     _check_site(site, files)
     extra: dict[str, Any] = {"env": site} if site else {}
+    return Dynaconf(
+        envvar_prefix=ENV_PREFIX,
+        settings_files=[str(path) for path in files],
+        environments=True,
+        env_switcher=f"{ENV_PREFIX}_ENV",
+        load_dotenv=False,
+        **extra,
+    )
+
+
+def _layered(site: str | None) -> dict[str, Any]:
+    """Values set by the site file or the environment (lower-cased keys), nothing else."""
+    layered = _dynaconf(site)
     try:
-        layered = Dynaconf(
-            envvar_prefix=ENV_PREFIX,
-            settings_files=[str(path) for path in files],
-            environments=True,
-            env_switcher=f"{ENV_PREFIX}_ENV",
-            load_dotenv=False,
-            **extra,
-        )
         values = layered.as_dict()
     except Exception as exc:  # dynaconf raises many types for a broken file
         raise SettingsError(f"settings cannot be loaded: {exc}") from None
@@ -446,18 +478,20 @@ def setting_layers(
     """Where each setting's value comes from, in the layers of :func:`load_settings`.
 
     One of ``command line``, ``environment (CODA_X)``, ``site file PATH [TABLE]``,
-    ``persisted state`` or ``default``.
+    ``persisted state`` or ``default``: the files and the environment as
+    dynaconf's own history of the values it loaded records them.
     """
-    site = selected_site(site)
-    tables = _tables(settings_files())
+    layered = _dynaconf(site)
+    try:
+        layered.as_dict()
+        history = {field: _history(layered, field) for field in Settings.model_fields}
+    except Exception as exc:  # dynaconf raises many types for a broken file
+        raise SettingsError(f"settings cannot be loaded: {exc}") from None
     layers: dict[str, str] = {}
     for field in Settings.model_fields:
-        variable = f"{ENV_PREFIX}_{field.upper()}"
         if overrides and overrides.get(field) is not None:
             layers[field] = "command line"
-        elif variable in os.environ:
-            layers[field] = f"environment ({variable})"
-        elif origin := _file_origin(field, site, tables):
+        elif origin := _loaded_from(field, history[field]):
             layers[field] = origin
         elif persisted and persisted.get(field) is not None:
             layers[field] = "persisted state"
@@ -466,15 +500,23 @@ def setting_layers(
     return layers
 
 
-def _file_origin(field: str, site: str | None, tables: list[tuple[Path, dict[str, Any]]]) -> str | None:
-    """The last table that sets ``field``: the site's over ``[default]``, a later file's over an earlier's."""
-    names = ["default", "global"] + ([site.lower()] if site and site.lower() not in DEFAULT_SITES else [])
-    origin = None
-    for name in names:
-        for path, file_tables in tables:
-            if field in {key.lower() for key in file_tables.get(name, {})}:
-                origin = f"site file {path} [{name}]"
-    return origin
+def _history(layered: Dynaconf, field: str) -> list[dict[str, Any]]:
+    """dynaconf's record of each load of ``field`` (none when neither a file nor the environment set it)."""
+    try:
+        return list(get_history(layered, field.upper()))
+    except KeyNotFoundError:
+        return []
+
+
+def _loaded_from(field: str, history: list[dict[str, Any]]) -> str | None:
+    """The layer of dynaconf's last load of ``field``: the environment, or a table of a settings file."""
+    for entry in reversed(history):
+        loader = str(entry.get("loader", ""))
+        if loader.startswith("env"):
+            return f"environment ({ENV_PREFIX}_{field.upper()})"
+        if loader == "toml":
+            return f"site file {entry['identifier']} [{str(entry['env']).lower()}]"
+    return None
 
 
 def _validate(data: Mapping[str, Any], explicit: set[str] | None = None) -> Settings:

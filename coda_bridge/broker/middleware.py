@@ -97,7 +97,7 @@ class BuildAtBoot(Middleware):
     A typo in a device file must leave jobs waiting, not fail every one of
     them: the build runs before the worker's consumers start, so no message
     was taken when it fails.  The worker process then exits with
-    :data:`~coda_bridge.ops.exits.EX_CONFIG`; dramatiq's master sees a worker
+    :data:`os.EX_CONFIG` (78); dramatiq's master sees a worker
     exit and exits with the same status, ``coda-bridge start`` does not
     restart it, and stops with it.  Other errors are
     left to dramatiq, which logs them; the first job builds again then.
@@ -124,17 +124,15 @@ class BuildAtBoot(Middleware):
         try:
             self.build()
         except CodaError as exc:
-            from ..ops.exits import EX_CONFIG
-
             reason = " ".join(str(exc).split())
             logger.error(
                 "%s cannot be built, so this worker stops (exit %d) and jobs wait in the %s queue: %s",
                 self.what,
-                EX_CONFIG,
+                os.EX_CONFIG,
                 self.queue,
                 reason,
             )
-            raise SystemExit(EX_CONFIG) from exc
+            raise SystemExit(os.EX_CONFIG) from exc
         if self.built is not None:
             self.built()
 

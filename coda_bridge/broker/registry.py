@@ -37,8 +37,8 @@ import dramatiq
 import psutil
 import redis
 
-from .. import __version__
 from ..errors import ConfigError
+from ..version import __version__
 from .keys import bridge_key, process_key, process_pattern, ready_key, ready_pattern
 from .outage import broker_unavailable
 

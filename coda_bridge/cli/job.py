@@ -37,8 +37,8 @@ def job(job_id: str, as_json: bool, site: str | None) -> None:
       coda-bridge job 3f2a9c
       coda-bridge job 3f2a9c --json | jq '.events[] | select(.event == "delivery")'
     """
-    from ..parts import NodeParts
-    from ..pipeline.timeline import Timeline, job_id_problem
+    from ..parts import NodeParts  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+    from ..pipeline.timeline import Timeline, job_id_problem  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     problem = job_id_problem(job_id)
     if problem is not None:

@@ -10,10 +10,11 @@ from typing import Any
 
 import click
 
-from .. import __version__
 from ..errors import CodaError
 from ..logs import mask
+from ..version import __version__
 from . import job, node, pause, processes, tools
+from .options import safe_url
 
 __all__ = ["cli", "main"]
 
@@ -126,8 +127,6 @@ def _library_error(exc: Exception) -> str | None:
 
     Looked up in ``sys.modules``: a library that was never imported cannot have raised.
     """
-    from .options import safe_url
-
     redis = sys.modules.get("redis")
     if redis is not None and isinstance(exc, redis.RedisError):
         text = " ".join(str(exc).split()) or type(exc).__name__

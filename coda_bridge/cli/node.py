@@ -62,7 +62,7 @@ def start(
       coda-bridge start --site lab2 --port 9090
       coda-bridge start --one-process              # one process for the whole node
     """
-    from ..ops.supervisor import run_start, start_detached
+    from ..ops.supervisor import run_start, start_detached  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     # every process would fail on a malformed URL, and restart: refuse it before starting any
     settings = node_settings(site, host=host, port=port)
@@ -84,7 +84,7 @@ def stop(site: str | None) -> None:
     Example:
       coda-bridge stop
     """
-    from ..ops.pidfile import pid_file_for, running_pid
+    from ..ops.pidfile import pid_file_for, running_pid  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     settings = plain_settings(site)
     pid_file = pid_file_for(settings.state_dir)
@@ -103,7 +103,7 @@ def stop(site: str | None) -> None:
 
 def _stop_node(pid_file: Any, drain_timeout_sec: float) -> Any:
     """``stop_node``, with a pid file that cannot be used (a directory in its place...) as one line."""
-    from ..ops.daemon import stop_node
+    from ..ops.daemon import stop_node  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     try:
         return stop_node(pid_file, drain_timeout_sec)
@@ -126,7 +126,7 @@ def status(as_json: bool, site: str | None) -> None:
       coda-bridge status
       coda-bridge status --json
     """
-    from ..ops.nodestatus import node_status, status_lines
+    from ..ops.nodestatus import node_status, status_lines  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     plain = plain_settings(site)
     node, problem, broker_problem = None, None, None
@@ -160,9 +160,9 @@ def logs(lines: int, follow: bool, site: str | None) -> None:
       coda-bridge logs -n 5
       coda-bridge logs -f
     """
-    from ..identity.credentials import StatePaths
-    from ..ops.daemon import follow as follow_lines
-    from ..ops.daemon import tail
+    from ..identity.credentials import StatePaths  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+    from ..ops.daemon import follow as follow_lines  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+    from ..ops.daemon import tail  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     path = StatePaths(plain_settings(site).state_dir).daemon_log
     if not path.exists():
@@ -191,7 +191,7 @@ def stop_vpn() -> None:
 
 def _stop_vpn(settings: Any) -> None:
     try:
-        from ..vpn.openvpn import OpenVPNManager
+        from ..vpn.openvpn import OpenVPNManager  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
     except ImportError as exc:
         raise ConfigError(f"the VPN support cannot be loaded: {exc}") from None
     OpenVPNManager().stop(settings)
@@ -209,10 +209,10 @@ def reset(yes: bool) -> None:
     Example:
       coda-bridge reset --yes
     """
-    from ..identity.connect import legacy_dir
-    from ..identity.credentials import StatePaths, reset_legacy, reset_state
-    from ..ops.outcome import forget_exit
-    from ..ops.pidfile import pid_file_for
+    from ..identity.connect import legacy_dir  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+    from ..identity.credentials import StatePaths, reset_legacy, reset_state  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+    from ..ops.outcome import forget_exit  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+    from ..ops.pidfile import pid_file_for  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     settings = plain_settings()
     paths = StatePaths(settings.state_dir)

@@ -9,13 +9,14 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import click
 
 from ..errors import CodaError, ConfigError
 from ..ops.exits import EX_CONFIG
 from ..trust import SAFE_PATH_FLAG
+from ..urls import safe_url
 
 logger = logging.getLogger(__name__)
 
@@ -55,76 +56,27 @@ class BadSetting(ConfigError):
 
 def node_settings(site: str | None = None, **overrides: Any) -> Any:
     """Settings with the persisted identity layer."""
-    from ..identity.connect import load_node_settings
+    from ..identity.connect import load_node_settings  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     return load_node_settings(overrides=overrides, site=site)
 
 
 def plain_settings(site: str | None = None) -> Any:
     """Settings without the persisted layer: enough to find the state directory."""
-    from ..settings import load_settings
+    from ..settings import load_settings  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     return load_settings(site=site)
 
 
-#: Query parameters of a URL whose values are never shown (redis-py takes ``?password=``).
-_SECRET_QUERY = ("pass", "token", "secret", "key", "user")
-
-
-def safe_url(url: str) -> str:
-    """``url`` as it may be shown: no user info (Redis URLs carry passwords there), no secret query value.
-
-    Works on malformed URLs too: they are the ones error messages name.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    rest = rest.rsplit("@", 1)[-1]  # a password may itself hold an "@"
-    base, question, query = rest.partition("?")
-    if question:
-        shown = [
-            f"{name}=***" if any(word in name.lower() for word in _SECRET_QUERY) else f"{name}={value}"
-            for name, value in parse_qsl(query, keep_blank_values=True)
-        ]
-        rest = f"{base}?{'&'.join(shown)}"
-    return f"{scheme}{sep}{rest}"
-
-
-def _setting_name(settings: Any, field: str) -> str:
-    from ..settings import ENV_PREFIX
-
-    variable = f"{ENV_PREFIX}_{field.upper()}"
-    if field in settings.model_fields_set:
-        return variable
-    return f"{field} (persisted in the state directory; {variable} overrides it)"
-
-
 def check_redis_urls(settings: Any, fields: tuple[str, ...] = ("broker_url", "redis_url")) -> None:
-    """Refuse a Redis URL redis-py cannot parse, naming its setting (:class:`BadSetting`, exit 78).
-
-    The broker's may also be a Sentinel URL (``redis+sentinel://``, see :mod:`coda_bridge.broker.client`).
-    """
-    from redis.connection import parse_url
-
-    from ..broker.client import check_broker_url
-
-    for field in fields:
-        url = getattr(settings, field)
-        if url is None:
-            continue
-        try:
-            check_broker_url(url) if field == "broker_url" else parse_url(url)
-        except ValueError as exc:
-            shown = safe_url(url)
-            raise BadSetting(
-                f"{_setting_name(settings, field)}={shown!r} is not a valid Redis URL: {exc}"
-            ) from None
+    """The settings' own check (:meth:`~coda_bridge.settings.Settings.check_redis_urls`, exit 78)."""
+    settings.check_redis_urls(fields)
 
 
 def require_executor(settings: Any) -> None:
     """Refuse (exit 78) a start with no executor configured or discovered: it would answer no job."""
-    from ..errors import ExecutorError
-    from ..executors.resolve import executor_spec
+    from ..errors import ExecutorError  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+    from ..executors.resolve import executor_spec  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     try:
         executor_spec(settings)
@@ -134,7 +86,7 @@ def require_executor(settings: Any) -> None:
 
 def require_credentials(settings: Any, token: str | None) -> None:
     """Refuse (exit 78) a start that could never connect: no token, no persisted or configured identity."""
-    from ..identity.connect import NO_CREDENTIALS
+    from ..identity.connect import NO_CREDENTIALS  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     if token or settings.node_token_value or settings.has_identity:
         return
@@ -169,7 +121,7 @@ def redis_errors(what: str, url: str, fix: str = "") -> Iterator[None]:
 
     ``what`` names the server (``"the broker"``), ``url`` is shown without its password.
     """
-    import redis
+    import redis  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     try:
         yield

@@ -17,8 +17,8 @@ __all__ = ["pause", "resume"]
 
 
 def _book(site: str | None) -> Any:
-    from ..control.pause import PauseBook
-    from ..parts import NodeParts
+    from ..control.pause import PauseBook  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+    from ..parts import NodeParts  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     settings = node_settings(site)
     check_redis_urls(settings, ("broker_url",))
@@ -45,7 +45,7 @@ def pause(duration: str, note: str, site: str | None) -> None:
       coda-bridge pause --for 2h --note "fridge warm-up"
       coda-bridge resume
     """
-    from ..control.pause import parse_duration
+    from ..control.pause import parse_duration  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     try:
         seconds = parse_duration(duration)

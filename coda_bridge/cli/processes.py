@@ -36,7 +36,7 @@ def bridge(token: str | None) -> None:
     Example:
       coda-bridge bridge --token "$NODE_TOKEN"
     """
-    from ..ops.runners import StopSignal, run_bridge_main
+    from ..ops.runners import StopSignal, run_bridge_main  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     configure_logging()
     stop = StopSignal().install()  # as under `start`: a first SIGTERM drains, a second ends it at once
@@ -64,14 +64,14 @@ def worker(queue: str) -> None:
       coda-bridge worker jobs
       coda-bridge worker results
     """
-    from ..ops.processes import node_processes
+    from ..ops.processes import node_processes  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     name = queue.split(".", 1)[0]
     specs = {spec.name: spec for spec in node_processes(plain_settings(), web=False) if spec.name != "bridge"}
     if name not in specs:
         raise click.BadParameter(f"expected one of {', '.join(specs)}", param_hint="QUEUE")
     # dramatiq would only fail on these inside its worker processes, with tracebacks, and be restarted
-    from ..identity.waiting import check_role
+    from ..identity.waiting import check_role  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     try:
         settings = node_settings()
@@ -94,7 +94,7 @@ def web(host: str | None, port: int | None) -> None:
       coda-bridge web --port 8080
     """
     try:
-        from ..web.app import check_dashboard, serve
+        from ..web.app import check_dashboard, serve  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
     except ModuleNotFoundError as exc:
         if exc.name != "coda_bridge.web.app":
             raise
@@ -120,10 +120,10 @@ def replay(list_only: bool, job_ids: tuple[str, ...]) -> None:
       coda-bridge replay            # every dead-lettered result
       coda-bridge replay j-17 j-18  # only these jobs
     """
-    from ..broker.redis_broker import create_broker
-    from ..identity.waiting import wait_for_identity
-    from ..pipeline.deadletters import dead_letters, replay_dead_letters
-    from ..pipeline.timeline import Timeline
+    from ..broker.redis_broker import create_broker  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+    from ..identity.waiting import wait_for_identity  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+    from ..pipeline.deadletters import dead_letters, replay_dead_letters  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+    from ..pipeline.timeline import Timeline  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     settings = wait_for_identity(timeout_sec=0)
     check_redis_urls(settings, ("broker_url",))

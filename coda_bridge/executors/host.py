@@ -18,11 +18,15 @@ from typing import Any
 
 import redis
 
+from ..broker.outage import broker_unavailable
 from ..broker.shared_state import NodeState
 from ..errors import CodaError
 from ..logs import mask
 from ..settings import Settings
+from .base import call_batch_run, call_run, cancel, has_batch
+from .first_runtime import adapt_executor
 from .isolation import ExecutorProcesses
+from .resolve import resolve_executor
 
 __all__ = ["ExecutorHost", "executor_version", "reported_edges"]
 
@@ -48,8 +52,6 @@ class ExecutorHost:
     @cached_property
     def processes(self) -> ExecutorProcesses:
         """The children that run the executor: ``executor_concurrency`` runs on the device at once."""
-        from .base import call_batch_run, call_run, cancel
-
         calls: dict[str, Callable[..., Any]] = {"run": call_run, "batch_run": call_batch_run}
         return ExecutorProcesses(self.executor, calls, cancel, self.settings.executor_concurrency)
 
@@ -62,9 +64,6 @@ class ExecutorHost:
         """
         with self._lock:
             if self._executor is None:
-                from .first_runtime import adapt_executor
-                from .resolve import resolve_executor
-
                 try:
                     built, origin = resolve_executor(self.settings)
                     built, origin = adapt_executor(built, origin, self.settings.executor_ir)
@@ -81,9 +80,6 @@ class ExecutorHost:
     def _note_built(self, built: Any) -> None:
         """Clear the failure record, note batching and the coupling edges; a broker that is down is
         one WARNING line, and the next call notes them again."""
-        from ..broker.outage import broker_unavailable
-        from .base import has_batch
-
         try:
             self.state.clear_executor_failure()
             self.state.set_executor_batch(has_batch(built) and self.settings.batch_size > 1)

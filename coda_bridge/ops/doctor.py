@@ -17,9 +17,18 @@ import redis
 import requests
 
 from ..broker.client import broker_client, sentinel_primary
+from ..broker.redis_broker import create_broker
+from ..broker.registry import live_processes
+from ..broker.shared_state import NodeState
+from ..broker.sizing import memory_finding
 from ..cloud.client import connect_headers_for
+from ..cloud.clock import SKEW_WARNING_SEC, CloudClock, parse_http_date
 from ..errors import CodaError, ConfigError
-from ..settings import Settings
+from ..executors.noop import NoopExecutor
+from ..executors.resolve import resolve_executor
+from ..identity.connect import load_node_settings
+from ..identity.credentials import StatePaths, ensure_state_dir, load_persisted, read_private
+from ..settings import SECRET_FIELDS, Settings, load_settings, selected_site, setting_layers, settings_files
 
 __all__ = [
     "Check",
@@ -77,9 +86,6 @@ def _reason(exc: BaseException) -> str:
 
 def check_settings(overrides: dict[str, Any], site: str | None) -> tuple[Settings | None, list[Check]]:
     """The node's settings (with persisted state) and what was wrong loading them."""
-    from ..identity.connect import load_node_settings
-    from ..settings import load_settings
-
     try:
         settings = load_node_settings(overrides=overrides, site=site)
     except ConfigError as exc:
@@ -92,8 +98,6 @@ def check_settings(overrides: dict[str, Any], site: str | None) -> tuple[Setting
 
 
 def _site_and_files(site: str | None) -> str:
-    from ..settings import selected_site, settings_files
-
     files = [str(path) for path in settings_files() if path.is_file()]
     where = ", ".join(files) if files else "no settings file"
     return f"site {selected_site(site) or 'default'}, from {where}"
@@ -109,9 +113,6 @@ def setting_lines(
     settings: Settings, overrides: dict[str, Any] | None = None, site: str | None = None
 ) -> list[str]:
     """``name = value  (layer)`` for every setting, secrets hidden, passwords out of URLs."""
-    from ..identity.credentials import load_persisted
-    from ..settings import SECRET_FIELDS, setting_layers
-
     try:
         persisted = load_persisted(settings.state_dir)
     except ConfigError:
@@ -134,8 +135,6 @@ def setting_lines(
 
 def check_credential_files(settings: Settings) -> Iterator[Check]:
     """Every persisted credential file is ``0600``, owned by us, not a symlink; the identity is known."""
-    from ..identity.credentials import StatePaths, ensure_state_dir, read_private
-
     try:
         paths = ensure_state_dir(settings.state_dir)
     except ConfigError as exc:
@@ -207,8 +206,6 @@ def check_redis(name: str, url: str | None, fix: str) -> Check:
 
 def check_clock(settings: Settings, probe: Callable[..., Any] = requests.head) -> Check | None:
     """This host's clock against the cloud's ``Date`` (tokens are signed on its time); None: unreachable."""
-    from ..cloud.clock import SKEW_WARNING_SEC, CloudClock, parse_http_date
-
     clock = CloudClock()
     sent = clock.local()
     try:
@@ -239,8 +236,6 @@ def check_clock(settings: Settings, probe: Callable[..., Any] = requests.head) -
 
 def check_broker_memory(url: str | None) -> Check | None:
     """The broker's maxmemory and policy (``None`` when it does not answer: the PING check says so)."""
-    from ..broker.sizing import memory_finding
-
     if not url:
         return None
     client = broker_client(url, socket_timeout=PING_TIMEOUT_SEC, socket_connect_timeout=PING_TIMEOUT_SEC)
@@ -258,9 +253,6 @@ def check_broker_memory(url: str | None) -> Check | None:
 
 
 def check_executor(settings: Settings) -> Check:
-    from ..executors.noop import NoopExecutor
-    from ..executors.resolve import resolve_executor
-
     quiet = logging.getLogger("coda_bridge.executors")  # its warnings would repeat this line
     level = quiet.level
     quiet.setLevel(logging.ERROR)
@@ -288,8 +280,6 @@ def _executor_fix(settings: Settings) -> str:
 
 def check_executor_boot(settings: Settings) -> Check | None:
     """The build failure a jobs worker recorded when it stopped at boot; ``None`` when there is none."""
-    from ..broker.shared_state import NodeState
-
     if not settings.qpu_id:
         return None
     try:
@@ -345,8 +335,8 @@ def check_vpn(settings: Settings) -> Iterator[Check]:
         yield Check("vpn", True, "not required (https mode, or CODA_VPN_REQUIRED=false)")
         return
     try:
-        from ..vpn.guard import tun_interfaces
-        from ..vpn.openvpn import OpenVPNManager
+        from ..vpn.guard import tun_interfaces  # noqa: PLC0415 - doctor reports VPN support that cannot load
+        from ..vpn.openvpn import OpenVPNManager  # noqa: PLC0415 - doctor reports VPN support that cannot load
     except ImportError as exc:
         yield Check("vpn", False, f"the VPN support cannot be loaded ({exc})")
         return
@@ -379,8 +369,6 @@ def check_vpn(settings: Settings) -> Iterator[Check]:
 
 def queue_summary(settings: Settings) -> str:
     """Messages waiting per queue, and dead-lettered results, for ``status``."""
-    from ..broker.redis_broker import create_broker
-
     if not settings.qpu_id:
         return "unknown until the node is provisioned"
     reachable = check_redis("broker", settings.broker_url, "")
@@ -400,8 +388,6 @@ def queue_summary(settings: Settings) -> str:
 
 def process_lines(settings: Settings) -> tuple[list[str], str | None]:
     """One line per process registered for the QPU (any host, however started), and a problem if any."""
-    from ..broker.registry import live_processes
-
     if not settings.qpu_id:
         return [], None
     client = broker_client(
@@ -422,7 +408,7 @@ def vpn_summary(settings: Settings) -> str:
     if not settings.vpn_required:
         return "not required"
     try:
-        from ..vpn.guard import tun_interfaces
+        from ..vpn.guard import tun_interfaces  # noqa: PLC0415 - doctor reports VPN support that cannot load
     except ImportError:
         return "required (the VPN support is not installed)"
     found = tun_interfaces(settings.vpn_interface_hint)

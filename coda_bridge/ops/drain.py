@@ -88,7 +88,7 @@ class ResultsFlushed:
         self._client = client
 
     def _connect(self) -> redis.Redis | None:
-        from ..broker.client import broker_client
+        from ..broker.client import broker_client  # noqa: PLC0415 - start's group process loads it only to drain
 
         if not self.qpu_id and self.paths is not None:
             try:

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from ..trust import SAFE_PATH_FLAG
 from .exits import die_with_parent
+from .runners import import_dynaconf_without_flask
 
 __all__ = ["PRELOAD", "can_fork", "exec_setup", "fork_part", "preload", "signals_held"]
 
@@ -60,8 +61,6 @@ _MAX_FD = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536
 
 def preload(modules: Sequence[str] = PRELOAD) -> None:
     """Import ``modules`` (dynaconf without its Flask extension), then freeze them out of the collector."""
-    from .runners import import_dynaconf_without_flask
-
     import_dynaconf_without_flask()
     for name in modules:
         importlib.import_module(name)
@@ -201,6 +200,6 @@ def _exit_code(exc: SystemExit) -> int:
 
 def _set_title(title: str) -> None:
     """What ``ps`` and ``/proc/<pid>/cmdline`` show: the command line this part would run after an exec."""
-    import setproctitle
+    import setproctitle  # noqa: PLC0415 - only a forked part sets its title
 
     setproctitle.setproctitle(title)

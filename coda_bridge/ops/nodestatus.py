@@ -13,6 +13,9 @@ from typing import Any
 
 import redis
 
+from ..broker.redis_broker import create_broker
+from ..broker.shared_state import NodeState
+from ..control.pause import PauseBook
 from ..identity.credentials import StatePaths
 from ..settings import Settings
 from .daemon import probe_ready, ready_url
@@ -70,10 +73,6 @@ def node_status(
 
 def _broker_view(settings: Settings) -> dict[str, Any]:
     """Queue depths, dead letters, the executor's boot failure and the heartbeat age, from the broker."""
-    from ..broker.redis_broker import create_broker
-    from ..broker.shared_state import NodeState
-    from ..control.pause import PauseBook
-
     broker = create_broker(settings)
     try:
         sizes = broker.queue_sizes()

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import CodaError, ConfigError
 from ..logs import configure_logging, json_logging
 from ..pipeline.bridge import BridgeProcess
 from ..settings import Settings
@@ -31,7 +32,8 @@ from .drain import DRAIN_PLAN, ResultsFlushed, drain_stage, results_key_template
 from .exits import EX_CONFIG, FORCED_EXIT
 from .jsonlines import JsonLinesStream
 from .processes import CONTROL_THREADS, RESULT_PROCESSES, RESULT_THREADS
-from .runners import QueueWorkers, StopSignal, boot_process, connect_or_exit
+from .runners import QueueWorkers, StopSignal, connect_or_exit
+from .webentry import registered
 
 __all__ = ["WEB_THREADS", "run_one_process"]
 
@@ -49,11 +51,11 @@ FLUSH_POLL_SEC = 0.05
 
 def _preload() -> None:
     """Import what the parts need while the bridge connects (imports are most of a start)."""
-    import dramatiq  # noqa: F401
-    import waitress  # noqa: F401
+    import dramatiq  # noqa: F401, PLC0415 - loaded in the preload thread, while the bridge connects
+    import waitress  # noqa: F401, PLC0415 - loaded in the preload thread, while the bridge connects
 
-    from ..pipeline import delivery, execute, intake  # noqa: F401
-    from ..web import app  # noqa: F401
+    from ..pipeline import delivery, execute, intake  # noqa: F401, PLC0415 - loaded in the preload thread, while the bridge connects
+    from ..web import app  # noqa: F401, PLC0415 - loaded in the preload thread, while the bridge connects
 
 
 def _export(host: str | None, port: int | None, site: str | None) -> None:
@@ -86,8 +88,10 @@ def run_one_process(
     preload.start()
     settings = connect_or_exit(overrides={"host": host, "port": port}, token=token)
     preload.join()
-    import actors
+    import actors  # noqa: PLC0415 - after the connect; the preload thread loaded its modules meanwhile
 
+    # in the terminal's process group, so a Ctrl-C reaches every part
+    actors.boot(actors.broker, actors.node, isolate=False)
     return _Node(settings, actors.broker).run(stop)
 
 
@@ -105,21 +109,20 @@ class _Node:
         self.bridge_failed: BaseException | None = None
 
     def _web(self) -> tuple[Any, threading.Thread]:
-        from waitress import create_server
+        from waitress import create_server  # noqa: PLC0415 - start-up: the preload thread loads it while the bridge connects
 
-        from ..web.app import check_dashboard, create_app
+        from ..web.app import check_dashboard, create_app  # noqa: PLC0415 - start-up: the preload thread loads it while the bridge connects
 
         check_dashboard(self.settings)
+        app = create_app(self.settings)
         server: Any = create_server(
-            create_app(self.settings), host=self.settings.host, port=self.settings.port, threads=WEB_THREADS
+            app, host=self.settings.host, port=self.settings.port, threads=WEB_THREADS
         )
+        self.web_registration = registered(app)  # `status` lists the web role of this process too
         thread = threading.Thread(target=server.run, name="coda-probes", daemon=True)
         return server, thread
 
     def run(self, stop: StopSignal) -> int:
-        from ..errors import CodaError, ConfigError
-
-        boot_process(self.broker)
         try:
             server, web = self._web()
         except ConfigError as exc:
@@ -177,8 +180,12 @@ class _Node:
         return {
             "bridge": stop_bridge,
             **{name: group.stop for name, group in self.groups.items()},
-            "web": lambda timeout_ms: server.close(),
+            "web": lambda timeout_ms: self._stop_web(server),
         }
+
+    def _stop_web(self, server: Any) -> None:
+        server.close()
+        self.web_registration.stop()
 
     def _drain(self, reason: str, parts: dict[str, _Stop]) -> None:
         """Stop ``parts`` stage by stage (:data:`DRAIN_PLAN`), all within the drain timeout."""

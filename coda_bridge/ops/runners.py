@@ -42,7 +42,6 @@ __all__ = [
     "WORKER_POLL_MS",
     "QueueWorkers",
     "StopSignal",
-    "boot_process",
     "import_dynaconf_without_flask",
     "main",
     "run_bridge_main",
@@ -121,8 +120,8 @@ def _reopen_after_hangup() -> None:
 
 def wait_connected(since: float, stop: threading.Event) -> bool:
     """Wait until a connect finished at or after ``since`` (this start's bridge); False if stopped first."""
-    from ..identity.connect import load_node_settings
-    from ..identity.credentials import StatePaths, connected_since
+    from ..identity.connect import load_node_settings  # noqa: PLC0415 - start-up: each part's process loads only what it runs
+    from ..identity.credentials import StatePaths, connected_since  # noqa: PLC0415 - start-up: each part's process loads only what it runs
 
     paths = StatePaths(load_node_settings().state_dir)
     announced = False
@@ -134,20 +133,6 @@ def wait_connected(since: float, stop: threading.Event) -> bool:
             announced = True
         stop.wait(CONNECT_POLL_SEC)
     return False
-
-
-def boot_process(broker: Any) -> None:
-    """What dramatiq's worker process does once per process: the middleware's ``after_process_boot``.
-
-    Without :class:`~coda_bridge.broker.middleware.IsolateWorkerProcess`: these
-    processes already have a group of their own, or (one process) must keep
-    the terminal's, so a Ctrl-C reaches them.
-    """
-    from ..broker.middleware import IsolateWorkerProcess
-
-    for middleware in broker.middleware:
-        if not isinstance(middleware, IsolateWorkerProcess):
-            middleware.after_process_boot(broker)
 
 
 class _SeveralWorkers(logging.Filter):
@@ -165,7 +150,7 @@ class QueueWorkers:
     """dramatiq Workers of one queue in this process: ``consumers`` of them with ``threads`` each."""
 
     def __init__(self, broker: Any, queue: str, threads: int, consumers: int = 1) -> None:
-        import dramatiq
+        import dramatiq  # noqa: PLC0415 - start-up: each part's process loads only what it runs
 
         broker.logger.addFilter(_SEVERAL_WORKERS)
         self.queue = queue
@@ -200,11 +185,11 @@ def stop_all(groups: Iterable[QueueWorkers], timeout_ms: int) -> None:
 
 def connect_or_exit(overrides: dict[str, Any] | None = None, token: str | None = None) -> Any:
     """Connect as ``coda-bridge bridge`` does; a refused token or a bad setting ends the process with 78."""
-    from ..cli.options import check_redis_urls, node_settings
-    from ..pipeline.bridge import connect
+    from ..identity.connect import load_node_settings  # noqa: PLC0415 - start-up: each part's process loads only what it runs
+    from ..pipeline.bridge import connect  # noqa: PLC0415 - start-up: each part's process loads only what it runs
 
     try:
-        check_redis_urls(node_settings(**(overrides or {})))  # before a one-time token is spent
+        load_node_settings(overrides=overrides).check_redis_urls()  # before a one-time token is spent
         return connect(overrides=overrides, token=token)
     except (ConfigError, AuthError) as exc:
         _fatal(exc)
@@ -222,9 +207,9 @@ def _fatal(exc: BaseException) -> None:
 
 def _preload() -> None:
     """Import what the actors import, before waiting for the bridge: the imports overlap its connect."""
-    import dramatiq  # noqa: F401
+    import dramatiq  # noqa: F401, PLC0415 - the preload: imports overlap the bridge's connect
 
-    from ..pipeline import delivery, execute  # noqa: F401
+    from ..pipeline import delivery, execute  # noqa: F401, PLC0415 - the preload: imports overlap the bridge's connect
 
 
 def run_bridge_main(token: str | None, stop: StopSignal) -> None:
@@ -233,7 +218,7 @@ def run_bridge_main(token: str | None, stop: StopSignal) -> None:
     ``coda-bridge bridge`` and ``start``'s bridge process both run this;
     ``start --one-process`` runs the same :class:`~coda_bridge.pipeline.bridge.BridgeProcess`.
     """
-    from ..pipeline.bridge import BridgeProcess, run_bridge
+    from ..pipeline.bridge import BridgeProcess, run_bridge  # noqa: PLC0415 - start-up: each part's process loads only what it runs
 
     def started(process: BridgeProcess) -> None:
         configure_logging(process.settings.log_level)
@@ -249,13 +234,13 @@ def run_bridge_main(token: str | None, stop: StopSignal) -> None:
 
 def run_bridge_process() -> int:
     """``python -m coda_bridge.ops.runners bridge``: connect, then read the stream until SIGTERM."""
-    from ..cli.options import check_redis_urls, node_settings
+    from ..identity.connect import load_node_settings  # noqa: PLC0415 - start-up: each part's process loads only what it runs
 
     configure_logging()
     stop = StopSignal().install()
     token = os.environ.pop("CODA_NODE_TOKEN", None) or None
     try:
-        check_redis_urls(node_settings())  # before a one-time token is spent
+        load_node_settings().check_redis_urls()  # before a one-time token is spent
         run_bridge_main(token, stop)
     except (ConfigError, AuthError) as exc:  # a bad setting, a refused token, another bridge on this QPU
         _fatal(exc)
@@ -278,9 +263,10 @@ def run_worker_process(queue: str, threads: int, consumers: int, drain_ms: int, 
     _preload()
     if since is not None and not wait_connected(since, stop.event):
         return 0
-    import actors
+    import actors  # noqa: PLC0415 - start-up: each part's process loads only what it runs
 
-    boot_process(actors.broker)
+    # without leaving the process group: these processes already have one of their own
+    actors.boot(actors.broker, actors.node, isolate=False)
     group = QueueWorkers(actors.broker, queue, threads, consumers)
     group.start()  # the executor's BuildAtBoot may end the process here with EX_CONFIG
     stop.running()
@@ -328,7 +314,7 @@ def import_dynaconf_without_flask() -> None:
         return
     sys.modules["flask"] = None  # type: ignore[assignment]  # makes `import flask...` raise ImportError
     try:
-        import dynaconf  # noqa: F401
+        import dynaconf  # noqa: F401, PLC0415 - here, with flask blocked: that is the point
     finally:
         del sys.modules["flask"]
 

@@ -44,16 +44,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from ..identity.credentials import StatePaths, connected_since, token_was_used
+from ..identity.credentials import StatePaths, connected_since, ensure_state_dir, token_was_used
 from ..logs import LOG_FORMAT_VARIABLE
 from ..trust import SAFE_PATH_ENV, python_argv
 from .drain import ResultsFlushed, results_key_template
 from .forking import preload
 from .group import READY_PATH, SYSTEM_NAME, WEB_WORKERS, ProcessGroup
 from .jsonlines import json_line
-from .outcome import record_exit, record_start
+from .outcome import UNEXPLAINED, record_exit, record_start
 from .pidfile import claim_pid_file, pid_file_for, release_pid_file
-from .processes import ProcessSpec
+from .processes import ProcessSpec, start_processes
 
 if TYPE_CHECKING:  # the group's interpreter preloads only what its processes share (see run_start)
     from ..settings import Settings
@@ -67,7 +67,7 @@ def check_credentials(settings: Settings, token: str | None) -> None:
         return
     if settings.has_identity:
         return
-    from ..identity.connect import NO_CREDENTIALS
+    from ..identity.connect import NO_CREDENTIALS  # noqa: PLC0415 - the exec'd group imports only what its processes share
 
     raise ConfigError(NO_CREDENTIALS)
 
@@ -112,9 +112,7 @@ def run_start(
     ``exec`` of a fresh interpreter that imports only what its processes
     share (:func:`main`), nothing of this command's.
     """
-    from ..identity.connect import load_node_settings
-    from ..identity.credentials import ensure_state_dir
-    from .processes import start_processes
+    from ..identity.connect import load_node_settings  # noqa: PLC0415 - the exec'd group imports only what its processes share
 
     overrides = {"host": host, "port": port}
     settings = load_node_settings(overrides=overrides, site=site)
@@ -125,8 +123,7 @@ def run_start(
         token = None  # spent at an earlier start: no process of this one gets a copy
     pid_file = pid_file_for(paths.root)
     if one_process:
-        from .oneprocess import run_one_process
-        from .outcome import UNEXPLAINED, record_exit
+        from .oneprocess import run_one_process  # noqa: PLC0415 - the exec'd group imports only what its processes share
 
         with claim_pid_file(pid_file) as pid:
             record_start(paths.root, pid)
@@ -271,9 +268,8 @@ def start_detached(
     Raises :class:`~coda_bridge.ops.daemon.StartFailed` (its exit code, and why in one line)
     when it stops first or is not ready within ``start_timeout_sec``.
     """
-    from ..identity.connect import load_node_settings
-    from ..identity.credentials import ensure_state_dir
-    from .daemon import Launch, detach, ready_url
+    from ..identity.connect import load_node_settings  # noqa: PLC0415 - the exec'd group imports only what its processes share
+    from .daemon import Launch, detach, ready_url  # noqa: PLC0415 - the exec'd group imports only what its processes share
 
     settings = load_node_settings(overrides={"host": host, "port": port}, site=site)
     token = token or settings.node_token_value

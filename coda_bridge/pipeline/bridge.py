@@ -35,6 +35,7 @@ from ..errors import ConfigError, VPNError
 from ..identity.connect import connect_node, load_node_settings
 from ..sdnotify import CycleNotifier
 from ..settings import Settings
+from ..vpn.guard import preflight
 from .intake import StreamBridge
 
 __all__ = ["BridgeProcess", "connect", "run_bridge"]
@@ -60,7 +61,7 @@ class _LazyVpn:
 
     def _get(self) -> Any:
         if self._manager is None:
-            from ..vpn.openvpn import OpenVPNManager
+            from ..vpn.openvpn import OpenVPNManager  # noqa: PLC0415 - the OpenVPN manager loads only when a VPN is used
 
             self._manager = OpenVPNManager()
         return self._manager
@@ -92,8 +93,6 @@ def connect(
         client.close()
     _share_clock(settings, client.clock)
     if settings.vpn_required:
-        from ..vpn.guard import preflight
-
         if settings.node_auto_vpn:
             vpn.ensure_running(settings)
         _settled_preflight(settings, preflight)

@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ..circuits.ir import parse_ir
 from ..errors import JobError
 from ..settings import Settings
 
@@ -46,8 +47,6 @@ def parse_shots(raw: Any, max_shots: int) -> int:
 
 def validate_job(settings: Settings, fields: Mapping[str, str]) -> tuple[Any, int]:
     """The circuit and shots of a job message, checked against this QPU; else :class:`JobError`."""
-    from ..circuits.ir import parse_ir
-
     refusal = fields.get(REFUSAL_FIELD)
     if refusal:
         raise JobError(refusal)

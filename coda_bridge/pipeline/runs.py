@@ -21,6 +21,7 @@ import redis
 
 from ..broker.histograms import JOB_DURATION, Histograms
 from ..broker.shared_state import NodeState
+from ..executors.base import coerce_result
 from ..executors.host import ExecutorHost
 from ..executors.isolation import Died, ExecutorProcess, describe_error
 from .claims import Claim
@@ -320,8 +321,6 @@ class Runner:
         self, ready: ReadyJob, keep_alive: list[ReadyJob], timings: Timings
     ) -> Payload | Died | None:
         """One run of one job: its result, ``None`` if it was cancelled, :class:`Died` if its process died."""
-        from ..executors.base import coerce_result
-
         limit = self.job_time_limit_sec
         run = _Run(self.host, "run", ready.circuit, ready.shots)
         run.start()
@@ -353,8 +352,6 @@ class Runner:
         sum of its jobs' limits, a failed call, or a dead process also hands
         every job to a run of its own, with its own limit.
         """
-        from ..executors.base import coerce_result
-
         limit = batch_time_limit_sec(self.job_time_limit_sec, len(batch))
         run = _Run(self.host, "batch_run", [(r.circuit, r.shots) for r in batch])
         run.start()

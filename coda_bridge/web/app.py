@@ -29,11 +29,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from ..broker.eviction import EvictionWatch
 from ..broker.redis_broker import create_broker
 from ..broker.refusal import WriteProbe, refusal
-from ..broker.registry import Registration
 from ..broker.shared_state import NodeState, utc_iso
 from ..cloud.keys import group_name, stream_key
 from ..control.pause import PauseBook
@@ -232,8 +232,6 @@ def _mount_status(app: Flask, settings: Settings, page: Any) -> None:
     The page names the hosts and pids of the node's processes and its current job: not for anyone
     who reaches the probes port (``/ready`` and ``/metrics`` stay open for probes and Prometheus).
     """
-    from werkzeug.middleware.dispatcher import DispatcherMiddleware
-
     if settings.dashboard_password is not None:
         password = settings.dashboard_password.get_secret_value()
         page = _BasicAuth(page, settings.dashboard_username, password)
@@ -248,14 +246,13 @@ def _mount_status(app: Flask, settings: Settings, page: Any) -> None:
 def _mount_dashboard(app: Flask, settings: Settings) -> None:
     check_dashboard(settings)
     try:
-        from dramatiq_dashboard import DashboardApp  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        from dramatiq_dashboard import DashboardApp  # type: ignore[import-not-found,import-untyped,unused-ignore]  # noqa: PLC0415 - optional dependency
     except ImportError:
         logger.error(
             "dashboard_enabled is set but dramatiq-dashboard is not installed: "
             "pip install --no-deps dramatiq-dashboard==0.4.0"
         )
         return
-    from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
     prefix = "/" + settings.dashboard_prefix.strip("/")
     # the dashboard lists only the queues its broker declared: create_broker declares ours
@@ -273,15 +270,19 @@ def _mount_dashboard(app: Flask, settings: Settings) -> None:
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """The probes app for this node (waits for the node's identity when it has none yet)."""
-    configure_logging(settings.log_level if settings else "INFO", settings.log_format if settings else None)
+    """The probes app for this node: it only configures (no wait, no thread, nothing written).
+
+    Without ``settings``, the node's as they are now: a node not provisioned yet
+    is a :class:`ConfigError`.  The process entry that waits for the bridge to
+    provision the node and registers the web process is
+    :func:`coda_bridge.ops.webentry.web_app`.
+    """
     if settings is None:
-        settings = wait_for_identity(role="web")
-        configure_logging(settings.log_level, settings.log_format)
+        settings = wait_for_identity(role="web", timeout_sec=0)
+    configure_logging(settings.log_level, settings.log_format)
     if not settings.redis_url:
         raise ConfigError("redis_url is not known: the cloud bundle did not name the job Redis")
     parts = NodeParts(settings, signs=False)  # the probes never sign: they need no private key
-    Registration(parts.local_redis, parts.qpu_id, "web").start()  # `status` lists every web worker
     cloud = redis.Redis.from_url(
         settings.redis_url,
         socket_timeout=PING_TIMEOUT_SEC,
@@ -335,11 +336,12 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def serve(settings: Settings) -> None:
-    """Replace this process with gunicorn serving :func:`create_app` (config in the package)."""
+    """Replace this process with gunicorn serving the probes app (config in the package), each worker
+    through the process entry :func:`~coda_bridge.ops.webentry.web_app`."""
     argv = [
         sys.executable, SAFE_PATH_FLAG, "-m", "coda_bridge.web.gunicorn_app",
         "--bind", f"{settings.host}:{settings.port}",
         "--workers", str(settings.web_workers),
-        "coda_bridge.web.app:create_app()",
+        "coda_bridge.ops.webentry:web_app()",
     ]  # fmt: skip
     os.execv(sys.executable, argv)

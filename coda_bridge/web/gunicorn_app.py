@@ -22,7 +22,7 @@ from gunicorn.util import import_app
 from ..logs import JsonFormatter, SecretFilter
 from ..sdnotify import WatchdogPinger, watchdog_interval_sec
 
-__all__ = ["JsonLogger", "ProbesServer", "main", "start_watchdog"]
+__all__ = ["JsonLogger", "ProbesServer", "main", "start_watchdog", "stop_registration"]
 
 
 def start_watchdog(server: Any) -> None:
@@ -31,6 +31,15 @@ def start_watchdog(server: Any) -> None:
     interval = watchdog_interval_sec()
     if interval is not None:
         WatchdogPinger(lambda: bool(server.WORKERS), interval).start()
+
+
+def stop_registration(server: Any, worker: Any) -> None:
+    """gunicorn's ``worker_exit`` hook: the web process's registration (left on the app by its process
+    entry under ``CODA_REGISTRATION``) ends with the worker, its key removed rather than left for the TTL."""
+    config = getattr(getattr(worker, "wsgi", None), "config", None)
+    registration = config.get("CODA_REGISTRATION") if isinstance(config, dict) else None
+    if registration is not None:
+        registration.stop()
 
 
 class JsonLogger(Logger):
@@ -54,7 +63,7 @@ class ProbesServer(BaseApplication):
         super().__init__()
 
     def load_config(self) -> None:
-        from . import gunicorn_config
+        from . import gunicorn_config  # noqa: PLC0415 - gunicorn_config loads the settings when imported
 
         for name, value in vars(gunicorn_config).items():
             if name in self.cfg.settings:

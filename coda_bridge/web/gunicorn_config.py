@@ -1,13 +1,13 @@
 """gunicorn settings for the probes app (``deploy/gunicorn.conf.py`` loads this module).
 
 Read from the same ``CODA_`` variables as everything else; the app itself
-is ``coda_bridge.web.app:create_app()``.
+is its process entry ``coda_bridge.ops.webentry:web_app()``.
 """
 
 from __future__ import annotations
 
 from coda_bridge.settings import load_settings
-from coda_bridge.web.gunicorn_app import start_watchdog
+from coda_bridge.web.gunicorn_app import start_watchdog, stop_registration
 
 _settings = load_settings()
 
@@ -42,3 +42,5 @@ logger_class = _JSON_LOGGER if _settings.log_format == "json" else "gunicorn.glo
 proc_name = "coda-bridge-web"
 #: Under systemd (Type=notify, WatchdogSec=): watchdog pings from the arbiter.
 when_ready = start_watchdog
+#: A worker's registration (made by the process entry, coda_bridge.ops.webentry) ends with the worker.
+worker_exit = stop_registration

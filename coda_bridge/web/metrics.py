@@ -35,7 +35,6 @@ import psutil
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .. import __version__
 from ..broker.histograms import Histograms, entry_time_sec
 from ..broker.observations import DramatiqReader
 from ..broker.queues import QUEUES
@@ -47,6 +46,7 @@ from ..control.pause import NodeHold, PauseBook
 from ..device import DeviceState
 from ..replies import as_text
 from ..settings import Settings
+from ..version import __version__
 from ..vpn.states import VPN_STATES
 
 __all__ = ["NodeCollector", "ProcessTreeCollector"]

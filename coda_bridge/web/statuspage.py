@@ -19,7 +19,6 @@ import redis
 from flask import Flask, render_template
 from markupsafe import escape
 
-from .. import __version__
 from ..broker.queues import QUEUES
 from ..broker.redis_broker import create_broker
 from ..broker.registry import live_processes
@@ -29,6 +28,7 @@ from ..control.pause import PauseBook
 from ..control.windows import active_window, next_window, parse_window
 from ..replies import as_text
 from ..settings import Settings
+from ..version import __version__
 
 __all__ = ["STATUS_PREFIX", "STATUS_REFRESH_SEC", "PauseBanner", "node_view", "status_app"]
 

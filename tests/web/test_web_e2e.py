@@ -192,7 +192,7 @@ def test_two_web_instances_side_by_side_open_no_control_socket(web_stack: LocalS
     stack = web_stack
     port = free_port()
     deploy_conf = str(REPO / "deploy" / "gunicorn.conf.py")
-    app = "coda_bridge.web.app:create_app()"
+    app = "coda_bridge.ops.webentry:web_app()"
     second = ProcessSpec("web#2", (sys.executable, "-m", "gunicorn", "-c", deploy_conf, app))
     stack.start_process("web#2", second, env={"CODA_PORT": str(port)})
     try:

@@ -1,0 +1,49 @@
+"""The webhook actors on StubBroker: the retry policy the settings decide, then the dead letter."""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+
+from actors.results import deliver
+from coda_bridge.broker.queues import RESULTS_QUEUE
+from coda_bridge.pipeline.delivery import DeliveryRetry
+
+from .conftest import Calls
+
+#: A retry after this many milliseconds (dramatiq's Retry delay), instead of the backoff.
+RETRY_DELAY_MS = 10
+
+
+def test_a_delivery_is_retried_up_to_the_settings_maximum_then_dead_lettered(
+    stub_broker: StubBroker, stub_worker: dramatiq.Worker, calls: Calls
+) -> None:
+    # given a cloud that fails every attempt, and webhook_max_retries = 2 (conftest's settings)
+    calls.failures = [DeliveryRetry("503 from the cloud", delay=RETRY_DELAY_MS) for _ in range(5)]
+
+    # when a result is queued for delivery
+    deliver.send("job-1", "https://cloud.example/cb", "1-0")
+    stub_broker.join(RESULTS_QUEUE, fail_fast=False, timeout=30_000)
+    stub_worker.join()
+
+    # then three attempts were made, numbered, and the result was kept for `replay`
+    assert [call[3] for call in calls.deliveries] == [1, 2, 3]
+    assert {call[:3] for call in calls.deliveries} == {("job-1", "https://cloud.example/cb", "1-0")}
+    assert calls.kept == ["job-1"]
+    assert calls.events == [("job-1", "dead_lettered")]
+    assert calls.counted == ["webhook_dead_letters"]
+    assert calls.observed[0][1] == 3
+
+
+def test_a_delivery_that_goes_through_is_made_once(
+    stub_broker: StubBroker, stub_worker: dramatiq.Worker, calls: Calls
+) -> None:
+    # given a cloud that answers
+    # when a result is queued for delivery
+    deliver.send("job-2", "https://cloud.example/cb")
+    stub_broker.join(RESULTS_QUEUE, timeout=30_000)
+    stub_worker.join()
+
+    # then one attempt, and nothing dead-lettered
+    assert calls.deliveries == [("job-2", "https://cloud.example/cb", None, 1)]
+    assert calls.kept == []
