@@ -22,6 +22,7 @@ from coda_bridge.broker.shared_state import NodeState
 from coda_bridge.cloud.client import CloudClient
 from coda_bridge.cloud.keys import group_name, stream_key
 from coda_bridge.cloud.signing import Signer, generate_private_key_pem
+from coda_bridge.dev.localredis import LocalRedis
 from coda_bridge.pipeline.delivery import Deliverer
 from coda_bridge.pipeline.intake import StreamBridge
 from coda_bridge.pipeline.records import RecordStore
@@ -171,3 +172,42 @@ def test_reconcile_acknowledges_a_delivery_lost_after_its_post_without_waiting_o
     # then the delivered mark stands for the lease: the entry is acknowledged now
     assert report.acknowledged == [entry_id]
     assert pending(client) == 0
+
+
+def test_a_delivery_whose_mark_the_broker_refused_keeps_its_lease(
+    settings: Settings, client: redis.Redis, requests_mock: rm.Mocker
+) -> None:
+    # given a recorded result on a broker of its own, and a cloud whose Redis takes writes
+    with LocalRedis() as server:
+        local = redis.Redis(port=server.port)
+        local.config_set("maxmemory-policy", "noeviction")
+        cloud = CloudClient(settings, sleep=lambda _: None)
+        deliverer = Deliverer(
+            settings,
+            RecordStore(local, QPU),
+            CloudStatus(client, QPU),
+            cloud=cloud,
+            signer=Signer(generate_private_key_pem(), f"{QPU}-1", QPU),
+            state=NodeState(local, QPU),
+            entries=EntryIndex(local, QPU, broker_namespace(QPU)),
+        )
+        deliverer.records.record([("j-1", RESULT)])
+
+        # when the broker reaches maxmemory while the cloud accepts the result (the delivered mark is refused)
+        def accept(request: Any, context: Any) -> dict[str, bool]:
+            local.config_set("maxmemory", "1")
+            return {"ok": True}
+
+        requests_mock.post(CALLBACK, status_code=200, json=accept)
+        try:
+            outcome = deliverer.deliver("j-1", CALLBACK, None)
+            lease_left = local.pttl(delivery_lease_key(QPU, "j-1"))
+            marked = local.hexists(job_key(QPU, "j-1"), "delivered")
+        finally:
+            local.config_set("maxmemory", "0")
+            cloud.close()
+            local.close()
+    # then the job ends at the cloud, and the lease stays (to expire) since no mark stands for it
+    assert outcome == "delivered"
+    assert not marked
+    assert lease_left > 0
