@@ -6,7 +6,9 @@ failing four times put 20 MB in the log.  :class:`SmallFailureLogs` puts
 :class:`ShortMessages` on the worker's logger when a worker boots: a
 message in a log line is shown as its actor, its id and its arguments cut
 to :data:`MESSAGE_SHOWN_CHARS`; a failure of a retried message is one line
-naming the exception, without the message or a traceback.
+naming the exception, without the message or a traceback.  A broker that
+refuses writes (OOM, READONLY, LOADING, MISCONF) is an expected outage, not
+a failure: one WARNING line per outage names it, and what to do.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dramatiq.broker import MessageProxy
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
+from .refusal import RefusalNotice, refusal, refusal_advice
+
 __all__ = ["MESSAGE_SHOWN_CHARS", "ShortMessages", "SmallFailureLogs", "short_message"]
 
 #: How much of a message's arguments a log line shows.
@@ -28,6 +32,8 @@ MESSAGE_SHOWN_CHARS = 300
 ERROR_SHOWN_CHARS = 300
 #: The logger of dramatiq's worker threads, which logs failures with the message.
 WORKER_LOGGER = "dramatiq.worker.WorkerThread"
+#: The logger of a queue's consumer thread, which logs a failed acknowledgement with the message.
+CONSUMER_LOGGER = "dramatiq.worker.ConsumerThread(%s)"
 
 _REPR = reprlib.Repr()
 _REPR.maxstring = 80
@@ -47,12 +53,29 @@ def short_message(message: Message[Any] | MessageProxy) -> str:
 
 
 class ShortMessages(logging.Filter):
-    """Shows the messages in a record cut; a retried message's failure becomes one line without it."""
+    """Shows the messages in a record cut; a retried message's failure becomes one line without it, and
+    a broker's refusal of writes one WARNING line per outage (``notice`` tells which is the first)."""
+
+    def __init__(self, notice: RefusalNotice | None = None) -> None:
+        super().__init__()
+        self.notice = notice or RefusalNotice()
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
         messages = [arg for arg in args if isinstance(arg, Message | MessageProxy)]
         if not messages:
+            return True
+        reason = _refusal_in(record)
+        if reason is not None:
+            if not self.notice.news():
+                return False  # the same outage, said already
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+            record.msg = (
+                "Message %s waits: the local broker refuses writes: %s (%s); it is retried, or its stream "
+                "entry is sent again by the reconciler, once writes pass."
+            )
+            record.args = (messages[0].message_id, _cut(reason, ERROR_SHOWN_CHARS), refusal_advice(reason))
+            record.exc_info, record.exc_text = None, None
             return True
         retries = int(messages[0].options.get("retries") or 0)
         if retries and record.exc_info and record.exc_info[1] is not None:
@@ -71,10 +94,32 @@ class ShortMessages(logging.Filter):
         return True
 
 
+def _refusal_in(record: logging.LogRecord) -> str | None:
+    """The broker refusal a record of dramatiq's carries: its exception, or one in its arguments (a refused
+    acknowledgement, which the broker hands dramatiq as a lost connection around the reply)."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    errors = [record.exc_info[1]] if record.exc_info else []
+    errors += [arg for arg in args if isinstance(arg, BaseException)]
+    for error in errors:
+        if error is None:
+            continue
+        reason = refusal(error) or refusal(getattr(error, "message", None) or error.__cause__ or error)
+        if reason is not None:
+            return reason
+    return None
+
+
 class SmallFailureLogs(Middleware):
     """Puts :class:`ShortMessages` on dramatiq's worker logger when a worker boots (once per process)."""
 
+    def __init__(self, notice: RefusalNotice | None = None) -> None:
+        self.notice = notice or RefusalNotice()
+
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        worker_logger = logging.getLogger(WORKER_LOGGER)
-        if not any(isinstance(f, ShortMessages) for f in worker_logger.filters):
-            worker_logger.addFilter(ShortMessages())
+        short = ShortMessages(self.notice)
+        queues = broker.get_declared_queues() | broker.get_declared_delay_queues()
+        names = [WORKER_LOGGER, *(CONSUMER_LOGGER % queue for queue in sorted(queues))]
+        for name in names:
+            named = logging.getLogger(name)
+            if not any(isinstance(f, ShortMessages) for f in named.filters):
+                named.addFilter(short)

@@ -1,5 +1,5 @@
 """The node's dramatiq middleware: process isolation, stale-tick skips, build-at-boot, the stopping flag,
-prompt retries after a cloud outage.
+prompt retries after a cloud outage, retries a refusing broker cannot queue.
 
 Policy lives here as middleware, the dramatiq way, rather than as code
 around the actors.
@@ -22,16 +22,18 @@ import dramatiq
 import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.common import current_millis, dq_name, iter_queue
-from dramatiq.middleware import Middleware, SkipMessage
+from dramatiq.middleware import Middleware, Retries, SkipMessage
 
 from ..errors import CodaError
 from ..sdnotify import READY, WatchdogPinger, notify, watchdog_interval_sec
 from .messages import tick_slot
+from .refusal import RefusalNotice, refusal, refusal_advice
 
 __all__ = [
     "BuildAtBoot",
     "IsolateWorkerProcess",
     "PromptAfterOutage",
+    "RefusalAwareRetries",
     "StaleTicks",
     "StoppingFlag",
     "SystemdNotify",
@@ -249,3 +251,40 @@ class PromptAfterOutage(Middleware):
                 waiting.task_done()
                 moved += due
         return moved
+
+
+class RefusalAwareRetries(Retries):
+    """dramatiq's Retries; a retry the broker refuses to queue (OOM, READONLY, ...) is one WARNING line
+    per outage (``notice``), not a CRITICAL traceback per attempt.
+
+    dramatiq acknowledges the message all the same: its stream entry stays
+    pending at the cloud, and the bridge's reconciler sends it again (a
+    recorded result as a delivery) once the broker takes writes.
+    """
+
+    def __init__(self, notice: RefusalNotice, **options: Any) -> None:
+        super().__init__(**options)
+        self.notice = notice
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        try:
+            super().after_process_message(broker, message, result=result, exception=exception)
+        except redis.ResponseError as exc:
+            reason = refusal(exc)
+            if reason is None:
+                raise
+            if self.notice.news():
+                logger.warning(
+                    "The retry of message %s is not queued: the local broker refuses writes: %s (%s); its "
+                    "stream entry is sent again by the reconciler once writes pass.",
+                    message.message_id,
+                    reason,
+                    refusal_advice(reason),
+                )

@@ -26,7 +26,6 @@ from dramatiq.message import Message
 from dramatiq.middleware import (
     AgeLimit,
     CurrentMessage,
-    Retries,
     ShutdownNotifications,
     TimeLimit,
 )
@@ -36,10 +35,10 @@ from .client import broker_client
 from .entries import EntryIndex
 from .failure_logs import SmallFailureLogs
 from .keys import broker_namespace, dead_queue_key, queue_key, wake_key
-from .middleware import IsolateWorkerProcess
+from .middleware import IsolateWorkerProcess, RefusalAwareRetries
 from .observations import DramatiqMetrics
 from .queues import QUEUES
-from .refusal import refusal
+from .refusal import RefusalNotice, refusal
 
 __all__ = [
     "CodaBroker",
@@ -274,24 +273,27 @@ def create_broker(settings: Settings, *, qpu_id: str | None = None) -> CodaBroke
       (not dramatiq's 10-minute default); other actors set their own.
     - ShutdownNotifications: long job waits end early on shutdown.
     - Retries: off by default (a failed circuit is a result); the result
-      actor sets its own retry policy.
+      actor sets its own retry policy.  A retry the broker refuses to queue
+      (OOM, READONLY, ...) is one WARNING line per outage, not a CRITICAL.
     - CurrentMessage: actors read their stream entry id and retry count.
     - DramatiqMetrics: dramatiq's Prometheus middleware, writing to this
       Redis so the probes app's ``/metrics`` serves ``dramatiq_*`` for every
       worker (no exposition server per worker process).
     - SmallFailureLogs: a failing message is logged cut, and its retries
-      in one line each (never the whole message again).
+      in one line each (never the whole message again); a broker refusing
+      writes, one WARNING line per outage (it shares the retries' notice).
     """
     qpu = qpu_id or settings.qpu_id or "unprovisioned"
+    refusals = RefusalNotice()
     middleware = [
         AgeLimit(),
         TimeLimit(time_limit=int(settings.job_time_limit_sec * 1000), interval=1000),
         ShutdownNotifications(),
-        Retries(max_retries=0),
+        RefusalAwareRetries(refusals, max_retries=0),
         CurrentMessage(),
         IsolateWorkerProcess(),
         DramatiqMetrics(qpu),
-        SmallFailureLogs(),
+        SmallFailureLogs(refusals),
     ]
     broker = CodaBroker(
         client=broker_client(settings.broker_url),

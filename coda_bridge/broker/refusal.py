@@ -5,7 +5,8 @@ Redis refuses writes with an error reply, not a lost connection: ``OOM`` at
 failover, ``LOADING`` while it reads its data back, ``MISCONF`` when it
 cannot persist.  These pass when memory, the primary or the disk come back,
 so they are outages the node waits out (:func:`refusal` names them), and
-``/ready`` says which one it is (:class:`WriteProbe`).
+``/ready`` says which one it is (:class:`WriteProbe`).  A process logs an
+outage once, not once per refused attempt (:class:`RefusalNotice`).
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["REFUSAL_CODES", "WriteProbe", "refusal"]
+__all__ = ["REFUSAL_CODES", "RefusalNotice", "WriteProbe", "refusal", "refusal_advice"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +32,17 @@ REFUSAL_CODES = frozenset({"OOM", "READONLY", "LOADING", "MISCONF"})
 REFUSING_METRIC = "coda_broker_refusing_writes"
 #: What to do about an OOM refusal.
 OOM_ADVICE = "free memory or raise maxmemory, see docs/operations.md"
+#: What to do about each refusal.
+ADVICE = {
+    "OOM": OOM_ADVICE,
+    "READONLY": "broker_url names a replica now (a failover?): point it at the primary",
+    "LOADING": "it is loading its data after a restart, and takes writes once done",
+    "MISCONF": "it cannot persist: free its disk or fix its dir, see its log",
+}
 #: How long the key written by a probe lives.
 PROBE_TTL_SEC = 60
+#: A refusal this long after the one before begins a new outage (logged again).
+REFUSAL_QUIET_SEC = 60.0
 
 # redis-py names the failed command of a pipeline before the reply: the reply is what tells the cause
 _PIPELINE = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ")
@@ -57,6 +68,34 @@ def refusal(exc: BaseException) -> str | None:
     if found:
         return text[found.start() + 1 :]
     return None
+
+
+def refusal_advice(reason: str) -> str:
+    """What to do about a refusal (``reason`` as :func:`refusal` gives it)."""
+    return ADVICE.get(refusal_code(reason), "see docs/operations.md")
+
+
+class RefusalNotice:
+    """Whether a refusal is news: the first of an outage is, one within ``quiet_sec`` of the last is not.
+
+    :func:`~coda_bridge.broker.redis_broker.create_broker` makes one per
+    process and gives it to what logs refusals there (dramatiq's failure
+    lines, its retries), so an outage is one WARNING line, not one per attempt.
+    """
+
+    def __init__(self, quiet_sec: float = REFUSAL_QUIET_SEC, clock: Callable[[], float] = time.monotonic):
+        self.quiet_sec = quiet_sec
+        self.clock = clock
+        self._last: float | None = None
+        self._lock = threading.Lock()
+
+    def news(self) -> bool:
+        """Note a refusal now; True when it begins an outage (nothing was refused for ``quiet_sec``)."""
+        with self._lock:
+            now = self.clock()
+            new = self._last is None or now - self._last > self.quiet_sec
+            self._last = now
+            return new
 
 
 class WriteProbe(Collector):

@@ -5,7 +5,9 @@ errors are one WARNING line and a :class:`DeliveryRetry` (dramatiq's
 ``Retry``, which its worker never logs as an error), and dramatiq's Retries
 middleware tries again with backoff; 4xx is final.  Once the cloud
 accepted the result, the delivery is marked so a retry (or a duplicate
-message) only finishes the status write and never posts again.
+message) only finishes the status write and never posts again; once that
+write is at the cloud, the delivery lease is freed and the entry's record
+forgotten.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class Deliverer:
         payload = json.loads(recorded)
         if delivered:
             self.status.delivered(job_id, payload, refused, entry_id)
-            self._acknowledged(job_id, payload, refused)
+            self._acknowledged(job_id, payload, refused, entry_id, release=True)
             return "duplicate"
         if busy_sec:
             logger.info(
@@ -120,8 +122,6 @@ class Deliverer:
             logger.error("Job %s: %s.", job_id, refused)
         pipe = self.records.client.pipeline(transaction=False)
         self.records.mark_delivered(job_id, refused, pipe)
-        if entry_id:  # the delivered mark stands for it now; the status write below acknowledges it
-            self.entries.forget([entry_id], pipe)
         if attempted:
             self.state.count("webhook_attempts", pipe=pipe)
             posted = "accepted" if outcome in ("delivered", "duplicate") else "refused"
@@ -136,6 +136,7 @@ class Deliverer:
             self.state.set_last_job_at(pipe=pipe)
         elif outcome != "duplicate":
             self.state.count("jobs_failed", pipe=pipe)
+        marked = False
         try:
             self._execute(
                 pipe,
@@ -146,6 +147,7 @@ class Deliverer:
                 reason=refused,
                 took_sec=round(post_sec, 3) if attempted else None,
             )
+            marked = True
         except redis.RedisError as exc:
             # The cloud has its answer: its status hash (the ledger) is what keeps the job from running
             # again, so it is written even when the broker is gone (a Ctrl-C that stopped it too).
@@ -159,7 +161,7 @@ class Deliverer:
             self.status.delivered(job_id, payload, refused, entry_id)
         except WebhookError as exc:  # the status write met a cloud Redis outage; the next attempt writes it
             raise self._retry(job_id, attempt, exc) from exc
-        self._acknowledged(job_id, payload, refused)
+        self._acknowledged(job_id, payload, refused, entry_id, release=marked)
         return outcome
 
     def _execute(self, pipe: redis.client.Pipeline, job_id: str, attempt: int, **detail: Any) -> None:
@@ -171,12 +173,40 @@ class Deliverer:
             detail["reason"] = short_reason(detail["reason"])
         self.timeline.execute(pipe, [self.timeline.event(job_id, "delivery", attempt=attempt, **detail)])
 
-    def _acknowledged(self, job_id: str, payload: dict[str, Any], refused: str | None) -> None:
-        """The job's terminal state is at the cloud and its entry acknowledged (one best-effort write)."""
-        if self.timeline is not None:
+    def _acknowledged(
+        self,
+        job_id: str,
+        payload: dict[str, Any],
+        refused: str | None,
+        entry_id: str | None,
+        *,
+        release: bool,
+    ) -> None:
+        """The job's terminal state is at the cloud and its entry acknowledged: forget the entry's record,
+        free the delivery lease (``release``: the delivered mark stands for it now, so reconcile
+        acknowledges at once instead of waiting out the lease) and note it in the timeline.
+
+        One best-effort round trip: what it fails to drop expires by itself.
+        """
+        pipe = self.records.client.pipeline(transaction=False)
+        if release:
+            self.records.release_lease(job_id, pipe)
+        if entry_id:
+            self.entries.forget([entry_id], pipe)
+        try:
+            if self.timeline is None:
+                pipe.execute()
+                return
             state = "completed" if payload.get("status") == "completed" and refused is None else "failed"
             events: list[Event] = [self.timeline.event(job_id, "acknowledged", outcome=state)]
-            self.timeline.write(events)
+            self.timeline.execute(pipe, events)
+        except redis.RedisError as exc:
+            logger.warning(
+                "Job %s is over at the cloud, but the broker Redis did not drop its delivery lease and "
+                "entry record (%s); they expire by themselves.",
+                job_id,
+                exc,
+            )
 
     def _retry(self, job_id: str, attempt: int, exc: WebhookError) -> DeliveryRetry:
         """One WARNING line for a failed attempt (no traceback: the condition is expected), and the retry."""

@@ -17,6 +17,7 @@ each, asks the broker what it still holds:
 
 Every pass also resets the idle time of each entry it looked at, so a long
 job is never taken for an abandoned one by another consumer of the group.
+An entry it acknowledges has its record in the entry index forgotten.
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ class Reconciler:
         if acks:
             self.status.ack(acks)
             report.acknowledged += acks
+            self.entries.forget(acks)  # after the acknowledgement: until then the record tells what is left
 
     def _fields(self, entry_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         """Each entry's fields, read again from the stream ({} for an entry the stream no longer has)."""

@@ -451,7 +451,7 @@ def test_promtool_accepts_the_alert_rules() -> None:
     )  # fmt: skip
 
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 8 rules found" in done.stdout + done.stderr
+    assert "SUCCESS: 9 rules found" in done.stdout + done.stderr
 
 
 @pytest.mark.skipif(not shutil.which("promtool"), reason=NO_PROMTOOL)

@@ -88,4 +88,7 @@ def test_jobs_sent_while_the_broker_refuses_writes_all_complete_once_after_memor
     assert "coda_bridge.broker.refusal: The local broker takes writes again." in logs
     assert "failed at intake" not in logs
     assert "You've found a bug in Dramatiq" not in logs
+    # and an expected outage costs no traceback and nothing CRITICAL (issue 22, one line each)
+    assert logs.count("Traceback") == 0, logs[-5000:]
+    assert logs.count("CRITICAL") == 0, logs[-5000:]
     print(f"every job completed {took:.1f} s after memory returned")
