@@ -18,6 +18,10 @@ from coda_bridge.dev.stack import LocalStack, wait_until
 from coda_bridge.ops.pidfile import pid_file_for
 from coda_bridge.ops.proctree import alive, process_tree
 
+#: A start whose bridge exits 78 (a refused token) ends by itself within this: 5-11 s on a loaded
+#: machine, 33 s with a CPU hog beside it.
+REFUSED_START_BOUND_SEC = 60
+
 
 def _pid_of(output: Path, name: str) -> int:
     match = re.search(rf"{name} started \(pid=(\d+)\)", output.read_text())
@@ -97,9 +101,11 @@ def test_a_refused_token_stops_start_at_once_without_restarting(cloud_stack: Loc
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "coda_bridge", "start"], check=False, env=env, capture_output=True, text=True,
-        timeout=60,
+        timeout=REFUSED_START_BOUND_SEC + 60,
     )  # fmt: skip
-    assert time.monotonic() - started < 15
+    # (a bridge restarted after its 78 would be restarted for ever: the exit code and the line below
+    # prove it was not; this bound says the start ended by itself, a busy machine's start included)
+    assert time.monotonic() - started < REFUSED_START_BOUND_SEC
     assert done.returncode == 78, done.stdout
     assert "QPU node token is invalid" in done.stdout
     assert "not restarting" in done.stdout
