@@ -251,22 +251,31 @@ def test_jobs_held_by_a_pause_survive_a_jobs_worker_restart_and_each_runs_once(
     pause_stack: LocalStack,
 ) -> None:
     stack = pause_stack
-    # given jobs in the local queue, held by a pause
+    log = stack.workdir / "jobs.log"  # (appended to by every test of the module: count, not find)
+    held, skipped = "Jobs held: the node is paused", "was skipped"  # dramatiq's line for a message put back
+
+    def count(line: str) -> int:
+        return log.read_text(errors="replace").count(line)
+
+    # given jobs in the local queue, held by a pause (the worker holds one)
     ids = submit(stack, "restart", 10)
     wait_until(lambda: any(t.endswith(":restart") for _, _, t in stamps(stack)), 60, "the first job")
+    held_before = count(held)
     book(stack).pause(3600, "restart test")
     wait_until(lambda: len(stamps(stack, "end")) == len(stamps(stack)), 30, "the running job to end")
+    wait_until(lambda: count(held) > held_before, 30, "the worker to hold a job")
 
     # when the jobs worker stops (and puts back what it held) and starts again, still paused
+    skipped_before = count(skipped)
     stack.children["jobs"].stop()
+    skipped_at_stop, held_at_stop = count(skipped), count(held)
     stack.start_process("jobs")
     assert book(stack).current() is not None
-    log = stack.workdir / "jobs.log"
-    wait_until(lambda: "Jobs held: the node is paused" in log.read_text(errors="replace"), 30, "a held job")
+    wait_until(lambda: count(held) > held_at_stop, 30, "the restarted worker to hold a job")
     book(stack).resume()
 
-    # then it put back what it held, every job completes, and none ran twice
-    assert "was skipped" in log.read_text(errors="replace")  # dramatiq's line for a message put back
+    # then the stopped worker put back what it held, every job completes, and none ran twice
+    assert skipped_at_stop > skipped_before
     results = stack.cloud.wait_for_results(ids, timeout_sec=120)
     assert all(r["status"] == "completed" for r in results.values())
     tags = [tag for _, _, tag in stamps(stack) if tag.endswith(":restart")]
