@@ -66,7 +66,8 @@ def probes_answer(stack: LocalStack) -> bool:
 def stamps(stack: LocalStack, event: str = "start") -> list[tuple[float, int, str]]:
     """``(time, pid, tag)`` of every run start (or end) so far."""
     path = stack.workdir / "stamps.log"
-    lines = path.read_text().splitlines() if path.exists() else []
+    text = path.read_text() if path.exists() else ""
+    lines = text[: text.rfind("\n") + 1].splitlines()  # (a line being written is read next time)
     found = []
     for line in lines:
         kind, at, pid, tag = line.split(" ", 3)
