@@ -49,8 +49,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 #: The variable holding ``--required-headers`` (a JSON object), so header values stay out of argv.
 REQUIRED_HEADERS_VARIABLE = "CODA_DEVCLOUD_REQUIRED_HEADERS"
-#: How long :func:`start_devcloud_process` waits for the health endpoint.
-STARTUP_TIMEOUT_SEC = 15.0
+#: How long :func:`start_devcloud_process` waits for the health endpoint (a process that dies is
+#: reported at once; a busy machine took more than 15 s to bring one up).
+STARTUP_TIMEOUT_SEC = 60.0
 #: How long :meth:`DevCloudProcess.stop` waits after SIGTERM before SIGKILL.
 STOP_TIMEOUT_SEC = 5.0
 #: How often the state file is rewritten when something changed.

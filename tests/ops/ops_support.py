@@ -9,11 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from coda_bridge.dev.stack import LocalStack
+from coda_bridge.settings import Settings
 
 #: The drain timeout of these tests' nodes: short, so a broken drain fails fast.
 DRAIN_TIMEOUT_SEC = 15
 #: How long the slow test executor takes per job.
 SLOW_JOB_SEC = 3
+#: How long a CLI command may run: more than ``start -d`` waits for the node by default (its start
+#: timeout) plus a drain, so a slow start fails as the node's own outcome, not as a test timeout.
+CLI_TIMEOUT_SEC = Settings.model_fields["start_timeout_sec"].default + DRAIN_TIMEOUT_SEC + 60
 
 
 def circuit(num_qubits: int = 1) -> dict[str, Any]:
@@ -37,7 +41,9 @@ def node_env(stack: LocalStack, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str], timeout: float = CLI_TIMEOUT_SEC
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "coda_bridge", *args],
         check=False,

@@ -21,6 +21,9 @@ from coda_bridge.ops.proctree import alive, kill_tree, process_tree
 
 #: The start timeout of these nodes: short, so the broker-down case ends soon.
 START_TIMEOUT_SEC = 20
+#: The start timeout of a node that must fail, or be ready, by itself before it: room for a busy
+#: machine's start (a failed executor import took 21 s under load, against 9 s on a quiet one).
+FAIL_FAST_START_TIMEOUT_SEC = 90
 #: What the stop of a node that never became ready may add to the start timeout: its drain timeout,
 #: stop's margin and a kill (usually a few seconds; the bound holds on a busy machine).
 STOP_SLACK_SEC = DRAIN_TIMEOUT_SEC + 30
@@ -30,7 +33,8 @@ SIMULATOR = "coda_bridge.executors.simulator:create_executor"
 def _start_and_status(env: dict[str, str], *mode: str) -> tuple[int, str, float, dict[str, object], int]:
     """``start -d``'s exit code, its stderr, how long it took; then ``status --json`` and its exit code."""
     began = time.monotonic()
-    started = run_cli("start", "-d", *mode, env=env, timeout=START_TIMEOUT_SEC + STOP_SLACK_SEC + 30)
+    timeout = float(env["CODA_START_TIMEOUT_SEC"]) + STOP_SLACK_SEC + 30
+    started = run_cli("start", "-d", *mode, env=env, timeout=timeout)
     took = time.monotonic() - began
     assert started.stdout == ""
     status = run_cli("status", "--json", env=env)
@@ -61,12 +65,14 @@ def test_a_refused_token_fails_the_background_start_with_78_and_says_why(
 ) -> None:
     # Given a node token the cloud does not know
     env["CODA_NODE_TOKEN"] = "cnt_bogus_token_never_minted"
+    env["CODA_START_TIMEOUT_SEC"] = str(FAIL_FAST_START_TIMEOUT_SEC)
     # When the node is started in the background
     code, err, took, report, status_code = _start_and_status(env, *mode)
-    # Then start fails at once with the configuration exit code and the cloud's answer, on one line
+    # Then start fails at once (before its start timeout) with the configuration exit code and the
+    # cloud's answer, on one line
     line = _one_line(err)
     assert code == EX_CONFIG
-    assert took < START_TIMEOUT_SEC
+    assert took < FAIL_FAST_START_TIMEOUT_SEC
     assert "bridge exited with code 78" in line or mode
     assert "token is invalid" in line
     assert "cnt_bogus_token_never_minted" not in err
@@ -85,12 +91,14 @@ def test_an_executor_that_cannot_be_built_fails_the_background_start_with_78(
 ) -> None:
     # Given an executor factory whose module does not exist (a typo)
     env["CODA_EXECUTOR_FACTORY"] = "no_such_backend_module:create_executor"
+    env["CODA_START_TIMEOUT_SEC"] = str(FAIL_FAST_START_TIMEOUT_SEC)
     # When the node is started in the background
     code, err, took, report, status_code = _start_and_status(env, *mode)
-    # Then start fails with 78 and names the factory that cannot be imported, on one line
+    # Then start fails with 78 (before its start timeout) and names the factory that cannot be
+    # imported, on one line
     line = _one_line(err)
     assert code == EX_CONFIG
-    assert took < START_TIMEOUT_SEC
+    assert took < FAIL_FAST_START_TIMEOUT_SEC
     assert "jobs exited with code 78" in line or mode
     assert "no_such_backend_module" in line
     # And status --json names it, and the executor
@@ -125,10 +133,14 @@ def test_a_node_that_is_not_ready_in_time_is_stopped_and_the_start_fails(
 def test_a_node_killed_without_a_word_is_not_explained_by_an_older_exit(
     cloud_stack: LocalStack, env: dict[str, str]
 ) -> None:
-    # Given a start that failed (its exit is recorded), then a node that started fine
-    failed = run_cli("start", "-d", env={**env, "CODA_NODE_TOKEN": "cnt_bogus_token_never_minted"})
+    # Given a start that failed (its exit is recorded), then a node that started fine (neither may meet
+    # the start timeout: this test is not about it)
+    env["CODA_START_TIMEOUT_SEC"] = str(FAIL_FAST_START_TIMEOUT_SEC)
+    timeout = FAIL_FAST_START_TIMEOUT_SEC + STOP_SLACK_SEC + 30
+    bogus = {**env, "CODA_NODE_TOKEN": "cnt_bogus_token_never_minted"}
+    failed = run_cli("start", "-d", env=bogus, timeout=timeout)
     assert failed.returncode == EX_CONFIG, failed.stderr
-    started = run_cli("start", "-d", env=env)
+    started = run_cli("start", "-d", env=env, timeout=timeout)
     assert started.returncode == 0, started.stderr
     pid = running_pid(pid_file_for(cloud_stack.state_dir))
     assert pid is not None

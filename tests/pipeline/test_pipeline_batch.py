@@ -118,9 +118,9 @@ def test_a_cancel_inside_a_running_batch_ends_that_job_cancelled_at_once_and_the
     wait_until(lambda: executor_runs(stack, "batch-long") == 1, 20, "the batch to start")
     assert _batches(stack.workdir)[before:] == [4]
 
-    # When the cloud cancels the long job mid-batch
-    cancelled_at = time.monotonic()
+    # When the cloud cancels the long job mid-batch (its cancel key is set once the call returns)
     stack.cloud.cancel(long)
+    cancelled_at = time.monotonic()
 
     # Then cancel_current_job() is called within the poll interval plus a short grace
     wait_until(lambda: executor_cancels(stack) == cancels_before + 1, 3, "cancel_current_job()")
