@@ -6,12 +6,15 @@ start and end stamps to a file; N jobs are XADDed at once.  From the stamps:
 duty cycle = busy time / (last end - first start), the gap between one run's
 end and the next one's start (p50, p99, max), and the first run's delay after
 the first XADD (simulator clock).  Runs for ``coda-bridge start``,
-``start --one-process`` and the Procfile's lines, at each executor time.
+``start --one-process`` and the Procfile's lines, and for coda-node 0.1.1 on
+the same simulator (its own QPU, after the coda-bridge rows of the same
+executor time; ``--skip-coda-node``), at each executor time.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +22,9 @@ from typing import Any
 
 from benchlib import (
     BENCH_DIR,
+    CODA_NODE_VERSION,
     PROCFILE,
+    CodaNodeProcess,
     append_results,
     job_views,
     markdown_table,
@@ -30,6 +35,8 @@ from benchlib import (
     wait_delivered,
     wait_idle_workers,
 )
+
+from coda_bridge.dev.localredis import free_port
 
 WARMUP_JOBS = 10
 MODES = ("start", "one-process", "procfile")
@@ -46,7 +53,7 @@ def duty_figures(stamps: list[tuple[float, float]], first_xadd: float) -> dict[s
     """Duty cycle, gaps (ms) and the first run's delay after the first XADD (ms)."""
     busy = sum(end - start for start, end in stamps)
     span = stamps[-1][1] - stamps[0][0]
-    gaps = sorted(max(0.0, b[0] - a[1]) * 1000 for a, b in zip(stamps, stamps[1:], strict=False))
+    gaps = sorted(max(0.0, b[0] - a[1]) * 1000 for a, b in itertools.pairwise(stamps))
     return {
         "runs": len(stamps),
         "duty": busy / span,
@@ -76,7 +83,9 @@ def measure(mode: str, executor_ms: float, n: int, workdir: Path) -> dict[str, f
         time.sleep(1.0)
         stamp_file.unlink(missing_ok=True)
         ids = stack.cloud.submit_bulk(stack.qpu_id, n, noop_circuit(), 100, expect="noop", job_id_prefix="d-")
-        wait_delivered(stack.cloud, stack.qpu_id, WARMUP_JOBS + n, timeout_sec=60 + 5 * n * executor_ms / 1000)
+        wait_delivered(
+            stack.cloud, stack.qpu_id, WARMUP_JOBS + n, timeout_sec=60 + 5 * n * executor_ms / 1000
+        )
         first_xadd = min(float(v["submitted_at"]) for v in job_views(stack.cloud, stack.qpu_id, ids))
         stats = stack.cloud.stats(stack.qpu_id)
     finally:
@@ -87,6 +96,56 @@ def measure(mode: str, executor_ms: float, n: int, workdir: Path) -> dict[str, f
     return figures
 
 
+def measure_coda_node(executor_ms: float, n: int, workdir: Path) -> dict[str, float]:
+    """coda-node 0.1.1 with the same stamping executor, on a stack whose own node is stopped."""
+    stamp_file = workdir / f"stamps-coda-node-{executor_ms:g}.txt"
+    stack = start_stack()
+    try:
+        stack.stop_node()
+        qpu = "qpu-coda-node"
+        stack.cloud.create_qpu(
+            qpu, display_name="coda-node peer", native_gate_set="cz", num_qubits=5,
+            connection_mode="https", redis_url=stack.cloud_redis.url,
+        )  # fmt: skip
+        env = {
+            "CODA_EXECUTOR_FACTORY": "bench_executors:create_stamp_executor",
+            "BENCH_EXECUTOR_MS": str(executor_ms),
+            "BENCH_STAMP_FILE": str(stamp_file),
+            "PYTHONPATH": str(BENCH_DIR),
+        }
+        node = CodaNodeProcess(stack, qpu, port=free_port(), env=env)
+        node.start()
+        try:
+            time.sleep(2.0)
+            warm = stack.cloud.submit_bulk(
+                qpu, WARMUP_JOBS, noop_circuit(), 100, expect="noop", job_id_prefix="warm-"
+            )
+            stack.cloud.wait_for_results(warm, timeout_sec=60)
+            time.sleep(1.0)
+            stamp_file.unlink(missing_ok=True)
+            ids = stack.cloud.submit_bulk(qpu, n, noop_circuit(), 100, expect="noop", job_id_prefix="d-")
+            wait_delivered(stack.cloud, qpu, WARMUP_JOBS + n, timeout_sec=60 + 20 * n * executor_ms / 1000)
+            first_xadd = min(float(v["submitted_at"]) for v in job_views(stack.cloud, qpu, ids))
+            stats = stack.cloud.stats(qpu)
+        finally:
+            node.stop()
+    finally:
+        stack.stop()
+    figures = duty_figures(read_stamps(stamp_file), first_xadd)
+    figures["duplicates"] = stats["duplicate_deliveries"]
+    figures["wrong"] = stats["expect_failures"]
+    return figures
+
+
+def _print(name: str, executor_ms: float, figures: dict[str, float]) -> None:
+    print(
+        f"{name} {executor_ms:g} ms: duty {figures['duty']:.3f}, gap p50 {figures['gap_p50']:.2f} "
+        f"p99 {figures['gap_p99']:.2f} max {figures['gap_max']:.1f} ms, "
+        f"first run {figures['first_run_ms']:.1f} ms after XADD",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -94,6 +153,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=300, help="jobs queued at once (default 300)")
     parser.add_argument("--executor-ms", default="20,2", help="run times in ms (default 20,2)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"default {','.join(MODES)}")
+    parser.add_argument("--skip-coda-node", action="store_true", help="measure coda-bridge only")
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args()
     times = [float(ms) for ms in args.executor_ms.split(",")]
@@ -104,17 +164,16 @@ def main() -> None:
         for executor_ms in times:
             for mode in modes:
                 figures = measure(mode, executor_ms, args.n, Path(tmp))
-                print(
-                    f"{mode} {executor_ms:g} ms: duty {figures['duty']:.3f}, gap p50 {figures['gap_p50']:.2f} "
-                    f"p99 {figures['gap_p99']:.2f} max {figures['gap_max']:.1f} ms, "
-                    f"first run {figures['first_run_ms']:.1f} ms after XADD",
-                    flush=True,
-                )
-                results.append((mode, executor_ms, figures))
+                _print(f"coda-bridge {mode}", executor_ms, figures)
+                results.append((f"coda-bridge {mode}", executor_ms, figures))
+            if not args.skip_coda_node:
+                figures = measure_coda_node(executor_ms, args.n, Path(tmp))
+                _print(f"coda-node {CODA_NODE_VERSION}", executor_ms, figures)
+                results.append((f"coda-node {CODA_NODE_VERSION}", executor_ms, figures))
 
     rows = [
         [
-            f"coda-bridge {mode}",
+            name,
             f"{executor_ms:g} ms",
             f"{f['duty']:.3f}",
             f"{f['gap_p50']:.2f}",
@@ -122,17 +181,25 @@ def main() -> None:
             f"{f['gap_max']:.1f}",
             f"{f['first_run_ms']:.1f}",
         ]
-        for mode, executor_ms, f in results
+        for name, executor_ms, f in results
     ]
     table = markdown_table(
-        ["runtime", "run time", "duty cycle", "gap p50 ms", "gap p99 ms", "gap max ms", "first run after XADD ms"],
+        [
+            "runtime",
+            "run time",
+            "duty cycle",
+            "gap p50 ms",
+            "gap p99 ms",
+            "gap max ms",
+            "first run after XADD ms",
+        ],
         rows,
     )
     wrong = sum(f["wrong"] for _, _, f in results)
     duplicates = sum(f["duplicates"] for _, _, f in results)
     notes = [
-        f"{args.n} jobs XADDed at once per row, after {WARMUP_JOBS} warm-up jobs; the executor sleeps the run time",
-        "and stamps its own start and end (`bench_executors:create_stamp_executor`).",
+        f"{args.n} jobs XADDed at once per row, after {WARMUP_JOBS} warm-up jobs; the executor awaits",
+        "a sleep of the run time and stamps its own start and end (`bench_executors:create_stamp_executor`).",
         "Duty cycle = busy time / (last end - first start); a gap is one run's end to the next one's start.",
         f"Wrong results {wrong}, duplicate deliveries {duplicates}.",
     ]
