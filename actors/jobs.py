@@ -21,7 +21,7 @@ from coda_bridge.broker.queues import EXECUTE_ACTOR, EXECUTE_BATCH_ACTOR, JOBS_Q
 from coda_bridge.pipeline.execute import Delivery, execute_batch, execute_job
 from coda_bridge.pipeline.runs import batch_time_limit_sec, failure_payload
 
-from .node import broker, parts, settings, stopping
+from .node import broker, parts, pauses, settings, stopping
 from .results import deliver
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,22 @@ def _delivered_inline(job_id: str, callback_url: str, entry_id: str) -> bool:
     return True
 
 
+def _stopping() -> str | None:
+    """Why a job prepared ahead goes back to the queue: this worker drains."""
+    return "the worker is stopping" if stopping.stopping.is_set() else None
+
+
+def _give_way() -> str | None:
+    """Why a job prepared ahead goes back to the queue: a drain, or a hold (pause, device not ready)."""
+    reason = _stopping()
+    if reason is not None:
+        return reason
+    try:
+        return pauses.hold().reason
+    except redis.RedisError:  # the claim and the cancel poll meet the outage too; the job waits on
+        return None
+
+
 def _retry_when(retries: int, exc: BaseException) -> bool:
     """A Redis outage: retry with backoff; anything else: never (a failed circuit is a result)."""
     return isinstance(exc, redis.RedisError) and retries < REDIS_OUTAGE_RETRIES
@@ -80,7 +96,15 @@ _RETRIES: dict[str, Any] = {
 def execute(fields: dict[str, str], entry_id: str) -> None:
     """Run one stream entry's job on the executor and queue its result for delivery."""
     try:
-        execute_job(parts.execution, fields, entry_id, _queue_deliveries, _run_later)
+        execute_job(
+            parts.execution,
+            fields,
+            entry_id,
+            _queue_deliveries,
+            _run_later,
+            give_way=_give_way,
+            stopping=_stopping,
+        )
     except TimeLimitExceeded:
         _backstop_failure(fields, entry_id)
 
@@ -97,7 +121,15 @@ def execute_batch_actor(entries: list[list[Any]]) -> None:
     pairs = [(dict(fields), str(entry_id)) for fields, entry_id in entries]
     running: list[tuple[Mapping[str, str], str]] = []
     try:
-        execute_batch(parts.execution, pairs, _queue_deliveries, _run_later, running)
+        execute_batch(
+            parts.execution,
+            pairs,
+            _queue_deliveries,
+            _run_later,
+            running,
+            give_way=_give_way,
+            stopping=_stopping,
+        )
     except TimeLimitExceeded:
         for fields, entry_id in running:
             _backstop_failure(fields, entry_id)

@@ -64,7 +64,9 @@ def duty_figures(stamps: list[tuple[float, float]], first_xadd: float) -> dict[s
     }
 
 
-def measure(mode: str, executor_ms: float, n: int, workdir: Path) -> dict[str, float]:
+def measure(
+    mode: str, executor_ms: float, n: int, workdir: Path, procfile: Path = PROCFILE
+) -> dict[str, float]:
     """One node in ``mode`` with the stamping executor: N jobs at once, the figures from its stamps."""
     stamp_file = workdir / f"stamps-{mode}-{executor_ms:g}.txt"
     env = {
@@ -73,7 +75,7 @@ def measure(mode: str, executor_ms: float, n: int, workdir: Path) -> dict[str, f
         "BENCH_STAMP_FILE": str(stamp_file),
         "PYTHONPATH": python_path(BENCH_DIR),
     }
-    stack = start_stack(env, mode=mode, procfile=PROCFILE if mode == "procfile" else None)
+    stack = start_stack(env, mode=mode, procfile=procfile if mode == "procfile" else None)
     try:
         wait_idle_workers(2.0)
         warm = stack.cloud.submit_bulk(
@@ -153,6 +155,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=300, help="jobs queued at once (default 300)")
     parser.add_argument("--executor-ms", default="20,2", help="run times in ms (default 20,2)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"default {','.join(MODES)}")
+    parser.add_argument("--procfile", type=Path, default=PROCFILE, help="the Procfile of the procfile mode")
     parser.add_argument("--skip-coda-node", action="store_true", help="measure coda-bridge only")
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args()
@@ -163,7 +166,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="coda-duty-") as tmp:
         for executor_ms in times:
             for mode in modes:
-                figures = measure(mode, executor_ms, args.n, Path(tmp))
+                figures = measure(mode, executor_ms, args.n, Path(tmp), args.procfile)
                 _print(f"coda-bridge {mode}", executor_ms, figures)
                 results.append((f"coda-bridge {mode}", executor_ms, figures))
             if not args.skip_coda_node:
