@@ -27,15 +27,20 @@ from .results import deliver
 logger = logging.getLogger(__name__)
 
 #: dramatiq's own time limit is only a backstop behind the executor watch, which fails the job cleanly:
-#: it allows every run a job may get (one per executor crash), each with its stop grace, plus a minute.
+#: it allows every run a job may get (one per executor crash), each with its stop grace, plus a minute;
+#: twice over, as a job prepared ahead first waits for the runs of the job before it.
 _RUN_SEC = settings.job_time_limit_sec + settings.executor_stop_grace_sec
-BACKSTOP_LIMIT_MS = int((_RUN_SEC * settings.max_executor_crashes + 60) * 1000)
-#: A batch may run past the sum of its jobs' limits, then each job alone.
+_AHEAD = 2
+BACKSTOP_LIMIT_MS = int((_RUN_SEC * settings.max_executor_crashes * _AHEAD + 60) * 1000)
+#: A batch may run past the sum of its jobs' limits, then each job alone (after the batch before it).
 BATCH_BACKSTOP_LIMIT_MS = int(
     (
-        batch_time_limit_sec(settings.job_time_limit_sec, settings.batch_size)
-        + settings.executor_stop_grace_sec
-        + _RUN_SEC * settings.max_executor_crashes * settings.batch_size
+        (
+            batch_time_limit_sec(settings.job_time_limit_sec, settings.batch_size)
+            + settings.executor_stop_grace_sec
+            + _RUN_SEC * settings.max_executor_crashes * settings.batch_size
+        )
+        * _AHEAD
         + 60
     )
     * 1000
