@@ -448,8 +448,14 @@ class Runner:
         once: list[Callable[[], None]] = [started] if started is not None else []
 
         def first_start() -> None:
+            """The start's bookkeeping never costs the run in flight (nor its slot): a failure is logged."""
             while once:
-                once.pop()()
+                try:
+                    once.pop()()
+                except Exception as exc:
+                    jobs = ", ".join(ready.job_id for ready in batch)
+                    error = describe_error(exc)
+                    logger.warning("Job %s runs, but its start was not recorded: %s", jobs, error)
 
         ended = self._run_batch_watched(batch, timings, first_start) if len(batch) > 1 else {}
         payloads: list[Payload | None] = []
