@@ -1,6 +1,6 @@
 """The dramatiq actors of coda-bridge, for the ``dramatiq`` CLI.
 
-    dramatiq actors --queues jobs --processes 1 --threads 1
+    dramatiq actors --queues jobs --processes 1 --threads 2
     dramatiq actors --queues results --processes 2 --threads 8
     dramatiq actors --queues control --threads 2
 

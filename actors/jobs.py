@@ -71,6 +71,22 @@ def _queue_deliveries(deliveries: Sequence[Delivery]) -> None:
     _handoff().queue(deliveries)
 
 
+def _stopping() -> str | None:
+    """Why a job prepared ahead goes back to the queue: this worker drains."""
+    return "the worker is stopping" if node.stopping.stopping.is_set() else None
+
+
+def _give_way() -> str | None:
+    """Why a job prepared ahead goes back to the queue: a drain, or a hold (pause, device not ready)."""
+    reason = _stopping()
+    if reason is not None:
+        return reason
+    try:
+        return node.pauses.hold().reason
+    except redis.RedisError:  # the claim and the cancel poll meet the outage too; the job waits on
+        return None
+
+
 def _retry_when(retries: int, exc: BaseException) -> bool:
     """A Redis outage: retry with backoff; anything else: never (a failed circuit is a result)."""
     return isinstance(exc, redis.RedisError) and retries < REDIS_OUTAGE_RETRIES
@@ -88,7 +104,15 @@ _RETRIES: dict[str, Any] = {
 def execute(fields: dict[str, str], entry_id: str) -> None:
     """Run one stream entry's job on the executor and queue its result for delivery."""
     try:
-        execute_job(node.parts.execution, fields, entry_id, _queue_deliveries, _run_later)
+        execute_job(
+            node.parts.execution,
+            fields,
+            entry_id,
+            _queue_deliveries,
+            _run_later,
+            give_way=_give_way,
+            stopping=_stopping,
+        )
     except TimeLimitExceeded:
         _backstop_failure(fields, entry_id)
 
@@ -103,7 +127,15 @@ def execute_batch_actor(entries: list[list[Any]]) -> None:
     pairs = [(dict(fields), str(entry_id)) for fields, entry_id in entries]
     running: list[tuple[Mapping[str, str], str]] = []
     try:
-        execute_batch(node.parts.execution, pairs, _queue_deliveries, _run_later, running)
+        execute_batch(
+            node.parts.execution,
+            pairs,
+            _queue_deliveries,
+            _run_later,
+            running,
+            give_way=_give_way,
+            stopping=_stopping,
+        )
     except TimeLimitExceeded:
         for fields, entry_id in running:
             _backstop_failure(fields, entry_id)

@@ -51,6 +51,8 @@ class Node:
         self._settings: Settings | None = None
         self._parts: NodeParts | None = None
         self.registration: Registration | None = None
+        #: The node's pause and device-state records (a job prepared ahead gives way while one holds).
+        self._pauses: PauseBook | None = None
         #: jobs, results or control (the one queue of this worker), or node (a worker of every queue).
         self.role = "node"
 
@@ -73,6 +75,12 @@ class Node:
                 "the actors' node is not booted: dramatiq's process boot (or actors.boot) runs first"
             )
         return self._parts
+
+    @property
+    def pauses(self) -> PauseBook:
+        if self._pauses is None:
+            self._pauses = PauseBook(self.parts.local_redis, self.parts.qpu_id)
+        return self._pauses
 
     def use(self, settings: Settings, parts: NodeParts) -> None:
         """Work with these settings and parts (a test on StubBroker gives its own)."""
@@ -130,7 +138,7 @@ def boot(
     registration = Registration(parts.local_redis, parts.qpu_id, node.role).start()
     node.use(settings, parts)
     node.registration = registration
-    pauses = PauseBook(parts.local_redis, parts.qpu_id)
+    pauses = node.pauses
     broker.middleware = [m for m in broker.middleware if not isinstance(m, NodeBoot)]
     for middleware in [
         *built.middleware,

@@ -19,6 +19,8 @@ __all__ = ["actor_options", "attempt_limit_ms", "backstop_limit_ms", "batch_back
 
 #: Above every run a job may get: a backstop's margin over the executor watch, in seconds.
 BACKSTOP_MARGIN_SEC = 60
+#: A job prepared ahead first waits for the runs of the job before it: the backstop allows twice the runs.
+PREPARED_AHEAD_FACTOR = 2
 #: One delivery attempt may take the HTTP timeout twice plus the status write, in seconds.
 ATTEMPT_MARGIN_SEC = 30
 
@@ -29,17 +31,22 @@ def _run_sec(settings: Settings) -> float:
 
 def backstop_limit_ms(settings: Settings) -> int:
     """dramatiq's time limit of a job, a backstop behind the executor watch (which fails the job cleanly):
-    every run a job may get (one per executor crash), each with its stop grace, plus a minute."""
-    return int((_run_sec(settings) * settings.max_executor_crashes + BACKSTOP_MARGIN_SEC) * 1000)
+    every run a job may get (one per executor crash), each with its stop grace, plus a minute; twice
+    over, as a job prepared ahead first waits for the runs of the job before it."""
+    runs_sec = _run_sec(settings) * settings.max_executor_crashes * PREPARED_AHEAD_FACTOR
+    return int((runs_sec + BACKSTOP_MARGIN_SEC) * 1000)
 
 
 def batch_backstop_limit_ms(settings: Settings) -> int:
-    """A batch may run past the sum of its jobs' limits, then each job alone."""
+    """A batch may run past the sum of its jobs' limits, then each job alone (after the batch before it)."""
     return int(
         (
-            batch_time_limit_sec(settings.job_time_limit_sec, settings.batch_size)
-            + settings.executor_stop_grace_sec
-            + _run_sec(settings) * settings.max_executor_crashes * settings.batch_size
+            (
+                batch_time_limit_sec(settings.job_time_limit_sec, settings.batch_size)
+                + settings.executor_stop_grace_sec
+                + _run_sec(settings) * settings.max_executor_crashes * settings.batch_size
+            )
+            * PREPARED_AHEAD_FACTOR
             + BACKSTOP_MARGIN_SEC
         )
         * 1000

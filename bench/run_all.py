@@ -1,6 +1,6 @@
 """Run every benchmark once, in order, each appending its section to bench/RESULTS.md.
 
-    python bench/run_all.py              # everything (about 10 minutes on 2 cores)
+    python bench/run_all.py              # everything (about 16 minutes on 2 cores)
     python bench/run_all.py --no-write   # print only
     python bench/run_all.py throughput faults   # a selection
 
@@ -16,7 +16,7 @@ import time
 
 from benchlib import BENCH_DIR
 
-SCRIPTS = ["throughput", "scaling", "heartbeat_load", "footprint", "idle_cost", "faults"]
+SCRIPTS = ["throughput", "duty_cycle", "scaling", "heartbeat_load", "footprint", "idle_cost", "faults"]
 
 
 def main() -> int:

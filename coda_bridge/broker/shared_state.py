@@ -111,8 +111,9 @@ class NodeState:
         return [str(as_text(j)) for j in running]
 
     def current_job(self) -> str | None:
+        """The job marked last: the device's, while the job before it is still being recorded behind it."""
         jobs = self.current_jobs()
-        return jobs[0] if jobs else None
+        return jobs[-1] if jobs else None
 
     # -- last successful job --
 

@@ -9,6 +9,12 @@ SIGKILL.  A child that dies (``os._exit``, a signal, the OOM killer) is
 reported with its exit status, and the next run gets a fresh child.
 Like Celery's prefork pool, the worker that watches the cancel key and
 the time limit never shares a process (or a GIL) with the executor.
+
+Between two runs the device waits for nothing but a hand-over: the worker
+and its children switch threads every :data:`SWITCH_INTERVAL_SEC`
+(Python's default is 5 ms), so a thread that must start the next run, or
+answer the one that ended, never waits out another thread's slice of the
+interpreter.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +46,9 @@ REAP_WAIT_SEC = 2.0
 #: How often reaping looks at the child again.
 REAP_POLL_SEC = 0.01
 _PR_SET_PDEATHSIG = 1
+#: The interpreter's thread switch interval in a worker with executor children and in the children:
+#: a thread waking to hand the device its next run gets the interpreter within this.
+SWITCH_INTERVAL_SEC = 0.0005
 #: The child's ``oom_score_adj``: the most an unprivileged process may set, so the OOM killer picks it first.
 OOM_SCORE_ADJ = 1000
 
@@ -195,18 +205,44 @@ class ExecutorProcesses:
         self._calls = calls
         self._cancel = cancel
         self._slots = threading.BoundedSemaphore(slots)
+        sys.setswitchinterval(SWITCH_INTERVAL_SEC)  # this process hands runs over; its children inherit it
         self._idle: list[ExecutorProcess] = []
         self._lock = threading.Lock()
+        self._reserved = threading.local()
 
     @property
     def slots(self) -> threading.BoundedSemaphore:
         """The run slots: whoever holds all of them has the device to itself (a calibration)."""
         return self._slots
 
+    def reserve(self, timeout: float) -> bool:
+        """Take a slot for this thread's next :meth:`take` (a job prepared ahead); False after ``timeout``.
+
+        The job waiting ahead starts the moment the run before it gives its
+        slot back, without waiting for that run's result to be recorded.
+        """
+        if getattr(self._reserved, "slot", False):
+            return True
+        self._reserved.slot = self._slots.acquire(timeout=max(timeout, 0.0))
+        return bool(self._reserved.slot)
+
+    def unreserve(self) -> None:
+        """Give back a slot this thread reserved and did not use."""
+        if getattr(self._reserved, "slot", False):
+            self._reserved.slot = False
+            self._slots.release()
+
     def take(self) -> ExecutorProcess:
-        """An idle child, or a freshly forked one; waits while every slot runs."""
-        executor = self._executor()  # built (or failing) before a slot is taken
-        self._slots.acquire()
+        """An idle child, or a freshly forked one; waits while every slot runs (unless one is reserved)."""
+        try:
+            executor = self._executor()  # built (or failing) before a slot is taken
+        except BaseException:
+            self.unreserve()
+            raise
+        if getattr(self._reserved, "slot", False):
+            self._reserved.slot = False
+        else:
+            self._slots.acquire()
         with self._lock:
             if self._idle:
                 return self._idle.pop()

@@ -31,7 +31,7 @@ from ..settings import Settings
 from .drain import DRAIN_PLAN, ResultsFlushed, drain_stage, results_key_template
 from .exits import EX_CONFIG, FORCED_EXIT
 from .jsonlines import JsonLinesStream
-from .processes import CONTROL_THREADS, RESULT_PROCESSES, RESULT_THREADS
+from .processes import CONTROL_THREADS, PREPARED_AHEAD, RESULT_PROCESSES, RESULT_THREADS
 from .runners import QueueWorkers, StopSignal, connect_or_exit
 from .webentry import registered
 
@@ -101,7 +101,7 @@ class _Node:
         self.broker = broker
         self.drain_timeout_sec = settings.shutdown_drain_timeout_sec
         self.groups = {
-            "jobs": QueueWorkers(broker, "jobs", settings.executor_concurrency),
+            "jobs": QueueWorkers(broker, "jobs", settings.executor_concurrency + PREPARED_AHEAD),
             "results": QueueWorkers(broker, "results", RESULT_THREADS, RESULT_PROCESSES),
             "control": QueueWorkers(broker, "control", CONTROL_THREADS),
         }

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # the supervisor imports this module and stays light (no sett
 
 __all__ = [
     "CONTROL_THREADS",
+    "PREPARED_AHEAD",
     "RESULT_PROCESSES",
     "RESULT_THREADS",
     "ProcessSpec",
@@ -38,6 +39,9 @@ __all__ = [
 RESULT_PROCESSES = 2
 #: Delivery threads per process: webhooks wait on the network, not the CPU.
 RESULT_THREADS = 8
+#: Jobs threads beyond the run slots (``executor_concurrency``): each holds the device's next job
+#: claimed and checked, so it starts the moment a run ends (issue 24; pipeline/execute.py).
+PREPARED_AHEAD = 1
 #: Control threads: a heartbeat and a VPN check may overlap.
 CONTROL_THREADS = 2
 #: How long the dramatiq master waits for each worker process to finish booting before it
@@ -85,7 +89,7 @@ def node_processes(settings: Settings, *, web: bool = True, python: str | None =
     bridge = python_argv(py, "-m", "coda_bridge", "bridge")  # a token comes in CODA_NODE_TOKEN, never argv
     specs = [
         ProcessSpec("bridge", bridge),
-        ProcessSpec("jobs", _worker("jobs", settings.executor_concurrency, drain_ms, py)),
+        ProcessSpec("jobs", _worker("jobs", settings.executor_concurrency + PREPARED_AHEAD, drain_ms, py)),
         ProcessSpec("results", _worker("results", RESULT_THREADS, drain_ms, py, RESULT_PROCESSES)),
         ProcessSpec("control", _worker("control", CONTROL_THREADS, drain_ms, py)),
     ]
@@ -119,7 +123,7 @@ def start_processes(
     ]
     return [
         ProcessSpec("bridge", bridge, runner),
-        ProcessSpec("jobs", worker("jobs", settings.executor_concurrency), runner),
+        ProcessSpec("jobs", worker("jobs", settings.executor_concurrency + PREPARED_AHEAD), runner),
         *results,
         ProcessSpec("control", worker("control", CONTROL_THREADS), runner),
         _web(settings, since, py),

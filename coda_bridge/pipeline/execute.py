@@ -9,6 +9,13 @@ job never gets two different results.  The run's observations (executor
 time, durations) are written last and best effort: they never cost a run.
 The entries of a batch go through each step together, one round trip per
 step; a single entry is a batch of one.
+
+The device never waits for the node: the jobs worker has a thread more
+than run slots, so while one job runs the next is already claimed and
+checked, waiting for the slot (its cancel key polled, its claim kept
+alive); it starts the moment the run before it ends, and the results of
+that run are recorded and queued behind it.  A drain or a pause sends the
+waiting job back to the queue unstarted.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from ..settings import Settings
 from .checks import shown, validate_job
 from .claims import CLAIM_LEASE_SEC, Claim, ClaimBook
 from .records import RecordStore
-from .runs import Payload, ReadyJob, Runner, failure_payload
+from .runs import GiveWay, Payload, ReadyJob, Runner, failure_payload
 from .status import TERMINAL_STATES, CloudStatus
 from .timeline import Event, Timeline, result_summary, short_reason
 
@@ -199,8 +206,36 @@ class _Batch:
         self.ready.append(ReadyJob(job_id, callback, entry_id, claim, circuit, shots))
         self.running.append(entry)
 
+    def wait_turn(self, give_way: GiveWay, stopping: GiveWay) -> bool:
+        """Wait for the device with the admitted jobs in hand; False when none of them is to run.
+
+        Jobs cancelled meanwhile end ``cancelled`` (never started); on a
+        drain or a pause every one goes back to the queue unstarted.
+        """
+        if not self.ready:
+            return False
+        cancelled, reason = self.ex.runner.wait_turn(self.ready, give_way, stopping)
+        if reason is not None:
+            count = len(self.ready)
+            logger.info("%d job(s) prepared ahead go back to the queue unstarted: %s.", count, reason)
+            for fields, entry_id in self.running:
+                self.later(fields, entry_id, 0.0)
+                self.outcomes.append(JobOutcome(fields["job_id"], "later", reason))
+            self.ready, self.running = [], []
+            return False
+        if cancelled:
+            for job in self.ready:
+                if job.job_id in cancelled:
+                    self._cancelled(job.job_id, job.entry_id)
+                    self.outcomes.append(JobOutcome(job.job_id, "cancelled", "before start"))
+            keep = [job.job_id not in cancelled for job in self.ready]
+            self.ready = [job for job, kept in zip(self.ready, keep, strict=True) if kept]
+            self.running = [entry for entry, kept in zip(self.running, keep, strict=True) if kept]
+            return self.wait_turn(give_way, stopping)
+        return True
+
     def start(self) -> None:
-        """Show the admitted jobs as running, locally and at the cloud."""
+        """Show the admitted jobs as running, locally and at the cloud (once the device has them)."""
         host = self.ex.host
         for job in self.ready:
             self._event(
@@ -271,37 +306,54 @@ class _Batch:
         ]
 
 
+def _never() -> str | None:
+    return None
+
+
 def execute_batch(
     ex: Execution,
     entries: Sequence[Entry],
     enqueue: Enqueue,
     later: Later,
     running: list[Entry] | None = None,
+    *,
+    give_way: GiveWay = _never,
+    stopping: GiveWay = _never,
 ) -> list[JobOutcome]:
     """Take stream entries to recorded, queued results (or skips, or cancels), one outcome per job.
 
     Several jobs that reach the executor run through its ``batch_run`` (one
     by one when it fails).  A job claimed elsewhere goes back through
-    ``later(fields, entry_id, delay_sec)``; ``running`` collects the
-    entries that reached the executor.
+    ``later(fields, entry_id, delay_sec)``, and so do jobs prepared ahead
+    while ``give_way`` (polled while they wait) or ``stopping`` (asked
+    again as the device frees up) names a reason; ``running`` collects
+    the entries that reached the executor.
     """
     batch = _Batch(ex, enqueue, later)
     try:
         batch.admit(entries)
-        if running is not None:
-            running += batch.running
-        batch.start()
-        timings: list[tuple[float, int]] = []
-        batch.finish(ex.runner.run_all(batch.ready, timings))
-        ex.runner.observe(timings)  # after the results are recorded: observations never cost a run
+        if batch.wait_turn(give_way, stopping):
+            if running is not None:
+                running += batch.running
+            timings: list[tuple[float, int]] = []
+            batch.finish(ex.runner.run_all(batch.ready, timings, batch.start))
+            ex.runner.observe(timings)  # after the results are recorded: observations never cost a run
     finally:
+        ex.runner.unreserve()  # a slot reserved and not used (an error between) is given back
         batch.close()
     return batch.outcomes
 
 
 def execute_job(
-    ex: Execution, fields: Mapping[str, str], entry_id: str, enqueue: Enqueue, later: Later
+    ex: Execution,
+    fields: Mapping[str, str],
+    entry_id: str,
+    enqueue: Enqueue,
+    later: Later,
+    *,
+    give_way: GiveWay = _never,
+    stopping: GiveWay = _never,
 ) -> JobOutcome:
     """Take one stream entry to a recorded, queued result (or a skip, a cancel, or a look later)."""
-    outcomes = execute_batch(ex, [(fields, entry_id)], enqueue, later)
+    outcomes = execute_batch(ex, [(fields, entry_id)], enqueue, later, give_way=give_way, stopping=stopping)
     return outcomes[0] if outcomes else JobOutcome(fields.get("job_id"), "later", "claimed elsewhere")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from .status import ERROR_MAX_CHARS, CloudStatus
 from .timeline import Timeline
 
 __all__ = [
+    "GiveWay",
     "Payload",
     "ReadyJob",
     "Runner",
@@ -40,6 +42,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Payload = dict[str, Any]
+#: Why jobs prepared ahead must go back to the queue unstarted (a drain, a pause), or ``None``.
+GiveWay = Callable[[], str | None]
 #: The executor calls of a batch, as (seconds, jobs) each, written after the results are recorded.
 Timings = list[tuple[float, int]]
 
@@ -218,6 +222,45 @@ class Runner:
         self.histograms = Histograms(state.client, state.qpu_id)
         self._warned_at = -math.inf
 
+    def wait_turn(
+        self, waiting: list[ReadyJob], give_way: GiveWay, stopping: GiveWay
+    ) -> tuple[set[str], str | None]:
+        """Hold ``waiting`` (claimed, checked) until a run slot is this thread's; the device's next jobs.
+
+        While the run before them goes on, their cancel keys are polled and
+        their claims kept alive as a run's are, and ``give_way`` is asked.
+        Returns the jobs cancelled meanwhile (never started), or the reason
+        they all go back unstarted; with neither, the slot is reserved and
+        the next run takes it (:meth:`ExecutorProcesses.reserve`).
+        ``stopping`` (a flag, no round trip) is asked once more when the slot comes.
+        """
+        processes = self.host.processes
+        ids = [ready.job_id for ready in waiting]
+        while not processes.reserve(self.cancel_poll_sec):
+            reason = give_way()
+            if reason is not None:
+                return set(), reason
+            try:
+                cancelled = self.status.cancels_seen(ids)
+            except redis.RedisError as exc:
+                logger.warning("Cancel keys unreadable (%s); the jobs waiting ahead wait on.", exc)
+                cancelled = set()
+            if cancelled:
+                return set(cancelled), None
+            for ready in waiting:
+                try:
+                    ready.claim.refresh()
+                except redis.RedisError as exc:
+                    logger.warning("Job %s: claim not refreshed (%s).", ready.job_id, exc)
+        reason = stopping()
+        if reason is not None:
+            processes.unreserve()
+        return set(), reason
+
+    def unreserve(self) -> None:
+        """Give back the slot :meth:`wait_turn` reserved, when no run took it."""
+        self.host.processes.unreserve()
+
     def observe(self, timings: Timings) -> None:
         """Count the executor's time, and each job's share in the job-duration histogram: best effort.
 
@@ -277,7 +320,11 @@ class Runner:
                     logger.warning("Job %s: claim not refreshed (%s).", ready.job_id, exc)
 
     def _run_watched(
-        self, ready: ReadyJob, timings: Timings, keep_alive: list[ReadyJob] | None = None
+        self,
+        ready: ReadyJob,
+        timings: Timings,
+        keep_alive: list[ReadyJob] | None = None,
+        started: Callable[[], None] = lambda: None,
     ) -> Payload | None:
         """Run one job on the executor, again in a fresh process when its process died; ``None`` if cancelled.
 
@@ -285,7 +332,7 @@ class Runner:
         """
         died = ""
         for attempt in range(1, self.max_crashes + 1):
-            outcome = self._run_once(ready, keep_alive or [], timings)
+            outcome = self._run_once(ready, keep_alive or [], timings, started)
             if not isinstance(outcome, Died):
                 return outcome
             died = outcome.how
@@ -318,13 +365,14 @@ class Runner:
         self.timeline.write(events, with_device=True)
 
     def _run_once(
-        self, ready: ReadyJob, keep_alive: list[ReadyJob], timings: Timings
+        self, ready: ReadyJob, keep_alive: list[ReadyJob], timings: Timings, started_: Callable[[], None]
     ) -> Payload | Died | None:
         """One run of one job: its result, ``None`` if it was cancelled, :class:`Died` if its process died."""
         limit = self.job_time_limit_sec
         run = _Run(self.host, "run", ready.circuit, ready.shots)
         run.start()
         started = time.monotonic()
+        started_()
         try:
             if self._watch(run, [ready, *keep_alive], limit, {ready.job_id}):
                 self._stop(run)
@@ -344,7 +392,9 @@ class Runner:
         except Exception as exc:  # a result of a shape nobody expected is this job's failure
             return _executor_failure(ready.job_id, describe_error(exc))
 
-    def _run_batch_watched(self, batch: list[ReadyJob], timings: Timings) -> dict[int, Payload | None]:
+    def _run_batch_watched(
+        self, batch: list[ReadyJob], timings: Timings, started_: Callable[[], None]
+    ) -> dict[int, Payload | None]:
         """Run jobs through ``batch_run``; the outcome of each job it ended, by index (the rest run alone).
 
         A cancel seen mid-batch stops the batch: the cancelled jobs end
@@ -356,6 +406,7 @@ class Runner:
         run = _Run(self.host, "batch_run", [(r.circuit, r.shots) for r in batch])
         run.start()
         started = time.monotonic()
+        started_()
         try:
             cancelled = self._watch(run, batch, limit, {ready.job_id for ready in batch})
         except TimeoutError:
@@ -399,13 +450,32 @@ class Runner:
                 payloads[index] = _executor_failure(ready.job_id, describe_error(exc))
         return payloads
 
-    def run_all(self, batch: list[ReadyJob], timings: Timings | None = None) -> list[Payload | None]:
+    def run_all(
+        self,
+        batch: list[ReadyJob],
+        timings: Timings | None = None,
+        started: Callable[[], None] | None = None,
+    ) -> list[Payload | None]:
         """Run the jobs through ``batch_run`` when there are several; each job it did not end, in turn.
 
         The executor calls' times go to ``timings``, for :meth:`observe` once the results are recorded.
+        ``started`` is called once, as soon as the first call was handed to the executor's process
+        (the node's own bookkeeping of a start follows the device's start, never precedes it).
         """
         timings = [] if timings is None else timings
-        ended = self._run_batch_watched(batch, timings) if len(batch) > 1 else {}
+        once: list[Callable[[], None]] = [started] if started is not None else []
+
+        def first_start() -> None:
+            """The start's bookkeeping never costs the run in flight (nor its slot): a failure is logged."""
+            while once:
+                try:
+                    once.pop()()
+                except Exception as exc:
+                    jobs = ", ".join(ready.job_id for ready in batch)
+                    error = describe_error(exc)
+                    logger.warning("Job %s runs, but its start was not recorded: %s", jobs, error)
+
+        ended = self._run_batch_watched(batch, timings, first_start) if len(batch) > 1 else {}
         payloads: list[Payload | None] = []
         for index, ready in enumerate(batch):
             if index in ended:
@@ -413,7 +483,7 @@ class Runner:
             elif index and self._cancelled_before_start(ready):
                 payloads.append(None)
             else:
-                payloads.append(self._run_watched(ready, timings, batch[index + 1 :]))
+                payloads.append(self._run_watched(ready, timings, batch[index + 1 :], first_start))
         return payloads
 
     def _cancelled_before_start(self, ready: ReadyJob) -> bool:

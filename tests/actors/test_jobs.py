@@ -28,7 +28,9 @@ def test_a_job_s_result_is_queued_for_the_webhook_actor(
     stub_broker: StubBroker, stub_worker: dramatiq.Worker, calls: Calls, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given an executor step that ends the job with a result to deliver
-    def execute_job(execution: Any, fields: Mapping[str, str], entry_id: str, queue: Any, later: Any) -> None:
+    def execute_job(
+        execution: Any, fields: Mapping[str, str], entry_id: str, queue: Any, later: Any, **ahead: Any
+    ) -> None:
         queue([(fields["job_id"], fields["callback_url"], entry_id)])
 
     monkeypatch.setattr(actors.jobs, "execute_job", execute_job)
@@ -51,7 +53,7 @@ def test_a_job_past_the_backstop_ends_as_a_failed_result_naming_the_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # given a job that runs on past the actor's time limit (made short for the test)
-    def execute_job(*args: Any) -> None:
+    def execute_job(*args: Any, **ahead: Any) -> None:
         deadline = time.monotonic() + RUN_DEADLINE_SEC
         while time.monotonic() < deadline:
             threading.Event().wait(0.01)  # a running circuit; dramatiq's time limit interrupts it

@@ -109,16 +109,18 @@ def test_two_qpus_on_one_redis_do_not_see_each_others_state(client: redis.Redis,
 # -- jobs running now --
 
 
-def test_running_jobs_come_back_oldest_mark_first(state: NodeState, clock: Clock) -> None:
-    # given jobs marked at different times
+def test_running_jobs_come_back_oldest_mark_first_and_the_newest_is_current(
+    state: NodeState, clock: Clock
+) -> None:
+    # given jobs marked at different times (the first one still being recorded behind the device)
     state.jobs_started(["j-b"])
     clock.advance(1)
     state.jobs_started(["j-a", "j-c"])
 
     # when the running jobs are read
-    # then the oldest mark is first, and it is the current job
+    # then the oldest mark is first, and the newest is the current job: the one on the device
     assert state.current_jobs() == ["j-b", "j-a", "j-c"]
-    assert state.current_job() == "j-b"
+    assert state.current_job() == "j-c"
 
 
 def test_no_running_job_reads_as_none(state: NodeState) -> None:

@@ -133,3 +133,44 @@ def test_a_stuck_child_is_killed_and_its_slot_given_back(processes: ExecutorProc
     fresh.call("run", "ok")
     assert _answer(fresh)[0] == "ok"
     processes.discard(fresh)
+
+
+def test_a_slot_reserved_ahead_is_taken_the_moment_the_run_before_gives_it_back(
+    processes: ExecutorProcesses,
+) -> None:
+    # Given a run holding the only slot, and a second thread waiting for it with its job prepared
+    first = processes.take()
+    first.call("run", "ok")
+    assert not processes.reserve(0.05)  # the device is busy: nothing reserved yet
+    reserved = threading.Event()
+    waiter = threading.Thread(target=lambda: processes.reserve(ANSWER_SEC) and reserved.set())
+    waiter.start()
+
+    # When the run answers and its child is given back
+    assert _answer(first) == ("ok", {"pid": first.pid})
+    processes.give_back(first)
+
+    # Then the waiting thread holds the slot, and no other thread can take one
+    waiter.join(ANSWER_SEC)
+    assert reserved.is_set()
+    assert not processes.slots.acquire(timeout=0.05)
+    processes.slots.release()  # the waiting thread's run is over (it ends with the test)
+    processes.discard(processes.take())
+
+
+def test_a_slot_reserved_and_given_back_unused_frees_the_device(processes: ExecutorProcesses) -> None:
+    # Given a slot reserved for a job prepared ahead
+    assert processes.reserve(ANSWER_SEC)
+
+    # When the job goes back unstarted (a drain, a cancel)
+    processes.unreserve()
+
+    # Then the next run takes the slot at once, and the reservation is not used twice
+    child = processes.take()
+    child.call("run", "ok")
+    assert _answer(child) == ("ok", {"pid": child.pid})
+    processes.give_back(child)
+    processes.unreserve()  # nothing reserved: no slot is released twice
+    assert processes.reserve(ANSWER_SEC)
+    processes.unreserve()
+    processes.discard(processes.take())

@@ -326,3 +326,26 @@ def test_an_unexpected_error_while_checking_a_job_fails_that_job_not_the_batch(
     assert _result(rt, "breaks")["status"] == "failed"
     assert "Job could not be checked: ValueError" in _result(rt, "breaks")["error"]
     assert _result(rt, "ok-1")["status"] == "completed" and _result(rt, "ok-2")["status"] == "completed"
+
+
+def test_a_broker_refusing_the_running_mark_as_the_run_starts_costs_the_mark_not_the_run_or_its_slot(
+    rt: NodeParts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a broker that refuses the running mark written once the device has the job
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise redis.ConnectionError("broker gone")
+
+    monkeypatch.setattr(rt.execution.state, "jobs_started", refuse)
+    calls = Recorder(rt.local_redis)
+
+    # When the job runs
+    outcome = execute_job(rt.execution, *_entry("marked"), calls.enqueue, calls.look_later)
+
+    # Then it ran once and its result was recorded and queued
+    assert (outcome.outcome, outcome.detail) == ("queued", "completed")
+    assert _runs(tmp_path) == ["run ok:marked"]
+    assert calls.delivered() == ["marked"]
+    # and the device's slot is free for the next job
+    slots = rt.execution.host.processes.slots
+    assert slots.acquire(timeout=1.0)
+    slots.release()
