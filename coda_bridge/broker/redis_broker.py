@@ -268,13 +268,17 @@ class _WakingConsumer(_RedisConsumer):
 def create_broker(settings: Settings, *, qpu_id: str | None = None) -> CodaBroker:
     """The broker from ``broker_url``, with a deliberate middleware stack.
 
-    - AgeLimit: control ticks older than their interval are dropped.
-    - TimeLimit: the job actor's limit comes from ``job_time_limit_sec``
-      (not dramatiq's 10-minute default); other actors set their own.
+    - AgeLimit: dramatiq's, for a message sent with ``max_age``; the node
+      sends none (a stale control tick is skipped, not failed, by the
+      ``StaleTicks`` middleware the actors add).
+    - TimeLimit: the default of an actor that sets none, from
+      ``job_time_limit_sec`` (not dramatiq's 10 minutes); every actor of the
+      node sets its own (the job actors a backstop behind the executor watch).
     - ShutdownNotifications: long job waits end early on shutdown.
-    - Retries: off by default (a failed circuit is a result); the result
-      actor sets its own retry policy.  A retry the broker refuses to queue
-      (OOM, READONLY, ...) is one WARNING line per outage, not a CRITICAL.
+    - Retries: off by default (a failed circuit is a result); the job actors
+      retry only across a broker or cloud outage, the result actor has its
+      own retry policy.  A retry the broker refuses to queue (OOM,
+      READONLY, ...) is one WARNING line per outage, not a CRITICAL.
     - CurrentMessage: actors read their stream entry id and retry count.
     - DramatiqMetrics: dramatiq's Prometheus middleware, writing to this
       Redis so the probes app's ``/metrics`` serves ``dramatiq_*`` for every

@@ -54,7 +54,7 @@ def bridge(token: str | None) -> None:
 @click.command()
 @click.argument("queue", type=str)
 def worker(queue: str) -> None:
-    """Run the dramatiq worker of one queue (jobs, results or control) exactly as `start` runs it.
+    """Run the dramatiq worker of one queue (jobs, results or control) as the Procfile runs it.
 
     A suffix after a dot is ignored (``jobs.2``), so systemd instances and
     honcho-style names can scale executor workers.

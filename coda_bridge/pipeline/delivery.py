@@ -90,7 +90,7 @@ class Deliverer:
         self.histograms = Histograms(state.client, state.qpu_id)
 
     def deliver(self, job_id: str, callback_url: str, entry_id: str | None = None, attempt: int = 1) -> str:
-        """Deliver the recorded result of ``job_id``, then acknowledge its stream entry ``entry_id``.
+        """Deliver the recorded result of ``job_id``; its status write acknowledges stream entry ``entry_id``.
 
         Returns ``delivered``, ``duplicate``, ``refused`` or ``missing``.
         """
