@@ -225,7 +225,7 @@ def serve(
 
 
 class DevCloudProcess:
-    """A running ``python -m coda_bridge.devcloud`` subprocess; stop it when done (or use ``with``)."""
+    """A running ``python -m coda_bridge.devcloud``; stop it when done (or use ``with``)."""
 
     def __init__(
         self, process: subprocess.Popen[bytes], base_url: str, log_path: Path, *, own_log: bool = False
