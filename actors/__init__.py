@@ -9,13 +9,13 @@ nothing else: no settings, no connection, no registration.  At process boot
 (dramatiq's ``after_process_boot``, or :func:`boot` from the node's own
 runners) the worker waits for the identity its role needs (the bridge
 provisions it), then the node's parts, the broker's connection and
-middleware are built (:mod:`actors.node`).  Each actor calls one step of
+middleware are built (:mod:`actors.shared`).  Each actor calls one step of
 :mod:`coda_bridge.pipeline` or :mod:`coda_bridge.control`.
 """
 
 from __future__ import annotations
 
 from . import control, jobs, results
-from .node import Node, NodeBoot, boot, broker, node
+from .shared import Node, NodeBoot, boot, broker, node
 
 __all__ = ["Node", "NodeBoot", "boot", "broker", "control", "jobs", "node", "results"]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dramatiq
 
-from coda_bridge.broker.queues import CONTROL_QUEUE, HEARTBEAT_ACTOR, VPN_CHECK_ACTOR
 from coda_bridge.control.heartbeat import can_run_jobs, send_heartbeat
 from coda_bridge.control.ticker import one_at_a_time
+from coda_bridge.queueing.queues import CONTROL_QUEUE, HEARTBEAT_ACTOR, VPN_CHECK_ACTOR
 from coda_bridge.vpn.guard import VpnGuard
 
-from .node import node
+from .shared import node
 
 #: A control tick never needs longer than this.
 TICK_LIMIT_MS = 60_000

@@ -17,20 +17,20 @@ import dramatiq
 import redis
 from dramatiq.middleware import TimeLimitExceeded
 
-from coda_bridge.broker.messages import delivery_message, job_message
-from coda_bridge.broker.queues import EXECUTE_ACTOR, EXECUTE_BATCH_ACTOR, JOBS_QUEUE
-from coda_bridge.broker.redis_broker import CodaBroker
 from coda_bridge.pipeline.execute import Delivery, execute_batch, execute_job
 from coda_bridge.pipeline.handoff import Handoff
+from coda_bridge.queueing.messages import delivery_message, job_message
+from coda_bridge.queueing.queues import EXECUTE_ACTOR, EXECUTE_BATCH_ACTOR, JOBS_QUEUE
+from coda_bridge.queueing.redis_broker import CodaBroker
 
-from .node import node
-from .options import backstop_limit_ms
+from .actor_options import backstop_limit_ms
 from .results import deliver
+from .shared import node
 
 logger = logging.getLogger(__name__)
 
 # dramatiq's time limit of each job actor is only a backstop behind the executor watch, which fails the
-# job cleanly: it comes from the settings at process boot (actors/options.py).
+# job cleanly: it comes from the settings at process boot (actors/actor_options.py).
 #: Attempts of a job that keeps meeting a Redis outage (backoff grows to the maximum below).
 REDIS_OUTAGE_RETRIES = 100
 OUTAGE_MIN_BACKOFF_MS = 1_000

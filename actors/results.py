@@ -8,16 +8,16 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from coda_bridge.broker.histograms import DELIVERY_ATTEMPTS
-from coda_bridge.broker.messages import delivery_of
-from coda_bridge.broker.queues import DEAD_LETTERED_ACTOR, DELIVER_ACTOR, RESULTS_QUEUE
+from coda_bridge.metrics.histograms import DELIVERY_ATTEMPTS
+from coda_bridge.queueing.messages import delivery_of
+from coda_bridge.queueing.queues import DEAD_LETTERED_ACTOR, DELIVER_ACTOR, RESULTS_QUEUE
 
-from .node import node
+from .shared import node
 
 logger = logging.getLogger(__name__)
 
 #: First pause before a second delivery attempt (the retry policy, maximum backoff and time limit of an
-#: attempt come from the settings at process boot: actors/options.py).
+#: attempt come from the settings at process boot: actors/actor_options.py).
 MIN_BACKOFF_MS = 1000
 
 

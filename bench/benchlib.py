@@ -21,9 +21,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from coda_bridge.dev.localredis import find_redis_server
-from coda_bridge.dev.stack import LocalStack, descendants
-from coda_bridge.devcloud.client import DevCloudClient
+from coda_bridge.devtools.devcloud.admin_client import DevCloudClient
+from coda_bridge.devtools.localredis import find_redis_server
+from coda_bridge.devtools.stack import LocalStack, descendants
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent

@@ -25,7 +25,7 @@ from benchlib import (
     wait_idle_workers,
 )
 
-from coda_bridge.broker.keys import node_pattern
+from coda_bridge.state.broker_keys import node_pattern
 
 SHOTS = 10
 #: Jobs XADDed per round: the bridge paces itself (max_local_queue), the simulator's lists stay small.

@@ -36,7 +36,7 @@ from benchlib import (
     wait_idle_workers,
 )
 
-from coda_bridge.dev.localredis import free_port
+from coda_bridge.devtools.localredis import free_port
 
 WARMUP_JOBS = 10
 MODES = ("start", "one-process", "procfile")

@@ -31,8 +31,8 @@ from typing import Any
 import requests
 from benchlib import REPO_ROOT, append_results, markdown_table, noop_circuit, start_stack, wait_delivered
 
-from coda_bridge.cloud.keys import group_name, stream_key
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.cloud.redis_keys import group_name, stream_key
+from coda_bridge.devtools.stack import LocalStack, wait_until
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "support"))
 _scenario = importlib.import_module("fault_support")  # the same module the fault test uses

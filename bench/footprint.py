@@ -36,8 +36,8 @@ from benchlib import (
     wait_delivered,
 )
 
-from coda_bridge.dev.localredis import free_port
-from coda_bridge.dev.stack import LocalStack
+from coda_bridge.devtools.localredis import free_port
+from coda_bridge.devtools.stack import LocalStack
 
 #: Order of the rows of the default mode.
 ROLE_ORDER = [

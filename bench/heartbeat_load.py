@@ -23,9 +23,9 @@ from benchlib import (
     wait_idle_workers,
 )
 
-from coda_bridge.broker.keys import broker_namespace, queue_key
-from coda_bridge.broker.queues import JOBS_QUEUE
-from coda_bridge.cloud.keys import group_name, stream_key
+from coda_bridge.cloud.redis_keys import group_name, stream_key
+from coda_bridge.queueing.queues import JOBS_QUEUE
+from coda_bridge.state.broker_keys import broker_namespace, queue_key
 
 
 def _gaps(times: list[float]) -> list[float]:

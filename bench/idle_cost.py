@@ -27,7 +27,7 @@ from benchlib import (
     noop_circuit,
 )
 
-from coda_bridge.dev.stack import LocalStack
+from coda_bridge.devtools.stack import LocalStack
 
 
 def _iso_to_epoch(text: str) -> float:

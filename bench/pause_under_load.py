@@ -32,8 +32,8 @@ from typing import Any
 
 from benchlib import REPO_ROOT, append_results, fmt, markdown_table, python_path, start_stack
 
-from coda_bridge.control.pause import PauseBook
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.control.pause_book import PauseBook
+from coda_bridge.devtools.stack import LocalStack, wait_until
 
 #: The pause tests' executor: it stamps each run's start and end with its time and pid.
 SUPPORT = REPO_ROOT / "tests" / "support"

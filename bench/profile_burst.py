@@ -34,7 +34,7 @@ from benchlib import (
     wait_idle_workers,
 )
 
-from coda_bridge.dev.stack import LocalStack
+from coda_bridge.devtools.stack import LocalStack
 
 
 def _py_spy() -> str | None:

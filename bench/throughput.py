@@ -35,8 +35,8 @@ from benchlib import (
     wait_idle_workers,
 )
 
-from coda_bridge.dev.localredis import free_port
-from coda_bridge.devcloud.client import DevCloudClient
+from coda_bridge.devtools.devcloud.admin_client import DevCloudClient
+from coda_bridge.devtools.localredis import free_port
 
 SHOTS = 100
 WARMUP_JOBS = 20

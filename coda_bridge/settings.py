@@ -337,7 +337,8 @@ class Settings(BaseModel):
     def check_redis_urls(self, fields: tuple[str, ...] = ("broker_url", "redis_url")) -> None:
         """Refuse a Redis URL redis-py cannot parse, naming its setting (:class:`SettingsError`, exit 78).
 
-        The broker's may also be a Sentinel URL (``redis+sentinel://``, see :mod:`coda_bridge.broker.client`).
+        The broker's may also be a Sentinel URL (``redis+sentinel://``, see
+        :mod:`coda_bridge.queueing.broker_client`).
         """
         for field in fields:
             url = getattr(self, field)

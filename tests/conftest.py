@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from coda_bridge.dev.localredis import LocalRedis
-from coda_bridge.devcloud import DevCloudClient, DevCloudProcess, start_devcloud_process
+from coda_bridge.devtools.devcloud import DevCloudClient, DevCloudProcess, start_devcloud_process
+from coda_bridge.devtools.localredis import LocalRedis
 
 TESTS = Path(__file__).resolve().parent
 # Helpers and the test executor live beside the tests, importable by name.

@@ -1,7 +1,7 @@
 """No import runs back up the layers: an AST check of every module of the package and of ``actors``.
 
 A module may import from its own layer and the layers below it.  The
-development tooling (``dev/``, ``devcloud/``) is imported only by the CLI
+development tooling (``devtools/``, ``devtools/devcloud/``) is imported only by the CLI
 (and the tests, which are not checked here).  ``TYPE_CHECKING`` imports count
 too: a type from above is a dependency from above.
 """
@@ -138,7 +138,7 @@ def test_a_name_of_the_package_is_an_import_of_its_facade() -> None:
     # `from .. import __version__` in broker/ imports the package's __init__ (the top layer)
     assert _submodule_or_package("coda_bridge", "__version__") == "coda_bridge"
     assert layer("coda_bridge") == len(LAYERS) - 1
-    assert _submodule_or_package("coda_bridge", "broker") == "coda_bridge.broker"
+    assert _submodule_or_package("coda_bridge", "broker") == "coda_bridge.queueing"
 
 
 @pytest.mark.parametrize(
@@ -146,10 +146,10 @@ def test_a_name_of_the_package_is_an_import_of_its_facade() -> None:
     [
         ("coda_bridge.errors", 0),
         ("coda_bridge.ops.proctree", 0),
-        ("coda_bridge.broker.registry", 1),
+        ("coda_bridge.state.registry", 1),
         ("coda_bridge.pipeline.execute", 2),
-        ("coda_bridge.web.app", 3),
-        ("actors.node", 3),
+        ("coda_bridge.web.probes_app", 3),
+        ("actors.shared", 3),
         ("coda_bridge.ops.runners", 4),
         ("coda_bridge.cli.main", 5),
     ],

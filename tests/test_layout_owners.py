@@ -1,4 +1,5 @@
-"""One owner per layout: broker keys in broker/keys.py, messages in broker/messages.py, XACK in status.py.
+"""One owner per layout: broker keys in state/broker_keys.py, messages in queueing/messages.py, XACK in
+status.py.
 
 Read from the source (AST), so a key spelled by hand anywhere else, or a
 message built around the owner, fails here before it drifts from the owner.
@@ -16,8 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("coda_bridge", "actors")
-KEYS_OWNER = Path("coda_bridge/broker/keys.py")
-MESSAGES_OWNER = Path("coda_bridge/broker/messages.py")
+KEYS_OWNER = Path("coda_bridge/state/broker_keys.py")
+MESSAGES_OWNER = Path("coda_bridge/queueing/messages.py")
 ACK_OWNER = Path("coda_bridge/pipeline/status.py")
 
 #: The node's namespace as a key: ``coda-bridge:`` then the end of a literal (an f-string goes on), a
@@ -89,7 +90,7 @@ def _findings(pattern: re.Pattern[str], owner: Path) -> list[str]:
 )
 def test_broker_keys_are_spelled_only_in_the_keys_module(pattern: re.Pattern[str], what: str) -> None:
     # Given every module of the package and the actors
-    # Then only broker/keys.py spells a key of the node's namespace or of dramatiq's layout
+    # Then only state/broker_keys.py spells a key of the node's namespace or of dramatiq's layout
     assert _findings(pattern, KEYS_OWNER) == [], f"{what} spelled outside {KEYS_OWNER}"
 
 

@@ -20,7 +20,7 @@ def test_importing_the_package_loads_no_subpackage() -> None:
 
 
 def test_the_bridge_process_imports_no_executor_and_no_simulator() -> None:
-    heavy = ("coda_bridge.executors", "coda_bridge.devcloud", "coda_bridge.web", "numpy")
+    heavy = ("coda_bridge.executors", "coda_bridge.devtools.devcloud", "coda_bridge.web", "numpy")
     code = (
         "import sys, coda_bridge.cli.main, coda_bridge.pipeline.bridge;"
         f"print(sorted(m for m in sys.modules if m.startswith({heavy!r})))"

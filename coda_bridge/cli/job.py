@@ -37,7 +37,7 @@ def job(job_id: str, as_json: bool, site: str | None) -> None:
       coda-bridge job 3f2a9c
       coda-bridge job 3f2a9c --json | jq '.events[] | select(.event == "delivery")'
     """
-    from ..parts import NodeParts  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+    from ..components import NodeComponents  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
     from ..pipeline.timeline import Timeline, job_id_problem  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     problem = job_id_problem(job_id)
@@ -47,7 +47,7 @@ def job(job_id: str, as_json: bool, site: str | None) -> None:
     check_redis_urls(settings, ("broker_url",))
     if not settings.qpu_id:
         raise ConfigError("the node has no QPU id yet: start it once with its token; it has run no job")
-    client = NodeParts(settings, signs=False).local_redis
+    client = NodeComponents(settings, signs=False).local_redis
     timeline = Timeline(client, settings.qpu_id, retention_sec=settings.record_retention_sec)
     try:
         with redis_errors("the broker", settings.broker_url):

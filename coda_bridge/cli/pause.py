@@ -1,6 +1,6 @@
 """``pause`` and ``resume``: the node takes no new job for a while, and keeps heartbeating.
 
-Both write node state in the broker Redis (:mod:`~coda_bridge.control.pause`),
+Both write node state in the broker Redis (:mod:`~coda_bridge.control.pause_book`),
 so they work from any host that reaches the broker, whether the node runs or not.
 """
 
@@ -17,14 +17,14 @@ __all__ = ["pause", "resume"]
 
 
 def _book(site: str | None) -> Any:
-    from ..control.pause import PauseBook  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
-    from ..parts import NodeParts  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+    from ..components import NodeComponents  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+    from ..control.pause_book import PauseBook  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     settings = node_settings(site)
     check_redis_urls(settings, ("broker_url",))
     if not settings.qpu_id:
         raise ConfigError("the node has no QPU id yet: start it once with its token, then pause it")
-    return PauseBook(NodeParts(settings, signs=False).local_redis, settings.qpu_id), settings
+    return PauseBook(NodeComponents(settings, signs=False).local_redis, settings.qpu_id), settings
 
 
 @click.command()
@@ -45,7 +45,7 @@ def pause(duration: str, note: str, site: str | None) -> None:
       coda-bridge pause --for 2h --note "fridge warm-up"
       coda-bridge resume
     """
-    from ..control.pause import parse_duration  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+    from ..control.pause_book import parse_duration  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     try:
         seconds = parse_duration(duration)

@@ -64,7 +64,7 @@ def worker(queue: str) -> None:
       coda-bridge worker jobs
       coda-bridge worker results
     """
-    from ..ops.processes import node_processes  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+    from ..ops.process_list import node_processes  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     name = queue.split(".", 1)[0]
     specs = {spec.name: spec for spec in node_processes(plain_settings(), web=False) if spec.name != "bridge"}
@@ -94,11 +94,11 @@ def web(host: str | None, port: int | None) -> None:
       coda-bridge web --port 8080
     """
     try:
-        from ..web.app import check_dashboard, serve  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+        from ..web.probes_app import check_dashboard, serve  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
     except ModuleNotFoundError as exc:
-        if exc.name != "coda_bridge.web.app":
+        if exc.name != "coda_bridge.web.probes_app":
             raise
-        raise Unrecoverable("the probes app (coda_bridge.web.app) is not installed") from None
+        raise Unrecoverable("the probes app (coda_bridge.web.probes_app) is not installed") from None
     try:
         settings = node_settings(host=host, port=port)
         check_redis_urls(settings)
@@ -120,10 +120,10 @@ def replay(list_only: bool, job_ids: tuple[str, ...]) -> None:
       coda-bridge replay            # every dead-lettered result
       coda-bridge replay j-17 j-18  # only these jobs
     """
-    from ..broker.redis_broker import create_broker  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
     from ..identity.waiting import wait_for_identity  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
     from ..pipeline.deadletters import dead_letters, replay_dead_letters  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
     from ..pipeline.timeline import Timeline  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+    from ..queueing.redis_broker import create_broker  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     settings = wait_for_identity(timeout_sec=0)
     check_redis_urls(settings, ("broker_url",))

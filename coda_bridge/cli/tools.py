@@ -99,8 +99,8 @@ def submit(  # noqa: PLR0917  (one parameter per click option)
       coda-bridge submit bell.qasm --qpu my-qpu --shots 500 --wait
       coda-bridge submit circuit.json --devcloud-url http://127.0.0.1:8765
     """
-    from ..dev.submit import format_result, submit_circuit  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
-    from ..devcloud.client import DevCloudClient  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+    from ..devtools.devcloud.admin_client import DevCloudClient  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+    from ..devtools.submit import format_result, submit_circuit  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     check_http_url(devcloud_url, "--devcloud-url (or CODA_DEVCLOUD_URL)")
     client = DevCloudClient(devcloud_url)
@@ -152,7 +152,7 @@ def demo(shots: int, workdir: Path | None) -> None:
     Example:
       coda-bridge demo
     """
-    from ..dev.demo import run_demo  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+    from ..devtools.demo import run_demo  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
     if workdir is not None:
         try:
@@ -165,7 +165,7 @@ def demo(shots: int, workdir: Path | None) -> None:
 
 def devcloud_group() -> click.Group | None:
     try:
-        from ..devcloud.cli import devcloud  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
+        from ..devtools.devcloud.cli import devcloud  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
     except ImportError:  # pragma: no cover - the simulator ships with the package
         return None
     group = copy.copy(devcloud)

@@ -22,8 +22,8 @@ from collections.abc import Callable
 
 import redis
 
-from ..broker.shared_state import NodeState
 from ..failpoints import clock_skew_sec
+from ..state.node_state import NodeState
 
 __all__ = ["CORRECT_ABOVE_SEC", "SKEW_WARNING_SEC", "CloudClock", "host_time", "parse_http_date"]
 

@@ -6,7 +6,7 @@ requests in a row of any kind; one job's webhook answered 5xx is that job's
 retry, not an outage.  The next answer clears the mark and notes when the
 cloud came back, which the results workers watch to send the deliveries
 waiting on their backoff at once
-(:class:`~coda_bridge.broker.middleware.PromptAfterOutage`).  The marks are
+(:class:`~coda_bridge.queueing.middleware.PromptAfterOutage`).  The marks are
 bookkeeping: a broker that does not take them costs nothing else.
 """
 
@@ -19,7 +19,7 @@ import time
 
 import redis
 
-from ..broker.shared_state import NodeState
+from ..state.node_state import NodeState
 
 __all__ = ["Reachability"]
 

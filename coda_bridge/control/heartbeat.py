@@ -19,11 +19,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..broker.registry import ready_jobs_workers
-from ..broker.shared_state import NodeState
-from ..cloud.client import CloudClient
+from ..cloud.http_client import CloudClient
 from ..cloud.signing import Signer
 from ..errors import NodeError
+from ..state.node_state import NodeState
+from ..state.registry import ready_jobs_workers
 
 __all__ = ["can_run_jobs", "heartbeat_body", "send_heartbeat"]
 

@@ -23,10 +23,10 @@ import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 
-from ..broker.queues import JOBS_QUEUE
 from ..device import STATUS_TIMEOUT_SEC, DeviceState, read_device_state
 from ..errors import CodaError
-from .pause import NodeHold, PauseBook
+from ..queueing.queues import JOBS_QUEUE
+from .pause_book import NodeHold, PauseBook
 
 __all__ = ["DeviceWatch", "HoldJobs"]
 

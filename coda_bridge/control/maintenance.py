@@ -24,12 +24,12 @@ import dramatiq
 import redis
 from dramatiq.middleware import Middleware
 
-from ..broker.keys import window_key
-from ..broker.queues import JOBS_QUEUE
 from ..errors import CodaError
 from ..executors.base import resolve_awaitable
 from ..logs import mask
-from .pause import PauseBook
+from ..queueing.queues import JOBS_QUEUE
+from ..state.broker_keys import window_key
+from .pause_book import PauseBook
 from .windows import ActiveWindow, Window, active_window, parse_window
 
 __all__ = ["MaintenanceWindows", "run_hook"]

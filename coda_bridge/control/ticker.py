@@ -4,7 +4,7 @@ dramatiq has no scheduler.  Each ticker wakes at every interval boundary
 of the wall clock and tries to take that slot's key in the broker Redis
 (``SET NX``); only the winner enqueues the tick.  A tick expires at the
 end of its slot: a control worker that gets it later skips it (the
-:class:`~coda_bridge.broker.middleware.StaleTicks` middleware: acknowledged
+:class:`~coda_bridge.queueing.middleware.StaleTicks` middleware: acknowledged
 and logged, not dead-lettered), so a node that stalled does not fire a
 burst of stale heartbeats when it wakes.
 """
@@ -22,9 +22,9 @@ from typing import Any
 import dramatiq
 import redis
 
-from ..broker import messages
-from ..broker.keys import tick_key
-from ..broker.redis_broker import CodaBroker
+from ..queueing import messages
+from ..queueing.redis_broker import CodaBroker
+from ..state.broker_keys import tick_key
 
 __all__ = ["Tick", "Ticker", "one_at_a_time", "tick_message"]
 

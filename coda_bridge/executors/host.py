@@ -18,11 +18,11 @@ from typing import Any
 
 import redis
 
-from ..broker.outage import broker_unavailable
-from ..broker.shared_state import NodeState
 from ..errors import CodaError
 from ..logs import mask
+from ..queueing.outage import broker_unavailable
 from ..settings import Settings
+from ..state.node_state import NodeState
 from .base import call_batch_run, call_run, cancel, has_batch
 from .first_runtime import adapt_executor
 from .isolation import ExecutorProcesses

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ..cloud.client import CloudClient
+from ..cloud.http_client import CloudClient
 from ..cloud.origins import OriginError, base_origin, origins_of, sent_origin
 from ..cloud.signing import Signer, public_key_pem
 from ..errors import AuthError, ConfigError, NodeError

@@ -16,19 +16,19 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import requests
 
-from ..broker.client import broker_client, sentinel_primary
-from ..broker.redis_broker import create_broker
-from ..broker.registry import live_processes
-from ..broker.shared_state import NodeState
-from ..broker.sizing import memory_finding
-from ..cloud.client import connect_headers_for
 from ..cloud.clock import SKEW_WARNING_SEC, CloudClock, parse_http_date
+from ..cloud.http_client import connect_headers_for
 from ..errors import CodaError, ConfigError
 from ..executors.noop import NoopExecutor
 from ..executors.resolve import resolve_executor
 from ..identity.connect import load_node_settings
 from ..identity.credentials import StatePaths, ensure_state_dir, load_persisted, read_private
+from ..queueing.broker_client import broker_client, sentinel_primary
+from ..queueing.redis_broker import create_broker
+from ..queueing.sizing import memory_finding
 from ..settings import SECRET_FIELDS, Settings, load_settings, selected_site, setting_layers, settings_files
+from ..state.node_state import NodeState
+from ..state.registry import live_processes
 
 __all__ = [
     "Check",

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..broker.keys import broker_namespace, key_part, queue_key
-from ..broker.queues import RESULTS_QUEUE
 from ..errors import ConfigError
 from ..identity.credentials import StatePaths, read_private
+from ..queueing.queues import RESULTS_QUEUE
+from ..state.broker_keys import broker_namespace, key_part, queue_key
 
 if TYPE_CHECKING:  # the supervisor's interpreter imports redis only once it drains
     import redis
@@ -88,7 +88,7 @@ class ResultsFlushed:
         self._client = client
 
     def _connect(self) -> redis.Redis | None:
-        from ..broker.client import broker_client  # noqa: PLC0415 - start's group process loads it only to drain
+        from ..queueing.broker_client import broker_client  # noqa: PLC0415 - start's group process loads it only to drain
 
         if not self.qpu_id and self.paths is not None:
             try:

@@ -48,7 +48,7 @@ from .forking import can_fork, exec_setup, fork_part, signals_held
 from .jsonlines import JsonPrinter
 from .logfile import LOG_FILE_ENV, reopen_log
 from .output import PacedOutput
-from .processes import ProcessSpec
+from .process_list import ProcessSpec
 from .proctree import kill_tree, process_tree
 
 __all__ = ["SYSTEM_NAME", "ForkedProcess", "ProcessGroup"]

@@ -13,11 +13,11 @@ from typing import Any
 
 import redis
 
-from ..broker.redis_broker import create_broker
-from ..broker.shared_state import NodeState
-from ..control.pause import PauseBook
+from ..control.pause_book import PauseBook
 from ..identity.credentials import StatePaths
+from ..queueing.redis_broker import create_broker
 from ..settings import Settings
+from ..state.node_state import NodeState
 from .daemon import probe_ready, ready_url
 from .doctor import process_lines, vpn_summary
 from .outcome import last_exit

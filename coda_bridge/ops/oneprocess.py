@@ -31,7 +31,7 @@ from ..settings import Settings
 from .drain import DRAIN_PLAN, ResultsFlushed, drain_stage, results_key_template
 from .exits import EX_CONFIG, FORCED_EXIT
 from .jsonlines import JsonLinesStream
-from .processes import CONTROL_THREADS, PREPARED_AHEAD, RESULT_PROCESSES, RESULT_THREADS
+from .process_list import CONTROL_THREADS, PREPARED_AHEAD, RESULT_PROCESSES, RESULT_THREADS
 from .runners import QueueWorkers, StopSignal, connect_or_exit
 from .webentry import registered
 
@@ -55,7 +55,7 @@ def _preload() -> None:
     import waitress  # noqa: F401, PLC0415 - loaded in the preload thread, while the bridge connects
 
     from ..pipeline import delivery, execute, intake  # noqa: F401, PLC0415 - loaded in the preload thread, while the bridge connects
-    from ..web import app  # noqa: F401, PLC0415 - loaded in the preload thread, while the bridge connects
+    from ..web import probes_app as app  # noqa: F401, PLC0415 - loaded in the preload thread, while the bridge connects
 
 
 def _export(host: str | None, port: int | None, site: str | None) -> None:
@@ -91,7 +91,7 @@ def run_one_process(
     import actors  # noqa: PLC0415 - after the connect; the preload thread loaded its modules meanwhile
 
     # in the terminal's process group, so a Ctrl-C reaches every part
-    actors.boot(actors.broker, actors.node, isolate=False)
+    actors.boot(actors.broker, actors.shared, isolate=False)
     return _Node(settings, actors.broker).run(stop)
 
 
@@ -111,7 +111,7 @@ class _Node:
     def _web(self) -> tuple[Any, threading.Thread]:
         from waitress import create_server  # noqa: PLC0415 - start-up: the preload thread loads it while the bridge connects
 
-        from ..web.app import check_dashboard, create_app  # noqa: PLC0415 - start-up: the preload thread loads it while the bridge connects
+        from ..web.probes_app import check_dashboard, create_app  # noqa: PLC0415 - start-up: the preload thread loads it while the bridge connects
 
         check_dashboard(self.settings)
         app = create_app(self.settings)

@@ -53,7 +53,7 @@ from .group import READY_PATH, SYSTEM_NAME, WEB_WORKERS, ProcessGroup
 from .jsonlines import json_line
 from .outcome import UNEXPLAINED, record_exit, record_start
 from .pidfile import claim_pid_file, pid_file_for, release_pid_file
-from .processes import ProcessSpec, start_processes
+from .process_list import ProcessSpec, start_processes
 
 if TYPE_CHECKING:  # the group's interpreter preloads only what its processes share (see run_start)
     from ..settings import Settings

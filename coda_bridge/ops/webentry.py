@@ -19,9 +19,9 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
-from ..broker.registry import Registration
 from ..identity.waiting import exiting_on_sigterm, wait_for_identity
 from ..logs import configure_logging
+from ..state.registry import Registration
 from ..trust import python_argv
 from .runners import wait_connected
 
@@ -45,7 +45,7 @@ def registered(app: Flask) -> Registration:
 def web_app() -> Flask:
     """The probes app of a gunicorn worker: once the node has its identity, registered as a web process."""
     # flask and the app's modules load in the web worker only (``start`` imports this module for web_argv)
-    from ..web.app import create_app  # noqa: PLC0415 - start imports this module for web_argv; flask loads in the worker
+    from ..web.probes_app import create_app  # noqa: PLC0415 - start imports this module for web_argv; flask loads in the worker
 
     configure_logging()  # the wait's lines, before the settings say how
     app = create_app(wait_for_identity(role="web"))

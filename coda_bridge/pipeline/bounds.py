@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from ..broker.refusal import refusal
+from ..queueing.refusal import refusal
 from .checks import REFUSAL_FIELD, shown
 
 __all__ = [

@@ -21,20 +21,20 @@ from uuid import uuid4
 
 import redis
 
-from ..broker.client import broker_client
-from ..broker.eviction import EvictionWatch
-from ..broker.queues import HEARTBEAT_ACTOR, VPN_CHECK_ACTOR
-from ..broker.redis_broker import CodaBroker, create_broker
-from ..broker.registry import Registration
-from ..broker.shared_state import NodeState
-from ..cloud.client import CloudClient
 from ..cloud.clock import CloudClock
+from ..cloud.http_client import CloudClient
 from ..cloud.redis_client import cloud_redis_client
 from ..control.ticker import Tick, Ticker
 from ..errors import ConfigError, VPNError
 from ..identity.connect import connect_node, load_node_settings
+from ..queueing.broker_client import broker_client
+from ..queueing.eviction import EvictionWatch
+from ..queueing.queues import HEARTBEAT_ACTOR, VPN_CHECK_ACTOR
+from ..queueing.redis_broker import CodaBroker, create_broker
 from ..sdnotify import CycleNotifier
 from ..settings import Settings
+from ..state.node_state import NodeState
+from ..state.registry import Registration
 from ..vpn.guard import preflight
 from .intake import StreamBridge
 
@@ -203,7 +203,7 @@ class BridgeProcess:
         self.bridge = StreamBridge(settings, broker, state, cloud=cloud, on_cycle=self.notifier.cycle)
 
     def register(self) -> BridgeProcess:
-        """Hold this QPU's bridge (:class:`~coda_bridge.broker.registry.BridgeTaken` while another lives)."""
+        """Hold this QPU's bridge (:class:`~coda_bridge.state.registry.BridgeTaken` while another lives)."""
         if self.registration is None:
             self.registration = Registration(
                 self.broker.client,
@@ -218,7 +218,7 @@ class BridgeProcess:
         """Read and forward until :meth:`stop`; the round under way ends first, then the ticker stops.
 
         Meanwhile a thread names a broker that evicts keys
-        (:class:`~coda_bridge.broker.eviction.EvictionWatch`).
+        (:class:`~coda_bridge.queueing.eviction.EvictionWatch`).
         """
         self.register()
         self.ticker.start()

@@ -2,7 +2,7 @@
 
 No two workers run one job at once; a claim whose holder died lapses after
 its lease.  Taking a batch's claims also reads each job's recorded result
-(through :class:`~coda_bridge.pipeline.records.RecordStore`), in the same round trip.
+(through :class:`~coda_bridge.pipeline.job_records.RecordStore`), in the same round trip.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 import redis
 
-from ..broker.keys import claim_key
-from ..broker.shared_state import NodeState
 from ..replies import as_text
-from .records import RecordStore
+from ..state.broker_keys import claim_key
+from ..state.node_state import NodeState
+from .job_records import RecordStore
 
 __all__ = ["CLAIM_LEASE_SEC", "Claim", "ClaimBook"]
 

@@ -1,7 +1,7 @@
 """dramatiq's dead-letter queues of the node, read and replayed for ``coda-bridge replay``.
 
 A result that exhausts its delivery retries stays there (for ten years,
-see :func:`~coda_bridge.broker.redis_broker.create_broker`) until replayed;
+see :func:`~coda_bridge.queueing.redis_broker.create_broker`) until replayed;
 its stream entry stays pending meanwhile.  A job message should never end
 there (a job that cannot run is a ``failed`` result), but one that met a
 long broker outage can: it is listed and replayed the same way.
@@ -15,11 +15,11 @@ from typing import Any
 
 from dramatiq.message import Message
 
-from ..broker.keys import dead_messages_key, dead_queue_key
-from ..broker.messages import delivery_of, jobs_of, replay_message
-from ..broker.queues import JOBS_QUEUE, QUEUES, RESULTS_QUEUE
-from ..broker.redis_broker import CodaBroker
+from ..queueing.messages import delivery_of, jobs_of, replay_message
+from ..queueing.queues import JOBS_QUEUE, QUEUES, RESULTS_QUEUE
+from ..queueing.redis_broker import CodaBroker
 from ..replies import as_text
+from ..state.broker_keys import dead_messages_key, dead_queue_key
 from .timeline import Timeline
 
 __all__ = ["DeadLetter", "dead_letters", "replay_dead_letters"]

@@ -20,16 +20,16 @@ from typing import Any
 import dramatiq
 import redis
 
-from ..broker.entries import EntryIndex
-from ..broker.histograms import DELIVERY_ATTEMPTS, WEBHOOK_DURATION, XADD_TO_RESULT, Histograms
-from ..broker.shared_state import NodeState
-from ..cloud.client import CloudClient
+from ..cloud.http_client import CloudClient
 from ..cloud.origins import callback_allowed
 from ..cloud.signing import Signer
 from ..errors import WebhookError
 from ..failpoints import failpoint
+from ..metrics.histograms import DELIVERY_ATTEMPTS, WEBHOOK_DURATION, XADD_TO_RESULT, Histograms
+from ..queueing.entry_index import EntryIndex
 from ..settings import Settings
-from .records import RecordStore
+from ..state.node_state import NodeState
+from .job_records import RecordStore
 from .status import CloudStatus
 from .timeline import Event, Timeline, short_reason
 

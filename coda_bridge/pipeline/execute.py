@@ -26,16 +26,16 @@ from dataclasses import dataclass
 
 import redis
 
-from ..broker.entries import EntryIndex
-from ..broker.shared_state import NodeState
 from ..cloud.origins import callback_refusal
 from ..errors import CodaError, JobError
 from ..executors.host import ExecutorHost
 from ..failpoints import failpoint
+from ..queueing.entry_index import EntryIndex
 from ..settings import Settings
+from ..state.node_state import NodeState
 from .checks import shown, validate_job
 from .claims import CLAIM_LEASE_SEC, Claim, ClaimBook
-from .records import RecordStore
+from .job_records import RecordStore
 from .runs import GiveWay, Payload, ReadyJob, Runner, failure_payload
 from .status import TERMINAL_STATES, CloudStatus
 from .timeline import Event, Timeline, result_summary, short_reason

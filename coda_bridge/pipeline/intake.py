@@ -25,23 +25,23 @@ import dramatiq
 import redis
 
 from ..backoff import Backoff
-from ..broker.entries import GONE, EntryIndex
-from ..broker.keys import queue_key
-from ..broker.messages import batch_message, job_message
-from ..broker.queues import JOBS_QUEUE
-from ..broker.redis_broker import CodaBroker
-from ..broker.refusal import refusal
-from ..broker.shared_state import NodeState
-from ..cloud.keys import group_name, stream_key
 from ..cloud.redis_client import cloud_redis_client
-from ..control.pause import PauseBook
+from ..cloud.redis_keys import group_name, stream_key
+from ..control.pause_book import PauseBook
 from ..failpoints import failpoint
+from ..queueing.entry_index import GONE, EntryIndex
+from ..queueing.messages import batch_message, job_message
+from ..queueing.queues import JOBS_QUEUE
+from ..queueing.redis_broker import CodaBroker
+from ..queueing.refusal import refusal
 from ..settings import Settings
+from ..state.broker_keys import queue_key
+from ..state.node_state import NodeState
 from .bounds import Job, Screened, broker_refusal, pack, round_trips, screen, stand_in
 from .checks import shown
 from .claims import ClaimBook
+from .job_records import RecordStore
 from .reconcile import Reconciler
-from .records import RecordStore
 from .status import CloudStatus
 from .timeline import Event, Timeline, short_reason
 

@@ -30,11 +30,11 @@ from typing import Any
 import dramatiq
 import redis
 
-from ..broker.entries import GONE, EntryIndex
-from ..broker.messages import delivery_message
+from ..queueing.entry_index import GONE, EntryIndex
+from ..queueing.messages import delivery_message
 from ..replies import as_text
 from .claims import ClaimBook
-from .records import RecordStore
+from .job_records import RecordStore
 from .status import CloudStatus
 
 __all__ = ["PAGE_ENTRIES", "Reconciler", "ReconcileReport"]

@@ -20,11 +20,11 @@ from typing import Any
 
 import redis
 
-from ..broker.histograms import JOB_DURATION, Histograms
-from ..broker.shared_state import NodeState
 from ..executors.base import coerce_result
 from ..executors.host import ExecutorHost
 from ..executors.isolation import Died, ExecutorProcess, describe_error
+from ..metrics.histograms import JOB_DURATION, Histograms
+from ..state.node_state import NodeState
 from .claims import Claim
 from .status import ERROR_MAX_CHARS, CloudStatus
 from .timeline import Timeline

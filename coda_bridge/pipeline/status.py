@@ -17,10 +17,10 @@ from typing import Any
 
 import redis
 
-from ..broker.shared_state import utc_iso
-from ..cloud.keys import cancel_key, group_name, status_key, stream_key
+from ..cloud.redis_keys import cancel_key, group_name, status_key, stream_key
 from ..errors import WebhookError
 from ..replies import as_text
+from ..state.node_state import utc_iso
 
 __all__ = ["ERROR_MAX_CHARS", "TERMINAL_STATES", "CloudStatus"]
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import redis
 
-from ..broker.keys import device_key, timeline_key
 from ..logs import mask
 from ..replies import as_text
+from ..state.broker_keys import device_key, timeline_key
 from .checks import shown
 
 __all__ = [

@@ -10,7 +10,7 @@ fails the probe.  Without configured targets, a required VPN probes
 Probes to ``webapp_url``'s own origin carry the operator's
 ``node_connect_headers``; probes elsewhere carry none.
 
-The state is shared through :class:`~coda_bridge.broker.shared_state.NodeState` with
+The state is shared through :class:`~coda_bridge.state.node_state.NodeState` with
 an expiry, so every process reads the last check and a dead checker reads
 as ``booting`` rather than frozen in its last good state.
 """
@@ -32,10 +32,10 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import requests
 
-from ..broker.shared_state import NodeState
-from ..cloud.client import connect_headers_for
+from ..cloud.http_client import connect_headers_for
 from ..errors import VPNError
 from ..settings import Settings
+from ..state.node_state import NodeState
 from .states import BOOTING, DEGRADED, READY, VPN_UNAVAILABLE
 
 __all__ = [

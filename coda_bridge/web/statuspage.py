@@ -1,7 +1,7 @@
 """The status page: the node's state on one HTML page, for a person with a browser (a phone too).
 
 Served by the probes app at ``/status`` (behind the dashboard's
-authentication rules, :mod:`coda_bridge.web.app`).  Everything comes from
+authentication rules, :mod:`coda_bridge.web.probes_app`).  Everything comes from
 the broker Redis, the cloud's Redis and ``/ready``'s own check when the page
 is asked for, so any gunicorn worker shows the same.  The page refreshes
 itself (a meta refresh: no script), and Jinja escapes every value: a pause
@@ -19,15 +19,15 @@ import redis
 from flask import Flask, render_template
 from markupsafe import escape
 
-from ..broker.queues import QUEUES
-from ..broker.redis_broker import create_broker
-from ..broker.registry import live_processes
-from ..broker.shared_state import NodeState, utc_iso
-from ..cloud.keys import group_name, stream_key
-from ..control.pause import PauseBook
+from ..cloud.redis_keys import group_name, stream_key
+from ..control.pause_book import PauseBook
 from ..control.windows import active_window, next_window, parse_window
+from ..queueing.queues import QUEUES
+from ..queueing.redis_broker import create_broker
 from ..replies import as_text
 from ..settings import Settings
+from ..state.node_state import NodeState, utc_iso
+from ..state.registry import live_processes
 from ..version import __version__
 
 __all__ = ["STATUS_PREFIX", "STATUS_REFRESH_SEC", "PauseBanner", "node_view", "status_app"]

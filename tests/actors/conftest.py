@@ -12,8 +12,8 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage, Retries, TimeLimit
 
 import actors
-from actors.options import actor_options
-from coda_bridge.broker.middleware import StaleTicks
+from actors.actor_options import actor_options
+from coda_bridge.queueing.middleware import StaleTicks
 from coda_bridge.settings import Settings
 
 
@@ -88,7 +88,7 @@ def stub_broker(settings: Settings, calls: Calls) -> Iterator[StubBroker]:
     broker.emit_after("process_boot")
     declared = dict(actors.broker.actors)
     saved_options = {name: dict(actor.options) for name, actor in declared.items()}
-    node = actors.node
+    node = actors.shared
     node.use(settings, FakeParts(calls))  # type: ignore[arg-type]
     for name, actor in declared.items():
         actor.broker = broker

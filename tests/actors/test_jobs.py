@@ -12,9 +12,9 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 
 import actors.jobs
+from actors.actor_options import backstop_limit_ms
 from actors.jobs import execute
-from actors.options import backstop_limit_ms
-from coda_bridge.broker.queues import JOBS_QUEUE, RESULTS_QUEUE
+from coda_bridge.queueing.queues import JOBS_QUEUE, RESULTS_QUEUE
 from coda_bridge.settings import Settings
 
 from .conftest import Calls

@@ -13,13 +13,13 @@ import pytest
 import redis
 from dramatiq.middleware import TimeLimit
 
-from actors.node import Node, NodeBoot, boot
-from actors.options import attempt_limit_ms, backstop_limit_ms
-from coda_bridge.broker.queues import DELIVER_ACTOR, EXECUTE_ACTOR, JOBS_QUEUE, RESULTS_QUEUE
-from coda_bridge.broker.redis_broker import CodaBroker, broker_namespace
-from coda_bridge.broker.registry import live_processes
+from actors.actor_options import attempt_limit_ms, backstop_limit_ms
+from actors.shared import Node, NodeBoot, boot
 from coda_bridge.control.hold import HoldJobs
+from coda_bridge.queueing.queues import DELIVER_ACTOR, EXECUTE_ACTOR, JOBS_QUEUE, RESULTS_QUEUE
+from coda_bridge.queueing.redis_broker import CodaBroker, broker_namespace
 from coda_bridge.settings import Settings
+from coda_bridge.state.registry import live_processes
 
 #: Longest `import actors` may take on a busy machine (it blocked for good before).
 IMPORT_DEADLINE_SEC = 60

@@ -6,8 +6,8 @@ import dramatiq
 from dramatiq.brokers.stub import StubBroker
 
 from actors.results import deliver
-from coda_bridge.broker.queues import RESULTS_QUEUE
 from coda_bridge.pipeline.delivery import DeliveryRetry
+from coda_bridge.queueing.queues import RESULTS_QUEUE
 
 from .conftest import Calls
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from coda_bridge.cli.main import main
 from coda_bridge.cli.options import safe_url
-from coda_bridge.dev.localredis import free_port
+from coda_bridge.devtools.localredis import free_port
 from coda_bridge.ops.exits import EX_CONFIG
 from coda_bridge.ops.pidfile import pid_file_for
 

@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from coda_bridge.cli.main import cli
-from coda_bridge.dev.localredis import free_port
-from coda_bridge.dev.submit import format_result, histogram_lines
-from coda_bridge.devcloud import DevCloudProcess, start_devcloud_process
+from coda_bridge.devtools.devcloud import DevCloudProcess, start_devcloud_process
+from coda_bridge.devtools.localredis import free_port
+from coda_bridge.devtools.submit import format_result, histogram_lines
 from coda_bridge.identity.connect import connect_node, load_node_settings
 from coda_bridge.identity.credentials import StatePaths
 

@@ -10,7 +10,7 @@ import redis
 
 from coda_bridge.cli.job import describe
 from coda_bridge.cli.main import main
-from coda_bridge.dev.localredis import free_port
+from coda_bridge.devtools.localredis import free_port
 from coda_bridge.pipeline.timeline import JOB_ID_MAX_CHARS, Timeline
 
 QPU = "qpu-job-cli"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests_mock as rm
 
-from coda_bridge.cloud.client import CallbackRefused, CloudClient, WebhookRedirected
+from coda_bridge.cloud.http_client import CallbackRefused, CloudClient, WebhookRedirected
 from coda_bridge.cloud.signing import Signer, generate_private_key_pem
 from coda_bridge.errors import HeartbeatRejected, NodeError, WebhookError
 from coda_bridge.settings import Settings
@@ -249,7 +249,7 @@ def test_netrc_never_replaces_the_bearer(
 
 def test_the_bearer_auth_never_shows_its_token() -> None:
     # given the client's auth object for a request
-    from coda_bridge.cloud.client import _Bearer
+    from coda_bridge.cloud.http_client import _Bearer
 
     # then its repr does not carry the token
     assert TOKEN not in repr(_Bearer(TOKEN))

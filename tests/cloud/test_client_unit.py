@@ -13,7 +13,7 @@ import pytest
 import requests
 import requests_mock as rm
 
-from coda_bridge.cloud.client import CloudClient, cloud_message
+from coda_bridge.cloud.http_client import CloudClient, cloud_message
 from coda_bridge.cloud.signing import Signer, generate_private_key_pem, public_key_pem, verify_token
 from coda_bridge.errors import HeartbeatRejected, NodeError, WebhookError
 from coda_bridge.settings import Settings
@@ -348,7 +348,10 @@ def test_a_retry_log_and_the_final_error_never_show_the_token(
     requests_mock.post(CONNECT_URL, status_code=502, text=page)
 
     # when every attempt fails
-    with caplog.at_level("WARNING", logger="coda_bridge.cloud.client"), pytest.raises(NodeError) as caught:
+    with (
+        caplog.at_level("WARNING", logger="coda_bridge.cloud.http_client"),
+        pytest.raises(NodeError) as caught,
+    ):
         client.connect(TOKEN, CONNECT_BODY)
 
     # then neither the error nor the retry warnings carry the token

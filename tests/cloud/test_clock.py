@@ -12,9 +12,9 @@ import jwt
 import pytest
 import redis
 
-from coda_bridge.broker.shared_state import NodeState
 from coda_bridge.cloud.clock import CloudClock
 from coda_bridge.cloud.signing import Signer, generate_private_key_pem
+from coda_bridge.state.node_state import NodeState
 
 QPU = "qpu-clock"
 #: This host's clock in these tests (Unix seconds); the cloud's is 600 s behind it.

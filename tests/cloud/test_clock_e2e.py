@@ -17,8 +17,8 @@ import pytest
 import requests
 from pipeline_support import FAST_LIMITS, circuit, stack_env, status
 
-from coda_bridge.cloud.keys import group_name, stream_key
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.cloud.redis_keys import group_name, stream_key
+from coda_bridge.devtools.stack import LocalStack, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
 

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 from pipeline_support import FAST_LIMITS, circuit, deliveries, executor_runs, stack_env, status
 
-from coda_bridge.cloud.client import CloudClient, WebhookRedirected
+from coda_bridge.cloud.http_client import CloudClient, WebhookRedirected
 from coda_bridge.cloud.signing import Signer, generate_private_key_pem
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.errors import AuthError, HeartbeatRejected, NodeError
 from coda_bridge.identity.connect import connect_node
 from coda_bridge.identity.credentials import StatePaths

@@ -15,15 +15,15 @@ import redis
 import requests
 import requests_mock as rm
 
-from coda_bridge.broker.redis_broker import create_broker
-from coda_bridge.broker.shared_state import NodeState
-from coda_bridge.cloud.client import CloudClient
-from coda_bridge.cloud.keys import group_name, stream_key
+from coda_bridge.cloud.http_client import CloudClient
 from coda_bridge.cloud.reachability import DOWN_AFTER_FAILURES, Reachability
+from coda_bridge.cloud.redis_keys import group_name, stream_key
 from coda_bridge.cloud.signing import Signer, generate_private_key_pem
 from coda_bridge.errors import HeartbeatRejected, NodeError, WebhookError
+from coda_bridge.queueing.redis_broker import create_broker
 from coda_bridge.settings import Settings
-from coda_bridge.web import app as web
+from coda_bridge.state.node_state import NodeState
+from coda_bridge.web import probes_app as web
 
 BASE = "https://cloud.test"
 HEARTBEAT_URL = f"{BASE}/api/internal/qpu/heartbeat"

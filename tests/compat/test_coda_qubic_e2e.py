@@ -28,10 +28,10 @@ from compat_support import (
     ready,
 )
 
-from coda_bridge.broker.queues import JOBS_QUEUE
-from coda_bridge.broker.redis_broker import broker_namespace
-from coda_bridge.dev.stack import wait_until
+from coda_bridge.devtools.stack import wait_until
 from coda_bridge.ops.exits import EX_CONFIG
+from coda_bridge.queueing.queues import JOBS_QUEUE
+from coda_bridge.queueing.redis_broker import broker_namespace
 
 pytestmark = pytest.mark.e2e
 

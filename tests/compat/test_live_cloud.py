@@ -35,10 +35,10 @@ import redis
 from cryptography.hazmat.primitives import serialization
 
 from coda_bridge.circuits.ir import TARGETS
-from coda_bridge.cloud.client import CloudClient
-from coda_bridge.cloud.keys import stream_key
-from coda_bridge.dev.localredis import LocalRedis, free_port
-from coda_bridge.dev.stack import wait_until
+from coda_bridge.cloud.http_client import CloudClient
+from coda_bridge.cloud.redis_keys import stream_key
+from coda_bridge.devtools.localredis import LocalRedis, free_port
+from coda_bridge.devtools.stack import wait_until
 from coda_bridge.identity.connect import connect_node, load_node_settings, node_signer
 from coda_bridge.identity.credentials import StatePaths
 from coda_bridge.settings import Settings

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from coda_bridge.broker.registry import Registration
-from coda_bridge.broker.shared_state import NodeState
 from coda_bridge.control.heartbeat import can_run_jobs
+from coda_bridge.state.node_state import NodeState
+from coda_bridge.state.registry import Registration
 
 QPU = "q-can-run"
 GRACE_SEC = 60.0

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from pipeline_support import circuit
 
-from coda_bridge.broker.redis_broker import create_broker
-from coda_bridge.broker.shared_state import NodeState
 from coda_bridge.control.ticker import Tick, Ticker
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
+from coda_bridge.queueing.redis_broker import create_broker
 from coda_bridge.settings import Settings
+from coda_bridge.state.node_state import NodeState
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 import pytest
 from pipeline_support import circuit, stack_env
 
-from coda_bridge.control.pause import PauseBook
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.control.pause_book import PauseBook
+from coda_bridge.devtools.stack import LocalStack, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from coda_bridge.broker.shared_state import NodeState
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.ops.exits import EX_CONFIG
+from coda_bridge.state.node_state import NodeState
 
 pytestmark = pytest.mark.e2e
 

@@ -19,9 +19,9 @@ import requests
 from pipeline_support import circuit, stack_env
 from prometheus_client.parser import text_string_to_metric_families
 
-from coda_bridge.control.pause import PauseBook
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.control.pause_book import PauseBook
 from coda_bridge.device import DeviceState
+from coda_bridge.devtools.stack import LocalStack, wait_until
 
 pytestmark = pytest.mark.e2e
 

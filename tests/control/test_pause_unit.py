@@ -11,9 +11,9 @@ import redis
 
 from coda_bridge.cli.main import main
 from coda_bridge.control.hold import DeviceWatch
-from coda_bridge.control.pause import MAX_PAUSE_SEC, NodeHold, PauseBook, parse_duration
-from coda_bridge.dev.localredis import free_port
+from coda_bridge.control.pause_book import MAX_PAUSE_SEC, NodeHold, PauseBook, parse_duration
 from coda_bridge.device import DeviceState, read_device_state
+from coda_bridge.devtools.localredis import free_port
 from coda_bridge.errors import ConfigError
 
 QPU = "qpu-pause"

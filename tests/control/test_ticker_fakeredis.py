@@ -22,10 +22,10 @@ from dramatiq.broker import MessageProxy
 from dramatiq.message import Message
 from dramatiq.middleware import SkipMessage
 
-from coda_bridge.broker.keys import tick_key
-from coda_bridge.broker.middleware import StaleTicks
-from coda_bridge.broker.redis_broker import CodaBroker, broker_namespace
 from coda_bridge.control.ticker import MIN_LEASE_MS, Tick, Ticker, one_at_a_time, tick_message
+from coda_bridge.queueing.middleware import StaleTicks
+from coda_bridge.queueing.redis_broker import CodaBroker, broker_namespace
+from coda_bridge.state.broker_keys import tick_key
 
 QPU = "qpu-tick"
 CONTROL = "control"
@@ -242,7 +242,7 @@ def test_a_tick_that_waited_past_its_slot_is_skipped_with_a_log(
 
     # when a worker gets it (a redelivery, or after a stall) 2.5 s after its slot ended
     clock[0] = message.kwargs["expires_at"] + 2.5
-    with caplog.at_level(logging.INFO, logger="coda_bridge.broker.middleware"):
+    with caplog.at_level(logging.INFO, logger="coda_bridge.queueing.middleware"):
         late = skipped(worker_broker, message)
 
     # then it is skipped (SkipMessage: acknowledged, not failed, so never dead-lettered), and logged

@@ -16,13 +16,13 @@ from dramatiq.broker import MessageProxy
 from dramatiq.message import Message
 from dramatiq.middleware import SkipMessage
 
-from coda_bridge.broker.keys import tick_key
-from coda_bridge.broker.middleware import StaleTicks
-from coda_bridge.broker.queues import CONTROL_QUEUE
-from coda_bridge.broker.redis_broker import CodaBroker, create_broker
 from coda_bridge.control.ticker import Tick, Ticker, one_at_a_time
-from coda_bridge.dev.stack import wait_until
+from coda_bridge.devtools.stack import wait_until
+from coda_bridge.queueing.middleware import StaleTicks
+from coda_bridge.queueing.queues import CONTROL_QUEUE
+from coda_bridge.queueing.redis_broker import CodaBroker, create_broker
 from coda_bridge.settings import Settings
+from coda_bridge.state.broker_keys import tick_key
 
 QPU = "qpu-tick"
 #: A fake wall clock, well away from any slot boundary of the intervals below.

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from coda_bridge.control.maintenance import MaintenanceWindows, run_hook
-from coda_bridge.control.pause import PauseBook
+from coda_bridge.control.pause_book import PauseBook
 from coda_bridge.control.windows import active_window, next_window, parse_window
 
 QPU = "qpu-windows"

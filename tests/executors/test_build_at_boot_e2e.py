@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import requests
 
-from coda_bridge.broker.queues import JOBS_QUEUE
-from coda_bridge.broker.redis_broker import broker_namespace
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.ops.exits import EX_CONFIG
+from coda_bridge.queueing.queues import JOBS_QUEUE
+from coda_bridge.queueing.redis_broker import broker_namespace
 
 pytestmark = pytest.mark.e2e
 

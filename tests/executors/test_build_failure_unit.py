@@ -17,15 +17,15 @@ import pytest
 import redis
 from dramatiq.brokers.stub import StubBroker
 
-from coda_bridge.broker.middleware import BuildAtBoot
-from coda_bridge.broker.shared_state import NodeState
-from coda_bridge.cloud.keys import group_name, stream_key
-from coda_bridge.dev.localredis import free_port
+from coda_bridge.cloud.redis_keys import group_name, stream_key
+from coda_bridge.devtools.localredis import free_port
 from coda_bridge.errors import ConfigError, ExecutorError
 from coda_bridge.ops.doctor import check_coda_command, check_executor, check_executor_boot
 from coda_bridge.ops.exits import EX_CONFIG
+from coda_bridge.queueing.middleware import BuildAtBoot
 from coda_bridge.settings import Settings, load_settings
-from coda_bridge.web.app import readiness
+from coda_bridge.state.node_state import NodeState
+from coda_bridge.web.probes_app import readiness
 
 QPU = "qpu-boot"
 #: How long a stub worker's threads wait for a message before looking again (ms): a quick stop.

@@ -14,11 +14,11 @@ import fakeredis
 import pytest
 import redis
 
-from coda_bridge.broker.shared_state import NodeState
 from coda_bridge.control.heartbeat import heartbeat_body
 from coda_bridge.errors import ExecutorError
 from coda_bridge.executors.host import ExecutorHost, executor_version, reported_edges
 from coda_bridge.settings import Settings
+from coda_bridge.state.node_state import NodeState
 
 QPU = "qpu-host"
 

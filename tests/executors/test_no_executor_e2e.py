@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from coda_bridge.dev.stack import LocalStack
+from coda_bridge.devtools.stack import LocalStack
 from coda_bridge.ops.exits import EX_CONFIG
 
 pytestmark = pytest.mark.e2e

@@ -17,7 +17,7 @@ import requests_mock as rm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 
-from coda_bridge.cloud.client import CloudClient
+from coda_bridge.cloud.http_client import CloudClient
 from coda_bridge.cloud.signing import generate_private_key_pem
 from coda_bridge.errors import AuthError, ConfigError, NodeError
 from coda_bridge.identity.connect import (

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import pytest
 
 from coda_bridge.cloud import clock as clock_module
-from coda_bridge.cloud.client import CloudClient
 from coda_bridge.cloud.clock import CloudClock
-from coda_bridge.dev.localredis import LocalRedis
-from coda_bridge.devcloud import DevCloudClient, DevCloudProcess, start_devcloud_process
+from coda_bridge.cloud.http_client import CloudClient
+from coda_bridge.devtools.devcloud import DevCloudClient, DevCloudProcess, start_devcloud_process
+from coda_bridge.devtools.localredis import LocalRedis
 from coda_bridge.errors import ClockRefused
 from coda_bridge.identity.connect import connect_node, load_node_settings
 from coda_bridge.ops.runners import connect_or_exit

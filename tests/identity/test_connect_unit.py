@@ -15,7 +15,7 @@ import pytest
 import requests
 import requests_mock as rm
 
-from coda_bridge.cloud.client import CloudClient
+from coda_bridge.cloud.http_client import CloudClient
 from coda_bridge.cloud.signing import generate_private_key_pem, public_key_pem, verify_token
 from coda_bridge.errors import AuthError, ConfigError, NodeError
 from coda_bridge.identity.connect import apply_bundle, connect_node

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from coda_bridge.cloud.client import CloudClient
-from coda_bridge.devcloud import DevCloudClient
+from coda_bridge.cloud.http_client import CloudClient
+from coda_bridge.devtools.devcloud import DevCloudClient
 from coda_bridge.errors import ConfigError, NodeError
 from coda_bridge.identity.connect import connect_node, load_node_settings
 from coda_bridge.identity.credentials import StatePaths

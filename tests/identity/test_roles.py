@@ -7,8 +7,8 @@ import os
 import pytest
 
 from coda_bridge import ConfigError
+from coda_bridge.components import NodeComponents
 from coda_bridge.identity.waiting import RoleError, missing_for_role, wait_for_identity, worker_role
-from coda_bridge.parts import NodeParts
 from coda_bridge.settings import load_settings
 
 PEM = "-----BEGIN PRIVATE KEY-----\nnot-a-real-key\n-----END PRIVATE KEY-----\n"
@@ -57,7 +57,7 @@ def test_a_jobs_worker_with_qpu_and_redis_starts_without_any_key(clean_env: pyte
     clean_env.setenv("CODA_REDIS_URL", "redis://cloud:6379/0")
     # when it loads its identity
     settings = wait_for_identity(role="jobs", timeout_sec=0)
-    parts = NodeParts(settings)
+    parts = NodeComponents(settings)
     # then it has it, holds no key and cannot sign
     assert (settings.qpu_id, settings.jwt_private_key) == ("q-2", None)
     assert not parts.can_sign
@@ -77,9 +77,9 @@ def test_a_process_that_does_not_sign_drops_a_key_it_was_given(clean_env: pytest
     # then only the delivery worker keeps the key
     assert web.jwt_private_key is None
     assert results.jwt_private_key_value == PEM
-    assert not NodeParts(web).can_sign
-    assert not NodeParts(results, signs=False).can_sign
-    assert NodeParts(results).can_sign
+    assert not NodeComponents(web).can_sign
+    assert not NodeComponents(results, signs=False).can_sign
+    assert NodeComponents(results).can_sign
 
 
 def test_a_process_waiting_for_the_bridge_times_out_rather_than_refusing(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from coda_bridge.dev.stack import LocalStack
+from coda_bridge.devtools.stack import LocalStack
 
 # ops_support (helpers shared by these tests) lives beside them.
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from coda_bridge.dev.stack import LocalStack
+from coda_bridge.devtools.stack import LocalStack
 from coda_bridge.settings import Settings
 
 #: The drain timeout of these tests' nodes: short, so a broken drain fails fast.

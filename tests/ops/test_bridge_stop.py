@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from ops_support import circuit, node_env
 
-from coda_bridge.cloud.keys import group_name, stream_key
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.cloud.redis_keys import group_name, stream_key
+from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.ops.exits import FORCED_EXIT
 
 pytestmark = pytest.mark.e2e

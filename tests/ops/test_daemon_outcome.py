@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from ops_support import DRAIN_TIMEOUT_SEC, node_env, run_cli
 
-from coda_bridge.dev.localredis import free_port
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.localredis import free_port
+from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.ops.exits import EX_CONFIG
 from coda_bridge.ops.pidfile import pid_file_for, running_pid
 from coda_bridge.ops.proctree import alive, kill_tree, process_tree

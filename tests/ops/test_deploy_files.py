@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from coda_bridge.ops.processes import node_processes
+from coda_bridge.ops.process_list import node_processes
 from coda_bridge.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from coda_bridge.broker.sizing import memory_finding
-from coda_bridge.dev.localredis import LocalRedis, free_port
+from coda_bridge.devtools.localredis import LocalRedis, free_port
 from coda_bridge.ops.doctor import check_broker_memory
+from coda_bridge.queueing.sizing import memory_finding
 
 
 @pytest.fixture

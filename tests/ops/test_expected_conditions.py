@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from ops_support import DRAIN_TIMEOUT_SEC, node_env, run_cli
 
-from coda_bridge.dev.localredis import free_port
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.localredis import free_port
+from coda_bridge.devtools.stack import LocalStack, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -18,8 +18,8 @@ import pytest
 import requests
 from ops_support import DRAIN_TIMEOUT_SEC, node_env
 
-from coda_bridge.dev.localredis import free_port
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.localredis import free_port
+from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.identity.credentials import StatePaths, ensure_state_dir, write_private
 from coda_bridge.ops.proctree import process_tree
 

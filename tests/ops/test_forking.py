@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from coda_bridge.dev.stack import wait_until
+from coda_bridge.devtools.stack import wait_until
 from coda_bridge.ops.group import MAX_LINE_BYTES
 from coda_bridge.ops.proctree import alive, process_tree
 
@@ -79,7 +79,7 @@ DRIVER = """
 import json, os, sys
 from coda_bridge.ops.forking import preload
 from coda_bridge.ops.group import ProcessGroup
-from coda_bridge.ops.processes import ProcessSpec
+from coda_bridge.ops.process_list import ProcessSpec
 config = json.load(open(sys.argv[1]))
 preload(["preloaded_marker", "forkpart"])
 group = ProcessGroup(drain_timeout_sec=10, backoff_start_sec=0.2, fork=config["fork"])

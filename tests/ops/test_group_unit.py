@@ -14,7 +14,7 @@ import pytest
 from honcho.printer import Printer
 
 from coda_bridge.ops.group import ForkedProcess, ProcessGroup
-from coda_bridge.ops.processes import ProcessSpec
+from coda_bridge.ops.process_list import ProcessSpec
 
 
 def test_a_spent_token_is_gone_from_every_environment_once_the_node_has_an_identity(

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from ops_support import DRAIN_TIMEOUT_SEC, circuit, executor_runs, node_env, write_slow_executor
 
-from coda_bridge.dev.localredis import find_redis_server, free_port
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.localredis import find_redis_server, free_port
+from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.ops.proctree import alive, kill_tree, process_tree
 
 PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"

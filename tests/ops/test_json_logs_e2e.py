@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from ops_support import circuit, node_env, run_cli
 
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.identity.credentials import StatePaths
 
 pytestmark = pytest.mark.e2e

@@ -19,7 +19,7 @@ import pytest
 import requests
 from ops_support import circuit, node_env, run_cli
 
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.identity.credentials import StatePaths
 from coda_bridge.ops.daemon import ready_url
 from coda_bridge.ops.pidfile import pid_file_for, running_pid

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from coda_bridge.dev.stack import wait_until
+from coda_bridge.devtools.stack import wait_until
 from coda_bridge.ops.output import PacedOutput
 
 

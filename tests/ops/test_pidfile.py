@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from ops_support import node_env, run_cli
 
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.identity.credentials import ensure_state_dir
 from coda_bridge.ops.daemon import follow, stop_node, tail
 from coda_bridge.ops.pidfile import (

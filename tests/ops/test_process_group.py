@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from coda_bridge.dev.stack import wait_until
+from coda_bridge.devtools.stack import wait_until
 from coda_bridge.ops.proctree import alive, process_tree
 
 #: Real processes (servers, supervisors): the end-to-end tier, not the fast one.
@@ -40,7 +40,7 @@ while True:
 
 DRIVER = """
 import json, os, sys
-from coda_bridge.ops.processes import ProcessSpec
+from coda_bridge.ops.process_list import ProcessSpec
 from coda_bridge.ops.group import ProcessGroup
 config = json.load(open(sys.argv[1]))
 flag = config.get("flag")

@@ -13,9 +13,9 @@ import psutil
 import pytest
 from pipeline_support import circuit, stack_env
 
-from coda_bridge.broker.registry import live_processes
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.ops.proctree import descendants
+from coda_bridge.state.registry import live_processes
 
 pytestmark = pytest.mark.e2e
 

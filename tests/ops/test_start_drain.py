@@ -14,7 +14,7 @@ import psutil
 import pytest
 from ops_support import DRAIN_TIMEOUT_SEC, circuit, executor_runs, node_env, write_slow_executor
 
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.ops.pidfile import pid_file_for
 from coda_bridge.ops.proctree import alive, process_tree
 

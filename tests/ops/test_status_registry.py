@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from ops_support import node_env, run_cli
 
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.ops.proctree import alive, kill_tree, process_tree
 
 pytestmark = pytest.mark.e2e

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from coda_bridge.dev.stack import wait_until
+from coda_bridge.devtools.stack import wait_until
 from coda_bridge.ops.exits import EX_CONFIG
-from coda_bridge.ops.processes import start_processes
+from coda_bridge.ops.process_list import start_processes
 from coda_bridge.settings import load_settings
 
 #: Real processes (servers, supervisors): the end-to-end tier, not the fast one.
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 
 DRIVER = """
 import json, os, sys
-from coda_bridge.ops.processes import ProcessSpec
+from coda_bridge.ops.process_list import ProcessSpec
 from coda_bridge.ops.group import ProcessGroup
 config = json.load(open(sys.argv[1]))
 group = ProcessGroup(drain_timeout_sec=10)

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from ops_support import circuit, node_env
 
-from coda_bridge.cloud.keys import stream_key
-from coda_bridge.dev.stack import LocalStack, descendants, wait_until
-from coda_bridge.ops.processes import ProcessSpec
+from coda_bridge.cloud.redis_keys import stream_key
+from coda_bridge.devtools.stack import LocalStack, descendants, wait_until
+from coda_bridge.ops.process_list import ProcessSpec
 
 pytestmark = pytest.mark.e2e
 

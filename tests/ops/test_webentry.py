@@ -7,11 +7,11 @@ from types import SimpleNamespace
 
 import redis
 
-from coda_bridge.broker.registry import live_processes
 from coda_bridge.ops.webentry import REGISTRATION_CONFIG, registered
 from coda_bridge.settings import Settings
-from coda_bridge.web.app import create_app
+from coda_bridge.state.registry import live_processes
 from coda_bridge.web.gunicorn_app import stop_registration
+from coda_bridge.web.probes_app import create_app
 
 QPU = "qpu-webentry"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from ops_support import circuit, node_env
 
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
 
 pytestmark = [
     pytest.mark.e2e,

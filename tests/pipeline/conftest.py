@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pipeline_support import FAST_LIMITS, stack_env
 
-from coda_bridge.dev.stack import LocalStack
+from coda_bridge.devtools.stack import LocalStack
 
 
 @pytest.fixture(scope="module")

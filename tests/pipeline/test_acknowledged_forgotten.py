@@ -14,22 +14,22 @@ import pytest
 import redis
 import requests_mock as rm
 
-from coda_bridge.broker.entries import EntryIndex
-from coda_bridge.broker.keys import delivery_lease_key, entry_key, job_key
-from coda_bridge.broker.messages import delivery_message
-from coda_bridge.broker.redis_broker import CodaBroker, broker_namespace, create_broker
-from coda_bridge.broker.shared_state import NodeState
-from coda_bridge.cloud.client import CloudClient
-from coda_bridge.cloud.keys import group_name, stream_key
+from coda_bridge.cloud.http_client import CloudClient
+from coda_bridge.cloud.redis_keys import group_name, stream_key
 from coda_bridge.cloud.signing import Signer, generate_private_key_pem
-from coda_bridge.dev.localredis import LocalRedis
+from coda_bridge.devtools.localredis import LocalRedis
 from coda_bridge.pipeline.delivery import Deliverer
 from coda_bridge.pipeline.intake import StreamBridge
-from coda_bridge.pipeline.records import RecordStore
+from coda_bridge.pipeline.job_records import RecordStore
 from coda_bridge.pipeline.status import CloudStatus
 from coda_bridge.pipeline.timeline import Timeline
+from coda_bridge.queueing.entry_index import EntryIndex
+from coda_bridge.queueing.messages import delivery_message
+from coda_bridge.queueing.redis_broker import CodaBroker, broker_namespace, create_broker
 from coda_bridge.replies import as_text
 from coda_bridge.settings import Settings, load_settings
+from coda_bridge.state.broker_keys import delivery_lease_key, entry_key, job_key
+from coda_bridge.state.node_state import NodeState
 
 QPU = "qpu-acknowledged-forgotten"
 BASE = "https://cloud.test"

@@ -12,7 +12,7 @@ import pytest
 import requests
 from pipeline_support import FAST_LIMITS, circuit, executor_runs, stack_env
 
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
 
 #: How long the broker refuses writes while jobs keep coming.
 OUTAGE_SEC = 8
@@ -85,8 +85,8 @@ def test_jobs_sent_while_the_broker_refuses_writes_all_complete_once_after_memor
     wait_until(lambda: ready_reason(node) == "", 10, "/ready to be ready again")
     # and the logs name the cause once (one web worker), fail no job at intake and find no "bug" in dramatiq
     logs = "".join(child.log_path.read_text(errors="replace") for child in node.children.values())
-    assert logs.count("coda_bridge.broker.refusal: the local broker refuses writes: OOM") == 1
-    assert "coda_bridge.broker.refusal: The local broker takes writes again." in logs
+    assert logs.count("coda_bridge.queueing.refusal: the local broker refuses writes: OOM") == 1
+    assert "coda_bridge.queueing.refusal: The local broker takes writes again." in logs
     assert "failed at intake" not in logs
     assert "You've found a bug in Dramatiq" not in logs
     # and an expected outage costs no traceback and nothing CRITICAL (issue 22, one line each)

@@ -20,15 +20,15 @@ import redis
 from dramatiq.broker import Consumer, MessageProxy
 from pipeline_support import circuit
 
-from coda_bridge.broker.queues import JOBS_QUEUE
-from coda_bridge.broker.redis_broker import CodaBroker, create_broker
-from coda_bridge.broker.shared_state import NodeState
-from coda_bridge.cloud.keys import cancel_key, status_key
-from coda_bridge.dev.stack import wait_until
-from coda_bridge.parts import NodeParts
+from coda_bridge.cloud.redis_keys import cancel_key, status_key
+from coda_bridge.components import NodeComponents
+from coda_bridge.devtools.stack import wait_until
 from coda_bridge.pipeline.execute import Delivery, execute_job
 from coda_bridge.pipeline.intake import StreamBridge
+from coda_bridge.queueing.queues import JOBS_QUEUE
+from coda_bridge.queueing.redis_broker import CodaBroker, create_broker
 from coda_bridge.settings import Settings, load_settings
+from coda_bridge.state.node_state import NodeState
 
 QPU = "qpu-cancel-ack-test"
 STREAM, GROUP = f"qpu:{QPU}:jobs", f"qpu:{QPU}:workers"
@@ -62,8 +62,8 @@ def broker(settings: Settings) -> Iterator[CodaBroker]:
 
 
 @pytest.fixture
-def parts(settings: Settings) -> Iterator[NodeParts]:
-    made = NodeParts(settings)
+def parts(settings: Settings) -> Iterator[NodeComponents]:
+    made = NodeComponents(settings)
     yield made
     made.close()
 
@@ -114,7 +114,7 @@ class _Calls:
 
 
 def test_a_job_cancelled_before_its_run_leaves_nothing_pending_and_is_not_forwarded_again(
-    bridge: StreamBridge, broker: CodaBroker, parts: NodeParts, cloud: redis.Redis
+    bridge: StreamBridge, broker: CodaBroker, parts: NodeComponents, cloud: redis.Redis
 ) -> None:
     # given: an entry the bridge forwarded, then cancelled at the cloud before a worker took it
     entry_id = _submit(cloud, "cancel-early", "ok")
@@ -140,7 +140,7 @@ def test_a_job_cancelled_before_its_run_leaves_nothing_pending_and_is_not_forwar
 
 
 def test_a_job_cancelled_during_its_run_leaves_nothing_pending_and_is_not_forwarded_again(
-    bridge: StreamBridge, broker: CodaBroker, parts: NodeParts, cloud: redis.Redis
+    bridge: StreamBridge, broker: CodaBroker, parts: NodeComponents, cloud: redis.Redis
 ) -> None:
     # given: a job that runs until cancelled, taken by the jobs worker and executing
     _submit(cloud, "cancel-late", "hang")

@@ -9,10 +9,10 @@ import fakeredis
 import pytest
 import redis
 
-from coda_bridge.broker.keys import claim_key
-from coda_bridge.broker.shared_state import NodeState
 from coda_bridge.pipeline.claims import CLAIM_LEASE_SEC, ClaimBook
-from coda_bridge.pipeline.records import RecordStore
+from coda_bridge.pipeline.job_records import RecordStore
+from coda_bridge.state.broker_keys import claim_key
+from coda_bridge.state.node_state import NodeState
 
 QPU = "qpu-claims-unit"
 

@@ -15,20 +15,20 @@ import pytest
 import redis
 import requests_mock as rm
 
-from coda_bridge.broker.entries import EntryIndex
-from coda_bridge.broker.keys import entry_key
-from coda_bridge.broker.messages import delivery_message
-from coda_bridge.broker.redis_broker import broker_namespace
-from coda_bridge.broker.shared_state import NodeState
-from coda_bridge.cloud.client import CloudClient
-from coda_bridge.cloud.keys import group_name, status_key, stream_key
+from coda_bridge.cloud.http_client import CloudClient
+from coda_bridge.cloud.redis_keys import group_name, status_key, stream_key
 from coda_bridge.cloud.signing import Signer, generate_private_key_pem, public_key_pem, verify_token
 from coda_bridge.errors import WebhookError
 from coda_bridge.pipeline.delivery import LEASE_MARGIN_SEC, Deliverer, DeliveryRetry, should_retry
-from coda_bridge.pipeline.records import RecordStore
+from coda_bridge.pipeline.job_records import RecordStore
 from coda_bridge.pipeline.status import CloudStatus
 from coda_bridge.pipeline.timeline import Timeline
+from coda_bridge.queueing.entry_index import EntryIndex
+from coda_bridge.queueing.messages import delivery_message
+from coda_bridge.queueing.redis_broker import broker_namespace
 from coda_bridge.settings import Settings
+from coda_bridge.state.broker_keys import entry_key
+from coda_bridge.state.node_state import NodeState
 
 QPU = "qpu-delivery-unit"
 KID = "qpu-delivery-unit-1710000000000"

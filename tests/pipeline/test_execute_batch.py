@@ -13,11 +13,11 @@ import pytest
 import redis
 from pipeline_support import circuit
 
-from coda_bridge.broker.keys import claim_key, job_key
-from coda_bridge.cloud.keys import cancel_key, status_key
-from coda_bridge.parts import NodeParts
+from coda_bridge.cloud.redis_keys import cancel_key, status_key
+from coda_bridge.components import NodeComponents
 from coda_bridge.pipeline.execute import Delivery, JobOutcome, execute_batch, execute_job
 from coda_bridge.settings import load_settings
+from coda_bridge.state.broker_keys import claim_key, job_key
 
 QPU = "qpu-jobs-test"
 CALLBACK = "https://coda.conductorquantum.com/api/internal/qpu/webhook"
@@ -26,7 +26,7 @@ OTHER_LEASE_MS = 10_000
 
 
 @pytest.fixture
-def rt(clean_env: pytest.MonkeyPatch, redis_url: str, tmp_path: Path) -> Iterator[NodeParts]:
+def rt(clean_env: pytest.MonkeyPatch, redis_url: str, tmp_path: Path) -> Iterator[NodeComponents]:
     clean_env.setenv("PIPELINE_TEST_EXECUTOR_LOG", str(tmp_path / "executor.log"))
     settings = load_settings(
         overrides={
@@ -37,7 +37,7 @@ def rt(clean_env: pytest.MonkeyPatch, redis_url: str, tmp_path: Path) -> Iterato
             "cancel_poll_interval_sec": 1.0,
         }
     )
-    parts = NodeParts(settings)
+    parts = NodeComponents(settings)
     yield parts
     parts.close()
 
@@ -77,7 +77,7 @@ def _runs(tmp_path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def _result(rt: NodeParts, job_id: str) -> dict[str, Any]:
+def _result(rt: NodeComponents, job_id: str) -> dict[str, Any]:
     raw = rt.local_redis.hget(job_key(QPU, job_id), "result")
     assert raw is not None, job_id
     return dict(json.loads(raw))
@@ -89,7 +89,7 @@ def _by_job(outcomes: list[JobOutcome]) -> dict[str | None, tuple[str, str]]:
 
 
 def test_a_mixed_batch_gives_each_job_its_outcome_and_delivers_each_result_once(
-    rt: NodeParts, tmp_path: Path
+    rt: NodeComponents, tmp_path: Path
 ) -> None:
     cloud, local = rt.cloud_redis, rt.local_redis
     cloud.hset(status_key("done"), "state", "completed")
@@ -157,7 +157,7 @@ def test_a_mixed_batch_gives_each_job_its_outcome_and_delivers_each_result_once(
     assert rt.state.current_jobs() == []
 
 
-def test_a_cancel_key_with_a_recorded_result_delivers_that_result(rt: NodeParts, tmp_path: Path) -> None:
+def test_a_cancel_key_with_a_recorded_result_delivers_that_result(rt: NodeComponents, tmp_path: Path) -> None:
     rt.cloud_redis.set(cancel_key("late-cancel"), "1")
     recorded = {"job_id": "late-cancel", "status": "completed", "counts": {"00": 10}}
     rt.local_redis.hset(job_key(QPU, "late-cancel"), "result", json.dumps(recorded))
@@ -200,7 +200,7 @@ def _round_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.mark.parametrize("size", [2, 10])
 def test_a_batch_takes_the_same_round_trips_whatever_its_size(
-    rt: NodeParts, monkeypatch: pytest.MonkeyPatch, size: int
+    rt: NodeComponents, monkeypatch: pytest.MonkeyPatch, size: int
 ) -> None:
     calls = Recorder(None)
     rt.host.executor()  # resolved before counting, as a worker does at boot
@@ -216,7 +216,7 @@ def test_a_batch_takes_the_same_round_trips_whatever_its_size(
     assert len(trips) == 7, trips
 
 
-def test_one_job_alone_runs_and_is_delivered(rt: NodeParts, tmp_path: Path) -> None:
+def test_one_job_alone_runs_and_is_delivered(rt: NodeComponents, tmp_path: Path) -> None:
     calls = Recorder(rt.local_redis)
     fields, entry_id = _entry("single")
 
@@ -228,7 +228,9 @@ def test_one_job_alone_runs_and_is_delivered(rt: NodeParts, tmp_path: Path) -> N
     assert _result(rt, "single")["status"] == "completed"
 
 
-def test_one_job_claimed_elsewhere_is_sent_later_with_the_lease_left(rt: NodeParts, tmp_path: Path) -> None:
+def test_one_job_claimed_elsewhere_is_sent_later_with_the_lease_left(
+    rt: NodeComponents, tmp_path: Path
+) -> None:
     rt.local_redis.set(claim_key(QPU, "taken"), "another-worker", px=OTHER_LEASE_MS)
     calls = Recorder(rt.local_redis)
 
@@ -258,7 +260,7 @@ HOSTILE_SHOTS = {
 
 
 def test_hostile_shots_fail_their_own_job_and_the_rest_of_the_batch_runs(
-    rt: NodeParts, tmp_path: Path
+    rt: NodeComponents, tmp_path: Path
 ) -> None:
     # Given a batch where good jobs travel with one job per hostile shots value
     entries = [_entry("good-a")]
@@ -280,7 +282,7 @@ def test_hostile_shots_fail_their_own_job_and_the_rest_of_the_batch_runs(
 
 
 def test_an_ir_nobody_meant_to_send_fails_that_job_only(
-    rt: NodeParts, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    rt: NodeComponents, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given an IR nested deeper than any parser expects, and a 2 MB one, between good jobs
     deep = "[" * 100_000 + "]" * 100_000
@@ -300,7 +302,7 @@ def test_an_ir_nobody_meant_to_send_fails_that_job_only(
 
 
 def test_an_unexpected_error_while_checking_a_job_fails_that_job_not_the_batch(
-    rt: NodeParts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    rt: NodeComponents, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a check that breaks in a way nobody planned for, on one job of a batch
     from coda_bridge.pipeline import execute
@@ -329,7 +331,7 @@ def test_an_unexpected_error_while_checking_a_job_fails_that_job_not_the_batch(
 
 
 def test_a_broker_refusing_the_running_mark_as_the_run_starts_costs_the_mark_not_the_run_or_its_slot(
-    rt: NodeParts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    rt: NodeComponents, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a broker that refuses the running mark written once the device has the job
     def refuse(*args: Any, **kwargs: Any) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from pipeline_support import FAST_LIMITS, circuit, deliveries, executor_runs, stack_env, status
 
-from coda_bridge.broker.shared_state import NodeState
-from coda_bridge.dev.stack import MODES, LocalStack, wait_until
+from coda_bridge.devtools.stack import MODES, LocalStack, wait_until
+from coda_bridge.state.node_state import NodeState
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
 

@@ -18,7 +18,7 @@ import pytest
 import redis
 from pipeline_support import FAST_LIMITS, circuit, deliveries, executor_runs, stack_env, status
 
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -11,12 +11,12 @@ import pytest
 import redis
 from dramatiq.message import Message
 
-from coda_bridge.broker.entries import ALIVE, EntryIndex
-from coda_bridge.broker.queues import JOBS_QUEUE
-from coda_bridge.broker.redis_broker import CodaBroker, create_broker
-from coda_bridge.broker.shared_state import NodeState
 from coda_bridge.pipeline.intake import StreamBridge
+from coda_bridge.queueing.entry_index import ALIVE, EntryIndex
+from coda_bridge.queueing.queues import JOBS_QUEUE
+from coda_bridge.queueing.redis_broker import CodaBroker, create_broker
 from coda_bridge.settings import Settings, load_settings
+from coda_bridge.state.node_state import NodeState
 
 QPU = "qpu-bridge-test"
 STREAM, GROUP = f"qpu:{QPU}:jobs", f"qpu:{QPU}:workers"

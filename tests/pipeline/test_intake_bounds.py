@@ -10,14 +10,14 @@ import pytest
 import redis
 from dramatiq.message import Message
 
-from coda_bridge.broker.queues import EXECUTE_BATCH_ACTOR, JOBS_QUEUE
-from coda_bridge.broker.redis_broker import CodaBroker, create_broker
-from coda_bridge.broker.shared_state import NodeState
-from coda_bridge.dev.localredis import LocalRedis
+from coda_bridge.devtools.localredis import LocalRedis
 from coda_bridge.pipeline.checks import REFUSAL_FIELD
 from coda_bridge.pipeline.intake import StreamBridge
 from coda_bridge.pipeline.timeline import Timeline
+from coda_bridge.queueing.queues import EXECUTE_BATCH_ACTOR, JOBS_QUEUE
+from coda_bridge.queueing.redis_broker import CodaBroker, create_broker
 from coda_bridge.settings import load_settings
+from coda_bridge.state.node_state import NodeState
 
 QPU = "qpu-bounds-test"
 STREAM, GROUP = f"qpu:{QPU}:jobs", f"qpu:{QPU}:workers"

@@ -15,8 +15,8 @@ import pytest
 import redis
 from pipeline_support import circuit
 
-from coda_bridge.broker.shared_state import NodeState
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
+from coda_bridge.state.node_state import NodeState
 
 pytestmark = pytest.mark.e2e
 

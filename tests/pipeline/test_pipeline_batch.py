@@ -19,7 +19,7 @@ from pipeline_support import (
     status,
 )
 
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
 
 pytestmark = pytest.mark.e2e
 

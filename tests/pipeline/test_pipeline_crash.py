@@ -11,8 +11,8 @@ import time
 import pytest
 from pipeline_support import circuit, deliveries, executor_runs, restart_worker_with_failpoint, status
 
-from coda_bridge.dev.stack import LocalStack, wait_until
-from coda_bridge.ops.processes import RESULT_PROCESSES
+from coda_bridge.devtools.stack import LocalStack, wait_until
+from coda_bridge.ops.process_list import RESULT_PROCESSES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
 

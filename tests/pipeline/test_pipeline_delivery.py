@@ -10,7 +10,7 @@ import uuid
 import pytest
 from pipeline_support import circuit, deliveries, status
 
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
 
 pytestmark = pytest.mark.e2e
 

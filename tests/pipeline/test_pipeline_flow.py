@@ -7,8 +7,8 @@ import json
 import pytest
 from pipeline_support import circuit, deliveries, executor_cancels, executor_runs, status
 
-from coda_bridge.broker.shared_state import NodeState
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
+from coda_bridge.state.node_state import NodeState
 
 pytestmark = pytest.mark.e2e
 

@@ -18,8 +18,8 @@ import psutil
 import pytest
 from pipeline_support import FAST_LIMITS, circuit, deliveries, executor_runs, stack_env, status
 
-from coda_bridge.broker.keys import claim_key
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
+from coda_bridge.state.broker_keys import claim_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
 

@@ -15,14 +15,14 @@ import pytest
 import redis
 from dramatiq.message import Message
 
-from coda_bridge.broker.entries import ALIVE, GONE, PARKED, EntryIndex
-from coda_bridge.broker.keys import claim_key, job_key
-from coda_bridge.broker.messages import delivery_message, job_message
-from coda_bridge.broker.queues import JOBS_QUEUE, RESULTS_QUEUE
-from coda_bridge.broker.redis_broker import CodaBroker, create_broker
-from coda_bridge.broker.shared_state import NodeState
 from coda_bridge.pipeline.intake import StreamBridge
+from coda_bridge.queueing.entry_index import ALIVE, GONE, PARKED, EntryIndex
+from coda_bridge.queueing.messages import delivery_message, job_message
+from coda_bridge.queueing.queues import JOBS_QUEUE, RESULTS_QUEUE
+from coda_bridge.queueing.redis_broker import CodaBroker, create_broker
 from coda_bridge.settings import Settings, load_settings
+from coda_bridge.state.broker_keys import claim_key, job_key
+from coda_bridge.state.node_state import NodeState
 
 QPU = "qpu-reconcile-test"
 STREAM, GROUP, CONSUMER = f"qpu:{QPU}:jobs", f"qpu:{QPU}:workers", "bridge-a"

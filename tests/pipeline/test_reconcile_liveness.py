@@ -15,12 +15,12 @@ import pytest
 import redis
 from dramatiq.common import current_millis
 
-from coda_bridge.broker.entries import ALIVE, GONE, EntryIndex
-from coda_bridge.broker.queues import JOBS_QUEUE
-from coda_bridge.broker.redis_broker import CodaBroker, create_broker
-from coda_bridge.broker.shared_state import NodeState
 from coda_bridge.pipeline.intake import StreamBridge, job_message
+from coda_bridge.queueing.entry_index import ALIVE, GONE, EntryIndex
+from coda_bridge.queueing.queues import JOBS_QUEUE
+from coda_bridge.queueing.redis_broker import CodaBroker, create_broker
 from coda_bridge.settings import Settings, load_settings
+from coda_bridge.state.node_state import NodeState
 
 QPU = "qpu-liveness-test"
 STREAM, GROUP, CONSUMER = f"qpu:{QPU}:jobs", f"qpu:{QPU}:workers", "bridge-a"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from coda_bridge.parts import NodeParts
+from coda_bridge.components import NodeComponents
 from coda_bridge.settings import Settings
 
 QPU = "qpu-retention"
@@ -17,7 +17,7 @@ def test_a_delivered_record_lives_for_the_retention_setting(redis_url: str) -> N
     settings = Settings(
         qpu_id=QPU, broker_url=redis_url, redis_url=redis_url, record_retention_sec=RETENTION_SEC
     )
-    records = NodeParts(settings, signs=False).records
+    records = NodeComponents(settings, signs=False).records
     records.record([("job-1", {"status": "completed", "counts": {"00": 1}})])
     client = redis.Redis.from_url(redis_url)
     pipe = client.pipeline(transaction=False)

@@ -11,9 +11,9 @@ import fakeredis
 import pytest
 import redis
 
-from coda_bridge.broker.keys import job_key
-from coda_bridge.pipeline import records as records_module
-from coda_bridge.pipeline.records import DELIVERED_TTL_SEC, RESULT_TTL_SEC, RecordStore
+from coda_bridge.pipeline import job_records as records_module
+from coda_bridge.pipeline.job_records import DELIVERED_TTL_SEC, RESULT_TTL_SEC, RecordStore
+from coda_bridge.state.broker_keys import job_key
 
 QPU = "qpu-records-unit"
 LEASE_SEC = 8.0

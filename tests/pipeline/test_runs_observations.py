@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pipeline_support import circuit, executor_runs
 
-from coda_bridge.broker.histograms import JOB_DURATION, Histograms
-from coda_bridge.dev.stack import LocalStack
+from coda_bridge.devtools.stack import LocalStack
+from coda_bridge.metrics.histograms import JOB_DURATION, Histograms
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
 

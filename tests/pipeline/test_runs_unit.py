@@ -7,7 +7,7 @@ import signal
 from types import SimpleNamespace
 from typing import Any
 
-from coda_bridge.dev.stack import wait_until
+from coda_bridge.devtools.stack import wait_until
 from coda_bridge.executors.isolation import ExecutorProcesses
 from coda_bridge.ops.proctree import alive
 from coda_bridge.pipeline.runs import _Run

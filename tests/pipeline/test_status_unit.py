@@ -13,7 +13,7 @@ import fakeredis
 import pytest
 import redis
 
-from coda_bridge.cloud.keys import cancel_key, group_name, status_key, stream_key
+from coda_bridge.cloud.redis_keys import cancel_key, group_name, status_key, stream_key
 from coda_bridge.errors import WebhookError
 from coda_bridge.pipeline.status import ERROR_MAX_CHARS, CloudStatus
 

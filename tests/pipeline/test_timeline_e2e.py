@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from pipeline_support import circuit, deliveries, executor_runs
 
-from coda_bridge.broker.keys import timeline_key
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
+from coda_bridge.state.broker_keys import timeline_key
 
 pytestmark = pytest.mark.e2e
 

@@ -8,8 +8,7 @@ import time
 import pytest
 import redis
 
-from coda_bridge.broker.keys import device_key, timeline_key
-from coda_bridge.dev.stack import wait_until
+from coda_bridge.devtools.stack import wait_until
 from coda_bridge.pipeline.timeline import (
     JOB_ID_MAX_CHARS,
     Timeline,
@@ -17,6 +16,7 @@ from coda_bridge.pipeline.timeline import (
     result_summary,
     short_reason,
 )
+from coda_bridge.state.broker_keys import device_key, timeline_key
 
 QPU = "qpu-tl"
 

@@ -16,7 +16,7 @@ import pytest
 from fault_support import SUPPORT, executor_runs
 from pipeline_support import bell
 
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
 

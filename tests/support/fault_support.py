@@ -94,7 +94,7 @@ def create_executor() -> TaggedSleepExecutor:
 
 
 def _persistent_redis_class() -> Any:
-    from coda_bridge.dev.localredis import LocalRedis
+    from coda_bridge.devtools.localredis import LocalRedis
 
     class PersistentRedis(LocalRedis):
         """A private redis-server with an append-only file fsynced at every write, in a kept directory."""
@@ -412,8 +412,8 @@ def executor_runs(path: Path) -> dict[str, list[tuple[float, float | None]]]:
 
 def run_fault_scenario(plan: FaultPlan, workdir: Path, *, progress: Any = None) -> FaultReport:
     """Start a node in ``workdir``, run the plan against it, stop everything, and account for every job."""
-    from coda_bridge.broker.redis_broker import broker_namespace
-    from coda_bridge.dev.stack import LocalStack
+    from coda_bridge.devtools.stack import LocalStack
+    from coda_bridge.queueing.redis_broker import broker_namespace
 
     say = progress or (lambda text: None)
     report = FaultReport(plan)
@@ -421,7 +421,7 @@ def run_fault_scenario(plan: FaultPlan, workdir: Path, *, progress: Any = None) 
     stack = LocalStack(workdir, env=stack_env(workdir, plan), mode=plan.mode, procfile=procfile)
     stack.cloud_redis = _persistent_redis_class()(workdir / "cloud-redis-data")
     if plan.broker_fault == "failover":
-        from coda_bridge.dev.localsentinel import LocalSentinel
+        from coda_bridge.devtools.localsentinel import LocalSentinel
 
         stack.broker_redis = LocalSentinel(password=plan.broker_password)
     began = time.monotonic()

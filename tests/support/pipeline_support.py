@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
 
 SUPPORT = Path(__file__).resolve().parent
 #: Short limits so time-limit and retry tests finish quickly.

@@ -15,10 +15,10 @@ import redis
 import redis.backoff
 import redis.retry
 
-from coda_bridge.broker.shared_state import NodeState
-from coda_bridge.dev.localredis import free_port
+from coda_bridge.devtools.localredis import free_port
 from coda_bridge.errors import VPNError
 from coda_bridge.settings import Settings
+from coda_bridge.state.node_state import NodeState
 from coda_bridge.vpn.guard import VpnGuard, preflight, state_ttl_sec, tun_interfaces
 from coda_bridge.vpn.states import BOOTING, DEGRADED, READY, VPN_UNAVAILABLE
 

@@ -35,16 +35,16 @@ from typing import Any
 import pytest
 import redis
 
-from coda_bridge.broker.shared_state import NodeState
-from coda_bridge.cloud.keys import group_name, stream_key
-from coda_bridge.devcloud import DevCloudClient
+from coda_bridge.cloud.redis_keys import group_name, stream_key
+from coda_bridge.devtools.devcloud import DevCloudClient
 from coda_bridge.identity.credentials import StatePaths
 from coda_bridge.pipeline import bridge as node
 from coda_bridge.settings import Settings, load_settings
+from coda_bridge.state.node_state import NodeState
 from coda_bridge.vpn.guard import VpnGuard, tun_interfaces
 from coda_bridge.vpn.openvpn import OpenVPNManager
 from coda_bridge.vpn.states import DEGRADED, READY
-from coda_bridge.web.app import create_app
+from coda_bridge.web.probes_app import create_app
 
 pytestmark = [pytest.mark.vpn, pytest.mark.e2e]
 

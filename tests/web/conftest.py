@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from pipeline_support import stack_env
 
-from coda_bridge.dev.stack import LocalStack
+from coda_bridge.devtools.stack import LocalStack
 
 #: Where the dramatiq dashboard is mounted in the web tests.
 DASHBOARD_PREFIX = "/ops/queues"

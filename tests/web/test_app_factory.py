@@ -9,7 +9,7 @@ import redis
 
 from coda_bridge.errors import ConfigError
 from coda_bridge.settings import Settings
-from coda_bridge.web.app import create_app
+from coda_bridge.web.probes_app import create_app
 
 QPU = "qpu-factory"
 

@@ -17,8 +17,8 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from coda_bridge.dev.localredis import free_port
-from coda_bridge.dev.stack import wait_until
+from coda_bridge.devtools.localredis import free_port
+from coda_bridge.devtools.stack import wait_until
 
 pytestmark = [
     pytest.mark.e2e,

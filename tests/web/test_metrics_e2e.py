@@ -14,7 +14,7 @@ import requests
 from pipeline_support import circuit
 from prometheus_client.parser import text_string_to_metric_families
 
-from coda_bridge.dev.stack import LocalStack, descendants, wait_until
+from coda_bridge.devtools.stack import LocalStack, descendants, wait_until
 
 pytestmark = pytest.mark.e2e
 

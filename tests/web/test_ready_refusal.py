@@ -14,11 +14,11 @@ import redis
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
-from coda_bridge.broker.shared_state import NodeState
-from coda_bridge.cloud.keys import group_name, stream_key
-from coda_bridge.dev.localredis import LocalRedis
+from coda_bridge.cloud.redis_keys import group_name, stream_key
+from coda_bridge.devtools.localredis import LocalRedis
 from coda_bridge.settings import Settings
-from coda_bridge.web import app as web
+from coda_bridge.state.node_state import NodeState
+from coda_bridge.web import probes_app as web
 
 QPU = "qpu-refusing"
 

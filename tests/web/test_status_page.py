@@ -15,15 +15,15 @@ import pytest
 import redis
 from flask import Flask
 
-from coda_bridge.broker.redis_broker import create_broker
-from coda_bridge.broker.registry import Registration
-from coda_bridge.broker.shared_state import NodeState, utc_iso
-from coda_bridge.cloud.keys import group_name, stream_key
-from coda_bridge.control.pause import PauseBook
+from coda_bridge.cloud.redis_keys import group_name, stream_key
+from coda_bridge.control.pause_book import PauseBook
 from coda_bridge.control.windows import next_window, parse_window
 from coda_bridge.device import DeviceState
+from coda_bridge.queueing.redis_broker import create_broker
 from coda_bridge.settings import Settings
-from coda_bridge.web import app as web
+from coda_bridge.state.node_state import NodeState, utc_iso
+from coda_bridge.state.registry import Registration
+from coda_bridge.web import probes_app as web
 from coda_bridge.web.statuspage import PauseBanner
 
 QPU = "qpu-status"
@@ -194,7 +194,7 @@ def test_the_page_says_what_is_unknown_when_the_broker_redis_is_gone(redis_url: 
 
 
 def _closed_port() -> int:
-    from coda_bridge.dev.localredis import free_port
+    from coda_bridge.devtools.localredis import free_port
 
     return free_port()
 

@@ -19,7 +19,7 @@ import pytest
 import requests
 from pipeline_support import stack_env
 
-from coda_bridge.dev.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import LocalStack, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

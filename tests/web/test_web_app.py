@@ -16,15 +16,15 @@ import redis
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
-from coda_bridge.broker.redis_broker import create_broker
-from coda_bridge.broker.shared_state import NodeState, utc_iso
-from coda_bridge.cloud.keys import group_name, stream_key
-from coda_bridge.control.pause import PauseBook
-from coda_bridge.dev.localredis import LocalRedis, free_port
+from coda_bridge.cloud.redis_keys import group_name, stream_key
+from coda_bridge.control.pause_book import PauseBook
 from coda_bridge.device import DeviceState
+from coda_bridge.devtools.localredis import LocalRedis, free_port
 from coda_bridge.errors import ConfigError
+from coda_bridge.queueing.redis_broker import create_broker
 from coda_bridge.settings import Settings
-from coda_bridge.web import app as web
+from coda_bridge.state.node_state import NodeState, utc_iso
+from coda_bridge.web import probes_app as web
 
 QPU = "qpu-web"
 READY_FIELDS = {"ready", "vpn_state", "redis_healthy", "current_job"}

@@ -18,9 +18,9 @@ import requests
 from pipeline_support import circuit
 from prometheus_client.parser import text_string_to_metric_families
 
-from coda_bridge.dev.localredis import free_port
-from coda_bridge.dev.stack import LocalStack, descendants, wait_until
-from coda_bridge.ops.processes import ProcessSpec
+from coda_bridge.devtools.localredis import free_port
+from coda_bridge.devtools.stack import LocalStack, descendants, wait_until
+from coda_bridge.ops.process_list import ProcessSpec
 
 pytestmark = pytest.mark.e2e
 

@@ -12,8 +12,8 @@ from typing import Any
 import requests
 from compat_env import QUBIC_SRC, SUPPORT
 
-from coda_bridge.dev.stack import LocalStack
-from coda_bridge.ops.processes import ProcessSpec, node_processes
+from coda_bridge.devtools.stack import LocalStack
+from coda_bridge.ops.process_list import ProcessSpec, node_processes
 from coda_bridge.settings import load_settings
 
 #: coda-qubic's example device: the Qiskit Aer simulator with depolarising noise, target cnot, 3 qubits.
