@@ -91,7 +91,7 @@ def run_one_process(
     import actors  # noqa: PLC0415 - after the connect; the preload thread loaded its modules meanwhile
 
     # in the terminal's process group, so a Ctrl-C reaches every part
-    actors.boot(actors.broker, actors.shared, isolate=False)
+    actors.boot(actors.broker, actors.node, isolate=False)
     return _Node(settings, actors.broker).run(stop)
 
 

@@ -266,7 +266,7 @@ def run_worker_process(queue: str, threads: int, consumers: int, drain_ms: int, 
     import actors  # noqa: PLC0415 - start-up: each part's process loads only what it runs
 
     # without leaving the process group: these processes already have one of their own
-    actors.boot(actors.broker, actors.shared, isolate=False)
+    actors.boot(actors.broker, actors.node, isolate=False)
     group = QueueWorkers(actors.broker, queue, threads, consumers)
     group.start()  # the executor's BuildAtBoot may end the process here with EX_CONFIG
     stop.running()

@@ -88,7 +88,7 @@ def stub_broker(settings: Settings, calls: Calls) -> Iterator[StubBroker]:
     broker.emit_after("process_boot")
     declared = dict(actors.broker.actors)
     saved_options = {name: dict(actor.options) for name, actor in declared.items()}
-    node = actors.shared
+    node = actors.node
     node.use(settings, FakeParts(calls))  # type: ignore[arg-type]
     for name, actor in declared.items():
         actor.broker = broker

@@ -155,5 +155,9 @@ def _enqueued(broker: dramatiq.Broker, message: dramatiq.Message) -> bool:  # ty
 
 
 def _is_replica(port: int) -> bool:
-    with broker_client(f"redis://127.0.0.1:{port}/0") as client:
-        return bool(client.role()[0] == b"slave")
+    """Whether the server follows another; a server changing role closes its clients: not yet."""
+    try:
+        with broker_client(f"redis://127.0.0.1:{port}/0") as client:
+            return bool(client.role()[0] == b"slave")
+    except (redis.ConnectionError, OSError):
+        return False
