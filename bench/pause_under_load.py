@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from typing import Any
 from benchlib import REPO_ROOT, append_results, fmt, markdown_table, python_path, start_stack
 
 from coda_bridge.control.pause_book import PauseBook
-from coda_bridge.devtools.stack import LocalStack, wait_until
+from coda_bridge.devtools.stack import wait_until
 
 #: The pause tests' executor: it stamps each run's start and end with its time and pid.
 SUPPORT = REPO_ROOT / "tests" / "support"
@@ -59,17 +58,6 @@ def _circuit(job_sec: float) -> dict[str, Any]:
         "measurements": [0, 1],
         "metadata": {"source_hash": f"sleep:{job_sec}:load", "compiled_at": "2026-01-01T00:00:00Z"},
     }
-
-
-def _cli(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "coda_bridge", *args],
-        check=False,
-        env=stack.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def main() -> int:
@@ -104,7 +92,7 @@ def main() -> int:
         began = time.time()
         ids = stack.cloud.submit_bulk(stack.qpu_id, args.n, _circuit(args.job_sec), 10, job_id_prefix="load-")
         wait_until(lambda: len(_stamps(stamps, "end")) >= 10, 120, "the first jobs to run")
-        done = _cli(stack, "pause", "--for", args.pause, "--note", "bench: pause under load")
+        done = stack.command("pause", "--for", args.pause, "--note", "bench: pause under load")
         if done.returncode != 0:
             print(done.stderr, file=sys.stderr)
             return 1
@@ -152,7 +140,7 @@ def main() -> int:
             notes,
             write=not args.no_write,
         )
-        shown = _cli(stack, "job", ids[-1])  # the last one queued: it waited out the pause
+        shown = stack.command("job", ids[-1])  # the last one queued: it waited out the pause
         print(f"The last job queued, as `coda-bridge job {ids[-1]}` shows it:")
         print(shown.stdout or shown.stderr)
         return 0 if all(checks.values()) else 1

@@ -248,6 +248,17 @@ class LocalStack:
         env.update(self.extra_env)
         return env
 
+    def command(self, *args: str, timeout_sec: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run one ``coda-bridge`` command against this node (its environment), output captured."""
+        return subprocess.run(
+            [sys.executable, "-m", "coda_bridge", *args],
+            check=False,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout_sec,
+        )
+
     # -- the node's processes --
 
     def specs(self) -> dict[str, ProcessSpec]:

@@ -7,8 +7,6 @@ can tell which job started when, and in which worker process.
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,17 +74,6 @@ def stamps(stack: LocalStack, event: str = "start") -> list[tuple[float, int, st
     return found
 
 
-def coda_bridge(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "coda_bridge", *args],
-        check=False,
-        env=stack.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def book(stack: LocalStack) -> PauseBook:
     return PauseBook(stack.broker_redis.client(), stack.qpu_id)
 
@@ -121,7 +108,7 @@ def test_pause_under_load_lets_running_jobs_finish_starts_none_and_keeps_heartbe
     wait_until(lambda: len(stamps(stack, "end")) >= 3, 60, "the first jobs to run")
 
     # when the operator pauses the node for a while with a note
-    done = coda_bridge(stack, "pause", "--for", f"{PAUSE_SEC}s", "--note", "fridge check")
+    done = stack.command("pause", "--for", f"{PAUSE_SEC}s", "--note", "fridge check")
     assert done.returncode == 0, done.stderr
     assert "Paused qpu-local until" in done.stdout
     pause = book(stack).current()
@@ -142,7 +129,7 @@ def test_pause_under_load_lets_running_jobs_finish_starts_none_and_keeps_heartbe
     assert metric(stack, "coda_bridge_paused") == {(): 1.0}
     assert metric(stack, "coda_bridge_pause_end_timestamp_seconds") == {(): pytest.approx(pause.until)}
     assert metric(stack, "coda_bridge_pause_info") == {(("note", "fridge check"),): 1.0}
-    status = coda_bridge(stack, "status", "--json")
+    status = stack.command("status", "--json")
     assert '"note": "fridge check"' in status.stdout, status.stdout + status.stderr
     # (the late jobs wait in the cloud's stream, unread)
     assert metric(stack, "coda_bridge_stream_lag_entries") == {(): 5.0}
@@ -174,21 +161,21 @@ def test_pause_under_load_lets_running_jobs_finish_starts_none_and_keeps_heartbe
 def test_resume_ends_a_pause_early(pause_stack: LocalStack) -> None:
     stack = pause_stack
     # given a node paused for an hour, with jobs waiting
-    done = coda_bridge(stack, "pause", "--for", "1h")
+    done = stack.command("pause", "--for", "1h")
     assert done.returncode == 0, done.stderr
     ids = submit(stack, "early", 5)
     wait_until(lambda: ready(stack)[1]["paused"] is True, 10, "/ready to show the pause")
     assert not [tag for _, _, tag in stamps(stack) if tag.endswith(":early")]
 
     # when the operator resumes it
-    done = coda_bridge(stack, "resume")
+    done = stack.command("resume")
 
     # then it is no longer paused, and the jobs run
     assert done.returncode == 0 and "Resumed qpu-local." in done.stdout, done.stderr
     assert book(stack).current() is None
     results = stack.cloud.wait_for_results(ids, timeout_sec=60)
     assert all(r["status"] == "completed" for r in results.values())
-    assert "was not paused" in coda_bridge(stack, "resume").stdout
+    assert "was not paused" in stack.command("resume").stdout
 
 
 def test_a_pause_set_through_the_broker_holds_a_second_jobs_worker(pause_stack: LocalStack) -> None:
@@ -232,7 +219,7 @@ def test_a_device_in_calibration_holds_every_job_until_it_is_idle_again(pause_st
     assert code == 503 and body["device_state"] == "calibration", body
     assert body["paused"] is False and body["reason"] == "the device reports calibration"
     assert metric(stack, "coda_bridge_device_state")[(("state", "calibration"),)] == 1.0
-    status = coda_bridge(stack, "status")
+    status = stack.command("status")
     assert "device:      calibration" in status.stdout, status.stdout + status.stderr
     wait_until(lambda: time.time() - began >= 3, 10, "3 s of calibration")  # the device's own time
     ended = time.time()

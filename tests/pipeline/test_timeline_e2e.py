@@ -8,8 +8,6 @@ test executor crashes its own process.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from typing import Any
 
@@ -25,20 +23,9 @@ pytestmark = pytest.mark.e2e
 JOB_SEC = 60
 
 
-def coda_bridge(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "coda_bridge", *args],
-        check=False,
-        env=stack.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def timeline(stack: LocalStack, job_id: str) -> dict[str, Any]:
     """``coda-bridge job JOB_ID --json``, parsed (the command must succeed)."""
-    done = coda_bridge(stack, "job", job_id, "--json")
+    done = stack.command("job", job_id, "--json")
     assert done.returncode == 0, done.stderr
     document: dict[str, Any] = json.loads(done.stdout)
     return document
@@ -93,7 +80,7 @@ def test_a_webhook_answered_503_twice_then_accepted_shows_all_three_attempts_and
     assert 0 < document["expires_in_sec"] <= 7 * 86_400
 
     # and the plain form says the same in words, one line per event
-    shown = coda_bridge(stack, "job", job_id)
+    shown = stack.command("job", job_id)
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     assert lines[0].startswith(f"Job {job_id} on QPU {stack.qpu_id} ({len(events)} events")
@@ -121,7 +108,7 @@ def test_an_executor_run_that_crashed_then_ran_again_shows_both_runs(stack: Loca
     assert [e["event"] for e in runs] == ["started", "crashed", "started", "finished"], runs
     assert "died with exit code 1" in runs[1]["reason"]
     assert runs[2]["rerun"] == "after a crash" and runs[3]["outcome"] == "completed"
-    shown = coda_bridge(stack, "job", job_id).stdout
+    shown = stack.command("job", job_id).stdout
     assert "run 1 lost" in shown and "run 2 started" in shown and "run 2 ended completed" in shown
     assert len(deliveries(stack, job_id)) == 1
 
@@ -159,7 +146,7 @@ def test_a_timeline_the_broker_refuses_to_write_costs_the_job_nothing(stack: Loc
 
 def test_an_unknown_job_is_one_line_and_exit_1(stack: LocalStack) -> None:
     # When an operator asks for a job this node never saw
-    done = coda_bridge(stack, "job", f"never-{uuid.uuid4().hex[:8]}")
+    done = stack.command("job", f"never-{uuid.uuid4().hex[:8]}")
 
     # Then it says so in one line, exit code 1
     assert done.returncode == 1, done
@@ -178,7 +165,7 @@ def test_a_dead_lettered_then_replayed_result_shows_both_and_the_delivery_after(
         stack.cloud.clear_faults()
 
     # When the operator replays it
-    replay = coda_bridge(stack, "replay", job_id)
+    replay = stack.command("replay", job_id)
     assert replay.returncode == 0, replay.stderr
     assert stack.cloud.wait_for_result(job_id, timeout_sec=JOB_SEC)["status"] == "completed"
     acknowledged(stack, job_id)

@@ -11,7 +11,6 @@ import html
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,17 +77,6 @@ def element_text(dom: str, element_id: str) -> str | None:
     return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", match.group(1))).split())
 
 
-def coda_bridge(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "coda_bridge", *args],
-        check=False,
-        env=stack.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_the_page_in_chromium_shows_the_pause_with_its_note_then_the_node_running(
     page_stack: LocalStack, tmp_path: Path
 ) -> None:
@@ -103,7 +91,7 @@ def test_the_page_in_chromium_shows_the_pause_with_its_note_then_the_node_runnin
     assert wait_until(lambda: state_in_browser() == "Ready: taking jobs", 60, "the page to show ready")
 
     # when the operator pauses it for 5 minutes with a note
-    done = coda_bridge(stack, "pause", "--for", "5m", "--note", "fridge warm-up")
+    done = stack.command("pause", "--for", "5m", "--note", "fridge warm-up")
     assert done.returncode == 0, done.stderr
 
     # then the page, as Chromium renders it, shows the node paused, the note and the end
@@ -124,7 +112,7 @@ def test_the_page_in_chromium_shows_the_pause_with_its_note_then_the_node_runnin
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # when the operator resumes it
-    done = coda_bridge(stack, "resume")
+    done = stack.command("resume")
     assert done.returncode == 0, done.stderr
 
     # then the page shows it running, with no pause
