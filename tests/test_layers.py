@@ -28,19 +28,19 @@ LAYERS: list[frozenset[str]] = [
         }
     ),
     # the node's parts, each for one concern (device: reading an executor's status)
-    frozenset({"broker", "cloud", "identity", "vpn", "executors", "circuits", "device"}),
+    frozenset({"queueing", "state", "metrics", "cloud", "identity", "vpn", "executors", "circuits", "device"}),
     # a job's way and the node's control, and what one process builds of them
-    frozenset({"pipeline", "control", "parts"}),
-    # the probes app and the dramatiq actors
-    frozenset({"web", "actors"}),
+    frozenset({"pipeline", "control", "components"}),
+    # the probes app (and the collectors /metrics serves, which read the pause too) and the dramatiq actors
+    frozenset({"web", "metrics.collectors", "actors"}),
     # processes: start, its parts, stop, status, doctor
     frozenset({"ops"}),
     # the command line, and the package's facade (the public API, re-exported lazily)
     frozenset({"cli", "__init__", "__main__"}),
 ]  # fmt: skip
 #: Development tooling: only the CLI may import it.
-DEV = frozenset({"dev", "devcloud"})
-DEV_IMPORTERS = frozenset({"cli", "dev", "devcloud"})
+DEV = frozenset({"devtools"})
+DEV_IMPORTERS = frozenset({"cli", "devtools"})
 
 
 def _unit(module: str) -> str:
@@ -135,10 +135,10 @@ def test_no_import_runs_back_up_the_layers() -> None:
 
 
 def test_a_name_of_the_package_is_an_import_of_its_facade() -> None:
-    # `from .. import __version__` in broker/ imports the package's __init__ (the top layer)
+    # `from .. import __version__` in queueing/ imports the package's __init__ (the top layer)
     assert _submodule_or_package("coda_bridge", "__version__") == "coda_bridge"
     assert layer("coda_bridge") == len(LAYERS) - 1
-    assert _submodule_or_package("coda_bridge", "broker") == "coda_bridge.queueing"
+    assert _submodule_or_package("coda_bridge", "queueing") == "coda_bridge.queueing"
 
 
 @pytest.mark.parametrize(

@@ -121,5 +121,6 @@ class SmallFailureLogs(Middleware):
         names = [WORKER_LOGGER, *(CONSUMER_LOGGER % queue for queue in sorted(queues))]
         for name in names:
             named = logging.getLogger(name)
-            if not any(isinstance(f, ShortMessages) for f in named.filters):
-                named.addFilter(short)
+            for earlier in [f for f in named.filters if isinstance(f, ShortMessages)]:
+                named.removeFilter(earlier)  # an earlier broker's (a test's): one notice per outage, this one's
+            named.addFilter(short)

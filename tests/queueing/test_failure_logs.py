@@ -8,11 +8,19 @@ from pathlib import Path
 
 import dramatiq
 import pytest
+from dramatiq.brokers.stub import StubBroker
 from pipeline_support import FAST_LIMITS, circuit, stack_env
 
 from coda_bridge.devtools.stack import LocalStack, wait_until
-from coda_bridge.queueing.failure_logs import MESSAGE_SHOWN_CHARS, ShortMessages
+from coda_bridge.queueing.failure_logs import (
+    CONSUMER_LOGGER,
+    MESSAGE_SHOWN_CHARS,
+    WORKER_LOGGER,
+    ShortMessages,
+    SmallFailureLogs,
+)
 from coda_bridge.queueing.queues import EXECUTE_ACTOR, JOBS_QUEUE
+from coda_bridge.queueing.refusal import RefusalNotice
 
 PAD = "x" * 1_000_000
 
@@ -85,3 +93,17 @@ def test_a_1_mb_job_failing_and_retrying_adds_a_few_kb_to_the_log(tmp_path: Path
         assert grown < 12_000, log.read_text(errors="replace")[-3000:]
         assert PAD[:1000] not in log.read_text(errors="replace")
         assert stack.cloud.wait_for_result(job_id, timeout_sec=60)["status"] == "completed"
+
+
+def test_the_broker_booted_last_in_a_process_decides_what_is_news_on_every_logger() -> None:
+    # given a worker booted on one broker, then another (each broker has its own refusal notice)
+    first, second = RefusalNotice(), RefusalNotice()
+    broker = StubBroker()
+    broker.declare_queue("results")
+    SmallFailureLogs(first).before_worker_boot(broker, None)  # type: ignore[arg-type]
+    SmallFailureLogs(second).before_worker_boot(broker, None)  # type: ignore[arg-type]
+
+    # then the worker's and the consumers' loggers share the last one's notice: an outage is one line
+    for name in (WORKER_LOGGER, CONSUMER_LOGGER % "results"):
+        filters = [f for f in logging.getLogger(name).filters if isinstance(f, ShortMessages)]
+        assert [f.notice for f in filters] == [second], name
