@@ -57,6 +57,53 @@ OOM_SCORE_ADJ = 1000
 _FORKING = threading.Lock()
 
 
+class _Forker:
+    """Forks the executor's children on one thread that lives as long as the process.
+
+    A child's parent-death signal (``PR_SET_PDEATHSIG``) fires when the *thread* that forked it ends,
+    and a worker's threads end one by one as it stops (the one holding a job prepared ahead first)
+    while another may still run a job on the same kept child.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event]] | None = None
+        self._pid: int | None = None
+
+    def run(self, make: Callable[[], Any]) -> Any:
+        """``make()`` on the forking thread; its value, or its exception raised here."""
+        with self._lock:
+            if self._requests is None or self._pid != os.getpid():  # none yet, or a forked process
+                self._requests = queue.SimpleQueue()
+                self._pid = os.getpid()
+                threading.Thread(
+                    target=self._serve, args=(self._requests,), name="coda-executor-forker", daemon=True
+                ).start()
+            requests = self._requests
+        answer: list[Any] = []
+        done = threading.Event()
+        requests.put((make, answer, done))
+        done.wait()
+        ok, value = answer
+        if not ok:
+            raise value
+        return value
+
+    @staticmethod
+    def _serve(requests: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event]]) -> None:
+        while True:
+            make, answer, done = requests.get()
+            try:
+                answer.extend((True, make()))
+            except BaseException as exc:  # handed to the caller's thread
+                answer.extend((False, exc))
+            finally:
+                done.set()
+
+
+_FORKER = _Forker()
+
+
 @dataclass(frozen=True)
 class Died:
     """The child running a call died before it answered; ``how`` names its exit status."""
@@ -86,20 +133,7 @@ class ExecutorProcess:
     """One forked child holding the executor; the worker sends it calls and reads one reply per call."""
 
     def __init__(self, executor: Any, calls: dict[str, Callable[..., Any]], cancel: Callable[[Any], Any]):
-        with _FORKING:  # no other child inherits this one's end, so its death always reads as EOF here
-            ours, theirs = multiprocessing.Pipe(duplex=True)
-            pid = os.fork()
-            if pid == 0:  # the child: serve until the worker goes away; never return into the worker's code
-                code = 1
-                try:
-                    ours.close()
-                    _serve(executor, theirs, calls, cancel)
-                    code = 0
-                finally:
-                    os._exit(code)
-            theirs.close()
-        self.pid = pid
-        self.conn: Connection = ours
+        self.pid, self.conn = _FORKER.run(lambda: _fork(executor, calls, cancel))
         self.died: str | None = None
 
     def call(self, method: str, *args: Any) -> None:
@@ -147,6 +181,25 @@ class ExecutorProcess:
                     os.kill(self.pid, signal.SIGKILL)
                 deadline = time.monotonic() + REAP_WAIT_SEC
             time.sleep(REAP_POLL_SEC)
+
+
+def _fork(
+    executor: Any, calls: dict[str, Callable[..., Any]], cancel: Callable[[Any], Any]
+) -> tuple[int, Connection]:
+    """Fork one child serving ``executor``: its pid, and the worker's end of its pipe."""
+    with _FORKING:  # no other child inherits this one's end, so its death always reads as EOF here
+        ours, theirs = multiprocessing.Pipe(duplex=True)
+        pid = os.fork()
+        if pid == 0:  # the child: serve until the worker goes away; never return into the worker's code
+            code = 1
+            try:
+                ours.close()
+                _serve(executor, theirs, calls, cancel)
+                code = 0
+            finally:
+                os._exit(code)
+        theirs.close()
+    return pid, ours
 
 
 def _serve(

@@ -174,3 +174,28 @@ def test_a_slot_reserved_and_given_back_unused_frees_the_device(processes: Execu
     assert processes.reserve(ANSWER_SEC)
     processes.unreserve()
     processes.discard(processes.take())
+
+
+def test_a_child_outlives_the_worker_thread_that_forked_it(processes: ExecutorProcesses) -> None:
+    # Given a child forked for a thread that then ends (as a worker's thread that prepared a job ahead
+    # ends first when the worker stops, while another thread runs a job on the same kept child)
+    taken: list[ExecutorProcess] = []
+
+    def prepare() -> None:
+        child = processes.take()
+        child.call("run", "ok")  # answered: the child has set itself up (its parent-death signal too)
+        assert _answer(child)[0] == "ok"
+        taken.append(child)
+
+    forking = threading.Thread(target=prepare)
+    forking.start()
+    forking.join()
+    [child] = taken
+
+    # When another thread calls it after that
+    child.call("run", "ok")
+
+    # Then it answers: the child's parent-death signal is the process's end, not that thread's
+    answer = _answer(child)
+    assert answer[0] == "ok", answer
+    processes.discard(child)
