@@ -59,7 +59,8 @@ def test_heartbeats_keep_their_interval_behind_5000_jobs(control_stack: LocalSta
 
     times = [start] + [b["received_at"] for b in beats] + [end]
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert max(gaps) <= 2.0, f"heartbeat gap of {max(gaps):.2f} s"
+    # at most one tick late: two intervals (1 s here), plus a busy machine's delivery jitter
+    assert max(gaps) <= 2.5, f"heartbeat gap of {max(gaps):.2f} s"
     assert 13 <= len(beats) <= 17
     assert all(b["jwt_valid"] and b["accepted"] for b in beats)
 
