@@ -56,6 +56,7 @@ def _left_running(state_dir: str) -> list[int]:
     ],
     ids=lambda args: " ".join(args[:2]),
 )
+@pytest.mark.e2e
 def test_a_misspelt_site_stops_every_process_in_one_line_naming_the_known_sites(
     tmp_path: Path, args: list[str]
 ) -> None:
@@ -76,6 +77,7 @@ def test_a_misspelt_site_stops_every_process_in_one_line_naming_the_known_sites(
     assert _left_running(env["CODA_STATE_DIR"]) == []
 
 
+@pytest.mark.e2e
 def test_a_bridge_without_a_token_or_credentials_exits_78_like_start(tmp_path: Path) -> None:
     # given no token and no identity; when the bridge and start run
     env = _env(tmp_path)
@@ -93,6 +95,7 @@ def test_a_bridge_without_a_token_or_credentials_exits_78_like_start(tmp_path: P
     assert _left_running(env["CODA_STATE_DIR"]) == []
 
 
+@pytest.mark.e2e
 def test_the_site_table_applies_whatever_the_working_directory(tmp_path: Path) -> None:
     # given no CODA_SETTINGS_FILES, a working directory without config/, and the checkout's example site
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODA_")}
