@@ -115,7 +115,7 @@ def test_the_search_path_prefers_the_working_directory_then_etc(
     clean_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # given no CODA_SETTINGS_FILES, a system directory, and a working directory with its own config/
-    import coda_bridge.settings as settings_module
+    import coda_bridge.settings.loader as settings_module
 
     clean_env.delenv("CODA_SETTINGS_FILES")
     system = tmp_path / "etc"
