@@ -95,7 +95,6 @@ def test_a_bridge_without_a_token_or_credentials_exits_78_like_start(tmp_path: P
     assert _left_running(env["CODA_STATE_DIR"]) == []
 
 
-@pytest.mark.e2e
 def test_the_site_table_applies_whatever_the_working_directory(tmp_path: Path) -> None:
     # given no CODA_SETTINGS_FILES, a working directory without config/, and the checkout's example site
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODA_")}
