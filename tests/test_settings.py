@@ -255,3 +255,44 @@ def test_the_webhook_timeout_is_the_first_runtimes_30_s_and_readme_says_so(
 
     assert settings.webhook_timeout_sec == 30
     assert "| `CODA_WEBHOOK_TIMEOUT_SEC` | `30` |" in readme
+
+
+def test_the_persisted_layer_is_read_from_the_state_directory_the_other_layers_name(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # given a state directory named by the environment, and a persisted layer read from it
+    clean_env.setenv("CODA_STATE_DIR", str(tmp_path / "node"))
+    clean_env.setenv("CODA_NUM_QUBITS", "7")
+    asked: list[Path] = []
+
+    def persisted(state_dir: Path) -> dict[str, object]:
+        asked.append(state_dir)
+        return {"qpu_id": "qpu-kept", "num_qubits": 3}
+
+    # when the settings load with it
+    settings = load_settings(persisted=persisted)
+    # then it was read once, from that directory; it fills what the operator left unset, never more
+    assert asked == [tmp_path / "node"]
+    assert (settings.qpu_id, settings.num_qubits) == ("qpu-kept", 7)
+    assert "qpu_id" not in settings.model_fields_set
+
+
+def test_a_node_with_persisted_state_reads_its_files_and_environment_once(
+    clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    from coda_bridge.identity.connect import load_node_settings
+    from coda_bridge.identity.credentials import ensure_state_dir, persist
+
+    # given a provisioned node and a misspelt variable
+    clean_env.setenv("CODA_STATE_DIR", str(tmp_path / "node"))
+    clean_env.setattr("coda_bridge.identity.connect.legacy_dir", lambda: tmp_path / "no-legacy")
+    key = "-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----\n"
+    identity = {"qpu_id": "qpu-kept", "jwt_key_id": "k1", "jwt_private_key": key}
+    persist(ensure_state_dir(tmp_path / "node"), identity)
+    clean_env.setenv("CODA_EXECUTER_FACTORY", "x:y")
+    # when its settings load
+    with caplog.at_level(logging.WARNING):
+        settings = load_node_settings()
+    # then the persisted identity is in place and the typo is reported once, not once per pass
+    assert settings.qpu_id == "qpu-kept"
+    assert caplog.text.count("Ignoring unknown setting CODA_EXECUTER_FACTORY.") == 1

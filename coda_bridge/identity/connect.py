@@ -381,8 +381,9 @@ def legacy_dir() -> Path:
 
 def load_node_settings(*, overrides: Mapping[str, Any] | None = None, site: str | None = None) -> Settings:
     """Settings with the persisted layer in place (importing the first runtime's files once)."""
-    first = load_settings(overrides=overrides, site=site)
-    persisted = load_persisted(first.state_dir, legacy_dir=legacy_dir())
-    if persisted is None:
-        return first
-    return load_settings(persisted=persisted, overrides=overrides, site=site)
+    return load_settings(persisted=_persisted_layer, overrides=overrides, site=site)
+
+
+def _persisted_layer(state_dir: Path) -> dict[str, Any] | None:
+    """The persisted layer of the node whose state is in ``state_dir`` (for :func:`load_settings`)."""
+    return load_persisted(state_dir, legacy_dir=legacy_dir())

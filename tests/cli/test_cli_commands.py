@@ -32,6 +32,7 @@ def test_each_command_has_help_with_an_example(name: str) -> None:
     assert f"coda-bridge {name}" in result.output
 
 
+@pytest.mark.e2e
 def test_the_group_help_lists_the_commands_and_both_names_work() -> None:
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
@@ -62,6 +63,7 @@ def _env(state: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.e2e
 def test_errors_are_one_line_without_a_traceback_unless_debug(tmp_path: Path) -> None:
     env = _env(tmp_path / "state")
     done = _run("logs", env=env)
@@ -73,6 +75,7 @@ def test_errors_are_one_line_without_a_traceback_unless_debug(tmp_path: Path) ->
     assert "Traceback" in debug.stderr
 
 
+@pytest.mark.e2e
 def test_a_bad_setting_is_named_in_one_line(tmp_path: Path) -> None:
     env = _env(tmp_path / "state")
     env["CODA_PORT"] = "not-a-port"
@@ -83,6 +86,7 @@ def test_a_bad_setting_is_named_in_one_line(tmp_path: Path) -> None:
     assert "t0k3n-secret" not in done.stderr
 
 
+@pytest.mark.e2e
 def test_status_of_a_node_that_never_ran(tmp_path: Path) -> None:
     done = _run("status", env=_env(tmp_path / "state"))
     assert done.returncode == 3

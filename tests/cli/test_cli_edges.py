@@ -113,6 +113,7 @@ def test_a_broker_whose_sentinels_do_not_answer_is_named_in_one_line(
     assert_one_line(err, contains=f"the broker at {safe_url(url)} does not answer")
 
 
+@pytest.mark.e2e
 def test_replay_of_a_job_that_is_not_dead_lettered_fails_with_one_line(
     node_env: pytest.MonkeyPatch, redis_url: str
 ) -> None:
@@ -177,6 +178,7 @@ def test_a_malformed_persisted_cloud_redis_url_is_named_too(
 @pytest.mark.parametrize(
     "args", [["start"], ["start", "--daemon"], ["bridge"], ["worker", "jobs"], ["web"]], ids=" ".join
 )
+@pytest.mark.e2e
 def test_processes_refuse_a_malformed_broker_url_before_starting(
     node_env: pytest.MonkeyPatch, args: list[str]
 ) -> None:
@@ -210,6 +212,7 @@ def test_stop_and_reset_with_a_state_dir_that_is_a_file(
     assert_one_line(err, contains=f"cannot reset {not_a_dir}: it is not a directory")
 
 
+@pytest.mark.e2e
 def test_worker_with_a_state_dir_that_cannot_be_created(
     clean_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

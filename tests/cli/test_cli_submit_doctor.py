@@ -43,6 +43,7 @@ def _submit(devcloud: DevCloudProcess, *args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+@pytest.mark.e2e
 def test_submit_converts_openqasm_for_the_qpu_target(devcloud: DevCloudProcess, tmp_path: Path) -> None:
     source = tmp_path / "bell.qasm"
     source.write_text(BELL_QASM)
@@ -56,6 +57,7 @@ def test_submit_converts_openqasm_for_the_qpu_target(devcloud: DevCloudProcess, 
     assert fields["shots"] == "300"
 
 
+@pytest.mark.e2e
 def test_submit_sends_an_ir_json_file_as_is(devcloud: DevCloudProcess, tmp_path: Path) -> None:
     circuit = {
         "version": "1.0",
@@ -73,6 +75,7 @@ def test_submit_sends_an_ir_json_file_as_is(devcloud: DevCloudProcess, tmp_path:
     assert sent["gates"] == [{"gate": "rx", "qubits": [0], "params": [0.5]}]
 
 
+@pytest.mark.e2e
 def test_a_qasm_mistake_names_its_line(devcloud: DevCloudProcess, tmp_path: Path) -> None:
     source = tmp_path / "broken.qasm"
     source.write_text(BELL_QASM.replace("cx q[0], q[1];", "frob q[0];"))
@@ -83,6 +86,7 @@ def test_a_qasm_mistake_names_its_line(devcloud: DevCloudProcess, tmp_path: Path
     assert devcloud.client().jobs() == []
 
 
+@pytest.mark.e2e
 def test_submit_needs_a_qpu_when_the_simulator_has_several(devcloud: DevCloudProcess, tmp_path: Path) -> None:
     devcloud.client().create_qpu("qpu-b")
     source = tmp_path / "bell.qasm"
@@ -92,6 +96,7 @@ def test_submit_needs_a_qpu_when_the_simulator_has_several(devcloud: DevCloudPro
     assert "pass --qpu" in output
 
 
+@pytest.mark.e2e
 def test_submit_wait_gives_up_when_no_node_runs(devcloud: DevCloudProcess, tmp_path: Path) -> None:
     source = tmp_path / "bell.qasm"
     source.write_text(BELL_QASM)

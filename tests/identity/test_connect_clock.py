@@ -17,6 +17,9 @@ from coda_bridge.errors import ClockRefused
 from coda_bridge.identity.connect import connect_node, load_node_settings
 from coda_bridge.ops.runners import connect_or_exit
 
+#: Against the local cloud simulator, a real process (e2e: not in `make unit`).
+pytestmark = pytest.mark.e2e
+
 #: How far ahead the node's clock runs, in seconds.
 SKEW_SEC = 600
 

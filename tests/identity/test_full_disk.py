@@ -22,6 +22,9 @@ from coda_bridge.identity.connect import connect_node, load_node_settings
 from coda_bridge.identity.credentials import StatePaths
 from coda_bridge.settings import Settings
 
+#: Against the local cloud simulator, a real process (e2e: not in `make unit`).
+pytestmark = pytest.mark.e2e
+
 #: Size of the tmpfs holding the state directory (the identity needs a few KiB, its room check 48).
 TMPFS_SIZE = "64k"
 #: How long the test lets the node wait for room before freeing some.

@@ -16,6 +16,9 @@ from coda_bridge.identity.connect import connect_node, load_node_settings
 from coda_bridge.identity.credentials import StatePaths
 from coda_bridge.settings import Settings
 
+#: Against the local cloud simulator, a real process (e2e: not in `make unit`).
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture
 def qpu(devcloud: DevCloudClient) -> str:

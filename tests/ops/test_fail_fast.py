@@ -56,6 +56,7 @@ def _left_running(state_dir: str) -> list[int]:
     ],
     ids=lambda args: " ".join(args[:2]),
 )
+@pytest.mark.e2e
 def test_a_misspelt_site_stops_every_process_in_one_line_naming_the_known_sites(
     tmp_path: Path, args: list[str]
 ) -> None:
@@ -76,6 +77,7 @@ def test_a_misspelt_site_stops_every_process_in_one_line_naming_the_known_sites(
     assert _left_running(env["CODA_STATE_DIR"]) == []
 
 
+@pytest.mark.e2e
 def test_a_bridge_without_a_token_or_credentials_exits_78_like_start(tmp_path: Path) -> None:
     # given no token and no identity; when the bridge and start run
     env = _env(tmp_path)
@@ -112,7 +114,7 @@ def test_the_search_path_prefers_the_working_directory_then_etc(
     clean_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # given no CODA_SETTINGS_FILES, a system directory, and a working directory with its own config/
-    import coda_bridge.settings as settings_module
+    import coda_bridge.settings.loader as settings_module
 
     clean_env.delenv("CODA_SETTINGS_FILES")
     system = tmp_path / "etc"

@@ -122,6 +122,7 @@ def worker(server: LocalRedis, client: redis.Redis) -> Iterator[tuple[Any, Any, 
         broker.client.close()
 
 
+@pytest.mark.e2e
 def test_acknowledgements_refused_at_maxmemory_pass_once_memory_returns(
     client: redis.Redis, worker: tuple[Any, Any, threading.Event, list[int]]
 ) -> None:

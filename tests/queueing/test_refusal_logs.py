@@ -109,6 +109,7 @@ def deliveries(
         broker.client.close()
 
 
+@pytest.mark.e2e
 def test_deliveries_refused_by_a_full_broker_log_one_warning_line_and_no_traceback(
     client: redis.Redis,
     deliveries: tuple[Any, Any, threading.Event],

@@ -43,6 +43,7 @@ def _messages(broker: dramatiq.Broker) -> int:
     return int(broker.client.llen(f"{broker.namespace}:jobs"))
 
 
+@pytest.mark.e2e
 def test_the_broker_enqueues_on_the_promoted_replica_after_the_primary_is_killed(
     sentinel: LocalSentinel,
 ) -> None:
@@ -66,6 +67,7 @@ def test_the_broker_enqueues_on_the_promoted_replica_after_the_primary_is_killed
         broker.close()
 
 
+@pytest.mark.e2e
 def test_the_broker_follows_a_coordinated_failover(sentinel: LocalSentinel) -> None:
     # given a broker whose connection is open on the primary
     broker = create_broker(Settings(broker_url=sentinel.url, qpu_id=QPU), qpu_id=QPU)
@@ -117,6 +119,7 @@ def test_a_primary_answering_readonly_inside_a_script_is_left_for_the_one_the_se
         client.close()
 
 
+@pytest.mark.e2e
 def test_doctor_names_the_primary_the_sentinels_discovered(sentinel: LocalSentinel) -> None:
     # given a deployment whose primary was killed and replaced
     old = sentinel.kill_primary()

@@ -257,6 +257,7 @@ def test_ready_keeps_every_field_when_the_broker_redis_is_gone(redis_url: str) -
     assert "broker" in body["reason"]
 
 
+@pytest.mark.e2e
 def test_ready_answers_503_after_5_s_when_the_check_hangs(
     app: Flask, state: NodeState, monkeypatch: pytest.MonkeyPatch
 ) -> None:

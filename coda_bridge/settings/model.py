@@ -1,32 +1,18 @@
-"""Typed settings, layered by dynaconf.
+"""The settings model: every setting of a node, typed and checked, and the one way a mapping becomes one.
 
-Precedence, highest first: explicit overrides (CLI flags), ``CODA_``
-environment variables, the site table of ``settings.toml`` chosen by
-``CODA_ENV`` (over its ``[default]`` table, with ``.secrets.toml`` beside
-it), persisted node state, then the defaults below.  Code reads one frozen
-:class:`Settings` object with named attributes; nothing else looks up
-strings.
-
-The settings files are found the same way from any working directory
-(:func:`settings_files`): ``CODA_SETTINGS_FILES`` when set, else the first
-of ``./config/``, ``/etc/coda-bridge/`` and the ``config/`` of a source
-checkout that holds a ``settings.toml``.  A site that no file has a table
-for is an error, not a silent fall-back to ``[default]``.
+Field ``x`` is environment variable ``CODA_X``; how the layers are found and
+merged is :mod:`.loader`'s job.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dynaconf import Dynaconf
-from dynaconf.utils.inspect import KeyNotFoundError, get_history
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -38,46 +24,24 @@ from pydantic import (
 )
 from redis.connection import parse_url
 
-from .cloud.origins import OriginError, base_origin, origins_of
-from .control.windows import parse_window
-from .errors import ConfigError
-from .trust import UntrustedFile, check_trusted
-from .urls import check_broker_url, safe_url
+from ..cloud.origins import OriginError, base_origin, origins_of
+from ..control.windows import parse_window
+from ..errors import ConfigError
+from ..urls import check_broker_url, safe_url
 
 __all__ = [
+    "DEFAULT_DEVICE_CONFIG",
     "ENV_PREFIX",
+    "EXECUTOR_IR_CHOICES",
     "SECRET_FIELDS",
     "Settings",
     "SettingsError",
     "default_state_dir",
-    "load_settings",
-    "selected_site",
-    "setting_layers",
-    "settings_files",
+    "validate",
 ]
-
-logger = logging.getLogger(__name__)
 
 #: Every environment variable of ours starts with this.
 ENV_PREFIX = "CODA"
-#: ``CODA_`` variables of this project that are no node setting (the simulator's CLI, fault tests):
-#: known, so never reported as unknown.
-NOT_NODE_SETTINGS = frozenset(
-    {"devcloud_url", "devcloud_redis_url", "failpoints", "bridge_keep_pgrp", "log_file"}
-)
-#: The settings file and its git-ignored companion, looked for in each directory of the search path.
-SETTINGS_FILE_NAME = "settings.toml"
-SECRETS_FILE_NAME = ".secrets.toml"
-#: The system-wide settings directory (packages, systemd units).
-SYSTEM_CONFIG_DIR = Path("/etc/coda-bridge")
-#: The ``config/`` directory of a source checkout (an editable install): beside the package.
-SOURCE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
-#: A file only a source checkout has beside the package (so no other distribution's ``config/`` is read).
-SOURCE_CHECKOUT_MARKER = "pyproject.toml"
-#: Site names that select only ``[default]`` (dynaconf's own names for it).
-DEFAULT_SITES = frozenset({"default", "global"})
-#: Variables that steer the loading itself rather than being settings.
-_META_KEYS = frozenset({"ENV", "SETTINGS_FILES", "SETTINGS_FILE"})
 #: Fields whose values are never echoed back, in errors or anywhere else (headers may carry API keys).
 SECRET_FIELDS = frozenset({"node_token", "jwt_private_key", "node_connect_headers"})
 _TARGETS = ("cz", "iswap", "pcz", "cnot")
@@ -366,161 +330,11 @@ class Settings(BaseModel):
         """A copy with ``changes`` applied and validated."""
         data = self.model_dump()
         data.update(changes)
-        return _validate(data, explicit=self.model_fields_set | set(changes))
+        return validate(data, explicit=self.model_fields_set | set(changes))
 
 
-def config_search_path() -> list[Path]:
-    """Directories searched for ``settings.toml`` when ``CODA_SETTINGS_FILES`` is unset, first found wins."""
-    path = [Path.cwd() / "config", SYSTEM_CONFIG_DIR]
-    if (SOURCE_CONFIG_DIR.parent / SOURCE_CHECKOUT_MARKER).is_file():
-        path.append(SOURCE_CONFIG_DIR)
-    return path
-
-
-def settings_files() -> list[Path]:
-    """The settings files this process reads, as absolute paths (missing ones are skipped when loading).
-
-    ``CODA_SETTINGS_FILES`` (comma-separated, relative to the working
-    directory) names them; otherwise ``settings.toml`` and ``.secrets.toml``
-    of the first directory of :func:`config_search_path` that has a
-    ``settings.toml``; otherwise none.
-    """
-    raw = os.environ.get(f"{ENV_PREFIX}_SETTINGS_FILES")
-    if raw:
-        return [Path(part.strip()).absolute() for part in raw.split(",") if part.strip()]
-    for directory in config_search_path():
-        if (directory / SETTINGS_FILE_NAME).is_file():
-            return [directory / SETTINGS_FILE_NAME, directory / SECRETS_FILE_NAME]
-    return []
-
-
-def _tables(files: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
-    """Each existing file with its top-level tables (lower-cased names)."""
-    found = []
-    for path in files:
-        if not path.is_file():
-            continue
-        try:
-            data = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as exc:
-            raise SettingsError(f"settings file {path} cannot be read: {exc}") from None
-        found.append((path, {k.lower(): v for k, v in data.items() if isinstance(v, dict)}))
-    return found
-
-
-def _check_file(path: Path) -> None:
-    """Refuse a settings file another user can change: it chooses the cloud and the code the node runs."""
-    try:
-        check_trusted(path, "settings file")
-    except UntrustedFile as exc:
-        raise SettingsError(str(exc)) from None
-
-
-def selected_site(site: str | None = None) -> str | None:
-    """The site asked for: ``site`` (``--site``), else ``CODA_ENV``; None for ``[default]`` only."""
-    chosen = site if site is not None else os.environ.get(f"{ENV_PREFIX}_ENV")
-    return chosen or None
-
-
-def _check_site(site: str | None, files: list[Path]) -> None:
-    """Refuse a site that no settings file has a table for, naming the sites there are."""
-    if site is None or site.lower() in DEFAULT_SITES:
-        return
-    known = sorted({name for _, tables in _tables(files) for name in tables} - DEFAULT_SITES)
-    if site.lower() in known:
-        return
-    existing = [str(path) for path in files if path.is_file()]
-    if existing:
-        where = ", ".join(existing)
-    else:
-        looked = [str(path) for path in files] or [
-            str(directory / SETTINGS_FILE_NAME) for directory in config_search_path()
-        ]
-        where = f"no settings file (looked for {', '.join(looked)}; set CODA_SETTINGS_FILES)"
-    sites = ", ".join(known) if known else "none"
-    raise SettingsError(f"site {site!r} (CODA_ENV or --site) has no table in {where}; known sites: {sites}")
-
-
-def _dynaconf(site: str | None) -> Dynaconf:
-    """The settings files and the environment, as dynaconf loads them (it records each value's origin)."""
-    files = settings_files()
-    for path in files:
-        if path.is_file():
-            _check_file(path)
-    site = selected_site(site)
-    _check_site(site, files)
-    extra: dict[str, Any] = {"env": site} if site else {}
-    return Dynaconf(
-        envvar_prefix=ENV_PREFIX,
-        settings_files=[str(path) for path in files],
-        environments=True,
-        env_switcher=f"{ENV_PREFIX}_ENV",
-        load_dotenv=False,
-        **extra,
-    )
-
-
-def _layered(site: str | None) -> dict[str, Any]:
-    """Values set by the site file or the environment (lower-cased keys), nothing else."""
-    layered = _dynaconf(site)
-    try:
-        values = layered.as_dict()
-    except Exception as exc:  # dynaconf raises many types for a broken file
-        raise SettingsError(f"settings cannot be loaded: {exc}") from None
-    return {k.lower(): v for k, v in values.items() if k not in _META_KEYS and k != "LOAD_DOTENV"}
-
-
-def setting_layers(
-    *,
-    site: str | None = None,
-    persisted: Mapping[str, Any] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> dict[str, str]:
-    """Where each setting's value comes from, in the layers of :func:`load_settings`.
-
-    One of ``command line``, ``environment (CODA_X)``, ``site file PATH [TABLE]``,
-    ``persisted state`` or ``default``: the files and the environment as
-    dynaconf's own history of the values it loaded records them.
-    """
-    layered = _dynaconf(site)
-    try:
-        layered.as_dict()
-        history = {field: _history(layered, field) for field in Settings.model_fields}
-    except Exception as exc:  # dynaconf raises many types for a broken file
-        raise SettingsError(f"settings cannot be loaded: {exc}") from None
-    layers: dict[str, str] = {}
-    for field in Settings.model_fields:
-        if overrides and overrides.get(field) is not None:
-            layers[field] = "command line"
-        elif origin := _loaded_from(field, history[field]):
-            layers[field] = origin
-        elif persisted and persisted.get(field) is not None:
-            layers[field] = "persisted state"
-        else:
-            layers[field] = "default"
-    return layers
-
-
-def _history(layered: Dynaconf, field: str) -> list[dict[str, Any]]:
-    """dynaconf's record of each load of ``field`` (none when neither a file nor the environment set it)."""
-    try:
-        return list(get_history(layered, field.upper()))
-    except KeyNotFoundError:
-        return []
-
-
-def _loaded_from(field: str, history: list[dict[str, Any]]) -> str | None:
-    """The layer of dynaconf's last load of ``field``: the environment, or a table of a settings file."""
-    for entry in reversed(history):
-        loader = str(entry.get("loader", ""))
-        if loader.startswith("env"):
-            return f"environment ({ENV_PREFIX}_{field.upper()})"
-        if loader == "toml":
-            return f"site file {entry['identifier']} [{str(entry['env']).lower()}]"
-    return None
-
-
-def _validate(data: Mapping[str, Any], explicit: set[str] | None = None) -> Settings:
+def validate(data: Mapping[str, Any], explicit: set[str] | None = None) -> Settings:
+    """``data`` as :class:`Settings`, or a :class:`SettingsError` naming the first bad variable."""
     try:
         settings = Settings.model_validate(dict(data))
     except ValidationError as exc:
@@ -538,25 +352,3 @@ def _validate(data: Mapping[str, Any], explicit: set[str] | None = None) -> Sett
     if explicit is not None:
         object.__setattr__(settings, "__pydantic_fields_set__", set(explicit))
     return settings
-
-
-def load_settings(
-    *,
-    persisted: Mapping[str, Any] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    site: str | None = None,
-) -> Settings:
-    """Build the settings from every layer; raise :class:`ConfigError` naming a bad variable.
-
-    ``model_fields_set`` of the result holds what the operator set (file,
-    environment or override), so persisted state never hides it.
-    """
-    known = set(Settings.model_fields)
-    layered = _layered(site)
-    for key in sorted(set(layered) - known - NOT_NODE_SETTINGS):
-        logger.warning("Ignoring unknown setting %s_%s.", ENV_PREFIX, key.upper())
-    operator = {k: v for k, v in layered.items() if k in known}
-    operator.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    data = {k: v for k, v in (persisted or {}).items() if k in known and v is not None}
-    data.update(operator)
-    return _validate(data, explicit=set(operator))
