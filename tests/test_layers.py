@@ -28,7 +28,9 @@ LAYERS: list[frozenset[str]] = [
         }
     ),
     # the node's parts, each for one concern (device: reading an executor's status)
-    frozenset({"queueing", "state", "metrics", "cloud", "identity", "vpn", "executors", "circuits", "device"}),
+    frozenset(
+        {"queueing", "state", "metrics", "cloud", "identity", "vpn", "executors", "circuits", "device"}
+    ),
     # a job's way and the node's control, and what one process builds of them
     frozenset({"pipeline", "control", "components"}),
     # the probes app (and the collectors /metrics serves, which read the pause too) and the dramatiq actors

@@ -122,5 +122,5 @@ class SmallFailureLogs(Middleware):
         for name in names:
             named = logging.getLogger(name)
             for earlier in [f for f in named.filters if isinstance(f, ShortMessages)]:
-                named.removeFilter(earlier)  # an earlier broker's (a test's): one notice per outage, this one's
+                named.removeFilter(earlier)  # an earlier broker's (a test's): one outage, one notice
             named.addFilter(short)
