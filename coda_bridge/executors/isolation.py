@@ -148,7 +148,14 @@ class ExecutorProcess:
 
     def started(self, tag: int, timeout: float) -> Answer | Died | bool:
         """True once the child started the queued call ``tag``; its answer if withdrawn; False on timeout."""
-        found = self._await(lambda: True if tag in self._started else self._answers.pop(tag, None), timeout)
+
+        def look() -> Answer | bool | None:
+            if tag in self._started:
+                self._started.discard(tag)  # told once: the caller watches it as a run from now on
+                return True
+            return self._answers.pop(tag, None)
+
+        found = self._await(look, timeout)
         return False if found is None else found
 
     def _await(self, look: Callable[[], Any], timeout: float) -> Any:
