@@ -15,9 +15,10 @@ queued in the busy child (:meth:`ExecutorProcesses.queue_behind`), which
 starts it the moment the run before it ends, says so (a start notice, so
 the worker writes the running mark behind it) and answers each run as it
 ends.  A queued run the worker withdraws (a cancel, a drain) before the
-child reached it never starts; one the child never started before dying
-is known not to have run.  The worker and its children switch threads
-every :data:`SWITCH_INTERVAL_SEC`
+child reached it never starts; one without a start notice when the child
+died is run again in a fresh child (it never started, or its process died
+within moments of its start, the case a crashed run is run again for).
+The worker and its children switch threads every :data:`SWITCH_INTERVAL_SEC`
 (Python's default is 5 ms), so a thread that must start the next run, or
 answer the one that ended, never waits out another thread's slice of the
 interpreter.
