@@ -10,8 +10,15 @@ reported with its exit status, and the next run gets a fresh child.
 Like Celery's prefork pool, the worker that watches the cancel key and
 the time limit never shares a process (or a GIL) with the executor.
 
-Between two runs the device waits for nothing but a hand-over: the worker
-and its children switch threads every :data:`SWITCH_INTERVAL_SEC`
+Between two runs the device waits for nothing: a job prepared ahead is
+queued in the busy child (:meth:`ExecutorProcesses.queue_behind`), which
+starts it the moment the run before it ends, says so (a start notice, so
+the worker writes the running mark behind it) and answers each run as it
+ends.  A queued run the worker withdraws (a cancel, a drain) before the
+child reached it never starts; one without a start notice when the child
+died is run again in a fresh child (it never started, or its process died
+within moments of its start, the case a crashed run is run again for).
+The worker and its children switch threads every :data:`SWITCH_INTERVAL_SEC`
 (Python's default is 5 ms), so a thread that must start the next run, or
 answer the one that ended, never waits out another thread's slice of the
 interpreter.
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import logging
 import multiprocessing
 import os
@@ -37,7 +45,7 @@ from typing import Any
 
 from ..errors import CodaError
 
-__all__ = ["Died", "ExecutorProcess", "ExecutorProcesses", "describe_error", "describe_status"]
+__all__ = ["Answer", "Died", "ExecutorProcess", "ExecutorProcesses", "describe_error", "describe_status"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +57,8 @@ _PR_SET_PDEATHSIG = 1
 #: The interpreter's thread switch interval in a worker with executor children and in the children:
 #: a thread waking to hand the device its next run gets the interpreter within this.
 SWITCH_INTERVAL_SEC = 0.0005
+#: How many runs may be queued in a child behind the one it runs (the jobs prepared ahead).
+QUEUED_RUNS_MAX = 2
 #: The child's ``oom_score_adj``: the most an unprivileged process may set, so the OOM killer picks it first.
 OOM_SCORE_ADJ = 1000
 
@@ -104,6 +114,10 @@ class _Forker:
 _FORKER = _Forker()
 
 
+#: What a child's call came to: ``("ok", value)``, ``("error", text)`` or ``("withdrawn", None)``.
+Answer = tuple[str, Any]
+
+
 @dataclass(frozen=True)
 class Died:
     """The child running a call died before it answered; ``how`` names its exit status."""
@@ -130,30 +144,95 @@ def describe_error(exc: BaseException) -> str:
 
 
 class ExecutorProcess:
-    """One forked child holding the executor; the worker sends it calls and reads one reply per call."""
+    """One forked child holding the executor; the worker sends it calls and reads one reply per call.
+
+    Calls are tagged, so a run queued behind the one in progress (a lane of
+    one) is answered, started, cancelled or withdrawn on its own; any worker
+    thread reads the pipe for all of them and files what it read by tag.
+    """
 
     def __init__(self, executor: Any, calls: dict[str, Callable[..., Any]], cancel: Callable[[Any], Any]):
         self.pid, self.conn = _FORKER.run(lambda: _fork(executor, calls, cancel))
         self.died: str | None = None
+        #: Runs handed to this child and not yet ended, as the worker sees them (owned by ExecutorProcesses).
+        self.users = 0
+        self._tags = itertools.count()
+        self._last_tag = -1
+        self._sending = threading.Lock()
+        self._reaping = threading.Lock()
+        self._reading = False
+        self._mail = threading.Condition()
+        self._answers: dict[int, Answer] = {}
+        self._started: set[int] = set()
 
-    def call(self, method: str, *args: Any) -> None:
-        """Send one call; its reply is read by :meth:`reply`."""
-        self.conn.send((method, args))
+    def call(self, method: str, *args: Any, notify: bool = False) -> int:
+        """Send a call, run after those before it; its tag, for :meth:`reply` (``notify``: a start notice)."""
+        tag = next(self._tags)
+        with self._sending:
+            self.conn.send(("call", tag, method, args, notify))
+        self._last_tag = tag
+        return tag
 
-    def reply(self, timeout: float) -> tuple[str, Any] | Died | None:
-        """``("ok", value)`` or ``("error", text)``; :class:`Died` if the child died; ``None`` on timeout."""
-        try:
-            if not self.conn.poll(max(timeout, 0.0)):
-                return None
-            answer: tuple[str, Any] = self.conn.recv()
-        except (EOFError, OSError):
-            return Died(self._reap())
-        return answer
+    def reply(self, timeout: float, tag: int | None = None) -> Answer | Died | None:
+        """``("ok", value)``, ``("error", text)`` or ``("withdrawn", None)`` for the call ``tag`` (the last).
 
-    def cancel(self) -> None:
-        """Ask the run in progress to stop (``cancel_current_job()`` in the child); a dead child is left."""
-        with contextlib.suppress(OSError, ValueError):
-            self.conn.send(("cancel", ()))
+        :class:`Died` if the child died first; ``None`` on timeout.
+        """
+        tag = self._last_tag if tag is None else tag
+        return self._await(lambda: self._answers.pop(tag, None), timeout)
+
+    def started(self, tag: int, timeout: float) -> Answer | Died | bool:
+        """True once the child started the queued call ``tag``; its answer if withdrawn; False on timeout."""
+
+        def look() -> Answer | bool | None:
+            if tag in self._started:
+                self._started.discard(tag)  # told once: the caller watches it as a run from now on
+                return True
+            return self._answers.pop(tag, None)
+
+        found = self._await(look, timeout)
+        return False if found is None else found
+
+    def _await(self, look: Callable[[], Any], timeout: float) -> Any:
+        """What ``look`` finds in the mail, reading the pipe (one thread at a time) until it does."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._mail:
+            while True:
+                found = look()
+                if found is not None:
+                    return found
+                if self.died is not None:
+                    return Died(self.died)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                if self._reading:  # another thread reads; it files our mail and wakes us
+                    self._mail.wait(left)
+                    continue
+                self._reading = True
+                self._mail.release()
+                try:
+                    message = self.conn.recv() if self.conn.poll(left) else None
+                except (EOFError, OSError):
+                    message = Died(self._reap())
+                finally:
+                    self._mail.acquire()
+                    self._reading = False
+                    self._mail.notify_all()
+                if isinstance(message, tuple) and message[0] == "started":
+                    self._started.add(message[1])
+                elif isinstance(message, tuple):
+                    self._answers[message[0]] = (message[1], message[2])
+
+    def cancel(self, tag: int | None = None) -> None:
+        """Ask the run ``tag`` (the last call) to stop, if it is the one running; a dead child is left."""
+        with contextlib.suppress(OSError, ValueError), self._sending:
+            self.conn.send(("cancel", self._last_tag if tag is None else tag))
+
+    def withdraw(self, tag: int) -> None:
+        """Ask the child not to start the queued call ``tag``; it answers ``withdrawn`` or has started it."""
+        with contextlib.suppress(OSError, ValueError), self._sending:
+            self.conn.send(("withdraw", tag))
 
     def kill(self) -> str:
         """End the child now (SIGKILL) and reap it; how it ended."""
@@ -163,6 +242,10 @@ class ExecutorProcess:
         return self._reap()
 
     def _reap(self) -> str:
+        with self._reaping:
+            return self._reap_once()
+
+    def _reap_once(self) -> str:
         if self.died is not None:
             return self.died
         self.conn.close()
@@ -205,7 +288,12 @@ def _fork(
 def _serve(
     executor: Any, conn: Connection, calls: dict[str, Callable[..., Any]], cancel: Callable[[Any], Any]
 ) -> None:
-    """The child's life: calls one at a time on this thread; each cancel on a thread of its own."""
+    """The child's life: calls one at a time on this thread, the next one the moment one ends.
+
+    A reader thread takes cancels (each on a thread of its own, for the
+    call named if it is the one running) and withdrawals (a queued call
+    not yet started never is; the reader answers it at once).
+    """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     with contextlib.suppress(OSError):
@@ -215,33 +303,68 @@ def _serve(
     for signum in (signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    pending: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | None] = queue.SimpleQueue()
+    pending: queue.SimpleQueue[tuple[int, str, tuple[Any, ...], bool] | None] = queue.SimpleQueue()
+    turn = threading.Lock()  # between starting a call and withdrawing it: one or the other
+    sending = threading.Lock()
+    running: list[int] = []  # the tag of the call in progress, if any
+    reached = [-1]  # the last tag started (tags grow, calls run in order)
+    withdrawn: set[int] = set()
+
+    outbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with sending:
+            conn.send(message)
+
+    def deliver() -> None:
+        """Answers and start notices, off the runs' thread: a queued run starts before the worker wakes."""
+        while True:
+            message = outbox.get()
+            try:
+                send(message)
+            except (OSError, ValueError):  # the worker is gone: the reader ends the child
+                return
+            except Exception as exc:  # the result cannot be pickled: the call failed
+                error = f"its result could not be sent to the worker: {describe_error(exc)}"
+                send((message[0], "error", error))
 
     def read() -> None:
         while True:
             try:
-                method, args = conn.recv()
+                kind, tag, *rest = conn.recv()
             except (EOFError, OSError):  # the worker is gone: nothing will read a reply
                 pending.put(None)
                 return
-            if method == "cancel":
+            if kind == "call":
+                pending.put((tag, rest[0], rest[1], rest[2]))
+            elif kind == "cancel" and tag in running:
                 threading.Thread(target=cancel, args=(executor,), name="coda-cancel", daemon=True).start()
-            else:
-                pending.put((method, args))
+            elif kind == "withdraw":
+                with turn:
+                    if tag <= reached[0] or tag in withdrawn:
+                        continue
+                    withdrawn.add(tag)
+                with contextlib.suppress(OSError, ValueError):
+                    send((tag, "withdrawn", None))
 
     threading.Thread(target=read, name="coda-child-reader", daemon=True).start()
+    threading.Thread(target=deliver, name="coda-child-sender", daemon=True).start()
     while (request := pending.get()) is not None:
-        method, args = request
+        tag, method, args, notify = request
+        with turn:
+            if tag in withdrawn:
+                withdrawn.discard(tag)
+                continue
+            running[:] = [tag]
+            reached[0] = tag  # a withdrawal from now on is too late, and is not answered
+        if notify:
+            outbox.put(("started", tag))
         try:
-            answer: tuple[str, Any] = ("ok", calls[method](executor, *args))
+            answer: tuple[Any, ...] = (tag, "ok", calls[method](executor, *args))
         except BaseException as exc:  # SystemExit and KeyboardInterrupt from a run are its failures too
-            answer = ("error", describe_error(exc))
-        try:
-            conn.send(answer)
-        except (OSError, ValueError):
-            return
-        except Exception as exc:  # the result cannot be pickled: the call failed
-            conn.send(("error", f"its result could not be sent to the worker: {describe_error(exc)}"))
+            answer = (tag, "error", describe_error(exc))
+        running.clear()
+        outbox.put(answer)
 
 
 class ExecutorProcesses:
@@ -261,6 +384,7 @@ class ExecutorProcesses:
         sys.setswitchinterval(SWITCH_INTERVAL_SEC)  # this process hands runs over; its children inherit it
         self._idle: list[ExecutorProcess] = []
         self._lock = threading.Lock()
+        self._busy: list[ExecutorProcess] = []
         self._reserved = threading.local()
 
     @property
@@ -297,23 +421,48 @@ class ExecutorProcesses:
         else:
             self._slots.acquire()
         with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        try:
-            return ExecutorProcess(executor, self._calls, self._cancel)
-        except BaseException:
-            self._slots.release()
-            raise
+            child = self._idle.pop() if self._idle else None
+        if child is None:
+            try:
+                child = ExecutorProcess(executor, self._calls, self._cancel)
+            except BaseException:
+                self._slots.release()
+                raise
+        with self._lock:
+            child.users = 1
+            self._busy.append(child)
+        return child
+
+    def queue_behind(self) -> ExecutorProcess | None:
+        """A busy child with room for a run queued behind its own (its slot serves them all), or None.
+
+        The run queued there (``call(..., notify=True)``) must be ended by
+        :meth:`give_back` or :meth:`discard`, like the run before it.
+        """
+        with self._lock:
+            for child in self._busy:
+                if child.died is None and child.users <= QUEUED_RUNS_MAX:
+                    child.users += 1
+                    return child
+        return None
 
     def give_back(self, child: ExecutorProcess) -> None:
-        """A child whose call answered: kept for the next run."""
-        with self._lock:
-            self._idle.append(child)
-        self._slots.release()
+        """A child whose call answered: kept for the next run (once its queued run, if any, ended too)."""
+        self._release(child, died=None)
 
     def discard(self, child: ExecutorProcess) -> str:
         """A child that died or would not stop: killed if need be and reaped; how it ended."""
-        try:
-            return child.kill()
-        finally:
-            self._slots.release()
+        how = child.kill()
+        self._release(child, died=how)
+        return how
+
+    def _release(self, child: ExecutorProcess, died: str | None) -> None:
+        """One run on ``child`` ended; the last one frees the slot (and keeps the child, if alive)."""
+        with self._lock:
+            child.users -= 1
+            if child.users > 0:  # a run queued behind it goes on
+                return
+            self._busy.remove(child)
+            if died is None and child.died is None:
+                self._idle.append(child)
+        self._slots.release()

@@ -12,10 +12,11 @@ step; a single entry is a batch of one.
 
 The device never waits for the node: the jobs worker has a thread more
 than run slots, so while one job runs the next is already claimed and
-checked, waiting for the slot (its cancel key polled, its claim kept
-alive); it starts the moment the run before it ends, and the results of
-that run are recorded and queued behind it.  A drain or a pause sends the
-waiting job back to the queue unstarted.
+checked, queued in the executor's process (its cancel key polled, its
+claim kept alive); that process starts it the moment the run before it
+ends, and the results of that run are recorded and queued behind it.  A
+drain or a pause withdraws the waiting job and sends it back to the queue
+unstarted (:meth:`Runner.wait_turn`).
 """
 
 from __future__ import annotations

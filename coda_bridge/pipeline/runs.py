@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import redis
 
 from ..executors.base import coerce_result
 from ..executors.host import ExecutorHost
-from ..executors.isolation import Died, ExecutorProcess, describe_error
+from ..executors.isolation import Answer, Died, ExecutorProcess, describe_error
 from ..metrics.histograms import JOB_DURATION, Histograms
 from ..state.node_state import NodeState
 from .claims import Claim
@@ -121,6 +122,48 @@ class _Run:
         #: How the child died during the call (``signal 11 (SIGSEGV)``), if it did.
         self.died: str | None = None
         self._child: ExecutorProcess | None = None
+        self._tag: int | None = None
+
+    def queue(self, child: ExecutorProcess) -> bool:
+        """Queue the call behind the run on ``child`` (from ``queue_behind``); False if the child is gone."""
+        try:
+            self._tag = child.call(self.method, *self.args, notify=True)
+        except (OSError, ValueError):  # a broken pipe: the child is gone, and its run with it
+            self.processes.discard(child)
+            return False
+        except Exception:  # a call that cannot be pickled: the usual start says so, in a run of its own
+            self.processes.give_back(child)
+            return False
+        self._child = child
+        return True
+
+    def started(self, timeout: float) -> bool | None:
+        """True once the child started the queued call; None when it never will (withdrawn, child died)."""
+        assert self._child is not None and self._tag is not None
+        answer = self._child.started(self._tag, timeout)
+        if answer is True or answer is False:
+            return answer
+        self._never_started(answer)
+        return None
+
+    def withdraw(self) -> bool:
+        """Take the queued call back before it starts; False when it had started (it is a run now)."""
+        assert self._child is not None and self._tag is not None
+        self._child.withdraw(self._tag)
+        while (answer := self._child.started(self._tag, STOP_POLL_SEC)) is False:
+            pass
+        if answer is True:
+            return False
+        self._never_started(answer)
+        return True
+
+    def _never_started(self, answer: Answer | Died) -> None:
+        child, self._child = self._child, None
+        assert child is not None
+        if isinstance(answer, Died):
+            self.processes.discard(child)
+        else:
+            self.processes.give_back(child)
 
     def start(self) -> None:
         """Send the call to a child; one that died while idle (a broken pipe) gives way to a fresh one."""
@@ -132,7 +175,7 @@ class _Run:
                 self._failed(f"the executor's process could not be started: {describe_error(exc)}")
                 return
             try:
-                child.call(self.method, *self.args)
+                self._tag = child.call(self.method, *self.args)
             except (OSError, ValueError) as exc:
                 broken = exc
                 self.processes.discard(child)
@@ -151,7 +194,7 @@ class _Run:
     def join(self, timeout: float) -> None:
         if self.done or self._child is None:
             return
-        answer = self._child.reply(timeout)
+        answer = self._child.reply(timeout, self._tag)
         if answer is not None:
             self._ended(answer)
 
@@ -166,7 +209,7 @@ class _Run:
         self.join(0)  # an answer already waiting: the run ended, and the idle child gets no cancel
         if self.done or self._child is None:
             return False
-        self._child.cancel()
+        self._child.cancel(self._tag)
         deadline = time.monotonic() + grace_sec
         while not self.done and time.monotonic() < deadline:
             self.join(min(deadline - time.monotonic(), STOP_POLL_SEC))
@@ -221,45 +264,85 @@ class Runner:
         self.max_crashes = max_crashes
         self.histograms = Histograms(state.client, state.qpu_id)
         self._warned_at = -math.inf
+        self._queued = threading.local()  # a run this thread queued in a busy child, started, not yet watched
 
     def wait_turn(
         self, waiting: list[ReadyJob], give_way: GiveWay, stopping: GiveWay
     ) -> tuple[set[str], str | None]:
-        """Hold ``waiting`` (claimed, checked) until a run slot is this thread's; the device's next jobs.
+        """Hold ``waiting`` (claimed, checked) until the device is theirs; the device's next jobs.
 
         While the run before them goes on, their cancel keys are polled and
-        their claims kept alive as a run's are, and ``give_way`` is asked.
-        Returns the jobs cancelled meanwhile (never started), or the reason
-        they all go back unstarted; with neither, the slot is reserved and
-        the next run takes it (:meth:`ExecutorProcesses.reserve`).
-        ``stopping`` (a flag, no round trip) is asked once more when the slot comes.
+        their claims kept alive as a run's are, and ``give_way`` and
+        ``stopping`` (a flag, no round trip) are asked.  Returns the jobs
+        cancelled meanwhile (never started), or the reason they all go back
+        unstarted; with neither, the device is theirs.  A single job is
+        queued in the busy child itself (the lane): it returns once the child
+        started it, and the next :meth:`run_all` watches that run.  Otherwise
+        a slot is reserved for the next run (:meth:`ExecutorProcesses.reserve`).
         """
         processes = self.host.processes
         ids = [ready.job_id for ready in waiting]
-        while not processes.reserve(self.cancel_poll_sec):
-            reason = give_way()
-            if reason is not None:
-                return set(), reason
-            try:
-                cancelled = self.status.cancels_seen(ids)
-            except redis.RedisError as exc:
-                logger.warning("Cancel keys unreadable (%s); the jobs waiting ahead wait on.", exc)
-                cancelled = set()
-            if cancelled:
-                return set(cancelled), None
-            for ready in waiting:
-                try:
-                    ready.claim.refresh()
-                except redis.RedisError as exc:
-                    logger.warning("Job %s: claim not refreshed (%s).", ready.job_id, exc)
+        lane: _Run | None = None
+        while True:
+            if lane is None and len(waiting) == 1 and (child := processes.queue_behind()) is not None:
+                run = _Run(self.host, "run", waiting[0].circuit, waiting[0].shots)
+                lane = run if run.queue(child) else None
+            if lane is not None:
+                started = lane.started(self.cancel_poll_sec)
+                if started:
+                    self._queued.run = (waiting[0].job_id, lane)
+                    return set(), None
+                if started is None:  # its child died before it: it waits for a slot, as before
+                    lane = None
+            elif processes.reserve(self.cancel_poll_sec):
+                break
+            outcome = self._meanwhile(waiting, ids, give_way, stopping)
+            if outcome is not None:
+                if lane is not None and not lane.withdraw():  # too late: it runs, and is watched as a run
+                    self._queued.run = (waiting[0].job_id, lane)
+                    return set(), None
+                return outcome
         reason = stopping()
         if reason is not None:
             processes.unreserve()
         return set(), reason
 
+    def _meanwhile(
+        self, waiting: list[ReadyJob], ids: list[str], give_way: GiveWay, stopping: GiveWay
+    ) -> tuple[set[str], str | None] | None:
+        """While jobs wait their turn: a reason they go back, their cancels, else claims kept alive."""
+        reason = give_way() or stopping()
+        if reason is not None:
+            return set(), reason
+        try:
+            cancelled = self.status.cancels_seen(ids)
+        except redis.RedisError as exc:
+            logger.warning("Cancel keys unreadable (%s); the jobs waiting ahead wait on.", exc)
+            cancelled = set()
+        if cancelled:
+            return set(cancelled), None
+        for ready in waiting:
+            try:
+                ready.claim.refresh()
+            except redis.RedisError as exc:
+                logger.warning("Job %s: claim not refreshed (%s).", ready.job_id, exc)
+        return None
+
     def unreserve(self) -> None:
-        """Give back the slot :meth:`wait_turn` reserved, when no run took it."""
+        """Give back the slot :meth:`wait_turn` reserved and no run took; stop a queued run nobody watched."""
         self.host.processes.unreserve()
+        queued = getattr(self._queued, "run", None)
+        if queued is not None:
+            self._queued.run = None
+            self._stop(queued[1])
+
+    def _queued_run(self, job_id: str) -> _Run | None:
+        """The run :meth:`wait_turn` saw start for ``job_id`` in a busy child, once."""
+        queued = getattr(self._queued, "run", None)
+        if queued is None or queued[0] != job_id:
+            return None
+        self._queued.run = None
+        return queued[1]
 
     def observe(self, timings: Timings) -> None:
         """Count the executor's time, and each job's share in the job-duration histogram: best effort.
@@ -369,8 +452,10 @@ class Runner:
     ) -> Payload | Died | None:
         """One run of one job: its result, ``None`` if it was cancelled, :class:`Died` if its process died."""
         limit = self.job_time_limit_sec
-        run = _Run(self.host, "run", ready.circuit, ready.shots)
-        run.start()
+        run = self._queued_run(ready.job_id)
+        if run is None:
+            run = _Run(self.host, "run", ready.circuit, ready.shots)
+            run.start()
         started = time.monotonic()
         started_()
         try:

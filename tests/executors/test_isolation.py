@@ -16,10 +16,15 @@ from coda_bridge.executors.isolation import Died, ExecutorProcess, ExecutorProce
 
 #: Longest wait for a child's answer (a fork and a call take milliseconds).
 ANSWER_SEC = 10.0
+#: A run long enough for the worker to queue another behind it.
+SHORT_RUN_SEC = 0.3
 
 
 class _Executor:
-    """``run(mode)``: ``ok``, ``raise``, ``exit``, ``segv``, ``wait`` (until cancelled) or ``stuck``."""
+    """``run(mode)``: ``ok``, ``raise``, ``exit``, ``segv``, ``wait`` (until cancelled) or ``stuck``.
+
+    ``stamp`` answers the time it started, after a short run.
+    """
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
@@ -36,6 +41,10 @@ class _Executor:
         if mode == "stuck":
             while True:
                 time.sleep(1)
+        if mode == "stamp":
+            started = time.monotonic()
+            time.sleep(SHORT_RUN_SEC)
+            return started
         return {"pid": os.getpid()}
 
     def cancel_current_job(self) -> None:
@@ -199,3 +208,80 @@ def test_a_child_outlives_the_worker_thread_that_forked_it(processes: ExecutorPr
     answer = _answer(child)
     assert answer[0] == "ok", answer
     processes.discard(child)
+
+
+def test_a_run_queued_behind_starts_when_the_one_before_ends_without_the_worker(
+    processes: ExecutorProcesses,
+) -> None:
+    # Given a run in the only slot's child, and the next one queued behind it in that child
+    first = processes.take()
+    first_tag = first.call("run", "stamp")
+    lane = processes.queue_behind()
+    assert lane is first
+    queued_tag = lane.call("run", "stamp", notify=True)
+
+    # When the worker does nothing until the child says the queued run started
+    assert lane.started(queued_tag, ANSWER_SEC) is True
+
+    # Then it started after the first ended, from the same child, and each answer is its own
+    first_answer = first.reply(ANSWER_SEC, first_tag)
+    queued_answer = lane.reply(ANSWER_SEC, queued_tag)
+    assert isinstance(first_answer, tuple) and isinstance(queued_answer, tuple)
+    assert queued_answer[1] >= first_answer[1] + SHORT_RUN_SEC
+    processes.give_back(first)
+    assert not processes.slots.acquire(timeout=0.05)  # the queued run still holds the device
+    processes.give_back(lane)
+    again = processes.take()
+    assert again is first  # kept for the next run once both ended
+    processes.discard(again)
+
+
+def test_a_queued_run_withdrawn_before_it_starts_never_runs(processes: ExecutorProcesses) -> None:
+    # Given a run waiting for its cancel, and a run queued behind it
+    first = processes.take()
+    first_tag = first.call("run", "wait")
+    lane = processes.queue_behind()
+    assert lane is not None
+    queued_tag = lane.call("run", "ok", notify=True)
+    assert lane.started(queued_tag, 0.2) is False
+
+    # When the worker withdraws the queued run, then the first run ends
+    lane.withdraw(queued_tag)
+    withdrawn = lane.started(queued_tag, ANSWER_SEC)
+    processes.give_back(lane)
+    first.cancel(first_tag)
+
+    # Then the queued run was answered withdrawn at once, never started, and the first run was not disturbed
+    assert withdrawn == ("withdrawn", None)
+    assert first.reply(ANSWER_SEC, first_tag) == ("ok", "cancelled")
+    assert first.started(queued_tag, 0.3) is False
+    assert first.reply(0.0, queued_tag) is None
+    processes.give_back(first)
+    assert processes.slots.acquire(timeout=ANSWER_SEC)  # the device is free
+    processes.slots.release()
+    processes.discard(processes.take())
+
+
+def test_a_run_queued_in_a_child_that_dies_is_known_never_to_have_started(
+    processes: ExecutorProcesses,
+) -> None:
+    # Given a run that will kill its child, and a run queued behind it
+    doomed = processes.take()
+    doomed_tag = doomed.call("run", "exit")
+    behind = processes.queue_behind()
+    assert behind is doomed
+    behind_tag = behind.call("run", "ok", notify=True)
+
+    # When the child dies during the first run
+    never = behind.started(behind_tag, ANSWER_SEC)
+
+    # Then the queued run learns it never started, both runs end with the child, and a fresh one serves
+    assert never == Died("exit code 3")
+    assert doomed.reply(ANSWER_SEC, doomed_tag) == Died("exit code 3")
+    processes.discard(doomed)
+    processes.discard(behind)
+    fresh = processes.take()
+    assert fresh is not doomed
+    fresh.call("run", "ok")
+    assert _answer(fresh) == ("ok", {"pid": fresh.pid})
+    processes.discard(fresh)

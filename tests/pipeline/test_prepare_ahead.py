@@ -12,6 +12,7 @@ unstarted, for the next worker.
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import psutil
@@ -20,6 +21,7 @@ from pipeline_support import FAST_LIMITS, circuit, deliveries, executor_runs, st
 
 from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.state.broker_keys import claim_key
+from coda_bridge.state.node_state import NodeState
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
 
@@ -109,3 +111,24 @@ def test_a_drain_finishes_the_running_job_and_sends_the_waiting_one_back_unstart
         assert stack.cloud.wait_for_result(waiting, timeout_sec=60)["status"] == "completed"
         assert executor_runs(stack, "drained") == 1
         assert len(deliveries(stack, waiting)) == 1
+
+
+def test_the_running_mark_names_the_running_job_not_the_one_queued_behind_it(tmp_path: Path) -> None:
+    # Given a node running a long job, with the next job claimed, checked and queued behind it
+    with LocalStack(tmp_path, env=stack_env(tmp_path, **FAST_LIMITS)) as stack:
+        running, waiting = _running_and_one_prepared(stack, "queued")
+        state = NodeState(stack.broker_redis.client(), stack.qpu_id)
+
+        # When the long job is still on the device (looked at for a third of its run)
+        seen = set()
+        deadline = time.monotonic() + RUNNING_SEC / 3
+        while time.monotonic() < deadline:
+            seen.add((tuple(state.current_jobs()), status(stack, waiting).get("state")))
+
+        # Then the running mark (current_job) named it alone, and the queued job was never shown executing
+        assert {marked for marked, _ in seen} == {(running,)}
+        assert "executing" not in {shown for _, shown in seen}
+        # and the queued job runs once, when the device is free
+        assert stack.cloud.wait_for_result(running, timeout_sec=30)["status"] == "completed"
+        assert stack.cloud.wait_for_result(waiting, timeout_sec=30)["status"] == "completed"
+        assert executor_runs(stack, "queued") == 1
