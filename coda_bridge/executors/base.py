@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any, Protocol, runtime_checkable
@@ -32,6 +32,8 @@ __all__ = [
     "coerce_result",
     "has_batch",
     "resolve_awaitable",
+    "start_batch_run",
+    "start_run",
 ]
 
 logger = logging.getLogger(__name__)
@@ -212,29 +214,67 @@ async def _as_coroutine(value: Awaitable[Any]) -> Any:
 def _close_awaitable(value: object) -> None:
     """Close a coroutine that will never run, so Python does not warn that it was never awaited."""
     close = getattr(value, "close", None)
-    if inspect.iscoroutine(value) and callable(close):
+    if (inspect.iscoroutine(value) or isinstance(value, _Awaiting)) and callable(close):
         close()
 
 
 # --------------------------------------------------------------------------- calls
 
 
-def _invoke(executor: object, method: str, *args: Any) -> Any:
-    """Call ``executor.method(*args)`` and await it if needed; foreign errors become ExecutorError."""
+def _begin(executor: object, method: str, *args: Any) -> Any:
+    """``executor.method(*args)``: its value or awaitable; foreign errors become ExecutorError."""
     func = getattr(executor, method, None)
     if not callable(func):
         raise ExecutorError(f"executor {type(executor).__name__} has no {method}() method")
     try:
-        return resolve_awaitable(func(*args))
+        return func(*args)
     except CodaError:
         raise
     except Exception as exc:
         raise ExecutorError(f"executor {method}() failed: {_describe_exception(exc)}") from exc
 
 
+class _Awaiting:
+    """An executor's awaitable and what its value becomes; closing it closes the executor's coroutine."""
+
+    __slots__ = ("_check", "_method", "_value")
+
+    def __init__(self, value: Awaitable[Any], method: str, check: Callable[[Any], Any]) -> None:
+        self._value, self._method, self._check = value, method, check
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._finish().__await__()
+
+    async def _finish(self) -> Any:
+        try:
+            value = await self._value
+        except CodaError:
+            raise
+        except Exception as exc:  # foreign errors become ExecutorError, as a plain call's do
+            raise ExecutorError(f"executor {self._method}() failed: {_describe_exception(exc)}") from exc
+        return self._check(value)
+
+    def close(self) -> None:
+        """Never to be awaited: close the executor's coroutine, so Python does not warn about it."""
+        _close_awaitable(self._value)
+
+
+def start_run(executor: object, circuit: Circuit, shots: int) -> Any:
+    """Start one run: its checked :class:`ExecutionResult`, or a coroutine that awaits to it (an async run).
+
+    Whoever awaits it decides on which loop: the child of an async executor
+    awaits it on the loop it already runs (no thread hop between two runs).
+    """
+    raw = _begin(executor, "run", circuit, shots)
+    if inspect.isawaitable(raw):
+        return _Awaiting(raw, "run", lambda value: coerce_result(value, circuit, shots))
+    return coerce_result(raw, circuit, shots)
+
+
 def call_run(executor: object, circuit: Circuit, shots: int) -> ExecutionResult:
     """Run one circuit on ``executor`` (plain or async ``run``) and check its result."""
-    return coerce_result(_invoke(executor, "run", circuit, shots), circuit, shots)
+    result: ExecutionResult = resolve_awaitable(start_run(executor, circuit, shots))
+    return result
 
 
 def has_batch(executor: object) -> bool:
@@ -242,14 +282,47 @@ def has_batch(executor: object) -> bool:
     return callable(getattr(executor, "batch_run", None))
 
 
-def call_batch_run(executor: object, jobs: Sequence[tuple[Circuit, int]]) -> list[ExecutionResult]:
-    """One checked result per ``(circuit, shots)`` job, in order; via ``batch_run`` when offered."""
+def start_batch_run(executor: object, jobs: Sequence[tuple[Circuit, int]]) -> Any:
+    """Start a batch: one checked result per ``(circuit, shots)`` job, in order, or an awaitable of them.
+
+    Via ``batch_run`` when offered, else one ``run`` after another.
+    """
     jobs = list(jobs)
     if not jobs:
         return []
     if not has_batch(executor):
-        return [call_run(executor, circuit, shots) for circuit, shots in jobs]
-    raw = _invoke(executor, "batch_run", jobs)
+        return _run_each(executor, jobs, [])
+    raw = _begin(executor, "batch_run", jobs)
+    if inspect.isawaitable(raw):
+        return _Awaiting(raw, "batch_run", lambda value: _check_batch(value, jobs))
+    return _check_batch(raw, jobs)
+
+
+def _run_each(executor: object, jobs: list[tuple[Circuit, int]], results: list[ExecutionResult]) -> Any:
+    """The jobs one ``run`` at a time after ``results``: the list, or a coroutine from the first async run."""
+    for index in range(len(results), len(jobs)):
+        outcome = start_run(executor, *jobs[index])
+        if inspect.isawaitable(outcome):
+            return _run_rest(outcome, executor, jobs, results)
+        results.append(outcome)
+    return results
+
+
+async def _run_rest(
+    first: Awaitable[ExecutionResult],
+    executor: object,
+    jobs: list[tuple[Circuit, int]],
+    results: list[ExecutionResult],
+) -> list[ExecutionResult]:
+    results.append(await first)
+    while len(results) < len(jobs):
+        outcome = start_run(executor, *jobs[len(results)])
+        results.append(await outcome if inspect.isawaitable(outcome) else outcome)
+    return results
+
+
+def _check_batch(raw: object, jobs: list[tuple[Circuit, int]]) -> list[ExecutionResult]:
+    """``batch_run``'s answer checked: a list of one result per job, each checked against its job."""
     if isinstance(raw, (str, bytes, Mapping)) or not isinstance(raw, Sequence):
         raise ExecutorError(f"executor batch_run() returned {type(raw).__name__}, expected a list of results")
     if len(raw) != len(jobs):
@@ -260,6 +333,12 @@ def call_batch_run(executor: object, jobs: Sequence[tuple[Circuit, int]]) -> lis
             results.append(coerce_result(item, circuit, shots))
         except ExecutorError as exc:
             raise ExecutorError(f"batch_run() result {index}: {exc}") from exc
+    return results
+
+
+def call_batch_run(executor: object, jobs: Sequence[tuple[Circuit, int]]) -> list[ExecutionResult]:
+    """One checked result per ``(circuit, shots)`` job, in order; via ``batch_run`` when offered."""
+    results: list[ExecutionResult] = resolve_awaitable(start_batch_run(executor, jobs))
     return results
 
 

@@ -23,7 +23,7 @@ from ..logs import mask
 from ..queueing.outage import broker_unavailable
 from ..settings import Settings
 from ..state.node_state import NodeState
-from .base import call_batch_run, call_run, cancel, has_batch
+from .base import cancel, has_batch, start_batch_run, start_run
 from .first_runtime import adapt_executor
 from .isolation import ExecutorProcesses
 from .resolve import resolve_executor
@@ -52,7 +52,7 @@ class ExecutorHost:
     @cached_property
     def processes(self) -> ExecutorProcesses:
         """The children that run the executor: ``executor_concurrency`` runs on the device at once."""
-        calls: dict[str, Callable[..., Any]] = {"run": call_run, "batch_run": call_batch_run}
+        calls: dict[str, Callable[..., Any]] = {"run": start_run, "batch_run": start_batch_run}
         return ExecutorProcesses(self.executor, calls, cancel, self.settings.executor_concurrency)
 
     def executor(self) -> Any:

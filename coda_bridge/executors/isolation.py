@@ -1,7 +1,8 @@
 """The executor's runs in child processes of the worker: a crash or a stuck run costs a child, not the worker.
 
 A child is forked from the worker once the executor is built (it inherits
-the built executor) and serves runs over a pipe, one at a time.  A run
+the built executor) and serves runs over a pipe, one at a time
+(:mod:`~coda_bridge.executors.child` is the child's side).  A run
 that is cancelled or overruns is asked to stop (``cancel_current_job()``
 runs in the child, on a thread of its own, so a blocking cancel blocks
 nothing); a run that has not ended within the grace loses its child to a
@@ -27,10 +28,8 @@ interpreter.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
 import logging
-import multiprocessing
 import os
 import queue
 import signal
@@ -39,11 +38,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
-from ..errors import CodaError
+from .child import describe_error, fork_child
 
 __all__ = ["Answer", "Died", "ExecutorProcess", "ExecutorProcesses", "describe_error", "describe_status"]
 
@@ -53,18 +50,11 @@ logger = logging.getLogger(__name__)
 REAP_WAIT_SEC = 2.0
 #: How often reaping looks at the child again.
 REAP_POLL_SEC = 0.01
-_PR_SET_PDEATHSIG = 1
 #: The interpreter's thread switch interval in a worker with executor children and in the children:
 #: a thread waking to hand the device its next run gets the interpreter within this.
 SWITCH_INTERVAL_SEC = 0.0005
 #: How many runs may be queued in a child behind the one it runs (the jobs prepared ahead).
 QUEUED_RUNS_MAX = 2
-#: The child's ``oom_score_adj``: the most an unprivileged process may set, so the OOM killer picks it first.
-OOM_SCORE_ADJ = 1000
-
-
-#: Held from a child's pipe to its fork, so two runs starting at once never share a pipe's end.
-_FORKING = threading.Lock()
 
 
 class _Forker:
@@ -136,13 +126,6 @@ def describe_status(status: int) -> str:
     return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
-def describe_error(exc: BaseException) -> str:
-    """The text a failed call reports: a node error's own words, else ``Type: message``."""
-    if isinstance(exc, CodaError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
-
-
 class ExecutorProcess:
     """One forked child holding the executor; the worker sends it calls and reads one reply per call.
 
@@ -152,7 +135,7 @@ class ExecutorProcess:
     """
 
     def __init__(self, executor: Any, calls: dict[str, Callable[..., Any]], cancel: Callable[[Any], Any]):
-        self.pid, self.conn = _FORKER.run(lambda: _fork(executor, calls, cancel))
+        self.pid, self.conn = _FORKER.run(lambda: fork_child(executor, calls, cancel))
         self.died: str | None = None
         #: Runs handed to this child and not yet ended, as the worker sees them (owned by ExecutorProcesses).
         self.users = 0
@@ -264,107 +247,6 @@ class ExecutorProcess:
                     os.kill(self.pid, signal.SIGKILL)
                 deadline = time.monotonic() + REAP_WAIT_SEC
             time.sleep(REAP_POLL_SEC)
-
-
-def _fork(
-    executor: Any, calls: dict[str, Callable[..., Any]], cancel: Callable[[Any], Any]
-) -> tuple[int, Connection]:
-    """Fork one child serving ``executor``: its pid, and the worker's end of its pipe."""
-    with _FORKING:  # no other child inherits this one's end, so its death always reads as EOF here
-        ours, theirs = multiprocessing.Pipe(duplex=True)
-        pid = os.fork()
-        if pid == 0:  # the child: serve until the worker goes away; never return into the worker's code
-            code = 1
-            try:
-                ours.close()
-                _serve(executor, theirs, calls, cancel)
-                code = 0
-            finally:
-                os._exit(code)
-        theirs.close()
-    return pid, ours
-
-
-def _serve(
-    executor: Any, conn: Connection, calls: dict[str, Callable[..., Any]], cancel: Callable[[Any], Any]
-) -> None:
-    """The child's life: calls one at a time on this thread, the next one the moment one ends.
-
-    A reader thread takes cancels (each on a thread of its own, for the
-    call named if it is the one running) and withdrawals (a queued call
-    not yet started never is; the reader answers it at once).
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    with contextlib.suppress(OSError):
-        os.setpgid(0, 0)  # a Ctrl-C or a group's SIGTERM is for the worker, which decides what the run gets
-    with contextlib.suppress(OSError):  # out of memory, the kernel kills this child, never the worker
-        Path("/proc/self/oom_score_adj").write_text(f"{OOM_SCORE_ADJ}\n")
-    for signum in (signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    pending: queue.SimpleQueue[tuple[int, str, tuple[Any, ...], bool] | None] = queue.SimpleQueue()
-    turn = threading.Lock()  # between starting a call and withdrawing it: one or the other
-    sending = threading.Lock()
-    running: list[int] = []  # the tag of the call in progress, if any
-    reached = [-1]  # the last tag started (tags grow, calls run in order)
-    withdrawn: set[int] = set()
-
-    outbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-
-    def send(message: tuple[Any, ...]) -> None:
-        with sending:
-            conn.send(message)
-
-    def deliver() -> None:
-        """Answers and start notices, off the runs' thread: a queued run starts before the worker wakes."""
-        while True:
-            message = outbox.get()
-            try:
-                send(message)
-            except (OSError, ValueError):  # the worker is gone: the reader ends the child
-                return
-            except Exception as exc:  # the result cannot be pickled: the call failed
-                error = f"its result could not be sent to the worker: {describe_error(exc)}"
-                send((message[0], "error", error))
-
-    def read() -> None:
-        while True:
-            try:
-                kind, tag, *rest = conn.recv()
-            except (EOFError, OSError):  # the worker is gone: nothing will read a reply
-                pending.put(None)
-                return
-            if kind == "call":
-                pending.put((tag, rest[0], rest[1], rest[2]))
-            elif kind == "cancel" and tag in running:
-                threading.Thread(target=cancel, args=(executor,), name="coda-cancel", daemon=True).start()
-            elif kind == "withdraw":
-                with turn:
-                    if tag <= reached[0] or tag in withdrawn:
-                        continue
-                    withdrawn.add(tag)
-                with contextlib.suppress(OSError, ValueError):
-                    send((tag, "withdrawn", None))
-
-    threading.Thread(target=read, name="coda-child-reader", daemon=True).start()
-    threading.Thread(target=deliver, name="coda-child-sender", daemon=True).start()
-    while (request := pending.get()) is not None:
-        tag, method, args, notify = request
-        with turn:
-            if tag in withdrawn:
-                withdrawn.discard(tag)
-                continue
-            running[:] = [tag]
-            reached[0] = tag  # a withdrawal from now on is too late, and is not answered
-        if notify:
-            outbox.put(("started", tag))
-        try:
-            answer: tuple[Any, ...] = (tag, "ok", calls[method](executor, *args))
-        except BaseException as exc:  # SystemExit and KeyboardInterrupt from a run are its failures too
-            answer = (tag, "error", describe_error(exc))
-        running.clear()
-        outbox.put(answer)
 
 
 class ExecutorProcesses:
