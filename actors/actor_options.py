@@ -19,8 +19,9 @@ __all__ = ["actor_options", "attempt_limit_ms", "backstop_limit_ms", "batch_back
 
 #: Above every run a job may get: a backstop's margin over the executor watch, in seconds.
 BACKSTOP_MARGIN_SEC = 60
-#: A job prepared ahead first waits for the runs of the job before it: the backstop allows twice the runs.
-PREPARED_AHEAD_FACTOR = 2
+#: A job prepared ahead first waits for the runs of the jobs before it (the running one and the one prepared
+#: before it, ``PREPARED_AHEAD`` in coda_bridge/ops/process_list.py): the backstop allows 3x the runs.
+PREPARED_AHEAD_FACTOR = 3
 #: One delivery attempt may take the HTTP timeout twice plus the status write, in seconds.
 ATTEMPT_MARGIN_SEC = 30
 
@@ -31,8 +32,8 @@ def _run_sec(settings: Settings) -> float:
 
 def backstop_limit_ms(settings: Settings) -> int:
     """dramatiq's time limit of a job, a backstop behind the executor watch (which fails the job cleanly):
-    every run a job may get (one per executor crash), each with its stop grace, plus a minute; twice
-    over, as a job prepared ahead first waits for the runs of the job before it."""
+    every run a job may get (one per executor crash), each with its stop grace, plus a minute; three
+    times over, as a job prepared ahead first waits for the runs of the jobs before it."""
     runs_sec = _run_sec(settings) * settings.max_executor_crashes * PREPARED_AHEAD_FACTOR
     return int((runs_sec + BACKSTOP_MARGIN_SEC) * 1000)
 

@@ -83,7 +83,7 @@ def measure(
         )
         stack.cloud.wait_for_results(warm, timeout_sec=60)
         time.sleep(1.0)
-        stamp_file.unlink(missing_ok=True)
+        stamp_file.write_text("")  # emptied, not removed: each executor process keeps it open
         ids = stack.cloud.submit_bulk(stack.qpu_id, n, noop_circuit(), 100, expect="noop", job_id_prefix="d-")
         wait_delivered(
             stack.cloud, stack.qpu_id, WARMUP_JOBS + n, timeout_sec=60 + 5 * n * executor_ms / 1000
@@ -124,7 +124,7 @@ def measure_coda_node(executor_ms: float, n: int, workdir: Path) -> dict[str, fl
             )
             stack.cloud.wait_for_results(warm, timeout_sec=60)
             time.sleep(1.0)
-            stamp_file.unlink(missing_ok=True)
+            stamp_file.write_text("")  # emptied, not removed: each executor process keeps it open
             ids = stack.cloud.submit_bulk(qpu, n, noop_circuit(), 100, expect="noop", job_id_prefix="d-")
             wait_delivered(stack.cloud, qpu, WARMUP_JOBS + n, timeout_sec=60 + 20 * n * executor_ms / 1000)
             first_xadd = min(float(v["submitted_at"]) for v in job_views(stack.cloud, qpu, ids))

@@ -24,6 +24,7 @@ from ..errors import CodaError, ExecutorError
 
 __all__ = [
     "CANCEL_WAIT_SEC",
+    "Awaiting",
     "ExecutionResult",
     "Executor",
     "call_batch_run",
@@ -214,7 +215,7 @@ async def _as_coroutine(value: Awaitable[Any]) -> Any:
 def _close_awaitable(value: object) -> None:
     """Close a coroutine that will never run, so Python does not warn that it was never awaited."""
     close = getattr(value, "close", None)
-    if (inspect.iscoroutine(value) or isinstance(value, _Awaiting)) and callable(close):
+    if (inspect.iscoroutine(value) or isinstance(value, Awaiting)) and callable(close):
         close()
 
 
@@ -234,8 +235,13 @@ def _begin(executor: object, method: str, *args: Any) -> Any:
         raise ExecutorError(f"executor {method}() failed: {_describe_exception(exc)}") from exc
 
 
-class _Awaiting:
-    """An executor's awaitable and what its value becomes; closing it closes the executor's coroutine."""
+class Awaiting:
+    """A started async call: the executor's awaitable, and the check its value goes through.
+
+    Awaiting it gives the checked answer; :meth:`raw` and :meth:`check` apart let a
+    caller start the device's next run before it checks this one's answer.
+    Closing it closes the executor's coroutine.
+    """
 
     __slots__ = ("_check", "_method", "_value")
 
@@ -246,12 +252,19 @@ class _Awaiting:
         return self._finish().__await__()
 
     async def _finish(self) -> Any:
+        return self._check(await self.raw())
+
+    async def raw(self) -> Any:
+        """What the executor's awaitable gives, unchecked; its foreign errors become ExecutorError."""
         try:
-            value = await self._value
+            return await self._value
         except CodaError:
             raise
         except Exception as exc:  # foreign errors become ExecutorError, as a plain call's do
             raise ExecutorError(f"executor {self._method}() failed: {_describe_exception(exc)}") from exc
+
+    def check(self, value: Any) -> Any:
+        """The answer ``value`` (from :meth:`raw`) makes, checked against the contract."""
         return self._check(value)
 
     def close(self) -> None:
@@ -267,7 +280,7 @@ def start_run(executor: object, circuit: Circuit, shots: int) -> Any:
     """
     raw = _begin(executor, "run", circuit, shots)
     if inspect.isawaitable(raw):
-        return _Awaiting(raw, "run", lambda value: coerce_result(value, circuit, shots))
+        return Awaiting(raw, "run", lambda value: coerce_result(value, circuit, shots))
     return coerce_result(raw, circuit, shots)
 
 
@@ -294,7 +307,7 @@ def start_batch_run(executor: object, jobs: Sequence[tuple[Circuit, int]]) -> An
         return _run_each(executor, jobs, [])
     raw = _begin(executor, "batch_run", jobs)
     if inspect.isawaitable(raw):
-        return _Awaiting(raw, "batch_run", lambda value: _check_batch(value, jobs))
+        return Awaiting(raw, "batch_run", lambda value: _check_batch(value, jobs))
     return _check_batch(raw, jobs)
 
 

@@ -16,8 +16,10 @@ main thread, so a blocking run never holds the loop an async cancel needs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
+import functools
 import inspect
 import multiprocessing
 import os
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CodaError
-from .base import resolve_awaitable
+from .base import Awaiting, resolve_awaitable
 
 __all__ = ["OOM_SCORE_ADJ", "describe_error", "fork_child"]
 
@@ -110,6 +112,10 @@ class _Child:
         self.running: list[int] = []  # the tag of the call in progress, if any
         self.reached = -1  # the last tag started (tags grow, calls run in order)
         self.withdrawn: set[int] = set()
+        #: How an answer or start notice leaves: the sender's queue, or after the next run started.
+        self.post: Callable[[Any], None] = self.outbox.put
+        #: Answers and notices waiting for the next run's first await (an answer to check: a callable).
+        self.unsent: list[Any] = []
 
     def serve(self) -> None:
         """Calls until the worker goes away; on the executors' loop while they turn out async."""
@@ -126,28 +132,59 @@ class _Child:
     async def _serve_on_loop(self) -> bool:
         """The queued calls, awaited on the loop they run on; back to the main thread when none is queued.
 
-        False once the worker has gone away.
+        An answer (and the next run's start notice) leaves once the next run
+        has started and first awaits, so the worker wakes, and takes a core,
+        while the device runs.  False once the worker has gone away.
         """
-        while True:
-            try:
-                request = self.pending.get_nowait()
-            except queue.Empty:
-                return True
-            if request is None:
-                return False
-            outcome = self._start(request)
-            if outcome is None:
-                continue
-            tag, value = outcome
-            if not inspect.isawaitable(value):  # a plain call ran on the loop: give the calls back
-                self._finish(tag, value)
-                return True
-            try:
-                answer: tuple[Any, ...] = (tag, "ok", await value)
-            except BaseException as exc:  # SystemExit and KeyboardInterrupt from a run are its failures too
-                answer = (tag, "error", describe_error(exc))
-            self.running.clear()
-            self.outbox.put(answer)
+        loop = asyncio.get_running_loop()
+
+        def defer(message: Any) -> None:
+            if not self.unsent:
+                loop.call_soon(self._flush)
+            self.unsent.append(message)
+
+        self.post = defer
+        try:
+            while True:
+                try:
+                    request = self.pending.get_nowait()
+                except queue.Empty:
+                    return True
+                if request is None:
+                    return False
+                outcome = self._start(request)
+                if outcome is None:
+                    continue
+                tag, value = outcome
+                if not inspect.isawaitable(value):  # a plain call ran on the loop: give the calls back
+                    self._finish(tag, value)
+                    return True
+                try:
+                    raw = await value.raw() if isinstance(value, Awaiting) else await value
+                except BaseException as exc:  # SystemExit and KeyboardInterrupt: the run's failures
+                    answer: Any = (tag, "error", describe_error(exc))
+                else:  # checked once the next run started
+                    answer = functools.partial(self._checked, tag, value, raw)
+                self._flush()  # a run that never awaited held back what came before it: no further
+                self.running.clear()
+                self.post(answer)
+        finally:
+            self.post = self.outbox.put
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send what waited for the next run to start (an answer still to be checked is checked now)."""
+        for message in self.unsent:
+            self.outbox.put(message() if callable(message) else message)
+        self.unsent.clear()
+
+    @staticmethod
+    def _checked(tag: int, value: Any, raw: Any) -> tuple[Any, ...]:
+        """The answer to ``tag`` from the unchecked ``raw`` an async call gave."""
+        try:
+            return (tag, "ok", value.check(raw) if isinstance(value, Awaiting) else raw)
+        except BaseException as exc:  # a check's failure is the run's
+            return (tag, "error", describe_error(exc))
 
     def _start(self, request: _Request) -> tuple[int, Any] | None:
         """Start ``request`` unless it was withdrawn: its tag and its answer (or the awaitable of it)."""
@@ -159,12 +196,12 @@ class _Child:
             self.running[:] = [tag]
             self.reached = tag  # a withdrawal from now on is too late, and is not answered
         if notify:
-            self.outbox.put(("started", tag))
+            self.post(("started", tag))
         try:
             return tag, self.calls[method](self.executor, *args)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt from a run are its failures too
             self.running.clear()
-            self.outbox.put((tag, "error", describe_error(exc)))
+            self.post((tag, "error", describe_error(exc)))
             return None
 
     def _finish(self, tag: int, value: Any) -> None:
@@ -174,7 +211,7 @@ class _Child:
         except BaseException as exc:  # SystemExit and KeyboardInterrupt from a run are its failures too
             reply = (tag, "error", describe_error(exc))
         self.running.clear()
-        self.outbox.put(reply)
+        self.post(reply)
 
     def _send(self, message: tuple[Any, ...]) -> None:
         with self.sending:

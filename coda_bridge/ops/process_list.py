@@ -41,7 +41,7 @@ RESULT_PROCESSES = 2
 RESULT_THREADS = 8
 #: Jobs threads beyond the run slots (``executor_concurrency``): each holds the device's next job
 #: claimed and checked, so it starts the moment a run ends (issue 24; pipeline/execute.py).
-PREPARED_AHEAD = 1
+PREPARED_AHEAD = 2
 #: Control threads: a heartbeat and a VPN check may overlap.
 CONTROL_THREADS = 2
 #: How long the dramatiq master waits for each worker process to finish booting before it
