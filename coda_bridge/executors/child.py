@@ -26,6 +26,7 @@ import os
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -34,7 +35,7 @@ from typing import Any
 from ..errors import CodaError
 from .base import Awaiting, resolve_awaitable
 
-__all__ = ["OOM_SCORE_ADJ", "describe_error", "fork_child"]
+__all__ = ["DEFER_MAX_SEC", "OOM_SCORE_ADJ", "describe_error", "fork_child"]
 
 _PR_SET_PDEATHSIG = 1
 #: The child's ``oom_score_adj``: the most an unprivileged process may set, so the OOM killer picks it first.
@@ -42,6 +43,9 @@ OOM_SCORE_ADJ = 1000
 
 #: Held from a child's pipe to its fork, so two runs starting at once never share a pipe's end.
 _FORKING = threading.Lock()
+
+#: Longest an answer or start notice waits for the next run's first await before it leaves anyway.
+DEFER_MAX_SEC = 0.01
 
 #: A call as the child queues it: its tag, method, arguments and whether the worker wants a start notice.
 _Request = tuple[int, str, tuple[Any, ...], bool]
@@ -116,11 +120,15 @@ class _Child:
         self.post: Callable[[Any], None] = self.outbox.put
         #: Answers and notices waiting for the next run's first await (an answer to check: a callable).
         self.unsent: list[Any] = []
+        self.unsent_since = 0.0
+        self.unsent_lock = threading.Lock()  # the loop's thread and the guard flush them, in order
+        self.on_loop = threading.Event()
 
     def serve(self) -> None:
         """Calls until the worker goes away; on the executors' loop while they turn out async."""
         threading.Thread(target=self._read, name="coda-child-reader", daemon=True).start()
         threading.Thread(target=self._deliver, name="coda-child-sender", daemon=True).start()
+        threading.Thread(target=self._guard, name="coda-child-guard", daemon=True).start()
         while (request := self.pending.get()) is not None:
             outcome = self._start(request)
             if outcome is None:
@@ -139,11 +147,14 @@ class _Child:
         loop = asyncio.get_running_loop()
 
         def defer(message: Any) -> None:
-            if not self.unsent:
-                loop.call_soon(self._flush)
-            self.unsent.append(message)
+            with self.unsent_lock:
+                if not self.unsent:
+                    self.unsent_since = time.monotonic()
+                    loop.call_soon(self._flush)
+                self.unsent.append(message)
 
         self.post = defer
+        self.on_loop.set()
         try:
             while True:
                 try:
@@ -169,14 +180,29 @@ class _Child:
                 self.running.clear()
                 self.post(answer)
         finally:
+            self.on_loop.clear()
             self.post = self.outbox.put
             self._flush()
 
     def _flush(self) -> None:
         """Send what waited for the next run to start (an answer still to be checked is checked now)."""
-        for message in self.unsent:
-            self.outbox.put(message() if callable(message) else message)
-        self.unsent.clear()
+        with self.unsent_lock:
+            for message in self.unsent:
+                self.outbox.put(message() if callable(message) else message)
+            self.unsent.clear()
+
+    def _guard(self) -> None:
+        """While calls run on the loop, send what waited :data:`DEFER_MAX_SEC` for a run's first await.
+
+        A run that computes before it first awaits must not hold back the
+        answer of the run before it (the worker watches that one's time limit)
+        or its own start notice (the running mark) for longer than that.
+        """
+        while True:
+            self.on_loop.wait()
+            time.sleep(DEFER_MAX_SEC)
+            if self.unsent and time.monotonic() - self.unsent_since >= DEFER_MAX_SEC:
+                self._flush()
 
     @staticmethod
     def _checked(tag: int, value: Any, raw: Any) -> tuple[Any, ...]:

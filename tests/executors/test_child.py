@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -17,6 +18,10 @@ from coda_bridge.executors.isolation import ExecutorProcess, ExecutorProcesses
 ANSWER_SEC = 10.0
 #: A first run long enough for the worker to queue others behind it.
 FIRST_RUN_SEC = 0.3
+#: How long a run computes before its first await.
+COMPUTE_SEC = 3.0
+#: The most a busy machine may add to the child's bound on holding an answer back (DEFER_MAX_SEC).
+LATE_SEC = 1.5
 
 
 class _AsyncExecutor:
@@ -54,6 +59,12 @@ class _AsyncExecutor:
             return "cancelled"
         if mode == "exit":
             raise SystemExit(4)
+        if mode == "stamp":
+            await asyncio.sleep(FIRST_RUN_SEC)
+            return time.time()
+        if mode == "compute":  # works before its first await: the loop is held
+            time.sleep(COMPUTE_SEC)
+            await asyncio.sleep(0)
         return {"pid": os.getpid(), "task": self.serials[task]}
 
     async def cancel_current_job(self) -> None:
@@ -152,3 +163,25 @@ def test_an_async_run_raising_system_exit_fails_and_the_child_serves_the_next(
     # Then the one failed with its own error, and the same child ran the next
     assert failed == ("error", "SystemExit: 4")
     assert after[0] == "ok" and after[1]["pid"] == first[1]["pid"]
+
+
+def test_a_run_computing_before_its_first_await_does_not_hold_back_the_answer_before_it(
+    processes: ExecutorProcesses,
+) -> None:
+    # Given a run, and one queued behind it that computes for seconds before it first awaits
+    calls = _queue(processes, ["stamp", "compute"])
+    (first, first_tag), (second, second_tag) = calls
+
+    # When the first run ends
+    answer = first.reply(ANSWER_SEC, first_tag)
+    arrived = time.time()
+
+    # Then its answer, and the next run's start notice, reached the worker while the next one computed
+    assert isinstance(answer, tuple) and answer[0] == "ok", answer
+    assert arrived - answer[1] < LATE_SEC
+    assert second.started(second_tag, LATE_SEC) is True
+    assert second.reply(0.0, second_tag) is None  # still computing
+    last = second.reply(ANSWER_SEC + COMPUTE_SEC, second_tag)
+    assert isinstance(last, tuple) and last[0] == "ok", last
+    processes.give_back(first)
+    processes.give_back(second)
