@@ -116,8 +116,8 @@ def test_a_child_that_dies_is_reported_with_its_exit_status(
 
 def test_a_cancel_reaches_the_executor_in_the_child_while_it_runs(processes: ExecutorProcesses) -> None:
     child = processes.take()
-    child.call("run", "wait")
-    assert child.reply(0.2) is None  # running
+    tag = child.call("run", "wait", notify=True)
+    assert child.started(tag, ANSWER_SEC) is True  # a cancel before the run starts is not for it
 
     child.cancel()
 
