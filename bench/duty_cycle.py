@@ -202,7 +202,8 @@ def main() -> None:
     duplicates = sum(f["duplicates"] for _, _, f in results)
     notes = [
         f"{args.n} jobs XADDed at once per row, after {WARMUP_JOBS} warm-up jobs; the executor awaits",
-        "a sleep of the run time and stamps its own start and end (`bench_executors:create_stamp_executor`).",
+        "a sleep of the run time and stamps its own start and end (`bench_executors:create_stamp_executor`;",
+        "one `write` per run to a file each process keeps open).",
         "Duty cycle = busy time / (last end - first start); a gap is one run's end to the next one's start.",
         f"Wrong results {wrong}, duplicate deliveries {duplicates}.",
     ]
