@@ -49,9 +49,10 @@ from ..logs import LOG_FORMAT_VARIABLE
 from ..trust import SAFE_PATH_ENV, python_argv
 from .drain import ResultsFlushed, results_key_template
 from .forking import preload
-from .group import READY_PATH, SYSTEM_NAME, WEB_WORKERS, ProcessGroup
+from .group import READY_PATH, WEB_WORKERS, ProcessGroup
 from .jsonlines import json_line
 from .outcome import UNEXPLAINED, record_exit, record_start
+from .output_relay import SYSTEM_NAME
 from .pidfile import claim_pid_file, pid_file_for, release_pid_file
 from .process_list import ProcessSpec, start_processes
 
