@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from coda_bridge.metrics.histograms import DELIVERY_ATTEMPTS
 from coda_bridge.queueing.messages import delivery_of
 from coda_bridge.queueing.queues import DEAD_LETTERED_ACTOR, DELIVER_ACTOR, RESULTS_QUEUE
 
 from .shared import node
-
-logger = logging.getLogger(__name__)
 
 #: First pause before a second delivery attempt (the retry policy, maximum backoff and time limit of an
 #: attempt come from the settings at process boot: actors/actor_options.py).
@@ -25,19 +21,7 @@ MIN_BACKOFF_MS = 1000
 def dead_lettered(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
     """Called once a result ran out of retries: it stays in the dead-letter queue for ``replay``."""
     job_id, _ = delivery_of(message)
-    attempts = retry_info.get("retries", 0) + 1
-    parts = node.parts
-    if job_id:
-        parts.records.keep(str(job_id))
-        dead = parts.timeline.event(str(job_id), "dead_lettered", attempts=attempts)
-        parts.timeline.write([dead], keep=True)
-    parts.state.count("webhook_dead_letters")
-    parts.deliverer.histograms.observe(DELIVERY_ATTEMPTS.name, attempts, {"outcome": "dead_lettered"})
-    logger.error(
-        "Result of job %s dead-lettered after %s attempts; `coda-bridge replay` delivers it.",
-        job_id,
-        retry_info.get("retries", 0) + 1,
-    )
+    node.parts.deliverer.dead_lettered(str(job_id) if job_id else None, retry_info.get("retries", 0) + 1)
 
 
 @dramatiq.actor(

@@ -70,8 +70,8 @@ def start(
     require_credentials(settings, token)  # exit 78, like `bridge`: restarting cannot help
     require_executor(settings)  # exit 78: never the no-op executor's fake results by default
     if not daemon:
-        sys.exit(run_start(token=token, host=host, port=port, site=site, one_process=one_process))
-    pid, log = start_detached(token=token, host=host, port=port, site=site, one_process=one_process)
+        sys.exit(run_start(settings, token=token, host=host, port=port, site=site, one_process=one_process))
+    pid, log = start_detached(settings, token=token, host=host, port=port, site=site, one_process=one_process)
     click.echo(f"coda-bridge started in the background and is ready (pid {pid}); log: {log}")
 
 

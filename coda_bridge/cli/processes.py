@@ -41,8 +41,9 @@ def bridge(token: str | None) -> None:
     configure_logging()
     stop = StopSignal().install()  # as under `start`: a first SIGTERM drains, a second ends it at once
     try:
-        check_redis_urls(node_settings())  # before a one-time token is spent on connecting
-        run_bridge_main(token, stop)
+        settings = node_settings()  # the one load of this process start
+        check_redis_urls(settings)  # before a one-time token is spent on connecting
+        run_bridge_main(settings, token, stop)
     except (ConfigError, AuthError) as exc:
         raise Unrecoverable(str(exc)) from exc
     except NodeError as exc:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import psutil
 
@@ -34,13 +34,12 @@ from ..ops.process_list import ProcessSpec, node_processes
 from ..ops.proctree import alive, descendants, process_tree
 from ..settings import load_settings
 from .devcloud.admin_client import DevCloudClient
-from .devcloud.server import DevCloudProcess, start_devcloud_process
+from .devcloud.launcher import DevCloudProcess, start_devcloud_process
 from .localredis import LocalRedis, free_port
+from .stack_child import StackChild
 
 __all__ = ["MODES", "START_PARTS", "LocalStack", "procfile_specs", "wait_until"]
 
-#: How long a process gets between SIGTERM and SIGKILL when a stack stops.
-STOP_GRACE_SEC = 10.0
 #: How often waits look again.
 POLL_SEC = 0.05
 #: How long ``start``'s supervisor may take to start a part again (its backoff grows to 30 s).
@@ -92,59 +91,6 @@ def wait_until(condition: Callable[[], Any], timeout_sec: float, what: str) -> A
         time.sleep(POLL_SEC)
 
 
-class _Child:
-    def __init__(self, spec: ProcessSpec, env: Mapping[str, str], log_path: Path) -> None:
-        self.spec = spec
-        self.log_path = log_path
-        self._log: IO[bytes] = log_path.open("ab")
-        self.terminated = False
-        self.process = subprocess.Popen(
-            spec.argv,
-            env=dict(env),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def signal(self, signum: int) -> None:
-        if self.alive():
-            os.kill(self.process.pid, signum)
-            self.terminated = self.terminated or signum == signal.SIGTERM
-
-    def kill_group(self) -> None:
-        """SIGKILL the process and every descendant (dramatiq worker processes have their own groups)."""
-        for pid in [self.process.pid, *descendants(self.process.pid)]:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-
-    def stop(self, grace_sec: float = STOP_GRACE_SEC, *, family: list[int] | None = None) -> int | None:
-        """SIGTERM, wait, then SIGKILL whatever is left of the process and its descendants."""
-        family = descendants(self.process.pid) if family is None else family
-        if self.alive():
-            if not self.terminated:  # a second SIGTERM makes a dramatiq worker skip its drain
-                self.signal(signal.SIGTERM)
-            try:
-                self.process.wait(grace_sec)
-            except subprocess.TimeoutExpired:
-                self.kill_group()
-                self.process.wait()
-        for pid in family:  # orphans of a master that died first
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        self._log.close()
-        return self.process.returncode
-
-
 class LocalStack:
     """Cloud Redis, broker Redis, the cloud simulator and a provisioned node, all local."""
 
@@ -182,7 +128,7 @@ class LocalStack:
         self.cloud_redis = LocalRedis()
         self.broker_redis = LocalRedis()
         self.devcloud: DevCloudProcess | None = None
-        self.children: dict[str, _Child] = {}
+        self.children: dict[str, StackChild] = {}
         self._restarts: dict[str, int] = {}
 
     # -- the fixed parts --
@@ -323,13 +269,13 @@ class LocalStack:
         if old is not None and old.alive():
             raise CodaError(f"{name} is already running (pid {old.pid})")
         self._restarts[name] = self._restarts.get(name, -1) + 1
-        self.children[name] = _Child(spec, {**self.env(), **(env or {})}, self.workdir / f"{name}.log")
+        self.children[name] = StackChild(spec, {**self.env(), **(env or {})}, self.workdir / f"{name}.log")
 
     # -- ``coda-bridge start``: one supervisor, its parts found by their command lines --
 
     def _start_supervised(self) -> None:
         spec = ProcessSpec("start", (sys.executable, "-m", "coda_bridge", "start"))
-        self.children["start"] = _Child(spec, self.env(), self.workdir / "start.log")
+        self.children["start"] = StackChild(spec, self.env(), self.workdir / "start.log")
         wait_until(
             lambda: all(self.part_pid(name) for name in START_PARTS) or not self.children["start"].alive(),
             60,

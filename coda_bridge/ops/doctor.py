@@ -24,22 +24,19 @@ from ..executors.resolve import resolve_executor
 from ..identity.connect import load_node_settings
 from ..identity.credentials import StatePaths, ensure_state_dir, load_persisted, read_private
 from ..queueing.broker_client import broker_client, sentinel_primary
-from ..queueing.redis_broker import create_broker
 from ..queueing.sizing import memory_finding
 from ..settings import SECRET_FIELDS, Settings, load_settings, selected_site, setting_layers, settings_files
 from ..state.node_state import NodeState
-from ..state.registry import live_processes
 
 __all__ = [
+    "PING_TIMEOUT_SEC",
     "Check",
     "check_coda_command",
     "check_executor_boot",
-    "process_lines",
-    "queue_summary",
+    "failure_reason",
     "run_checks",
     "setting_lines",
     "shown_url",
-    "vpn_summary",
 ]
 
 #: Timeout of each network probe: doctor must answer quickly even when everything is down.
@@ -76,7 +73,8 @@ def shown_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def _reason(exc: BaseException) -> str:
+def failure_reason(exc: BaseException) -> str:
+    """An exception in one short line (its type when it says nothing)."""
     text = " ".join(str(exc).split())
     return text[:160] if text else type(exc).__name__
 
@@ -195,7 +193,7 @@ def check_redis(name: str, url: str | None, fix: str) -> Check:
         primary = sentinel_primary(client)
         client.ping()
     except (redis.RedisError, OSError) as exc:
-        return Check(name, False, f"{shown_url(url)} does not answer PING ({_reason(exc)}); {fix}")
+        return Check(name, False, f"{shown_url(url)} does not answer PING ({failure_reason(exc)}); {fix}")
     finally:
         client.close()
     if primary is not None:
@@ -362,57 +360,6 @@ def check_vpn(settings: Settings) -> Iterator[Check]:
         yield Check("openvpn", True, "not started by this node (a tunnel is up anyway)")
     else:
         yield Check("openvpn", False, f"not running; see {status['log_path']}")
-
-
-# -- summaries for ``status`` --
-
-
-def queue_summary(settings: Settings) -> str:
-    """Messages waiting per queue, and dead-lettered results, for ``status``."""
-    if not settings.qpu_id:
-        return "unknown until the node is provisioned"
-    reachable = check_redis("broker", settings.broker_url, "")
-    if not reachable.ok:
-        return f"broker unreachable: {reachable.detail.rstrip('; ')}"
-    broker = create_broker(settings)
-    try:
-        sizes = broker.queue_sizes()
-    except redis.RedisError as exc:
-        return f"broker error: {exc}"
-    finally:
-        broker.close()
-    waiting = ", ".join(f"{q} {n}" for q, n in sizes.items() if not q.endswith(".dead"))
-    dead = ", ".join(f"{q[:-5]} {n}" for q, n in sizes.items() if q.endswith(".dead") and n)
-    return f"{waiting} waiting" + (f"; dead-lettered: {dead}" if dead else "")
-
-
-def process_lines(settings: Settings) -> tuple[list[str], str | None]:
-    """One line per process registered for the QPU (any host, however started), and a problem if any."""
-    if not settings.qpu_id:
-        return [], None
-    client = broker_client(
-        settings.broker_url, socket_timeout=PING_TIMEOUT_SEC, socket_connect_timeout=PING_TIMEOUT_SEC
-    )
-    try:
-        found = live_processes(client, settings.qpu_id)
-    except (redis.RedisError, OSError) as exc:
-        return [], f"unknown (broker unreachable: {_reason(exc)})"
-    finally:
-        client.close()
-    width = max((len(info.role) for info in found), default=0)
-    return [f"{info.role:<{width}}  {info.describe()}" for info in found], None
-
-
-def vpn_summary(settings: Settings) -> str:
-    """The tunnel interface, for ``status``."""
-    if not settings.vpn_required:
-        return "not required"
-    try:
-        from ..vpn.guard import tun_interfaces  # noqa: PLC0415 - doctor reports VPN support that cannot load
-    except ImportError:
-        return "required (the VPN support is not installed)"
-    found = tun_interfaces(settings.vpn_interface_hint)
-    return ", ".join(found) if found else "required, but no tunnel interface is up"
 
 
 # -- all together --

@@ -1,14 +1,14 @@
 """The node's processes as one group: started, watched, restarted with backoff, and drained in order.
 
 Each process runs in a process group of its own and gets exactly one
-SIGTERM; output goes through honcho's printer with ``name |`` prefixes
-(or, for JSON logs, :mod:`~coda_bridge.ops.jsonlines`).
+SIGTERM; its output is passed on with a ``name |`` prefix
+(:mod:`~coda_bridge.ops.output_relay`).
 A process with an entry point is forked from this one (which preloaded
 what they all import, :mod:`~coda_bridge.ops.forking`); any other is an
 ``exec`` of its command line.  The group runs in one thread (its output
 is read in its loop), so it can fork safely; what it prints waits for a
-slow reader in a bounded buffer (:mod:`~coda_bridge.ops.output`), so a
-paused terminal never stops supervising.  SIGTERM and SIGINT drain the
+slow reader in a bounded buffer, so a paused terminal never stops
+supervising.  SIGTERM and SIGINT drain the
 node; SIGHUP reopens the log of ``start --daemon`` (logrotate) and stops
 the node only when its output is a terminal that hung up.
 :mod:`~coda_bridge.ops.supervisor` builds the plan and runs the group.
@@ -17,21 +17,17 @@ the node only when its output is a terminal that hung up.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import errno
 import os
-import selectors
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 from honcho.colour import get_colours
-from honcho.printer import Message, Printer
+from honcho.printer import Printer
 
 from ..backoff import Backoff
 from .drain import DRAIN_PLAN, drain_stage
@@ -45,13 +41,13 @@ from .exits import (
     exit_status,
 )
 from .forking import can_fork, exec_setup, fork_part, signals_held
-from .jsonlines import JsonPrinter
 from .logfile import LOG_FILE_ENV, reopen_log
-from .output import PacedOutput
+from .members import ForkedProcess, Member
+from .output_relay import OutputRelay
 from .process_list import ProcessSpec
 from .proctree import kill_tree, process_tree
 
-__all__ = ["SYSTEM_NAME", "ForkedProcess", "ProcessGroup"]
+__all__ = ["ProcessGroup"]
 
 #: Time past the drain timeout before the group kills what is still running.
 KILL_MARGIN_SEC = 10.0
@@ -65,74 +61,8 @@ IDENTITY_POLL_SEC = 0.1
 READY_PATH = ("control", "web")
 #: gunicorn workers of the probes app under ``start`` (each has threads; see gunicorn_config).
 WEB_WORKERS = 1
-#: How long the group waits, at the end, for the last lines of its processes.
-OUTPUT_FLUSH_SEC = 0.5
-#: Most bytes read from one process's output at a time.
-READ_CHUNK_BYTES = 65536
 #: Why a process may fail to start now and start later: out of processes, or of memory.
 TRANSIENT_START_ERRORS = frozenset({errno.EAGAIN, errno.ENOMEM})
-#: Longest line kept whole: a process writing more without a newline has it printed in pieces.
-MAX_LINE_BYTES = 65536
-#: Name of the supervisor's own lines.
-SYSTEM_NAME = "system"
-
-
-def _paced_stdout() -> PacedOutput | None:
-    """Our standard output, paced to its reader; None when it is no descriptor (tests capture it)."""
-    try:
-        sys.stdout.flush()
-        return PacedOutput(sys.stdout.fileno())
-    except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is an OSError
-        return None
-
-
-class ForkedProcess:
-    """A process forked from this one, watched like a :class:`subprocess.Popen` (``poll``, ``returncode``)."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped by someone else (SIGCHLD ignored): gone, as Popen says
-                self.returncode = 0
-                return 0
-            if pid == 0:
-                return None
-            self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-
-@dataclass
-class _Member:
-    """One process of the group: its command, and where it is in its life."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    colour: str
-    backoff: Backoff
-    entry: str | None = None
-    process: subprocess.Popen[bytes] | ForkedProcess | None = None
-    started_at: float = 0.0
-    restarts: int = 0
-    restart_at: float | None = None
-    signalled: bool = False
-    done: bool = False
-    returncode: int | None = None
-    outputs: set[int] = field(default_factory=set)  # read ends of its runs' output still open
-    last_line: bytes = b""  # what it said last (why it gave up, when it does)
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
 
 class ProcessGroup:
@@ -164,19 +94,11 @@ class ProcessGroup:
         self.returncode: int | None = None
         #: Why the group stopped, in one line (the first cause: a signal, or a process that gave up).
         self.reason: str | None = None
-        # NO_COLOR (https://no-color.org): any value turns the coloured name prefixes off
-        self._output = None if printer else _paced_stdout()
-        if printer is None and json_lines:  # CODA_LOG_FORMAT=json: every line one JSON object
-            printer = JsonPrinter(self._output or sys.stdout, system_name=SYSTEM_NAME)
-        self._printer = printer or Printer(
-            output=self._output or sys.stdout, colour=not os.environ.get("NO_COLOR")
-        )
-        self._printer.width = max(self._printer.width, len(SYSTEM_NAME))
+        self._lines = OutputRelay(printer, json_lines=json_lines)
+        self._output = self._lines.output
         self._fork = fork
-        self._selector = selectors.DefaultSelector()
-        self._partial: dict[int, bytes] = {}  # per output, the start of a line not ended yet
         self._colours = get_colours()
-        self._members: dict[str, _Member] = {}
+        self._members: dict[str, Member] = {}
         self._deferred: list[str] = []
         self._identity_checked = 0.0
         self._stop_at: float | None = None
@@ -189,64 +111,19 @@ class ProcessGroup:
         """Run ``spec`` in the group; a ``deferred`` one once ``identity_ready()`` says so."""
         backoff = Backoff(self.backoff_start_sec, self.backoff_max_sec)
         colour = next(self._colours)
-        self._members[spec.name] = _Member(
+        self._members[spec.name] = Member(
             spec.name, list(spec.argv), dict(env), colour, backoff, entry=spec.entry
         )
-        self._printer.width = max(self._printer.width, len(spec.name))
+        self._lines.named(spec.name)
         if deferred:
             self._deferred.append(spec.name)
 
-    # -- output --
-
-    def _write(self, name: str, data: bytes | str, colour: str | None = None) -> None:
-        message = Message(type="line", data=data, time=datetime.datetime.now(), name=name, colour=colour)
-        with contextlib.suppress(OSError):  # our output is gone (a closed pipe, a hung-up terminal)
-            self._printer.write(message)  # supervising goes on
-
     def _system_print(self, text: str) -> None:
-        self._write(SYSTEM_NAME, text)
-
-    def _watch_output(self, member: _Member, fd: int) -> None:
-        os.set_blocking(fd, False)
-        self._selector.register(fd, selectors.EVENT_READ, member)
-        self._partial[fd] = b""
-        member.outputs.add(fd)
-
-    def _relay(self, timeout: float) -> None:
-        """Pass on what the processes wrote, whole lines, waiting up to ``timeout`` for any."""
-        for key, _ in self._selector.select(timeout):
-            member: _Member = key.data
-            fd = key.fd
-            try:
-                data = os.read(fd, READ_CHUNK_BYTES)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if not data:  # every writer closed it: this run of the process is over
-                self._close_output(member, fd)
-                continue
-            *lines, rest = (self._partial[fd] + data).split(b"\n")
-            while len(rest) > MAX_LINE_BYTES:
-                lines.append(rest[:MAX_LINE_BYTES])
-                rest = rest[MAX_LINE_BYTES:]
-            self._partial[fd] = rest
-            member.last_line = next((line for line in reversed(lines) if line.strip()), member.last_line)
-            for line in lines:
-                for start in range(0, len(line) or 1, MAX_LINE_BYTES):
-                    self._write(member.name, line[start : start + MAX_LINE_BYTES] + b"\n", member.colour)
-
-    def _close_output(self, member: _Member, fd: int) -> None:
-        rest = self._partial.pop(fd, b"")
-        if rest:
-            self._write(member.name, rest + b"\n", member.colour)
-        self._selector.unregister(fd)
-        os.close(fd)
-        member.outputs.discard(fd)
+        self._lines.system_print(text)
 
     # -- starting --
 
-    def _spawn(self, member: _Member) -> None:
+    def _spawn(self, member: Member) -> None:
         """Fork or exec one run of ``member``; a stop asked meanwhile is handled once it is recorded."""
         if self._stop_at is not None:  # a stop came first: nothing new starts
             self._finish(member, 0)
@@ -257,7 +134,7 @@ class ProcessGroup:
         if started:
             self._system_print(f"{member.name} started (pid={member.pid})\n")
 
-    def _start(self, member: _Member) -> bool:
+    def _start(self, member: Member) -> bool:
         read_fd, write_fd = os.pipe()
         try:
             if member.entry is not None and self._fork and can_fork():
@@ -280,10 +157,10 @@ class ProcessGroup:
             os.close(write_fd)
         member.started_at = time.monotonic()
         member.restart_at = None
-        self._watch_output(member, read_fd)
+        self._lines.watch(member, read_fd)
         return True
 
-    def _cannot_start(self, member: _Member, exc: OSError) -> None:
+    def _cannot_start(self, member: Member, exc: OSError) -> None:
         """Out of processes or memory: try again later; anything else (no such program): give up."""
         reason = exc.strerror or str(exc)
         if exc.errno in TRANSIENT_START_ERRORS:
@@ -325,15 +202,15 @@ class ProcessGroup:
 
     # -- exits and restarts --
 
-    def _finish(self, member: _Member, returncode: int) -> None:
+    def _finish(self, member: Member, returncode: int) -> None:
         member.done = True
         member.restart_at = None
         member.returncode = 0 if returncode in CLEAN_EXITS else exit_status(returncode)
 
-    def _give_up(self, member: _Member, returncode: int) -> None:
+    def _give_up(self, member: Member, returncode: int) -> None:
         if self._stop_at is None:
             self._fatal = returncode or 1
-            self._relay(0)  # its last words may still wait in the pipe
+            self._lines.relay(0)  # its last words may still wait in the pipe
             said = member.last_line.decode(errors="replace").strip()
             self.reason = f"{member.name} exited with code {returncode}" + (f": {said}" if said else "")
             self.request_stop(f"{member.name} gave up")
@@ -492,18 +369,12 @@ class ProcessGroup:
             self._advance()
             if not self._deferred and all(m.done for m in self._members.values()):
                 break
-            self._relay(LOOP_POLL_SEC)
+            self._lines.relay(LOOP_POLL_SEC)
             if self._reopen:
                 self._reopen_log()
             if self._output is not None:
                 self._output.pump()  # what waited for a slow reader
-        flush_until = time.monotonic() + OUTPUT_FLUSH_SEC
-        while self._selector.get_map() and time.monotonic() < flush_until:  # the last lines, then the summary
-            self._relay(max(flush_until - time.monotonic(), 0))
-        for member in self._members.values():
-            for fd in list(member.outputs):  # a leftover (a grandchild still holding it): cut off
-                self._close_output(member, fd)
-        self._selector.close()
+        self._lines.finish(self._members.values())
         codes = [m.returncode or 0 for m in self._members.values()]
         if self._fatal is not None:
             self.returncode = self._fatal
@@ -512,5 +383,4 @@ class ProcessGroup:
         else:
             self.returncode = next((c for c in codes if c), 0)
         self._system_print(f"all processes stopped (rc={self.returncode})\n")
-        if self._output is not None:
-            self._output.drain(OUTPUT_FLUSH_SEC)
+        self._lines.drain()

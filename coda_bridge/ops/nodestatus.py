@@ -15,11 +15,13 @@ import redis
 
 from ..control.pause_book import PauseBook
 from ..identity.credentials import StatePaths
+from ..queueing.broker_client import broker_client
 from ..queueing.redis_broker import create_broker
 from ..settings import Settings
 from ..state.node_state import NodeState
+from ..state.registry import live_processes
 from .daemon import probe_ready, ready_url
-from .doctor import process_lines, vpn_summary
+from .doctor import PING_TIMEOUT_SEC, failure_reason
 from .outcome import last_exit
 from .pidfile import pid_file_for, running_pid
 
@@ -92,6 +94,35 @@ def _broker_view(settings: Settings) -> dict[str, Any]:
         "pause": hold.pause.as_dict() if hold.pause is not None else None,
         "device_state": hold.device.value if hold.device is not None else None,
     }
+
+
+def process_lines(settings: Settings) -> tuple[list[str], str | None]:
+    """One line per process registered for the QPU (any host, however started), and a problem if any."""
+    if not settings.qpu_id:
+        return [], None
+    client = broker_client(
+        settings.broker_url, socket_timeout=PING_TIMEOUT_SEC, socket_connect_timeout=PING_TIMEOUT_SEC
+    )
+    try:
+        found = live_processes(client, settings.qpu_id)
+    except (redis.RedisError, OSError) as exc:
+        return [], f"unknown (broker unreachable: {failure_reason(exc)})"
+    finally:
+        client.close()
+    width = max((len(info.role) for info in found), default=0)
+    return [f"{info.role:<{width}}  {info.describe()}" for info in found], None
+
+
+def vpn_summary(settings: Settings) -> str:
+    """The tunnel interface, for ``status``."""
+    if not settings.vpn_required:
+        return "not required"
+    try:
+        from ..vpn.guard import tun_interfaces  # noqa: PLC0415 - status reports VPN support that cannot load
+    except ImportError:
+        return "required (the VPN support is not installed)"
+    found = tun_interfaces(settings.vpn_interface_hint)
+    return ", ".join(found) if found else "required, but no tunnel interface is up"
 
 
 def status_lines(report: dict[str, Any]) -> list[str]:

@@ -59,7 +59,7 @@ def _preload() -> None:
 
 
 def _export(host: str | None, port: int | None, site: str | None) -> None:
-    """The CLI's overrides, where every part reads its settings (``actors`` loads them itself)."""
+    """The CLI's overrides, in the environment the node's child processes inherit."""
     os.environ.pop("CODA_NODE_TOKEN", None)  # the token goes to the connect only
     if host:
         os.environ["CODA_HOST"] = host
@@ -86,12 +86,12 @@ def run_one_process(
     stop = StopSignal().install()
     preload = threading.Thread(target=_preload, name="coda-preload", daemon=True)
     preload.start()
-    settings = connect_or_exit(overrides={"host": host, "port": port}, token=token)
+    settings = connect_or_exit(settings, token=token)
     preload.join()
     import actors  # noqa: PLC0415 - after the connect; the preload thread loaded its modules meanwhile
 
-    # in the terminal's process group, so a Ctrl-C reaches every part
-    actors.boot(actors.broker, actors.node, isolate=False)
+    # in the terminal's process group, so a Ctrl-C reaches every part; on the connected settings
+    actors.boot(actors.broker, actors.node, settings=settings, isolate=False)
     return _Node(settings, actors.broker).run(stop)
 
 

@@ -30,13 +30,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import AuthError, ClockRefused, CodaError, ConfigError, NodeError
 from ..logs import configure_logging, mask
 from ..trust import python_argv
 from .exits import EX_CONFIG, FORCED_EXIT
 from .logfile import hangup_reopen
+
+if TYPE_CHECKING:  # start-up: each part's process loads only what it runs
+    from ..settings import Settings
 
 __all__ = [
     "WORKER_POLL_MS",
@@ -183,14 +186,16 @@ def stop_all(groups: Iterable[QueueWorkers], timeout_ms: int) -> None:
         thread.join()
 
 
-def connect_or_exit(overrides: dict[str, Any] | None = None, token: str | None = None) -> Any:
-    """Connect as ``coda-bridge bridge`` does; a refused token or a bad setting ends the process with 78."""
-    from ..identity.connect import load_node_settings  # noqa: PLC0415 - start-up: each part's process loads only what it runs
+def connect_or_exit(settings: Settings, token: str | None = None) -> Settings:
+    """Connect as ``coda-bridge bridge`` does; a refused token or a bad setting ends the process with 78.
+
+    ``settings`` are the ones the process entry loaded (once per process start).
+    """
     from ..pipeline.bridge import connect  # noqa: PLC0415 - start-up: each part's process loads only what it runs
 
     try:
-        load_node_settings(overrides=overrides).check_redis_urls()  # before a one-time token is spent
-        return connect(overrides=overrides, token=token)
+        settings.check_redis_urls()  # before a one-time token is spent
+        return connect(settings, token=token)
     except (ConfigError, AuthError) as exc:
         _fatal(exc)
     except NodeError as exc:
@@ -200,7 +205,7 @@ def connect_or_exit(overrides: dict[str, Any] | None = None, token: str | None =
         raise
 
 
-def _fatal(exc: BaseException) -> None:
+def _fatal(exc: BaseException) -> NoReturn:
     print(f"error: {mask(str(exc))}", file=sys.stderr, flush=True)
     raise SystemExit(EX_CONFIG)
 
@@ -212,8 +217,10 @@ def _preload() -> None:
     from ..pipeline import delivery, execute  # noqa: F401, PLC0415 - the preload: imports overlap the bridge's connect
 
 
-def run_bridge_main(token: str | None, stop: StopSignal) -> None:
+def run_bridge_main(settings: Settings, token: str | None, stop: StopSignal) -> None:
     """The bridge's run under ``stop``: connect, then read until the first signal (its read ends first).
+
+    ``settings`` are the ones the process entry loaded (once per process start).
 
     ``coda-bridge bridge`` and ``start``'s bridge process both run this;
     ``start --one-process`` runs the same :class:`~coda_bridge.pipeline.bridge.BridgeProcess`.
@@ -229,7 +236,7 @@ def run_bridge_main(token: str | None, stop: StopSignal) -> None:
 
         stop.running(on_stop=on_stop)
 
-    run_bridge(token=token, on_start=started)
+    run_bridge(settings, token=token, on_start=started)
 
 
 def run_bridge_process() -> int:
@@ -240,8 +247,9 @@ def run_bridge_process() -> int:
     stop = StopSignal().install()
     token = os.environ.pop("CODA_NODE_TOKEN", None) or None
     try:
-        load_node_settings().check_redis_urls()  # before a one-time token is spent
-        run_bridge_main(token, stop)
+        settings = load_node_settings()  # the one load of this process start
+        settings.check_redis_urls()  # before a one-time token is spent
+        run_bridge_main(settings, token, stop)
     except (ConfigError, AuthError) as exc:  # a bad setting, a refused token, another bridge on this QPU
         _fatal(exc)
     except NodeError as exc:

@@ -49,9 +49,10 @@ from ..logs import LOG_FORMAT_VARIABLE
 from ..trust import SAFE_PATH_ENV, python_argv
 from .drain import ResultsFlushed, results_key_template
 from .forking import preload
-from .group import READY_PATH, SYSTEM_NAME, WEB_WORKERS, ProcessGroup
+from .group import READY_PATH, WEB_WORKERS, ProcessGroup
 from .jsonlines import json_line
 from .outcome import UNEXPLAINED, record_exit, record_start
+from .output_relay import SYSTEM_NAME
 from .pidfile import claim_pid_file, pid_file_for, release_pid_file
 from .process_list import ProcessSpec, start_processes
 
@@ -98,6 +99,7 @@ class _IdentityReady:
 
 
 def run_start(
+    settings: Settings,
     *,
     token: str | None,
     host: str | None = None,
@@ -107,15 +109,12 @@ def run_start(
 ) -> int:
     """Run the whole node in the foreground until it is stopped; the exit status.
 
-    The settings are loaded and checked here; the group itself then runs
-    in this same process (same pid, so the pid file stays right) after an
-    ``exec`` of a fresh interpreter that imports only what its processes
-    share (:func:`main`), nothing of this command's.
+    ``settings`` are the command's (loaded and checked once, with ``host``,
+    ``port`` and ``site``); the group itself then runs in this same process
+    (same pid, so the pid file stays right) after an ``exec`` of a fresh
+    interpreter that imports only what its processes share (:func:`main`),
+    nothing of this command's.
     """
-    from ..identity.connect import load_node_settings  # noqa: PLC0415 - the exec'd group imports only what its processes share
-
-    overrides = {"host": host, "port": port}
-    settings = load_node_settings(overrides=overrides, site=site)
     token = token or settings.node_token_value
     check_credentials(settings, token)
     paths = ensure_state_dir(settings.state_dir)
@@ -256,6 +255,7 @@ def _web_env(settings: Settings, env: Mapping[str, str]) -> dict[str, str]:
 
 
 def start_detached(
+    settings: Settings,
     *,
     token: str | None,
     host: str | None = None,
@@ -265,13 +265,12 @@ def start_detached(
 ) -> tuple[int, Path]:
     """Run ``coda-bridge start`` in the background; its pid and log file once the node is ready.
 
+    ``settings`` are the command's (loaded once, with ``host``, ``port`` and ``site``).
     Raises :class:`~coda_bridge.ops.daemon.StartFailed` (its exit code, and why in one line)
     when it stops first or is not ready within ``start_timeout_sec``.
     """
-    from ..identity.connect import load_node_settings  # noqa: PLC0415 - the exec'd group imports only what its processes share
     from .daemon import Launch, detach, ready_url  # noqa: PLC0415 - the exec'd group imports only what its processes share
 
-    settings = load_node_settings(overrides={"host": host, "port": port}, site=site)
     token = token or settings.node_token_value
     check_credentials(settings, token)
     paths = ensure_state_dir(settings.state_dir)

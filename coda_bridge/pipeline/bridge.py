@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 from uuid import uuid4
 
@@ -26,7 +26,7 @@ from ..cloud.http_client import CloudClient
 from ..cloud.redis_client import cloud_redis_client
 from ..control.ticker import Tick, Ticker
 from ..errors import ConfigError, VPNError
-from ..identity.connect import connect_node, load_node_settings
+from ..identity.connect import connect_node
 from ..queueing.broker_client import broker_client
 from ..queueing.eviction import EvictionWatch
 from ..queueing.queues import HEARTBEAT_ACTOR, VPN_CHECK_ACTOR
@@ -79,11 +79,11 @@ class _LazyVpn:
         self._get().ensure_running(settings)
 
 
-def connect(
-    *, overrides: Mapping[str, Any] | None = None, token: str | None = None, vpn: Any = None
-) -> Settings:
-    """Load settings, talk to the connect endpoint, bring up and check the VPN; return the node's settings."""
-    settings = load_node_settings(overrides=overrides)
+def connect(settings: Settings, *, token: str | None = None, vpn: Any = None) -> Settings:
+    """Talk to the connect endpoint, bring up and check the VPN; return the node's settings.
+
+    ``settings`` are the ones the process entry loaded (once per process start).
+    """
     vpn = vpn if vpn is not None else _LazyVpn()
     connectivity = _known_connectivity(settings)
     client = CloudClient(settings)
@@ -274,15 +274,18 @@ class BridgeProcess:
 
 
 def run_bridge(
+    settings: Settings,
     *,
-    overrides: Mapping[str, Any] | None = None,
     token: str | None = None,
     on_start: Callable[[BridgeProcess], None] | None = None,
 ) -> None:
-    """Connect, then run the bridge until stopped; ``on_start`` gets it before it runs (to wire its stop)."""
-    registration = _register(load_node_settings(overrides=overrides))  # before connecting, when it can
+    """Connect with the process's ``settings``, then run the bridge until stopped.
+
+    ``on_start`` gets the bridge before it runs (to wire its stop).
+    """
+    registration = _register(settings)  # before connecting, when it can
     try:
-        settings = connect(overrides=overrides, token=token)
+        settings = connect(settings, token=token)
         registration = registration or _register(settings)
         broker = create_broker(settings)
         try:

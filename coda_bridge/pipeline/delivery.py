@@ -7,7 +7,8 @@ middleware tries again with backoff; 4xx is final.  Once the cloud
 accepted the result, the delivery is marked so a retry (or a duplicate
 message) only finishes the status write and never posts again; once that
 write is at the cloud, the delivery lease is freed and the entry's record
-forgotten.
+forgotten.  A result that runs out of attempts is dead-lettered
+(:meth:`Deliverer.dead_lettered`): its record is kept for ``replay``.
 """
 
 from __future__ import annotations
@@ -163,6 +164,23 @@ class Deliverer:
             raise self._retry(job_id, attempt, exc) from exc
         self._acknowledged(job_id, payload, refused, entry_id, release=marked)
         return outcome
+
+    def dead_lettered(self, job_id: str | None, attempts: int) -> None:
+        """A result that ran out of delivery attempts: keep its record as long as its dead letter (for
+        ``replay``), note it in the job's timeline, count it and observe its attempts.
+        """
+        if job_id:
+            self.records.keep(job_id)
+            if self.timeline is not None:
+                dead = self.timeline.event(job_id, "dead_lettered", attempts=attempts)
+                self.timeline.write([dead], keep=True)
+        self.state.count("webhook_dead_letters")
+        self.histograms.observe(DELIVERY_ATTEMPTS.name, attempts, {"outcome": "dead_lettered"})
+        logger.error(
+            "Result of job %s dead-lettered after %s attempts; `coda-bridge replay` delivers it.",
+            job_id,
+            attempts,
+        )
 
     def _execute(self, pipe: redis.client.Pipeline, job_id: str, attempt: int, **detail: Any) -> None:
         """Run the step's pipeline with the delivery attempt added to the job's timeline (best effort)."""

@@ -37,7 +37,8 @@ from ..state.node_state import NodeState
 from .checks import shown, validate_job
 from .claims import CLAIM_LEASE_SEC, Claim, ClaimBook
 from .job_records import RecordStore
-from .runs import GiveWay, Payload, ReadyJob, Runner, failure_payload
+from .payloads import Payload, failure_payload
+from .runs import GiveWay, ReadyJob, Runner
 from .status import TERMINAL_STATES, CloudStatus
 from .timeline import Event, Timeline, result_summary, short_reason
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .execute import Delivery
-from .runs import failure_payload
+from .payloads import failure_payload
 
 __all__ = ["Handoff"]
 

@@ -1,12 +1,10 @@
 """Executor calls watched by the actor thread, and the result payloads they end in.
 
-The executor runs in a child process of the worker while the actor thread
-polls the cancel keys, keeps the jobs' claims alive and enforces the time
-limit; a run that is cancelled or overruns is asked to stop, and its
-process killed if it has not stopped within ``executor_stop_grace_sec``.
-A run whose process died is run again in a fresh one, up to
-``max_executor_crashes`` runs, then fails naming how it died.  Every
-outcome becomes a result payload, or ``None`` for a job cancelled mid-run.
+The executor runs in a child process of the worker (:mod:`.executor_run`) while the actor thread polls
+the cancel keys, keeps the jobs' claims alive and enforces the time limit; a run that is cancelled or
+overruns is asked to stop, and its process killed if it has not stopped within ``executor_stop_grace_sec``.
+A run whose process died is run again in a fresh one, up to ``max_executor_crashes`` runs, then fails
+naming how it died.  Every outcome becomes a payload (:mod:`.payloads`), or ``None`` if cancelled mid-run.
 """
 
 from __future__ import annotations
@@ -23,26 +21,19 @@ import redis
 
 from ..executors.base import coerce_result
 from ..executors.host import ExecutorHost
-from ..executors.isolation import Answer, Died, ExecutorProcess, describe_error
+from ..executors.isolation import Died, describe_error
 from ..metrics.histograms import JOB_DURATION, Histograms
 from ..state.node_state import NodeState
 from .claims import Claim
-from .status import ERROR_MAX_CHARS, CloudStatus
+from .executor_run import ExecutorRun
+from .payloads import Payload, completed, crash_failure, executor_failure, time_limit_failure
+from .status import CloudStatus
 from .timeline import Timeline
 
-__all__ = [
-    "GiveWay",
-    "Payload",
-    "ReadyJob",
-    "Runner",
-    "Timings",
-    "batch_time_limit_sec",
-    "failure_payload",
-]
+__all__ = ["GiveWay", "ReadyJob", "Runner", "Timings", "batch_time_limit_sec"]
 
 logger = logging.getLogger(__name__)
 
-Payload = dict[str, Any]
 #: Why jobs prepared ahead must go back to the queue unstarted (a drain, a pause), or ``None``.
 GiveWay = Callable[[], str | None]
 #: The executor calls of a batch, as (seconds, jobs) each, written after the results are recorded.
@@ -50,9 +41,6 @@ Timings = list[tuple[float, int]]
 
 #: A failed write of the run's observations is logged at most once per this many seconds.
 OBSERVATION_WARNING_INTERVAL_SEC = 60.0
-
-#: How often a run that was asked to stop is looked at during its grace.
-STOP_POLL_SEC = 0.05
 
 
 @dataclass
@@ -67,176 +55,9 @@ class ReadyJob:
     shots: int
 
 
-def failure_payload(job_id: str, error: str) -> Payload:
-    """A ``failed`` result with the error cut to the cloud's limit."""
-    return {"job_id": job_id, "status": "failed", "error": error[:ERROR_MAX_CHARS]}
-
-
-def _completed(job_id: str, result: Any) -> Payload:
-    return {
-        "job_id": job_id,
-        "status": "completed",
-        "counts": dict(result.counts),
-        "execution_time_ms": float(result.execution_time_ms),
-        "shots_completed": int(result.shots_completed),
-    }
-
-
-def _executor_failure(job_id: str, error: str) -> Payload:
-    return failure_payload(job_id, f"Executor error: {error}")
-
-
-def _time_limit_failure(job_id: str, limit: float) -> Payload:
-    return failure_payload(
-        job_id, f"Job exceeded the time limit of {limit:g} s (job_time_limit_sec); run abandoned"
-    )
-
-
-def _crash_failure(job_id: str, died: str, attempts: int) -> Payload:
-    return failure_payload(
-        job_id,
-        f"The executor's process died with {died} on each of {attempts} attempts "
-        f"(max_executor_crashes = {attempts}); the job is not run again",
-    )
-
-
 def batch_time_limit_sec(job_limit_sec: float, jobs: int) -> float:
     """A batch gets the time limit of its jobs together."""
     return job_limit_sec * jobs
-
-
-class _Run:
-    """One executor call in a child process (:mod:`~coda_bridge.executors.isolation`), watched by the actor.
-
-    A run takes one of the host's executor slots first, and gives it back
-    only once its child answered, died or was killed, so an abandoned run
-    never runs beside the next one.
-    """
-
-    def __init__(self, host: ExecutorHost, method: str, *args: Any) -> None:
-        self.processes = host.processes
-        self.method, self.args = method, args
-        self.done = False
-        self.result: Any = None
-        self.error: str | None = None
-        #: How the child died during the call (``signal 11 (SIGSEGV)``), if it did.
-        self.died: str | None = None
-        self._child: ExecutorProcess | None = None
-        self._tag: int | None = None
-
-    def queue(self, child: ExecutorProcess) -> bool:
-        """Queue the call behind the run on ``child`` (from ``queue_behind``); False if the child is gone."""
-        try:
-            self._tag = child.call(self.method, *self.args, notify=True)
-        except (OSError, ValueError):  # a broken pipe: the child is gone, and its run with it
-            self.processes.discard(child)
-            return False
-        except Exception:  # a call that cannot be pickled: the usual start says so, in a run of its own
-            self.processes.give_back(child)
-            return False
-        self._child = child
-        return True
-
-    def started(self, timeout: float) -> bool | None:
-        """True once the child started the queued call; None when it never will (withdrawn, child died)."""
-        assert self._child is not None and self._tag is not None
-        answer = self._child.started(self._tag, timeout)
-        if answer is True or answer is False:
-            return answer
-        self._never_started(answer)
-        return None
-
-    def withdraw(self) -> bool:
-        """Take the queued call back before it starts; False when it had started (it is a run now)."""
-        assert self._child is not None and self._tag is not None
-        self._child.withdraw(self._tag)
-        while (answer := self._child.started(self._tag, STOP_POLL_SEC)) is False:
-            pass
-        if answer is True:
-            return False
-        self._never_started(answer)
-        return True
-
-    def _never_started(self, answer: Answer | Died) -> None:
-        child, self._child = self._child, None
-        assert child is not None
-        if isinstance(answer, Died):
-            self.processes.discard(child)
-        else:
-            self.processes.give_back(child)
-
-    def start(self) -> None:
-        """Send the call to a child; one that died while idle (a broken pipe) gives way to a fresh one."""
-        broken: Exception | None = None
-        for _ in range(2):
-            try:
-                child = self.processes.take()
-            except OSError as exc:  # no fork: out of memory or processes
-                self._failed(f"the executor's process could not be started: {describe_error(exc)}")
-                return
-            try:
-                self._tag = child.call(self.method, *self.args)
-            except (OSError, ValueError) as exc:
-                broken = exc
-                self.processes.discard(child)
-                continue
-            except Exception as exc:  # the call cannot be pickled: this job's failure, the child is fine
-                self.processes.give_back(child)
-                self._failed(f"the job could not be sent to the executor's process: {describe_error(exc)}")
-                return
-            self._child = child
-            return
-        self._failed(f"the executor's process could not be reached: {describe_error(broken or OSError())}")
-
-    def _failed(self, error: str) -> None:
-        self.done, self.error = True, error
-
-    def join(self, timeout: float) -> None:
-        if self.done or self._child is None:
-            return
-        answer = self._child.reply(timeout, self._tag)
-        if answer is not None:
-            self._ended(answer)
-
-    def is_alive(self) -> bool:
-        return not self.done
-
-    def stop(self, grace_sec: float) -> bool:
-        """Ask the run to stop (``cancel_current_job()``); its child is killed if it runs past the grace.
-
-        True when it was killed.
-        """
-        self.join(0)  # an answer already waiting: the run ended, and the idle child gets no cancel
-        if self.done or self._child is None:
-            return False
-        self._child.cancel(self._tag)
-        deadline = time.monotonic() + grace_sec
-        while not self.done and time.monotonic() < deadline:
-            self.join(min(deadline - time.monotonic(), STOP_POLL_SEC))
-        if not self.done:
-            child, self._child, self.done = self._child, None, True
-            how = self.processes.discard(child)
-            logger.warning(
-                "The executor's run did not stop within %g s of its cancel; its process was killed (%s) "
-                "and the next run gets a fresh one.",
-                grace_sec,
-                how,
-            )
-            return True
-        return False
-
-    def _ended(self, answer: tuple[str, Any] | Died) -> None:
-        child, self._child, self.done = self._child, None, True
-        assert child is not None
-        if isinstance(answer, Died):
-            self.died = answer.how
-            self.processes.discard(child)
-            return
-        self.processes.give_back(child)
-        if answer[0] == "ok":
-            self.result = answer[1]
-        else:
-            self.error = str(answer[1])
 
 
 class Runner:
@@ -282,10 +103,10 @@ class Runner:
         """
         processes = self.host.processes
         ids = [ready.job_id for ready in waiting]
-        lane: _Run | None = None
+        lane: ExecutorRun | None = None
         while True:
             if lane is None and len(waiting) == 1 and (child := processes.queue_behind()) is not None:
-                run = _Run(self.host, "run", waiting[0].circuit, waiting[0].shots)
+                run = ExecutorRun(self.host, "run", waiting[0].circuit, waiting[0].shots)
                 lane = run if run.queue(child) else None
             if lane is not None:
                 started = lane.started(self.cancel_poll_sec)
@@ -336,7 +157,7 @@ class Runner:
             self._queued.run = None
             self._stop(queued[1])
 
-    def _queued_run(self, job_id: str) -> _Run | None:
+    def _queued_run(self, job_id: str) -> ExecutorRun | None:
         """The run :meth:`wait_turn` saw start for ``job_id`` in a busy child, once."""
         queued = getattr(self._queued, "run", None)
         if queued is None or queued[0] != job_id:
@@ -369,12 +190,12 @@ class Runner:
                     exc,
                 )
 
-    def _stop(self, run: _Run) -> None:
+    def _stop(self, run: ExecutorRun) -> None:
         """Stop a run past its cancel or limit; a child killed for it is counted (``/metrics``)."""
         if run.stop(self.stop_grace_sec):
             self.state.count("executor_processes_killed")
 
-    def _watch(self, run: _Run, watched: list[ReadyJob], limit: float, stop_for: set[str]) -> set[str]:
+    def _watch(self, run: ExecutorRun, watched: list[ReadyJob], limit: float, stop_for: set[str]) -> set[str]:
         """Wait for ``run`` while polling cancel keys and keeping claims alive; Redis blips are ridden out.
 
         Returns at once the jobs of ``stop_for`` whose cancel key was seen
@@ -428,7 +249,7 @@ class Runner:
             )
             self._note_crash(ready.job_id, died, again=attempt < self.max_crashes)
         logger.error("Job %s failed: the executor's process died on each of its runs.", ready.job_id)
-        return _crash_failure(ready.job_id, died, self.max_crashes)
+        return crash_failure(ready.job_id, died, self.max_crashes)
 
     def _note_crash(self, job_id: str, died: str, *, again: bool) -> None:
         """The job's timeline: the attempt's process died, and (``again``) the next attempt starts now."""
@@ -454,7 +275,7 @@ class Runner:
         limit = self.job_time_limit_sec
         run = self._queued_run(ready.job_id)
         if run is None:
-            run = _Run(self.host, "run", ready.circuit, ready.shots)
+            run = ExecutorRun(self.host, "run", ready.circuit, ready.shots)
             run.start()
         started = time.monotonic()
         started_()
@@ -465,17 +286,17 @@ class Runner:
                 return None
         except TimeoutError:
             self._stop(run)
-            return _time_limit_failure(ready.job_id, limit)
+            return time_limit_failure(ready.job_id, limit)
         timings.append((float(time.monotonic() - started), 1))
         if run.died is not None:
             self.state.count("executor_processes_died")
             return Died(run.died)
         if run.error is not None:
-            return _executor_failure(ready.job_id, run.error)
+            return executor_failure(ready.job_id, run.error)
         try:
-            return _completed(ready.job_id, coerce_result(run.result, ready.circuit, ready.shots))
+            return completed(ready.job_id, coerce_result(run.result, ready.circuit, ready.shots))
         except Exception as exc:  # a result of a shape nobody expected is this job's failure
-            return _executor_failure(ready.job_id, describe_error(exc))
+            return executor_failure(ready.job_id, describe_error(exc))
 
     def _run_batch_watched(
         self, batch: list[ReadyJob], timings: Timings, started_: Callable[[], None]
@@ -488,7 +309,7 @@ class Runner:
         every job to a run of its own, with its own limit.
         """
         limit = batch_time_limit_sec(self.job_time_limit_sec, len(batch))
-        run = _Run(self.host, "batch_run", [(r.circuit, r.shots) for r in batch])
+        run = ExecutorRun(self.host, "batch_run", [(r.circuit, r.shots) for r in batch])
         run.start()
         started = time.monotonic()
         started_()
@@ -530,9 +351,9 @@ class Runner:
         payloads: dict[int, Payload | None] = {}
         for index, (ready, result) in enumerate(zip(batch, results, strict=True)):
             try:
-                payloads[index] = _completed(ready.job_id, coerce_result(result, ready.circuit, ready.shots))
+                payloads[index] = completed(ready.job_id, coerce_result(result, ready.circuit, ready.shots))
             except Exception as exc:  # one bad result fails its job, not the batch
-                payloads[index] = _executor_failure(ready.job_id, describe_error(exc))
+                payloads[index] = executor_failure(ready.job_id, describe_error(exc))
         return payloads
 
     def run_all(

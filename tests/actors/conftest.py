@@ -23,10 +23,7 @@ class Calls:
 
     deliveries: list[tuple[Any, ...]] = field(default_factory=list)
     recorded: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)
-    counted: list[str] = field(default_factory=list)
-    observed: list[tuple[Any, ...]] = field(default_factory=list)
-    events: list[tuple[str, str]] = field(default_factory=list)
+    dead_lettered: list[tuple[str | None, int]] = field(default_factory=list)
     failures: list[BaseException] = field(default_factory=list)
 
 
@@ -53,20 +50,8 @@ class FakeParts:
         self.calls.recorded.extend(results)
         return [job_id for job_id, _ in results]
 
-    def keep(self, job_id: str) -> None:
-        self.calls.kept.append(job_id)
-
-    def count(self, name: str) -> None:
-        self.calls.counted.append(name)
-
-    def observe(self, *args: Any) -> None:
-        self.calls.observed.append(args)
-
-    def event(self, job_id: str, kind: str, **detail: Any) -> tuple[str, str]:
-        return job_id, kind
-
-    def write(self, events: list[tuple[str, str]], **options: Any) -> None:
-        self.calls.events.extend(events)
+    def dead_lettered(self, job_id: str | None, attempts: int) -> None:
+        self.calls.dead_lettered.append((job_id, attempts))
 
 
 @pytest.fixture

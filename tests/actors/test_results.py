@@ -26,13 +26,11 @@ def test_a_delivery_is_retried_up_to_the_settings_maximum_then_dead_lettered(
     stub_broker.join(RESULTS_QUEUE, fail_fast=False, timeout=30_000)
     stub_worker.join()
 
-    # then three attempts were made, numbered, and the result was kept for `replay`
+    # then three attempts were made, numbered, and the result was dead-lettered after the three
+    # (Deliverer.dead_lettered keeps it for `replay`: tests/pipeline/test_delivery_unit.py)
     assert [call[3] for call in calls.deliveries] == [1, 2, 3]
     assert {call[:3] for call in calls.deliveries} == {("job-1", "https://cloud.example/cb", "1-0")}
-    assert calls.kept == ["job-1"]
-    assert calls.events == [("job-1", "dead_lettered")]
-    assert calls.counted == ["webhook_dead_letters"]
-    assert calls.observed[0][1] == 3
+    assert calls.dead_lettered == [("job-1", 3)]
 
 
 def test_a_delivery_that_goes_through_is_made_once(
@@ -46,4 +44,4 @@ def test_a_delivery_that_goes_through_is_made_once(
 
     # then one attempt, and nothing dead-lettered
     assert calls.deliveries == [("job-2", "https://cloud.example/cb", None, 1)]
-    assert calls.kept == []
+    assert calls.dead_lettered == []

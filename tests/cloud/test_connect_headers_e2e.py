@@ -21,7 +21,7 @@ import pytest
 import redis
 from pipeline_support import FAST_LIMITS, circuit, deliveries, stack_env, status
 
-from coda_bridge.devtools.devcloud.server import DevCloudProcess, start_devcloud_process
+from coda_bridge.devtools.devcloud.launcher import DevCloudProcess, start_devcloud_process
 from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.state.node_state import NodeState
 from coda_bridge.vpn.states import READY

@@ -81,7 +81,7 @@ def test_a_clock_refusal_that_cannot_be_corrected_is_an_error_to_retry_not_exit_
 
     # when: the bridge's connect runs
     with pytest.raises(ClockRefused) as refused:
-        connect_or_exit()
+        connect_or_exit(load_node_settings())
 
     # then: a retryable error naming the token's time (the process exits 1 and is restarted), not 78
     assert refused.value.status == 401

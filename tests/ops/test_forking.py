@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from coda_bridge.devtools.stack import wait_until
-from coda_bridge.ops.group import MAX_LINE_BYTES
+from coda_bridge.ops.output_relay import MAX_LINE_BYTES
 from coda_bridge.ops.proctree import alive, process_tree
 
 #: Real processes (a supervisor and what it forks): the end-to-end tier.

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from honcho.printer import Printer
 
-from coda_bridge.ops.group import ForkedProcess, ProcessGroup
+from coda_bridge.ops.group import ProcessGroup
+from coda_bridge.ops.members import ForkedProcess
 from coda_bridge.ops.process_list import ProcessSpec
 
 

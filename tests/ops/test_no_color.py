@@ -23,9 +23,9 @@ def _line(monkeypatch: pytest.MonkeyPatch, no_color: str | None) -> str:
         monkeypatch.setenv("NO_COLOR", no_color)
     group = ProcessGroup(drain_timeout_sec=1)
     terminal = _Terminal()
-    group._printer.output = terminal
-    group._printer._colours_supported = True
-    group._printer.write(Message("line", "ready\n", datetime.datetime.now(), "jobs", "31"))
+    group._lines.printer.output = terminal
+    group._lines.printer._colours_supported = True
+    group._lines.printer.write(Message("line", "ready\n", datetime.datetime.now(), "jobs", "31"))
     return terminal.getvalue()
 
 

@@ -19,6 +19,7 @@ from coda_bridge.cloud.http_client import CloudClient
 from coda_bridge.cloud.redis_keys import group_name, status_key, stream_key
 from coda_bridge.cloud.signing import Signer, generate_private_key_pem, public_key_pem, verify_token
 from coda_bridge.errors import WebhookError
+from coda_bridge.metrics.histograms import DELIVERY_ATTEMPTS
 from coda_bridge.pipeline.delivery import LEASE_MARGIN_SEC, Deliverer, DeliveryRetry, should_retry
 from coda_bridge.pipeline.job_records import RecordStore
 from coda_bridge.pipeline.status import CloudStatus
@@ -375,3 +376,38 @@ def test_each_attempt_and_the_cloud_s_answer_go_to_the_job_s_timeline(
     )
     assert (acked["event"], acked["outcome"]) == ("acknowledged", ended)
     assert "counts" not in json.dumps([attempt, acked])
+
+
+def test_a_dead_lettered_result_is_kept_for_replay_noted_counted_and_observed(
+    key_pem: str, cloud_redis: redis.Redis, local: redis.Redis, http: CloudClient
+) -> None:
+    # Given a recorded result (with its expiry) and a deliverer that keeps timelines
+    deliverer = _deliverer(key_pem, cloud_redis, local, http)
+    deliverer.timeline = Timeline(local, QPU, retention_sec=60)
+    _recorded_and_pending(deliverer, cloud_redis)
+    assert local.ttl(deliverer.records.key("j-1")) > 0
+
+    # When its delivery ran out of attempts (the fourth was the last)
+    deliverer.dead_lettered("j-1", 4)
+
+    # Then the record stays as long as its dead letter, the timeline says so and keeps it,
+    # the dead letter is counted and its attempts observed
+    assert local.ttl(deliverer.records.key("j-1")) == -1
+    [dead] = deliverer.timeline.read("j-1")
+    assert (dead["event"], dead["attempts"]) == ("dead_lettered", 4)
+    assert local.ttl(deliverer.timeline.key("j-1")) == -1
+    assert deliverer.state.counters()["webhook_dead_letters"] == 1
+    [family] = [f for f in deliverer.histograms.families() if f.name == DELIVERY_ATTEMPTS.name]
+    counts = {s.labels["outcome"]: s.value for s in family.samples if s.name.endswith("_count")}
+    sums = {s.labels["outcome"]: s.value for s in family.samples if s.name.endswith("_sum")}
+    assert (counts, sums) == ({"dead_lettered": 1}, {"dead_lettered": 4})
+
+
+def test_a_dead_letter_that_names_no_job_is_still_counted(deliverer: Deliverer, local: redis.Redis) -> None:
+    # Given a deliverer, and a dead message that names no job (a malformed one)
+    # When it is dead-lettered
+    deliverer.dead_lettered(None, 1)
+
+    # Then nothing of a job is written, and the dead letter is counted
+    assert deliverer.state.counters()["webhook_dead_letters"] == 1
+    assert not local.keys(deliverer.records.key("*"))

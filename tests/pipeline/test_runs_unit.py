@@ -10,7 +10,7 @@ from typing import Any
 from coda_bridge.devtools.stack import wait_until
 from coda_bridge.executors.isolation import ExecutorProcesses
 from coda_bridge.ops.proctree import alive
-from coda_bridge.pipeline.runs import _Run
+from coda_bridge.pipeline.executor_run import ExecutorRun
 
 
 class _Executor:
@@ -26,7 +26,7 @@ def _host() -> Any:
     return SimpleNamespace(processes=ExecutorProcesses(_Executor, {"run": _call}, lambda executor: None, 1))
 
 
-def _finished(run: _Run) -> _Run:
+def _finished(run: ExecutorRun) -> ExecutorRun:
     run.start()
     run.join(10)
     assert not run.is_alive()
@@ -36,14 +36,14 @@ def _finished(run: _Run) -> _Run:
 def test_a_child_that_died_while_idle_gives_way_to_a_fresh_one() -> None:
     # Given a child kept after a run, then killed while idle (the OOM killer, an operator)
     host = _host()
-    first = _finished(_Run(host, "run"))
+    first = _finished(ExecutorRun(host, "run"))
     os.kill(first.result, signal.SIGKILL)
     wait_until(lambda: not alive(first.result), 10, "the idle child to die")
 
     # When the next job runs (once more if its call met the dying child: a run whose process died runs again)
-    second = _finished(_Run(host, "run"))
+    second = _finished(ExecutorRun(host, "run"))
     if second.died is not None:
-        second = _finished(_Run(host, "run"))
+        second = _finished(ExecutorRun(host, "run"))
 
     # Then it ran in a fresh child, with no error
     assert second.error is None and second.died is None

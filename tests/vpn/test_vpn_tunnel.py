@@ -37,6 +37,7 @@ import redis
 
 from coda_bridge.cloud.redis_keys import group_name, stream_key
 from coda_bridge.devtools.devcloud import DevCloudClient
+from coda_bridge.identity.connect import load_node_settings
 from coda_bridge.identity.credentials import StatePaths
 from coda_bridge.pipeline import bridge as node
 from coda_bridge.settings import Settings, load_settings
@@ -329,7 +330,8 @@ def test_cloud_profile_brings_the_node_up_ready_and_its_loss_makes_ready_503(
     client = redis.Redis.from_url(redis_url)
     settings: Settings | None = None
     try:
-        settings = node.connect(token=token)  # provisions, starts OpenVPN, passes the preflight
+        # provisions, starts OpenVPN, passes the preflight
+        settings = node.connect(load_node_settings(), token=token)
 
         assert settings.qpu_id == qpu_id and settings.vpn_required
         assert settings.vpn_interface_hint is None and settings.vpn_probe_targets == [lab.probe_url]
@@ -435,12 +437,12 @@ def test_a_reconnect_brings_the_saved_tunnel_up_before_its_request(
     before = load_settings()
     vpn = _TunnelAtEachStep(lab.client_dev)
     try:
-        provisioned = node.connect(token=devcloud.mint_token(qpu_id))
+        provisioned = node.connect(load_node_settings(), token=devcloud.mint_token(qpu_id))
         vpn.manager.stop(provisioned)
         wait_until(lambda: not tun_interfaces(lab.client_dev), timeout=5)
 
         # when the node starts again, without a token
-        reconnected = node.connect(vpn=vpn)
+        reconnected = node.connect(load_node_settings(), vpn=vpn)
 
         # then the saved tunnel came up first, and the reconnect request reached the cloud after it
         (reconnect,) = devcloud.connects(qpu_id, mode="reconnect")

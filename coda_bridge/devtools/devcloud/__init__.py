@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from .admin_client import DevCloudClient
 from .app_factory import create_app
-from .server import DevCloudProcess, DevCloudStartError, serve, start_devcloud_process
+from .launcher import DevCloudProcess, DevCloudStartError, start_devcloud_process
+from .server import serve
 from .store import Store
 from .transport import DevCloudError
 

@@ -1,65 +1,37 @@
-"""Run the simulator as a real HTTP server, or start one as a subprocess.
+"""Run the simulator as a real HTTP server.
 
 :func:`serve` is what ``python -m coda_bridge.devtools.devcloud`` runs: waitress
 (a pool of request threads, HTTP/1.1 keep-alive), one ``listening on
-http://host:port`` line on stdout.
-:func:`start_devcloud_process` launches that command on a free port (the
-server binds port 0 and reports the real one) and waits until the health
-endpoint answers, so tests and the demo talk to a real process.
+http://host:port`` line on stdout.  :mod:`.launcher` starts that command
+as a subprocess.
 """
 
 from __future__ import annotations
 
-import atexit
-import json
 import logging
-import os
-import re
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
-from types import FrameType, TracebackType
+from collections.abc import Callable, Iterable, Mapping
+from types import FrameType
 from typing import Any
 
-import requests
 from waitress import create_server
 from waitress.task import ThreadedTaskDispatcher
 
-from ...errors import CodaError
-from .admin_client import DevCloudClient
 from .app_factory import DEFAULT_API_PREFIX, create_app
 from .store import OFFLINE_AFTER_SEC, Store
 
-__all__ = [
-    "DEFAULT_HOST",
-    "DEFAULT_PORT",
-    "REQUIRED_HEADERS_VARIABLE",
-    "DevCloudProcess",
-    "DevCloudStartError",
-    "serve",
-    "start_devcloud_process",
-]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "REQUIRED_HEADERS_VARIABLE", "serve"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 #: The variable holding ``--required-headers`` (a JSON object), so header values stay out of argv.
 REQUIRED_HEADERS_VARIABLE = "CODA_DEVCLOUD_REQUIRED_HEADERS"
-#: How long :func:`start_devcloud_process` waits for the health endpoint (a process that dies is
-#: reported at once; a busy machine took more than 15 s to bring one up).
-STARTUP_TIMEOUT_SEC = 60.0
-#: How long :meth:`DevCloudProcess.stop` waits after SIGTERM before SIGKILL.
-STOP_TIMEOUT_SEC = 5.0
+#: How long a stop waits for the state saver's last round.
+SAVER_STOP_SEC = 5.0
 #: How often the state file is rewritten when something changed.
 STATE_SAVE_INTERVAL_SEC = 1.0
-#: Poll interval while waiting for the subprocess to come up.
-STARTUP_POLL_SEC = 0.05
-#: Lines of the subprocess log quoted when it fails to start.
-LOG_TAIL_LINES = 20
 #: Request threads.  A delay fault holds its thread for ``delay_sec``: 32 lets
 #: every delivery and control thread of a few nodes (8 + 2 each) sit in one
 #: while the admin API and the rest still answer.
@@ -69,15 +41,8 @@ CONNECTION_LIMIT = 500
 #: An idle keep-alive connection is closed after this long.
 CHANNEL_TIMEOUT_SEC = 60
 #: On SIGTERM, how long requests still running (a delay fault) may hold up the
-#: exit; waitress's own 5 s would meet :meth:`DevCloudProcess.stop`'s SIGKILL.
+#: exit; waitress's own 5 s would meet :meth:`.launcher.DevCloudProcess.stop`'s SIGKILL.
 SHUTDOWN_GRACE_SEC = 1.0
-
-LISTEN_RE = re.compile(r"listening on (http://\S+)")
-_REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-class DevCloudStartError(CodaError):
-    """The simulator subprocess did not come up."""
 
 
 class _StateSaver:
@@ -103,7 +68,7 @@ class _StateSaver:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=STOP_TIMEOUT_SEC)
+        self._thread.join(timeout=SAVER_STOP_SEC)
         self.save_if_changed()
 
 
@@ -222,183 +187,3 @@ def serve(
         server.close()
         if saver is not None:
             saver.close()
-
-
-class DevCloudProcess:
-    """A running ``python -m coda_bridge.devtools.devcloud``; stop it when done (or use ``with``)."""
-
-    def __init__(
-        self, process: subprocess.Popen[bytes], base_url: str, log_path: Path, *, own_log: bool = False
-    ) -> None:
-        self.process = process
-        self.base_url = base_url
-        self.log_path = log_path
-        self._own_log = own_log
-
-    def __repr__(self) -> str:
-        return f"DevCloudProcess(pid={self.pid}, base_url={self.base_url!r})"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def port(self) -> int:
-        return int(self.base_url.rsplit(":", 1)[1])
-
-    def alive(self) -> bool:
-        """Whether the process is still running."""
-        return self.process.poll() is None
-
-    def client(self, *, timeout_sec: float = 10.0) -> DevCloudClient:
-        """An admin client for this simulator."""
-        return DevCloudClient(self.base_url, timeout_sec=timeout_sec)
-
-    def output(self) -> str:
-        """Everything the process printed so far."""
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def stop(self, timeout_sec: float = STOP_TIMEOUT_SEC) -> int:
-        """SIGTERM, then SIGKILL after ``timeout_sec``; returns the exit code.
-
-        A temporary log made by :func:`start_devcloud_process` is removed.
-        """
-        _LIVE.discard(self)
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=timeout_sec)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=timeout_sec)
-        if self._own_log:
-            self.log_path.unlink(missing_ok=True)
-        return int(self.process.returncode)
-
-    def __enter__(self) -> DevCloudProcess:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-_LIVE: set[DevCloudProcess] = set()
-
-
-@atexit.register
-def _stop_leftovers() -> None:
-    """Never leave a simulator running after the interpreter that started it."""
-    for proc in list(_LIVE):
-        proc.stop(timeout_sec=1.0)
-
-
-def _tail(text: str) -> str:
-    return "\n".join(text.splitlines()[-LOG_TAIL_LINES:])
-
-
-def _client_host(host: str) -> str:
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
-
-
-def start_devcloud_process(
-    *,
-    redis_url: str | None = None,
-    host: str = DEFAULT_HOST,
-    port: int = 0,
-    state_file: str | os.PathLike[str] | None = None,
-    public_base_url: str | None = None,
-    api_prefix: str = DEFAULT_API_PREFIX,
-    accept_unknown_jobs: bool = False,
-    access_log: bool = False,
-    extra_args: Sequence[str] = (),
-    env: Mapping[str, str] | None = None,
-    log_path: str | os.PathLike[str] | None = None,
-    startup_timeout_sec: float = STARTUP_TIMEOUT_SEC,
-    required_headers: Mapping[str, str] | None = None,
-) -> DevCloudProcess:
-    """Launch the simulator in a subprocess and wait until its health endpoint answers.
-
-    Port 0 (the default) lets the server pick a free port, read back from
-    its ``listening on`` line, so parallel tests never race for one.  Output
-    goes to ``log_path`` (by default a temporary file, removed by ``stop``).
-    ``required_headers`` protect the node API (see :func:`.app_factory.create_app`);
-    they reach the subprocess through its environment, never its argv.
-    """
-    own_log = log_path is None
-    if log_path is None:
-        fd, name = tempfile.mkstemp(prefix="coda-devcloud-", suffix=".log")
-        os.close(fd)
-        log_path = name
-    log_file = Path(log_path)
-    command = [sys.executable, "-m", "coda_bridge.devtools.devcloud", "--host", host, "--port", str(port)]
-    if redis_url:
-        command += ["--redis-url", redis_url]
-    if state_file is not None:
-        command += ["--state-file", os.fspath(state_file)]
-    if public_base_url:
-        command += ["--public-url", public_base_url]
-    if api_prefix != DEFAULT_API_PREFIX:
-        command += ["--api-prefix", api_prefix]
-    if accept_unknown_jobs:
-        command.append("--accept-unknown-jobs")
-    command.append("--access-log" if access_log else "--no-access-log")
-    command += list(extra_args)
-    child_env = dict(os.environ if env is None else env)
-    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), child_env.get("PYTHONPATH")]))
-    child_env["PYTHONUNBUFFERED"] = "1"
-    if required_headers:
-        child_env[REQUIRED_HEADERS_VARIABLE] = json.dumps(dict(required_headers))
-    with log_file.open("wb") as sink:
-        process = subprocess.Popen(
-            command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env
-        )
-    started = DevCloudProcess(process, "", log_file, own_log=own_log)
-    _LIVE.add(started)
-    try:
-        _wait_until_up(started, host, "/" + api_prefix.strip("/"), startup_timeout_sec, required_headers)
-    except BaseException:
-        started.stop(timeout_sec=1.0)
-        raise
-    return started
-
-
-def _wait_until_up(
-    proc: DevCloudProcess,
-    host: str,
-    api_prefix: str,
-    timeout_sec: float,
-    headers: Mapping[str, str] | None = None,
-) -> None:
-    deadline = time.monotonic() + timeout_sec
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            code = proc.process.returncode
-            raise DevCloudStartError(
-                f"devcloud exited with code {code} before answering:\n{_tail(proc.output())}"
-            )
-        if not proc.base_url:
-            found = LISTEN_RE.search(proc.output())
-            if found:
-                port = found.group(1).rsplit(":", 1)[1]
-                proc.base_url = f"http://{_client_host(host)}:{port}"
-        if proc.base_url:
-            try:
-                health = f"{proc.base_url}{api_prefix}/health"
-                if requests.get(health, headers=dict(headers or {}), timeout=1.0).ok:
-                    return
-            except requests.RequestException:
-                pass
-        time.sleep(STARTUP_POLL_SEC)
-    raise DevCloudStartError(f"devcloud did not answer within {timeout_sec:g} s:\n{_tail(proc.output())}")
