@@ -178,9 +178,13 @@ def broker_refusal(exc: redis.RedisError, broker_answers: bool) -> bool:
     size``, say) is; one about the broker's state (``OOM``, ``LOADING``...)
     is not.  A dropped connection is the message's doing only when the
     broker answers right after (``Protocol error: invalid bulk length``
-    closes the connection).
+    closes the connection); a timeout never is (a broker that refuses a
+    message says so at once): it answering right after only means that it
+    came back from a stall just then.
     """
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+    if isinstance(exc, redis.TimeoutError):
+        return False
+    if isinstance(exc, redis.ConnectionError):
         return broker_answers
     if isinstance(exc, redis.ResponseError):
         if refusal(exc) is not None:  # OOM & co., also inside dramatiq's Lua enqueue on Redis 6.2

@@ -2,7 +2,7 @@
 
 ``coda-bridge start`` runs with ``CODA_BROKER_URL=redis+sentinel://...``
 (a primary, one replica, three ``redis-sentinel`` processes, quorum 2,
-down-after 1 s).  While 300 jobs go through, the primary is killed -9; the
+down-after 1 s).  While 120 jobs go through, the primary is killed -9; the
 sentinels promote the replica, every process of the node finds it, and the
 bridge's reconcile passes send again what the replica had not received.
 Every job must end with exactly one terminal result at the cloud; runs on
@@ -38,17 +38,17 @@ MAX_REPEATED_RUNS = 60
 def test_every_job_gets_one_result_when_the_broker_primary_is_killed_and_a_replica_promoted(
     tmp_path: Path,
 ) -> None:
-    # given a node started on a password-protected Sentinel broker, 300 jobs submitted over 30 s
+    # given a node started on a password-protected Sentinel broker, 120 jobs submitted over 12 s
     plan = FaultPlan(
-        jobs=300,
-        submit_span_sec=30.0,
+        jobs=120,
+        submit_span_sec=12.0,
         executor_sec=0.05,
         burst_jobs=0,
         kills_per_type=0,
         cloud_redis_crash=False,
         webhook_outage=False,
         broker_fault="failover",
-        broker_fault_at_sec=12.0,
+        broker_fault_at_sec=5.0,
         broker_password=PASSWORD,
         results_timeout_sec=150.0,
         mode="start",
@@ -63,6 +63,8 @@ def test_every_job_gets_one_result_when_the_broker_primary_is_killed_and_a_repli
         print(f"  +{at:5.1f} s  {what}")
     assert len(report.submitted) == plan.jobs
     assert any("promoted" in what for _, what in report.events), "the failover happened"
+    killed = [at for at, what in report.events if "primary" in what and "killed" in what]
+    assert killed and killed[0] < report.seconds_to_all_results, "the primary died while jobs were in flight"
     assert report.lost == [], f"jobs lost: {report.lost}"
     assert report.not_terminal_status == []
     assert report.wrong_results == [], f"wrong results: {report.wrong_results}"

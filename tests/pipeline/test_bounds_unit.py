@@ -95,6 +95,7 @@ def test_round_trips_carry_whole_messages_up_to_the_budget() -> None:
         (redis.ConnectionError("Connection reset by peer"), True, True),
         (redis.ConnectionError("Connection refused"), False, False),
         (redis.TimeoutError("Timeout writing to socket"), False, False),
+        (redis.TimeoutError("Timeout reading from 127.0.0.1:6379"), True, False),  # back from a stall
     ],
 )
 def test_a_refusal_of_the_message_is_told_from_an_outage(

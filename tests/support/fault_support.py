@@ -392,6 +392,34 @@ class _Chaos(threading.Thread):
             raise ValueError(f"unknown broker fault {kind!r}")
 
 
+class _Outage:
+    """The webhook outage: every webhook answered ``outage_status`` for ``outage_sec``; a window that closed
+    before the node attempted any delivery (a busy machine) opens again, so the outage is always met."""
+
+    def __init__(self, cloud: Any, qpu_id: str, plan: FaultPlan, chaos: _Chaos) -> None:
+        self.cloud, self.qpu_id, self.plan, self.chaos = cloud, qpu_id, plan, chaos
+        self.closes: float | None = None
+        self.met = False
+
+    def open(self) -> None:
+        self.cloud.set_fault("webhook", self.plan.outage_status, seconds=self.plan.outage_sec)
+        again = " again: none was met" if self.closes is not None else ""
+        self.chaos.note(f"webhooks answer {self.plan.outage_status} for {self.plan.outage_sec:g} s{again}")
+        self.closes = time.monotonic() + self.plan.outage_sec
+
+    def over(self) -> bool:
+        """Whether the window opened, closed and was met; opens it again when it closed unmet."""
+        if self.met:
+            return True
+        if self.closes is None or time.monotonic() < self.closes:
+            return False
+        hooks = self.cloud.webhooks(qpu_id=self.qpu_id)
+        self.met = any(h.get("fault") and h.get("status") == self.plan.outage_status for h in hooks)
+        if not self.met:
+            self.open()
+        return self.met
+
+
 def executor_runs(path: Path) -> dict[str, list[tuple[float, float | None]]]:
     """Per tag, each run's (start, end or None when the run was killed)."""
     runs: dict[str, list[tuple[float, float | None]]] = defaultdict(list)
@@ -412,7 +440,7 @@ def executor_runs(path: Path) -> dict[str, list[tuple[float, float | None]]]:
 
 def run_fault_scenario(plan: FaultPlan, workdir: Path, *, progress: Any = None) -> FaultReport:
     """Start a node in ``workdir``, run the plan against it, stop everything, and account for every job."""
-    from coda_bridge.devtools.stack import LocalStack
+    from coda_bridge.devtools.stack import LocalStack, wait_until
     from coda_bridge.queueing.redis_broker import broker_namespace
 
     say = progress or (lambda text: None)
@@ -438,7 +466,7 @@ def run_fault_scenario(plan: FaultPlan, workdir: Path, *, progress: Any = None) 
         t0 = time.monotonic()
         chaos = _Chaos(stack, plan, t0, submit_lock)
         chaos.start()
-        outage_set = False
+        outage = _Outage(cloud, stack.qpu_id, plan, chaos)
         steady = plan.jobs - plan.burst_jobs
         burst_at = chaos.redis_crash_at - plan.burst_lead_sec
         offsets = sorted(
@@ -446,18 +474,19 @@ def run_fault_scenario(plan: FaultPlan, workdir: Path, *, progress: Any = None) 
         )
         for tag, job_id, offset in zip(tags, job_ids, offsets, strict=True):
             due = t0 + offset
-            if plan.webhook_outage and not outage_set and time.monotonic() - t0 >= plan.outage_start_sec:
-                cloud.set_fault("webhook", plan.outage_status, seconds=plan.outage_sec)
-                chaos.note(f"webhooks answer {plan.outage_status} for {plan.outage_sec:g} s")
-                outage_set = True
+            if plan.webhook_outage:
+                if outage.closes is None and time.monotonic() - t0 >= plan.outage_start_sec:
+                    outage.open()
+                outage.over()
             if due > time.monotonic():
                 time.sleep(due - time.monotonic())
             with submit_lock:
                 cloud.submit(stack.qpu_id, _bell(tag), 10, job_id=job_id, expect="noop")
             report.submitted.append(job_id)
-        if plan.webhook_outage and not outage_set:
-            cloud.set_fault("webhook", plan.outage_status, seconds=plan.outage_sec)
-            chaos.note(f"webhooks answer {plan.outage_status} for {plan.outage_sec:g} s")
+        if plan.webhook_outage:
+            if outage.closes is None:
+                outage.open()
+            wait_until(outage.over, plan.results_timeout_sec, f"the {plan.outage_status} window to be met")
         chaos.join(plan.chaos_end_sec + 30)
         if chaos.error is not None:
             raise chaos.error
