@@ -42,12 +42,40 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         return None
     from xdist.scheduler import LoadGroupScheduling
 
+    # Units go out in collection order, which puts the longest first (``pytest_collection_modifyitems``),
+    # not re-sorted by their number of tests.
+    config.option.loadscopereorder = False
+
     class SharedFixtureScheduling(LoadGroupScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
             return path if _shares_fixtures(config.rootpath / path) else super()._split_scope(nodeid)
 
     return SharedFixtureScheduling(config, log)
+
+
+def _cost_rank(unit: tuple[bool, list[pytest.Item]]) -> int:
+    """0 for a unit with a fault test, 1 for an end-to-end test or a file sharing fixtures, 2 for the rest."""
+    shared, items = unit
+    if any(item.get_closest_marker("fault") for item in items):
+        return 0
+    return 1 if shared or any(item.get_closest_marker("e2e") for item in items) else 2
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first: fault tests, then end-to-end tests and files sharing fixtures, then the rest.
+
+    pytest-xdist hands units of work out in this order, so a minute-long test is not the last one
+    started (a long tail on one worker while the others idle).  A file sharing fixtures stays one
+    block in its own order (its module's node is started once); the sort is stable, so the same
+    collection always gives the same order, as pytest-xdist requires of its workers.
+    """
+    units: dict[str, tuple[bool, list[pytest.Item]]] = {}
+    for item in items:
+        shared = _shares_fixtures(item.path)
+        units.setdefault(str(item.path) if shared else item.nodeid, (shared, []))[1].append(item)
+    items[:] = [item for _, unit in sorted(units.values(), key=_cost_rank) for item in unit]
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,9 @@ from coda_bridge.devtools.stack import LocalStack, wait_until
 
 pytestmark = pytest.mark.e2e
 
-#: The window begins this long after the fixture starts (the node is up well before) and lasts this long.
-LEAD_SEC = 20
-WINDOW_SEC = 8
+#: The window begins this long after the node's processes start (up well before) and lasts this long.
+LEAD_SEC = 16
+WINDOW_SEC = 6
 #: The node must be up this long before the window begins (the test submits its jobs 3 s before it).
 UP_BEFORE_SEC = 5
 #: A run that passed its check an instant before the window may start just after it.
@@ -30,24 +30,30 @@ def hms(ts: float) -> str:
 
 @pytest.fixture(scope="module")
 def window_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, float, float]]:
-    # a node that came up too late for its window (a busy machine) is started again with a later one
-    for lead_sec in (LEAD_SEC, 2 * LEAD_SEC, 4 * LEAD_SEC):
-        workdir = tmp_path_factory.mktemp("window-stack")
-        begins = math.ceil(time.time()) + lead_sec
-        ends = begins + WINDOW_SEC
-        day = datetime.fromtimestamp(begins, UTC).strftime("%a").lower()
-        env = stack_env(
-            workdir,
-            CODA_EXECUTOR_FACTORY="pause_test_executor:create_executor",
-            PAUSE_TEST_EXECUTOR_LOG=str(workdir / "stamps.log"),
-            PAUSE_TEST_CALIBRATE_SEC="1",
-            CODA_MAINTENANCE_WINDOWS=f"{day} {hms(begins)}-{hms(ends)}",
-            CODA_SHUTDOWN_DRAIN_TIMEOUT_SEC="2",
-        )
-        with LocalStack(workdir, env=env) as node:
+    workdir = tmp_path_factory.mktemp("window-stack")
+    env = stack_env(
+        workdir,
+        CODA_EXECUTOR_FACTORY="pause_test_executor:create_executor",
+        PAUSE_TEST_EXECUTOR_LOG=str(workdir / "stamps.log"),
+        PAUSE_TEST_CALIBRATE_SEC="1",
+        CODA_SHUTDOWN_DRAIN_TIMEOUT_SEC="2",
+    )
+    # Redis twice and the simulator first, so the window's lead only covers the node's own start
+    node = LocalStack(workdir, env=env).start(processes=False)
+    try:
+        # a node that came up too late for its window (a busy machine) is started again with a later one
+        for lead_sec in (LEAD_SEC, 2 * LEAD_SEC, 4 * LEAD_SEC):
+            begins = math.ceil(time.time()) + lead_sec
+            ends = begins + WINDOW_SEC
+            day = datetime.fromtimestamp(begins, UTC).strftime("%a").lower()
+            node.extra_env["CODA_MAINTENANCE_WINDOWS"] = f"{day} {hms(begins)}-{hms(ends)}"
+            node.start_node()
             if time.time() < begins - UP_BEFORE_SEC:
                 yield node, float(begins), float(ends)
                 return
+            node.stop_node()
+    finally:
+        node.stop()
     pytest.fail(f"the node never came up {UP_BEFORE_SEC} s before its window, even {4 * LEAD_SEC} s ahead")
 
 
@@ -63,9 +69,9 @@ def test_a_window_pauses_the_node_runs_the_calibration_and_resumes_at_its_end(
 ) -> None:
     stack, begins, ends = window_stack
     assert time.time() < begins - 3, "the node took too long to start for this window"
-    # given jobs running as the window comes (40 jobs of 0.3 s, 3 s before it)
+    # given jobs running as the window comes (24 jobs of 0.3 s, 3 s before it)
     wait_until(lambda: time.time() >= begins - 3, begins - time.time(), "3 s before the window")
-    ids = stack.cloud.submit_bulk(stack.qpu_id, 40, circuit("sleep:0.3", tag="w"), 10, job_id_prefix="w-")
+    ids = stack.cloud.submit_bulk(stack.qpu_id, 24, circuit("sleep:0.3", tag="w"), 10, job_id_prefix="w-")
 
     # when the window begins, the node is paused until its end, the window named as the note
     book = PauseBook(stack.broker_redis.client(), stack.qpu_id)

@@ -37,7 +37,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     )
     with LocalStack(workdir, env=env) as stack:
         first = stack.cloud.submit(stack.qpu_id, circuit(), 10)  # resolves the executor: it batches
-        stack.cloud.wait_for_results([first], timeout_sec=30)
+        stack.cloud.wait_for_results([first], timeout_sec=60)  # (a busy machine boots slowly)
         yield stack
 
 

@@ -7,14 +7,29 @@ result at the cloud, and never two different results for one job.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
-from pipeline_support import circuit, deliveries, executor_runs, restart_worker_with_failpoint, status
+from pipeline_support import (
+    FAST_LIMITS,
+    circuit,
+    deliveries,
+    executor_runs,
+    restart_worker_with_failpoint,
+    stack_env,
+    status,
+)
 
 from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.ops.process_list import RESULT_PROCESSES
+from coda_bridge.pipeline.delivery import LEASE_MARGIN_SEC
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
+
+#: The webhook timeout of the delivery-kill test: its delivery lease (this plus a margin) is waited out.
+WEBHOOK_TIMEOUT_SEC = 5
+#: Room for a busy machine on top of a wait the settings determine.
+MARGIN_SEC = 30
 
 
 def _one_result_each(stack: LocalStack, ids: list[str]) -> None:
@@ -61,20 +76,26 @@ def test_executor_worker_killed_mid_run_is_rerun_within_30_s_of_restart(fresh_st
     wait_until(lambda: status(stack, job_id).get("state") == "completed", 10, "the completed status")
 
 
-def test_webhook_worker_killed_mid_delivery(fresh_stack: LocalStack) -> None:
-    stack = fresh_stack
-    restart_worker_with_failpoint(stack, "results", "delivery.after_post=exit@1", RESULT_PROCESSES)
-    ids = [stack.cloud.submit(stack.qpu_id, circuit("ok", tag=f"hook-{i}"), 10) for i in range(5)]
+def test_webhook_worker_killed_mid_delivery(tmp_path: Path) -> None:
+    env = stack_env(tmp_path, **FAST_LIMITS, CODA_WEBHOOK_TIMEOUT_SEC=str(WEBHOOK_TIMEOUT_SEC))
+    with LocalStack(tmp_path, env=env) as stack:
+        restart_worker_with_failpoint(stack, "results", "delivery.after_post=exit@1", RESULT_PROCESSES)
+        ids = [stack.cloud.submit(stack.qpu_id, circuit("ok", tag=f"hook-{i}"), 10) for i in range(5)]
 
-    wait_until(lambda: not stack.children["results"].alive(), 20, "the results worker to die after a POST")
-    stack.start_process("results")
+        wait_until(
+            lambda: not stack.children["results"].alive(), 20, "the results worker to die after a POST"
+        )
+        stack.start_process("results")
 
-    _one_result_each(stack, ids)
-    assert all(executor_runs(stack, f"hook-{i}") == 1 for i in range(5))
-    # the killed worker's delivery lease (the webhook timeout, 30 s, plus 5 s) lapses before the status write
-    wait_until(
-        lambda: {status(stack, j).get("state") for j in ids} == {"completed"}, 60, "every status completed"
-    )
+        _one_result_each(stack, ids)
+        assert all(executor_runs(stack, f"hook-{i}") == 1 for i in range(5))
+        # the killed worker's delivery lease (webhook timeout plus a margin) lapses before the status write
+        lease_sec = WEBHOOK_TIMEOUT_SEC + LEASE_MARGIN_SEC
+        wait_until(
+            lambda: {status(stack, j).get("state") for j in ids} == {"completed"},
+            lease_sec + MARGIN_SEC,
+            "every status completed",
+        )
 
 
 def test_executor_worker_killed_after_recording_the_result(fresh_stack: LocalStack) -> None:

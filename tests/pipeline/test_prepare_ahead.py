@@ -6,18 +6,18 @@ worker can be signalled and restarted on its own): a job cancelled while
 it waits ahead never runs; a kill -9 of the executor's process with a job
 waiting ahead loses nothing and runs the waiting job once; a drain lets
 the running job finish and sends the waiting one back to the queue,
-unstarted, for the next worker.
+unstarted, for the next worker.  The tests share one node (each leaves it
+running, with its own tags), as a node meets these one after another.
 """
 
 from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 
 import psutil
 import pytest
-from pipeline_support import FAST_LIMITS, circuit, deliveries, executor_runs, stack_env, status
+from pipeline_support import circuit, deliveries, executor_runs, status
 
 from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.state.broker_keys import claim_key
@@ -35,9 +35,9 @@ def _prepared(stack: LocalStack, job_id: str) -> bool:
 
 
 def _running_and_one_prepared(stack: LocalStack, tag: str) -> tuple[str, str]:
-    """A long job running and a short one (tagged ``tag``) waiting ahead of the device."""
-    running = stack.cloud.submit(stack.qpu_id, circuit(f"sleep:{RUNNING_SEC}", tag="running"), 10)
-    wait_until(lambda: executor_runs(stack, "running") == 1, 30, "the long job to run")
+    """A long job (tagged ``<tag>-running``) running and a short one (tagged ``tag``) waiting ahead."""
+    running = stack.cloud.submit(stack.qpu_id, circuit(f"sleep:{RUNNING_SEC}", tag=f"{tag}-running"), 10)
+    wait_until(lambda: executor_runs(stack, f"{tag}-running") == 1, 30, "the long job to run")
     waiting = stack.cloud.submit(stack.qpu_id, circuit("ok", tag=tag), 10)
     wait_until(lambda: _prepared(stack, waiting), RUNNING_SEC / 2, "the next job to be claimed ahead")
     assert executor_runs(stack, tag) == 0
@@ -53,82 +53,78 @@ def _executor_process(stack: LocalStack) -> psutil.Process:
     return found[0]
 
 
-def test_a_job_cancelled_while_it_waits_ahead_never_runs(tmp_path: Path) -> None:
+def test_a_job_cancelled_while_it_waits_ahead_never_runs(stack: LocalStack) -> None:
     # Given a node running a long job, with the next job claimed and checked ahead of the device
-    with LocalStack(tmp_path, env=stack_env(tmp_path, **FAST_LIMITS)) as stack:
-        running, waiting = _running_and_one_prepared(stack, "cancelled")
+    running, waiting = _running_and_one_prepared(stack, "cancelled")
 
-        # When the cloud cancels the waiting job before the device is free
-        stack.cloud.cancel(waiting)
-        wait_until(lambda: status(stack, waiting).get("state") == "cancelled", 10, "the cancelled status")
+    # When the cloud cancels the waiting job before the device is free
+    stack.cloud.cancel(waiting)
+    wait_until(lambda: status(stack, waiting).get("state") == "cancelled", 10, "the cancelled status")
 
-        # Then the running job completes, the cancelled one was never started
-        assert stack.cloud.wait_for_result(running, timeout_sec=30)["status"] == "completed"
-        follow = stack.cloud.submit(stack.qpu_id, circuit("ok", tag="after"), 10)
-        assert stack.cloud.wait_for_result(follow, timeout_sec=30)["status"] == "completed"
-        assert executor_runs(stack, "cancelled") == 0
-        assert deliveries(stack, waiting) == []
-        assert not _prepared(stack, waiting)
+    # Then the running job completes, the cancelled one was never started
+    assert stack.cloud.wait_for_result(running, timeout_sec=30)["status"] == "completed"
+    follow = stack.cloud.submit(stack.qpu_id, circuit("ok", tag="after"), 10)
+    assert stack.cloud.wait_for_result(follow, timeout_sec=30)["status"] == "completed"
+    assert executor_runs(stack, "cancelled") == 0
+    assert deliveries(stack, waiting) == []
+    assert not _prepared(stack, waiting)
 
 
-def test_a_kill_9_of_the_executor_process_with_a_job_waiting_ahead_loses_nothing(tmp_path: Path) -> None:
+def test_a_kill_9_of_the_executor_process_with_a_job_waiting_ahead_loses_nothing(stack: LocalStack) -> None:
     # Given a node running a long job, with the next job claimed and checked ahead of the device
-    with LocalStack(tmp_path, env=stack_env(tmp_path, **FAST_LIMITS)) as stack:
-        running, waiting = _running_and_one_prepared(stack, "waiting")
+    running, waiting = _running_and_one_prepared(stack, "waiting")
 
-        # When the executor's process is killed -9 mid-run
-        _executor_process(stack).kill()
+    # When the executor's process is killed -9 mid-run
+    _executor_process(stack).kill()
 
-        # Then the running job runs again in a fresh process (its crash policy) and completes, once
-        assert stack.cloud.wait_for_result(running, timeout_sec=30)["status"] == "completed"
-        assert stack.cloud.wait_for_result(waiting, timeout_sec=30)["status"] == "completed"
-        assert executor_runs(stack, "running") == 2
-        # and the job waiting ahead ran exactly once, after it; each result was delivered once
-        assert executor_runs(stack, "waiting") == 1
-        assert len(deliveries(stack, running)) == 1
-        assert len(deliveries(stack, waiting)) == 1
-        assert stack.cloud.stats(stack.qpu_id)["duplicate_deliveries"] == 0
+    # Then the running job runs again in a fresh process (its crash policy) and completes, once
+    assert stack.cloud.wait_for_result(running, timeout_sec=30)["status"] == "completed"
+    assert stack.cloud.wait_for_result(waiting, timeout_sec=30)["status"] == "completed"
+    assert executor_runs(stack, "waiting-running") == 2
+    # and the job waiting ahead ran exactly once, after it; each result was delivered once
+    assert executor_runs(stack, "waiting") == 1
+    assert len(deliveries(stack, running)) == 1
+    assert len(deliveries(stack, waiting)) == 1
+    assert stack.cloud.stats(stack.qpu_id)["duplicate_deliveries"] == 0
 
 
-def test_a_drain_finishes_the_running_job_and_sends_the_waiting_one_back_unstarted(tmp_path: Path) -> None:
+def test_a_drain_finishes_the_running_job_and_sends_the_waiting_one_back_unstarted(stack: LocalStack) -> None:
     # Given a node running a long job, with the next job claimed and checked ahead of the device
-    with LocalStack(tmp_path, env=stack_env(tmp_path, **FAST_LIMITS)) as stack:
-        running, waiting = _running_and_one_prepared(stack, "drained")
+    running, waiting = _running_and_one_prepared(stack, "drained")
 
-        # When the jobs worker is told to stop (SIGTERM: its drain)
-        jobs = stack.children["jobs"]
-        jobs.signal(signal.SIGTERM)
-        wait_until(lambda: not jobs.alive(), 30, "the jobs worker to drain and exit")
+    # When the jobs worker is told to stop (SIGTERM: its drain)
+    jobs = stack.children["jobs"]
+    jobs.signal(signal.SIGTERM)
+    wait_until(lambda: not jobs.alive(), 30, "the jobs worker to drain and exit")
 
-        # Then the running job finished and was recorded; the waiting one never started and holds no claim
-        assert stack.cloud.wait_for_result(running, timeout_sec=30)["status"] == "completed"
-        assert executor_runs(stack, "drained") == 0
-        assert not _prepared(stack, waiting)
-        assert status(stack, waiting).get("state") not in {"completed", "failed", "cancelled"}
+    # Then the running job finished and was recorded; the waiting one never started and holds no claim
+    assert stack.cloud.wait_for_result(running, timeout_sec=30)["status"] == "completed"
+    assert executor_runs(stack, "drained") == 0
+    assert not _prepared(stack, waiting)
+    assert status(stack, waiting).get("state") not in {"completed", "failed", "cancelled"}
 
-        # and the next jobs worker finds it in the queue and runs it, once
-        stack.start_process("jobs")
-        assert stack.cloud.wait_for_result(waiting, timeout_sec=60)["status"] == "completed"
-        assert executor_runs(stack, "drained") == 1
-        assert len(deliveries(stack, waiting)) == 1
+    # and the next jobs worker finds it in the queue and runs it, once
+    stack.start_process("jobs")
+    assert stack.cloud.wait_for_result(waiting, timeout_sec=60)["status"] == "completed"
+    assert executor_runs(stack, "drained") == 1
+    assert len(deliveries(stack, waiting)) == 1
 
 
-def test_the_running_mark_names_the_running_job_not_the_one_queued_behind_it(tmp_path: Path) -> None:
+def test_the_running_mark_names_the_running_job_not_the_one_queued_behind_it(stack: LocalStack) -> None:
     # Given a node running a long job, with the next job claimed, checked and queued behind it
-    with LocalStack(tmp_path, env=stack_env(tmp_path, **FAST_LIMITS)) as stack:
-        running, waiting = _running_and_one_prepared(stack, "queued")
-        state = NodeState(stack.broker_redis.client(), stack.qpu_id)
+    running, waiting = _running_and_one_prepared(stack, "queued")
+    state = NodeState(stack.broker_redis.client(), stack.qpu_id)
 
-        # When the long job is still on the device (looked at for a third of its run)
-        seen = set()
-        deadline = time.monotonic() + RUNNING_SEC / 3
-        while time.monotonic() < deadline:
-            seen.add((tuple(state.current_jobs()), status(stack, waiting).get("state")))
+    # When the long job is still on the device (looked at for a third of its run)
+    seen = set()
+    deadline = time.monotonic() + RUNNING_SEC / 3
+    while time.monotonic() < deadline:
+        seen.add((tuple(state.current_jobs()), status(stack, waiting).get("state")))
 
-        # Then the running mark (current_job) named it alone, and the queued job was never shown executing
-        assert {marked for marked, _ in seen} == {(running,)}
-        assert "executing" not in {shown for _, shown in seen}
-        # and the queued job runs once, when the device is free
-        assert stack.cloud.wait_for_result(running, timeout_sec=30)["status"] == "completed"
-        assert stack.cloud.wait_for_result(waiting, timeout_sec=30)["status"] == "completed"
-        assert executor_runs(stack, "queued") == 1
+    # Then the running mark (current_job) named it alone, and the queued job was never shown executing
+    assert {marked for marked, _ in seen} == {(running,)}
+    assert "executing" not in {shown for _, shown in seen}
+    # and the queued job runs once, when the device is free
+    assert stack.cloud.wait_for_result(running, timeout_sec=30)["status"] == "completed"
+    assert stack.cloud.wait_for_result(waiting, timeout_sec=30)["status"] == "completed"
+    assert executor_runs(stack, "queued") == 1

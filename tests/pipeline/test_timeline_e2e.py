@@ -19,7 +19,7 @@ from coda_bridge.state.broker_keys import timeline_key
 
 pytestmark = pytest.mark.e2e
 
-#: A job and all its deliveries end within this on a busy machine (backoff is at most 2 s here).
+#: A job and all its deliveries end within this on a busy machine (backoff is at most 0.5 s here).
 JOB_SEC = 60
 
 
