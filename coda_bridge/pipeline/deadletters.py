@@ -102,6 +102,9 @@ def replay_dead_letters(
         data: Any = broker.client.hget(msgs, letter.redis_message_id)
         if data is None:
             continue
+        jobs = [job for job in letter.job_id.split(",") if job and job != "None"]
+        # stamped before the enqueue: a worker may deliver the message before the event is written
+        events = [timeline.event(job, "replayed", queue=letter.queue) for job in jobs] if timeline else []
         broker.enqueue(replay_message(Message.decode(data), letter.queue))
         pipe = broker.client.pipeline(transaction=False)
         pipe.zrem(zset, letter.redis_message_id)
@@ -109,7 +112,6 @@ def replay_dead_letters(
         if timeline is None:
             pipe.execute()
         else:
-            jobs = [job for job in letter.job_id.split(",") if job and job != "None"]
-            timeline.execute(pipe, [timeline.event(job, "replayed", queue=letter.queue) for job in jobs])
+            timeline.execute(pipe, events)
         replayed.append(letter)
     return replayed
