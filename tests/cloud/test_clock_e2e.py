@@ -57,7 +57,8 @@ def fast_stack(tmp_path: Path) -> Iterator[LocalStack]:
 
 @pytest.fixture
 def fast_stack_no_date(tmp_path: Path) -> Iterator[LocalStack]:
-    env = stack_env(tmp_path, **FAST_LIMITS, **FAST_CLOCK)
+    # a refused result's retries wait 0.25-0.5 s each: the test counts them, not how long they waited
+    env = stack_env(tmp_path, **FAST_LIMITS, **FAST_CLOCK, CODA_WEBHOOK_MAX_BACKOFF_SEC="0.5")
     with LocalStack(tmp_path, env=env, devcloud_args=["--no-date"]) as node:
         yield node
 
@@ -96,6 +97,10 @@ def test_with_no_usable_date_a_refused_result_is_dead_lettered_kept_pending_and_
 
     # when: a job runs and every delivery of its result is refused 401 for its iat
     job_id = stack.cloud.submit(stack.qpu_id, circuit("ok"), 10)
+    attempts = int(FAST_LIMITS["CODA_WEBHOOK_MAX_RETRIES"]) + 1
+    wait_until(
+        lambda: len(stack.cloud.webhooks(job_id, accepted=False)) >= attempts, 60, "every attempt refused"
+    )
     wait_until(
         lambda: job_id in subprocess.run(listing, env=env, capture_output=True, text=True, check=True).stdout,
         60,

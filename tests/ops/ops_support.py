@@ -18,6 +18,9 @@ SLOW_JOB_SEC = 3
 #: How long a CLI command may run: more than ``start -d`` waits for the node by default (its start
 #: timeout) plus a drain, so a slow start fails as the node's own outcome, not as a test timeout.
 CLI_TIMEOUT_SEC = Settings.model_fields["start_timeout_sec"].default + DRAIN_TIMEOUT_SEC + 60
+#: How long a node's first job may take, launch to result: the node's start (``start``'s own bound on
+#: it, a cold start on a busy machine included), then the job.
+FIRST_JOB_SEC = Settings.model_fields["start_timeout_sec"].default + 60
 
 
 def circuit(num_qubits: int = 1) -> dict[str, Any]:

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ops_support import DRAIN_TIMEOUT_SEC, circuit, executor_runs, node_env, write_slow_executor
+from ops_support import (
+    DRAIN_TIMEOUT_SEC,
+    FIRST_JOB_SEC,
+    circuit,
+    executor_runs,
+    node_env,
+    write_slow_executor,
+)
 
 from coda_bridge.devtools.localredis import find_redis_server, free_port
 from coda_bridge.devtools.stack import LocalStack, wait_until
@@ -101,7 +108,7 @@ def test_sigterm_to_honcho_drains_a_running_job(cloud_stack: LocalStack, tmp_pat
     cloud = cloud_stack.cloud
     try:
         warm = cloud.submit(cloud_stack.qpu_id, circuit(), 10)
-        assert cloud.wait_for_result(warm, timeout_sec=60)["status"] == "completed"
+        assert cloud.wait_for_result(warm, timeout_sec=FIRST_JOB_SEC)["status"] == "completed"
         job = cloud.submit(cloud_stack.qpu_id, circuit(), 10)
         wait_until(lambda: cloud.job(job)["status"].get("state") == "executing", 30, "the job to start")
         tree, took = _stop(honcho, DRAIN_TIMEOUT_SEC + 10)
@@ -151,8 +158,10 @@ def test_ctrl_c_under_honcho_with_jobs_in_flight_then_a_new_start_delivers_every
     cloud = cloud_stack.cloud
     honcho = _honcho(procfile, env, tmp_path / "honcho-1.out")
     try:
-        ids = [cloud.submit(cloud_stack.qpu_id, circuit(), 10) for _ in range(20)]
-        wait_until(lambda: _delivered(cloud, cloud_stack.qpu_id) >= 3, 60, "a few results to arrive")
+        ids = [cloud.submit(cloud_stack.qpu_id, circuit(), 10) for _ in range(12)]
+        wait_until(
+            lambda: _delivered(cloud, cloud_stack.qpu_id) >= 3, FIRST_JOB_SEC, "a few results to arrive"
+        )
         # When Ctrl-C reaches every process at once, with most jobs still waiting or running
         honcho.send_signal(signal.SIGINT)
         honcho.wait(60)

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 import requests
-from ops_support import DRAIN_TIMEOUT_SEC, circuit, executor_runs, node_env, run_cli, write_slow_executor
+from ops_support import (
+    DRAIN_TIMEOUT_SEC,
+    FIRST_JOB_SEC,
+    circuit,
+    executor_runs,
+    node_env,
+    run_cli,
+    write_slow_executor,
+)
 
 from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.ops.pidfile import pid_file_for, running_pid
@@ -95,7 +103,9 @@ def test_one_process_sigterm_during_a_long_job_delivers_it_and_exits_0(
     cloud = cloud_stack.cloud
     try:
         job = cloud.submit(cloud_stack.qpu_id, circuit(), 10)
-        wait_until(lambda: cloud.job(job)["status"].get("state") == "executing", 60, "the job to start")
+        wait_until(
+            lambda: cloud.job(job)["status"].get("state") == "executing", FIRST_JOB_SEC, "the job to start"
+        )
 
         # When it gets SIGTERM mid-job
         returncode, took = _stop(node, DRAIN_TIMEOUT_SEC + 10)
@@ -130,8 +140,9 @@ def test_one_process_killed_mid_run_and_started_again_delivers_every_job_exactly
     node = _start(env, output, "--one-process")
     cloud = cloud_stack.cloud
     try:
-        jobs = [cloud.submit(cloud_stack.qpu_id, circuit(), 10) for _ in range(6)]
-        wait_until(lambda: cloud.result(jobs[0]) is not None, 60, "the first result")
+        # (one done, one running, the rest waiting when the kill comes)
+        jobs = [cloud.submit(cloud_stack.qpu_id, circuit(), 10) for _ in range(5)]
+        wait_until(lambda: cloud.result(jobs[0]) is not None, FIRST_JOB_SEC, "the first result")
         wait_until(
             lambda: any(cloud.job(j)["status"].get("state") == "executing" for j in jobs[1:]),
             30,

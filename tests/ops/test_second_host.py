@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -40,6 +41,15 @@ def _second_host(stack: LocalStack, state: Path, **changes: str | None) -> dict[
     return env
 
 
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """One whole node for the tests that start a process of their own beside it (a second host's
+    worker, a second bridge); each leaves the node's bridge running."""
+    workdir = tmp_path_factory.mktemp("second-host")
+    with LocalStack(workdir, env=stack_env(workdir)) as stack:
+        yield stack
+
+
 def _registered(stack: LocalStack, role: str, root_pid: int) -> bool:
     family = {root_pid, *descendants(root_pid)}
     client = stack.broker_redis.client()
@@ -49,22 +59,24 @@ def _registered(stack: LocalStack, role: str, root_pid: int) -> bool:
         client.close()
 
 
-def test_a_jobs_worker_with_only_the_qpu_broker_and_cloud_redis_runs_jobs_end_to_end(tmp_path: Path) -> None:
-    with LocalStack(tmp_path, env=stack_env(tmp_path)) as stack:
-        # given the stack's own executor worker stopped, and one started as a second host would be
-        assert stack.children["jobs"].stop() is not None
-        state = tmp_path / "host2"
-        stack.start_process("jobs#host2", stack.specs()["jobs"], env=_second_host(stack, state))
-        wait_until(lambda: _registered(stack, "jobs", stack.children["jobs#host2"].pid), START_SEC, "host2")
-        # when jobs are submitted
-        ids = [stack.cloud.submit(stack.qpu_id, circuit("ok"), 100) for _ in range(3)]
-        results = stack.cloud.wait_for_results(ids, timeout_sec=60)
-        # then each completes (run by the second-host worker, delivered by the results worker)
-        assert {r["status"] for r in results.values()} == {"completed"}, stack.log_tail("jobs#host2")
-        assert stack.children["jobs#host2"].alive()
-        # and the second host never held a key
-        assert not (state / "coda-private-key").exists()
-        assert "Traceback" not in stack.log_tail("jobs#host2", 400)
+def test_a_jobs_worker_with_only_the_qpu_broker_and_cloud_redis_runs_jobs_end_to_end(
+    node: LocalStack, tmp_path: Path
+) -> None:
+    stack = node
+    # given the stack's own executor worker stopped, and one started as a second host would be
+    assert stack.children["jobs"].stop() is not None
+    state = tmp_path / "host2"
+    stack.start_process("jobs#host2", stack.specs()["jobs"], env=_second_host(stack, state))
+    wait_until(lambda: _registered(stack, "jobs", stack.children["jobs#host2"].pid), START_SEC, "host2")
+    # when jobs are submitted
+    ids = [stack.cloud.submit(stack.qpu_id, circuit("ok"), 100) for _ in range(3)]
+    results = stack.cloud.wait_for_results(ids, timeout_sec=60)
+    # then each completes (run by the second-host worker, delivered by the results worker)
+    assert {r["status"] for r in results.values()} == {"completed"}, stack.log_tail("jobs#host2")
+    assert stack.children["jobs#host2"].alive()
+    # and the second host never held a key
+    assert not (state / "coda-private-key").exists()
+    assert "Traceback" not in stack.log_tail("jobs#host2", 400)
 
 
 def _refusal(env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], list[psutil.Process]]:
@@ -103,20 +115,18 @@ def test_a_jobs_worker_without_the_cloud_redis_url_refuses_to_start(
 
 
 def test_a_second_bridge_for_the_same_qpu_and_consumer_name_refuses_naming_the_live_one(
-    tmp_path: Path,
+    node: LocalStack,
 ) -> None:
-    with LocalStack(tmp_path, env=stack_env(tmp_path)) as stack:
-        first = stack.children["bridge"]
-        wait_until(
-            lambda: _registered(stack, "bridge", first.pid), START_SEC, "the first bridge's registration"
-        )
-        # given a running bridge; when another bridge of the same QPU and consumer name starts
-        stack.start_process("bridge#2", stack.specs()["bridge"], env={"CODA_NODE_TOKEN": ""})
-        second = stack.children["bridge#2"]
-        wait_until(lambda: not second.alive(), START_SEC, "the second bridge to exit")
-        # then it exits 78 naming the live one, which keeps running
-        log = stack.log_tail("bridge#2")
-        assert second.process.returncode == 78, log
-        assert f"pid {first.pid}" in log and "CODA_CONSUMER_NAME" in log
-        assert "Traceback" not in log
-        assert first.alive()
+    stack = node
+    first = stack.children["bridge"]
+    wait_until(lambda: _registered(stack, "bridge", first.pid), START_SEC, "the first bridge's registration")
+    # given a running bridge; when another bridge of the same QPU and consumer name starts
+    stack.start_process("bridge#2", stack.specs()["bridge"], env={"CODA_NODE_TOKEN": ""})
+    second = stack.children["bridge#2"]
+    wait_until(lambda: not second.alive(), START_SEC, "the second bridge to exit")
+    # then it exits 78 naming the live one, which keeps running
+    log = stack.log_tail("bridge#2")
+    assert second.process.returncode == 78, log
+    assert f"pid {first.pid}" in log and "CODA_CONSUMER_NAME" in log
+    assert "Traceback" not in log
+    assert first.alive()

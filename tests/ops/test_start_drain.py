@@ -12,7 +12,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from ops_support import DRAIN_TIMEOUT_SEC, circuit, executor_runs, node_env, write_slow_executor
+from ops_support import (
+    DRAIN_TIMEOUT_SEC,
+    FIRST_JOB_SEC,
+    circuit,
+    executor_runs,
+    node_env,
+    write_slow_executor,
+)
 
 from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.ops.pidfile import pid_file_for
@@ -44,7 +51,7 @@ def test_sigterm_during_a_long_job_delivers_it_and_exits_0(cloud_stack: LocalSta
     try:
         # a worker killed outright is started again, and the log says so
         first = cloud.submit(cloud_stack.qpu_id, circuit(), 10)
-        assert cloud.wait_for_result(first, timeout_sec=60)["status"] == "completed"
+        assert cloud.wait_for_result(first, timeout_sec=FIRST_JOB_SEC)["status"] == "completed"
         worker = _pid_of(output, "jobs")  # the supervisor runs it directly, in a group of its own
         os.killpg(worker, signal.SIGKILL)
         restarted = re.compile(

@@ -29,8 +29,9 @@ pytestmark = pytest.mark.e2e
 
 #: The watchdog period the harness asks for: pings every half of it.
 WATCHDOG_USEC = 1_000_000
-#: Long enough without a ping that a unit with this WatchdogSec would have failed the process.
-SILENT_SEC = 3.0
+#: Long enough without a ping that a unit with this WatchdogSec would have failed the process (two
+#: periods: four pings missed).
+SILENT_SEC = 2 * WATCHDOG_USEC / 1_000_000
 
 
 class FakeSystemd:
@@ -111,7 +112,7 @@ def test_each_unit_says_ready_once_ready_and_stops_pinging_when_it_hangs(
                     return {{"counts": counts, "execution_time_ms": 1, "shots_completed": shots}}
 
             def create_executor():
-                time.sleep(2)  # a backend that takes a while to come up
+                time.sleep(1)  # a backend that takes a while to come up
                 pathlib.Path({str(built)!r}).write_text("built")
                 return Executor()
             """

@@ -28,6 +28,9 @@ def web_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         CODA_SHUTDOWN_DRAIN_TIMEOUT_SEC="2",
         CODA_WEB_WORKERS="2",
         CODA_WEBHOOK_MAX_RETRIES="3",
+        # a refused result's retries wait 0.25-0.5 s each (dramatiq's jitter), not 1-2 s: the tests
+        # count its attempts and its dead letter, never how long it waited between them
+        CODA_WEBHOOK_MAX_BACKOFF_SEC="0.5",
         CODA_STREAM_BLOCK_MS="500",
         CODA_READY_STREAM_STALE_SEC="3",
         CODA_DASHBOARD_ENABLED="true",
