@@ -197,5 +197,7 @@ def test_ticker_thread_ticks_on_the_clock_and_stops(brokers: list[CodaBroker]) -
     assert not ticker.is_alive()
     slots = sorted(m.args[0] for m in queued(brokers[0]))
     assert len(slots) == ticker.sent
-    assert all(b - a == pytest.approx(0.2) for a, b in itertools.pairwise(slots))
+    # on the 0.2 s clock, each slot once (a busy machine may make the thread miss one: it is skipped)
+    steps = [(b - a) / 0.2 for a, b in itertools.pairwise(slots)]
+    assert all(round(step) >= 1 and step == pytest.approx(round(step)) for step in steps), steps
     assert ticker.sent <= elapsed / 0.2 + 2
