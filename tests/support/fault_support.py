@@ -504,12 +504,37 @@ def run_fault_scenario(plan: FaultPlan, workdir: Path, *, progress: Any = None) 
                 break
             time.sleep(0.5)
         report.seconds_to_all_results = time.monotonic() - t0
-        time.sleep(plan.settle_sec)  # late duplicates, final status writes
+        # a result the cloud accepted from a process killed before it wrote the job's final state gets
+        # that state from the delivery retried once the dead process's delivery lease lapses
+        _wait_terminal(stack, report.submitted, TERMINAL_WAIT_SEC)
+        time.sleep(plan.settle_sec)  # late duplicates
         _account(report, stack, chaos, workdir, broker_namespace(stack.qpu_id))
     finally:
         stack.stop()
     report.total_seconds = time.monotonic() - began
     return report
+
+
+#: Longest wait for every job's final state after its result: a delivery lease (the shipped 30 s
+#: webhook timeout plus its margin) and time to spare.
+TERMINAL_WAIT_SEC = 60.0
+
+
+def _states(stack: Any, job_ids: list[str]) -> dict[str, Any]:
+    """Each job's state in the cloud's status hash."""
+    pipe = stack.cloud_redis.client().pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hget(f"qpu:job:{job_id}:status", "state")
+    return dict(zip(job_ids, pipe.execute(), strict=True))
+
+
+def _wait_terminal(stack: Any, job_ids: list[str], timeout_sec: float) -> None:
+    """Poll until every job's state is final, or the time is up (the report then names the others)."""
+    deadline = time.monotonic() + timeout_sec
+    while time.monotonic() < deadline:
+        if all(state in ("completed", "failed") for state in _states(stack, job_ids).values()):
+            return
+        time.sleep(0.5)
 
 
 def _account(report: FaultReport, stack: Any, chaos: _Chaos, workdir: Path, namespace: str) -> None:
@@ -521,11 +546,7 @@ def _account(report: FaultReport, stack: Any, chaos: _Chaos, workdir: Path, name
     hooks = cloud.webhooks(qpu_id=stack.qpu_id)
     report.outage_answers = sum(1 for h in hooks if h.get("fault") and h.get("status") == plan.outage_status)
     report.refused_attempts = sum(1 for h in hooks if h.get("job_id") == report.refused_job)
-    redis_client = stack.cloud_redis.client()
-    pipe = redis_client.pipeline(transaction=False)
-    for job_id in report.submitted:
-        pipe.hget(f"qpu:job:{job_id}:status", "state")
-    states = dict(zip(report.submitted, pipe.execute(), strict=True))
+    states = _states(stack, report.submitted)
     report.refused_state = states.get(report.refused_job)
     runs = executor_runs(workdir / "fault-executor.log")
     report.runs = sum(len(r) for r in runs.values())
