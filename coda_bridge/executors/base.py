@@ -304,17 +304,18 @@ def start_batch_run(executor: object, jobs: Sequence[tuple[Circuit, int]]) -> An
     if not jobs:
         return []
     if not has_batch(executor):
-        return _run_each(executor, jobs, [])
+        return _run_each(executor, jobs)
     raw = _begin(executor, "batch_run", jobs)
     if inspect.isawaitable(raw):
         return Awaiting(raw, "batch_run", lambda value: _check_batch(value, jobs))
     return _check_batch(raw, jobs)
 
 
-def _run_each(executor: object, jobs: list[tuple[Circuit, int]], results: list[ExecutionResult]) -> Any:
-    """The jobs one ``run`` at a time after ``results``: the list, or a coroutine from the first async run."""
-    for index in range(len(results), len(jobs)):
-        outcome = start_run(executor, *jobs[index])
+def _run_each(executor: object, jobs: list[tuple[Circuit, int]]) -> Any:
+    """The jobs one ``run`` at a time: the results, or a coroutine from the first async run on."""
+    results: list[ExecutionResult] = []
+    for circuit, shots in jobs:
+        outcome = start_run(executor, circuit, shots)
         if inspect.isawaitable(outcome):
             return _run_rest(outcome, executor, jobs, results)
         results.append(outcome)
