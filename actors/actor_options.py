@@ -12,10 +12,16 @@ from typing import Any
 
 from coda_bridge.pipeline.delivery import should_retry
 from coda_bridge.pipeline.runs import batch_time_limit_sec
-from coda_bridge.queueing.queues import DELIVER_ACTOR, EXECUTE_ACTOR, EXECUTE_BATCH_ACTOR
+from coda_bridge.queueing.queues import DELIVER_ACTOR, DELIVER_BATCH_ACTOR, EXECUTE_ACTOR, EXECUTE_BATCH_ACTOR
 from coda_bridge.settings import Settings
 
-__all__ = ["actor_options", "attempt_limit_ms", "backstop_limit_ms", "batch_backstop_limit_ms"]
+__all__ = [
+    "actor_options",
+    "attempt_limit_ms",
+    "backstop_limit_ms",
+    "batch_attempt_limit_ms",
+    "batch_backstop_limit_ms",
+]
 
 #: Above every run a job may get: a backstop's margin over the executor watch, in seconds.
 BACKSTOP_MARGIN_SEC = 60
@@ -59,6 +65,12 @@ def attempt_limit_ms(settings: Settings) -> int:
     return int((settings.webhook_timeout_sec * 2 + ATTEMPT_MARGIN_SEC) * 1000)
 
 
+def batch_attempt_limit_ms(settings: Settings) -> int:
+    """One attempt at each result of a batch: as many attempts one after the other as it has results
+    (a backstop: they go out several at a time)."""
+    return attempt_limit_ms(settings) * settings.batch_size
+
+
 def actor_options(settings: Settings) -> dict[str, dict[str, Any]]:
     """Per actor name, the options ``settings`` decide."""
     return {
@@ -68,5 +80,9 @@ def actor_options(settings: Settings) -> dict[str, dict[str, Any]]:
             "retry_when": should_retry(settings.webhook_max_retries),
             "max_backoff": int(settings.webhook_max_backoff_sec * 1000),
             "time_limit": attempt_limit_ms(settings),
+        },
+        DELIVER_BATCH_ACTOR: {
+            "max_backoff": int(settings.webhook_max_backoff_sec * 1000),
+            "time_limit": batch_attempt_limit_ms(settings),
         },
     }

@@ -19,9 +19,8 @@ from dramatiq.middleware import TimeLimitExceeded
 
 from coda_bridge.pipeline.execute import Delivery, execute_batch, execute_job
 from coda_bridge.pipeline.handoff import Handoff
-from coda_bridge.queueing.messages import delivery_message, job_message
+from coda_bridge.queueing.messages import deliveries_message, job_message
 from coda_bridge.queueing.queues import EXECUTE_ACTOR, EXECUTE_BATCH_ACTOR, JOBS_QUEUE
-from coda_bridge.queueing.redis_broker import CodaBroker
 
 from .actor_options import backstop_limit_ms
 from .results import deliver
@@ -58,13 +57,10 @@ def _record(results: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
 
 
 def _send_deliveries(deliveries: Sequence[Delivery]) -> None:
-    """To the broker the webhook actor is declared on: the node's in one round trip."""
-    messages = [delivery_message(*delivery) for delivery in deliveries]
-    if isinstance(deliver.broker, CodaBroker):
-        deliver.broker.enqueue_many(messages)
-    else:
-        for message in messages:
-            deliver.broker.enqueue(message)
+    """To the broker the webhook actors are declared on: one ``deliver`` message, or one ``deliver_batch``
+    for the results of a batch (one round trip per step of their delivery, not per result)."""
+    if deliveries:
+        deliver.broker.enqueue(deliveries_message(deliveries))
 
 
 def _queue_deliveries(deliveries: Sequence[Delivery]) -> None:

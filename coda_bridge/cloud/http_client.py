@@ -221,16 +221,31 @@ class CloudClient:
         origin = sent_origin(url)
         if origin not in allowed:
             raise OriginError(f"origin {origin} {refused}")
-        request = requests.Request(
-            "POST", url, json=dict(body), headers=dict(headers or {}), auth=_Bearer(bearer)
+        session = self.session
+        # Prepared here rather than by session.prepare_request, whose merging of settings the node never
+        # sets costs a fifth of a delivery's CPU; the session's headers and cookies still go.
+        prepared = requests.PreparedRequest()
+        prepared.prepare(
+            method="POST",
+            url=url,
+            headers={**session.headers, **(headers or {})},
+            json=dict(body),
+            auth=_Bearer(bearer),
+            cookies=session.cookies,
         )
-        prepared = self.session.prepare_request(request)
         if not isinstance(prepared.url, str) or origin_of(prepared.url) != origin:
             raise OriginError("the prepared URL is not the one checked")  # what is sent is what was checked
-        options = self.session.merge_environment_settings(prepared.url, {}, None, None, None)
+        options: dict[str, Any] = {
+            "proxies": session.proxies,
+            "verify": session.verify,
+            "cert": session.cert,
+            "stream": False,
+        }
+        if session.trust_env:
+            options = dict(session.merge_environment_settings(prepared.url, {}, None, None, None))
         sent_at = self.clock.local()
         try:
-            response = self.session.send(prepared, timeout=timeout_sec, allow_redirects=False, **options)
+            response = session.send(prepared, timeout=timeout_sec, allow_redirects=False, **options)
         except requests.RequestException as exc:
             self.reachability.failed(f"{type(exc).__name__} from {origin}", node_api=node_api)
             raise

@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
@@ -34,7 +38,7 @@ from .job_records import RecordStore
 from .status import CloudStatus
 from .timeline import Event, Timeline, short_reason
 
-__all__ = ["Deliverer", "DeliveryRetry", "should_retry"]
+__all__ = ["Again", "Deliverer", "DeliveryRetry", "Item", "should_retry"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,39 @@ logger = logging.getLogger(__name__)
 LEASE_MARGIN_SEC = 5.0
 #: A delivery's outcome as the job's timeline names the cloud's answer.
 _ANSWERED = {"delivered": "accepted", "duplicate": "already_accepted"}
+
+
+#: Results whose POSTs go out together, from one batch's delivery.
+POSTS_AT_ONCE = 8
+
+#: One result to deliver: job id, callback URL, stream entry id.
+Item = tuple[str, str, str | None]
+
+
+@dataclass(frozen=True)
+class Again:
+    """A delivery that needs another attempt: ``attempt`` is that attempt's number, ``delay_ms`` its pause
+    (``None``: the retry policy's backoff), ``retry`` what a single ``deliver`` raises for it."""
+
+    item: Item
+    attempt: int
+    delay_ms: int | None
+    retry: dramatiq.Retry
+
+
+@dataclass
+class _Answered:
+    """A delivery the cloud answered this time (``posted``), or earlier (a duplicate message)."""
+
+    item: Item
+    payload: dict[str, Any]
+    outcome: str
+    refused: str | None
+    posted: bool = True
+    attempted: bool = True  # False: refused here (the callback host), never sent
+    post_sec: float = 0.0
+    status: int | None = None
+    marked: bool = False
 
 
 class DeliveryRetry(dramatiq.Retry):
@@ -89,66 +126,113 @@ class Deliverer:
         self.entries = entries
         self.timeline = timeline
         self.histograms = Histograms(state.client, state.qpu_id)
+        self._pool: ThreadPoolExecutor | None = None  # the POSTs of a batch, started at the first batch
+        self._pool_lock = threading.Lock()
 
     def deliver(self, job_id: str, callback_url: str, entry_id: str | None = None, attempt: int = 1) -> str:
         """Deliver the recorded result of ``job_id``; its status write acknowledges stream entry ``entry_id``.
 
-        Returns ``delivered``, ``duplicate``, ``refused`` or ``missing``.
+        Returns ``delivered``, ``duplicate``, ``refused`` or ``missing``; raises
+        the :class:`dramatiq.Retry` of an attempt that needs another.
+        """
+        outcomes, again = self.deliver_many([(job_id, callback_url, entry_id)], attempt)
+        if again:
+            raise again[0].retry
+        return outcomes[0]
+
+    def deliver_many(self, items: Sequence[Item], attempt: int = 1) -> tuple[list[str], list[Again]]:
+        """One attempt at each ``(job_id, callback_url, entry_id)``: the outcome of each (``busy`` and
+        ``retry`` for the ones that need another), and those to try again.
+
+        The reads and leases, the status writes at the cloud and the bookkeeping
+        after them are one round trip each for all; each POST is marked
+        delivered as soon as the cloud answers it, so a crash never posts it again.
         """
         lease_sec = self.settings.webhook_timeout_sec + LEASE_MARGIN_SEC
-        recorded, delivered, refused, busy_sec = self.records.read_and_lease(job_id, lease_sec)
-        if recorded is None:
-            logger.error("No recorded result for job %s; nothing to deliver.", job_id)
-            return "missing"
-        payload = json.loads(recorded)
-        if delivered:
-            self.status.delivered(job_id, payload, refused, entry_id)
-            self._acknowledged(job_id, payload, refused, entry_id, release=True)
-            return "duplicate"
-        if busy_sec:
-            logger.info(
-                "Delivery of job %s is in flight elsewhere; checking again in %.1f s.", job_id, busy_sec
-            )
-            raise dramatiq.Retry(delay=int((busy_sec + 0.5) * 1000))
-        settings = self.settings
-        attempted = callback_allowed(callback_url, settings.webapp_url, settings.allowed_callback_hosts)
-        post_sec = 0.0
-        answered: int | None = None
-        if attempted:
-            outcome, refused, post_sec, answered = self._post(job_id, callback_url, payload, attempt)
-            failpoint("delivery.after_post")
-        else:
-            outcome = "refused"
-            refused = "Result not delivered: the callback host is not the cloud's (allowed_callback_hosts)"
-            logger.error("Job %s: %s.", job_id, refused)
-        pipe = self.records.client.pipeline(transaction=False)
-        self.records.mark_delivered(job_id, refused, pipe)
-        if attempted:
-            self.state.count("webhook_attempts", pipe=pipe)
-            posted = "accepted" if outcome in ("delivered", "duplicate") else "refused"
-            self.histograms.observe(WEBHOOK_DURATION.name, post_sec, {"outcome": posted}, pipe=pipe)
-        if outcome in ("delivered", "refused"):
-            self.histograms.observe(DELIVERY_ATTEMPTS.name, attempt, {"outcome": outcome}, pipe=pipe)
-        if outcome == "delivered" and entry_id:
-            status = str(payload.get("status"))
-            self.histograms.observe_since_entry(XADD_TO_RESULT.name, entry_id, {"status": status}, pipe=pipe)
-        if outcome == "delivered" and payload.get("status") == "completed":
-            self.state.count("jobs_completed", pipe=pipe)
-            self.state.set_last_job_at(pipe=pipe)
-        elif outcome != "duplicate":
-            self.state.count("jobs_failed", pipe=pipe)
-        marked = False
+        found = self.records.read_and_lease_many([job_id for job_id, _, _ in items], lease_sec)
+        outcomes: list[str] = []
+        again: list[Again] = []
+        duplicates: list[_Answered] = []
+        to_post: list[tuple[Item, dict[str, Any]]] = []
+        slots: list[int] = []  # where each POST's outcome goes
+        for item, (recorded, delivered, refused, busy_sec) in zip(items, found, strict=True):
+            job_id = item[0]
+            if recorded is None:
+                logger.error("No recorded result for job %s; nothing to deliver.", job_id)
+                outcomes.append("missing")
+                continue
+            payload = json.loads(recorded)
+            if delivered:
+                duplicates.append(_Answered(item, payload, "duplicate", refused, posted=False, marked=True))
+                outcomes.append("duplicate")
+            elif busy_sec:
+                logger.info(
+                    "Delivery of job %s is in flight elsewhere; checking again in %.1f s.", job_id, busy_sec
+                )
+                delay_ms = int((busy_sec + 0.5) * 1000)
+                again.append(Again(item, attempt, delay_ms, dramatiq.Retry(delay=delay_ms)))
+                outcomes.append("busy")
+            else:
+                slots.append(len(outcomes))
+                to_post.append((item, payload))
+                outcomes.append("retry")  # until the POST's outcome, below
+        posts = self._posts(to_post, attempt)
+        answered: list[_Answered] = []
+        for slot, (item, _), post in zip(slots, to_post, posts, strict=True):
+            if isinstance(post, _Answered):
+                outcomes[slot] = post.outcome
+                answered.append(post)
+            else:
+                again.append(Again(item, attempt + 1, None, post))
+        finished = duplicates + answered
+        if not finished:
+            return outcomes, again
         try:
-            self._execute(
-                pipe,
-                job_id,
-                attempt,
-                outcome=_ANSWERED.get(outcome, "refused"),
-                status=answered,
-                reason=refused,
-                took_sec=round(post_sec, 3) if attempted else None,
-            )
-            marked = True
+            self.status.delivered_many([(a.item[0], a.payload, a.refused, a.item[2]) for a in finished])
+        except (
+            WebhookError
+        ) as exc:  # the status writes met a cloud Redis outage; the next attempt writes them
+            for done in finished:
+                retry = self._retry(done.item[0], attempt, exc)
+                again.append(Again(done.item, attempt + 1, None, retry))
+            self._acknowledged(finished, attempt, over=False)
+            return outcomes, again
+        self._acknowledged(finished, attempt, over=True)
+        return outcomes, again
+
+    def _posts(
+        self, to_post: Sequence[tuple[Item, dict[str, Any]]], attempt: int
+    ) -> list[_Answered | DeliveryRetry]:
+        """POST each result (together when there are several) and mark each delivered as its answer comes."""
+        if len(to_post) <= 1:
+            return [self._post_and_mark(item, payload, attempt) for item, payload in to_post]
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(POSTS_AT_ONCE, thread_name_prefix="coda-deliver")
+        return list(self._pool.map(lambda pair: self._post_and_mark(pair[0], pair[1], attempt), to_post))
+
+    def _post_and_mark(self, item: Item, payload: dict[str, Any], attempt: int) -> _Answered | DeliveryRetry:
+        """One POST, then the delivered mark (one round trip), so a crash or a retry never posts it again."""
+        job_id, callback_url, _ = item
+        settings = self.settings
+        if not callback_allowed(callback_url, settings.webapp_url, settings.allowed_callback_hosts):
+            why = "Result not delivered: the callback host is not the cloud's (allowed_callback_hosts)"
+            logger.error("Job %s: %s.", job_id, why)
+            answer = _Answered(item, payload, "refused", why, attempted=False)
+        else:
+            try:
+                outcome, refused, post_sec, status = self._post(job_id, callback_url, payload, attempt)
+            except DeliveryRetry as retry:
+                return retry
+            except redis.RedisError as exc:  # the failed attempt's bookkeeping met a broker outage
+                return self._retry(job_id, attempt, WebhookError(f"broker Redis: {exc}"))
+            failpoint("delivery.after_post")
+            answer = _Answered(item, payload, outcome, refused, post_sec=post_sec, status=status)
+        pipe = self.records.client.pipeline(transaction=False)
+        self.records.mark_delivered(job_id, answer.refused, pipe)
+        try:
+            pipe.execute()
+            answer.marked = True
         except redis.RedisError as exc:
             # The cloud has its answer: its status hash (the ledger) is what keeps the job from running
             # again, so it is written even when the broker is gone (a Ctrl-C that stopped it too).
@@ -158,12 +242,7 @@ class Deliverer:
                 job_id,
                 exc,
             )
-        try:
-            self.status.delivered(job_id, payload, refused, entry_id)
-        except WebhookError as exc:  # the status write met a cloud Redis outage; the next attempt writes it
-            raise self._retry(job_id, attempt, exc) from exc
-        self._acknowledged(job_id, payload, refused, entry_id, release=marked)
-        return outcome
+        return answer
 
     def dead_lettered(self, job_id: str | None, attempts: int) -> None:
         """A result that ran out of delivery attempts: keep its record as long as its dead letter (for
@@ -182,49 +261,84 @@ class Deliverer:
             attempts,
         )
 
-    def _execute(self, pipe: redis.client.Pipeline, job_id: str, attempt: int, **detail: Any) -> None:
-        """Run the step's pipeline with the delivery attempt added to the job's timeline (best effort)."""
+    def _execute(self, pipe: redis.client.Pipeline, events: Sequence[Event]) -> None:
+        """Run a step's pipeline with its timeline events added (best effort for them)."""
         if self.timeline is None:
             pipe.execute()
-            return
+        else:
+            self.timeline.execute(pipe, events)
+
+    def _event(self, job_id: str, kind: str, **detail: Any) -> list[Event]:
+        if self.timeline is None:
+            return []
         if detail.get("reason"):
             detail["reason"] = short_reason(detail["reason"])
-        self.timeline.execute(pipe, [self.timeline.event(job_id, "delivery", attempt=attempt, **detail)])
+        return [self.timeline.event(job_id, kind, **detail)]
 
-    def _acknowledged(
-        self,
-        job_id: str,
-        payload: dict[str, Any],
-        refused: str | None,
-        entry_id: str | None,
-        *,
-        release: bool,
-    ) -> None:
-        """The job's terminal state is at the cloud and its entry acknowledged: forget the entry's record,
-        free the delivery lease (``release``: the delivered mark stands for it now, so reconcile
-        acknowledges at once instead of waiting out the lease) and note it in the timeline.
+    def _acknowledged(self, finished: Sequence[_Answered], attempt: int, *, over: bool) -> None:
+        """Count and time this attempt's POSTs; then, when the jobs are ``over`` (their terminal states at
+        the cloud, their entries acknowledged), free the delivery leases the delivered marks now stand for
+        (so reconcile acknowledges at once instead of waiting out a lease), forget the entries' records
+        and note it all in the timelines.
 
-        One best-effort round trip: what it fails to drop expires by itself.
+        One best-effort round trip: what it fails to drop expires by itself, and the counts are lost.
         """
         pipe = self.records.client.pipeline(transaction=False)
-        if release:
-            self.records.release_lease(job_id, pipe)
-        if entry_id:
-            self.entries.forget([entry_id], pipe)
+        events: list[Event] = []
+        for done in finished:
+            job_id, _, entry_id = done.item
+            if done.posted:
+                events += self._observed(done, attempt, pipe)
+            if not over:
+                continue
+            if done.marked:
+                self.records.release_lease(job_id, pipe)
+            if entry_id:
+                self.entries.forget([entry_id], pipe)
+            state = (
+                "completed"
+                if done.payload.get("status") == "completed" and done.refused is None
+                else "failed"
+            )
+            events += self._event(job_id, "acknowledged", outcome=state)
         try:
-            if self.timeline is None:
-                pipe.execute()
-                return
-            state = "completed" if payload.get("status") == "completed" and refused is None else "failed"
-            events: list[Event] = [self.timeline.event(job_id, "acknowledged", outcome=state)]
-            self.timeline.execute(pipe, events)
+            self._execute(pipe, events)
         except redis.RedisError as exc:
+            jobs = ", ".join(done.item[0] for done in finished)
             logger.warning(
                 "Job %s is over at the cloud, but the broker Redis did not drop its delivery lease and "
                 "entry record (%s); they expire by themselves.",
-                job_id,
+                jobs,
                 exc,
             )
+
+    def _observed(self, done: _Answered, attempt: int, pipe: redis.client.Pipeline) -> list[Event]:
+        """A POST's counters, durations and timeline event, on ``pipe``."""
+        job_id, _, entry_id = done.item
+        outcome, payload = done.outcome, done.payload
+        if done.attempted:
+            self.state.count("webhook_attempts", pipe=pipe)
+            posted = "accepted" if outcome in ("delivered", "duplicate") else "refused"
+            self.histograms.observe(WEBHOOK_DURATION.name, done.post_sec, {"outcome": posted}, pipe=pipe)
+        if outcome in ("delivered", "refused"):
+            self.histograms.observe(DELIVERY_ATTEMPTS.name, attempt, {"outcome": outcome}, pipe=pipe)
+        if outcome == "delivered" and entry_id:
+            status = str(payload.get("status"))
+            self.histograms.observe_since_entry(XADD_TO_RESULT.name, entry_id, {"status": status}, pipe=pipe)
+        if outcome == "delivered" and payload.get("status") == "completed":
+            self.state.count("jobs_completed", pipe=pipe)
+            self.state.set_last_job_at(pipe=pipe)
+        elif outcome != "duplicate":
+            self.state.count("jobs_failed", pipe=pipe)
+        return self._event(
+            job_id,
+            "delivery",
+            attempt=attempt,
+            outcome=_ANSWERED.get(outcome, "refused"),
+            status=done.status,
+            reason=done.refused,
+            took_sec=round(done.post_sec, 3) if done.attempted else None,
+        )
 
     def _retry(self, job_id: str, attempt: int, exc: WebhookError) -> DeliveryRetry:
         """One WARNING line for a failed attempt (no traceback: the condition is expected), and the retry."""
@@ -254,15 +368,8 @@ class Deliverer:
                 self.state.count("webhook_failures", pipe=pipe)
                 self.histograms.observe(WEBHOOK_DURATION.name, took, {"outcome": "retryable"}, pipe=pipe)
                 self.records.release_lease(job_id, pipe)
-                self._execute(
-                    pipe,
-                    job_id,
-                    attempt,
-                    outcome="retry",
-                    status=exc.status,
-                    reason=exc,
-                    took_sec=round(took, 3),
-                )
+                detail = {"outcome": "retry", "status": exc.status, "reason": exc, "took_sec": round(took, 3)}
+                self._execute(pipe, self._event(job_id, "delivery", attempt=attempt, **detail))
                 raise self._retry(job_id, attempt, exc) from exc
             if self.status.state_of(job_id) == "completed":
                 logger.info("Job %s: cloud refused a repeat delivery it had already accepted.", job_id)

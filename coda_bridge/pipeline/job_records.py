@@ -126,10 +126,19 @@ class RecordStore:
         self, job_id: str, lease_sec: float
     ) -> tuple[str | None, str | None, str | None, float]:
         """The result, delivered mark and refusal; then 0 if the lease is now ours, else its seconds left."""
-        recorded, delivered, refused, left_ms = self.client.eval(
-            _READ_AND_LEASE, 2, self.key(job_id), self.lease_key(job_id), int(lease_sec * 1000)
-        )
-        return as_text(recorded), as_text(delivered), as_text(refused), int(left_ms) / 1000
+        return self.read_and_lease_many([job_id], lease_sec)[0]
+
+    def read_and_lease_many(
+        self, job_ids: Sequence[str], lease_sec: float
+    ) -> list[tuple[str | None, str | None, str | None, float]]:
+        """:meth:`read_and_lease` for each job, in one round trip (each job's read and lease atomic)."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.eval(_READ_AND_LEASE, 2, self.key(job_id), self.lease_key(job_id), int(lease_sec * 1000))
+        return [
+            (as_text(recorded), as_text(delivered), as_text(refused), int(left_ms) / 1000)
+            for recorded, delivered, refused, left_ms in pipe.execute()
+        ]
 
     def release_lease(self, job_id: str, pipe: redis.client.Pipeline) -> None:
         """Free the delivery lease (a failed attempt), on ``pipe``."""

@@ -128,14 +128,25 @@ class CloudStatus:
         self, job_id: str, payload: Mapping[str, Any], refused: str | None, entry_id: str | None
     ) -> None:
         """The terminal state after a delivery: ``completed``, or ``failed`` with the error."""
-        if payload.get("status") == "completed" and refused is None:
-            fields = {"state": "completed", "completed_at": utc_iso()}
-        else:
-            error = refused or str(payload.get("error") or "failed")
-            fields = {"state": "failed", "error": error[:ERROR_MAX_CHARS], "failed_at": utc_iso()}
+        self.delivered_many([(job_id, payload, refused, entry_id)])
+
+    def delivered_many(
+        self, results: Sequence[tuple[str, Mapping[str, Any], str | None, str | None]]
+    ) -> None:
+        """:meth:`delivered` for each ``(job_id, payload, refused, entry_id)``, in one round trip."""
+        updates: list[tuple[str, Mapping[str, str]]] = []
+        for job_id, payload, refused, _ in results:
+            if payload.get("status") == "completed" and refused is None:
+                updates.append((job_id, {"state": "completed", "completed_at": utc_iso()}))
+            else:
+                error = refused or str(payload.get("error") or "failed")
+                updates.append(
+                    (job_id, {"state": "failed", "error": error[:ERROR_MAX_CHARS], "failed_at": utc_iso()})
+                )
         try:
-            self.write([(job_id, fields)], terminal=True, acks=[entry_id])
+            self.write(updates, terminal=True, acks=[entry_id for *_, entry_id in results])
         except redis.RedisError as exc:
+            jobs = ", ".join(job_id for job_id, *_ in results)
             raise WebhookError(
-                f"result of job {job_id} delivered, but its status write failed: {exc}"
+                f"result of job {jobs} delivered, but its status write failed: {exc}"
             ) from None

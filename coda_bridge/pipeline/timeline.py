@@ -13,6 +13,7 @@ once and never retried, so the timeline never costs a run or a delivery.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -72,20 +73,23 @@ _URL_QUERY = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#]*)[?#]\S*")
 #: One event to write: the job id and its fields.
 Event = tuple[str, dict[str, Any]]
 
-#: Append events, the device state the executor last reported added to each ``started`` (one round trip).
-_APPEND_WITH_DEVICE = """
-local device = redis.call('GET', KEYS[1])
+#: Append a step's events in one command: ARGV is the cap, the expiry (0: persist instead), whether to add
+#: the device state the executor last reported (KEYS[1]) to each ``started``, then one event per key after it.
+_APPEND = """
+local device = false
+if ARGV[3] == '1' then device = redis.call('GET', KEYS[1]) end
 for i = 2, #KEYS do
-  local event = ARGV[i + 1]
+  local event = ARGV[i + 2]
   if device and string.find(event, '"event":"started"', 1, true) then
     event = string.sub(event, 1, -2) .. ',"device":' .. cjson.encode(device) .. '}'
   end
   redis.call('RPUSH', KEYS[i], event)
   redis.call('LTRIM', KEYS[i], -tonumber(ARGV[1]), -1)
-  redis.call('EXPIRE', KEYS[i], ARGV[2])
+  if ARGV[2] == '0' then redis.call('PERSIST', KEYS[i]) else redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 end
 return #KEYS - 1
 """
+_APPEND_SHA = hashlib.sha1(_APPEND.encode(), usedforsecurity=False).hexdigest()  # what Redis names it by
 
 
 def job_id_problem(job_id: str) -> str | None:
@@ -137,30 +141,21 @@ class Timeline:
         keep: bool = False,
         with_device: bool = False,
     ) -> None:
-        """Queue ``events`` on a step's own pipeline (no round trip of their own).
+        """Queue ``events`` on a step's own pipeline: one command, no round trip of their own.
 
         ``keep`` drops the expiry instead of renewing it: a dead-lettered job's
         timeline stays as long as its dead letter (a later event renews it).
         ``with_device`` adds the device state the executor last reported to
         each ``started`` event (read by the broker in the same round trip).
         """
-        if not events:
-            return
-        ttl = max(int(self.retention_sec), 1)
-        if with_device:
-            keys = [device_key(self.qpu_id), *(self.key(job_id) for job_id, _ in events)]
-            pipe.eval(
-                _APPEND_WITH_DEVICE, len(keys), *keys, self.max_events, ttl, *(_encoded(f) for _, f in events)
-            )
-            return
-        for job_id, fields in events:
-            key = self.key(job_id)
-            pipe.rpush(key, _encoded(fields))
-            pipe.ltrim(key, -self.max_events, -1)
-            if keep:
-                pipe.persist(key)
-            else:
-                pipe.expire(key, ttl)
+        if events:
+            pipe.evalsha(_APPEND_SHA, *self._append_args(events, keep=keep, with_device=with_device))
+
+    def _append_args(self, events: Sequence[Event], *, keep: bool, with_device: bool) -> list[Any]:
+        keys = [device_key(self.qpu_id), *(self.key(job_id) for job_id, _ in events)]
+        ttl = 0 if keep else max(int(self.retention_sec), 1)
+        flags = [self.max_events, ttl, 1 if with_device else 0]
+        return [len(keys), *keys, *flags, *(_encoded(fields) for _, fields in events)]
 
     def execute(
         self,
@@ -174,7 +169,8 @@ class Timeline:
 
         A step's own failed command raises as it would without the events;
         a failed event write (a key of another type, a broker refusing it) is
-        logged once and costs the step nothing.
+        logged once and costs the step nothing.  A broker that lost its
+        script cache (a restart) is given the script and the events again.
         """
         own = len(pipe)
         self.add(events, pipe, keep=keep, with_device=with_device)
@@ -183,11 +179,22 @@ class Timeline:
             if isinstance(reply, Exception):
                 raise reply
         errors = [reply for reply in replies[own:] if isinstance(reply, Exception)]
+        if errors and isinstance(errors[0], redis.exceptions.NoScriptError):
+            errors = self._append_again(events, keep=keep, with_device=with_device)
         if errors:
             self.failed(errors[0])
         elif events:
             self._failing = False
         return replies[:own]
+
+    def _append_again(self, events: Sequence[Event], *, keep: bool, with_device: bool) -> list[Exception]:
+        """Load the append script and write ``events`` (they were not: the script was missing)."""
+        try:
+            self.client.script_load(_APPEND)
+            self.client.evalsha(_APPEND_SHA, *self._append_args(events, keep=keep, with_device=with_device))
+        except redis.RedisError as exc:
+            return [exc]
+        return []
 
     def write(self, events: Sequence[Event], *, with_device: bool = False, keep: bool = False) -> None:
         """Write ``events`` in one round trip, best effort: a failure is logged once, never retried."""

@@ -8,6 +8,9 @@ Each kind is a queue, an actor and the actor's arguments:
 - ``deliver(job_id, callback_url, entry_id)`` on the results queue: a
   recorded result to post; once it runs out of retries dramatiq sends
   ``dead_lettered(message, retry_info)`` with the ``deliver`` message as a dict;
+- ``deliver_batch([[job_id, callback_url, entry_id], ...])`` on the results
+  queue: the recorded results of a batch, one attempt each; each that needs
+  another goes on as its own ``deliver`` (with its retry count);
 - ``heartbeat`` / ``vpn_check(slot_ts, expires_at=...)`` on the control queue:
   a periodic tick, stale once ``expires_at`` (Unix seconds) passed.
 
@@ -27,6 +30,7 @@ from dramatiq.broker import MessageProxy
 from .queues import (
     CONTROL_QUEUE,
     DELIVER_ACTOR,
+    DELIVER_BATCH_ACTOR,
     EXECUTE_ACTOR,
     EXECUTE_BATCH_ACTOR,
     JOBS_QUEUE,
@@ -37,6 +41,7 @@ __all__ = [
     "SPENT_OPTIONS",
     "batch_message",
     "carried_entries",
+    "deliveries_message",
     "delivery_message",
     "delivery_of",
     "job_message",
@@ -71,12 +76,27 @@ def batch_message(entries: Sequence[JobEntry]) -> dramatiq.Message[Any]:
     )
 
 
-def delivery_message(job_id: str, callback_url: str, entry_id: str | None) -> dramatiq.Message[Any]:
-    """The ``deliver`` message of a recorded result."""
+def delivery_message(
+    job_id: str, callback_url: str, entry_id: str | None, *, retries: int = 0
+) -> dramatiq.Message[Any]:
+    """The ``deliver`` message of a recorded result; ``retries`` attempts of it were made already."""
     return dramatiq.Message(
         queue_name=RESULTS_QUEUE,
         actor_name=DELIVER_ACTOR,
         args=(job_id, callback_url, entry_id),
+        kwargs={},
+        options={"retries": retries} if retries else {},
+    )
+
+
+def deliveries_message(deliveries: Sequence[tuple[str, str, str | None]]) -> dramatiq.Message[Any]:
+    """The ``deliver`` message of one recorded result, or one ``deliver_batch`` message for several."""
+    if len(deliveries) == 1:
+        return delivery_message(*deliveries[0])
+    return dramatiq.Message(
+        queue_name=RESULTS_QUEUE,
+        actor_name=DELIVER_BATCH_ACTOR,
+        args=([list(delivery) for delivery in deliveries],),
         kwargs={},
         options={},
     )
@@ -115,17 +135,23 @@ def carried_entries(message: dramatiq.Message[Any]) -> list[tuple[str, str]]:
             return [(str(entry_id), str(fields.get("job_id") or "")) for fields, entry_id in args[0]]
         if message.actor_name == DELIVER_ACTOR and len(args) > 2 and args[2]:
             return [(str(args[2]), str(args[0]))]
+        if message.actor_name == DELIVER_BATCH_ACTOR:
+            return [(str(entry_id), str(job_id)) for job_id, _, entry_id in args[0] if entry_id]
     except (IndexError, TypeError, ValueError, AttributeError):
         return []
     return []
 
 
 def delivery_of(message: dramatiq.Message[Any] | Mapping[str, Any]) -> tuple[Any, Any]:
-    """The job id and callback URL a ``deliver`` message names (``None`` where it names none).
+    """The job id and callback URL a ``deliver`` message names (``None`` where it names none); for a
+    ``deliver_batch``, its job ids joined by ``,`` and its first callback URL.
 
     Takes the message, or the dict dramatiq hands to ``dead_lettered``.
     """
     args = message.get("args") if isinstance(message, Mapping) else message.args
+    first = (args or [None])[0]
+    if isinstance(first, list) and all(isinstance(item, list | tuple) and len(item) == 3 for item in first):
+        return ",".join(str(item[0]) for item in first) or None, (first[0][1] if first else None)
     job_id, callback = [*(args or ()), None, None][:2]
     return job_id, callback
 

@@ -6,6 +6,7 @@ __all__ = [
     "CONTROL_QUEUE",
     "DEAD_LETTERED_ACTOR",
     "DELIVER_ACTOR",
+    "DELIVER_BATCH_ACTOR",
     "EXECUTE_ACTOR",
     "EXECUTE_BATCH_ACTOR",
     "HEARTBEAT_ACTOR",
@@ -29,6 +30,8 @@ EXECUTE_ACTOR = "execute"
 EXECUTE_BATCH_ACTOR = "execute_batch"
 #: Posts one recorded result to the cloud (results queue).
 DELIVER_ACTOR = "deliver"
+#: Posts the recorded results of a batch, one attempt each; one that needs another goes on as a ``deliver``.
+DELIVER_BATCH_ACTOR = "deliver_batch"
 #: Called once a result ran out of delivery retries (results queue).
 DEAD_LETTERED_ACTOR = "dead_lettered"
 #: Posts a heartbeat (control queue).

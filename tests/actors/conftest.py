@@ -13,6 +13,7 @@ from dramatiq.middleware import CurrentMessage, Retries, TimeLimit
 
 import actors
 from actors.actor_options import actor_options
+from coda_bridge.pipeline.delivery import Again, DeliveryRetry
 from coda_bridge.queueing.middleware import StaleTicks
 from coda_bridge.settings import Settings
 
@@ -25,6 +26,9 @@ class Calls:
     recorded: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     dead_lettered: list[tuple[str | None, int]] = field(default_factory=list)
     failures: list[BaseException] = field(default_factory=list)
+    batches: list[tuple[list[tuple[Any, ...]], int]] = field(default_factory=list)
+    #: Jobs whose attempt in a batch needs another (the cloud answered 5xx).
+    retried_in_batch: set[str] = field(default_factory=set)
 
 
 class FakeParts:
@@ -45,6 +49,15 @@ class FakeParts:
         if self.calls.failures:
             raise self.calls.failures.pop(0)
         return "delivered"
+
+    def deliver_many(self, items: list[tuple[Any, ...]], attempt: int = 1) -> tuple[list[str], list[Again]]:
+        self.calls.batches.append((list(items), attempt))
+        again = [
+            Again(item, attempt + 1, None, DeliveryRetry("503 from the cloud"))  # type: ignore[arg-type]
+            for item in items
+            if item[0] in self.calls.retried_in_batch
+        ]
+        return ["retry" if item[0] in self.calls.retried_in_batch else "delivered" for item in items], again
 
     def record(self, results: list[tuple[str, dict[str, Any]]]) -> list[str]:
         self.calls.recorded.extend(results)

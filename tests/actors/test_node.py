@@ -50,7 +50,7 @@ def test_importing_the_actors_without_an_identity_returns_and_registers_nothing(
 
     # then it returned with every actor declared, no thread started and nothing written
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["6", "1"]
+    assert done.stdout.split() == ["7", "1"]
     assert client.dbsize() == 0
     client.close()
 

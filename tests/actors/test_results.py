@@ -7,7 +7,8 @@ from dramatiq.brokers.stub import StubBroker
 
 from actors.results import deliver
 from coda_bridge.pipeline.delivery import DeliveryRetry
-from coda_bridge.queueing.queues import RESULTS_QUEUE
+from coda_bridge.queueing.messages import deliveries_message
+from coda_bridge.queueing.queues import DELIVER_BATCH_ACTOR, RESULTS_QUEUE
 
 from .conftest import Calls
 
@@ -45,3 +46,40 @@ def test_a_delivery_that_goes_through_is_made_once(
     # then one attempt, and nothing dead-lettered
     assert calls.deliveries == [("job-2", "https://cloud.example/cb", None, 1)]
     assert calls.dead_lettered == []
+
+
+def test_a_batch_s_results_get_one_attempt_together_and_one_that_fails_goes_on_alone_to_its_dead_letter(
+    stub_broker: StubBroker, stub_worker: dramatiq.Worker, calls: Calls
+) -> None:
+    # given a cloud that answers 503 for job-b's result in the batch and on every attempt after
+    calls.retried_in_batch = {"job-b"}
+    calls.failures = [DeliveryRetry("503 from the cloud", delay=RETRY_DELAY_MS) for _ in range(5)]
+    items = [("job-a", "https://cloud.example/cb", "1-0"), ("job-b", "https://cloud.example/cb", "2-0")]
+
+    # when a batch's results are queued for delivery, as the jobs worker queues them
+    message = deliveries_message(items)
+    stub_broker.enqueue(message)
+    stub_broker.join(RESULTS_QUEUE, fail_fast=False, timeout=30_000)
+    stub_worker.join()
+
+    # then one message carried both, and their first attempt was made together
+    assert message.actor_name == DELIVER_BATCH_ACTOR
+    assert calls.batches == [(items, 1)]
+    # and job-b went on alone as attempts 2 and 3 (webhook_max_retries = 2), then was dead-lettered
+    assert calls.deliveries == [
+        ("job-b", "https://cloud.example/cb", "2-0", 2),
+        ("job-b", "https://cloud.example/cb", "2-0", 3),
+    ]
+    assert calls.dead_lettered == [("job-b", 3)]
+
+
+def test_one_result_is_one_deliver_message() -> None:
+    # given the result of a single job
+    # when it is queued for delivery
+    message = deliveries_message([("job-1", "https://cloud.example/cb", "1-0")])
+    # then it is a plain deliver message, as before batches
+    assert (message.actor_name, message.args, message.options) == (
+        "deliver",
+        ("job-1", "https://cloud.example/cb", "1-0"),
+        {},
+    )

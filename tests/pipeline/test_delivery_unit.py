@@ -411,3 +411,69 @@ def test_a_dead_letter_that_names_no_job_is_still_counted(deliverer: Deliverer, 
     # Then nothing of a job is written, and the dead letter is counted
     assert deliverer.state.counters()["webhook_dead_letters"] == 1
     assert not local.keys(deliverer.records.key("*"))
+
+
+def test_a_batch_s_results_are_posted_each_once_and_end_together_and_a_failed_one_is_to_try_again(
+    deliverer: Deliverer, cloud_redis: redis.Redis, local: redis.Redis, requests_mock: rm.Mocker
+) -> None:
+    # given three recorded results with pending entries: j-a and j-b new, j-c delivered by an earlier attempt
+    entries = {}
+    for job_id in ("j-a", "j-b", "j-c"):
+        deliverer.records.record([(job_id, {**RESULT, "job_id": job_id})])
+        entries[job_id] = str(cloud_redis.xadd(stream_key(QPU), {"job_id": job_id}))
+    cloud_redis.xreadgroup(group_name(QPU), "bridge-a", {stream_key(QPU): ">"})
+    pipe = local.pipeline()
+    deliverer.records.mark_delivered("j-c", None, pipe)
+    pipe.execute()
+    # and a cloud that accepts j-a and answers 503 for j-b
+    requests_mock.post(f"{CALLBACK}/j-a", status_code=200, json={"ok": True})
+    requests_mock.post(f"{CALLBACK}/j-b", status_code=503, json={"error": "try later"})
+    items = [(job_id, f"{CALLBACK}/{job_id}", entries[job_id]) for job_id in ("j-a", "j-b", "j-c")]
+
+    # when the batch's first attempt is made
+    outcomes, again = deliverer.deliver_many(items)
+
+    # then j-a was posted once and ended completed; j-c was not posted again but its end written
+    assert outcomes == ["delivered", "retry", "duplicate"]
+    assert [request.path for request in requests_mock.request_history] == [
+        "/api/internal/qpu/webhook/j-a",
+        "/api/internal/qpu/webhook/j-b",
+    ]
+    assert cloud_redis.hget(status_key("j-a"), "state") == "completed"
+    assert cloud_redis.hget(status_key("j-c"), "state") == "completed"
+    # and j-b is to try again as attempt 2 with the policy's backoff, its entry pending, its lease free
+    [retry] = again
+    assert (retry.item, retry.attempt, retry.delay_ms) == (items[1], 2, None)
+    assert isinstance(retry.retry, DeliveryRetry)
+    assert cloud_redis.hget(status_key("j-b"), "state") is None
+    assert _pending(cloud_redis) == 1
+    assert not local.exists(deliverer.records.lease_key("j-b"))
+    counters = deliverer.state.counters()
+    assert (counters["jobs_completed"], counters["webhook_attempts"], counters["webhook_failures"]) == (
+        1,
+        2,
+        1,
+    )
+
+
+def test_a_batch_whose_status_writes_fail_is_marked_and_every_result_is_to_try_again(
+    deliverer: Deliverer, cloud_redis: redis.Redis, requests_mock: rm.Mocker
+) -> None:
+    # given two recorded results the cloud accepts, and a cloud Redis that refuses the status writes
+    entries = {}
+    for job_id in ("j-a", "j-b"):
+        deliverer.records.record([(job_id, {**RESULT, "job_id": job_id})])
+        entries[job_id] = str(cloud_redis.xadd(stream_key(QPU), {"job_id": job_id}))
+    requests_mock.post(CALLBACK, status_code=200, json={"ok": True})
+    items = [(job_id, CALLBACK, entries[job_id]) for job_id in ("j-a", "j-b")]
+    deliverer.status.client = redis.Redis(port=1, socket_connect_timeout=0.2)  # nothing listens there
+
+    # when the batch is delivered, then both go on to another attempt that will not post again
+    outcomes, again = deliverer.deliver_many(items)
+    assert outcomes == ["delivered", "delivered"]
+    assert [(each.item[0], each.attempt) for each in again] == [("j-a", 2), ("j-b", 2)]
+    assert requests_mock.call_count == 2
+    deliverer.status.client = cloud_redis
+    assert [deliverer.deliver(*item, attempt=2) for item in items] == ["duplicate", "duplicate"]
+    assert requests_mock.call_count == 2
+    assert cloud_redis.hget(status_key("j-b"), "state") == "completed"

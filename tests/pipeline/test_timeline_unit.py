@@ -162,3 +162,37 @@ def test_events_of_several_processes_read_in_time_order(client: redis.Redis) -> 
 
     # Then the timeline reads oldest first
     assert [event["event"] for event in timeline.read("j-8")] == ["recorded", "delivery"]
+
+
+def test_a_broker_that_lost_its_scripts_still_gets_the_events_and_the_step(client: redis.Redis) -> None:
+    # Given a timeline that wrote before, and a broker restarted since (its script cache empty)
+    timeline = Timeline(client, QPU, retention_sec=60)
+    timeline.write([timeline.event("j-flush", "received")])
+    client.script_flush()
+
+    # When a step writes its own command with two events of the job
+    pipe = client.pipeline(transaction=False)
+    pipe.set("step-flush", "done")
+    replies = timeline.execute(
+        pipe, [timeline.event("j-flush", "finished"), timeline.event("j-flush", "recorded")]
+    )
+
+    # Then the step ran once, and every event is there, once, in order
+    assert replies == [True]
+    assert [event["event"] for event in timeline.read("j-flush")] == ["received", "finished", "recorded"]
+
+
+def test_a_step_s_events_are_one_command_on_its_pipeline(client: redis.Redis) -> None:
+    # Given a step with events for two jobs
+    timeline = Timeline(client, QPU, retention_sec=60)
+    pipe = client.pipeline(transaction=False)
+    events = [timeline.event(job, kind) for job in ("j-a", "j-b") for kind in ("finished", "recorded")]
+
+    # When the events are added to its pipeline
+    timeline.add(events, pipe)
+
+    # Then they ride on it as one command, and land on each job's own timeline, expiring
+    assert len(pipe) == 1
+    pipe.execute()
+    assert [event["event"] for event in timeline.read("j-b")] == ["finished", "recorded"]
+    assert 0 < client.ttl(timeline_key(QPU, "j-a")) <= 60
