@@ -153,8 +153,11 @@ def test_the_background_start_is_not_ready_until_the_jobs_worker_built_its_execu
         wait_until(lambda: (state.last_stream_read() or 0.0) > since, SETTLE_SEC, "a read of the stream")
         body = wait_until(lambda: _all_else_well(got := _ready_body(env)) and got, SETTLE_SEC, "/ready")
         waiting = start.poll() is None
-        # Then /ready says the node is not ready, naming the jobs worker, and start -d still waits
+        status = run_cli("status", env=env)
+        # Then /ready says the node is not ready, naming the jobs worker, status says the same, and
+        # start -d still waits
         assert (body["ready"], body.get("reason")) == (False, "no running jobs worker has a built executor")
+        assert "ready:       no: no running jobs worker has a built executor" in status.stdout, status.stdout
         assert waiting, start.communicate()
         # When the build finishes
         open_gate(gate)
