@@ -44,6 +44,7 @@ __all__ = [
     "process_pattern",
     "queue_key",
     "queue_key_prefix",
+    "ready_index_key",
     "ready_key",
     "ready_pattern",
     "tick_key",
@@ -176,6 +177,11 @@ def ready_key(qpu_id: str, host: str, pid: int | str) -> str:
 def ready_pattern(qpu_id: str) -> str:
     """A ``SCAN`` pattern matching every :func:`ready_key` of a QPU."""
     return f"{_key(qpu_id, 'ready')}:*"
+
+
+def ready_index_key(qpu_id: str) -> str:
+    """The sorted set of a QPU's :func:`ready_key` names, scored by when each expires: read without a SCAN."""
+    return node_key(qpu_id, "ready_workers")
 
 
 def bridge_key(qpu_id: str, consumer: str) -> str:

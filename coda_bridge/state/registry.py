@@ -11,7 +11,9 @@ its executor is built (:meth:`Registration.executor_built`), refreshed and
 removed with its registration; :func:`ready_jobs_workers` lists the live
 ones, which is how the node knows it can run jobs.  A key of its own: in
 one process, the bridge's, the web app's and the workers' registrations
-share the process key.
+share the process key.  The QPU's index of ready keys (a sorted set scored
+by when each expires, on the broker's clock) finds them in two round trips
+however many keys the broker holds: ``/ready`` asks on every probe.
 
 A bridge also holds ``coda-bridge:{qpu_id}:bridge:{consumer}``: a second
 bridge for the same QPU and consumer name refuses to start
@@ -40,7 +42,7 @@ import redis
 from ..errors import ConfigError
 from ..queueing.outage import broker_unavailable
 from ..version import __version__
-from .broker_keys import bridge_key, process_key, process_pattern, ready_key, ready_pattern
+from .broker_keys import bridge_key, process_key, process_pattern, ready_index_key, ready_key
 
 __all__ = [
     "REFRESH_SEC",
@@ -78,6 +80,20 @@ if holder == false or holder == ARGV[1] then
   return 1
 end
 return 0
+"""
+# Write a ready key (KEYS[1], value ARGV[1], time to live ARGV[2] ms) and put it in the index (KEYS[2]),
+# scored by when it expires on the broker's clock; members past that leave, and the index expires
+# with its longest-lived member.
+_MARK_READY = """
+local now = redis.call('time')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local expires_ms = now_ms + tonumber(ARGV[2])
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('zremrangebyscore', KEYS[2], '-inf', now_ms)
+redis.call('zadd', KEYS[2], expires_ms, KEYS[1])
+local last = redis.call('zrange', KEYS[2], -1, -1, 'WITHSCORES')
+redis.call('pexpireat', KEYS[2], math.max(expires_ms, tonumber(last[2])))
+return 1
 """
 # Delete the key only while it still holds ARGV[1] (a dead holder replaced, or our own at exit).
 _DELETE_IF_HELD_BY = """
@@ -209,6 +225,8 @@ class Registration:
         self._thread: threading.Thread | None = None
         self._refresh = client.register_script(_REFRESH_IF_OURS)
         self._delete = client.register_script(_DELETE_IF_HELD_BY)
+        self._mark_ready = client.register_script(_MARK_READY)
+        self._ready_index = ready_index_key(qpu_id)
 
     def start(self) -> Registration:
         """Claim the bridge key (errors go on), then register; a broker that is down now is retried later.
@@ -237,7 +255,7 @@ class Registration:
         ready = replace(self.info, executor_ready=True)
         self._ready = (ready_key(self.qpu_id, ready.host, ready.pid), ready.dumps())
         try:
-            self.client.set(*self._ready, px=self.ttl_ms)
+            self._write_ready(self._ready)
         except redis.RedisError as exc:  # the refresh thread writes it once the broker answers
             logger.warning(
                 "Cannot mark %s ready yet, retrying: %s", self.info.role, broker_unavailable(self.client, exc)
@@ -251,6 +269,7 @@ class Registration:
             self.client.delete(self.key)
             if self._ready is not None:
                 self.client.delete(self._ready[0])
+                self.client.zrem(self._ready_index, self._ready[0])
             if self.bridge_key is not None:
                 self._delete(keys=[self.bridge_key], args=[self._value])
 
@@ -259,7 +278,7 @@ class Registration:
             try:
                 self.client.set(self.key, self._value, px=self.ttl_ms)
                 if self._ready is not None:
-                    self.client.set(*self._ready, px=self.ttl_ms)
+                    self._write_ready(self._ready)
                 if self.bridge_key is not None and not self._refresh(
                     keys=[self.bridge_key], args=[self._value, self.ttl_ms]
                 ):
@@ -272,6 +291,10 @@ class Registration:
                     )
             except redis.RedisError as exc:
                 logger.debug("Registration refresh failed (%s); trying again in %g s.", exc, self.refresh_sec)
+
+    def _write_ready(self, ready: tuple[str, str]) -> None:
+        key, value = ready
+        self._mark_ready(keys=[key, self._ready_index], args=[value, self.ttl_ms])
 
     def _claim_bridge(self, key: str) -> None:
         """Take the bridge key, replacing a dead holder; :class:`BridgeTaken` naming a live one."""
@@ -318,16 +341,19 @@ def _shown(info: ProcessInfo | None) -> str:
 
 def live_processes(client: redis.Redis, qpu_id: str) -> list[ProcessInfo]:
     """Every registered process of the QPU, by role, host and pid."""
-    return _live(client, process_pattern(qpu_id))
+    return _live(client, list(client.scan_iter(match=process_pattern(qpu_id), count=SCAN_COUNT)))
 
 
 def ready_jobs_workers(client: redis.Redis, qpu_id: str) -> list[ProcessInfo]:
-    """The live workers of the QPU whose executor is built: none means the node cannot run a job."""
-    return [info for info in _live(client, ready_pattern(qpu_id)) if info.executor_ready]
+    """The live workers of the QPU whose executor is built: none means the node cannot run a job.
+
+    Two round trips, the index and its keys: no ``SCAN`` (a member whose key expired is not live).
+    """
+    keys: list[Any] = client.zrange(ready_index_key(qpu_id), 0, -1)
+    return [info for info in _live(client, keys) if info.executor_ready]
 
 
-def _live(client: redis.Redis, pattern: str) -> list[ProcessInfo]:
-    keys = list(client.scan_iter(match=pattern, count=SCAN_COUNT))
+def _live(client: redis.Redis, keys: list[Any]) -> list[ProcessInfo]:
     found: list[ProcessInfo] = []
     if keys:
         values: list[Any] = client.mget(keys)

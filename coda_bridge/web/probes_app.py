@@ -1,9 +1,10 @@
 """The probes app (PROTOCOL.md section 7): a Flask app factory served by gunicorn.
 
 ``/health`` says the process runs.  ``/ready`` says the node can take
-jobs: no executor that failed to build, VPN state ``ready``, the cloud's
-Redis and API answering, the bridge having read the stream recently, and neither a
-pause nor a device state holding the node; it also shows the cloud clock's offset from this host's.
+jobs: no executor that failed to build, a running jobs worker whose executor is built,
+VPN state ``ready``, the cloud's Redis and API answering, the bridge having read the stream
+recently, and neither a pause nor a device state holding the node; it also shows the cloud
+clock's offset from this host's.
 ``/metrics`` reads the node's shared counters from the broker Redis at
 scrape time, so it is right under any number of gunicorn workers.  ``/status``
 is the same state as one HTML page for a person (:mod:`~coda_bridge.web.statuspage`),
@@ -44,6 +45,7 @@ from ..queueing.refusal import WriteProbe, refusal
 from ..replies import as_text
 from ..settings import Settings
 from ..state.node_state import NodeState, utc_iso
+from ..state.registry import ready_jobs_workers
 from ..trust import SAFE_PATH_FLAG
 from .statuspage import STATUS_PREFIX, PauseBanner, status_app
 
@@ -57,6 +59,8 @@ READY_TIMEOUT_SEC = 5.0
 PING_TIMEOUT_SEC = 2.0
 #: Why nothing is known, when the broker does not answer.
 NO_BROKER = "the local broker Redis does not answer"
+#: Why the node cannot run a job: no live jobs worker holds a built executor (none booted yet, or all gone).
+NO_JOBS_WORKER = "no running jobs worker has a built executor"
 
 
 def readiness(
@@ -103,6 +107,7 @@ def readiness(
         body["current_job"] = state.current_job()
         last_read = state.last_stream_read()
         executor_failure = state.executor_failure()
+        jobs_workers = ready_jobs_workers(state.client, state.qpu_id)
         cloud_down = state.cloud_down()
         clock = state.clock_offset()
         hold = PauseBook(state.client, state.qpu_id).hold()
@@ -123,6 +128,9 @@ def readiness(
     elif executor_failure is not None:
         # the executor worker stopped at boot: no job can run until the factory or device file is fixed
         body["reason"] = f"the executor cannot be built: {executor_failure['error']}"
+    elif not jobs_workers:
+        # none has booted and built it yet, or every one that had is gone: a job would only wait
+        body["reason"] = NO_JOBS_WORKER
     elif vpn_state != "ready":
         body["reason"] = f"VPN state is {vpn_state}"
     elif not redis_healthy:

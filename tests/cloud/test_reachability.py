@@ -23,6 +23,7 @@ from coda_bridge.errors import HeartbeatRejected, NodeError, WebhookError
 from coda_bridge.queueing.redis_broker import create_broker
 from coda_bridge.settings import Settings
 from coda_bridge.state.node_state import NodeState
+from coda_bridge.state.registry import Registration
 from coda_bridge.web import probes_app as web
 
 BASE = "https://cloud.test"
@@ -30,6 +31,8 @@ HEARTBEAT_URL = f"{BASE}/api/internal/qpu/heartbeat"
 QPU = "qpu-reach"
 HEARTBEAT_BODY = {"current_job": None, "last_job_at": None, "redis_healthy": True, "connectivity": None}
 RESULT = {"job_id": "j-1", "status": "completed", "counts": {"0": 1}}
+#: How long a test's jobs worker stays ready without a refresh: beyond any test.
+WORKER_HELD_SEC = 300.0
 
 
 def callback(job: int) -> str:
@@ -56,9 +59,11 @@ def settings(redis_url: str) -> Settings:
 @pytest.fixture
 def state(settings: Settings) -> Iterator[NodeState]:
     node = NodeState(create_broker(settings).client, QPU)
-    # what a healthy node leaves behind: VPN ready, a fresh stream read, the consumer group in place
+    # what a healthy node leaves behind: VPN ready, a fresh stream read, the consumer group in place,
+    # a jobs worker that built its executor
     node.set_vpn_state("ready", 30)
     node.stream_read()
+    Registration(node.client, QPU, "jobs", ttl_sec=WORKER_HELD_SEC).executor_built()
     with contextlib.suppress(redis.ResponseError):  # BUSYGROUP
         node.client.xgroup_create(stream_key(QPU), group_name(QPU), id="0", mkstream=True)
     yield node

@@ -1,4 +1,5 @@
 """An executor that cannot be built stops the jobs worker at boot: jobs wait, /ready says why, start stops.
+One still building keeps /ready 503 until it is built.
 
 Real processes: a whole local node (bridge, dramatiq workers, probes app
 under gunicorn) against the local cloud simulator, and ``coda-bridge start``.
@@ -6,20 +7,25 @@ under gunicorn) against the local cloud simulator, and ``coda-bridge start``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from gated_executor import building, gated_env, open_gate
 
 from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.ops.exits import EX_CONFIG
 from coda_bridge.queueing.queues import JOBS_QUEUE
 from coda_bridge.queueing.redis_broker import broker_namespace
+from coda_bridge.state.node_state import NodeState
+from coda_bridge.state.registry import ready_jobs_workers
 
 pytestmark = pytest.mark.e2e
 
@@ -32,6 +38,8 @@ GIVE_UP_SEC = 60
 SETTLE_SEC = 30
 #: Longest ``coda-bridge start`` may take to stop on its own (seconds).
 START_TIMEOUT_SEC = 90
+#: /ready's reason while no jobs worker has built its executor.
+NO_JOBS_WORKER = "no running jobs worker has a built executor"
 
 FACTORY_SOURCE = f'''
 """Raises at build time until a file named FIXED sits beside it; then an all-zeros executor."""
@@ -156,3 +164,56 @@ def test_start_stops_with_ex_config_when_the_executor_cannot_be_built(tmp_path: 
     assert "cannot be built" in done.stdout
     assert TYPO in done.stdout
     assert "jobs exited with a configuration error (code 78); not restarting it" in done.stdout
+
+
+def every_other_check_passes(answer: tuple[int, dict[str, Any]] | None) -> bool:
+    """Whether a /ready answer shows the VPN, the cloud's Redis and API all well (what else it checks)."""
+    if answer is None:
+        return False
+    body = answer[1]
+    return (
+        body["vpn_state"] == "ready" and body["redis_healthy"] is True and body["cloud_api_reachable"] is True
+    )
+
+
+def read_since(state: NodeState, last: float | None) -> Callable[[], bool]:
+    """Whether the bridge read the stream again since its read at ``last``."""
+    return lambda: (state.last_stream_read() or 0.0) > (last or 0.0)
+
+
+def test_ready_stays_503_while_the_jobs_worker_builds_and_is_200_once_it_built(tmp_path: Path) -> None:
+    # given a node whose executor factory holds its build until the test opens a gate
+    gate = tmp_path / "gate"
+    (tmp_path / "node").mkdir()
+    with (
+        LocalStack(tmp_path / "node", env=gated_env(gate), web=True) as stack,
+        contextlib.closing(stack.broker_redis.client()) as client,
+    ):
+        state = NodeState(client, stack.qpu_id)
+        wait_until(lambda: building(gate), SETTLE_SEC, "the jobs worker to begin its build")
+
+        # when the bridge reads the stream, twice, and the VPN, the cloud's Redis and API are well,
+        # while the jobs worker still builds
+        answers = []
+        for _ in range(2):
+            wait_until(read_since(state, state.last_stream_read()), SETTLE_SEC, "a read of the stream")
+            answers.append(
+                wait_until(
+                    lambda: (got := ready(stack)) and every_other_check_passes(got) and got,
+                    SETTLE_SEC,
+                    "/ready to show every other check passing",
+                )
+            )
+        still_building = ready_jobs_workers(state.client, stack.qpu_id)
+
+        # then /ready is 503 each time, naming the jobs worker
+        assert still_building == []
+        for status, body in answers:
+            assert (status, body["ready"], body.get("reason")) == (503, False, NO_JOBS_WORKER), body
+
+        # when the build finishes
+        open_gate(gate)
+
+        # then /ready answers 200, with the jobs worker ready
+        wait_until(lambda: (got := ready(stack)) and got[0] == 200, SETTLE_SEC, "/ready to answer 200")
+        assert [info.role for info in ready_jobs_workers(state.client, stack.qpu_id)] == ["jobs"]

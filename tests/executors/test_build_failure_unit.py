@@ -19,12 +19,14 @@ from dramatiq.brokers.stub import StubBroker
 
 from coda_bridge.cloud.redis_keys import group_name, stream_key
 from coda_bridge.devtools.localredis import free_port
+from coda_bridge.devtools.stack import wait_until
 from coda_bridge.errors import ConfigError, ExecutorError
 from coda_bridge.ops.doctor import check_coda_command, check_executor, check_executor_boot
 from coda_bridge.ops.exits import EX_CONFIG
 from coda_bridge.queueing.middleware import BuildAtBoot
 from coda_bridge.settings import Settings, load_settings
 from coda_bridge.state.node_state import NodeState
+from coda_bridge.state.registry import Registration, ready_key
 from coda_bridge.web.probes_app import readiness
 
 QPU = "qpu-boot"
@@ -33,6 +35,10 @@ WORKER_POLL_MS = 50
 #: A node's settings, shared state and cloud Redis.
 Node = tuple[Settings, NodeState, fakeredis.FakeRedis]
 REASON = "executor factory my.factory:create_executor raised ValueError: unknown key 'runer_mode'"
+#: /ready's reason while no jobs worker of the node has built its executor.
+NO_JOBS_WORKER = "no running jobs worker has a built executor"
+#: How long a test's jobs worker registration lives unrefreshed: beyond any test.
+HELD_SEC = 300.0
 
 
 # --------------------------------------------------------------------------- the boot middleware
@@ -125,8 +131,8 @@ def test_an_unexpected_build_error_is_left_to_dramatiq_and_the_worker_boots(
 
 
 @pytest.fixture
-def node() -> Iterator[Node]:
-    """Settings, a healthy shared state and a cloud Redis with the consumer group."""
+def workerless() -> Iterator[Node]:
+    """Settings, a shared state healthy but for its jobs worker (none yet), a cloud Redis with the group."""
     server = fakeredis.FakeServer()
     local, cloud = fakeredis.FakeRedis(server=server, db=0), fakeredis.FakeRedis(server=server, db=1)
     state = NodeState(local, QPU)
@@ -136,6 +142,56 @@ def node() -> Iterator[Node]:
     yield Settings(qpu_id=QPU), state, cloud
     local.close()
     cloud.close()
+
+
+@pytest.fixture
+def node(workerless: Node) -> Node:
+    """A healthy node: a jobs worker of it has built its executor."""
+    _, state, _ = workerless
+    Registration(state.client, QPU, "jobs", ttl_sec=HELD_SEC).executor_built()
+    return workerless
+
+
+def test_ready_names_the_missing_jobs_worker_until_one_builds_its_executor(workerless: Node) -> None:
+    # given a node healthy in every other way, whose jobs worker is registered but still building
+    settings, state, cloud = workerless
+    worker = Registration(state.client, QPU, "jobs", ttl_sec=HELD_SEC)
+
+    # when readiness is checked before and after the worker built its executor, and after it stopped
+    building = readiness(settings, state, cloud)
+    worker.executor_built()
+    built = readiness(settings, state, cloud)
+    worker.stop()
+    stopped = readiness(settings, state, cloud)
+
+    # then it is ready only while the worker holds a built executor; the reason names what is missing
+    assert (building["ready"], building["reason"]) == (False, NO_JOBS_WORKER)
+    assert built["ready"] is True and "reason" not in built
+    assert (stopped["ready"], stopped["reason"]) == (False, NO_JOBS_WORKER)
+
+
+def test_ready_again_names_the_missing_jobs_worker_once_its_registration_lapses(workerless: Node) -> None:
+    # given a node whose one jobs worker built its executor, then stopped refreshing its registration
+    settings, state, cloud = workerless
+    worker = Registration(state.client, QPU, "jobs", ttl_sec=HELD_SEC)
+    worker.executor_built()
+    assert readiness(settings, state, cloud)["ready"] is True
+
+    # when its ready key's time to live runs out (as it does a TTL after the worker's last refresh)
+    state.client.pexpire(ready_key(QPU, worker.info.host, worker.info.pid), 1)
+    wait_until(lambda: not readiness(settings, state, cloud)["ready"], 10, "the registration to lapse")
+
+    # then the node is not ready, for want of a jobs worker
+    assert readiness(settings, state, cloud)["reason"] == NO_JOBS_WORKER
+
+
+def test_a_recorded_build_failure_is_the_reason_over_the_missing_worker(workerless: Node) -> None:
+    # given a node with no ready jobs worker because its worker recorded a build failure and stopped
+    settings, state, cloud = workerless
+    state.set_executor_failure(REASON)
+
+    # when readiness is checked, then the recorded failure is the reason (it says what to fix)
+    assert readiness(settings, state, cloud)["reason"] == f"the executor cannot be built: {REASON}"
 
 
 def test_ready_names_the_executor_while_a_build_failure_is_recorded(

@@ -7,17 +7,24 @@ that cannot be imported, and a broker Redis that is not there (the node never be
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
+from gated_executor import building, gated_env, open_gate
 from ops_support import DRAIN_TIMEOUT_SEC, node_env, run_cli
 
 from coda_bridge.devtools.localredis import free_port
 from coda_bridge.devtools.stack import LocalStack, wait_until
+from coda_bridge.ops.daemon import ready_url
 from coda_bridge.ops.exits import EX_CONFIG
 from coda_bridge.ops.pidfile import pid_file_for, running_pid
 from coda_bridge.ops.proctree import alive, kill_tree, process_tree
+from coda_bridge.state.node_state import NodeState
 
 #: The start timeout of these nodes: short, so the broker-down case ends soon.
 START_TIMEOUT_SEC = 20
@@ -28,6 +35,8 @@ FAIL_FAST_START_TIMEOUT_SEC = 90
 #: stop's margin and a kill (usually a few seconds; the bound holds on a busy machine).
 STOP_SLACK_SEC = DRAIN_TIMEOUT_SEC + 30
 SIMULATOR = "coda_bridge.executors.simulator:create_executor"
+#: How long the node's parts may take to show a state (seconds).
+SETTLE_SEC = 60
 
 
 def _start_and_status(env: dict[str, str], *mode: str) -> tuple[int, str, float, dict[str, object], int]:
@@ -106,6 +115,64 @@ def test_an_executor_that_cannot_be_built_fails_the_background_start_with_78(
     assert report["last_exit"]["code"] == EX_CONFIG  # type: ignore[index]
     assert "no_such_backend_module" in report["last_exit"]["reason"]  # type: ignore[index]
     assert report["executor"]["factory"] == "no_such_backend_module:create_executor"  # type: ignore[index]
+
+
+def _ready_body(env: dict[str, str]) -> dict[str, Any] | None:
+    try:
+        body: dict[str, Any] = requests.get(ready_url("127.0.0.1", int(env["CODA_PORT"])), timeout=10).json()
+    except (requests.RequestException, ValueError):
+        return None
+    return body
+
+
+def _all_else_well(body: dict[str, Any] | None) -> bool:
+    """Whether /ready shows the VPN, the cloud's Redis and API well."""
+    if body is None:
+        return False
+    return (
+        body["vpn_state"] == "ready" and body["redis_healthy"] is True and body["cloud_api_reachable"] is True
+    )
+
+
+@pytest.mark.e2e
+def test_the_background_start_is_not_ready_until_the_jobs_worker_built_its_executor(
+    cloud_stack: LocalStack, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given an executor whose build waits for a gate the test opens
+    gate = tmp_path / "gate"
+    env.update(gated_env(gate))
+    env["CODA_START_TIMEOUT_SEC"] = str(FAIL_FAST_START_TIMEOUT_SEC)
+    timeout = FAIL_FAST_START_TIMEOUT_SEC + STOP_SLACK_SEC + 30
+    argv = [sys.executable, "-m", "coda_bridge", "start", "-d"]
+    start = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    broker = cloud_stack.broker_redis.client()
+    try:
+        # When the node runs, the bridge reading the stream, while the jobs worker is in its build
+        wait_until(lambda: building(gate), SETTLE_SEC, "the jobs worker to begin its build")
+        state, since = NodeState(broker, cloud_stack.qpu_id), time.time()
+        wait_until(lambda: (state.last_stream_read() or 0.0) > since, SETTLE_SEC, "a read of the stream")
+        body = wait_until(lambda: _all_else_well(got := _ready_body(env)) and got, SETTLE_SEC, "/ready")
+        waiting = start.poll() is None
+        status = run_cli("status", env=env)
+        # Then /ready says the node is not ready, naming the jobs worker, status says the same, and
+        # start -d still waits
+        assert (body["ready"], body.get("reason")) == (False, "no running jobs worker has a built executor")
+        assert "ready:       no: no running jobs worker has a built executor" in status.stdout, status.stdout
+        assert waiting, start.communicate()
+        # When the build finishes
+        open_gate(gate)
+        out, err = start.communicate(timeout=timeout)
+        # Then start -d says the node is ready, and it is
+        assert start.returncode == 0, err
+        assert "started in the background and is ready" in out
+        assert (_ready_body(env) or {}).get("ready") is True
+    finally:
+        open_gate(gate)
+        if start.poll() is None:
+            start.communicate(timeout=timeout)
+        stopped = run_cli("stop", env=env, timeout=90)
+        broker.close()
+    assert stopped.returncode == 0, stopped.stderr
 
 
 @pytest.mark.e2e

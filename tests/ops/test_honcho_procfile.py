@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 import signal
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+import requests
 from ops_support import (
     DRAIN_TIMEOUT_SEC,
     FIRST_JOB_SEC,
@@ -23,7 +26,9 @@ from ops_support import (
 
 from coda_bridge.devtools.localredis import find_redis_server, free_port
 from coda_bridge.devtools.stack import LocalStack, wait_until
+from coda_bridge.ops.daemon import ready_url
 from coda_bridge.ops.proctree import alive, kill_tree, process_tree
+from coda_bridge.state.registry import ready_jobs_workers
 
 PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"
 
@@ -51,6 +56,14 @@ def _honcho(procfile: Path, env: dict[str, str], output: Path, *names: str) -> s
             stderr=subprocess.STDOUT,
             cwd=procfile.parent,
         )
+
+
+def _ready_status(env: dict[str, str]) -> int | None:
+    """The status of the node's /ready, ``None`` while the probes app does not answer."""
+    try:
+        return requests.get(ready_url("127.0.0.1", int(env["CODA_PORT"])), timeout=10).status_code
+    except requests.RequestException:
+        return None
 
 
 def _kill_if_running(honcho: subprocess.Popen[bytes]) -> None:
@@ -92,6 +105,10 @@ def test_honcho_start_on_the_procfile_runs_jobs_end_to_end(cloud_stack: LocalSta
             30,
             "output from every Procfile process",
         )
+        # and the jobs line's worker counts as the node's ready jobs worker: /ready answers 200
+        wait_until(lambda: _ready_status(env) == 200, 30, "/ready to answer 200")
+        with contextlib.closing(redis.Redis.from_url(env["CODA_BROKER_URL"])) as broker:
+            assert [info.role for info in ready_jobs_workers(broker, cloud_stack.qpu_id)] == ["jobs"]
         tree, _ = _stop(honcho, 30)
     finally:
         _kill_if_running(honcho)

@@ -31,6 +31,7 @@ from coda_bridge.state.broker_keys import (
     process_key,
     process_pattern,
     queue_key,
+    ready_index_key,
     ready_key,
     ready_pattern,
     tick_key,
@@ -148,6 +149,7 @@ FIXED: list[Callable[[str], str]] = [
     lambda q: window_key(q, 1_800_000_000),
     dramatiq_counters_key,
     broker_namespace,
+    ready_index_key,
 ]
 
 
@@ -212,6 +214,7 @@ def test_the_nodes_namespace_keeps_the_names_it_had() -> None:
     assert dramatiq_live_key("q", "b-1") == "coda-bridge:q:node:dramatiq:inprogress:b-1"
     assert process_key("q", "host", 12, "jobs") == "coda-bridge:q:process:host:12:jobs"
     assert ready_key("q", "host", 12) == "coda-bridge:q:ready:host:12"
+    assert ready_index_key("q") == "coda-bridge:q:node:ready_workers"
     assert bridge_key("q", "host-1") == "coda-bridge:q:bridge:host-1"
     assert entry_key("q", "1-0") == "coda-bridge:q:entry:1-0"
 

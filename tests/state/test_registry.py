@@ -6,6 +6,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from typing import Any
 
 import psutil
 import pytest
@@ -13,6 +15,7 @@ import redis
 
 from coda_bridge import __version__
 from coda_bridge.devtools.stack import wait_until
+from coda_bridge.state.broker_keys import ready_index_key
 from coda_bridge.state.registry import (
     BridgeTaken,
     ProcessInfo,
@@ -170,9 +173,56 @@ def test_only_a_worker_whose_executor_is_built_counts_as_ready(client: redis.Red
 def test_a_ready_worker_of_this_host_that_died_is_not_ready(client: redis.Redis) -> None:
     # given the registration of a ready jobs worker of this host that was killed (its key still lives)
     dead = ProcessInfo(**{**ProcessInfo.here("jobs").__dict__, "pid": _dead_pid(), "executor_ready": True})
-    client.set(ready_key("q-ready2", dead.host, dead.pid), dead.dumps(), px=15_000)
+    key = ready_key("q-ready2", dead.host, dead.pid)
+    client.set(key, dead.dumps(), px=15_000)
+    client.zadd(ready_index_key("q-ready2"), {key: (time.time() + 15) * 1000})
     # then it does not count as ready
     assert ready_jobs_workers(client, "q-ready2") == []
+
+
+class _NoScan(redis.Redis):
+    """A client that fails any SCAN: what must not walk the whole keyspace is caught doing it."""
+
+    def scan(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("SCAN of the whole keyspace")
+
+
+def test_ready_workers_are_found_without_scanning_the_keyspace(redis_url: str) -> None:
+    # given a broker with many keys of other families and one jobs worker whose executor is built
+    client = _NoScan.from_url(redis_url)
+    client.mset({f"coda-bridge:q-index:job:{n}": "x" for n in range(2000)})
+    worker = Registration(client, "q-index", "jobs")
+    try:
+        worker.executor_built()
+
+        # when the ready workers are listed, then it is found, and no SCAN ran (_NoScan raises)
+        assert [info.role for info in ready_jobs_workers(client, "q-index")] == ["jobs"]
+    finally:
+        worker.stop()
+        client.close()
+
+
+def test_the_index_keeps_only_live_ready_keys_and_expires_with_its_last(client: redis.Redis) -> None:
+    # given a ready jobs worker of another host whose ready key lapsed (it stopped refreshing)
+    index = ready_index_key("q-lapse")
+    lapsed = Registration(client, "q-lapse", "jobs", ttl_sec=0.2)
+    lapsed.info = ProcessInfo(**{**lapsed.info.__dict__, "host": "gone-host"})
+    lapsed.executor_built()
+    gone = ready_key("q-lapse", "gone-host", lapsed.info.pid)
+    wait_until(lambda: not client.exists(gone), 10, "its ready key to lapse")
+
+    # when a jobs worker of this host marks itself ready
+    live = Registration(client, "q-lapse", "jobs", ttl_sec=60)
+    mine = ready_key("q-lapse", socket.gethostname(), os.getpid())
+    try:
+        live.executor_built()
+        # then the index holds the live key only, and expires when that key would
+        assert client.zrange(index, 0, -1) == [mine.encode()]
+        assert 0 < client.pttl(index) <= 60_000
+    finally:
+        live.stop()
+    # and once it stopped, nothing is left of either
+    assert client.zcard(index) == 0 and ready_jobs_workers(client, "q-lapse") == []
 
 
 def test_a_bridge_registration_has_no_executor(client: redis.Redis) -> None:

@@ -42,6 +42,7 @@ from coda_bridge.identity.credentials import StatePaths
 from coda_bridge.pipeline import bridge as node
 from coda_bridge.settings import Settings, load_settings
 from coda_bridge.state.node_state import NodeState
+from coda_bridge.state.registry import Registration
 from coda_bridge.vpn.guard import VpnGuard, tun_interfaces
 from coda_bridge.vpn.openvpn import OpenVPNManager
 from coda_bridge.vpn.states import DEGRADED, READY
@@ -63,6 +64,8 @@ PROBE_PORT = 8080
 SERVICE_START_SEC = 10.0
 #: Per probe, short so that losing the server is seen quickly.
 PROBE_TIMEOUT_SEC = 2.0
+#: How long the test's jobs worker stays ready without a refresh: beyond the test.
+JOBS_WORKER_HELD_SEC = 300.0
 
 
 def _skip_reason() -> str | None:
@@ -328,6 +331,7 @@ def test_cloud_profile_brings_the_node_up_ready_and_its_loss_makes_ready_503(
     clean_env.setattr("coda_bridge.identity.connect.legacy_dir", lambda: tmp_path / "no-legacy")
     before = load_settings()  # the state directory, for stopping OpenVPN however far connect got
     client = redis.Redis.from_url(redis_url)
+    jobs_worker = Registration(client, qpu_id, "jobs", ttl_sec=JOBS_WORKER_HELD_SEC)
     settings: Settings | None = None
     try:
         # provisions, starts OpenVPN, passes the preflight
@@ -352,6 +356,7 @@ def test_cloud_profile_brings_the_node_up_ready_and_its_loss_makes_ready_503(
         except redis.ResponseError as exc:
             assert "BUSYGROUP" in str(exc)  # the group is there already
         node_state.stream_read()
+        jobs_worker.executor_built()  # and what a jobs worker does once its executor is built
         probes = create_app(settings).test_client()
         secrets = (token, pki.client_key, settings.jwt_private_key_value or "")
 
@@ -373,6 +378,7 @@ def test_cloud_profile_brings_the_node_up_ready_and_its_loss_makes_ready_503(
         _assert_no_secret(degraded.get_data(as_text=True), *secrets)
     finally:
         OpenVPNManager().stop(settings or before)
+        jobs_worker.stop()
         client.close()
         with contextlib.suppress(Exception):
             devcloud.delete_qpu(qpu_id)

@@ -18,6 +18,7 @@ from coda_bridge.cloud.redis_keys import group_name, stream_key
 from coda_bridge.devtools.localredis import LocalRedis
 from coda_bridge.settings import Settings
 from coda_bridge.state.node_state import NodeState
+from coda_bridge.state.registry import Registration
 from coda_bridge.web import probes_app as web
 
 QPU = "qpu-refusing"
@@ -36,6 +37,7 @@ def state(server: LocalRedis) -> Iterator[NodeState]:
     node = NodeState(client, QPU)
     node.set_vpn_state("ready", 300)
     node.stream_read()
+    Registration(client, QPU, "jobs", ttl_sec=300).executor_built()  # a jobs worker, executor built
     with contextlib.suppress(redis.ResponseError):  # BUSYGROUP
         client.xgroup_create(stream_key(QPU), group_name(QPU), id="0", mkstream=True)
     yield node

@@ -6,7 +6,9 @@ import base64
 import contextlib
 import html
 import importlib.util
+import os
 import re
+import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +24,7 @@ from coda_bridge.device import DeviceState
 from coda_bridge.queueing.redis_broker import create_broker
 from coda_bridge.settings import Settings
 from coda_bridge.state.node_state import NodeState, utc_iso
-from coda_bridge.state.registry import Registration
+from coda_bridge.state.registry import Registration, ready_key
 from coda_bridge.web import probes_app as web
 from coda_bridge.web.statuspage import PauseBanner
 
@@ -31,6 +33,8 @@ TOKEN = "node-token-abc123-never-shown"
 PRIVATE_KEY = "-----BEGIN PRIVATE KEY-----\nMIIstatus-page-secret-key\n-----END PRIVATE KEY-----"
 CONNECT_HEADER = "Bearer connect-header-secret-xyz"
 PASSWORD = "s3cret-status-pass"
+#: How long a test's jobs worker stays ready without a refresh: beyond any test.
+WORKER_HELD_SEC = 300.0
 
 
 def make_settings(redis_url: str, **changes: Any) -> Settings:
@@ -64,9 +68,11 @@ def app(redis_url: str, state: NodeState) -> Flask:
 
 
 def ready_node(state: NodeState) -> None:
-    """What a healthy node leaves behind: VPN ready, a fresh stream read, the consumer group in place."""
+    """What a healthy node leaves behind: VPN ready, a fresh stream read, the consumer group in place,
+    a jobs worker that built its executor."""
     state.set_vpn_state("ready", 30)
     state.stream_read()
+    Registration(state.client, QPU, "jobs", ttl_sec=WORKER_HELD_SEC).executor_built()
     with contextlib.suppress(redis.ResponseError):  # BUSYGROUP
         state.client.xgroup_create(stream_key(QPU), group_name(QPU), id="0", mkstream=True)
 
@@ -147,6 +153,22 @@ def test_a_paused_node_shows_the_pause_with_its_note_and_end_and_the_same_reason
         f"until {pause.as_dict()['until']} (since {pause.as_dict()['since']}) note: fridge warm-up"
     )
     assert cell(page, "device") == "calibration"
+
+
+def test_a_node_without_a_ready_jobs_worker_shows_the_same_reason_as_ready(
+    app: Flask, state: NodeState
+) -> None:
+    # given a node healthy but for its jobs worker, which has not built its executor (or is gone)
+    ready_node(state)
+    state.client.delete(ready_key(QPU, socket.gethostname(), os.getpid()))
+
+    # when the page is opened
+    page = page_text(app)
+    ready = app.test_client().get("/ready").get_json()
+
+    # then it says not ready, with /ready's own reason naming the missing jobs worker
+    assert ready["reason"] == "no running jobs worker has a built executor"
+    assert cell(page, "state") == f"Not ready: {ready['reason']}"
 
 
 def test_an_operator_note_with_markup_renders_inert(app: Flask, state: NodeState) -> None:

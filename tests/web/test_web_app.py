@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import importlib.util
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ from coda_bridge.errors import ConfigError
 from coda_bridge.queueing.redis_broker import create_broker
 from coda_bridge.settings import Settings
 from coda_bridge.state.node_state import NodeState, utc_iso
+from coda_bridge.state.registry import Registration, ready_key
 from coda_bridge.web import probes_app as web
 
 QPU = "qpu-web"
@@ -32,6 +35,8 @@ READY_FIELDS = {"ready", "vpn_state", "redis_healthy", "current_job"}
 HANG_SEC = 30.0
 #: The readiness bound of the app under test in the hang test (read at each request).
 TEST_READY_TIMEOUT_SEC = 0.5
+#: How long a test's jobs worker stays ready without a refresh: beyond any test.
+WORKER_HELD_SEC = 300.0
 
 
 def make_settings(redis_url: str, **changes: Any) -> Settings:
@@ -58,9 +63,11 @@ def app(redis_url: str, state: NodeState) -> Flask:
 
 
 def ready_node(state: NodeState) -> None:
-    """What a healthy node leaves behind: VPN ready, a fresh stream read, the consumer group in place."""
+    """What a healthy node leaves behind: VPN ready, a fresh stream read, the consumer group in place,
+    a jobs worker that built its executor."""
     state.set_vpn_state("ready", 30)
     state.stream_read()
+    Registration(state.client, QPU, "jobs", ttl_sec=WORKER_HELD_SEC).executor_built()
     with contextlib.suppress(redis.ResponseError):  # BUSYGROUP
         state.client.xgroup_create(stream_key(QPU), group_name(QPU), id="0", mkstream=True)
 
@@ -190,6 +197,34 @@ def test_ready_503_when_vpn_state_expired(app: Flask, state: NodeState) -> None:
 
     assert response.status_code == 503
     assert response.get_json()["vpn_state"] == "booting"
+
+
+def test_ready_503_naming_the_jobs_worker_until_one_built_its_executor_and_once_none_runs(
+    app: Flask, state: NodeState
+) -> None:
+    # given a node healthy but for its jobs worker: the bridge reads the stream, the worker still builds
+    ready_node(state)
+    ready = ready_key(QPU, socket.gethostname(), os.getpid())
+    state.client.delete(ready)
+    worker = Registration(state.client, QPU, "jobs").start()
+    client = app.test_client()
+
+    # when /ready is asked while it builds, once it built its executor, and once it stopped
+    try:
+        building = client.get("/ready")
+        worker.executor_built()
+        built = client.get("/ready")
+    finally:
+        worker.stop()
+    stopped = client.get("/ready")
+
+    # then 503 naming the missing worker with every field there, 200 only while the built worker runs
+    assert building.status_code == 503
+    assert building.get_json()["reason"] == "no running jobs worker has a built executor"
+    assert set(building.get_json()) >= READY_FIELDS
+    assert built.status_code == 200
+    assert stopped.status_code == 503
+    assert stopped.get_json()["reason"] == "no running jobs worker has a built executor"
 
 
 def test_ready_503_when_stream_read_is_stale(app: Flask, state: NodeState) -> None:
