@@ -20,6 +20,7 @@ from pipeline_support import (
 )
 
 from coda_bridge.devtools.stack import LocalStack, wait_until
+from coda_bridge.ops.process_list import RESULT_PROCESSES
 
 pytestmark = pytest.mark.e2e
 
@@ -113,6 +114,49 @@ def test_a_batch_recorded_before_a_kill_is_delivered_once_and_never_run_again(
     assert _batches(stack.workdir)[-1:] == [5]
     assert [executor_runs(stack, tag) for tag in tags] == [1] * 5
     assert [len(deliveries(stack, job_id)) for job_id in ids] == [1] * 5
+
+
+def test_a_batch_s_results_met_by_503s_each_arrive_once_after_them(batch_stack: LocalStack) -> None:
+    # given a cloud whose next four webhooks answer 503 (some results of the batches fail their first POST)
+    stack = batch_stack
+    stack.cloud.set_fault("webhook", 503, count=4)
+    tags = [f"hook503-{i}" for i in range(12)]
+
+    # when two batches of jobs run
+    ids = _submit_while_bridge_is_down(stack, tags)
+    results = stack.cloud.wait_for_results(ids, timeout_sec=60)
+
+    # then every job completed with one accepted result, after 503s were answered to some, none run twice
+    assert {r["status"] for r in results.values()} == {"completed"}
+    accepted = [[d for d in deliveries(stack, job_id) if d.get("accepted", True)] for job_id in ids]
+    assert [len(each) for each in accepted] == [1] * len(ids)
+    refused = sum(len(deliveries(stack, job_id)) for job_id in ids) - len(ids)
+    assert refused == 4
+    assert [executor_runs(stack, tag) for tag in tags] == [1] * len(tags)
+    wait_until(lambda: {status(stack, j).get("state") for j in ids} == {"completed"}, 30, "every status")
+
+
+@pytest.mark.fault
+def test_a_results_worker_killed_inside_a_batch_s_posts_loses_no_result(batch_stack: LocalStack) -> None:
+    # given a results worker that dies right after the first POST it makes
+    stack = batch_stack  # (the worker it kills is started again, as it was, by the end)
+    restart_worker_with_failpoint(stack, "results", "delivery.after_post=exit@1", RESULT_PROCESSES)
+    tags = [f"hookkill-{i}" for i in range(10)]
+
+    # when a batch's results are delivered, and the worker is started again after it died
+    ids = _submit_while_bridge_is_down(stack, tags)
+    wait_until(lambda: not stack.children["results"].alive(), 30, "the results worker to die after a POST")
+    stack.start_process("results")
+
+    # then every job has one result (the killed POST's result, the same one, may arrive twice), each ran once
+    results = stack.cloud.wait_for_results(ids, timeout_sec=90)
+    assert {r["status"] for r in results.values()} == {"completed"}
+    for job_id in ids:
+        accepted = [d["body"] for d in deliveries(stack, job_id) if d.get("accepted", True)]
+        assert accepted and all(body == accepted[0] for body in accepted), job_id
+    assert stack.cloud.stats(stack.qpu_id)["content_mismatches"] == 0
+    assert [executor_runs(stack, tag) for tag in tags] == [1] * len(tags)
+    wait_until(lambda: {status(stack, j).get("state") for j in ids} == {"completed"}, 60, "every status")
 
 
 def test_a_cancel_inside_a_running_batch_ends_that_job_cancelled_at_once_and_the_others_complete(
