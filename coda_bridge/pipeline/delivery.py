@@ -189,9 +189,8 @@ class Deliverer:
             return outcomes, again
         try:
             self.status.delivered_many([(a.item[0], a.payload, a.refused, a.item[2]) for a in finished])
-        except (
-            WebhookError
-        ) as exc:  # the status writes met a cloud Redis outage; the next attempt writes them
+        except WebhookError as exc:
+            # the status writes met a cloud Redis outage: the next attempt writes them (and posts nothing)
             for done in finished:
                 retry = self._retry(done.item[0], attempt, exc)
                 again.append(Again(done.item, attempt + 1, None, retry))
