@@ -59,8 +59,12 @@ def _record(results: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
 def _send_deliveries(deliveries: Sequence[Delivery]) -> None:
     """To the broker the webhook actors are declared on: one ``deliver`` message, or one ``deliver_batch``
     for the results of a batch (one round trip per step of their delivery, not per result)."""
-    if deliveries:
-        deliver.broker.enqueue(deliveries_message(deliveries))
+    if node.settings.webhook_max_retries < 1:  # one attempt each: a batch would hand a failed one a second
+        messages = [deliveries_message([delivery]) for delivery in deliveries]
+    else:
+        messages = [deliveries_message(deliveries)] if deliveries else []
+    for message in messages:
+        deliver.broker.enqueue(message)
 
 
 def _queue_deliveries(deliveries: Sequence[Delivery]) -> None:

@@ -33,8 +33,9 @@ MIN_BACKOFF_MS = 1000
 @dramatiq.actor(actor_name=DEAD_LETTERED_ACTOR, queue_name=RESULTS_QUEUE, max_retries=0)
 def dead_lettered(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
     """Called once a result ran out of retries: it stays in the dead-letter queue for ``replay``."""
-    job_id, _ = delivery_of(message)
-    node.parts.deliverer.dead_lettered(str(job_id) if job_id else None, retry_info.get("retries", 0) + 1)
+    job_ids, _ = delivery_of(message)  # a deliver_batch's are joined by ","
+    for job_id in str(job_ids).split(",") if job_ids else [None]:
+        node.parts.deliverer.dead_lettered(job_id, retry_info.get("retries", 0) + 1)
 
 
 @dramatiq.actor(
@@ -60,6 +61,7 @@ def _batch_again(retries: int, exc: BaseException) -> bool:
     queue_name=RESULTS_QUEUE,
     min_backoff=MIN_BACKOFF_MS,
     retry_when=_batch_again,
+    on_retry_exhausted=DEAD_LETTERED_ACTOR,
 )
 def deliver_batch(deliveries: list[list[Any]]) -> None:
     """Post the recorded results of a batch, one attempt each; each that needs another goes on alone."""
@@ -81,7 +83,9 @@ def _send_again(again: Sequence[Again]) -> None:
     max_backoff = int(node.settings.webhook_max_backoff_sec * 1000)
     for each in again:
         delay = each.delay_ms
-        if delay is None:
-            _, delay = compute_backoff(each.attempt - 1, factor=MIN_BACKOFF_MS, max_backoff=max_backoff)
+        if (
+            delay is None
+        ):  # the backoff dramatiq's Retries gives the retry of a deliver after its attempt before
+            _, delay = compute_backoff(each.attempt - 2, factor=MIN_BACKOFF_MS, max_backoff=max_backoff)
         message = delivery_message(*each.item, retries=each.attempt - 1)
         deliver.broker.enqueue(message, delay=int(delay) or None)

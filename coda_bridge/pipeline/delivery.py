@@ -48,7 +48,7 @@ LEASE_MARGIN_SEC = 5.0
 _ANSWERED = {"delivered": "accepted", "duplicate": "already_accepted"}
 
 
-#: Results whose POSTs go out together, from one batch's delivery.
+#: A batch's results whose POSTs go out together (the delivery lease allows one webhook timeout per round).
 POSTS_AT_ONCE = 8
 
 #: One result to deliver: job id, callback URL, stream entry id.
@@ -68,13 +68,12 @@ class Again:
 
 @dataclass
 class _Answered:
-    """A delivery the cloud answered this time (``posted``), or earlier (a duplicate message)."""
+    """A delivery the cloud answered: this time, or earlier (``duplicate``: a repeated message)."""
 
     item: Item
     payload: dict[str, Any]
     outcome: str
     refused: str | None
-    posted: bool = True
     attempted: bool = True  # False: refused here (the callback host), never sent
     post_sec: float = 0.0
     status: int | None = None
@@ -126,8 +125,8 @@ class Deliverer:
         self.entries = entries
         self.timeline = timeline
         self.histograms = Histograms(state.client, state.qpu_id)
-        self._pool: ThreadPoolExecutor | None = None  # the POSTs of a batch, started at the first batch
-        self._pool_lock = threading.Lock()
+        #: Each delivering thread's own POST threads (a batch never waits for another batch's POSTs).
+        self._pools = threading.local()
 
     def deliver(self, job_id: str, callback_url: str, entry_id: str | None = None, attempt: int = 1) -> str:
         """Deliver the recorded result of ``job_id``; its status write acknowledges stream entry ``entry_id``.
@@ -148,7 +147,8 @@ class Deliverer:
         after them are one round trip each for all; each POST is marked
         delivered as soon as the cloud answers it, so a crash never posts it again.
         """
-        lease_sec = self.settings.webhook_timeout_sec + LEASE_MARGIN_SEC
+        rounds = -(-len(items) // POSTS_AT_ONCE)  # the POSTs that go one after the other, at most
+        lease_sec = self.settings.webhook_timeout_sec * rounds + LEASE_MARGIN_SEC
         found = self.records.read_and_lease_many([job_id for job_id, _, _ in items], lease_sec)
         outcomes: list[str] = []
         again: list[Again] = []
@@ -163,7 +163,7 @@ class Deliverer:
                 continue
             payload = json.loads(recorded)
             if delivered:
-                duplicates.append(_Answered(item, payload, "duplicate", refused, posted=False, marked=True))
+                duplicates.append(_Answered(item, payload, "duplicate", refused, marked=True))
                 outcomes.append("duplicate")
             elif busy_sec:
                 logger.info(
@@ -190,25 +190,25 @@ class Deliverer:
         try:
             self.status.delivered_many([(a.item[0], a.payload, a.refused, a.item[2]) for a in finished])
         except WebhookError as exc:
-            # the status writes met a cloud Redis outage: the next attempt writes them (and posts nothing)
-            for done in finished:
-                retry = self._retry(done.item[0], attempt, exc)
-                again.append(Again(done.item, attempt + 1, None, retry))
-            self._acknowledged(finished, attempt, over=False)
+            # the status writes met a cloud Redis outage: the next attempts write them (and post nothing)
+            jobs = ", ".join(done.item[0] for done in finished)
+            retry = self._retry(jobs, attempt, exc)
+            again += [Again(done.item, attempt + 1, None, DeliveryRetry(str(retry))) for done in finished]
             return outcomes, again
-        self._acknowledged(finished, attempt, over=True)
+        self._acknowledged(finished)
         return outcomes, again
 
     def _posts(
         self, to_post: Sequence[tuple[Item, dict[str, Any]]], attempt: int
     ) -> list[_Answered | DeliveryRetry]:
-        """POST each result (together when there are several) and mark each delivered as its answer comes."""
+        """POST each result (up to :data:`POSTS_AT_ONCE` at a time, on this thread's own POST threads) and
+        mark each delivered as its answer comes."""
         if len(to_post) <= 1:
             return [self._post_and_mark(item, payload, attempt) for item, payload in to_post]
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(POSTS_AT_ONCE, thread_name_prefix="coda-deliver")
-        return list(self._pool.map(lambda pair: self._post_and_mark(pair[0], pair[1], attempt), to_post))
+        pool: ThreadPoolExecutor | None = getattr(self._pools, "pool", None)
+        if pool is None:
+            pool = self._pools.pool = ThreadPoolExecutor(POSTS_AT_ONCE, thread_name_prefix="coda-deliver")
+        return list(pool.map(lambda pair: self._post_and_mark(pair[0], pair[1], attempt), to_post))
 
     def _post_and_mark(self, item: Item, payload: dict[str, Any], attempt: int) -> _Answered | DeliveryRetry:
         """One POST, then the delivered mark (one round trip), so a crash or a retry never posts it again."""
@@ -229,8 +229,9 @@ class Deliverer:
             answer = _Answered(item, payload, outcome, refused, post_sec=post_sec, status=status)
         pipe = self.records.client.pipeline(transaction=False)
         self.records.mark_delivered(job_id, answer.refused, pipe)
+        events = self._observed(answer, attempt, pipe)
         try:
-            pipe.execute()
+            self._execute(pipe, events)
             answer.marked = True
         except redis.RedisError as exc:
             # The cloud has its answer: its status hash (the ledger) is what keeps the job from running
@@ -274,32 +275,23 @@ class Deliverer:
             detail["reason"] = short_reason(detail["reason"])
         return [self.timeline.event(job_id, kind, **detail)]
 
-    def _acknowledged(self, finished: Sequence[_Answered], attempt: int, *, over: bool) -> None:
-        """Count and time this attempt's POSTs; then, when the jobs are ``over`` (their terminal states at
-        the cloud, their entries acknowledged), free the delivery leases the delivered marks now stand for
-        (so reconcile acknowledges at once instead of waiting out a lease), forget the entries' records
-        and note it all in the timelines.
+    def _acknowledged(self, finished: Sequence[_Answered]) -> None:
+        """The jobs' terminal states are at the cloud and their entries acknowledged: free the delivery
+        leases the delivered marks now stand for (so reconcile acknowledges at once instead of waiting out
+        a lease), forget the entries' records and note it in the timelines.
 
-        One best-effort round trip: what it fails to drop expires by itself, and the counts are lost.
+        One best-effort round trip: what it fails to drop expires by itself.
         """
         pipe = self.records.client.pipeline(transaction=False)
         events: list[Event] = []
         for done in finished:
             job_id, _, entry_id = done.item
-            if done.posted:
-                events += self._observed(done, attempt, pipe)
-            if not over:
-                continue
             if done.marked:
                 self.records.release_lease(job_id, pipe)
             if entry_id:
                 self.entries.forget([entry_id], pipe)
-            state = (
-                "completed"
-                if done.payload.get("status") == "completed" and done.refused is None
-                else "failed"
-            )
-            events += self._event(job_id, "acknowledged", outcome=state)
+            completed = done.payload.get("status") == "completed" and done.refused is None
+            events += self._event(job_id, "acknowledged", outcome="completed" if completed else "failed")
         try:
             self._execute(pipe, events)
         except redis.RedisError as exc:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dramatiq
+import pytest
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.message import Message
 
-from actors.results import deliver
+from actors.jobs import _send_deliveries
+from actors.results import dead_lettered, deliver
 from coda_bridge.pipeline.delivery import DeliveryRetry
 from coda_bridge.queueing.messages import deliveries_message
 from coda_bridge.queueing.queues import DELIVER_BATCH_ACTOR, RESULTS_QUEUE
+from coda_bridge.settings import Settings
 
 from .conftest import Calls
 
@@ -83,3 +87,32 @@ def test_one_result_is_one_deliver_message() -> None:
         ("job-1", "https://cloud.example/cb", "1-0"),
         {},
     )
+
+
+def test_a_dead_lettered_batch_keeps_each_of_its_results(stub_broker: StubBroker, calls: Calls) -> None:
+    # given a deliver_batch message that failed for good (a bug), as dramatiq hands it to dead_lettered
+    items = [("job-a", "https://cloud.example/cb", "1-0"), ("job-b", "https://cloud.example/cb", "2-0")]
+    dead = deliveries_message(items).asdict()
+
+    # when dead_lettered runs for it
+    dead_lettered.fn(dead, {"retries": 0})
+
+    # then each of its results is kept for `replay`, as a single delivery's would be
+    assert calls.dead_lettered == [("job-a", 1), ("job-b", 1)]
+
+
+@pytest.mark.parametrize(
+    "settings", [Settings(qpu_id="qpu-stub", webhook_max_retries=0, webhook_max_backoff_sec=0.05)]
+)
+def test_with_no_retries_allowed_a_batch_s_results_each_get_their_own_one_attempt(
+    stub_broker: StubBroker, calls: Calls
+) -> None:
+    # given a node that allows no delivery retry (the settings above)
+    items = [("job-a", "https://cloud.example/cb", "1-0"), ("job-b", "https://cloud.example/cb", "2-0")]
+
+    # when a batch's results are queued
+    _send_deliveries(items)
+
+    # then each is a deliver message of its own (a batch would give a failed one a second attempt)
+    queued = [Message.decode(data).actor_name for data in stub_broker.queues[RESULTS_QUEUE].queue]
+    assert queued == ["deliver", "deliver"]

@@ -14,6 +14,8 @@ import fakeredis
 import pytest
 import redis
 import requests_mock as rm
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from coda_bridge.cloud.http_client import CloudClient
 from coda_bridge.cloud.redis_keys import group_name, status_key, stream_key
@@ -466,14 +468,44 @@ def test_a_batch_whose_status_writes_fail_is_marked_and_every_result_is_to_try_a
         entries[job_id] = str(cloud_redis.xadd(stream_key(QPU), {"job_id": job_id}))
     requests_mock.post(CALLBACK, status_code=200, json={"ok": True})
     items = [(job_id, CALLBACK, entries[job_id]) for job_id in ("j-a", "j-b")]
-    deliverer.status.client = redis.Redis(port=1, socket_connect_timeout=0.2)  # nothing listens there
+    nowhere = redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))  # nothing listens
+    deliverer.status.client = nowhere
 
     # when the batch is delivered, then both go on to another attempt that will not post again
     outcomes, again = deliverer.deliver_many(items)
     assert outcomes == ["delivered", "delivered"]
     assert [(each.item[0], each.attempt) for each in again] == [("j-a", 2), ("j-b", 2)]
     assert requests_mock.call_count == 2
+    counters = deliverer.state.counters()  # counted with the delivered marks, before the status writes
+    assert (counters["jobs_completed"], counters["webhook_attempts"]) == (2, 2)
     deliverer.status.client = cloud_redis
     assert [deliverer.deliver(*item, attempt=2) for item in items] == ["duplicate", "duplicate"]
     assert requests_mock.call_count == 2
     assert cloud_redis.hget(status_key("j-b"), "state") == "completed"
+
+
+def test_a_batch_s_delivery_leases_last_a_webhook_timeout_per_round_of_its_posts(
+    deliverer: Deliverer, local: redis.Redis, requests_mock: rm.Mocker
+) -> None:
+    # given ten recorded results: more than go out at once, so their POSTs take two rounds
+    leases: list[int] = []
+    items = []
+    for index in range(10):
+        job_id = f"j-{index}"
+        deliverer.records.record([(job_id, {**RESULT, "job_id": job_id})])
+        items.append((job_id, f"{CALLBACK}/{job_id}", None))
+
+    def seen(request: object, context: object) -> dict[str, bool]:
+        job_id = str(getattr(request, "path", "")).rsplit("/", 1)[-1]
+        leases.append(int(local.pttl(deliverer.records.lease_key(job_id))))
+        return {"ok": True}
+
+    requests_mock.post(rm.ANY, json=seen)
+
+    # when they are delivered together
+    outcomes, again = deliverer.deliver_many(items)
+
+    # then each POST went out under a lease of two webhook timeouts (3 s each) plus the margin
+    assert outcomes == ["delivered"] * 10 and again == []
+    assert min(leases) > (3 + LEASE_MARGIN_SEC) * 1000  # more than one POST's timeout and the margin
+    assert max(leases) <= (2 * 3 + LEASE_MARGIN_SEC) * 1000
