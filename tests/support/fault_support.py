@@ -287,6 +287,7 @@ def stack_env(workdir: Path, plan: FaultPlan) -> dict[str, str]:
         "CODA_VPN_CHECK_INTERVAL_SEC": "2",
         "CODA_WORKER_HEARTBEAT_TIMEOUT_SEC": "5",
         "CODA_CLAIM_IDLE_SEC": "5",
+        "CODA_CLAIM_LEASE_SEC": "3",  # a killed jobs worker's job runs again 3 s on (15 cancel polls)
         "CODA_WEBHOOK_MAX_BACKOFF_SEC": "2",
         "CODA_WEBHOOK_MAX_RETRIES": "200",
         "CODA_JOB_TIME_LIMIT_SEC": "30",
