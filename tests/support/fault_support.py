@@ -511,7 +511,7 @@ def run_fault_scenario(plan: FaultPlan, workdir: Path, *, progress: Any = None) 
         time.sleep(plan.settle_sec)  # late duplicates
         _account(report, stack, chaos, workdir, broker_namespace(stack.qpu_id))
     finally:
-        stack.stop()
+        stack.stop(drain=False)  # thrown away whole: killed, not drained
     report.total_seconds = time.monotonic() - began
     return report
 
