@@ -15,7 +15,7 @@ middleware are built (:mod:`actors.shared`).  Each actor calls one step of
 
 from __future__ import annotations
 
-from coda_bridge.ops.runners import import_dynaconf_without_flask
+from coda_bridge.lean_imports import import_dynaconf_without_flask
 
 # The ``dramatiq`` CLI's worker processes (the Procfile's lines) enter here: as under ``start``, they
 # load dynaconf without the Flask it would import for its Flask extension (less CPU and memory each).
