@@ -4,9 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Test processes (pytest-xdist).  The end-to-end and fault tests mostly wait on real servers and
-# processes, so 4 overlap those waits on a 2-core machine (9.6 min against 11.4 min with 3, beside
-# a CPU hog); a file whose tests share a module's node stays on one process (loadgroup, see
-# tests/conftest.py).
+# processes, so 4 overlap those waits on a 2-core machine (beside a CPU hog: 7.5 min, against 8.5
+# with 3 and 8.2 with 5); a file whose tests share a module's node stays on one process (loadgroup,
+# see tests/conftest.py).
 TEST_WORKERS ?= 4
 PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 

@@ -138,7 +138,9 @@ class NodeComponents:
             max_crashes=self.settings.max_executor_crashes,
             timeline=self.timeline,
         )
-        claims = ClaimBook(self.local_redis, self.qpu_id, self.records, self.state)
+        claims = ClaimBook(
+            self.local_redis, self.qpu_id, self.records, self.state, lease_sec=self.settings.claim_lease_sec
+        )
         return Execution(
             self.settings,
             self.status,

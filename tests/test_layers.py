@@ -24,7 +24,7 @@ LAYERS: list[frozenset[str]] = [
     frozenset(
         {
             "version", "errors", "settings", "urls", "logs", "backoff", "replies", "failpoints", "trust",
-            "sdnotify", "ops.proctree", "cloud.origins", "control.windows",
+            "sdnotify", "lean_imports", "ops.proctree", "cloud.origins", "control.windows",
         }
     ),
     # the node's parts, each for one concern (device: reading an executor's status)

@@ -296,3 +296,22 @@ def test_a_node_with_persisted_state_reads_its_files_and_environment_once(
     # then the persisted identity is in place and the typo is reported once, not once per pass
     assert settings.qpu_id == "qpu-kept"
     assert caplog.text.count("Ignoring unknown setting CODA_EXECUTER_FACTORY.") == 1
+
+
+def test_a_claims_lease_is_15_s_unless_set(clean_env: pytest.MonkeyPatch) -> None:
+    assert load_settings().claim_lease_sec == 15
+    clean_env.setenv("CODA_CLAIM_LEASE_SEC", "3")
+    assert load_settings().claim_lease_sec == 3.0
+
+
+def test_a_claims_lease_shorter_than_five_cancel_polls_is_refused_naming_both(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    # Given a lease a run's refreshes (one per cancel poll) could not keep alive
+    clean_env.setenv("CODA_CANCEL_POLL_INTERVAL_SEC", "1")
+    clean_env.setenv("CODA_CLAIM_LEASE_SEC", "4")
+    # When the settings are loaded, then they are refused, naming the lease, its value and the poll
+    with pytest.raises(ConfigError, match="is not valid") as caught:
+        load_settings()
+    assert "CODA_CLAIM_LEASE_SEC=4" in str(caught.value)
+    assert "CODA_CANCEL_POLL_INTERVAL_SEC (1 s)" in str(caught.value)

@@ -36,8 +36,10 @@ def bridge(token: str | None) -> None:
     Example:
       coda-bridge bridge --token "$NODE_TOKEN"
     """
+    from ..lean_imports import import_dynaconf_without_flask  # noqa: PLC0415 - CLI start-up, as below
     from ..ops.runners import StopSignal, run_bridge_main  # noqa: PLC0415 - CLI start-up: each command loads its own subsystem
 
+    import_dynaconf_without_flask()  # as under `start`: no process of the bridge serves Flask
     configure_logging()
     stop = StopSignal().install()  # as under `start`: a first SIGTERM drains, a second ends it at once
     try:

@@ -8,7 +8,9 @@ restarted and signalled on its own; given ``procfile``, that file's own
 command lines, as ``honcho start`` runs them), ``coda-bridge start``
 (``mode="start"``: its supervisor restarts a part that was killed), or
 ``coda-bridge start --one-process`` (``mode="one-process"``: one process
-named ``node``, killed and started again like a Procfile line).
+named ``node``, killed and started again like a Procfile line).  :meth:`LocalStack.stop`
+lets the node drain; leaving a ``with LocalStack(...)`` block kills it, as the
+stack it ran on is thrown away.
 """
 
 from __future__ import annotations
@@ -339,9 +341,22 @@ class LocalStack:
         for child in children:
             child.stop(family=families[id(child)])
 
-    def stop(self) -> None:
-        """Stop everything this stack started, newest first."""
-        self.stop_node()
+    def kill_node(self) -> None:
+        """SIGKILL every node process and its descendants: no drain (nothing of the stack outlives it)."""
+        for child in self.children.values():
+            child.kill()
+
+    def stop(self, *, drain: bool = True) -> None:
+        """Stop everything this stack started, newest first.
+
+        ``drain=False`` kills the node's processes instead of letting each drain on SIGTERM (seconds
+        each: a dramatiq worker finishes its polls first): the stack's Redis servers and simulator stop
+        right after, so a drain would keep nothing.
+        """
+        if drain:
+            self.stop_node()
+        else:
+            self.kill_node()
         if self.devcloud is not None:
             self.devcloud.stop()
             self.devcloud = None
@@ -356,4 +371,5 @@ class LocalStack:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop()
+        """The end of a ``with`` block throws the whole stack away: its node is killed, not drained."""
+        self.stop(drain=False)

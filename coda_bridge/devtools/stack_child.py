@@ -1,7 +1,8 @@
 """One process of a :class:`~coda_bridge.devtools.stack.LocalStack`: started, signalled, stopped.
 
 Each runs in a session of its own with its output in a log file; a stop
-sends one SIGTERM, then kills whatever is left of it and its descendants.
+sends one SIGTERM, then kills whatever is left of it and its descendants;
+a kill does not wait for a drain.
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ class StackChild:
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
+
+    def kill(self) -> int | None:
+        """SIGKILL the process and its descendants now, no drain; wait for it."""
+        self.kill_group()
+        self.process.wait()
+        self._log.close()
+        return self.process.returncode
 
     def stop(self, grace_sec: float = STOP_GRACE_SEC, *, family: list[int] | None = None) -> int | None:
         """SIGTERM, wait, then SIGKILL whatever is left of the process and its descendants."""

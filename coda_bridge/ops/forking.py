@@ -27,9 +27,9 @@ import threading
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 
+from ..lean_imports import import_dynaconf_without_flask
 from ..trust import SAFE_PATH_FLAG
 from .exits import die_with_parent
-from .runners import import_dynaconf_without_flask
 
 __all__ = ["PRELOAD", "can_fork", "exec_setup", "fork_part", "preload", "signals_held"]
 

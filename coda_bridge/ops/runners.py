@@ -33,6 +33,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import AuthError, ClockRefused, CodaError, ConfigError, NodeError
+from ..lean_imports import import_dynaconf_without_flask
 from ..logs import configure_logging, mask
 from ..trust import python_argv
 from .exits import EX_CONFIG, FORCED_EXIT
@@ -45,7 +46,6 @@ __all__ = [
     "WORKER_POLL_MS",
     "QueueWorkers",
     "StopSignal",
-    "import_dynaconf_without_flask",
     "main",
     "run_bridge_main",
     "wait_connected",
@@ -308,23 +308,6 @@ def worker_argv(
     if since is not None:
         argv += ["--connected-since", f"{since:.6f}"]
     return tuple(argv)
-
-
-def import_dynaconf_without_flask() -> None:
-    """Import dynaconf without the Flask it loads for its Flask extension (about 20 MiB per process).
-
-    dynaconf's ``contrib`` imports ``flask.config`` when Flask is installed;
-    no bridge or worker process serves Flask, so the import is refused while
-    dynaconf loads, and allowed again afterwards (a later ``import flask``
-    works as usual; only dynaconf's own Flask extension is left out).
-    """
-    if "dynaconf" in sys.modules or "flask" in sys.modules:
-        return
-    sys.modules["flask"] = None  # type: ignore[assignment]  # makes `import flask...` raise ImportError
-    try:
-        import dynaconf  # noqa: F401, PLC0415 - here, with flask blocked: that is the point
-    finally:
-        del sys.modules["flask"]
 
 
 def main(args: Sequence[str] | None = None) -> int:

@@ -18,13 +18,9 @@ from ..state.broker_keys import claim_key
 from ..state.node_state import NodeState
 from .job_records import RecordStore
 
-__all__ = ["CLAIM_LEASE_SEC", "Claim", "ClaimBook"]
+__all__ = ["Claim", "ClaimBook"]
 
 logger = logging.getLogger(__name__)
-
-#: Lease of a job claim; refreshed at every cancel poll while the job runs, so it
-#: lapses this long after its holder died.
-CLAIM_LEASE_SEC = 15.0
 
 _REFRESH_IF_OURS = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end "
@@ -47,8 +43,8 @@ class Claim:
     def refresh(self) -> bool:
         """Extend the lease if the claim is still ours; False (and a loud log) if it was lost."""
         pipe = self.book.client.pipeline(transaction=False)
-        pipe.eval(_REFRESH_IF_OURS, 1, self.key, self.token, int(CLAIM_LEASE_SEC * 1000))
-        self.book.state.job_alive(self.job_id, CLAIM_LEASE_SEC, pipe=pipe)
+        pipe.eval(_REFRESH_IF_OURS, 1, self.key, self.token, int(self.book.lease_sec * 1000))
+        self.book.state.job_alive(self.job_id, self.book.lease_sec, pipe=pipe)
         ours = bool(pipe.execute()[0])
         if not ours:
             logger.error("Job %s: its claim lapsed while it ran (process stalled?).", self.job_id)
@@ -56,13 +52,20 @@ class Claim:
 
 
 class ClaimBook:
-    """The claims of one QPU; running jobs are also marked in the node's shared state."""
+    """The claims of one QPU; running jobs are also marked in the node's shared state.
 
-    def __init__(self, client: redis.Redis, qpu_id: str, records: RecordStore, state: NodeState) -> None:
+    A claim's lease (``claim_lease_sec``) is refreshed at every cancel poll while its job runs
+    or waits its turn, so it lapses this long after its holder died.
+    """
+
+    def __init__(
+        self, client: redis.Redis, qpu_id: str, records: RecordStore, state: NodeState, *, lease_sec: float
+    ) -> None:
         self.client = client
         self.qpu_id = qpu_id
         self.records = records
         self.state = state
+        self.lease_sec = lease_sec
 
     def claim(self, job_id: str) -> Claim:
         return Claim(self, job_id)
@@ -73,7 +76,7 @@ class ClaimBook:
             return []
         pipe = self.client.pipeline(transaction=False)
         for claim in claims:
-            pipe.set(claim.key, claim.token, nx=True, px=int(CLAIM_LEASE_SEC * 1000))
+            pipe.set(claim.key, claim.token, nx=True, px=int(self.lease_sec * 1000))
             self.records.read_results(pipe, [claim.job_id])
             pipe.pttl(claim.key)
         replies = pipe.execute()

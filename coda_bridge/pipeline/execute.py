@@ -35,7 +35,7 @@ from ..queueing.entry_index import EntryIndex
 from ..settings import Settings
 from ..state.node_state import NodeState
 from .checks import shown, validate_job
-from .claims import CLAIM_LEASE_SEC, Claim, ClaimBook
+from .claims import Claim, ClaimBook
 from .job_records import RecordStore
 from .payloads import Payload, failure_payload
 from .runs import GiveWay, ReadyJob, Runner
@@ -244,7 +244,7 @@ class _Batch:
                 job.job_id, "started", executor=host.origin, version=host.version, batch=len(self.ready)
             )
         pipe = self.ex.state.client.pipeline(transaction=False)
-        self.ex.state.jobs_started([job.job_id for job in self.ready], CLAIM_LEASE_SEC, pipe=pipe)
+        self.ex.state.jobs_started([job.job_id for job in self.ready], self.ex.claims.lease_sec, pipe=pipe)
         self._run_with_events(pipe, with_device=True)
         self.ex.status.executing([(job.job_id, job.entry_id) for job in self.ready])
 

@@ -122,7 +122,9 @@ class StreamBridge:
             status=self.status,
             entries=self.entries,
             records=records,
-            claims=ClaimBook(broker.client, settings.qpu_id, records, state),
+            claims=ClaimBook(
+                broker.client, settings.qpu_id, records, state, lease_sec=settings.claim_lease_sec
+            ),
             enqueue_many=broker.enqueue_many,
             forward=self._enqueue_jobs,
         )

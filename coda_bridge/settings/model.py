@@ -47,6 +47,8 @@ SECRET_FIELDS = frozenset({"node_token", "jwt_private_key", "node_connect_header
 _TARGETS = ("cz", "iswap", "pcz", "cnot")
 #: Device YAML used when ``device_config`` is unset and this file exists (relative to the working directory).
 DEFAULT_DEVICE_CONFIG = "site/device.yaml"
+#: A claim's lease spans at least this many cancel polls (each refreshes it).
+CLAIM_LEASE_POLLS = 5
 #: Which circuit type executors get: detected, coda-bridge's ``Circuit``, or coda-node's ``NativeGateIR``.
 EXECUTOR_IR_CHOICES = ("auto", "coda-bridge", "coda-node")
 
@@ -114,6 +116,9 @@ class Settings(BaseModel):
     max_job_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     job_time_limit_sec: float = Field(3600, gt=0)
     cancel_poll_interval_sec: float = Field(0.2, gt=0)
+    #: A job's claim lapses this long after its worker died (then the job runs again); refreshed at
+    #: every cancel poll, so it spans several of them.
+    claim_lease_sec: float = Field(15, ge=1)
     #: How often a jobs worker asks its executor's ``status()`` while no job starts (also before each job).
     device_poll_interval_sec: float = Field(5, gt=0)
     #: Recurring UTC windows in which the node is paused, e.g. ``["sun 02:00-04:00", "mon-fri 12:00-12:30"]``.
@@ -211,6 +216,17 @@ class Settings(BaseModel):
     def _resume_when(cls, value: str) -> str:
         if value not in ("window_end", "hook_end"):
             raise ValueError("expected window_end or hook_end")
+        return value
+
+    @field_validator("claim_lease_sec")
+    @classmethod
+    def _lease_spans_polls(cls, value: float, info: ValidationInfo) -> float:
+        """A claim refreshed at every cancel poll must outlive a few of them, or a live run loses it."""
+        poll = info.data.get("cancel_poll_interval_sec")
+        if poll is not None and value < CLAIM_LEASE_POLLS * poll:
+            raise ValueError(
+                f"must be at least {CLAIM_LEASE_POLLS} times CODA_CANCEL_POLL_INTERVAL_SEC ({poll:g} s)"
+            )
         return value
 
     @field_validator("executor_ir")

@@ -53,7 +53,7 @@ def window_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Loc
                 return
             node.stop_node()
     finally:
-        node.stop()
+        node.stop(drain=False)  # thrown away whole: killed, not drained
     pytest.fail(f"the node never came up {UP_BEFORE_SEC} s before its window, even {4 * LEAD_SEC} s ahead")
 
 

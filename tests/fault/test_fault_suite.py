@@ -11,7 +11,8 @@ wrong.  Duplicate deliveries are reported, not failed.  The scenario is
 ``bench/faults.py``'s, compressed: fewer jobs at the same rate, the faults
 closer together and shorter, each still longer than the node's recovery
 settings (``fault_support.stack_env``: claim idle and worker heartbeat
-timeout 5 s, webhook backoff up to 2 s); the bench runs the full 300 jobs,
+timeout 5 s, a job claim's lease 3 s, webhook timeout 10 s and backoff up
+to 2 s); the bench runs the full 300 jobs,
 30 s outages, and records its table in ``bench/RESULTS.md``.
 
 The kill scenario runs against the Procfile's own command lines

@@ -135,6 +135,7 @@ def test_one_process_killed_mid_run_and_started_again_delivers_every_job_exactly
         **write_slow_executor(tmp_path / "executor", seconds=1.0),
         CODA_WORKER_HEARTBEAT_TIMEOUT_SEC="5",
         CODA_CLAIM_IDLE_SEC="5",
+        CODA_CLAIM_LEASE_SEC="3",
     )
     output = tmp_path / "start.out"
     node = _start(env, output, "--one-process")

@@ -50,7 +50,7 @@ def full_node(tmp_path: Path) -> Iterator[LocalStack]:
         stack.start_node()
         yield stack
     finally:
-        stack.stop()
+        stack.stop(drain=False)  # thrown away whole: killed, not drained
 
 
 def test_a_broker_full_from_the_start_is_named_and_every_job_completes_once_after_memory_is_raised(
@@ -94,7 +94,7 @@ def evicting_node(tmp_path: Path) -> Iterator[LocalStack]:
         stack.start_node()
         yield stack
     finally:
-        stack.stop()
+        stack.stop(drain=False)  # thrown away whole: killed, not drained
 
 
 def test_a_broker_that_evicts_is_named_at_start_by_the_bridge_and_in_ready(evicting_node: LocalStack) -> None:

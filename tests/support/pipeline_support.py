@@ -12,6 +12,8 @@ from coda_bridge.devtools.stack import LocalStack, wait_until
 SUPPORT = Path(__file__).resolve().parent
 #: Short limits so time-limit and retry tests finish quickly.
 FAST_LIMITS = {"CODA_JOB_TIME_LIMIT_SEC": "6", "CODA_WEBHOOK_MAX_RETRIES": "3"}
+#: A short claim lease (60 cancel polls here): a killed jobs worker's job runs again soon after.
+CLAIM_LEASE_SEC = "3"
 
 
 def bell(source_hash: str, *, target: str = "cz", n: int = 2) -> dict[str, Any]:
@@ -44,6 +46,7 @@ def stack_env(workdir: Path, **extra: str) -> dict[str, str]:
         "CODA_CANCEL_POLL_INTERVAL_SEC": "0.05",
         "CODA_WORKER_HEARTBEAT_TIMEOUT_SEC": "5",
         "CODA_CLAIM_IDLE_SEC": "5",
+        "CODA_CLAIM_LEASE_SEC": CLAIM_LEASE_SEC,
         "CODA_WEBHOOK_MAX_BACKOFF_SEC": "2",
     }
     env.update(extra)
