@@ -177,6 +177,8 @@ def _node_middleware(
     """The node's own middleware, after dramatiq's (HoldJobs and SystemdNotify are placed by :func:`boot`)."""
     return [
         BuildAtBoot(JOBS_QUEUE, parts.host.executor, "Executor", registration.executor_built),
+        # the key is read and checked once, before the first result waits on it (a bad key stops the worker)
+        BuildAtBoot(RESULTS_QUEUE, lambda: parts.deliverer, "The result signer"),
         StaleTicks(),
         MaintenanceWindows(
             settings.maintenance_windows,

@@ -194,8 +194,9 @@ class Deliverer:
             jobs = ", ".join(done.item[0] for done in finished)
             retry = self._retry(jobs, attempt, exc)
             again += [Again(done.item, attempt + 1, None, DeliveryRetry(str(retry))) for done in finished]
+            self._acknowledged(answered, attempt, over=False)
             return outcomes, again
-        self._acknowledged(finished)
+        self._acknowledged(answered, attempt, over=True, duplicates=duplicates)
         return outcomes, again
 
     def _posts(
@@ -229,9 +230,9 @@ class Deliverer:
             answer = _Answered(item, payload, outcome, refused, post_sec=post_sec, status=status)
         pipe = self.records.client.pipeline(transaction=False)
         self.records.mark_delivered(job_id, answer.refused, pipe)
-        events = self._observed(answer, attempt, pipe)
+        self._counted(answer, pipe)
         try:
-            self._execute(pipe, events)
+            pipe.execute()
             answer.marked = True
         except redis.RedisError as exc:
             # The cloud has its answer: its status hash (the ledger) is what keeps the job from running
@@ -275,16 +276,26 @@ class Deliverer:
             detail["reason"] = short_reason(detail["reason"])
         return [self.timeline.event(job_id, kind, **detail)]
 
-    def _acknowledged(self, finished: Sequence[_Answered]) -> None:
-        """The jobs' terminal states are at the cloud and their entries acknowledged: free the delivery
-        leases the delivered marks now stand for (so reconcile acknowledges at once instead of waiting out
-        a lease), forget the entries' records and note it in the timelines.
+    def _acknowledged(
+        self,
+        answered: Sequence[_Answered],
+        attempt: int,
+        *,
+        over: bool,
+        duplicates: Sequence[_Answered] = (),
+    ) -> None:
+        """Time this attempt's POSTs and note them in the timelines; then, when the jobs are ``over`` (their
+        terminal states at the cloud, their entries acknowledged), free the delivery leases the delivered
+        marks now stand for (so reconcile acknowledges at once instead of waiting out a lease) and forget
+        the entries' records.
 
         One best-effort round trip: what it fails to drop expires by itself.
         """
         pipe = self.records.client.pipeline(transaction=False)
         events: list[Event] = []
-        for done in finished:
+        for done in answered:
+            events += self._observed(done, attempt, pipe)
+        for done in [*answered, *duplicates] if over else []:
             job_id, _, entry_id = done.item
             if done.marked:
                 self.records.release_lease(job_id, pipe)
@@ -295,32 +306,36 @@ class Deliverer:
         try:
             self._execute(pipe, events)
         except redis.RedisError as exc:
-            jobs = ", ".join(done.item[0] for done in finished)
+            jobs = ", ".join(done.item[0] for done in [*answered, *duplicates])
             logger.warning(
-                "Job %s is over at the cloud, but the broker Redis did not drop its delivery lease and "
-                "entry record (%s); they expire by themselves.",
+                "Delivery bookkeeping of job %s not written (%s); what it would drop expires by itself.",
                 jobs,
                 exc,
             )
 
-    def _observed(self, done: _Answered, attempt: int, pipe: redis.client.Pipeline) -> list[Event]:
-        """A POST's counters, durations and timeline event, on ``pipe``."""
-        job_id, _, entry_id = done.item
-        outcome, payload = done.outcome, done.payload
+    def _counted(self, done: _Answered, pipe: redis.client.Pipeline) -> None:
+        """A POST's counters, on ``pipe``: they ride on its delivered mark, so no crash loses them."""
+        outcome = done.outcome
         if done.attempted:
             self.state.count("webhook_attempts", pipe=pipe)
+        if outcome == "delivered" and done.payload.get("status") == "completed":
+            self.state.count("jobs_completed", pipe=pipe)
+            self.state.set_last_job_at(pipe=pipe)
+        elif outcome != "duplicate":
+            self.state.count("jobs_failed", pipe=pipe)
+
+    def _observed(self, done: _Answered, attempt: int, pipe: redis.client.Pipeline) -> list[Event]:
+        """A POST's durations and timeline event, on ``pipe`` (best effort: a crash before it loses them)."""
+        job_id, _, entry_id = done.item
+        outcome = done.outcome
+        if done.attempted:
             posted = "accepted" if outcome in ("delivered", "duplicate") else "refused"
             self.histograms.observe(WEBHOOK_DURATION.name, done.post_sec, {"outcome": posted}, pipe=pipe)
         if outcome in ("delivered", "refused"):
             self.histograms.observe(DELIVERY_ATTEMPTS.name, attempt, {"outcome": outcome}, pipe=pipe)
         if outcome == "delivered" and entry_id:
-            status = str(payload.get("status"))
+            status = str(done.payload.get("status"))
             self.histograms.observe_since_entry(XADD_TO_RESULT.name, entry_id, {"status": status}, pipe=pipe)
-        if outcome == "delivered" and payload.get("status") == "completed":
-            self.state.count("jobs_completed", pipe=pipe)
-            self.state.set_last_job_at(pipe=pipe)
-        elif outcome != "duplicate":
-            self.state.count("jobs_failed", pipe=pipe)
         return self._event(
             job_id,
             "delivery",
