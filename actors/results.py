@@ -83,9 +83,8 @@ def _send_again(again: Sequence[Again]) -> None:
     max_backoff = int(node.settings.webhook_max_backoff_sec * 1000)
     for each in again:
         delay = each.delay_ms
-        if (
-            delay is None
-        ):  # the backoff dramatiq's Retries gives the retry of a deliver after its attempt before
+        if delay is None:
+            # the backoff dramatiq's Retries gives a deliver's retry after the attempt before it
             _, delay = compute_backoff(each.attempt - 2, factor=MIN_BACKOFF_MS, max_backoff=max_backoff)
         message = delivery_message(*each.item, retries=each.attempt - 1)
         deliver.broker.enqueue(message, delay=int(delay) or None)
