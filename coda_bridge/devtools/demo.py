@@ -276,7 +276,8 @@ def _wait_for_results(stack: LocalStack, jobs: Sequence[DemoJob]) -> None:
                 if not job.done:
                     job.result = results.get(job.job_id)
                     if job.cancel:
-                        job.state = str(cloud.job(job.job_id).get("status", {}).get("state", ""))
+                        status = cloud.job(job.job_id).get("status") or {}  # none until the node writes one
+                        job.state = str(status.get("state", ""))
                         job.seen_running = job.seen_running or job.state == "executing"
                 if job.done:
                     arrived += 1
