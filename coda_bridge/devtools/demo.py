@@ -232,9 +232,10 @@ def demo_jobs(shots: int) -> list[DemoJob]:
 # -- running it --
 
 
-def _stop_everything(stack: LocalStack) -> None:
-    """SIGTERM every node process at once (faster than one by one), then stop the stack."""
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+def _stop_everything(stack: LocalStack, interrupted: threading.Event) -> None:
+    """SIGTERM every node process at once (faster than one by one), then stop the stack; a Ctrl-C meanwhile
+    is only noted (the stop goes on)."""
+    previous = {s: signal.signal(s, lambda *_: interrupted.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for child in stack.children.values():
             child.signal(signal.SIGTERM)
@@ -242,10 +243,6 @@ def _stop_everything(stack: LocalStack) -> None:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -337,7 +334,13 @@ def _run(
     started: float,
     echo: Callable[[str], None],
 ) -> bool:
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    interrupted = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     stack = LocalStack(workdir, qpu_id="demo-qpu", native_gate_set="cz", num_qubits=5, env=env, web=web)
     try:
         echo("Starting two Redis servers, the local Coda cloud simulator and the node ...")
@@ -363,5 +366,8 @@ def _run(
         return all_ok
     finally:
         echo("Stopping everything the demo started ...")
-        _stop_everything(stack)
-        signal.signal(signal.SIGTERM, previous)
+        _stop_everything(stack, interrupted)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if interrupted.is_set():  # Ctrl-C stops the servers too: an error it caused is the interrupt
+            raise KeyboardInterrupt
