@@ -26,6 +26,9 @@ pytestmark = pytest.mark.e2e
 
 #: The time limit of one job (a batch gets one per job it holds): short, so an overrun ends quickly.
 JOB_TIME_LIMIT_SEC = 3
+#: A POST's timeout, so a killed results worker's delivery lease (one timeout per round of a batch's
+#: POSTs, plus a margin) lapses in 15 s, not the shipped 65 s; the simulator answers in milliseconds.
+WEBHOOK_TIMEOUT_SEC = 5
 
 
 @contextlib.contextmanager
@@ -34,6 +37,7 @@ def _batching_stack(workdir: Path) -> Iterator[LocalStack]:
         workdir,
         **{**FAST_LIMITS, "CODA_JOB_TIME_LIMIT_SEC": str(JOB_TIME_LIMIT_SEC)},
         CODA_EXECUTOR_FACTORY="coda_test_executor:create_batch_executor",
+        CODA_WEBHOOK_TIMEOUT_SEC=str(WEBHOOK_TIMEOUT_SEC),
     )
     with LocalStack(workdir, env=env) as node:
         first = node.cloud.submit(

@@ -14,8 +14,9 @@ from coda_bridge.devtools.stack import LocalStack, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
 
-#: Enough refused attempts per result that each one waits 8-16 s (dramatiq backoff with jitter) or more.
-REFUSALS_EACH = 5
+#: Enough refused attempts per result that the next one waits 8-16 s (dramatiq backoff with jitter), longer
+#: than PROMPT_SEC.
+REFUSALS_EACH = 4
 #: Results must all be at the cloud this soon after it answers again.
 PROMPT_SEC = 6.0
 JOBS = 8
