@@ -8,7 +8,10 @@ STAMP := $(VENV)/.installed
 # with 3 and 8.2 with 5); a file whose tests share a module's node stays on one process (loadgroup,
 # see tests/conftest.py).
 TEST_WORKERS ?= 4
-PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
+# Byte-code caching stays on for the tests even where PYTHONDONTWRITEBYTECODE is set: the suite
+# starts about 150 nodes and 300 commands, and each of their processes would compile the package
+# again (a quarter of its start-up CPU), as would each test process rewriting the tests' asserts.
+PYTEST := env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: demo test lint unit e2e fault bench clean
 
