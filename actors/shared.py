@@ -24,6 +24,7 @@ from coda_bridge.control.pause_book import PauseBook
 from coda_bridge.identity.waiting import identity_or_exit, worker_role
 from coda_bridge.logs import configure_logging
 from coda_bridge.queueing.middleware import (
+    Build,
     BuildAtBoot,
     IsolateWorkerProcess,
     PromptAfterOutage,
@@ -176,9 +177,12 @@ def _node_middleware(
 ) -> list[Middleware]:
     """The node's own middleware, after dramatiq's (HoldJobs and SystemdNotify are placed by :func:`boot`)."""
     return [
-        BuildAtBoot(JOBS_QUEUE, parts.host.executor, "Executor", registration.executor_built),
-        # the key is read and checked once, before the first result waits on it (a bad key stops the worker)
-        BuildAtBoot(RESULTS_QUEUE, lambda: parts.deliverer, "The result signer"),
+        BuildAtBoot(
+            Build(JOBS_QUEUE, parts.host.executor, "Executor", registration.executor_built),
+            # the key is read and checked once, before the first result waits on it (a bad key stops
+            # the worker)
+            Build(RESULTS_QUEUE, lambda: parts.deliverer, "The result signer"),
+        ),
         StaleTicks(),
         MaintenanceWindows(
             settings.maintenance_windows,

@@ -30,6 +30,7 @@ from .messages import tick_slot
 from .refusal import RefusalNotice, refusal, refusal_advice
 
 __all__ = [
+    "Build",
     "BuildAtBoot",
     "IsolateWorkerProcess",
     "PromptAfterOutage",
@@ -93,50 +94,56 @@ class StaleTicks(Middleware):
             raise SkipMessage()
 
 
+@dataclasses.dataclass(frozen=True)
+class Build:
+    """What a worker of ``queue`` builds at boot: ``build()``, named ``what``; ``built()`` once it is."""
+
+    queue: str
+    build: Callable[[], object]
+    what: str
+    built: Callable[[], None] | None = None
+
+
 class BuildAtBoot(Middleware):
-    """A worker of ``queue`` builds ``what`` before it takes a message; if it cannot, the worker stops.
+    """A worker builds what its queues need before it takes a message; if it cannot, the worker stops.
 
     A typo in a device file must leave jobs waiting, not fail every one of
-    them: the build runs before the worker's consumers start, so no message
-    was taken when it fails.  The worker process then exits with
+    them: the builds run before the worker's consumers start, so no message
+    was taken when one fails.  The worker process then exits with
     :data:`os.EX_CONFIG` (78); dramatiq's master sees a worker
     exit and exits with the same status, ``coda-bridge start`` does not
     restart it, and stops with it.  Other errors are
     left to dramatiq, which logs them; the first job builds again then.
-    ``built`` is called once the build succeeded (the worker's registration
-    says it can run jobs).
+    Each :class:`Build` ``built`` is called once its build succeeded (the
+    worker's registration says it can run jobs).  One middleware holds every
+    build: dramatiq warns of a middleware type added twice.
     """
 
-    def __init__(
-        self,
-        queue: str,
-        build: Callable[[], object],
-        what: str,
-        built: Callable[[], None] | None = None,
-    ) -> None:
-        self.queue = queue
-        self.build = build
-        self.what = what
-        self.built = built
+    def __init__(self, *builds: Build) -> None:
+        self.builds = builds
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         only = worker.consumer_whitelist
-        if only and self.queue not in only:
-            return
+        for build in self.builds:
+            if not only or build.queue in only:
+                self._build(build)
+
+    @staticmethod
+    def _build(build: Build) -> None:
         try:
-            self.build()
+            build.build()
         except CodaError as exc:
             reason = " ".join(str(exc).split())
             logger.error(
                 "%s cannot be built, so this worker stops (exit %d) and jobs wait in the %s queue: %s",
-                self.what,
+                build.what,
                 os.EX_CONFIG,
-                self.queue,
+                build.queue,
                 reason,
             )
             raise SystemExit(os.EX_CONFIG) from exc
-        if self.built is not None:
-            self.built()
+        if build.built is not None:
+            build.built()
 
 
 class StoppingFlag(Middleware):

@@ -113,4 +113,6 @@ def test_boot_puts_the_node_s_middleware_in_dramatiq_s_stack(
     # a held job is not yet running: HoldJobs comes before TimeLimit; the boot middleware is gone
     assert kinds.index(HoldJobs) < kinds.index(TimeLimit)
     assert NodeBoot not in kinds
+    # and no middleware type twice (dramatiq warns of it at every worker's boot)
+    assert sorted(kind.__name__ for kind in kinds if kinds.count(kind) > 1) == []
     assert type(broker.middleware[-1]).__name__ == "SystemdNotify"

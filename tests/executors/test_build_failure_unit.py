@@ -23,7 +23,7 @@ from coda_bridge.devtools.stack import wait_until
 from coda_bridge.errors import ConfigError, ExecutorError
 from coda_bridge.ops.doctor import check_coda_command, check_executor, check_executor_boot
 from coda_bridge.ops.exits import EX_CONFIG
-from coda_bridge.queueing.middleware import BuildAtBoot
+from coda_bridge.queueing.middleware import Build, BuildAtBoot
 from coda_bridge.settings import Settings, load_settings
 from coda_bridge.state.node_state import NodeState
 from coda_bridge.state.registry import Registration, ready_key
@@ -66,7 +66,7 @@ def test_a_jobs_worker_that_cannot_build_exits_78_before_taking_a_message(
     def build() -> object:
         raise ExecutorError(REASON)
 
-    stub.add_middleware(BuildAtBoot("jobs", build, "Executor"))
+    stub.add_middleware(BuildAtBoot(Build("jobs", build, "Executor")))
     ran: list[int] = []
     jobs_actor(stub, ran).send(1)
     worker = dramatiq.Worker(stub, queues=["jobs"], worker_threads=1, worker_timeout=WORKER_POLL_MS)
@@ -91,7 +91,7 @@ def test_a_jobs_worker_that_cannot_build_exits_78_before_taking_a_message(
 
 def test_a_worker_of_other_queues_never_builds_the_executor(stub: StubBroker) -> None:
     built: list[str] = []
-    stub.add_middleware(BuildAtBoot("jobs", lambda: built.append("x"), "Executor"))
+    stub.add_middleware(BuildAtBoot(Build("jobs", lambda: built.append("x"), "Executor")))
     stub.declare_queue("results")
     worker = dramatiq.Worker(stub, queues=["results"], worker_threads=1, worker_timeout=WORKER_POLL_MS)
 
@@ -103,6 +103,30 @@ def test_a_worker_of_other_queues_never_builds_the_executor(stub: StubBroker) ->
     assert built == []
 
 
+def test_a_worker_builds_what_each_of_its_queues_needs_and_only_that(stub: StubBroker) -> None:
+    # given one middleware building for the jobs queue and for the results queue
+    built: list[str] = []
+    stub.add_middleware(
+        BuildAtBoot(
+            Build("jobs", lambda: built.append("executor"), "Executor", lambda: built.append("ready")),
+            Build("results", lambda: built.append("signer"), "The result signer"),
+        )
+    )
+    stub.declare_queue("jobs")
+    stub.declare_queue("results")
+
+    # when a worker of the results queue boots, then one of both queues
+    for queues in (["results"], ["jobs", "results"]):
+        worker = dramatiq.Worker(stub, queues=queues, worker_threads=1, worker_timeout=WORKER_POLL_MS)
+        try:
+            worker.start()
+        finally:
+            worker.stop()
+
+    # then the first built the signer only, the second all three steps in order
+    assert built == ["signer", "executor", "ready", "signer"]
+
+
 def test_an_unexpected_build_error_is_left_to_dramatiq_and_the_worker_boots(
     stub: StubBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -110,7 +134,7 @@ def test_an_unexpected_build_error_is_left_to_dramatiq_and_the_worker_boots(
     def build() -> object:
         raise redis.ConnectionError("broker blip")
 
-    stub.add_middleware(BuildAtBoot("jobs", build, "Executor"))
+    stub.add_middleware(BuildAtBoot(Build("jobs", build, "Executor")))
     jobs_actor(stub, [])
     worker = dramatiq.Worker(stub, queues=["jobs"], worker_threads=1, worker_timeout=WORKER_POLL_MS)
 
