@@ -16,7 +16,7 @@ from coda_bridge.devtools.stack import LocalStack, wait_until
 pytestmark = pytest.mark.e2e
 
 #: The window begins this long after the node's processes start (up well before) and lasts this long.
-LEAD_SEC = 16
+LEAD_SEC = 10
 WINDOW_SEC = 6
 #: The node must be up this long before the window begins (the test submits its jobs 3 s before it).
 UP_BEFORE_SEC = 5
