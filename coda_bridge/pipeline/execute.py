@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -108,7 +109,7 @@ class _Batch:
         self._ended_entries: list[str] = []
         self._events: list[Event] = []
 
-    def _event(self, job_id: str | None, kind: str, **detail: object) -> None:
+    def _event(self, job_id: str | None, kind: str, **detail: Any) -> None:
         """Note a step of the job, written with the batch's next timeline write."""
         if job_id and self.ex.timeline is not None:
             self._events.append(self.ex.timeline.event(job_id, kind, **detail))

@@ -328,6 +328,8 @@ class StreamBridge:
         refuses on its own fails, naming the broker's error.  An outage
         propagates (the bridge backs off and reconciles later).
         """
+        # stamped before the enqueue: a worker may take a message, and say "started", before it returns
+        sent_at = time.time()
         try:
             self.broker.enqueue_many([_message(group) for group in groups])
         except redis.RedisError as exc:
@@ -336,7 +338,9 @@ class StreamBridge:
             error = exc
         else:
             self._events += [
-                self.timeline.event(job.fields["job_id"], "queued", entry=job.entry_id, batch=len(group))
+                self.timeline.event(
+                    job.fields["job_id"], "queued", at=sent_at, entry=job.entry_id, batch=len(group)
+                )
                 for group in groups
                 for job in group
                 if job.fields.get("job_id")

@@ -125,9 +125,11 @@ class Timeline:
     def key(self, job_id: str) -> str:
         return timeline_key(self.qpu_id, job_id)
 
-    def event(self, job_id: str, kind: str, **detail: Any) -> Event:
-        """One event of ``job_id`` happening now in this process; ``None`` details are left out."""
-        fields = {"at": round(time.time(), 3), "event": kind, "host": self.host, "pid": os.getpid()}
+    def event(self, job_id: str, kind: str, *, at: float | None = None, **detail: Any) -> Event:
+        """One event of ``job_id`` in this process, happening ``at`` (default now); ``None`` details are
+        left out."""
+        stamp = time.time() if at is None else at
+        fields = {"at": round(stamp, 3), "event": kind, "host": self.host, "pid": os.getpid()}
         fields.update({name: value for name, value in detail.items() if value is not None})
         return job_id, fields
 

@@ -250,3 +250,28 @@ def test_an_idle_consumer_wakes_on_enqueue_before_its_timeout(broker: CodaBroker
     broker.enqueue(Message(queue_name=JOBS_QUEUE, actor_name="execute", args=(), kwargs={}, options={}))
 
     assert woke.wait(5), "the enqueue did not wake the blocked consumer"
+
+
+def test_a_job_s_queued_event_is_stamped_before_a_worker_can_take_it(
+    settings: Settings, broker: CodaBroker, cloud: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a broker on which a worker takes the message (and stamps "started") while the enqueue returns
+    bridge = _bridge(settings, broker)
+    bridge.ensure_group()
+    cloud.xadd(STREAM, _job(0))
+    enqueue_many, taken_at = broker.enqueue_many, []
+
+    def enqueue_then_taken(messages: list[Message[Any]]) -> Any:
+        sent = enqueue_many(messages)
+        taken_at.append(round(time.time(), 3))
+        time.sleep(0.01)  # (the enqueue's own reply is still on its way)
+        return sent
+
+    monkeypatch.setattr(broker, "enqueue_many", enqueue_then_taken)
+
+    # When the bridge forwards the entry
+    bridge.cycle()
+
+    # Then the timeline's "queued" comes before anything a worker did with the message
+    (queued,) = [e for e in bridge.timeline.read("j-0") if e["event"] == "queued"]
+    assert queued["at"] <= taken_at[0]
