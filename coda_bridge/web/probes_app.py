@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 READY_TIMEOUT_SEC = 5.0
 #: The cloud Redis PING of a readiness check.
 PING_TIMEOUT_SEC = 2.0
+#: The paths the probes app serves itself: no dashboard may be mounted on or above one.
+OWN_PATHS = ("/health", "/ready", "/metrics", STATUS_PREFIX)
 #: Why nothing is known, when the broker does not answer.
 NO_BROKER = "the local broker Redis does not answer"
 #: Why the node cannot run a job: no live jobs worker holds a built executor (none booted yet, or all gone).
@@ -215,12 +217,22 @@ def is_loopback(host: str) -> bool:
 
 
 def check_dashboard(settings: Settings) -> None:
-    """Refuse a dashboard anyone who reaches the probes port could use: credentials, or a loopback bind."""
-    if settings.dashboard_enabled and settings.dashboard_password is None and not is_loopback(settings.host):
+    """Refuse a dashboard anyone who reaches the probes port could use (credentials, or a loopback bind),
+    and one mounted where it would hide a page of the probes app."""
+    if not settings.dashboard_enabled:
+        return
+    if settings.dashboard_password is None and not is_loopback(settings.host):
         raise ConfigError(
             f"dashboard_enabled on {settings.host}:{settings.port} without CODA_DASHBOARD_PASSWORD: "
             "the dashboard can delete messages; set a password or bind the probes to 127.0.0.1"
         )
+    prefix = "/" + settings.dashboard_prefix.strip("/")
+    for own in OWN_PATHS:
+        if prefix == "/" or f"{prefix}/".startswith(f"{own}/") or own.startswith(f"{prefix}/"):
+            raise ConfigError(
+                f"CODA_DASHBOARD_PREFIX={settings.dashboard_prefix!r} would hide the probes app's {own}: "
+                "mount the dashboard on a path of its own (the default is /dashboard)"
+            )
 
 
 class _Refused:

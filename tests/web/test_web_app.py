@@ -393,6 +393,16 @@ def test_a_dashboard_without_a_password_is_refused_on_a_bind_others_reach(redis_
         web.create_app(make_settings(redis_url, host=host, dashboard_enabled=True))
 
 
+@pytest.mark.parametrize("prefix", ["/status", "/status/queues", "ready", "/metrics/", "/", "", "/health"])
+def test_a_dashboard_prefix_that_would_hide_a_page_of_the_probes_app_is_refused(
+    redis_url: str, prefix: str
+) -> None:
+    settings = make_settings(redis_url, host="127.0.0.1", dashboard_enabled=True, dashboard_prefix=prefix)
+    with pytest.raises(ConfigError, match="CODA_DASHBOARD_PREFIX") as refused:
+        web.create_app(settings)
+    assert "\n" not in str(refused.value) and "/dashboard" in str(refused.value)
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("dramatiq_dashboard") is None,
     reason="dramatiq-dashboard is not installed (pip install --no-deps dramatiq-dashboard==0.4.0)",
