@@ -17,6 +17,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -149,7 +150,8 @@ class Deliverer:
         """
         rounds = -(-len(items) // POSTS_AT_ONCE)  # the POSTs that go one after the other, at most
         lease_sec = self.settings.webhook_timeout_sec * rounds + LEASE_MARGIN_SEC
-        found = self.records.read_and_lease_many([job_id for job_id, _, _ in items], lease_sec)
+        holder = uuid.uuid4().hex  # this attempt's leases: a failed POST frees only its own
+        found = self.records.read_and_lease_many([job_id for job_id, _, _ in items], lease_sec, holder)
         outcomes: list[str] = []
         again: list[Again] = []
         duplicates: list[_Answered] = []
@@ -176,7 +178,7 @@ class Deliverer:
                 slots.append(len(outcomes))
                 to_post.append((item, payload))
                 outcomes.append("retry")  # until the POST's outcome, below
-        posts = self._posts(to_post, attempt)
+        posts = self._posts(to_post, attempt, holder)
         answered: list[_Answered] = []
         for slot, (item, _), post in zip(slots, to_post, posts, strict=True):
             if isinstance(post, _Answered):
@@ -200,18 +202,20 @@ class Deliverer:
         return outcomes, again
 
     def _posts(
-        self, to_post: Sequence[tuple[Item, dict[str, Any]]], attempt: int
+        self, to_post: Sequence[tuple[Item, dict[str, Any]]], attempt: int, holder: str
     ) -> list[_Answered | DeliveryRetry]:
         """POST each result (up to :data:`POSTS_AT_ONCE` at a time, on this thread's own POST threads) and
         mark each delivered as its answer comes."""
         if len(to_post) <= 1:
-            return [self._post_and_mark(item, payload, attempt) for item, payload in to_post]
+            return [self._post_and_mark(item, payload, attempt, holder) for item, payload in to_post]
         pool: ThreadPoolExecutor | None = getattr(self._pools, "pool", None)
         if pool is None:
             pool = self._pools.pool = ThreadPoolExecutor(POSTS_AT_ONCE, thread_name_prefix="coda-deliver")
-        return list(pool.map(lambda pair: self._post_and_mark(pair[0], pair[1], attempt), to_post))
+        return list(pool.map(lambda pair: self._post_and_mark(pair[0], pair[1], attempt, holder), to_post))
 
-    def _post_and_mark(self, item: Item, payload: dict[str, Any], attempt: int) -> _Answered | DeliveryRetry:
+    def _post_and_mark(
+        self, item: Item, payload: dict[str, Any], attempt: int, holder: str
+    ) -> _Answered | DeliveryRetry:
         """One POST, then the delivered mark (one round trip), so a crash or a retry never posts it again."""
         job_id, callback_url, _ = item
         settings = self.settings
@@ -221,7 +225,9 @@ class Deliverer:
             answer = _Answered(item, payload, "refused", why, attempted=False)
         else:
             try:
-                outcome, refused, post_sec, status = self._post(job_id, callback_url, payload, attempt)
+                outcome, refused, post_sec, status = self._post(
+                    job_id, callback_url, payload, attempt, holder
+                )
             except DeliveryRetry as retry:
                 return retry
             except redis.RedisError as exc:  # the failed attempt's bookkeeping met a broker outage
@@ -356,7 +362,7 @@ class Deliverer:
         return DeliveryRetry(str(exc))
 
     def _post(
-        self, job_id: str, callback_url: str, payload: dict[str, Any], attempt: int
+        self, job_id: str, callback_url: str, payload: dict[str, Any], attempt: int, holder: str
     ) -> tuple[str, str | None, float, int | None]:
         """POST the result; returns the outcome, why the cloud refused it (if it did), the seconds it took
         and the HTTP status the cloud answered.
@@ -373,7 +379,7 @@ class Deliverer:
                 self.state.count("webhook_attempts", pipe=pipe)
                 self.state.count("webhook_failures", pipe=pipe)
                 self.histograms.observe(WEBHOOK_DURATION.name, took, {"outcome": "retryable"}, pipe=pipe)
-                self.records.release_lease(job_id, pipe)
+                self.records.release_lease(job_id, pipe, holder)
                 detail = {"outcome": "retry", "status": exc.status, "reason": exc, "took_sec": round(took, 3)}
                 self._execute(pipe, self._event(job_id, "delivery", attempt=attempt, **detail))
                 raise self._retry(job_id, attempt, exc) from exc

@@ -40,10 +40,15 @@ RECORD_RETRY_MAX_SEC = 30.0
 _READ_AND_LEASE = """
 local rec = redis.call('HMGET', KEYS[1], 'result', 'delivered', 'refused')
 local left = 0
-if rec[1] and not rec[2] and not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then
+if rec[1] and not rec[2] and not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[1]) then
   left = math.max(redis.call('PTTL', KEYS[2]), 1)
 end
 return {rec[1], rec[2], rec[3], left}
+"""
+#: Free a delivery lease only while ``ARGV[1]`` holds it (one that lapsed may be another attempt's now).
+_RELEASE_OWN_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
@@ -123,26 +128,32 @@ class RecordStore:
     # -- delivery --
 
     def read_and_lease(
-        self, job_id: str, lease_sec: float
+        self, job_id: str, lease_sec: float, holder: str = "1"
     ) -> tuple[str | None, str | None, str | None, float]:
-        """The result, delivered mark and refusal; then 0 if the lease is now ours, else its seconds left."""
-        return self.read_and_lease_many([job_id], lease_sec)[0]
+        """The result, delivered mark and refusal; then 0 if the lease is now ``holder``'s, else its seconds
+        left."""
+        return self.read_and_lease_many([job_id], lease_sec, holder)[0]
 
     def read_and_lease_many(
-        self, job_ids: Sequence[str], lease_sec: float
+        self, job_ids: Sequence[str], lease_sec: float, holder: str = "1"
     ) -> list[tuple[str | None, str | None, str | None, float]]:
         """:meth:`read_and_lease` for each job, in one round trip (each job's read and lease atomic)."""
         pipe = self.client.pipeline(transaction=False)
+        lease_ms = int(lease_sec * 1000)
         for job_id in job_ids:
-            pipe.eval(_READ_AND_LEASE, 2, self.key(job_id), self.lease_key(job_id), int(lease_sec * 1000))
+            pipe.eval(_READ_AND_LEASE, 2, self.key(job_id), self.lease_key(job_id), lease_ms, holder)
         return [
             (as_text(recorded), as_text(delivered), as_text(refused), int(left_ms) / 1000)
             for recorded, delivered, refused, left_ms in pipe.execute()
         ]
 
-    def release_lease(self, job_id: str, pipe: redis.client.Pipeline) -> None:
-        """Free the delivery lease (a failed attempt), on ``pipe``."""
-        pipe.delete(self.lease_key(job_id))
+    def release_lease(self, job_id: str, pipe: redis.client.Pipeline, holder: str | None = None) -> None:
+        """Free the delivery lease on ``pipe``: a failed attempt's only while its ``holder`` has it; with no
+        holder, whoever's (the delivered mark stands for the delivery then, so no one posts again)."""
+        if holder is None:
+            pipe.delete(self.lease_key(job_id))
+        else:
+            pipe.eval(_RELEASE_OWN_LEASE, 1, self.lease_key(job_id), holder)
 
     def mark_delivered(self, job_id: str, refused: str | None, pipe: redis.client.Pipeline) -> None:
         """The delivery is over (accepted, or refused for ``refused``), on ``pipe``."""

@@ -217,6 +217,30 @@ def test_a_delivery_in_flight_elsewhere_is_looked_at_again_later(
     assert requests_mock.call_count == 0
 
 
+def test_a_failed_attempt_whose_lease_lapsed_leaves_the_next_holder_s_lease_alone(
+    deliverer: Deliverer, cloud_redis: redis.Redis, requests_mock: rm.Mocker
+) -> None:
+    # Given a POST that outlasts its lease: meanwhile another delivery takes the lease, then the cloud
+    # answers the first one 503
+    entry_id = _recorded_and_pending(deliverer, cloud_redis)
+    lease = deliverer.records.lease_key("j-1")
+
+    def slow_503(request: object, context: object) -> dict[str, str]:
+        deliverer.records.client.delete(lease)  # (the first lease lapses)
+        assert deliverer.records.read_and_lease("j-1", 10.0)[3] == 0  # the other delivery holds it now
+        return {"error": "busy"}
+
+    requests_mock.post(CALLBACK, status_code=503, json=slow_503)
+
+    # When the first attempt fails and frees its lease
+    with pytest.raises(dramatiq.Retry):
+        deliverer.deliver("j-1", CALLBACK, entry_id)
+
+    # Then the other delivery still holds the lease: no third POST can start beside its own
+    assert deliverer.records.client.exists(lease) == 1
+    assert deliverer.records.read_and_lease("j-1", 10.0)[3] > 0
+
+
 def test_a_callback_off_the_clouds_origin_is_refused_without_a_request(
     deliverer: Deliverer, cloud_redis: redis.Redis, requests_mock: rm.Mocker
 ) -> None:
