@@ -23,6 +23,7 @@ from ..queueing.refusal import refusal
 from .checks import REFUSAL_FIELD, shown
 
 __all__ = [
+    "BrokerServer",
     "Job",
     "Screened",
     "broker_refusal",
@@ -177,8 +178,9 @@ def broker_refusal(exc: redis.RedisError, broker_answers: bool) -> bool:
     An error reply about the message (``string exceeds maximum allowed
     size``, say) is; one about the broker's state (``OOM``, ``LOADING``...)
     is not.  A dropped connection is the message's doing only when the
-    broker answers right after (``Protocol error: invalid bulk length``
-    closes the connection); a timeout never is (a broker that refuses a
+    same broker server answers right after (``Protocol error: invalid bulk
+    length`` closes the connection; see :class:`BrokerServer`, as a server
+    restarted or failed over meanwhile also answers); a timeout never is (a broker that refuses a
     message says so at once): it answering right after only means that it
     came back from a stall just then.
     """
@@ -192,3 +194,26 @@ def broker_refusal(exc: redis.RedisError, broker_answers: bool) -> bool:
         reply = str(exc).rpartition("caused error: ")[2]  # a pipeline's error names its command first
         return not reply.upper().startswith(BROKER_STATE_ERRORS)
     return False
+
+
+class BrokerServer:
+    """Which broker server answers, by its run_id: a write that failed and is answered right after by
+    another server (restarted, failed over) met an outage; only the same server refused the message."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.run_id: str | None = None
+
+    def now(self) -> str | None:
+        """The run_id of the server that answers now (and remembered); ``None`` when none does."""
+        try:
+            info: dict[str, object] = self.client.info("server")
+        except redis.RedisError:
+            info = {}
+        before, self.run_id = self.run_id, str(info.get("run_id") or "") or None
+        return before
+
+    def same_answers(self) -> bool:
+        """Whether a server answers now, and is the one that answered when last asked (or unknown then)."""
+        before = self.now()
+        return self.run_id is not None and before in (None, self.run_id)

@@ -37,7 +37,7 @@ from ..queueing.refusal import refusal
 from ..settings import Settings
 from ..state.broker_keys import queue_key
 from ..state.node_state import NodeState
-from .bounds import Job, Screened, broker_refusal, pack, round_trips, screen, stand_in
+from .bounds import BrokerServer, Job, Screened, broker_refusal, pack, round_trips, screen, stand_in
 from .checks import shown
 from .claims import ClaimBook
 from .job_records import RecordStore
@@ -102,6 +102,7 @@ class StreamBridge:
         self.on_cycle = on_cycle
         self._stopping = threading.Event()
         self._pending_first = True
+        self._broker_server = BrokerServer(broker.client)
         self._last_claim = 0.0
         self._last_reconcile = 0.0
         self.reconcile_interval_sec = min(RECONCILE_INTERVAL_SEC, settings.claim_idle_sec / 3)
@@ -169,6 +170,7 @@ class StreamBridge:
         """One round: group, idle entries of dead consumers, reconcile when due, then new entries."""
         if self._pending_first:
             self.ensure_group()
+            self._broker_server.now()  # the server a failed write is later compared with
             self._mark_cloud(True)  # reading from now on: /ready need not wait out a first idle block
             self._last_reconcile = 0.0  # reconcile at once: a restart may follow a broker that lost data
             self._pending_first = False
@@ -333,7 +335,7 @@ class StreamBridge:
         try:
             self.broker.enqueue_many([_message(group) for group in groups])
         except redis.RedisError as exc:
-            if not broker_refusal(exc, self._broker_answers()):
+            if not broker_refusal(exc, self._broker_server.same_answers()):
                 raise
             error = exc
         else:
@@ -372,12 +374,6 @@ class StreamBridge:
             self._events.append(
                 self.timeline.event(job.fields["job_id"], "refused", reason=short_reason(reason))
             )
-
-    def _broker_answers(self) -> bool:
-        try:
-            return bool(self.broker.client.ping())
-        except redis.RedisError:
-            return False
 
     def _executor_batches(self) -> bool:
         capable, read_at = self._batch_flag

@@ -113,6 +113,40 @@ def test_a_broker_that_goes_away_mid_forward_is_an_outage_not_a_refusal(
     assert cloud.xpending(STREAM, GROUP)["pending"] == 1
 
 
+def test_a_broker_restarted_mid_forward_is_an_outage_though_it_answers_at_once(
+    bridge: StreamBridge, strict_broker: LocalRedis
+) -> None:
+    # Given a bridge that has reconciled, a new small entry, and a broker that restarts as the entry is
+    # written to it: the write fails, and the broker (a new server) answers right after
+    cloud = redis.Redis.from_url(bridge.settings.redis_url or "", decode_responses=True)
+    bridge.cycle()
+    cloud.xadd(STREAM, _job("a"))
+
+    enqueue, restarts = bridge.broker.enqueue_many, [1]
+
+    def broker_restarted(messages: list[Message[Any]]) -> Any:
+        if not restarts:
+            return enqueue(messages)
+        restarts.pop()
+        strict_broker.stop()
+        try:
+            return enqueue(messages)  # (its retries meet no server)
+        finally:
+            strict_broker.start()  # back on the same port before the bridge looks
+
+    bridge.broker.enqueue_many = broker_restarted  # type: ignore[method-assign]
+
+    # When the bridge forwards it, then the outage propagates: the job is not failed as refused
+    with pytest.raises(redis.ConnectionError):
+        bridge.cycle()
+    assert cloud.xpending(STREAM, GROUP)["pending"] == 1
+    assert _queued(bridge.broker) == []  # (nothing, not a stand-in naming a refusal)
+    # and the reconcile after the outage forwards the job itself
+    bridge.reconciler.run_once()
+    carried = _carried(_queued(bridge.broker))
+    assert [(fields["job_id"], REFUSAL_FIELD in fields) for fields, _ in carried] == [("a", False)]
+
+
 def test_the_timeline_shows_what_intake_did_to_each_entry(bridge: StreamBridge) -> None:
     # Given a small job, one the broker refuses (1.5 MB) and one whose id is not UTF-8
     cloud = redis.Redis.from_url(bridge.settings.redis_url or "")
