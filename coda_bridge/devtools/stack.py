@@ -210,7 +210,7 @@ class LocalStack:
     # -- the node's processes --
 
     def specs(self) -> dict[str, ProcessSpec]:
-        concurrency = int(self.extra_env.get("CODA_EXECUTOR_CONCURRENCY", "1"))
+        """The node's command lines in this stack's mode, built from the stack's own settings."""
         if self.mode == "one-process":
             return {
                 "node": ProcessSpec("node", (sys.executable, "-m", "coda_bridge", "start", "--one-process"))
@@ -218,7 +218,12 @@ class LocalStack:
         if self.mode == "procfile" and self.procfile is not None:
             specs = procfile_specs(self.procfile)
             return specs if self.web else {name: spec for name, spec in specs.items() if name != "web"}
-        settings = load_settings(overrides={"executor_concurrency": concurrency})
+        # the settings the command lines carry, as this stack's environment sets them (not this process's)
+        shaping = {"executor_concurrency": "1", "shutdown_drain_timeout_sec": None}
+        overrides = {
+            name: self.extra_env.get(f"CODA_{name.upper()}", default) for name, default in shaping.items()
+        }
+        settings = load_settings(overrides=overrides)
         return {s.name: s for s in node_processes(settings, web=self.web, python=sys.executable)}
 
     def start_node(self) -> None:

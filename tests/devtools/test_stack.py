@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from coda_bridge.devtools.stack import LocalStack, wait_until
+from coda_bridge.ops.process_list import PREPARED_AHEAD
 from coda_bridge.ops.proctree import alive, descendants
 
 pytestmark = pytest.mark.e2e
@@ -37,3 +38,22 @@ def test_stop_drains_a_process_and_leaving_the_block_kills_the_rest_with_their_d
     killed = -signal.SIGKILL
     assert codes == {"bridge": killed, "jobs": 0, "results": killed, "control": killed}
     assert [pid for pids in family.values() for pid in pids if alive(pid)] == []
+
+
+def test_the_procfile_lines_follow_the_stack_s_own_settings(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Given a stack whose node drains in 2 s and runs two jobs at once (the test process has neither)
+    stack = LocalStack(
+        tmp_path, env={"CODA_SHUTDOWN_DRAIN_TIMEOUT_SEC": "2", "CODA_EXECUTOR_CONCURRENCY": "2"}
+    )
+
+    # When it builds the Procfile's command lines
+    specs = stack.specs()
+
+    # Then its workers wait out its own drain timeout, and its jobs worker has its concurrency's threads
+    for name in ("jobs", "results", "control"):
+        argv = list(specs[name].argv)
+        assert argv[argv.index("--worker-shutdown-timeout") + 1] == "2000", name
+    jobs = list(specs["jobs"].argv)
+    assert int(jobs[jobs.index("--threads") + 1]) == 2 + PREPARED_AHEAD
