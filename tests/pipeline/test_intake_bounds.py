@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -166,3 +167,28 @@ def test_the_timeline_shows_what_intake_did_to_each_entry(bridge: StreamBridge) 
     assert [e["event"] for e in bad] == ["received", "refused", "acknowledged"]
     assert "not valid UTF-8" in bad[1]["reason"] and bad[2]["outcome"] == "failed"
     assert small[0]["entry"] == small[1]["entry"] and small[0]["pid"] == os.getpid()
+
+
+def test_a_refused_job_s_event_is_stamped_before_its_stand_in_can_be_taken(
+    bridge: StreamBridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a job the broker refuses (1.5 MB), and a broker on which a worker takes its stand-in (and
+    # stamps what it did with it) while the stand-in's enqueue returns
+    cloud = redis.Redis.from_url(bridge.settings.redis_url or "", decode_responses=True)
+    cloud.xadd(STREAM, _job("huge", 1_500_000))
+    enqueue_many, taken_at = bridge.broker.enqueue_many, []
+
+    def enqueue_then_taken(messages: list[Message[Any]]) -> Any:
+        sent = enqueue_many(messages)
+        taken_at.append(round(time.time(), 3))
+        time.sleep(0.01)  # (the enqueue's own reply is still on its way)
+        return sent
+
+    monkeypatch.setattr(bridge.broker, "enqueue_many", enqueue_then_taken)
+
+    # When the bridge forwards it (the refused write, then the stand-in's)
+    bridge.cycle()
+
+    # Then the timeline's "refused" comes before anything a worker did with the stand-in
+    (refused,) = [e for e in bridge.timeline.read("huge") if e["event"] == "refused"]
+    assert taken_at and refused["at"] <= taken_at[-1]
