@@ -192,3 +192,26 @@ def test_a_refused_job_s_event_is_stamped_before_its_stand_in_can_be_taken(
     # Then the timeline's "refused" comes before anything a worker did with the stand-in
     (refused,) = [e for e in bridge.timeline.read("huge") if e["event"] == "refused"]
     assert taken_at and refused["at"] <= taken_at[-1]
+
+
+@pytest.mark.parametrize("refuse_info", ["ACL SETUSER default -info", "ACL SETUSER default -@dangerous"])
+def test_a_broker_that_refuses_info_still_fails_only_the_job_it_refuses(
+    bridge: StreamBridge, strict_broker: LocalRedis, refuse_info: str
+) -> None:
+    # Given a broker that answers but will not tell its run_id (INFO denied, as a hardened broker's ACL
+    # or rename-command does), and a job over what it takes (1.5 MB) between two small ones
+    strict_broker.client().execute_command(*refuse_info.split())
+    with pytest.raises(redis.ResponseError):
+        bridge.broker.client.info("server")
+    cloud = redis.Redis.from_url(bridge.settings.redis_url or "", decode_responses=True)
+    ids = [cloud.xadd(STREAM, _job(n, pad)) for n, pad in (("a", 0), ("big", 1_500_000), ("c", 0))]
+
+    # When the bridge reads them
+    bridge.cycle()
+
+    # Then the refused job alone fails (a stand-in naming the refusal), and intake does not stall on it
+    carried = _carried(_queued(bridge.broker))
+    assert sorted(entry_id for _, entry_id in carried) == sorted(ids)
+    by_job = {fields["job_id"]: fields for fields, _ in carried}
+    assert by_job["big"][REFUSAL_FIELD].startswith("The local broker refused the job's message (15000")
+    assert REFUSAL_FIELD not in by_job["a"] and REFUSAL_FIELD not in by_job["c"]
