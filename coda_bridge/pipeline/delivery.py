@@ -251,14 +251,14 @@ class Deliverer:
             )
         return answer
 
-    def dead_lettered(self, job_id: str | None, attempts: int) -> None:
-        """A result that ran out of delivery attempts: keep its record as long as its dead letter (for
-        ``replay``), note it in the job's timeline, count it and observe its attempts.
+    def dead_lettered(self, job_id: str | None, attempts: int, at: float | None = None) -> None:
+        """A result that ran out of delivery attempts (``at``, default now): keep its record as long as
+        its dead letter (for ``replay``), note it in the job's timeline, count it and observe its attempts.
         """
         if job_id:
             self.records.keep(job_id)
             if self.timeline is not None:
-                dead = self.timeline.event(job_id, "dead_lettered", attempts=attempts)
+                dead = self.timeline.event(job_id, "dead_lettered", at=at, attempts=attempts)
                 self.timeline.write([dead], keep=True)
         self.state.count("webhook_dead_letters")
         self.histograms.observe(DELIVERY_ATTEMPTS.name, attempts, {"outcome": "dead_lettered"})
