@@ -446,6 +446,26 @@ def test_a_dead_letter_noted_after_its_replay_comes_before_it_in_the_timeline(
     assert [e["event"] for e in deliverer.timeline.read("j-1")] == ["dead_lettered", "replayed"]
 
 
+def test_a_dead_letter_noted_after_its_replay_delivered_it_keeps_nothing_for_good(
+    key_pem: str, cloud_redis: redis.Redis, local: redis.Redis, http: CloudClient
+) -> None:
+    # Given a dead-lettered result that an operator's replay delivered before the dead letter's note ran
+    deliverer = _deliverer(key_pem, cloud_redis, local, http)
+    deliverer.timeline = Timeline(local, QPU, retention_sec=60)
+    _recorded_and_pending(deliverer, cloud_redis)
+    pipe = local.pipeline()
+    deliverer.records.mark_delivered("j-1", None, pipe)
+    pipe.execute()
+
+    # When the note runs
+    deliverer.dead_lettered("j-1", 4)
+
+    # Then the delivered record and the timeline keep their expiry (no dead letter waits for them)
+    assert local.ttl(deliverer.records.key("j-1")) > 0
+    assert local.ttl(deliverer.timeline.key("j-1")) > 0
+    assert deliverer.state.counters()["webhook_dead_letters"] == 1
+
+
 def test_a_dead_letter_that_names_no_job_is_still_counted(deliverer: Deliverer, local: redis.Redis) -> None:
     # Given a deliverer, and a dead message that names no job (a malformed one)
     # When it is dead-lettered
