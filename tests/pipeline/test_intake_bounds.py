@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -196,7 +197,7 @@ def test_a_refused_job_s_event_is_stamped_before_its_stand_in_can_be_taken(
 
 @pytest.mark.parametrize("refuse_info", ["ACL SETUSER default -info", "ACL SETUSER default -@dangerous"])
 def test_a_broker_that_refuses_info_still_fails_only_the_job_it_refuses(
-    bridge: StreamBridge, strict_broker: LocalRedis, refuse_info: str
+    bridge: StreamBridge, strict_broker: LocalRedis, refuse_info: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a broker that answers but will not tell its run_id (INFO denied, as a hardened broker's ACL
     # or rename-command does), and a job over what it takes (1.5 MB) between two small ones
@@ -207,9 +208,13 @@ def test_a_broker_that_refuses_info_still_fails_only_the_job_it_refuses(
     ids = [cloud.xadd(STREAM, _job(n, pad)) for n, pad in (("a", 0), ("big", 1_500_000), ("c", 0))]
 
     # When the bridge reads them
-    bridge.cycle()
+    with caplog.at_level(logging.WARNING):
+        bridge.cycle()
 
-    # Then the refused job alone fails (a stand-in naming the refusal), and intake does not stall on it
+    # Then the refused job alone fails (a stand-in naming the refusal), and intake does not stall on it;
+    # one WARNING line says what the broker's refusal of INFO costs
+    warned = [r.getMessage() for r in caplog.records if "refuses INFO" in r.getMessage()]
+    assert len(warned) == 1 and "allow INFO" in warned[0]
     carried = _carried(_queued(bridge.broker))
     assert sorted(entry_id for _, entry_id in carried) == sorted(ids)
     by_job = {fields["job_id"]: fields for fields, _ in carried}
