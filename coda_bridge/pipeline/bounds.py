@@ -229,9 +229,10 @@ class BrokerServer:
         return before
 
     def same_answers(self) -> bool:
-        """Whether a server answers now, and is the one that answered when last asked (or unknown then)."""
+        """Whether a server answers now, and is the one that answered when last asked; unknown then (the
+        broker did not answer) is not the same: the write's failure is an outage, and the next ask knows."""
         before = self.now()
-        return self.run_id is not None and before in (None, self.run_id)
+        return self.run_id is not None and before == self.run_id
 
     def _say_unnamed(self, exc: redis.ResponseError) -> None:
         if not self._unnamed_said:

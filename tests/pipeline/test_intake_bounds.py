@@ -13,6 +13,7 @@ import redis
 from dramatiq.message import Message
 
 from coda_bridge.devtools.localredis import LocalRedis
+from coda_bridge.pipeline.bounds import BrokerServer
 from coda_bridge.pipeline.checks import REFUSAL_FIELD
 from coda_bridge.pipeline.intake import StreamBridge
 from coda_bridge.pipeline.timeline import Timeline
@@ -220,3 +221,19 @@ def test_a_broker_that_refuses_info_still_fails_only_the_job_it_refuses(
     by_job = {fields["job_id"]: fields for fields, _ in carried}
     assert by_job["big"][REFUSAL_FIELD].startswith("The local broker refused the job's message (15000")
     assert REFUSAL_FIELD not in by_job["a"] and REFUSAL_FIELD not in by_job["c"]
+
+
+def test_a_broker_server_not_known_before_a_failed_write_is_not_taken_for_the_same(
+    strict_broker: LocalRedis,
+) -> None:
+    # Given a bridge that could not ask the broker's run_id as it began reading (the broker was down,
+    # restarting), and a broker server that answers since
+    server = BrokerServer(strict_broker.client())
+    strict_broker.stop()
+    assert server.now() is None and server.run_id is None
+    strict_broker.start()
+
+    # When a write fails and the broker answers right after, then nothing says it is the server of before
+    # (the failure is an outage; the bridge backs off and asks again), and from then on that server is known
+    assert server.same_answers() is False
+    assert server.same_answers() is True
