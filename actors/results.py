@@ -34,8 +34,11 @@ MIN_BACKOFF_MS = 1000
 def dead_lettered(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
     """Called once a result ran out of retries: it stays in the dead-letter queue for ``replay``."""
     job_ids, _ = delivery_of(message)  # a deliver_batch's are joined by ","
+    # dated when dramatiq's retries ran out, not now: this note may run after a `replay` of the message
+    ran_out_ms = (message.get("options") or {}).get("requeue_timestamp")
+    at = ran_out_ms / 1000 if isinstance(ran_out_ms, int | float) else None
     for job_id in str(job_ids).split(",") if job_ids else [None]:
-        node.parts.deliverer.dead_lettered(job_id, retry_info.get("retries", 0) + 1)
+        node.parts.deliverer.dead_lettered(job_id, retry_info.get("retries", 0) + 1, at)
 
 
 @dramatiq.actor(

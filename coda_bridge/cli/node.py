@@ -21,6 +21,7 @@ from .options import (
     plain_settings,
     port_option,
     require_credentials,
+    require_dashboard,
     require_executor,
     site_option,
     token_option,
@@ -69,6 +70,7 @@ def start(
     check_redis_urls(settings)
     require_credentials(settings, token)  # exit 78, like `bridge`: restarting cannot help
     require_executor(settings)  # exit 78: never the no-op executor's fake results by default
+    require_dashboard(settings)  # exit 78: before the token is spent, not from the web part after the connect
     if not daemon:
         sys.exit(run_start(settings, token=token, host=host, port=port, site=site, one_process=one_process))
     pid, log = start_detached(settings, token=token, host=host, port=port, site=site, one_process=one_process)

@@ -32,6 +32,7 @@ __all__ = [
     "port_option",
     "redis_errors",
     "require_credentials",
+    "require_dashboard",
     "require_executor",
     "safe_url",
     "site_option",
@@ -81,6 +82,18 @@ def require_executor(settings: Any) -> None:
     try:
         executor_spec(settings)
     except ExecutorError as exc:
+        raise BadSetting(str(exc)) from None
+
+
+def require_dashboard(settings: Any) -> None:
+    """Refuse (exit 78) a start whose dashboard the probes app would refuse: before any part connects."""
+    if not settings.dashboard_enabled:
+        return
+    from ..web.probes_app import check_dashboard  # noqa: PLC0415 - CLI start-up: only a node with the dashboard loads the web app here
+
+    try:
+        check_dashboard(settings)
+    except ConfigError as exc:
         raise BadSetting(str(exc)) from None
 
 

@@ -14,6 +14,7 @@ fields, far under Redis's 512 MB limit on one value.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -33,6 +34,8 @@ __all__ = [
     "screen",
     "stand_in",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Error replies that say something about the broker, not about the message that met them.
 BROKER_STATE_ERRORS = (
@@ -198,22 +201,44 @@ def broker_refusal(exc: redis.RedisError, broker_answers: bool) -> bool:
 
 class BrokerServer:
     """Which broker server answers, by its run_id: a write that failed and is answered right after by
-    another server (restarted, failed over) met an outage; only the same server refused the message."""
+    another server (restarted, failed over) met an outage; only the same server refused the message.
+
+    A broker that answers but refuses INFO (``rename-command``, an ACL) cannot tell its run_id: it is
+    :data:`UNNAMED`, and any server answering counts as the same one, so a refused message still fails
+    only its job instead of stalling intake (a restart under a write may then fail that job too).
+    """
+
+    #: The run_id of a server that answers but will not say it.
+    UNNAMED = "(INFO refused)"
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self.run_id: str | None = None
+        self._unnamed_said = False
 
     def now(self) -> str | None:
         """The run_id of the server that answers now (and remembered); ``None`` when none does."""
         try:
             info: dict[str, object] = self.client.info("server")
+        except redis.ResponseError as exc:  # it answers, but INFO is renamed away or denied
+            self._say_unnamed(exc)
+            info = {"run_id": self.UNNAMED}
         except redis.RedisError:
             info = {}
         before, self.run_id = self.run_id, str(info.get("run_id") or "") or None
         return before
 
     def same_answers(self) -> bool:
-        """Whether a server answers now, and is the one that answered when last asked (or unknown then)."""
+        """Whether a server answers now, and is the one that answered when last asked; unknown then (the
+        broker did not answer) is not the same: the write's failure is an outage, and the next ask knows."""
         before = self.now()
-        return self.run_id is not None and before in (None, self.run_id)
+        return self.run_id is not None and before == self.run_id
+
+    def _say_unnamed(self, exc: redis.ResponseError) -> None:
+        if not self._unnamed_said:
+            self._unnamed_said = True
+            logger.warning(
+                "The broker Redis refuses INFO (%s): a broker restart or failover under a write cannot be "
+                "told from a refused message, and may fail that job; allow INFO for the node's user.",
+                shown(str(exc), 120),
+            )

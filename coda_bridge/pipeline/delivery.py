@@ -251,15 +251,15 @@ class Deliverer:
             )
         return answer
 
-    def dead_lettered(self, job_id: str | None, attempts: int) -> None:
-        """A result that ran out of delivery attempts: keep its record as long as its dead letter (for
-        ``replay``), note it in the job's timeline, count it and observe its attempts.
+    def dead_lettered(self, job_id: str | None, attempts: int, at: float | None = None) -> None:
+        """A result that ran out of delivery attempts (``at``, default now): keep its record as long as
+        its dead letter (for ``replay``), note it in the job's timeline, count it and observe its attempts.
         """
         if job_id:
-            self.records.keep(job_id)
+            waits = self.records.keep(job_id)  # False: a replay delivered it before this note ran
             if self.timeline is not None:
-                dead = self.timeline.event(job_id, "dead_lettered", attempts=attempts)
-                self.timeline.write([dead], keep=True)
+                dead = self.timeline.event(job_id, "dead_lettered", at=at, attempts=attempts)
+                self.timeline.write([dead], keep=waits)
         self.state.count("webhook_dead_letters")
         self.histograms.observe(DELIVERY_ATTEMPTS.name, attempts, {"outcome": "dead_lettered"})
         logger.error(

@@ -369,11 +369,12 @@ class StreamBridge:
             "lower max_job_bytes or raise the broker's proto-max-bulk-len"
         )
         logger.error("Job %s failed at intake: %s", shown(job.fields.get("job_id")), reason)
+        job_id = job.fields.get("job_id")
+        # stamped before the stand-in's enqueue: a worker may take it, and record its failure, first
+        refused = self.timeline.event(job_id, "refused", reason=short_reason(reason)) if job_id else None
         self.broker.enqueue_many([job_message(stand_in(job.fields, reason), job.entry_id)])
-        if job.fields.get("job_id"):
-            self._events.append(
-                self.timeline.event(job.fields["job_id"], "refused", reason=short_reason(reason))
-            )
+        if refused is not None:
+            self._events.append(refused)
 
     def _executor_batches(self) -> bool:
         capable, read_at = self._batch_flag

@@ -51,6 +51,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+#: Drop a record's expiry for its dead letter, unless it was delivered meanwhile (a replay came first).
+_KEEP_UNDELIVERED = """
+if redis.call('HEXISTS', KEYS[1], 'delivered') == 1 then return 0 end
+redis.call('PERSIST', KEYS[1])
+return 1
+"""
+
 
 class RecordStore:
     """The job records of one QPU."""
@@ -161,6 +168,7 @@ class RecordStore:
         pipe.hset(key, mapping={"delivered": repr(time.time()), **({"refused": refused} if refused else {})})
         pipe.expire(key, max(int(self.retention_sec), 1))
 
-    def keep(self, job_id: str) -> None:
-        """A dead-lettered result stays as long as its dead letter: drop the record's expiry."""
-        self.client.persist(self.key(job_id))
+    def keep(self, job_id: str) -> bool:
+        """A dead-lettered result stays as long as its dead letter: drop the record's expiry; False (and
+        the expiry kept) when it was delivered meanwhile (a ``replay`` ran before the dead letter's note)."""
+        return bool(self.client.eval(_KEEP_UNDELIVERED, 1, self.key(job_id)))

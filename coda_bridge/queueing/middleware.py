@@ -114,8 +114,8 @@ class BuildAtBoot(Middleware):
     exit and exits with the same status, ``coda-bridge start`` does not
     restart it, and stops with it.  Other errors are
     left to dramatiq, which logs them; the first job builds again then.
-    Each :class:`Build` ``built`` is called once its build succeeded (the
-    worker's registration says it can run jobs).  One middleware holds every
+    Each :class:`Build` ``built`` is called once every build of the worker
+    succeeded (the worker's registration says it can run jobs).  One middleware holds every
     build: dramatiq warns of a middleware type added twice.
     """
 
@@ -124,9 +124,13 @@ class BuildAtBoot(Middleware):
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         only = worker.consumer_whitelist
-        for build in self.builds:
-            if not only or build.queue in only:
-                self._build(build)
+        mine = [build for build in self.builds if not only or build.queue in only]
+        for build in mine:
+            self._build(build)
+        # only once every build succeeded: a worker about to exit 78 never says it can run jobs
+        for build in mine:
+            if build.built is not None:
+                build.built()
 
     @staticmethod
     def _build(build: Build) -> None:
@@ -142,8 +146,6 @@ class BuildAtBoot(Middleware):
                 reason,
             )
             raise SystemExit(os.EX_CONFIG) from exc
-        if build.built is not None:
-            build.built()
 
 
 class StoppingFlag(Middleware):

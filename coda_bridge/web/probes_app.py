@@ -20,6 +20,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -59,6 +60,10 @@ READY_TIMEOUT_SEC = 5.0
 PING_TIMEOUT_SEC = 2.0
 #: The paths the probes app serves itself: no dashboard may be mounted on or above one.
 OWN_PATHS = ("/health", "/ready", "/metrics", STATUS_PREFIX)
+#: A dashboard prefix a client can request as written: printable ASCII, no dot or empty segments, no '%',
+#: '?', '#' or '\\' (a browser normalises, encodes or cuts them, so no request would reach the mount).
+_SEGMENT = r"(?!\.\.?(?:/|$))(?:(?![/%?#\\])[!-~])+"
+_PLAIN_PATH = re.compile(rf"/*{_SEGMENT}(?:/{_SEGMENT})*/*")
 #: Why nothing is known, when the broker does not answer.
 NO_BROKER = "the local broker Redis does not answer"
 #: Why the node cannot run a job: no live jobs worker holds a built executor (none booted yet, or all gone).
@@ -227,6 +232,12 @@ def check_dashboard(settings: Settings) -> None:
             "the dashboard can delete messages; set a password or bind the probes to 127.0.0.1"
         )
     prefix = "/" + settings.dashboard_prefix.strip("/")
+    if prefix != "/" and not _PLAIN_PATH.fullmatch(settings.dashboard_prefix):
+        raise ConfigError(
+            f"CODA_DASHBOARD_PREFIX={settings.dashboard_prefix!r} is not a path a browser requests as "
+            "written (printable ASCII; no spaces, '%', '?', '#', '\\', '.' or '..' segments, or '//'): "
+            "mount the dashboard on a plain path (the default is /dashboard)"
+        )
     for own in OWN_PATHS:
         if prefix == "/" or f"{prefix}/".startswith(f"{own}/") or own.startswith(f"{prefix}/"):
             raise ConfigError(

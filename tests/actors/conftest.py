@@ -25,6 +25,8 @@ class Calls:
     deliveries: list[tuple[Any, ...]] = field(default_factory=list)
     recorded: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     dead_lettered: list[tuple[str | None, int]] = field(default_factory=list)
+    #: When each dead letter's retries ran out, as the actor passed it on.
+    dead_lettered_at: list[float | None] = field(default_factory=list)
     failures: list[BaseException] = field(default_factory=list)
     batches: list[tuple[list[tuple[Any, ...]], int]] = field(default_factory=list)
     #: Jobs whose attempt in a batch needs another (the cloud answered 5xx).
@@ -63,8 +65,9 @@ class FakeParts:
         self.calls.recorded.extend(results)
         return [job_id for job_id, _ in results]
 
-    def dead_lettered(self, job_id: str | None, attempts: int) -> None:
+    def dead_lettered(self, job_id: str | None, attempts: int, at: float | None = None) -> None:
         self.calls.dead_lettered.append((job_id, attempts))
+        self.calls.dead_lettered_at.append(at)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from dramatiq.message import Message
 from actors.jobs import _send_deliveries
 from actors.results import dead_lettered, deliver
 from coda_bridge.pipeline.delivery import DeliveryRetry
-from coda_bridge.queueing.messages import deliveries_message
+from coda_bridge.queueing.messages import deliveries_message, delivery_message
 from coda_bridge.queueing.queues import DELIVER_BATCH_ACTOR, RESULTS_QUEUE
 from coda_bridge.settings import Settings
 
@@ -99,6 +99,22 @@ def test_a_dead_lettered_batch_keeps_each_of_its_results(stub_broker: StubBroker
 
     # then each of its results is kept for `replay`, as a single delivery's would be
     assert calls.dead_lettered == [("job-a", 1), ("job-b", 1)]
+
+
+def test_a_dead_letter_is_dated_when_its_retries_ran_out_not_when_its_note_runs(
+    stub_broker: StubBroker, calls: Calls
+) -> None:
+    # given a deliver message whose retries ran out at a moment dramatiq noted (requeue_timestamp, ms);
+    # dead_lettered runs later, behind the results queue, when `replay` may have queued it again already
+    dead = delivery_message("job-a", "https://cloud.example/cb", "1-0", retries=3).asdict()
+    dead["options"]["requeue_timestamp"] = 1_700_000_000_250
+
+    # when dead_lettered runs for it
+    dead_lettered.fn(dead, {"retries": 3})
+
+    # then the job's dead letter is dated when its retries ran out, so its timeline puts it before a replay
+    assert calls.dead_lettered == [("job-a", 4)]
+    assert calls.dead_lettered_at == [1_700_000_000.25]
 
 
 @pytest.mark.parametrize(

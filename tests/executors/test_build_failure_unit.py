@@ -123,8 +123,39 @@ def test_a_worker_builds_what_each_of_its_queues_needs_and_only_that(stub: StubB
         finally:
             worker.stop()
 
-    # then the first built the signer only, the second all three steps in order
-    assert built == ["signer", "executor", "ready", "signer"]
+    # then the first built the signer only, the second both in order, and said it is ready after them
+    assert built == ["signer", "executor", "signer", "ready"]
+
+
+def test_a_worker_of_both_queues_whose_signer_fails_never_says_its_executor_is_ready(
+    stub: StubBroker,
+) -> None:
+    # given a worker of both queues: its executor builds, its result signer cannot (a bad key)
+    said: list[str] = []
+
+    def signer() -> object:
+        raise ConfigError("the node's private key is not a PEM key")
+
+    stub.add_middleware(
+        BuildAtBoot(
+            Build("jobs", lambda: None, "Executor", lambda: said.append("executor ready")),
+            Build("results", signer, "The result signer"),
+        )
+    )
+    stub.declare_queue("jobs")
+    stub.declare_queue("results")
+    worker = dramatiq.Worker(stub, worker_threads=1, worker_timeout=WORKER_POLL_MS)
+
+    # when it boots
+    try:
+        with pytest.raises(SystemExit) as caught:
+            worker.start()
+    finally:
+        worker.stop()
+
+    # then it exits 78 without having said it can run jobs (its ready mark would outlive it by its TTL)
+    assert caught.value.code == EX_CONFIG
+    assert said == []
 
 
 def test_an_unexpected_build_error_is_left_to_dramatiq_and_the_worker_boots(

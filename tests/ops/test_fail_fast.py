@@ -10,8 +10,10 @@ from pathlib import Path
 import psutil
 import pytest
 from click.testing import CliRunner
+from ops_support import node_env, run_cli
 
 from coda_bridge.cli.main import cli
+from coda_bridge.devtools.stack import LocalStack
 from coda_bridge.ops.pidfile import pid_file_for
 from coda_bridge.settings import load_settings
 
@@ -92,6 +94,30 @@ def test_a_bridge_without_a_token_or_credentials_exits_78_like_start(tmp_path: P
             done.stderr.strip().splitlines()[-1]
         ]
         assert "CODA_NODE_TOKEN" in done.stderr
+    assert _left_running(env["CODA_STATE_DIR"]) == []
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("mode", [(), ("--one-process",)], ids=["processes", "one-process"])
+def test_a_dashboard_prefix_over_a_probe_stops_start_before_it_connects(
+    cloud_stack: LocalStack, mode: tuple[str, ...]
+) -> None:
+    # given a fresh one-time token and a dashboard mounted over the status page
+    env = node_env(
+        cloud_stack,
+        CODA_HOST="127.0.0.1",
+        CODA_DASHBOARD_ENABLED="true",
+        CODA_DASHBOARD_PREFIX="//status/",
+        CODA_EXECUTOR_FACTORY="noop",
+    )
+    # when the node starts
+    done = run_cli("start", *mode, env=env, timeout=120)
+    # then it exits 78 in one line naming the prefix, no traceback, and nothing connected (the token
+    # is not spent, no part of the node ran)
+    assert done.returncode == 78, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error: CODA_DASHBOARD_PREFIX='//status/' would hide"), done.stderr
+    assert cloud_stack.cloud.connects(cloud_stack.qpu_id) == []
     assert _left_running(env["CODA_STATE_DIR"]) == []
 
 

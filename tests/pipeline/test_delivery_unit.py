@@ -7,6 +7,7 @@ answers come from requests-mock; no network and no real sleep.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 
 import dramatiq
@@ -427,6 +428,42 @@ def test_a_dead_lettered_result_is_kept_for_replay_noted_counted_and_observed(
     counts = {s.labels["outcome"]: s.value for s in family.samples if s.name.endswith("_count")}
     sums = {s.labels["outcome"]: s.value for s in family.samples if s.name.endswith("_sum")}
     assert (counts, sums) == ({"dead_lettered": 1}, {"dead_lettered": 4})
+
+
+def test_a_dead_letter_noted_after_its_replay_comes_before_it_in_the_timeline(
+    key_pem: str, cloud_redis: redis.Redis, local: redis.Redis, http: CloudClient
+) -> None:
+    # Given a result whose retries ran out a second ago, and an operator's replay of it already noted
+    deliverer = _deliverer(key_pem, cloud_redis, local, http)
+    deliverer.timeline = Timeline(local, QPU, retention_sec=60)
+    ran_out_at = time.time() - 1
+    deliverer.timeline.write([deliverer.timeline.event("j-1", "replayed", queue="results")])
+
+    # When the dead letter's note runs only now (it waited behind the results queue)
+    deliverer.dead_lettered("j-1", 4, at=ran_out_at)
+
+    # Then the timeline reads in the order things happened
+    assert [e["event"] for e in deliverer.timeline.read("j-1")] == ["dead_lettered", "replayed"]
+
+
+def test_a_dead_letter_noted_after_its_replay_delivered_it_keeps_nothing_for_good(
+    key_pem: str, cloud_redis: redis.Redis, local: redis.Redis, http: CloudClient
+) -> None:
+    # Given a dead-lettered result that an operator's replay delivered before the dead letter's note ran
+    deliverer = _deliverer(key_pem, cloud_redis, local, http)
+    deliverer.timeline = Timeline(local, QPU, retention_sec=60)
+    _recorded_and_pending(deliverer, cloud_redis)
+    pipe = local.pipeline()
+    deliverer.records.mark_delivered("j-1", None, pipe)
+    pipe.execute()
+
+    # When the note runs
+    deliverer.dead_lettered("j-1", 4)
+
+    # Then the delivered record and the timeline keep their expiry (no dead letter waits for them)
+    assert local.ttl(deliverer.records.key("j-1")) > 0
+    assert local.ttl(deliverer.timeline.key("j-1")) > 0
+    assert deliverer.state.counters()["webhook_dead_letters"] == 1
 
 
 def test_a_dead_letter_that_names_no_job_is_still_counted(deliverer: Deliverer, local: redis.Redis) -> None:

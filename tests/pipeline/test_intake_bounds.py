@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +13,7 @@ import redis
 from dramatiq.message import Message
 
 from coda_bridge.devtools.localredis import LocalRedis
+from coda_bridge.pipeline.bounds import BrokerServer
 from coda_bridge.pipeline.checks import REFUSAL_FIELD
 from coda_bridge.pipeline.intake import StreamBridge
 from coda_bridge.pipeline.timeline import Timeline
@@ -166,3 +169,71 @@ def test_the_timeline_shows_what_intake_did_to_each_entry(bridge: StreamBridge) 
     assert [e["event"] for e in bad] == ["received", "refused", "acknowledged"]
     assert "not valid UTF-8" in bad[1]["reason"] and bad[2]["outcome"] == "failed"
     assert small[0]["entry"] == small[1]["entry"] and small[0]["pid"] == os.getpid()
+
+
+def test_a_refused_job_s_event_is_stamped_before_its_stand_in_can_be_taken(
+    bridge: StreamBridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a job the broker refuses (1.5 MB), and a broker on which a worker takes its stand-in (and
+    # stamps what it did with it) while the stand-in's enqueue returns
+    cloud = redis.Redis.from_url(bridge.settings.redis_url or "", decode_responses=True)
+    cloud.xadd(STREAM, _job("huge", 1_500_000))
+    enqueue_many, taken_at = bridge.broker.enqueue_many, []
+
+    def enqueue_then_taken(messages: list[Message[Any]]) -> Any:
+        sent = enqueue_many(messages)
+        taken_at.append(round(time.time(), 3))
+        time.sleep(0.01)  # (the enqueue's own reply is still on its way)
+        return sent
+
+    monkeypatch.setattr(bridge.broker, "enqueue_many", enqueue_then_taken)
+
+    # When the bridge forwards it (the refused write, then the stand-in's)
+    bridge.cycle()
+
+    # Then the timeline's "refused" comes before anything a worker did with the stand-in
+    (refused,) = [e for e in bridge.timeline.read("huge") if e["event"] == "refused"]
+    assert taken_at and refused["at"] <= taken_at[-1]
+
+
+@pytest.mark.parametrize("refuse_info", ["ACL SETUSER default -info", "ACL SETUSER default -@dangerous"])
+def test_a_broker_that_refuses_info_still_fails_only_the_job_it_refuses(
+    bridge: StreamBridge, strict_broker: LocalRedis, refuse_info: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a broker that answers but will not tell its run_id (INFO denied, as a hardened broker's ACL
+    # or rename-command does), and a job over what it takes (1.5 MB) between two small ones
+    strict_broker.client().execute_command(*refuse_info.split())
+    with pytest.raises(redis.ResponseError):
+        bridge.broker.client.info("server")
+    cloud = redis.Redis.from_url(bridge.settings.redis_url or "", decode_responses=True)
+    ids = [cloud.xadd(STREAM, _job(n, pad)) for n, pad in (("a", 0), ("big", 1_500_000), ("c", 0))]
+
+    # When the bridge reads them
+    with caplog.at_level(logging.WARNING):
+        bridge.cycle()
+
+    # Then the refused job alone fails (a stand-in naming the refusal), and intake does not stall on it;
+    # one WARNING line says what the broker's refusal of INFO costs
+    warned = [r.getMessage() for r in caplog.records if "refuses INFO" in r.getMessage()]
+    assert len(warned) == 1 and "allow INFO" in warned[0]
+    carried = _carried(_queued(bridge.broker))
+    assert sorted(entry_id for _, entry_id in carried) == sorted(ids)
+    by_job = {fields["job_id"]: fields for fields, _ in carried}
+    assert by_job["big"][REFUSAL_FIELD].startswith("The local broker refused the job's message (15000")
+    assert REFUSAL_FIELD not in by_job["a"] and REFUSAL_FIELD not in by_job["c"]
+
+
+def test_a_broker_server_not_known_before_a_failed_write_is_not_taken_for_the_same(
+    strict_broker: LocalRedis,
+) -> None:
+    # Given a bridge that could not ask the broker's run_id as it began reading (the broker was down,
+    # restarting), and a broker server that answers since
+    server = BrokerServer(strict_broker.client())
+    strict_broker.stop()
+    assert server.now() is None and server.run_id is None
+    strict_broker.start()
+
+    # When a write fails and the broker answers right after, then nothing says it is the server of before
+    # (the failure is an outage; the bridge backs off and asks again), and from then on that server is known
+    assert server.same_answers() is False
+    assert server.same_answers() is True

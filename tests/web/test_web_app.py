@@ -363,6 +363,44 @@ def test_no_dashboard_unless_enabled(app: Flask) -> None:
     assert app.test_client().get("/dashboard/").status_code == 404
 
 
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        " /status",
+        "/status ",
+        "/dashboard/../status",
+        "/dash board",
+        "/a//b",
+        "/a%20b",
+        "/q?x",
+        "/./d",
+        "/a\\b",
+        "/tableau-é",
+    ],
+)
+def test_a_dashboard_prefix_no_client_can_request_is_refused(redis_url: str, prefix: str) -> None:
+    # Given a prefix that is not a plain URL path (a client normalises dots, never sends the space, and
+    # the WSGI path of a non-ASCII one is its UTF-8 bytes as Latin-1):
+    # the dashboard would be mounted where no request reaches it, while the log says it is mounted
+    settings = make_settings(redis_url, host="127.0.0.1", dashboard_enabled=True, dashboard_prefix=prefix)
+    # When the app is built, then it is refused in one line naming the prefix and the default
+    with pytest.raises(ConfigError, match="CODA_DASHBOARD_PREFIX") as refused:
+        web.create_app(settings)
+    assert "\n" not in str(refused.value) and repr(prefix) in str(refused.value)
+    assert "/dashboard" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "prefix", ["/dashboard", "ops/queues/", "//dashboard", "/STATUS", "/status-x", "/a:b@c"]
+)
+def test_a_dashboard_prefix_of_its_own_is_taken(redis_url: str, prefix: str) -> None:
+    # Given a prefix a browser requests as written, on no page of the probes app; when it is checked,
+    # then nothing is refused
+    web.check_dashboard(
+        make_settings(redis_url, host="127.0.0.1", dashboard_enabled=True, dashboard_prefix=prefix)
+    )
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("dramatiq_dashboard") is None,
     reason="dramatiq-dashboard is not installed (pip install --no-deps dramatiq-dashboard==0.4.0)",
