@@ -130,11 +130,12 @@ def test_one_heartbeat_per_interval_with_two_tickers_and_two_control_workers(
     beats = beats_between(stack, start, end)
     slots = int(SLOTS_WINDOW_SEC / INTERVAL_SEC)
     assert slots - 1 <= len(beats) <= slots + 1, f"{len(beats)} heartbeats in {slots} intervals"
-    # A beat is signed in its slot (a tick is skipped once its slot is over), and a token's iat counts
-    # whole seconds, the interval: two beats of one slot share an iat, however late either arrived.
-    signed = Counter(b["iat"] for b in beats)
+    # A beat is signed in its slot (a tick is skipped once its slot is over, and signing follows within
+    # milliseconds), and a token's iat counts whole seconds, the interval: two beats of one slot share an
+    # iat, however late either arrived.
+    signed = Counter(b.get("iat") for b in beats)
     assert [iat for iat, n in signed.items() if n > 1] == [], (
-        f"two beats for one slot: {[(b['iat'], round(b['received_at'] - start, 3)) for b in beats]}"
+        f"two beats for one slot: {[(b.get('iat'), round(b['received_at'] - start, 3)) for b in beats]}"
     )
     # (two ticks, heartbeat and vpn_check, in every slot but perhaps the first)
     assert third.sent + third.lost >= 2 * (slots - 1), "the in-test ticker took part in every slot"
