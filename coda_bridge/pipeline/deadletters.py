@@ -4,7 +4,10 @@ A result that exhausts its delivery retries stays there (for ten years,
 see :func:`~coda_bridge.queueing.redis_broker.create_broker`) until replayed;
 its stream entry stays pending meanwhile.  A job message should never end
 there (a job that cannot run is a ``failed`` result), but one that met a
-long broker outage can: it is listed and replayed the same way.
+long broker outage, or an error in the node's own code, can: it is listed
+and replayed the same way, and the bridge's reconcile pass leaves it there
+(sent again on every pass, a job that fails each time would add a dead
+letter per pass).
 """
 
 from __future__ import annotations

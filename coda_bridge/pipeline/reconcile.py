@@ -5,8 +5,8 @@ outcome is at the cloud (see :mod:`~coda_bridge.pipeline.status`).  On its
 own clock the bridge walks the entries pending at its consumer and, for
 each, asks the broker what it still holds:
 
-- a message carrying it is queued, delayed, running or dead-lettered as a
-  result (``replay`` sends that one): nothing to do;
+- a message carrying it is queued, delayed, running or dead-lettered (a
+  result or a job: ``replay`` sends that one): nothing to do;
 - a worker holds its claim or its delivery lease: nothing to do;
 - its result was delivered (the acknowledgement was lost): acknowledge it;
 - its result is recorded but nothing delivers it: queue the delivery;

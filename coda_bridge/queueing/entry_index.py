@@ -5,7 +5,9 @@ Every enqueue of a message that carries stream entries (``execute``,
 entry's queue and the message's Redis id.  An entry is *alive* while that
 message is queued (on its queue's list, delayed ones included) or held
 unacknowledged by a worker whose heartbeat is fresh, and *parked* while it
-sits in the results dead-letter queue.  A message still in its queue's hash
+sits in its queue's dead-letter queue, a result's or a job's: it waits for
+``replay`` (sending a job that fails on every attempt again on each reconcile
+pass would leave one dead letter per pass).  A message still in its queue's hash
 but held by no live worker (a dead worker's, or one left over after a
 refused acknowledgement) is progressed by nobody: it reads as gone.  A
 broker that restarted empty, was flushed or failed over loses the records
@@ -32,7 +34,6 @@ from ..state.broker_keys import (
     queue_key_prefix,
 )
 from .messages import carried_entries
-from .queues import RESULTS_QUEUE
 
 __all__ = ["ALIVE", "GONE", "PARKED", "ENTRY_TTL_SEC", "EntryIndex"]
 
@@ -44,15 +45,15 @@ DEFAULT_HEARTBEAT_TIMEOUT_SEC = 60.0
 GONE, ALIVE, PARKED = 0, 1, 2
 
 #: For each entry key: its message's state (GONE, ALIVE, PARKED) and the job id it names.  ARGV: the
-#: queues' key prefix, the results queue, dramatiq's suffixes of a queue's messages and dead messages,
-#: its heartbeats key and unacked-set prefix (from :mod:`~coda_bridge.state.broker_keys`), the heartbeat
-#: timeout (ms).  A worker is live when its heartbeat is within the timeout of the newest one: a broker
-#: that refused writes for a while (heartbeats too) makes no live worker look dead.
+#: queues' key prefix, dramatiq's suffixes of a queue's messages and dead messages, its heartbeats key
+#: and unacked-set prefix (from :mod:`~coda_bridge.state.broker_keys`), the heartbeat timeout (ms).  A
+#: worker is live when its heartbeat is within the timeout of the newest one: a broker that refused
+#: writes for a while (heartbeats too) makes no live worker look dead.
 _LIVENESS = """
-local newest = redis.call('ZREVRANGE', ARGV[5], 0, 0, 'WITHSCORES')
+local newest = redis.call('ZREVRANGE', ARGV[4], 0, 0, 'WITHSCORES')
 local live = {}
 if newest[2] then
-  live = redis.call('ZRANGEBYSCORE', ARGV[5], tonumber(newest[2]) - tonumber(ARGV[7]), '+inf')
+  live = redis.call('ZRANGEBYSCORE', ARGV[4], tonumber(newest[2]) - tonumber(ARGV[6]), '+inf')
 end
 local out = {}
 for i, key in ipairs(KEYS) do
@@ -60,9 +61,9 @@ for i, key in ipairs(KEYS) do
   local state = 0
   if rec[1] then
     local base = ARGV[1] .. rec[1]
-    if redis.call('HEXISTS', base .. ARGV[3], rec[2]) == 1 then
+    if redis.call('HEXISTS', base .. ARGV[2], rec[2]) == 1 then
       for _, worker in ipairs(live) do
-        if redis.call('SISMEMBER', ARGV[6] .. worker .. '.' .. rec[1], rec[2]) == 1 then
+        if redis.call('SISMEMBER', ARGV[5] .. worker .. '.' .. rec[1], rec[2]) == 1 then
           state = 1
           break
         end
@@ -70,7 +71,7 @@ for i, key in ipairs(KEYS) do
       if state == 0 and redis.call('LPOS', base, rec[2]) then
         state = 1
       end
-    elseif rec[1] == ARGV[2] and redis.call('HEXISTS', base .. ARGV[4], rec[2]) == 1 then
+    elseif redis.call('HEXISTS', base .. ARGV[3], rec[2]) == 1 then
       state = 2
     end
   end
@@ -114,7 +115,6 @@ class EntryIndex:
         keys = [entry_key(self.qpu_id, entry_id) for entry_id in entry_ids]
         args: list[str | int] = [
             queue_key_prefix(self.namespace),
-            RESULTS_QUEUE,
             MESSAGES_SUFFIX,
             DEAD_MESSAGES_SUFFIX,
             heartbeats_key(self.namespace),

@@ -15,13 +15,14 @@ import pytest
 import redis
 from dramatiq.message import Message
 
+from coda_bridge.pipeline.deadletters import replay_dead_letters
 from coda_bridge.pipeline.intake import StreamBridge
 from coda_bridge.queueing.entry_index import ALIVE, GONE, PARKED, EntryIndex
 from coda_bridge.queueing.messages import delivery_message, job_message
 from coda_bridge.queueing.queues import JOBS_QUEUE, RESULTS_QUEUE
 from coda_bridge.queueing.redis_broker import CodaBroker, create_broker
 from coda_bridge.settings import Settings, load_settings
-from coda_bridge.state.broker_keys import claim_key, job_key
+from coda_bridge.state.broker_keys import claim_key, dead_queue_key, job_key
 from coda_bridge.state.node_state import NodeState
 
 QPU = "qpu-reconcile-test"
@@ -109,6 +110,30 @@ def test_entries_the_broker_lost_are_forwarded_again(
     assert bridge.reconciler.run_once().repaired == 0, (
         "forwarding again is recorded: a second pass does nothing"
     )
+
+
+def test_a_dead_lettered_job_waits_for_replay_instead_of_one_more_dead_letter_per_pass(
+    bridge: StreamBridge, broker: CodaBroker, cloud: redis.Redis
+) -> None:
+    # given: a job whose message a worker took and failed for good (dramatiq dead-lettered it)
+    [entry] = _read(cloud, "failing")
+    [sent] = broker.enqueue_many([job_message(_job("failing"), entry)])
+    broker.do_fetch(JOBS_QUEUE, 10)
+    broker.do_nack(JOBS_QUEUE, sent.options["redis_message_id"])
+
+    # when: the reconciler passes again and again (a job failing on every attempt would fail each copy)
+    reports = [bridge.reconciler.run_once() for _ in range(3)]
+
+    # then: its entry is parked with its one dead letter, still pending at the cloud, for replay
+    assert [report.forwarded for report in reports] == [[], [], []]
+    assert _messages(broker, JOBS_QUEUE) == []
+    assert broker.client.zcard(dead_queue_key(broker.namespace, JOBS_QUEUE)) == 1
+    assert EntryIndex(broker.client, QPU, broker.namespace).liveness([entry]) == [(PARKED, "failing")]
+    assert _pending(cloud) == [entry]
+    # and replay sends it again, once
+    assert [letter.job_id for letter in replay_dead_letters(broker, queues=(JOBS_QUEUE,))] == ["failing"]
+    assert [m.args[1] for m in _messages(broker, JOBS_QUEUE)] == [entry]
+    assert bridge.reconciler.run_once().repaired == 0
 
 
 def test_a_recorded_result_nothing_delivers_is_queued_for_delivery(

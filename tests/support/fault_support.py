@@ -30,8 +30,11 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
@@ -55,6 +58,12 @@ KILLED_TYPES = ("bridge", "jobs", "results", "control")
 #: The node's webhook timeout: a POST to the local simulator takes milliseconds; a delivery a killed
 #: results worker left in flight is retried once it plus 5 s (the delivery lease) has passed.
 WEBHOOK_TIMEOUT_SEC = 10.0
+#: Where a failed fault test's node logs are copied: pytest removes its temporary directories of older runs.
+EVIDENCE_DIR_ENV = "CODA_FAULT_EVIDENCE_DIR"
+#: Lines of each node log a failed fault test shows.
+EVIDENCE_TAIL_LINES = 40
+#: Kinds of dead letter the report names (most frequent first).
+DEAD_LETTER_KINDS_SHOWN = 5
 
 
 # -- the executor (runs inside the dramatiq worker) -------------------------------------------------
@@ -236,6 +245,8 @@ class FaultReport:
     not_terminal_status: list[str] = field(default_factory=list)
     outage_answers: int = 0
     dead_letters: int = 0
+    #: Dead letters by "queue/actor: last error line" (what failed them), counted.
+    dead_letter_kinds: Counter[str] = field(default_factory=Counter)
     submit_retries: int = 0
     kills: Counter[str] = field(default_factory=Counter)
     events: list[tuple[float, str]] = field(default_factory=list)
@@ -270,7 +281,14 @@ class FaultReport:
             ["dead-lettered messages", self.dead_letters],
             ["seconds from first submit to last result", f"{self.seconds_to_all_results:.1f}"],
         ] + ([["longest pause between two results, s", f"{self.longest_delivery_gap_sec:.1f}"]]
-             if self.plan.broker_fault == "failover" else [])  # fmt: skip
+             if self.plan.broker_fault == "failover" else []) + self._dead_letter_rows()  # fmt: skip
+
+    def _dead_letter_rows(self) -> list[list[Any]]:
+        """What failed the dead letters, most frequent first (no row when there are none)."""
+        if not self.dead_letter_kinds:
+            return []
+        kinds = self.dead_letter_kinds.most_common(DEAD_LETTER_KINDS_SHOWN)
+        return [["dead letters by queue/actor: last error", "; ".join(f"{n} {kind}" for kind, n in kinds)]]
 
     def ok(self) -> bool:
         return (
@@ -583,3 +601,37 @@ def _account(report: FaultReport, stack: Any, chaos: _Chaos, workdir: Path, name
                 report.concurrent_runs.append(job_id)
     broker = stack.broker_redis.client()
     report.dead_letters = sum(int(broker.zcard(f"{namespace}:{q}.XQ")) for q in ("jobs", "results"))
+    report.dead_letter_kinds = dead_letter_kinds(broker, namespace)
+
+
+def dead_letter_kinds(broker: Any, namespace: str) -> Counter[str]:
+    """The dead letters of the jobs and results queues by queue, actor and the last line of their error."""
+    from dramatiq.message import Message  # imported late, as the rest: this module is also the executor
+
+    from coda_bridge.state.broker_keys import dead_messages_key
+
+    kinds: Counter[str] = Counter()
+    for queue in ("jobs", "results"):
+        for _, data in broker.hscan_iter(dead_messages_key(namespace, queue), count=500):
+            message = Message.decode(data.encode() if isinstance(data, str) else data)
+            lines = str(message.options.get("traceback") or "no traceback").strip().splitlines()
+            kinds[f"{queue}/{message.actor_name}: {lines[-1].strip()[:200]}"] += 1
+    return kinds
+
+
+def keep_evidence(workdir: Path, name: str) -> str:
+    """Copy a failed run's node logs where pytest's clean-up of older runs does not reach; say where, and
+    show each one's last lines (the process logs name what failed, the dead letters' counts say how often).
+
+    The folder is ``$CODA_FAULT_EVIDENCE_DIR``, else ``coda-fault-evidence`` in the temporary directory.
+    Only ``*.log`` files are copied: the node's state (its private key) stays behind.
+    """
+    root = Path(os.environ.get(EVIDENCE_DIR_ENV) or Path(tempfile.gettempdir()) / "coda-fault-evidence")
+    kept = root / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    kept.mkdir(parents=True, exist_ok=True)
+    shown = [f"node logs kept in {kept}"]
+    for log in sorted(workdir.glob("*.log")):
+        shutil.copy2(log, kept / log.name)
+        tail = log.read_text(errors="replace").splitlines()[-EVIDENCE_TAIL_LINES:]
+        shown += [f"--- {log.name}, last {len(tail)} lines", *tail]
+    return "\n".join(shown)
