@@ -10,13 +10,18 @@ settings-dependent options and registers the process.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import dramatiq
+import redis
 from dramatiq.middleware import Middleware, TimeLimit, default_middleware
 
+from coda_bridge.backoff import Backoff
 from coda_bridge.components import NodeComponents
 from coda_bridge.control.hold import DeviceWatch, HoldJobs
 from coda_bridge.control.maintenance import MaintenanceWindows
@@ -41,6 +46,12 @@ from coda_bridge.state.registry import Deregister, Registration
 from .actor_options import actor_options
 
 __all__ = ["Node", "NodeBoot", "boot", "broker", "node"]
+
+logger = logging.getLogger(__name__)
+
+#: First and longest pause between boots of a worker whose broker Redis errs (away, restarting, slow).
+BOOT_RETRY_START_SEC = 1.0
+BOOT_RETRY_MAX_SEC = 30.0
 
 
 class Node:
@@ -105,8 +116,36 @@ class NodeBoot(Middleware):
         return _STACK_OPTIONS
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
-        if not self.node.booted:
-            boot(broker, self.node, isolate=self.isolate)
+        """Boot the node, or end the process: dramatiq logs and swallows an error raised here, and a
+        worker left half-booted would take jobs and fail each one ("not booted")."""
+        if self.node.booted:
+            return
+        backoff = Backoff(BOOT_RETRY_START_SEC, BOOT_RETRY_MAX_SEC)
+        while True:
+            try:
+                boot(broker, self.node, isolate=self.isolate)
+                return
+            except redis.RedisError as exc:
+                if (
+                    self.node.booted
+                ):  # it failed with the node in use: booting again would stack its middleware
+                    _boot_failed(exc)
+                # the broker Redis away or slow before anything was set up: wait for it, as for the identity
+                delay = backoff.next_delay()
+                logger.warning("Worker boot met the broker Redis: %s; trying again in %.1f s.", exc, delay)
+                time.sleep(delay)
+            except Exception as exc:
+                _boot_failed(exc)
+
+
+def _boot_failed(exc: Exception) -> NoReturn:
+    logger.critical(
+        "Worker boot failed (%s: %s); this worker process exits to be started again.",
+        type(exc).__name__,
+        exc,
+        exc_info=True,
+    )
+    raise SystemExit(os.EX_SOFTWARE) from exc
 
 
 #: Every option dramatiq's own middleware and the node's take: the booted stack checks them per message.

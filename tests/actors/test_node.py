@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from coda_bridge.control.hold import HoldJobs
 from coda_bridge.queueing.queues import DELIVER_ACTOR, EXECUTE_ACTOR, JOBS_QUEUE, RESULTS_QUEUE
 from coda_bridge.queueing.redis_broker import CodaBroker, broker_namespace
 from coda_bridge.settings import Settings
-from coda_bridge.state.registry import live_processes
+from coda_bridge.state.registry import Registration, live_processes
 
 #: Longest `import actors` may take on a busy machine (it blocked for good before).
 IMPORT_DEADLINE_SEC = 60
@@ -116,3 +117,64 @@ def test_boot_puts_the_node_s_middleware_in_dramatiq_s_stack(
     # and no middleware type twice (dramatiq warns of it at every worker's boot)
     assert sorted(kind.__name__ for kind in kinds if kinds.count(kind) > 1) == []
     assert type(broker.middleware[-1]).__name__ == "SystemdNotify"
+
+
+def _booting(redis_url: str) -> tuple[CodaBroker, Node, Settings]:
+    """A broker with the boot middleware only, as dramatiq's process boot finds it."""
+    node = Node()
+    broker = CodaBroker(middleware=[NodeBoot(node, isolate=False)])
+    return broker, node, Settings(qpu_id=QPU, broker_url=redis_url, redis_url=redis_url)
+
+
+def test_a_boot_that_meets_a_broker_redis_error_waits_and_boots_whole(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a worker whose registration meets a broker Redis timeout once (a busy or restarting broker)
+    broker, node, settings = _booting(redis_url)
+    monkeypatch.setattr("actors.shared.identity_or_exit", lambda role: settings)
+    monkeypatch.setattr("actors.shared.BOOT_RETRY_START_SEC", 0.01)
+    start, failures = Registration.start, [redis.TimeoutError("Timeout reading from socket")]
+
+    def start_once_failing(self: Registration) -> Registration:
+        if failures:
+            raise failures.pop()
+        return start(self)
+
+    monkeypatch.setattr(Registration, "start", start_once_failing)
+
+    # When dramatiq's process boot runs (it would log and swallow an error, leaving the node unbooted)
+    try:
+        with caplog.at_level(logging.WARNING):
+            for middleware in list(broker.middleware):
+                middleware.after_process_boot(broker)
+
+        # Then the boot waited and tried again, and the node is booted whole
+        assert node.booted and node.registration is not None
+        assert NodeBoot not in [type(m) for m in broker.middleware]
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("Timeout reading from socket" in w and "trying again" in w for w in warnings), warnings
+    finally:
+        if node.registration is not None:
+            node.registration.stop()
+        broker.close()
+
+
+def test_a_boot_that_fails_otherwise_ends_the_worker_process_rather_than_leave_it_half_booted(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a worker whose boot meets a bug (not the broker's doing)
+    broker, node, settings = _booting(redis_url)
+    monkeypatch.setattr("actors.shared.identity_or_exit", lambda role: settings)
+
+    def broken(self: Registration) -> Registration:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(Registration, "start", broken)
+
+    # When dramatiq's process boot runs, then the worker process ends (to be started again), never taking
+    # jobs that would each fail with "not booted"
+    with pytest.raises(SystemExit) as ended:
+        NodeBoot(node, isolate=False).after_process_boot(broker)
+    assert ended.value.code == os.EX_SOFTWARE
+    assert not node.booted
+    broker.close()
