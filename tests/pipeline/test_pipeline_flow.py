@@ -24,10 +24,16 @@ def test_500_jobs_arrive_correct_once_each(stack: LocalStack) -> None:
     assert stats["duplicate_deliveries"] == 0
     assert stats["content_mismatches"] == 0
     assert stats["expect_failures"] == 0
-    pipe = stack.cloud_redis.client().pipeline()
-    for job_id in ids:
-        pipe.hget(f"qpu:job:{job_id}:status", "state")
-    assert set(pipe.execute()) == {"completed"}
+
+    # and each status hash says completed (written just after its result's POST: a batch's, after the
+    # batch's last POST)
+    def states() -> set[str]:
+        pipe = stack.cloud_redis.client().pipeline()
+        for job_id in ids:
+            pipe.hget(f"qpu:job:{job_id}:status", "state")
+        return set(pipe.execute())
+
+    wait_until(lambda: states() == {"completed"}, 30, "every status hash to say completed")
 
 
 BAD_INPUT = [
