@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,6 +17,18 @@ from coda_bridge.control.windows import active_window, next_window, parse_window
 QPU = "qpu-windows"
 #: Monday 7 December 2026, 12:10 UTC.
 MONDAY_NOON = datetime(2026, 12, 7, 12, 10, tzinfo=UTC).timestamp()
+
+
+def _a_monday_noon_ahead() -> float:
+    """12:10 UTC on a Monday still to come: the pause book reads the real clock, so a window the tests
+    open must not be over by then (a fixed date passes only until its window ends)."""
+    today = datetime.now(UTC).date()
+    monday = today + timedelta(days=(7 - today.weekday()) % 7 or 7)
+    return datetime(monday.year, monday.month, monday.day, 12, 10, tzinfo=UTC).timestamp()
+
+
+#: The moment the tests of opening a window are at: 10 minutes into a mon-fri 12:00-12:30 window.
+WINDOW_NOW = _a_monday_noon_ahead()
 
 
 def at(day: int, hour: int, minute: int = 0) -> float:
@@ -103,13 +115,13 @@ def test_a_window_pauses_the_node_until_its_end_and_calibrates_once(
     first, second = windows(book, executor), windows(book, executor)  # two jobs workers
     caplog.set_level("INFO")
     # when both see the window in force
-    opened = first.check(MONDAY_NOON)
-    again = second.check(MONDAY_NOON + 1)
+    opened = first.check(WINDOW_NOW)
+    again = second.check(WINDOW_NOW + 1)
     # then one opened it: the node is paused to the window's end, with the window as the note
     assert opened is not None and again is None
     pause = book.current()
     assert pause is not None and pause.note == "maintenance window mon-fri 12:00-12:30"
-    assert pause.until == at(7, 12, 30)
+    assert pause.until == WINDOW_NOW + 20 * 60
     # and the hook ran once, its outcome logged
     assert executor.calls == 1
     assert "Calibration of window mon-fri 12:00-12:30: calibrate() finished" in caplog.text
@@ -117,21 +129,21 @@ def test_a_window_pauses_the_node_until_its_end_and_calibrates_once(
 
 def test_a_resume_within_the_window_is_not_undone(book: PauseBook) -> None:
     maintenance = windows(book, Calibrating())
-    maintenance.check(MONDAY_NOON)
+    maintenance.check(WINDOW_NOW)
     book.resume()
-    assert maintenance.check(MONDAY_NOON + 5) is None
+    assert maintenance.check(WINDOW_NOW + 5) is None
     assert book.current() is None
 
 
 def test_with_hook_end_the_node_resumes_once_the_calibration_succeeded(book: PauseBook) -> None:
-    windows(book, Calibrating(), resume_after_hook=True).check(MONDAY_NOON)
+    windows(book, Calibrating(), resume_after_hook=True).check(WINDOW_NOW)
     assert book.current() is None
 
 
 def test_a_failed_calibration_keeps_the_pause_and_says_why(
     book: PauseBook, caplog: pytest.LogCaptureFixture
 ) -> None:
-    windows(book, Calibrating(fail=True), resume_after_hook=True).check(MONDAY_NOON)
+    windows(book, Calibrating(fail=True), resume_after_hook=True).check(WINDOW_NOW)
     assert book.current() is not None
     assert "calibrate() failed: RuntimeError: mixer drift" in caplog.text
 
