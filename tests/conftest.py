@@ -130,6 +130,23 @@ def devcloud(devcloud_process: DevCloudProcess) -> Iterator[DevCloudClient]:
     client.close()
 
 
+#: multiprocessing's helpers (the simulator's fork server, and its resource tracker): each ends when
+#: the process that started it does, so they are not left running.
+_MULTIPROCESSING_HELPERS = (
+    b"from multiprocessing.forkserver import main",
+    b"from multiprocessing.resource_tracker import main",
+)
+
+
+def _ends_with_us(proc: Path) -> bool:
+    """Whether ``/proc/<pid>`` is a multiprocessing helper of this test process."""
+    import os
+
+    command = (proc / "cmdline").read_bytes()
+    parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    return parent == os.getpid() and any(helper in command for helper in _MULTIPROCESSING_HELPERS)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_running() -> Iterator[None]:
     """Every process the suite starts carries a session mark; any still alive at the end fails the run."""
@@ -147,7 +164,7 @@ def nothing_left_running() -> Iterator[None]:
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit() and int(entry.name) != os.getpid():
                 try:
-                    if mark in (entry / "environ").read_bytes().split(b"\0"):
+                    if mark in (entry / "environ").read_bytes().split(b"\0") and not _ends_with_us(entry):
                         found.append(int(entry.name))
                 except OSError:
                     continue

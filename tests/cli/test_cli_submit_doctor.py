@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,9 +161,11 @@ def test_doctor_names_a_host_clock_10_minutes_ahead_of_the_clouds(
     # when: doctor runs
     result = CliRunner().invoke(cli, ["doctor"])
 
-    # then: one warning line with the offset and the fix, measured from the cloud's Date header
+    # then: one warning line with the offset and the fix, measured from the cloud's Date header (whole
+    # seconds, so a request that takes long on a busy machine can read 599 or 601)
     (line,) = [x for x in result.output.splitlines() if " clock: " in x]
-    assert line.startswith("warn clock: 600 s ahead of the cloud's"), line
+    found = re.match(r"warn clock: (\d+) s ahead of the cloud's", line)
+    assert found and abs(int(found.group(1)) - 600) <= 1, line
     assert "timedatectl set-ntp true" in line
 
 

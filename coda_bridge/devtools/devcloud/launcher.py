@@ -1,22 +1,28 @@
-"""Start the simulator as a subprocess, on a free port, and stop it.
+"""Start the simulator as a process of its own, on a free port, and stop it.
 
-:func:`start_devcloud_process` launches ``python -m coda_bridge.devtools.devcloud``
-(:func:`.server.serve`) on a free port (the server binds port 0 and reports
-the real one) and waits until the health endpoint answers, so tests and the
-demo talk to a real process.
+:func:`start_devcloud_process` runs the ``python -m coda_bridge.devtools.devcloud``
+command line (:func:`.server.serve`) on a free port (the server binds port 0
+and reports the real one) and waits until the health endpoint answers, so
+tests and the demo talk to a real process.  The process is forked from a
+fork server that imported the simulator once (:mod:`multiprocessing`'s
+``forkserver``): the test suite starts over a hundred simulators, and
+importing Flask, Redis, requests and PyJWT was most of each one's start.
 """
 
 from __future__ import annotations
 
 import atexit
 import json
+import multiprocessing
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import TracebackType
 
@@ -41,17 +47,59 @@ LOG_TAIL_LINES = 20
 
 LISTEN_RE = re.compile(r"listening on (http://\S+)")
 _REPO_ROOT = Path(__file__).resolve().parents[3]
+#: What the fork server imports once for every simulator it forks: the command line and the server.
+FORK_SERVER_PRELOAD = ["coda_bridge.devtools.devcloud.cli"]
 
 
 class DevCloudStartError(CodaError):
     """The simulator subprocess did not come up."""
 
 
+class ForkedProcess:
+    """A process forked from the fork server, with the calls of ``subprocess.Popen`` the launcher uses.
+
+    ``returncode`` is ``None`` while it runs, then its exit code, or minus
+    the signal that ended it (as ``Popen`` has it).
+    """
+
+    def __init__(self, process: BaseProcess) -> None:
+        self._process = process
+
+    @property
+    def pid(self) -> int:
+        assert self._process.pid is not None, "started in __init__"
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        code = self._process.exitcode
+        if code is None:
+            raise subprocess.TimeoutExpired(f"devcloud (pid {self.pid})", timeout or 0.0)
+        return code
+
+    def send_signal(self, signum: int) -> None:
+        if self._process.exitcode is None:
+            os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 class DevCloudProcess:
     """A running ``python -m coda_bridge.devtools.devcloud``; stop it when done (or use ``with``)."""
 
     def __init__(
-        self, process: subprocess.Popen[bytes], base_url: str, log_path: Path, *, own_log: bool = False
+        self, process: ForkedProcess, base_url: str, log_path: Path, *, own_log: bool = False
     ) -> None:
         self.process = process
         self.base_url = base_url
@@ -90,16 +138,17 @@ class DevCloudProcess:
         A temporary log made by :func:`start_devcloud_process` is removed.
         """
         _LIVE.discard(self)
-        if self.process.poll() is None:
+        code = self.process.poll()
+        if code is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=timeout_sec)
+                code = self.process.wait(timeout=timeout_sec)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-                self.process.wait(timeout=timeout_sec)
+                code = self.process.wait(timeout=timeout_sec)
         if self._own_log:
             self.log_path.unlink(missing_ok=True)
-        return int(self.process.returncode)
+        return code
 
     def __enter__(self) -> DevCloudProcess:
         return self
@@ -165,29 +214,26 @@ def start_devcloud_process(
         os.close(fd)
         log_path = name
     log_file = Path(log_path)
-    command = [sys.executable, "-m", "coda_bridge.devtools.devcloud", "--host", host, "--port", str(port)]
+    args = ["--host", host, "--port", str(port)]
     if redis_url:
-        command += ["--redis-url", redis_url]
+        args += ["--redis-url", redis_url]
     if state_file is not None:
-        command += ["--state-file", os.fspath(state_file)]
+        args += ["--state-file", os.fspath(state_file)]
     if public_base_url:
-        command += ["--public-url", public_base_url]
+        args += ["--public-url", public_base_url]
     if api_prefix != DEFAULT_API_PREFIX:
-        command += ["--api-prefix", api_prefix]
+        args += ["--api-prefix", api_prefix]
     if accept_unknown_jobs:
-        command.append("--accept-unknown-jobs")
-    command.append("--access-log" if access_log else "--no-access-log")
-    command += list(extra_args)
+        args.append("--accept-unknown-jobs")
+    args.append("--access-log" if access_log else "--no-access-log")
+    args += list(extra_args)
     child_env = dict(os.environ if env is None else env)
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), child_env.get("PYTHONPATH")]))
     child_env["PYTHONUNBUFFERED"] = "1"
     if required_headers:
         child_env[REQUIRED_HEADERS_VARIABLE] = json.dumps(dict(required_headers))
-    with log_file.open("wb") as sink:
-        process = subprocess.Popen(
-            command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env
-        )
-    started = DevCloudProcess(process, "", log_file, own_log=own_log)
+    log_file.write_bytes(b"")
+    started = DevCloudProcess(_fork(args, child_env, log_file), "", log_file, own_log=own_log)
     _LIVE.add(started)
     try:
         _wait_until_up(started, host, "/" + api_prefix.strip("/"), startup_timeout_sec, required_headers)
@@ -195,6 +241,36 @@ def start_devcloud_process(
         started.stop(timeout_sec=1.0)
         raise
     return started
+
+
+def _fork(args: Sequence[str], env: Mapping[str, str], log_file: Path) -> ForkedProcess:
+    """Fork ``python -m coda_bridge.devtools.devcloud ARGS`` from the fork server."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(FORK_SERVER_PRELOAD)
+    process = context.Process(
+        target=_run_forked,
+        args=(list(args), dict(env), str(log_file)),
+        name="devcloud",
+        daemon=True,  # stopped, not waited for, if the interpreter that forked it exits first
+    )
+    process.start()
+    return ForkedProcess(process)
+
+
+def _run_forked(args: list[str], env: dict[str, str], log_path: str) -> None:
+    """In the forked process: the command line's environment and output file, then its ``main``."""
+    os.environ.clear()
+    os.environ.update(env)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # as PYTHONUNBUFFERED has it
+    from .cli import devcloud  # noqa: PLC0415 - preloaded by the fork server; the parent need not import it
+
+    devcloud.main(args=args, prog_name="python -m coda_bridge.devtools.devcloud")
 
 
 def _wait_until_up(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -261,3 +263,35 @@ def test_state_file_survives_a_restart(redis_server: LocalRedis, tmp_path: Path)
 def test_a_process_that_cannot_start_is_reported(tmp_path: Path) -> None:
     with pytest.raises(DevCloudStartError, match="exited"):
         start_devcloud_process(host="203.0.113.1", log_path=tmp_path / "devcloud.log")
+
+
+def test_each_simulator_is_a_process_of_its_own_that_a_kill_ends_alone(
+    redis_server: LocalRedis, tmp_path: Path
+) -> None:
+    # Given two simulators forked from the fork server, one with a variable of its own
+    first = start_devcloud_process(redis_url=redis_server.url, log_path=tmp_path / "first.log")
+    second = start_devcloud_process(
+        redis_url=redis_server.url,
+        log_path=tmp_path / "second.log",
+        required_headers={"X-Stage": "s3cret"},
+    )
+    try:
+        assert first.pid != second.pid and os.getpid() not in (first.pid, second.pid)
+        # When the first is killed outright
+        first.process.kill()
+        deadline = time.monotonic() + TIMEOUT_SEC
+        while first.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        # Then it reports the signal as a subprocess does, its log holds its own output only, and the
+        # second still answers, with the headers its own environment gave it
+        assert first.stop() == -signal.SIGKILL
+        assert "listening on" in (tmp_path / "first.log").read_text()
+        assert "listening on" in (tmp_path / "second.log").read_text()
+        health = f"{second.base_url}/api/internal/qpu/health"
+        assert requests.get(health, timeout=TIMEOUT_SEC).status_code == 401
+        assert requests.get(health, headers={"X-Stage": "s3cret"}, timeout=TIMEOUT_SEC).ok
+    finally:
+        first.stop()
+        second.stop()
+    assert second.process.returncode == 0
