@@ -7,7 +7,7 @@ import time
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from coda_bridge.cloud import signing as auth
 from coda_bridge.cloud.signing import (
@@ -85,6 +85,32 @@ def test_a_non_rsa_key_is_refused() -> None:
     with pytest.raises(AuthError, match="not an RSA key") as caught:
         Signer(pem, "k", "q")
     assert pem.splitlines()[1] not in str(caught.value)
+
+
+@pytest.mark.parametrize("parts", [("e",), ("d", "dmp1"), ("d", "dmq1")])
+def test_a_key_that_cannot_sign_is_refused_as_damaged_without_showing_it(
+    key_pem: str, parts: tuple[str, ...]
+) -> None:
+    # given the node's key with parts changed so that what it signs no longer verifies (a damaged file
+    # that still parses; OpenSSL signs right past one wrong private part, so two are changed)
+    numbers = serialization.load_pem_private_key(key_pem.encode(), password=None).private_numbers()  # type: ignore[union-attr]
+    private = {name: getattr(numbers, name) for name in ("p", "q", "d", "dmp1", "dmq1", "iqmp")}
+    public = {"e": numbers.public_numbers.e, "n": numbers.public_numbers.n}
+    for part in parts:
+        (public if part in public else private)[part] += 2
+    damaged = (
+        rsa.RSAPrivateNumbers(**private, public_numbers=rsa.RSAPublicNumbers(**public))
+        .private_key(unsafe_skip_rsa_key_validation=True)
+        .private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        .decode()
+    )
+
+    # when a signer is made from it, then it is refused by name, and the key is not shown
+    with pytest.raises(AuthError, match="is damaged: its signatures do not verify") as caught:
+        Signer(damaged, "k", "q")
+    assert damaged.splitlines()[1] not in str(caught.value)
 
 
 def test_the_key_is_parsed_once_per_process(key_pem: str) -> None:
