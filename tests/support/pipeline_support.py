@@ -36,14 +36,17 @@ def circuit(mode: str = "ok", *, tag: str | None = None, target: str = "cz", n: 
     return bell(f"{mode}:{tag or uuid.uuid4().hex}", target=target, n=n)
 
 
-#: The production layout's delivery processes, for a test that proves a guarantee on it.
+#: Delivery processes of the suite's nodes: one, where a test does not test the results layout (each
+#: process costs about 0.5 s of CPU to boot, and the suite starts ~100 nodes; issue 20).
+SUITE_RESULT_PROCESSES = "1"
+#: The shipped layout's delivery processes, for a test that proves a guarantee on it.
 PRODUCTION_RESULT_PROCESSES = "2"
 
 
 def stack_env(workdir: Path, **extra: str) -> dict[str, str]:
-    """A pipeline node's environment; deliveries in one process (what these tests test needs no more)."""
+    """A test node's environment: the test executor, fast ticks, deliveries in one process."""
     env = {
-        "CODA_RESULT_PROCESSES": "1",
+        "CODA_RESULT_PROCESSES": SUITE_RESULT_PROCESSES,
         "CODA_EXECUTOR_FACTORY": "coda_test_executor:create_executor",
         "PIPELINE_TEST_EXECUTOR_LOG": str(workdir / "executor.log"),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")])),
