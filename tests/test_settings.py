@@ -114,6 +114,9 @@ def test_comma_separated_probe_targets_are_accepted(clean_env: pytest.MonkeyPatc
         ("NUM_QUBITS", "99", "CODA_NUM_QUBITS=99"),
         ("NODE_CONNECT_HEADERS", "{oops", "CODA_NODE_CONNECT_HEADERS"),
         ("PORT", "70000", "CODA_PORT=70000"),
+        ("RESULT_PROCESSES", "0", "CODA_RESULT_PROCESSES=0"),
+        ("RESULT_PROCESSES", "-1", "CODA_RESULT_PROCESSES=-1"),
+        ("RESULT_PROCESSES", "abc", "CODA_RESULT_PROCESSES='abc'"),
     ],
 )
 def test_a_bad_value_is_a_config_error_naming_variable_and_value(
@@ -315,3 +318,9 @@ def test_a_claims_lease_shorter_than_five_cancel_polls_is_refused_naming_both(
         load_settings()
     assert "CODA_CLAIM_LEASE_SEC=4" in str(caught.value)
     assert "CODA_CANCEL_POLL_INTERVAL_SEC (1 s)" in str(caught.value)
+
+
+def test_deliveries_run_in_two_processes_unless_set(clean_env: pytest.MonkeyPatch) -> None:
+    assert load_settings().result_processes == 2
+    clean_env.setenv("CODA_RESULT_PROCESSES", "1")
+    assert load_settings().result_processes == 1

@@ -219,7 +219,7 @@ class LocalStack:
             specs = procfile_specs(self.procfile)
             return specs if self.web else {name: spec for name, spec in specs.items() if name != "web"}
         # the settings the command lines carry, as this stack's environment sets them (not this process's)
-        shaping = {"executor_concurrency": "1", "shutdown_drain_timeout_sec": None}
+        shaping = {"executor_concurrency": "1", "result_processes": None, "shutdown_drain_timeout_sec": None}
         overrides = {
             name: self.extra_env.get(f"CODA_{name.upper()}", default) for name, default in shaping.items()
         }

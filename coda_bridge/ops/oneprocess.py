@@ -31,7 +31,7 @@ from ..settings import Settings
 from .drain import DRAIN_PLAN, ResultsFlushed, drain_stage, results_key_template
 from .exits import EX_CONFIG, FORCED_EXIT
 from .jsonlines import JsonLinesStream
-from .process_list import CONTROL_THREADS, PREPARED_AHEAD, RESULT_PROCESSES, RESULT_THREADS
+from .process_list import CONTROL_THREADS, PREPARED_AHEAD, RESULT_THREADS
 from .runners import QueueWorkers, StopSignal, connect_or_exit
 from .webentry import registered
 
@@ -102,7 +102,7 @@ class _Node:
         self.drain_timeout_sec = settings.shutdown_drain_timeout_sec
         self.groups = {
             "jobs": QueueWorkers(broker, "jobs", settings.executor_concurrency + PREPARED_AHEAD),
-            "results": QueueWorkers(broker, "results", RESULT_THREADS, RESULT_PROCESSES),
+            "results": QueueWorkers(broker, "results", RESULT_THREADS, settings.result_processes),
             "control": QueueWorkers(broker, "control", CONTROL_THREADS),
         }
         self.results_flushed = ResultsFlushed(results_key_template(), settings.qpu_id, client=broker.client)

@@ -26,17 +26,12 @@ if TYPE_CHECKING:  # the supervisor imports this module and stays light (no sett
 __all__ = [
     "CONTROL_THREADS",
     "PREPARED_AHEAD",
-    "RESULT_PROCESSES",
     "RESULT_THREADS",
     "ProcessSpec",
     "node_processes",
     "start_processes",
 ]
 
-#: Delivery worker processes: each has one dramatiq consumer thread (fetches and acks) and one GIL
-#: (signing and HTTP take CPU), which bounds one process near 300 deliveries/s; two let a burst go
-#: twice as wide.
-RESULT_PROCESSES = 2
 #: Delivery threads per process: webhooks wait on the network, not the CPU.
 RESULT_THREADS = 8
 #: Jobs threads beyond the run slots (``executor_concurrency``): each holds the device's next job
@@ -90,7 +85,7 @@ def node_processes(settings: Settings, *, web: bool = True, python: str | None =
     specs = [
         ProcessSpec("bridge", bridge),
         ProcessSpec("jobs", _worker("jobs", settings.executor_concurrency + PREPARED_AHEAD, drain_ms, py)),
-        ProcessSpec("results", _worker("results", RESULT_THREADS, drain_ms, py, RESULT_PROCESSES)),
+        ProcessSpec("results", _worker("results", RESULT_THREADS, drain_ms, py, settings.result_processes)),
         ProcessSpec("control", _worker("control", CONTROL_THREADS, drain_ms, py)),
     ]
     if web:
@@ -103,8 +98,8 @@ def start_processes(
 ) -> list[ProcessSpec]:
     """What ``start`` supervises: bridge, a process per queue, probes app.
 
-    Deliveries run in :data:`RESULT_PROCESSES` processes (``results.1``,
-    ``results.2``, as honcho names a Procfile line run more than once).
+    Deliveries run in ``result_processes`` processes (``results.1``,
+    ``results.2`` ..., as honcho names a Procfile line run more than once).
     With ``since``, each worker and the probes app wait for a connect at or
     after it before they load the node's settings (they import what they
     need meanwhile).
@@ -119,7 +114,7 @@ def start_processes(
     bridge = python_argv(py, "-m", "coda_bridge.ops.runners", "bridge")  # a token in the environment
     results = [
         ProcessSpec(f"results.{index}", worker("results", RESULT_THREADS), runner)
-        for index in range(1, RESULT_PROCESSES + 1)
+        for index in range(1, settings.result_processes + 1)
     ]
     return [
         ProcessSpec("bridge", bridge, runner),

@@ -146,6 +146,10 @@ class Settings(BaseModel):
     record_retention_sec: float = Field(7 * 86_400, gt=0)
 
     # -- result delivery --
+    #: Delivery worker processes: each has one GIL (signing and HTTP take CPU) and one dramatiq
+    #: consumer (fetches and acks), which bounds one near 300 deliveries/s; two let a burst go twice
+    #: as wide.  1 suits a small host (each costs a process's boot and memory), more a burst-heavy one.
+    result_processes: int = Field(2, ge=1)
     #: The first runtime's timeout: a slow cloud that takes 13 s still gets each result once.
     webhook_timeout_sec: float = Field(30, gt=0)
     webhook_max_retries: int = Field(20, ge=0)

@@ -195,6 +195,21 @@ def test_processes_refuse_a_malformed_broker_url_before_starting(
     assert_one_line(done.stderr, contains=f"CODA_BROKER_URL={safe_url(url)!r} is not a valid Redis URL")
 
 
+@pytest.mark.parametrize(("raw", "shown"), [("0", "0"), ("-1", "-1"), ("abc", "'abc'")])
+@pytest.mark.e2e
+def test_a_bad_result_process_count_is_refused_before_a_worker_starts(
+    node_env: pytest.MonkeyPatch, raw: str, shown: str
+) -> None:
+    # Given a delivery process count that cannot work (and a broker nothing listens on)
+    node_env.setenv("CODA_RESULT_PROCESSES", raw)
+    node_env.setenv("CODA_BROKER_URL", f"redis://127.0.0.1:{free_port()}/0")
+    # When the results worker is started, then it is refused with one line naming the variable, exit 78
+    done = run_cli("worker", "results")
+    assert done.returncode == EX_CONFIG, done.stdout + done.stderr
+    assert done.stdout == ""
+    assert_one_line(done.stderr, contains=f"CODA_RESULT_PROCESSES={shown} is not valid")
+
+
 # -- the state directory is unusable --
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from pipeline_support import SUITE_RESULT_PROCESSES
 
 from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.ops.exits import EX_CONFIG
@@ -63,6 +64,7 @@ def _env(mods: Path) -> dict[str, str]:
         "CODA_VPN_CHECK_INTERVAL_SEC": "1",
         "CODA_JOBS_WORKER_GRACE_SEC": str(GRACE_SEC),
         "CODA_SHUTDOWN_DRAIN_TIMEOUT_SEC": "2",
+        "CODA_RESULT_PROCESSES": SUITE_RESULT_PROCESSES,
     }
 
 
@@ -128,6 +130,7 @@ def test_a_healthy_node_keeps_heartbeating_past_the_grace(tmp_path: Path, mode: 
         "CODA_HEARTBEAT_INTERVAL_SEC": "1",
         "CODA_JOBS_WORKER_GRACE_SEC": str(GRACE_SEC),
         "CODA_SHUTDOWN_DRAIN_TIMEOUT_SEC": "2",
+        "CODA_RESULT_PROCESSES": SUITE_RESULT_PROCESSES,
     }
     (tmp_path / "node").mkdir()
     with LocalStack(tmp_path / "node", env=env, mode=mode) as stack:

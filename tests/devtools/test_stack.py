@@ -43,17 +43,24 @@ def test_stop_drains_a_process_and_leaving_the_block_kills_the_rest_with_their_d
 def test_the_procfile_lines_follow_the_stack_s_own_settings(
     clean_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # Given a stack whose node drains in 2 s and runs two jobs at once (the test process has neither)
-    stack = LocalStack(
-        tmp_path, env={"CODA_SHUTDOWN_DRAIN_TIMEOUT_SEC": "2", "CODA_EXECUTOR_CONCURRENCY": "2"}
-    )
+    # Given a stack whose node drains in 2 s, runs two jobs at once and delivers in one process (the
+    # test process has none of these)
+    env = {
+        "CODA_SHUTDOWN_DRAIN_TIMEOUT_SEC": "2",
+        "CODA_EXECUTOR_CONCURRENCY": "2",
+        "CODA_RESULT_PROCESSES": "1",
+    }
+    stack = LocalStack(tmp_path, env=env)
 
     # When it builds the Procfile's command lines
     specs = stack.specs()
 
-    # Then its workers wait out its own drain timeout, and its jobs worker has its concurrency's threads
+    # Then its workers wait out its own drain timeout, its jobs worker has its concurrency's threads,
+    # and its results line runs one process
     for name in ("jobs", "results", "control"):
         argv = list(specs[name].argv)
         assert argv[argv.index("--worker-shutdown-timeout") + 1] == "2000", name
     jobs = list(specs["jobs"].argv)
     assert int(jobs[jobs.index("--threads") + 1]) == 2 + PREPARED_AHEAD
+    results = list(specs["results"].argv)
+    assert results[results.index("--processes") + 1] == "1"

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 from gated_executor import building, gated_env, open_gate
+from pipeline_support import SUITE_RESULT_PROCESSES
 
 from coda_bridge.devtools.stack import LocalStack, wait_until
 from coda_bridge.ops.exits import EX_CONFIG
@@ -79,6 +80,7 @@ def factory_env(directory: Path) -> dict[str, str]:
         "PYTHONPATH": path,
         "CODA_HEARTBEAT_INTERVAL_SEC": "1",
         "CODA_VPN_CHECK_INTERVAL_SEC": "1",
+        "CODA_RESULT_PROCESSES": SUITE_RESULT_PROCESSES,
     }
 
 
@@ -184,9 +186,10 @@ def read_since(state: NodeState, last: float | None) -> Callable[[], bool]:
 def test_ready_stays_503_while_the_jobs_worker_builds_and_is_200_once_it_built(tmp_path: Path) -> None:
     # given a node whose executor factory holds its build until the test opens a gate
     gate = tmp_path / "gate"
+    env = {**gated_env(gate), "CODA_RESULT_PROCESSES": SUITE_RESULT_PROCESSES}
     (tmp_path / "node").mkdir()
     with (
-        LocalStack(tmp_path / "node", env=gated_env(gate), web=True) as stack,
+        LocalStack(tmp_path / "node", env=env, web=True) as stack,
         contextlib.closing(stack.broker_redis.client()) as client,
     ):
         state = NodeState(client, stack.qpu_id)

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from pipeline_support import SUITE_RESULT_PROCESSES
 
 from coda_bridge.devtools.localredis import free_port
 from coda_bridge.devtools.stack import LocalStack, wait_until
@@ -108,7 +109,10 @@ def test_a_jobs_worker_exiting_78_fires_the_shipped_alert(
     base, config = prometheus
     # given a node whose executor cannot be built, scraped by Prometheus with the shipped rules
     (tmp_path / "node").mkdir()
-    env = {"CODA_EXECUTOR_FACTORY": "no_such_backend_module:create_executor"}
+    env = {
+        "CODA_EXECUTOR_FACTORY": "no_such_backend_module:create_executor",
+        "CODA_RESULT_PROCESSES": SUITE_RESULT_PROCESSES,
+    }
     with LocalStack(tmp_path / "node", env=env, web=True) as stack:
         scrape = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},

@@ -8,6 +8,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from pipeline_support import SUITE_RESULT_PROCESSES
+
 from coda_bridge.devtools.stack import LocalStack
 from coda_bridge.settings import Settings
 
@@ -35,10 +37,14 @@ def circuit(num_qubits: int = 1) -> dict[str, Any]:
 
 
 def node_env(stack: LocalStack, **extra: str) -> dict[str, str]:
-    """The environment of a node run by the command under test: the stack's, a fresh token, our bin first."""
+    """The environment of a node run by the command under test: the stack's, a fresh token, our bin first.
+
+    Deliveries run in one process: a test of the shipped two sets ``CODA_RESULT_PROCESSES`` itself.
+    """
     env = stack.env()
     env["CODA_NODE_TOKEN"] = stack.cloud.mint_token(stack.qpu_id)
     env["CODA_SHUTDOWN_DRAIN_TIMEOUT_SEC"] = str(DRAIN_TIMEOUT_SEC)
+    env["CODA_RESULT_PROCESSES"] = SUITE_RESULT_PROCESSES
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     env.update(extra)
     return env

@@ -107,7 +107,7 @@ def test_start_without_a_token_or_credentials_is_one_line(tmp_path: Path) -> Non
 
 @pytest.mark.e2e
 def test_a_refused_token_stops_start_at_once_without_restarting(cloud_stack: LocalStack) -> None:
-    env = node_env(cloud_stack, CODA_NODE_TOKEN="not-a-real-token")
+    env = node_env(cloud_stack, CODA_NODE_TOKEN="not-a-real-token", CODA_RESULT_PROCESSES="2")
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "coda_bridge", "start"], check=False, env=env, capture_output=True, text=True,
@@ -131,8 +131,9 @@ def test_a_refused_token_stops_start_at_once_without_restarting(cloud_stack: Loc
 def test_no_process_of_a_node_started_with_token_shows_it_in_its_command_line(
     cloud_stack: LocalStack, tmp_path: Path
 ) -> None:
-    # Given a node started the way the first start is typed: the token on the command line
-    env = node_env(cloud_stack)
+    # Given a node started the way the first start is typed: the token on the command line (every
+    # part of the shipped layout, two delivery processes, in it)
+    env = node_env(cloud_stack, CODA_RESULT_PROCESSES="2")
     token = env.pop("CODA_NODE_TOKEN")
     output = tmp_path / "start.out"
     with output.open("wb") as out:
@@ -200,8 +201,9 @@ def _cmdline(pid: int) -> bytes:
 def test_ctrl_c_in_a_terminal_drains_once_and_no_part_sees_the_sigint(
     cloud_stack: LocalStack, tmp_path: Path
 ) -> None:
-    # Given a node started in a terminal (its own session and foreground process group)
-    env = node_env(cloud_stack)
+    # Given a node started in a terminal (its own session and foreground process group), every part
+    # of the shipped layout (two delivery processes) in it
+    env = node_env(cloud_stack, CODA_RESULT_PROCESSES="2")
     output = tmp_path / "start.out"
     with output.open("wb") as out:
         node = subprocess.Popen(

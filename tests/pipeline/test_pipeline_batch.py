@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from pipeline_support import (
     FAST_LIMITS,
+    PRODUCTION_RESULT_PROCESSES,
     circuit,
     deliveries,
     executor_cancels,
@@ -20,7 +21,6 @@ from pipeline_support import (
 )
 
 from coda_bridge.devtools.stack import LocalStack, wait_until
-from coda_bridge.ops.process_list import RESULT_PROCESSES
 
 pytestmark = pytest.mark.e2e
 
@@ -38,6 +38,7 @@ def _batching_stack(workdir: Path) -> Iterator[LocalStack]:
         **{**FAST_LIMITS, "CODA_JOB_TIME_LIMIT_SEC": str(JOB_TIME_LIMIT_SEC)},
         CODA_EXECUTOR_FACTORY="coda_test_executor:create_batch_executor",
         CODA_WEBHOOK_TIMEOUT_SEC=str(WEBHOOK_TIMEOUT_SEC),
+        CODA_RESULT_PROCESSES=PRODUCTION_RESULT_PROCESSES,  # a results worker is killed mid-batch
     )
     with LocalStack(workdir, env=env) as node:
         first = node.cloud.submit(
@@ -144,7 +145,7 @@ def test_a_batch_s_results_met_by_503s_each_arrive_once_after_them(batch_stack: 
 def test_a_results_worker_killed_inside_a_batch_s_posts_loses_no_result(batch_stack: LocalStack) -> None:
     # given a results worker that dies right after the first POST it makes
     stack = batch_stack  # (the worker it kills is started again, as it was, by the end)
-    restart_worker_with_failpoint(stack, "results", "delivery.after_post=exit@1", RESULT_PROCESSES)
+    restart_worker_with_failpoint(stack, "results", "delivery.after_post=exit@1")
     tags = [f"hookkill-{i}" for i in range(10)]
 
     # when a batch's results are delivered, and the worker is started again after it died

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from pipeline_support import (
     FAST_LIMITS,
+    PRODUCTION_RESULT_PROCESSES,
     circuit,
     deliveries,
     executor_runs,
@@ -21,7 +22,6 @@ from pipeline_support import (
 )
 
 from coda_bridge.devtools.stack import LocalStack, wait_until
-from coda_bridge.ops.process_list import RESULT_PROCESSES
 from coda_bridge.pipeline.delivery import LEASE_MARGIN_SEC
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
@@ -77,9 +77,14 @@ def test_executor_worker_killed_mid_run_is_rerun_within_30_s_of_restart(fresh_st
 
 
 def test_webhook_worker_killed_mid_delivery(tmp_path: Path) -> None:
-    env = stack_env(tmp_path, **FAST_LIMITS, CODA_WEBHOOK_TIMEOUT_SEC=str(WEBHOOK_TIMEOUT_SEC))
+    env = stack_env(
+        tmp_path,
+        **FAST_LIMITS,
+        CODA_WEBHOOK_TIMEOUT_SEC=str(WEBHOOK_TIMEOUT_SEC),
+        CODA_RESULT_PROCESSES=PRODUCTION_RESULT_PROCESSES,  # the kill takes both of the shipped layout's
+    )
     with LocalStack(tmp_path, env=env) as stack:
-        restart_worker_with_failpoint(stack, "results", "delivery.after_post=exit@1", RESULT_PROCESSES)
+        restart_worker_with_failpoint(stack, "results", "delivery.after_post=exit@1")
         ids = [stack.cloud.submit(stack.qpu_id, circuit("ok", tag=f"hook-{i}"), 10) for i in range(5)]
 
         wait_until(

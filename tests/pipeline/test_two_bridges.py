@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from fault_support import SUPPORT, executor_runs
-from pipeline_support import bell
+from pipeline_support import SUITE_RESULT_PROCESSES, bell
 
 from coda_bridge.devtools.stack import LocalStack, wait_until
 
@@ -30,6 +30,7 @@ def _env(workdir: Path, executor_sec: float, claim_idle_sec: float) -> dict[str,
         "CODA_CLAIM_IDLE_SEC": str(claim_idle_sec),
         "CODA_WORKER_HEARTBEAT_TIMEOUT_SEC": "5",
         "CODA_HEARTBEAT_INTERVAL_SEC": "1",
+        "CODA_RESULT_PROCESSES": SUITE_RESULT_PROCESSES,
     }
 
 

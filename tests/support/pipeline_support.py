@@ -36,8 +36,17 @@ def circuit(mode: str = "ok", *, tag: str | None = None, target: str = "cz", n: 
     return bell(f"{mode}:{tag or uuid.uuid4().hex}", target=target, n=n)
 
 
+#: Delivery processes of the suite's nodes: one, where a test does not test the results layout (each
+#: process costs about 0.5 s of CPU to boot, and the suite starts ~100 nodes; issue 20).
+SUITE_RESULT_PROCESSES = "1"
+#: The shipped layout's delivery processes, for a test that proves a guarantee on it.
+PRODUCTION_RESULT_PROCESSES = "2"
+
+
 def stack_env(workdir: Path, **extra: str) -> dict[str, str]:
+    """A test node's environment: the test executor, fast ticks, deliveries in one process."""
     env = {
+        "CODA_RESULT_PROCESSES": SUITE_RESULT_PROCESSES,
         "CODA_EXECUTOR_FACTORY": "coda_test_executor:create_executor",
         "PIPELINE_TEST_EXECUTOR_LOG": str(workdir / "executor.log"),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")])),
@@ -84,12 +93,14 @@ def _boots(stack: LocalStack, name: str) -> int:
     )
 
 
-def restart_worker_with_failpoint(stack: LocalStack, name: str, failpoints: str, processes: int = 1) -> None:
+def restart_worker_with_failpoint(stack: LocalStack, name: str, failpoints: str) -> None:
     """Restart the dramatiq worker ``name`` with ``CODA_FAILPOINTS`` and wait until all its processes booted.
 
     A worker process that dies while it reports its boot can leave dramatiq's master waiting forever
     on the boot event's lock, so no work may reach it before then.
     """
+    argv = stack.specs()[name].argv
+    processes = int(argv[argv.index("--processes") + 1])
     stack.children[name].stop()
     booted = _boots(stack, name)  # its log is kept across restarts
     stack.start_process(name, env={"CODA_FAILPOINTS": failpoints})

@@ -51,13 +51,15 @@ class CompatStack(LocalStack):
 
     def specs(self) -> dict[str, ProcessSpec]:
         concurrency = int(self.extra_env.get("CODA_EXECUTOR_CONCURRENCY", "1"))
-        settings = load_settings(overrides={"executor_concurrency": concurrency})
+        results = self.extra_env.get("CODA_RESULT_PROCESSES")
+        settings = load_settings(overrides={"executor_concurrency": concurrency, "result_processes": results})
         return {s.name: s for s in node_processes(settings, web=self.web, python=self.python)}
 
 
 def node_env(**extra: str) -> dict[str, str]:
-    """The extra environment of a compat node: fast ticks, and support/ importable by its processes."""
-    env = dict(FAST_NODE_ENV)
+    """The extra environment of a compat node: fast ticks, one delivery process, and support/ importable
+    by its processes."""
+    env = {**FAST_NODE_ENV, "CODA_RESULT_PROCESSES": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")]))
     env.update(extra)
     return env
