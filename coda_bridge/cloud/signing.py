@@ -4,7 +4,7 @@ A PEM key is parsed once per process and reused: parsing costs far more
 than signing, and a fresh token is signed for every request.  It is checked
 by signing with it and verifying with its public half, not by OpenSSL's key
 validation (primality tests: about 36 ms per process of the node, against
-about 2 ms): a key whose parts disagree still fails, with its own message.
+about 1 ms): a key whose signatures would not verify is refused by name.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ JWT_ISSUER = "coda"
 JWT_LIFETIME_SEC = 3600
 #: RSA key size the cloud issues.
 RSA_KEY_BITS = 2048
-#: What a key signs, and its public half verifies, to show that its parts agree.
+#: What a key signs, and its public half verifies, to show that its signatures are right.
 _SELF_TEST_MESSAGE = b"coda-bridge key self-test"
 
 
@@ -91,7 +91,7 @@ def _load_private_key(pem: str) -> rsa.RSAPrivateKey:
 
 
 def _self_test(key: rsa.RSAPrivateKey, pem: str) -> None:
-    """Sign with ``key`` and verify with its public half: a key whose parts disagree signs nonsense."""
+    """Sign with ``key`` and verify with its public half (a damaged key signs what does not verify)."""
     try:
         signature = key.sign(_SELF_TEST_MESSAGE, padding.PKCS1v15(), hashes.SHA256())
         key.public_key().verify(signature, _SELF_TEST_MESSAGE, padding.PKCS1v15(), hashes.SHA256())

@@ -74,14 +74,14 @@ def test_a_garbled_key_is_an_auth_error_that_never_shows_the_key() -> None:
     assert "BEGIN" not in str(caught.value)
 
 
+def _pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
 def test_a_non_rsa_key_is_refused() -> None:
-    pem = (
-        ec.generate_private_key(ec.SECP256R1())
-        .private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        .decode()
-    )
+    pem = _pem(ec.generate_private_key(ec.SECP256R1()))
     with pytest.raises(AuthError, match="not an RSA key") as caught:
         Signer(pem, "k", "q")
     assert pem.splitlines()[1] not in str(caught.value)
@@ -98,13 +98,10 @@ def test_a_key_that_cannot_sign_is_refused_as_damaged_without_showing_it(
     public = {"e": numbers.public_numbers.e, "n": numbers.public_numbers.n}
     for part in parts:
         (public if part in public else private)[part] += 2
-    damaged = (
-        rsa.RSAPrivateNumbers(**private, public_numbers=rsa.RSAPublicNumbers(**public))
-        .private_key(unsafe_skip_rsa_key_validation=True)
-        .private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    damaged = _pem(
+        rsa.RSAPrivateNumbers(**private, public_numbers=rsa.RSAPublicNumbers(**public)).private_key(
+            unsafe_skip_rsa_key_validation=True
         )
-        .decode()
     )
 
     # when a signer is made from it, then it is refused by name, and the key is not shown

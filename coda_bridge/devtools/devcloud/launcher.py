@@ -46,7 +46,6 @@ STARTUP_POLL_SEC = 0.05
 LOG_TAIL_LINES = 20
 
 LISTEN_RE = re.compile(r"listening on (http://\S+)")
-_REPO_ROOT = Path(__file__).resolve().parents[3]
 #: What the fork server imports once for every simulator it forks: the command line and the server.
 FORK_SERVER_PRELOAD = ["coda_bridge.devtools.devcloud.cli"]
 
@@ -228,8 +227,6 @@ def start_devcloud_process(
     args.append("--access-log" if access_log else "--no-access-log")
     args += list(extra_args)
     child_env = dict(os.environ if env is None else env)
-    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), child_env.get("PYTHONPATH")]))
-    child_env["PYTHONUNBUFFERED"] = "1"
     if required_headers:
         child_env[REQUIRED_HEADERS_VARIABLE] = json.dumps(dict(required_headers))
     log_file.write_bytes(b"")
@@ -258,7 +255,11 @@ def _fork(args: Sequence[str], env: Mapping[str, str], log_file: Path) -> Forked
 
 
 def _run_forked(args: list[str], env: dict[str, str], log_path: str) -> None:
-    """In the forked process: the command line's environment and output file, then its ``main``."""
+    """In the forked process: the command line's environment and output file, then its ``main``.
+
+    It runs on the fork server's imports and ``sys.path`` (the launching process's), so the
+    environment only matters to what the simulator reads from it, as ``--required-headers`` does.
+    """
     os.environ.clear()
     os.environ.update(env)
     sys.stdout.flush()
@@ -267,7 +268,7 @@ def _run_forked(args: list[str], env: dict[str, str], log_path: str) -> None:
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # as PYTHONUNBUFFERED has it
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # each line reaches the log at once
     from .cli import devcloud  # noqa: PLC0415 - preloaded by the fork server; the parent need not import it
 
     devcloud.main(args=args, prog_name="python -m coda_bridge.devtools.devcloud")
