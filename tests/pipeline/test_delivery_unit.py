@@ -68,9 +68,12 @@ def http() -> Iterator[CloudClient]:
     made.close()
 
 
-def _deliverer(key_pem: str, cloud_redis: redis.Redis, local: redis.Redis, http: CloudClient) -> Deliverer:
+def _deliverer(
+    key_pem: str, cloud_redis: redis.Redis, local: redis.Redis, http: CloudClient, *, timeline: bool = False
+) -> Deliverer:
+    """A deliverer on the test's Redis servers; ``timeline`` keeps each job's timeline for a minute."""
     settings = Settings(qpu_id=QPU, webapp_url=BASE, webhook_timeout_sec=3)
-    return Deliverer(
+    deliverer = Deliverer(
         settings,
         RecordStore(local, QPU),
         CloudStatus(cloud_redis, QPU),
@@ -79,6 +82,9 @@ def _deliverer(key_pem: str, cloud_redis: redis.Redis, local: redis.Redis, http:
         state=NodeState(local, QPU),
         entries=EntryIndex(local, QPU, broker_namespace(QPU)),
     )
+    if timeline:
+        deliverer.timeline = Timeline(local, QPU, retention_sec=60)
+    return deliverer
 
 
 @pytest.fixture
@@ -383,8 +389,7 @@ def test_each_attempt_and_the_cloud_s_answer_go_to_the_job_s_timeline(
     ended: str,
 ) -> None:
     # Given a deliverer that keeps timelines, and a cloud that answers `status`
-    deliverer = _deliverer(key_pem, cloud_redis, local, http)
-    deliverer.timeline = Timeline(local, QPU, retention_sec=60)
+    deliverer = _deliverer(key_pem, cloud_redis, local, http, timeline=True)
     entry_id = _recorded_and_pending(deliverer, cloud_redis)
     if state:
         cloud_redis.hset(status_key("j-1"), "state", state)
@@ -409,8 +414,7 @@ def test_a_dead_lettered_result_is_kept_for_replay_noted_counted_and_observed(
     key_pem: str, cloud_redis: redis.Redis, local: redis.Redis, http: CloudClient
 ) -> None:
     # Given a recorded result (with its expiry) and a deliverer that keeps timelines
-    deliverer = _deliverer(key_pem, cloud_redis, local, http)
-    deliverer.timeline = Timeline(local, QPU, retention_sec=60)
+    deliverer = _deliverer(key_pem, cloud_redis, local, http, timeline=True)
     _recorded_and_pending(deliverer, cloud_redis)
     assert local.ttl(deliverer.records.key("j-1")) > 0
 
@@ -434,8 +438,7 @@ def test_a_dead_letter_noted_after_its_replay_comes_before_it_in_the_timeline(
     key_pem: str, cloud_redis: redis.Redis, local: redis.Redis, http: CloudClient
 ) -> None:
     # Given a result whose retries ran out a second ago, and an operator's replay of it already noted
-    deliverer = _deliverer(key_pem, cloud_redis, local, http)
-    deliverer.timeline = Timeline(local, QPU, retention_sec=60)
+    deliverer = _deliverer(key_pem, cloud_redis, local, http, timeline=True)
     ran_out_at = time.time() - 1
     deliverer.timeline.write([deliverer.timeline.event("j-1", "replayed", queue="results")])
 
@@ -450,8 +453,7 @@ def test_a_dead_letter_noted_after_its_replay_delivered_it_keeps_nothing_for_goo
     key_pem: str, cloud_redis: redis.Redis, local: redis.Redis, http: CloudClient
 ) -> None:
     # Given a dead-lettered result that an operator's replay delivered before the dead letter's note ran
-    deliverer = _deliverer(key_pem, cloud_redis, local, http)
-    deliverer.timeline = Timeline(local, QPU, retention_sec=60)
+    deliverer = _deliverer(key_pem, cloud_redis, local, http, timeline=True)
     _recorded_and_pending(deliverer, cloud_redis)
     pipe = local.pipeline()
     deliverer.records.mark_delivered("j-1", None, pipe)
